@@ -1,0 +1,14 @@
+//! `nabla-lang`: the compiler front end and everything pure — spans and diagnostics,
+//! the parser, name resolution, host type checking and tensor shape checking.
+//!
+//! Invariants (see `docs/architecture.md`): this crate does no IO (sources come in through
+//! [`check::Loader`]), knows no LSP types, and depends on no backend. Parsing never fails.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod check;
+pub mod diag;
+pub mod span;
+pub mod syntax;
+
+pub use diag::{Diagnostic, Label, Severity};
+pub use span::{FileId, SourceMap, Span};

@@ -1,0 +1,7 @@
+//! Surface syntax: tokens, the tree, and the parser that never fails.
+
+pub mod ast;
+pub mod parser;
+pub mod token;
+
+pub use parser::{parse_expr, parse_module};

@@ -1,0 +1,164 @@
+//! `nabla`: the command-line shell over the crates. It reads files, calls `nabla-lang`,
+//! and prints; it holds no compiler logic.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nabla_lang::check::{check_files, Checked, Loader};
+use nabla_lang::diag;
+
+#[derive(Parser)]
+#[command(name = "nabla", version, about = "A typed language for neural-network specs and derivative rules")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, resolve and shape-check files; exit 1 on errors.
+    Check {
+        /// The `.net` files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One JSON object per diagnostic, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-stage output shapes and parameter counts of a file's nets, then totals.
+    Info {
+        file: PathBuf,
+        /// Only this net (default: every net in the file).
+        net: Option<String>,
+    },
+}
+
+/// Loads standard modules from the embedded library and `a.b` as `a/b.net` beside the
+/// importing file.
+struct FileLoader;
+
+impl Loader for FileLoader {
+    fn load(&self, path: &[String], from: &str) -> Result<(String, String), String> {
+        let key = path.join(".");
+        if let Some(src) = nabla_stdlib::source(&key) {
+            return Ok((format!("<{key}>"), src.to_string()));
+        }
+        if path.first().is_some_and(|p| p == "std") {
+            return Err(format!("no standard module `{key}`"));
+        }
+        let dir = Path::new(from).parent().unwrap_or(Path::new("."));
+        let mut file = dir.to_path_buf();
+        for p in path {
+            file.push(p);
+        }
+        file.set_extension("net");
+        std::fs::read_to_string(&file).map(|t| (file.display().to_string(), t)).map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
+
+fn read_roots(files: &[PathBuf]) -> Result<Vec<(String, String)>, String> {
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).map(|t| (f.display().to_string(), t)).map_err(|e| format!("cannot read {}: {e}", f.display())))
+        .collect()
+}
+
+fn print_diagnostics(checked: &Checked, json: bool) {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    for d in &checked.diagnostics {
+        if json {
+            println!("{}", diag::to_json(d, &checked.program.sources));
+        } else {
+            eprint!("{}", diag::render(d, &checked.program.sources, color));
+        }
+    }
+}
+
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn info(checked: &Checked, only: Option<&str>) -> Result<(), String> {
+    let nets: Vec<_> = checked.nets.iter().filter(|n| only.is_none_or(|o| o == n.name)).collect();
+    if nets.is_empty() {
+        return Err(match only {
+            Some(o) => format!("no net named `{o}` in this file (nets: {})", checked.nets.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
+            None => "this file defines no net".into(),
+        });
+    }
+    for net in nets {
+        println!("net {}: {} -> {}", net.name, net.input, net.output);
+        let text = checked.program.sources.text(net.span.file);
+        let width = net
+            .stages
+            .iter()
+            .map(|s| stage_text(text, s.span).chars().count())
+            .max()
+            .unwrap_or(10)
+            .clamp(10, 48);
+        println!("  {:<width$}  {:<26} {:>12} {:>15}", "stage", "output", "params", "mult-adds");
+        for s in &net.stages {
+            let t: String = stage_text(text, s.span).chars().take(48).collect();
+            println!("  {:<width$}  {:<26} {:>12} {:>15}", t, s.output, group(s.params), group(s.macs));
+        }
+        println!("  total: {} parameters, {} multiply-adds per example", group(net.params), group(net.macs));
+        if net.state > 0 {
+            println!("  state: {} values (batchnorm running statistics)", group(net.state));
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn stage_text(text: &str, span: nabla_lang::Span) -> String {
+    text.get(span.start..span.end).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { files, json } => {
+            let roots = match read_roots(&files) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let checked = check_files(&roots, &FileLoader);
+            print_diagnostics(&checked, json);
+            if checked.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        Command::Info { file, net } => {
+            let roots = match read_roots(std::slice::from_ref(&file)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let checked = check_files(&roots, &FileLoader);
+            print_diagnostics(&checked, false);
+            if checked.has_errors() {
+                return ExitCode::from(1);
+            }
+            match info(&checked, net.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
