@@ -65,11 +65,13 @@ pub(super) struct Env {
     /// Instantiated with concrete arguments: a comparison that cannot be decided is an error.
     pub(super) strict: bool,
     ret: Option<Ty>,
+    /// Inside a layer body, where `param` and `state` may be declared.
+    layer: bool,
 }
 
 impl Env {
     fn new(module: usize, tensor: bool, strict: bool) -> Env {
-        Env { module, scopes: vec![HashMap::new()], packs: HashMap::new(), tensor, strict, ret: None }
+        Env { module, scopes: vec![HashMap::new()], packs: HashMap::new(), tensor, strict, ret: None, layer: false }
     }
     fn get(&self, name: &str) -> Option<&Local> {
         self.scopes.iter().rev().find_map(|s| s.get(name))
@@ -104,11 +106,12 @@ pub(super) struct Cx<'a> {
     stack: Vec<ItemId>,
     use_sites: Vec<Span>,
     collectors: Vec<Collector>,
+    cycles: HashSet<Vec<ItemId>>,
 }
 
 /// Checks every module and returns the nets of the root modules.
 pub fn check_program(p: &Program, roots: &[usize], diags: &mut Vec<Diagnostic>) -> Vec<NetInfo> {
-    let mut cx = Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![] };
+    let mut cx = Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new() };
     let mut nets = Vec::new();
     for m in 0..p.modules.len() {
         cx.check_module(m, roots.contains(&m), &mut nets);
@@ -122,23 +125,33 @@ pub fn closest<'n>(name: &str, candidates: impl Iterator<Item = &'n str>) -> Opt
     candidates
         .filter(|c| *c != name)
         .map(|c| (edit_distance(name, c), c))
-        .filter(|(d, _)| *d <= limit)
+        .filter(|(d, _)| *d <= limit && *d < name.chars().count())
         .min()
         .map(|(_, c)| c.to_string())
 }
 
+/// Edit distance counting a swap of two neighbours as one edit (`rleu` → `relu`).
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn numel(dims: &[Dim]) -> Dim {
@@ -290,6 +303,7 @@ impl<'a> Cx<'a> {
 
     fn check_layer_generic(&mut self, m: usize, l: &LayerDecl) {
         let mut env = Env::new(m, true, false);
+        env.layer = true;
         let params: Vec<&Param> = l.args.iter().chain([&l.input]).collect();
         self.bind_symbolic(&mut env, &params);
         for w in &l.wheres {
@@ -348,6 +362,7 @@ impl<'a> Cx<'a> {
             };
         };
         match &t.kind {
+            TypeKind::Named(n) if (n.name == "int" || n.name == "dim") && !env.tensor => Ty::Int(None),
             TypeKind::Named(n) if n.name == "int" || n.name == "dim" => Ty::Int(Some(Dim::sym(&p.name.name))),
             // Axes are structure, not sizes: a generic check uses the default axis.
             TypeKind::Named(n) if n.name == "axis" => match &p.default {
@@ -590,6 +605,10 @@ impl<'a> Cx<'a> {
             self.stmt(s, env);
         }
         env.scopes.pop();
+        // A block that lost statements to a parse error has no meaningful value.
+        if matches!(last, Ty::Unit) && b.stmts.iter().any(|s| matches!(s.kind, StmtKind::Error)) {
+            return Ty::Err;
+        }
         last
     }
 
@@ -744,7 +763,7 @@ impl<'a> Cx<'a> {
     #[allow(clippy::too_many_arguments)]
     fn param_decl(&mut self, name: &Ident, ty: &TypeExpr, init: Option<&Expr>, cond: Option<&Expr>, span: Span, env: &mut Env, state: bool) {
         let what = if state { "state" } else { "param" };
-        if !env.tensor {
+        if !env.layer {
             self.report(
                 Diagnostic::error("E0208", format!("`{what}` belongs in a layer body"))
                     .primary(span, "outside a layer")
@@ -1322,6 +1341,9 @@ impl<'a> Cx<'a> {
     }
 
     fn call_value(&mut self, f: &Ty, args: Vec<ArgV>, callee_span: Span, span: Span, env: &mut Env) -> Ty {
+        if args.iter().any(|a| a.ty.is_err()) && matches!(f, Ty::Item(id) if self.p.items[*id].kind == DefKind::Layer) {
+            return Ty::Err;
+        }
         match f {
             Ty::Item(id) => match self.p.items[*id].kind {
                 DefKind::Layer => {
@@ -1683,6 +1705,11 @@ impl<'a> Cx<'a> {
                 if self.stack.contains(&id) {
                     let name = self.p.items[id].name.clone();
                     let chain: Vec<String> = self.stack.iter().skip_while(|s| **s != id).map(|s| self.p.items[*s].name.clone()).collect();
+                    let mut members: Vec<ItemId> = self.stack.iter().skip_while(|s| **s != id).copied().collect();
+                    members.sort();
+                    if !self.cycles.insert(members) {
+                        return Ty::Err;
+                    }
                     self.report(
                         Diagnostic::error("E0104", format!("`{name}` is defined in terms of itself: {} -> {name}", chain.join(" -> ")))
                             .primary(span, "this use closes the cycle")
@@ -1738,6 +1765,7 @@ impl<'a> Cx<'a> {
         let args: Vec<ArgV> = lv.args.iter().map(|(n, t, s)| ArgV { name: n.clone(), ty: t.clone(), span: *s }).collect();
         let Some(bound) = self.bind_args(&name, &l.args, &args, span) else { return Ty::Err };
         let mut callee = Env::new(p.items[lv.item].module, true, env.strict);
+        callee.layer = true;
         let mut deferred = Vec::new();
         let mut ok = true;
         for (param, arg) in l.args.iter().zip(&bound) {
@@ -1797,6 +1825,9 @@ impl<'a> Cx<'a> {
                 let mut vals = self.eval_args(args, env);
                 match c {
                     Ty::Item(id) if self.p.items[id].kind == DefKind::Layer => {
+                        if vals.iter().any(|a| a.ty.is_err()) {
+                            return Ty::Err;
+                        }
                         let lv = LayerValue { item: id, args: vals.into_iter().map(|a| (a.name, a.ty, a.span)).collect() };
                         self.apply_layer(&lv, x, origin, f.span, env)
                     }
@@ -2003,5 +2034,3 @@ fn collect_names(e: &Expr, out: &mut Vec<String>) {
     }
 }
 
-#[allow(dead_code)]
-fn unused(_: HashSet<()>) {}

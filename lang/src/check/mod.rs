@@ -34,7 +34,7 @@ pub trait Loader {
 }
 
 /// The modules every program sees without importing them.
-pub const PRELUDE: &[&str] = &["std.core", "std.optim", "std.data", "std.train", "std.io"];
+pub const PRELUDE: &[&str] = &["std.core", "std.optim", "std.train", "std.io"];
 /// Loaded with every program: derivative rules are checked even when nothing imports them.
 pub const ALWAYS: &[&str] = &["std.rules"];
 

@@ -26,6 +26,19 @@ pub(super) fn apply(cx: &mut Cx, name: &str, params: &[Param], bound: &[Option<A
             _ => None,
         };
     }
+    if !SHAPED.contains(&name) {
+        return None;
+    }
+    Some(shaped(cx, name, &arg, span, env).unwrap_or(Ty::Err))
+}
+
+/// The primitives whose result shape is computed here.
+const SHAPED: &[&str] = &[
+    "sum", "mean", "max", "min", "argmax", "argmin", "logsumexp", "reshape", "permute", "transpose", "concat",
+    "broadcast_to", "maximum", "minimum", "pow", "select",
+];
+
+fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, span: Span, env: &Env) -> Option<Ty> {
     let x = arg("x");
     // `max(a, b)` and `min(a, b)` of ints are compile-time arithmetic.
     if let ("max" | "min", Some(Ty::Int(a)), Some(Ty::Int(b))) = (name, x.map(|a| &a.ty), arg("axis").map(|a| &a.ty)) {

@@ -278,7 +278,8 @@ where
             Token::Sym("("),
             Token::Sym(")"),
             [(Token::Sym("["), Token::Sym("]")), (Token::Sym("{"), Token::Sym("}"))],
-            |_| Vec::new(),
+            // One error argument, so the call is not also reported as missing arguments.
+            move |s| vec![Arg { name: None, value: Expr::error(sp(file, s)) }],
         )));
     let index_item = expr
         .clone()
@@ -529,11 +530,18 @@ where
         .then(id.clone())
         .then(params.clone())
         .then(ret.clone())
-        .then(block.clone().or_not())
-        .try_map(move |((((ext, name), params), ret), body), span| match (ext.is_some(), &body) {
-            (true, Some(_)) => Err(Rich::custom(span, "an `extern fn` is provided by the runtime and has no body")),
-            (false, None) => Err(Rich::custom(span, format!("expected a body `{{ ... }}` for fn `{}`", name.name))),
-            _ => Ok(ItemKind::Fn(FnDecl { name, params, ret, body })),
+        .then(block.clone().map_with(|b, e| (b, e.span())).or_not())
+        .validate(move |((((ext, name), params), ret), body), e, emitter| {
+            match (ext.is_some(), &body) {
+                (true, Some((_, span))) => emitter.emit(Rich::custom(*span, "an `extern fn` is provided by the runtime and has no body")),
+                (false, None) => emitter.emit(Rich::custom(e.span(), format!("expected a body `{{ ... }}` for fn `{}`", name.name))),
+                _ => {}
+            }
+            // A missing body becomes an error statement, so the fn is not also reported as
+            // returning nothing.
+            let missing = move || Block { stmts: vec![Stmt { kind: StmtKind::Error, span: sp(file, e.span()) }], span: sp(file, e.span()) };
+            let body = if ext.is_some() { None } else { Some(body.map(|b| b.0).unwrap_or_else(missing)) };
+            ItemKind::Fn(FnDecl { name, params, ret, body })
         });
     let extern_type = kw("extern").ignore_then(kw("type")).ignore_then(id.clone()).map(ItemKind::ExternType);
     let where_ = kw("where")
