@@ -1908,7 +1908,7 @@ impl<'a> Cx<'a> {
             let label = stage.label.as_ref().map(|l| l.name.clone()).unwrap_or_else(|| format!("layers.{i}"));
             self.collectors.push(Collector::default());
             x = self.stage(stage, x, origin, &mut env);
-            let c = self.collectors.pop().unwrap_or_default();
+            let c = strip_single(self.collectors.pop().unwrap_or_default());
             let count = |list: &[(String, Vec<Dim>)]| list.iter().map(|(_, d)| per_example(&numel(d))).sum::<u64>();
             let (params, state) = (count(&c.params), count(&c.states));
             for (pn, d) in &c.params {
@@ -1972,7 +1972,7 @@ impl<'a> Cx<'a> {
                         }
                         self.collectors.push(Collector::default());
                         x = self.stage(st, x, origin, env);
-                        let c = self.collectors.pop().unwrap_or_default();
+                        let c = strip_single(self.collectors.pop().unwrap_or_default());
                         let prefix = if body.len() == 1 { format!("{r}") } else { format!("{r}.{j}") };
                         if let Some(parent) = self.collectors.last_mut() {
                             parent.params.extend(c.params.into_iter().map(|(n, d)| (format!("{prefix}.{n}"), d)));
@@ -2015,6 +2015,21 @@ impl<'a> Cx<'a> {
         self.collectors.pop();
         out
     }
+}
+
+/// A stage that is one layer names its parameters by the stage (`layers.1.w`), not by the
+/// layer inside it (`layers.1.dense0.w`).
+fn strip_single(mut c: Collector) -> Collector {
+    if c.sub == 1 {
+        let strip = |n: &mut String| {
+            if let Some(i) = n.find('.') {
+                *n = n[i + 1..].to_string();
+            }
+        };
+        c.params.iter_mut().for_each(|(n, _)| strip(n));
+        c.states.iter_mut().for_each(|(n, _)| strip(n));
+    }
+    c
 }
 
 fn collect_names(e: &Expr, out: &mut Vec<String>) {

@@ -66,7 +66,7 @@ pub fn parse_expr(src: &str, file: FileId, offset: usize) -> (Expr, Vec<Diagnost
 }
 
 fn rich_to_diag(e: Rich<'_, Token, SimpleSpan>, file: FileId) -> Diagnostic {
-    let span = Span::new(file, e.span().start, e.span().end);
+    let span = sp(file, *e.span());
     let found = e.found().map(|t| format!("`{t}`")).unwrap_or_else(|| "end of file".into());
     let message = match e.reason() {
         chumsky::error::RichReason::Custom(msg) => msg.clone(),
@@ -97,7 +97,7 @@ fn rich_to_diag(e: Rich<'_, Token, SimpleSpan>, file: FileId) -> Diagnostic {
             other => format!("{other:?}"),
         };
         d = d.with_label(Label::secondary(
-            Span::new(file, ctx_span.start, ctx_span.end),
+            sp(file, *ctx_span),
             format!("while parsing this {name}"),
         ));
     }
@@ -139,8 +139,9 @@ where
     .labelled("identifier")
 }
 
+/// Chumsky gives an empty match an inverted span (end before start); ours are ordered.
 fn sp(file: FileId, s: SimpleSpan) -> Span {
-    Span::new(file, s.start, s.end)
+    Span::new(file, s.start.min(s.end), s.end.max(s.start))
 }
 
 /// One token, or a whole bracketed group: the unit that recovery skips over, so that it
