@@ -82,10 +82,19 @@ fn rich_to_diag(e: Rich<'_, Token, SimpleSpan>, file: FileId) -> Diagnostic {
                 .collect();
             expected.sort();
             expected.dedup();
+            // `-x` and `!x` are expressions too: do not list their operators beside it.
+            if expected.iter().any(|e| e == "expression") {
+                expected.retain(|e| e != "`-`" && e != "`!`");
+            }
             match expected.len() {
                 0 => format!("unexpected {found}"),
                 1 => format!("expected {}, found {found}", expected[0]),
-                _ if expected.len() > 6 => format!("unexpected {found}"),
+                // A long list of alternatives helps no one; an unclosed bracket is the
+                // likely story when a closer is among them.
+                _ if expected.len() > 6 => match ["`)`", "`]`", "`}`"].iter().find(|c| expected.iter().any(|e| e == *c)) {
+                    Some(c) => format!("unexpected {found}: expected {c}"),
+                    None => format!("unexpected {found}"),
+                },
                 _ => format!("expected one of {}, found {found}", expected.join(", ")),
             }
         }
@@ -124,6 +133,26 @@ where
     I: ValueInput<'t, Token = Token, Span = SimpleSpan>,
 {
     just(Token::Sym(s)).or(just(Token::LineOpen(s)))
+}
+
+/// A closing delimiter. When it is missing but the next token closes an enclosing group
+/// (or the file ends), the parser reports it and carries on as if it were there, so an
+/// unclosed `(` or `{` is one error, not a cascade.
+fn close<'t, I>(s: &'static str) -> impl Parser<'t, I, Token, Ex<'t>> + Clone
+where
+    I: ValueInput<'t, Token = Token, Span = SimpleSpan>,
+{
+    let outer = one_of([Token::Sym(")"), Token::Sym("]"), Token::Sym("}")]).rewind().ignored().or(end());
+    sym(s).recover_with(via_parser(outer.to(Token::Error('}'))))
+}
+
+/// A call's closing `)`: when missing, the call ends where its arguments end (most often
+/// the `)` was forgotten at the end of a line).
+fn close_call<'t, I>() -> impl Parser<'t, I, Token, Ex<'t>> + Clone
+where
+    I: ValueInput<'t, Token = Token, Span = SimpleSpan>,
+{
+    sym(")").recover_with(via_parser(empty().to(Token::Error(')'))))
 }
 
 fn ident<'t, I>(file: FileId) -> impl Parser<'t, I, Ident, Ex<'t>> + Clone
@@ -205,7 +234,7 @@ where
     let items = expr.clone().separated_by(sym(",")).allow_trailing().collect::<Vec<Expr>>();
     let list = items
         .clone()
-        .delimited_by(open("["), sym("]"))
+        .delimited_by(open("["), close("]"))
         .map(ExprKind::List);
     let record = id
         .clone()
@@ -274,7 +303,7 @@ where
         .separated_by(sym(","))
         .allow_trailing()
         .collect::<Vec<_>>()
-        .delimited_by(sym("("), sym(")"))
+        .delimited_by(sym("("), close_call())
         .recover_with(via_parser(nested_delimiters(
             Token::Sym("("),
             Token::Sym(")"),
@@ -367,7 +396,9 @@ where
     // ---- statements and blocks ----
     let stmt = stmt_parser(file, expr.clone().boxed(), block.clone().boxed(), ty.clone());
     let stop: Vec<Token> = kws(STMT_START).into_iter().chain([Token::Sym(";")]).collect();
+    let stray = one_of([Token::Sym(")"), Token::Sym("]")]).ignored();
     let stmt_recovery = token_tree()
+        .or(stray)
         .then(none_of(stop).rewind().ignore_then(token_tree()).repeated())
         .map_with(move |_, e| Stmt { kind: StmtKind::Error, span: sp(file, e.span()) });
     let docs = select! { Token::Doc(_) => () }.repeated();
@@ -376,8 +407,15 @@ where
             .then_ignore(sym(";").repeated())
             .repeated()
             .collect::<Vec<_>>()
-            .delimited_by(sym("{"), sym("}"))
-            .map_with(move |stmts, e| Block { stmts, span: sp(file, e.span()) }),
+            .then(close("}"))
+            .delimited_by(sym("{"), empty())
+            .map_with(move |(mut stmts, closer), e| {
+                // An unclosed block lost its end: mark it, so its value is not checked.
+                if closer == Token::Error('}') {
+                    stmts.push(Stmt { kind: StmtKind::Error, span: sp(file, e.span()) });
+                }
+                Block { stmts, span: sp(file, e.span()) }
+            }),
     );
     (expr.boxed(), block.boxed(), ty)
 }
@@ -578,7 +616,7 @@ where
             .labelled("net stage")
     });
     let stage_recovery = token_tree()
-        .then(none_of([Token::Sym(";")]).rewind().ignore_then(token_tree()).repeated().at_most(0))
+        .or(one_of([Token::Sym(")"), Token::Sym("]")]).ignored())
         .map_with(move |_, e| Stage { kind: StageKind::Error, label: None, span: sp(file, e.span()) });
     let net = kw("net")
         .ignore_then(id.clone())
@@ -592,7 +630,7 @@ where
                 .then_ignore(sym(";").repeated())
                 .repeated()
                 .collect::<Vec<_>>()
-                .delimited_by(sym("{"), sym("}")),
+                .delimited_by(sym("{"), close("}")),
         )
         .map(|(((name, input), output), stages)| ItemKind::Net(NetDecl { name, input, output, stages }));
 

@@ -1,0 +1,87 @@
+//! The `nabla` binary: exit codes, rendered and JSON diagnostics, and `info`.
+
+use std::process::Command;
+
+fn nabla(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run nabla");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn scratch(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("nabla-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+#[test]
+fn check_clean_examples_exits_zero() {
+    let (code, out, err) = nabla(&["check", "examples/mnist_mlp.net", "examples/resnet34.net"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty() && err.is_empty());
+}
+
+#[test]
+fn check_errors_exit_one_with_rendered_report() {
+    let bad = scratch("bad.net", "import std.nn.*\nnet Bad: f32[1, 28, 28] -> f32[10] {\n  dense(512, relu)\n  dense(10)\n}\n");
+    let (code, _, err) = nabla(&["check", &bad]);
+    assert_eq!(code, 1);
+    assert!(err.contains("[E0301] Error: `dense` expects a rank-2 input f32[B, in], got f32[B, 1, 28, 28]"), "{err}");
+    assert!(err.contains("insert `flatten` before `dense`"), "{err}");
+    assert!(err.contains("f32[B, 1, 28, 28] comes from here"), "{err}");
+}
+
+#[test]
+fn check_json_is_one_object_per_line() {
+    let bad = scratch("two.net", "let a: int = \"x\"\nprint(undefined_name)\n");
+    let (code, out, _) = nabla(&["check", "--json", &bad]);
+    assert_eq!(code, 1);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["code"], "E0201");
+    assert_eq!(lines[0]["severity"], "error");
+    assert_eq!(lines[0]["span"]["line"], 1);
+    assert_eq!(lines[0]["span"]["column"], 14);
+    assert_eq!(lines[1]["code"], "E0101");
+    assert_eq!(lines[1]["span"]["line"], 2);
+    assert!(lines[1]["labels"].as_array().is_some_and(|l| !l.is_empty()));
+}
+
+#[test]
+fn missing_file_is_an_error_not_a_panic() {
+    let (code, _, err) = nabla(&["check", "does/not/exist.net"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read does/not/exist.net"), "{err}");
+}
+
+#[test]
+fn local_imports_across_files() {
+    let dir = std::env::temp_dir().join(format!("nabla-cli-import-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("models")).expect("dir");
+    std::fs::write(dir.join("models/blocks.net"), "import std.nn.*\n/// Two dense layers.\nlayer mlp2(h: dim)(x: f32[B, n]) { x |> dense(h, relu) |> dense(h, relu) }\n").expect("write");
+    let main = dir.join("main.net");
+    std::fs::write(&main, "import std.nn.*\nimport models.blocks.*\nnet M: f32[8] -> f32[4] {\n  mlp2(16)\n  dense(4)\n}\n").expect("write");
+    let (code, out, err) = nabla(&["info", &main.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    // 8*16+16 + 16*16+16 + 16*4+4 = 144 + 272 + 68
+    assert!(out.contains("total: 484 parameters"), "{out}");
+}
+
+#[test]
+fn info_reports_stages_and_totals() {
+    let (code, out, err) = nabla(&["info", "examples/mnist_mlp.net"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("net MnistMlp: f32[B, 1, 28, 28] -> f32[B, 10]"), "{out}");
+    assert!(out.contains("dense(512, relu)  f32[B, 512]"), "{out}");
+    assert!(out.contains("401,920"), "{out}");
+    assert!(out.contains("total: 669,706 parameters, 668,672 multiply-adds per example"), "{out}");
+    let (code, _, err) = nabla(&["info", "examples/mnist_mlp.net", "Nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no net named `Nope`"), "{err}");
+}
