@@ -64,3 +64,30 @@ fn stage_shapes_of_the_cnn() {
          "f32[B, 64, 7, 7]", "f32[B, 3136]", "f32[B, 512]", "f32[B, 10]"]
     );
 }
+
+/// Every code the checker can emit is documented in docs/errors.md, with an example.
+#[test]
+fn every_code_is_documented() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docs = std::fs::read_to_string(format!("{root}/docs/errors.md")).expect("docs/errors.md");
+    let mut stack = vec![std::path::PathBuf::from(format!("{root}/lang/src"))];
+    let mut codes = std::collections::BTreeSet::new();
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).expect("dir").flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                for (i, _) in text.match_indices("\"E0") {
+                    codes.insert(text[i + 1..i + 6].to_string());
+                }
+            }
+        }
+    }
+    assert!(codes.len() > 30);
+    for c in codes {
+        assert!(docs.contains(&format!("## {c}:")), "{c} is not documented in docs/errors.md");
+        assert!(docs.contains(&format!("[{c}] Error")), "{c} has no example output in docs/errors.md");
+    }
+}
