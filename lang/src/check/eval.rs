@@ -167,11 +167,10 @@ impl<'a> Cx<'a> {
 
     pub(super) fn report(&mut self, mut d: Diagnostic) {
         if let (Some(site), Some(primary)) = (self.use_sites.first().copied(), d.span()) {
-            if site.file != primary.file || !(site.start <= primary.start && primary.end <= site.end) {
-                if !d.labels.iter().any(|l| l.span == site) {
+            if (site.file != primary.file || !(site.start <= primary.start && primary.end <= site.end))
+                && !d.labels.iter().any(|l| l.span == site) {
                     d = d.secondary(site, "in this use");
                 }
-            }
         }
         self.diags.push(d);
     }
@@ -244,17 +243,15 @@ impl<'a> Cx<'a> {
                 );
             }
             let declared = f.ty.as_ref().map(|t| self.eval_type(&mut env, t));
-            if let Some(t) = declared.as_ref() {
-                if let Ty::Record(id) = t {
-                    if self.p.items[*id].name == r.name.name {
+            if let Some(t) = declared.as_ref()
+                && let Ty::Record(id) = t
+                    && self.p.items[*id].name == r.name.name {
                         self.report(
                             Diagnostic::error("E0104", format!("record `{}` contains itself", r.name.name))
                                 .primary(f.span, "this field makes the record infinitely large")
                                 .with_help("use a list `[T]` for a recursive structure"),
                         );
                     }
-                }
-            }
             if let Some(d) = &f.default {
                 let v = self.expr(d, &mut env);
                 if let Some(t) = declared {
@@ -596,12 +593,11 @@ impl<'a> Cx<'a> {
         env.scopes.push(HashMap::new());
         let mut last = Ty::Unit;
         for (i, s) in b.stmts.iter().enumerate() {
-            if i + 1 == b.stmts.len() {
-                if let StmtKind::Expr(e) = &s.kind {
+            if i + 1 == b.stmts.len()
+                && let StmtKind::Expr(e) = &s.kind {
                     last = self.expr(e, env);
                     continue;
                 }
-            }
             self.stmt(s, env);
         }
         env.scopes.pop();
@@ -1348,12 +1344,11 @@ impl<'a> Cx<'a> {
             Ty::Item(id) => match self.p.items[*id].kind {
                 DefKind::Layer => {
                     // `layernorm(x)`: a layer given just its input, all arguments defaulted.
-                    if let [one] = args.as_slice() {
-                        if one.name.is_none() && matches!(one.ty, Ty::Tensor(..)) && self.layer_first_arg_not_tensor(*id) {
+                    if let [one] = args.as_slice()
+                        && one.name.is_none() && matches!(one.ty, Ty::Tensor(..)) && self.layer_first_arg_not_tensor(*id) {
                             let lv = LayerValue { item: *id, args: vec![] };
                             return self.apply_layer(&lv, one.ty.clone(), one.span, span, env);
                         }
-                    }
                     Ty::Layer(Rc::new(LayerValue { item: *id, args: args.into_iter().map(|a| (a.name, a.ty, a.span)).collect() }))
                 }
                 DefKind::Fn | DefKind::ExternFn => self.call_fn(*id, &args, span, env),
@@ -1621,11 +1616,10 @@ impl<'a> Cx<'a> {
         };
         let module = p.items[id].module;
         let tensor = self.is_tensor_fn(f);
-        if f.body.is_none() && p.modules[module].is_std {
-            if let Some(t) = prims::apply(self, &name, &f.params, &bound, span, env) {
+        if f.body.is_none() && p.modules[module].is_std
+            && let Some(t) = prims::apply(self, &name, &f.params, &bound, span, env) {
                 return t;
             }
-        }
         let mut callee = Env::new(module, tensor || env.tensor, env.strict);
         let mut deferred = Vec::new();
         let mut ok = true;
@@ -1647,7 +1641,8 @@ impl<'a> Cx<'a> {
         match (&f.body, tensor) {
             (Some(body), true) => {
                 let key = format!("fn{id}|{}|{}", callee.strict, self.env_key(&callee, f.params.iter().map(|p| p.name.name.as_str())));
-                let out = self.instantiate(id, key, span, |cx| {
+                
+                self.instantiate(id, key, span, |cx| {
                     let got = cx.block(body, &mut callee);
                     if let Some(want) = &declared {
                         let tail = body.tail().map(|e| e.span).unwrap_or(body.span);
@@ -1656,16 +1651,14 @@ impl<'a> Cx<'a> {
                     } else {
                         got
                     }
-                });
-                out
+                })
             }
             _ => {
                 let out = declared.unwrap_or(Ty::Unit);
-                if f.body.is_none() {
-                    if let Some(m) = prims::count_macs(&name, &f.params, &bound, &out) {
+                if f.body.is_none()
+                    && let Some(m) = prims::count_macs(&name, &f.params, &bound, &out) {
                         self.add_macs(m);
                     }
-                }
                 out
             }
         }
@@ -2034,11 +2027,10 @@ fn strip_single(mut c: Collector) -> Collector {
 
 fn collect_names(e: &Expr, out: &mut Vec<String>) {
     match &e.kind {
-        ExprKind::Name(n) => {
-            if !out.contains(n) {
+        ExprKind::Name(n)
+            if !out.contains(n) => {
                 out.push(n.clone());
             }
-        }
         ExprKind::Binary(_, a, b) => {
             collect_names(a, out);
             collect_names(b, out);
