@@ -112,6 +112,7 @@ pub(super) struct Cx<'a> {
 /// Checks every module and returns the nets of the root modules.
 pub fn check_program(p: &Program, roots: &[usize], diags: &mut Vec<Diagnostic>) -> Vec<NetInfo> {
     let mut cx = Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new() };
+    cx.duplicate_rules();
     let mut nets = Vec::new();
     for m in 0..p.modules.len() {
         cx.check_module(m, roots.contains(&m), &mut nets);
@@ -227,6 +228,36 @@ impl<'a> Cx<'a> {
                 ItemKind::Record(r) => self.check_record(m, r),
                 ItemKind::Stmt(s) => self.stmt(s, &mut env),
                 ItemKind::Import(_) | ItemKind::ExternType(_) | ItemKind::Error => {}
+            }
+        }
+    }
+
+    /// A function has at most one derivative rule in the whole program (rules in one
+    /// module are compared when the module's items are registered).
+    fn duplicate_rules(&mut self) {
+        let p = self.p;
+        let mut first: HashMap<ItemId, (usize, Span)> = HashMap::new();
+        // The standard library's rules come first: a user's second rule is the one flagged.
+        let mut order: Vec<(usize, &super::names::ModuleData)> = p.modules.iter().enumerate().collect();
+        order.sort_by_key(|(_, m)| !m.is_std);
+        for (m, module) in order {
+            for r in &module.rules {
+                let def = &p.items[*r];
+                let Some(primal) = p.lookup(m, &def.name) else { continue };
+                match first.get(&primal) {
+                    Some((pm, prev)) if *pm != m => {
+                        self.report(
+                            Diagnostic::error("E0407", format!("a second derivative rule for `{}`", def.name))
+                                .primary(def.span, "second rule")
+                                .secondary(*prev, "the rule in use is here")
+                                .with_help("a function has exactly one rule: remove this one, or define a new function with its own rule"),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        first.insert(primal, (m, def.span));
+                    }
+                }
             }
         }
     }

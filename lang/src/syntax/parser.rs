@@ -77,9 +77,11 @@ fn rich_to_diag(e: Rich<'_, Token, SimpleSpan>, file: FileId) -> Diagnostic {
                     chumsky::error::RichPattern::Token(t) => format!("`{}`", &**t),
                     chumsky::error::RichPattern::Label(l) => l.to_string(),
                     chumsky::error::RichPattern::EndOfInput => "end of file".into(),
+                    chumsky::error::RichPattern::SomethingElse | chumsky::error::RichPattern::Any => String::new(),
                     other => format!("{other:?}").to_lowercase(),
                 })
                 .collect();
+            expected.retain(|e| !e.is_empty());
             expected.sort();
             expected.dedup();
             // `-x` and `!x` are expressions too: do not list their operators beside it.
@@ -299,10 +301,24 @@ where
         .then(expr.clone())
         .map(|(name, value)| Arg { name: Some(name), value })
         .or(expr.clone().map(|value| Arg { name: None, value }));
+    // `f(dy, w; stride, pad)` forwards attributes by name: `f(dy, w, stride: stride, pad: pad)`.
+    let attr = ident(file).then(sym(":").ignore_then(expr.clone()).or_not()).map(|(n, v): (Ident, Option<Expr>)| {
+        let value = v.unwrap_or_else(|| Expr { kind: ExprKind::Name(n.name.clone()), span: n.span });
+        Arg { name: Some(n), value }
+    });
+    let forwarded = sym(";")
+        .ignore_then(attr.separated_by(sym(",")).allow_trailing().collect::<Vec<_>>())
+        .or_not()
+        .map(Option::unwrap_or_default);
     let args = arg
         .separated_by(sym(","))
         .allow_trailing()
         .collect::<Vec<_>>()
+        .then(forwarded)
+        .map(|(mut a, f)| {
+            a.extend(f);
+            a
+        })
         .delimited_by(sym("("), close_call())
         .recover_with(via_parser(nested_delimiters(
             Token::Sym("("),
