@@ -1,0 +1,267 @@
+//! The tensor IR: a closed set of primitive ops over concrete shapes, in an arena of nodes
+//! addressed by typed ids, in SSA form (each node is defined once, before its uses).
+//!
+//! A [`Graph`] is what the compiler differentiates, optimizes and hands to a backend, and
+//! what the reference interpreter runs. Shapes are concrete (the batch is fixed when a
+//! step is lowered): one compiled step per batch shape. Broadcasting is explicit
+//! ([`Op::Broadcast`]), so every elementwise op has operands of its own shape, which keeps
+//! AD and the backends simple.
+
+mod print;
+mod verify;
+
+use std::fmt;
+
+pub use print::{parse_graph, print_graph};
+pub use verify::verify;
+
+use crate::check::ty::DType;
+
+/// A value in a [`Graph`]: the index of the node that defines it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// What an input of the graph is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputKind {
+    /// A batch of examples.
+    Data,
+    /// Labels or other integer data.
+    Label,
+    /// A trained parameter.
+    Param,
+    /// Non-trained state (batchnorm running statistics).
+    State,
+    /// The cotangent of an output, in a backward graph.
+    Cotangent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Sqrt,
+    Rsqrt,
+    Abs,
+    Erf,
+    Sin,
+    Cos,
+    Sign,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    Pow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compare {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    Sum,
+    Max,
+}
+
+/// Convolution and pooling geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+/// The closed set of primitive ops. Each has one derivative rule in `std.rules` (or none:
+/// then it is not differentiable and AD says so).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Input { name: String, kind: InputKind },
+    /// A scalar constant (shape `[]`); broadcast it to use it with a tensor.
+    Const(f64),
+    Unary(Unary),
+    Binary(Binary),
+    /// Elementwise comparison to a `bool` tensor.
+    Compare(Compare),
+    /// `select(cond, a, b)`: `a` where `cond`, else `b`.
+    Select,
+    Reduce { op: Reduce, axes: Vec<usize>, keepdim: bool },
+    ArgMax { axis: usize },
+    /// `[..., m, k] @ [..., k, n]` with equal leading dims.
+    MatMul,
+    Transpose { perm: Vec<usize> },
+    /// Same elements, the node's shape.
+    Reshape,
+    /// Stretches 1-sized or missing (leading) dims to the node's shape.
+    Broadcast,
+    Slice { axis: usize, start: usize, end: usize },
+    Concat { axis: usize },
+    /// `gather(table [V, D], idx [...]) -> [..., D]`.
+    Gather,
+    OneHot { classes: usize },
+    Conv2d(Window),
+    /// Gradient of conv2d for its input (args: dy, w).
+    Conv2dInputGrad(Window),
+    /// Gradient of conv2d for its weights (args: x, dy).
+    Conv2dWeightGrad(Window),
+    MaxPool2d(Window),
+    /// args: x, dy.
+    MaxPool2dGrad(Window),
+    AvgPool2d(Window),
+    /// args: dy.
+    AvgPool2dGrad(Window),
+    /// Uniform [0, 1) numbers from a counter-based generator: `seed` and the element index.
+    RandomUniform { seed: u64 },
+    Cast,
+    /// The identity forward; AD stops here.
+    StopGradient,
+}
+
+impl Op {
+    /// The op's name in the textual form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Const(_) => "const",
+            Op::Unary(u) => match u {
+                Unary::Neg => "neg",
+                Unary::Exp => "exp",
+                Unary::Log => "log",
+                Unary::Tanh => "tanh",
+                Unary::Sigmoid => "sigmoid",
+                Unary::Relu => "relu",
+                Unary::Sqrt => "sqrt",
+                Unary::Rsqrt => "rsqrt",
+                Unary::Abs => "abs",
+                Unary::Erf => "erf",
+                Unary::Sin => "sin",
+                Unary::Cos => "cos",
+                Unary::Sign => "sign",
+            },
+            Op::Binary(b) => match b {
+                Binary::Add => "add",
+                Binary::Sub => "sub",
+                Binary::Mul => "mul",
+                Binary::Div => "div",
+                Binary::Max => "maximum",
+                Binary::Min => "minimum",
+                Binary::Pow => "pow",
+            },
+            Op::Compare(c) => match c {
+                Compare::Eq => "eq",
+                Compare::Ne => "ne",
+                Compare::Lt => "lt",
+                Compare::Le => "le",
+                Compare::Gt => "gt",
+                Compare::Ge => "ge",
+            },
+            Op::Select => "select",
+            Op::Reduce { op: Reduce::Sum, .. } => "sum",
+            Op::Reduce { op: Reduce::Max, .. } => "max",
+            Op::ArgMax { .. } => "argmax",
+            Op::MatMul => "matmul",
+            Op::Transpose { .. } => "transpose",
+            Op::Reshape => "reshape",
+            Op::Broadcast => "broadcast",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Gather => "gather",
+            Op::OneHot { .. } => "one_hot",
+            Op::Conv2d(_) => "conv2d",
+            Op::Conv2dInputGrad(_) => "conv2d_input_grad",
+            Op::Conv2dWeightGrad(_) => "conv2d_weight_grad",
+            Op::MaxPool2d(_) => "max_pool2d",
+            Op::MaxPool2dGrad(_) => "max_pool2d_grad",
+            Op::AvgPool2d(_) => "avg_pool2d",
+            Op::AvgPool2dGrad(_) => "avg_pool2d_grad",
+            Op::RandomUniform { .. } => "random_uniform",
+            Op::Cast => "cast",
+            Op::StopGradient => "stop_gradient",
+        }
+    }
+}
+
+/// One node: an op, its arguments, and the type of the value it defines.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub op: Op,
+    pub args: Vec<ValueId>,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl Node {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Whether a graph computes a training step (batch statistics, dropout) or evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    #[default]
+    Train,
+    Eval,
+}
+
+/// A function from named inputs to named outputs, as an arena of nodes in SSA order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<(String, ValueId)>,
+    pub mode: Mode,
+}
+
+impl Graph {
+    pub fn node(&self, v: ValueId) -> &Node {
+        &self.nodes[v.index()]
+    }
+
+    /// Appends a node (its args must already exist) and returns its value.
+    pub fn push(&mut self, op: Op, args: Vec<ValueId>, dtype: DType, shape: Vec<usize>) -> ValueId {
+        self.nodes.push(Node { op, args, dtype, shape });
+        ValueId(self.nodes.len() as u32 - 1)
+    }
+
+    /// The graph's inputs, in order.
+    pub fn inputs(&self) -> impl Iterator<Item = (ValueId, &str, InputKind)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| match &n.op {
+            Op::Input { name, kind } => Some((ValueId(i as u32), name.as_str(), *kind)),
+            _ => None,
+        })
+    }
+
+    pub fn output(&self, name: &str) -> Option<ValueId> {
+        self.outputs.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
