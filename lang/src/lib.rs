@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod diag;
+pub mod interp;
 pub mod ir;
 pub mod span;
 pub mod syntax;

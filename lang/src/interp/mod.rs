@@ -1,0 +1,505 @@
+//! The reference interpreter: runs any [`Graph`] op by op, in f64 (the oracle every
+//! backend is tested against) or in f32 (every result rounded to f32, to measure what
+//! single precision costs). Plain loops, no cleverness: it must be obviously right.
+//!
+//! Conventions at non-smooth points follow PyTorch and JAX (`docs/conventions.md`):
+//! max-pool and argmax ties go to the first index; average pooling counts padding.
+
+use crate::check::ty::DType;
+use crate::ir::{Binary, Compare, Graph, InputKind, Op, Reduce, Unary, ValueId, Window};
+
+/// A dense row-major tensor. Every element type is stored as f64 (integers and bools
+/// exactly), which keeps the interpreter one code path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+impl Tensor {
+    pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<f64>) -> Tensor {
+        Tensor { dtype, shape, data }
+    }
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
+        Tensor { dtype, shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+    }
+    pub fn scalar(x: f64) -> Tensor {
+        Tensor { dtype: DType::F64, shape: vec![], data: vec![x] }
+    }
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// The precision the interpreter computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F64,
+    F32,
+}
+
+/// Why a graph could not be run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunError {
+    MissingInput(String),
+    /// An input's shape differs from the graph's: (input, expected, given).
+    BadShape(String, Vec<usize>, Vec<usize>),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            RunError::MissingInput(n) => write!(f, "no value given for input `{n}`"),
+            RunError::BadShape(n, want, got) => write!(f, "input `{n}` should have shape {want:?}, got {got:?}"),
+        }
+    }
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+fn unravel(mut i: usize, shape: &[usize], out: &mut [usize]) {
+    for k in (0..shape.len()).rev() {
+        out[k] = i % shape[k].max(1);
+        i /= shape[k].max(1);
+    }
+}
+
+/// Runs `g` with the given inputs (by name) and returns every node's value.
+pub fn run(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>, precision: Precision) -> Result<Vec<Tensor>, RunError> {
+    let mut vals: Vec<Tensor> = Vec::with_capacity(g.nodes.len());
+    for n in &g.nodes {
+        let a = |i: usize| &vals[n.args[i].index()];
+        let mut t = match &n.op {
+            Op::Input { name, kind } => {
+                let t = inputs(name, *kind).ok_or_else(|| RunError::MissingInput(name.clone()))?;
+                if t.shape != n.shape {
+                    return Err(RunError::BadShape(name.clone(), n.shape.clone(), t.shape));
+                }
+                Tensor { dtype: n.dtype, ..t }
+            }
+            Op::Const(c) => Tensor::new(n.dtype, vec![], vec![*c]),
+            Op::Unary(u) => map(a(0), n.dtype, |x| unary(*u, x)),
+            Op::StopGradient => a(0).clone(),
+            Op::Binary(b) => zip(a(0), a(1), n.dtype, |x, y| binary(*b, x, y)),
+            Op::Compare(c) => zip(a(0), a(1), DType::Bool, |x, y| f64::from(u8::from(compare(*c, x, y)))),
+            Op::Select => {
+                let (c, x, y) = (a(0), a(1), a(2));
+                let data = (0..c.numel()).map(|i| if c.data[i] != 0.0 { x.data[i] } else { y.data[i] }).collect();
+                Tensor::new(n.dtype, n.shape.clone(), data)
+            }
+            Op::Reduce { op, axes, .. } => reduce(a(0), *op, axes, n),
+            Op::ArgMax { axis } => argmax(a(0), *axis, n),
+            Op::MatMul => matmul(a(0), a(1), n),
+            Op::Transpose { perm } => transpose(a(0), perm, n),
+            Op::Reshape | Op::Cast => Tensor::new(n.dtype, n.shape.clone(), a(0).data.iter().map(|x| cast(*x, n.dtype)).collect()),
+            Op::Broadcast => broadcast(a(0), n),
+            Op::Slice { axis, start, .. } => slice(a(0), *axis, *start, n),
+            Op::Concat { axis } => concat(&n.args.iter().map(|v| &vals[v.index()]).collect::<Vec<_>>(), *axis, n),
+            Op::Gather => gather(a(0), a(1), n),
+            Op::OneHot { classes } => {
+                let mut out = Tensor::zeros(n.dtype, &n.shape);
+                for (i, c) in a(0).data.iter().enumerate() {
+                    let c = *c as i64;
+                    if c >= 0 && (c as usize) < *classes {
+                        out.data[i * classes + c as usize] = 1.0;
+                    }
+                }
+                out
+            }
+            Op::Conv2d(w) => conv2d(a(0), a(1), w, n),
+            Op::Conv2dInputGrad(w) => conv2d_input_grad(a(0), a(1), w, n),
+            Op::Conv2dWeightGrad(w) => conv2d_weight_grad(a(0), a(1), w, n),
+            Op::MaxPool2d(w) => pool(a(0), w, n, true),
+            Op::AvgPool2d(w) => pool(a(0), w, n, false),
+            Op::MaxPool2dGrad(w) => max_pool_grad(a(0), a(1), w, n),
+            Op::AvgPool2dGrad(w) => avg_pool_grad(a(0), w, n),
+            Op::RandomUniform { seed } => {
+                let data = (0..n.numel()).map(|i| uniform(*seed, i as u64)).collect();
+                Tensor::new(n.dtype, n.shape.clone(), data)
+            }
+        };
+        if precision == Precision::F32 && n.dtype.is_float() {
+            t.data.iter_mut().for_each(|x| *x = *x as f32 as f64);
+        }
+        vals.push(t);
+    }
+    Ok(vals)
+}
+
+/// The value of one output after [`run`].
+pub fn output<'a>(g: &Graph, vals: &'a [Tensor], name: &str) -> Option<&'a Tensor> {
+    g.output(name).map(|v: ValueId| &vals[v.index()])
+}
+
+fn cast(x: f64, dt: DType) -> f64 {
+    match dt {
+        DType::I32 | DType::I64 | DType::U8 => x.trunc(),
+        DType::Bool => f64::from(u8::from(x != 0.0)),
+        _ => x,
+    }
+}
+
+/// splitmix64 of (seed, counter): a counter-based generator, so any element can be
+/// computed independently (and identically on every backend).
+pub fn uniform(seed: u64, i: u64) -> f64 {
+    let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn unary(u: Unary, x: f64) -> f64 {
+    match u {
+        Unary::Neg => -x,
+        Unary::Exp => x.exp(),
+        Unary::Log => x.ln(),
+        Unary::Tanh => x.tanh(),
+        Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Unary::Relu => x.max(0.0),
+        Unary::Sqrt => x.sqrt(),
+        Unary::Rsqrt => 1.0 / x.sqrt(),
+        Unary::Abs => x.abs(),
+        Unary::Erf => libm::erf(x),
+        Unary::Sin => x.sin(),
+        Unary::Cos => x.cos(),
+        Unary::Sign => {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+fn binary(b: Binary, x: f64, y: f64) -> f64 {
+    match b {
+        Binary::Add => x + y,
+        Binary::Sub => x - y,
+        Binary::Mul => x * y,
+        Binary::Div => x / y,
+        Binary::Max => x.max(y),
+        Binary::Min => x.min(y),
+        Binary::Pow => x.powf(y),
+    }
+}
+
+fn compare(c: Compare, x: f64, y: f64) -> bool {
+    match c {
+        Compare::Eq => x == y,
+        Compare::Ne => x != y,
+        Compare::Lt => x < y,
+        Compare::Le => x <= y,
+        Compare::Gt => x > y,
+        Compare::Ge => x >= y,
+    }
+}
+
+fn map(x: &Tensor, dt: DType, f: impl Fn(f64) -> f64) -> Tensor {
+    Tensor::new(dt, x.shape.clone(), x.data.iter().map(|v| f(*v)).collect())
+}
+
+fn zip(x: &Tensor, y: &Tensor, dt: DType, f: impl Fn(f64, f64) -> f64) -> Tensor {
+    Tensor::new(dt, x.shape.clone(), x.data.iter().zip(&y.data).map(|(a, b)| f(*a, *b)).collect())
+}
+
+fn reduce(x: &Tensor, op: Reduce, axes: &[usize], n: &crate::ir::Node) -> Tensor {
+    // Output index = input index with reduced axes dropped (or set to 0 with keepdim).
+    let init = if op == Reduce::Sum { 0.0 } else { f64::NEG_INFINITY };
+    let mut out = Tensor::new(n.dtype, n.shape.clone(), vec![init; n.numel()]);
+    let kept: Vec<usize> = (0..x.shape.len()).filter(|a| !axes.contains(a)).collect();
+    let kept_shape: Vec<usize> = kept.iter().map(|a| x.shape[*a]).collect();
+    let ks = strides(&kept_shape);
+    let mut idx = vec![0; x.shape.len()];
+    for (i, v) in x.data.iter().enumerate() {
+        unravel(i, &x.shape, &mut idx);
+        let o: usize = kept.iter().zip(&ks).map(|(a, s)| idx[*a] * s).sum();
+        match op {
+            Reduce::Sum => out.data[o] += v,
+            Reduce::Max => out.data[o] = out.data[o].max(*v),
+        }
+    }
+    out
+}
+
+fn argmax(x: &Tensor, axis: usize, n: &crate::ir::Node) -> Tensor {
+    let mut best = vec![f64::NEG_INFINITY; n.numel()];
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    let kept_shape: Vec<usize> = n.shape.clone();
+    let ks = strides(&kept_shape);
+    let mut idx = vec![0; x.shape.len()];
+    for (i, v) in x.data.iter().enumerate() {
+        unravel(i, &x.shape, &mut idx);
+        let o: usize = (0..x.shape.len()).filter(|a| *a != axis).zip(&ks).map(|(a, s)| idx[a] * s).sum();
+        // Strictly greater: ties keep the first index.
+        if *v > best[o] {
+            best[o] = *v;
+            out.data[o] = idx[axis] as f64;
+        }
+    }
+    out
+}
+
+fn matmul(a: &Tensor, b: &Tensor, n: &crate::ir::Node) -> Tensor {
+    let r = a.shape.len();
+    let (m, k, nn) = (a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]);
+    let batch: usize = a.shape[..r - 2].iter().product();
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    for bi in 0..batch {
+        let (ao, bo, oo) = (bi * m * k, bi * k * nn, bi * m * nn);
+        for i in 0..m {
+            for p in 0..k {
+                let av = a.data[ao + i * k + p];
+                for j in 0..nn {
+                    out.data[oo + i * nn + j] += av * b.data[bo + p * nn + j];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn transpose(x: &Tensor, perm: &[usize], n: &crate::ir::Node) -> Tensor {
+    let xs = strides(&x.shape);
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    let mut idx = vec![0; n.shape.len()];
+    for (i, o) in out.data.iter_mut().enumerate() {
+        unravel(i, &n.shape, &mut idx);
+        let src: usize = perm.iter().enumerate().map(|(k, p)| idx[k] * xs[*p]).sum();
+        *o = x.data[src];
+    }
+    out
+}
+
+fn broadcast(x: &Tensor, n: &crate::ir::Node) -> Tensor {
+    let off = n.shape.len() - x.shape.len();
+    let xs = strides(&x.shape);
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    let mut idx = vec![0; n.shape.len()];
+    for (i, o) in out.data.iter_mut().enumerate() {
+        unravel(i, &n.shape, &mut idx);
+        let src: usize = (0..x.shape.len()).map(|k| if x.shape[k] == 1 { 0 } else { idx[k + off] * xs[k] }).sum();
+        *o = x.data[src];
+    }
+    out
+}
+
+fn slice(x: &Tensor, axis: usize, start: usize, n: &crate::ir::Node) -> Tensor {
+    let xs = strides(&x.shape);
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    let mut idx = vec![0; n.shape.len()];
+    for (i, o) in out.data.iter_mut().enumerate() {
+        unravel(i, &n.shape, &mut idx);
+        let src: usize = idx.iter().enumerate().map(|(k, v)| (if k == axis { v + start } else { *v }) * xs[k]).sum();
+        *o = x.data[src];
+    }
+    out
+}
+
+fn concat(parts: &[&Tensor], axis: usize, n: &crate::ir::Node) -> Tensor {
+    let os = strides(&n.shape);
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    let mut offset = 0;
+    for p in parts {
+        let mut idx = vec![0; p.shape.len()];
+        for (i, v) in p.data.iter().enumerate() {
+            unravel(i, &p.shape, &mut idx);
+            let dst: usize = idx.iter().enumerate().map(|(k, x)| (if k == axis { x + offset } else { *x }) * os[k]).sum();
+            out.data[dst] = *v;
+        }
+        offset += p.shape[axis];
+    }
+    out
+}
+
+fn gather(table: &Tensor, idx: &Tensor, n: &crate::ir::Node) -> Tensor {
+    let d = table.shape[1];
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    for (i, r) in idx.data.iter().enumerate() {
+        let r = (*r as usize).min(table.shape[0].saturating_sub(1));
+        out.data[i * d..(i + 1) * d].copy_from_slice(&table.data[r * d..(r + 1) * d]);
+    }
+    out
+}
+
+/// The input position read by output position `o` through kernel tap `k`, if inside.
+fn tap(o: usize, k: usize, w: &Window, size: usize) -> Option<usize> {
+    let p = (o * w.stride + k * w.dilation).checked_sub(w.pad)?;
+    (p < size).then_some(p)
+}
+
+fn conv2d(x: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
+    let (b, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (o, cg, kh, kw) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3]);
+    let (oh, ow) = (n.shape[2], n.shape[3]);
+    let og = o / w.groups;
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    for bi in 0..b {
+        for oc in 0..o {
+            let g = oc / og;
+            for y in 0..oh {
+                for xx in 0..ow {
+                    let mut s = 0.0;
+                    for ci in 0..cg {
+                        let ic = g * cg + ci;
+                        for ky in 0..kh {
+                            let Some(iy) = tap(y, ky, w, h) else { continue };
+                            for kx in 0..kw {
+                                let Some(ix) = tap(xx, kx, w, wd) else { continue };
+                                s += x.data[((bi * c + ic) * h + iy) * wd + ix] * k.data[((oc * cg + ci) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                    out.data[((bi * o + oc) * oh + y) * ow + xx] = s;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn conv2d_input_grad(dy: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
+    let (b, c, h, wd) = (n.shape[0], n.shape[1], n.shape[2], n.shape[3]);
+    let (o, cg, kh, kw) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3]);
+    let (oh, ow) = (dy.shape[2], dy.shape[3]);
+    let og = o / w.groups;
+    let mut dx = Tensor::zeros(n.dtype, &n.shape);
+    for bi in 0..b {
+        for oc in 0..o {
+            let g = oc / og;
+            for y in 0..oh {
+                for xx in 0..ow {
+                    let d = dy.data[((bi * o + oc) * oh + y) * ow + xx];
+                    for ci in 0..cg {
+                        let ic = g * cg + ci;
+                        for ky in 0..kh {
+                            let Some(iy) = tap(y, ky, w, h) else { continue };
+                            for kx in 0..kw {
+                                let Some(ix) = tap(xx, kx, w, wd) else { continue };
+                                dx.data[((bi * c + ic) * h + iy) * wd + ix] += d * k.data[((oc * cg + ci) * kh + ky) * kw + kx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
+    let (b, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (o, cg, kh, kw) = (n.shape[0], n.shape[1], n.shape[2], n.shape[3]);
+    let (oh, ow) = (dy.shape[2], dy.shape[3]);
+    let og = o / w.groups;
+    let mut dk = Tensor::zeros(n.dtype, &n.shape);
+    for bi in 0..b {
+        for oc in 0..o {
+            let g = oc / og;
+            for y in 0..oh {
+                for xx in 0..ow {
+                    let d = dy.data[((bi * o + oc) * oh + y) * ow + xx];
+                    for ci in 0..cg {
+                        let ic = g * cg + ci;
+                        for ky in 0..kh {
+                            let Some(iy) = tap(y, ky, w, h) else { continue };
+                            for kx in 0..kw {
+                                let Some(ix) = tap(xx, kx, w, wd) else { continue };
+                                dk.data[((oc * cg + ci) * kh + ky) * kw + kx] += d * x.data[((bi * c + ic) * h + iy) * wd + ix];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dk
+}
+
+/// The window of output (y, x): the in-bounds input positions it covers, row-major.
+fn window(y: usize, x: usize, w: &Window, h: usize, wd: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for ky in 0..w.kernel {
+        let Some(iy) = tap(y, ky, w, h) else { continue };
+        for kx in 0..w.kernel {
+            if let Some(ix) = tap(x, kx, w, wd) {
+                out.push((iy, ix));
+            }
+        }
+    }
+    out
+}
+
+fn pool(x: &Tensor, w: &Window, n: &crate::ir::Node, max: bool) -> Tensor {
+    let (b, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (oh, ow) = (n.shape[2], n.shape[3]);
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    for p in 0..b * c {
+        for y in 0..oh {
+            for xx in 0..ow {
+                let cells = window(y, xx, w, h, wd);
+                let v = cells.iter().map(|(iy, ix)| x.data[(p * h + iy) * wd + ix]);
+                out.data[(p * oh + y) * ow + xx] = if max {
+                    v.fold(f64::NEG_INFINITY, f64::max)
+                } else {
+                    // Padding counts as zeros (PyTorch's count_include_pad=True).
+                    v.sum::<f64>() / (w.kernel * w.kernel) as f64
+                };
+            }
+        }
+    }
+    out
+}
+
+fn max_pool_grad(x: &Tensor, dy: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
+    let (b, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (oh, ow) = (dy.shape[2], dy.shape[3]);
+    let mut dx = Tensor::zeros(n.dtype, &n.shape);
+    for p in 0..b * c {
+        for y in 0..oh {
+            for xx in 0..ow {
+                let cells = window(y, xx, w, h, wd);
+                // The first maximum in row-major window order takes the gradient.
+                let mut best: Option<(usize, f64)> = None;
+                for (iy, ix) in cells {
+                    let i = (p * h + iy) * wd + ix;
+                    if best.is_none_or(|(_, v)| x.data[i] > v) {
+                        best = Some((i, x.data[i]));
+                    }
+                }
+                if let Some((i, _)) = best {
+                    dx.data[i] += dy.data[(p * oh + y) * ow + xx];
+                }
+            }
+        }
+    }
+    dx
+}
+
+fn avg_pool_grad(dy: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
+    let (b, c, h, wd) = (n.shape[0], n.shape[1], n.shape[2], n.shape[3]);
+    let (oh, ow) = (dy.shape[2], dy.shape[3]);
+    let mut dx = Tensor::zeros(n.dtype, &n.shape);
+    let area = (w.kernel * w.kernel) as f64;
+    for p in 0..b * c {
+        for y in 0..oh {
+            for xx in 0..ow {
+                let d = dy.data[(p * oh + y) * ow + xx] / area;
+                for (iy, ix) in window(y, xx, w, h, wd) {
+                    dx.data[(p * h + iy) * wd + ix] += d;
+                }
+            }
+        }
+    }
+    dx
+}
