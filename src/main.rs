@@ -27,6 +27,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The tensor IR of a net's forward pass (and loss), lowered for a batch size.
+    Ir {
+        file: PathBuf,
+        /// The net (default: the file's only net).
+        net: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Lower the evaluation graph (running statistics, no dropout).
+        #[arg(long)]
+        eval: bool,
+        /// Also lower this loss on integer labels `y` (e.g. softmax_cross_entropy).
+        #[arg(long)]
+        loss: Option<String>,
+    },
     /// Per-stage output shapes and parameter counts of a file's nets, then totals.
     Info {
         file: PathBuf,
@@ -124,6 +138,31 @@ fn stage_text(text: &str, span: nabla_lang::Span) -> String {
     text.get(span.start..span.end).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Checks one file, printing its diagnostics; `None` (after printing) when it has errors.
+fn check_one(file: &Path) -> Option<Checked> {
+    let roots = match read_roots(&[file.to_path_buf()]) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return None;
+        }
+    };
+    let checked = check_files(&roots, &FileLoader);
+    print_diagnostics(&checked, false);
+    (!checked.has_errors()).then_some(checked)
+}
+
+fn pick_net(checked: &Checked, net: Option<String>) -> Result<String, String> {
+    match net {
+        Some(n) => Ok(n),
+        None => match checked.nets.as_slice() {
+            [one] => Ok(one.name.clone()),
+            [] => Err("this file defines no net".into()),
+            many => Err(format!("name a net: {}", many.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "))),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -138,6 +177,23 @@ fn main() -> ExitCode {
             let checked = check_files(&roots, &FileLoader);
             print_diagnostics(&checked, json);
             if checked.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        Command::Ir { file, net, batch, eval, loss } => {
+            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+            let result = pick_net(&checked, net).and_then(|net| {
+                let mode = if eval { nabla_lang::ir::Mode::Eval } else { nabla_lang::ir::Mode::Train };
+                nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, mode, loss.as_deref())
+            });
+            match result {
+                Ok(l) => {
+                    print!("{}", nabla_lang::ir::print_graph(&l.graph));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Info { file, net } => {
             let roots = match read_roots(std::slice::from_ref(&file)) {

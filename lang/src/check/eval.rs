@@ -6,9 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use super::dim::{Cmp, Dim};
+use super::lower::Lowering;
+use crate::ir::{Binary, Compare, Op, Unary};
 use super::names::{DefKind, ItemId, Program};
 use super::prims;
-use super::ty::{shape_str, DType, LayerValue, ShapeFmt, Ty};
+use super::ty::{shape_str, DType, LayerValue, ShapeFmt, Ty, Val};
 use crate::diag::Diagnostic;
 use crate::span::Span;
 use crate::syntax::ast::*;
@@ -85,8 +87,8 @@ impl Env {
 
 #[derive(Default, Clone)]
 struct Collector {
-    params: Vec<(String, Vec<Dim>)>,
-    states: Vec<(String, Vec<Dim>)>,
+    params: Vec<(String, Vec<Dim>, Val)>,
+    states: Vec<(String, Vec<Dim>, Val)>,
     macs: Dim,
     sub: usize,
 }
@@ -94,8 +96,8 @@ struct Collector {
 #[derive(Clone)]
 struct Inst {
     out: Ty,
-    params: Vec<(String, Vec<Dim>)>,
-    states: Vec<(String, Vec<Dim>)>,
+    params: Vec<(String, Vec<Dim>, Val)>,
+    states: Vec<(String, Vec<Dim>, Val)>,
     macs: Dim,
 }
 
@@ -107,11 +109,15 @@ pub(super) struct Cx<'a> {
     use_sites: Vec<Span>,
     collectors: Vec<Collector>,
     cycles: HashSet<Vec<ItemId>>,
+    /// Set while lowering to IR (see `lower.rs`).
+    pub(super) lower: Option<Lowering>,
+    /// The output value of the net checked last.
+    last_net_output: Option<Ty>,
 }
 
 /// Checks every module and returns the nets of the root modules.
 pub fn check_program(p: &Program, roots: &[usize], diags: &mut Vec<Diagnostic>) -> Vec<NetInfo> {
-    let mut cx = Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new() };
+    let mut cx = Cx::new(p, diags);
     cx.duplicate_rules();
     let mut nets = Vec::new();
     for m in 0..p.modules.len() {
@@ -164,6 +170,38 @@ fn per_example(d: &Dim) -> u64 {
 }
 
 impl<'a> Cx<'a> {
+    pub(super) fn new(p: &'a Program, diags: &'a mut Vec<Diagnostic>) -> Cx<'a> {
+        Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new(), lower: None, last_net_output: None }
+    }
+
+    pub(super) fn take_errors(&mut self) -> Vec<Diagnostic> {
+        self.diags.iter().filter(|d| d.is_error()).cloned().collect()
+    }
+
+    /// Calls the function `name` (as seen from `module`) with positional values.
+    pub(super) fn call_named(&mut self, module: usize, name: &str, args: Vec<Ty>) -> Ty {
+        let Some(id) = self.p.lookup(module, name).or_else(|| {
+            self.p.module_by_path("std.nn").and_then(|m| self.p.modules[m].defs.get(name).copied())
+        }) else {
+            self.lower_fail(format!("no function `{name}`"));
+            return Ty::Err;
+        };
+        let span = self.p.items[id].span;
+        let args: Vec<ArgV> = args.into_iter().map(|ty| ArgV { name: None, ty, span }).collect();
+        let mut env = Env::new(module, true, true);
+        self.collectors.push(Collector::default());
+        let out = self.call_fn(id, &args, span, &mut env);
+        self.collectors.pop();
+        out
+    }
+
+    /// Checks (and, when lowering, lowers) a net, returning its info and output value.
+    pub(super) fn check_net_lowered(&mut self, m: usize, n: &NetDecl) -> (NetInfo, Ty) {
+        let info = self.check_net(m, n);
+        let out = self.last_net_output.take().unwrap_or(Ty::Err);
+        (info, out)
+    }
+
     // ------------------------------------------------------------------ reporting
 
     pub(super) fn report(&mut self, mut d: Diagnostic) {
@@ -187,11 +225,11 @@ impl<'a> Cx<'a> {
                 None => format!("int (= {d})"),
             },
             Ty::Int(None) => "int".into(),
-            Ty::Float => "float".into(),
+            Ty::Float(_) => "float".into(),
             Ty::Bool(_) => "bool".into(),
             Ty::Str => "str".into(),
             Ty::Unit => "()".into(),
-            Ty::Tensor(dt, dims) => ShapeFmt(*dt, dims).to_string(),
+            Ty::Tensor(dt, dims, _) => ShapeFmt(*dt, dims).to_string(),
             Ty::Items(items) => {
                 let inner: Vec<String> = items.iter().map(|t| self.show(t)).collect();
                 format!("[{}]", inner.join(", "))
@@ -421,7 +459,7 @@ impl<'a> Cx<'a> {
                         },
                     }
                 }
-                Ty::Tensor(dt, out)
+                Ty::Tensor(dt, out, None)
             }
             _ => self.eval_type(env, t),
         }
@@ -492,7 +530,7 @@ impl<'a> Cx<'a> {
         match &t.kind {
             TypeKind::Named(n) => match n.name.as_str() {
                 "int" | "dim" | "axis" => Ty::Int(None),
-                "float" => Ty::Float,
+                "float" => Ty::Float(None),
                 "bool" => Ty::Bool(None),
                 "str" => Ty::Str,
                 "any" | "fn" | "net" => Ty::Any,
@@ -544,7 +582,7 @@ impl<'a> Cx<'a> {
                         None => return Ty::Err,
                     }
                 }
-                Ty::Tensor(dt, out)
+                Ty::Tensor(dt, out, None)
             }
             TypeKind::List(inner) => Ty::List(Box::new(self.eval_type(env, inner))),
             TypeKind::Error => Ty::Err,
@@ -567,9 +605,9 @@ impl<'a> Cx<'a> {
     fn assignable(&self, want: &Ty, got: &Ty) -> bool {
         match (want, got) {
             (Ty::Err, _) | (_, Ty::Err) | (Ty::Any, _) => true,
-            (Ty::Int(_), Ty::Int(_)) | (Ty::Float, Ty::Float | Ty::Int(_)) | (Ty::Bool(_), Ty::Bool(_)) => true,
+            (Ty::Int(_), Ty::Int(_)) | (Ty::Float(_), Ty::Float(_) | Ty::Int(_)) | (Ty::Bool(_), Ty::Bool(_)) => true,
             (Ty::Str, Ty::Str) | (Ty::Unit, Ty::Unit) => true,
-            (Ty::Tensor(a, x), Ty::Tensor(b, y)) => a == b && self.shapes_equal(x, y, false),
+            (Ty::Tensor(a, x, _), Ty::Tensor(b, y, _)) => a == b && self.shapes_equal(x, y, false),
             (Ty::List(t), Ty::Items(items)) => items.iter().all(|i| self.assignable(t, i)),
             (Ty::List(a), Ty::List(b)) => self.assignable(a, b),
             (Ty::Record(a), Ty::Record(b)) | (Ty::Opaque(a), Ty::Opaque(b)) => a == b,
@@ -584,7 +622,7 @@ impl<'a> Cx<'a> {
         let (w, g) = (self.show(want), self.show(got));
         let mut d = Diagnostic::error("E0201", format!("mismatched types: expected {w}, found {g}"))
             .primary(span, format!("{what} is {g}"));
-        if matches!(want, Ty::Int(_)) && matches!(got, Ty::Float) {
+        if matches!(want, Ty::Int(_)) && matches!(got, Ty::Float(_)) {
             d = d.with_help("use an int literal, or `int(x)` to truncate");
         } else if matches!(want, Ty::Str) {
             d = d.with_help("interpolate it into a string: \"{x}\"");
@@ -595,7 +633,7 @@ impl<'a> Cx<'a> {
 
     /// A body's value against its declared result type (tensors compared dim by dim).
     fn expect_result(&mut self, want: &Ty, got: &Ty, span: Span, decl: Option<Span>, env: &Env) {
-        if let (Ty::Tensor(a, x), Ty::Tensor(b, y)) = (want, got) {
+        if let (Ty::Tensor(a, x, _), Ty::Tensor(b, y, _)) = (want, got) {
             if a == b && self.shapes_equal(x, y, env.strict) {
                 return;
             }
@@ -661,7 +699,7 @@ impl<'a> Cx<'a> {
                             self.expect_result(&want, &v, value.span, Some(t.span), env);
                             v
                         } else if self.expect_assignable(&want, &v, value.span, "this value") {
-                            if matches!(want, Ty::Float) { Ty::Float } else { v }
+                            if matches!(want, Ty::Float(_)) { Ty::Float(v.scalar()) } else { v }
                         } else {
                             want
                         }
@@ -764,8 +802,12 @@ impl<'a> Cx<'a> {
                     Some(op) => self.binary(op, &local.ty, &v, target.span, value.span, span, env),
                     None => v,
                 };
-                if let (Ty::Tensor(..), Ty::Tensor(..)) = (&local.ty, &combined) {
+                if let (Ty::Tensor(_, _, old), Ty::Tensor(_, _, new)) = (&local.ty, &combined) {
                     self.expect_result(&local.ty, &combined, value.span, Some(local.span), env);
+                    // A state update becomes an output of the lowered step.
+                    if let (true, Some(old), Some(new), Some(l)) = (local.state, old, new, self.lower.as_mut()) {
+                        l.state_updates.push((*old, *new));
+                    }
                 } else {
                     self.expect_assignable(&local.ty, &combined, value.span, "the new value");
                 }
@@ -797,7 +839,7 @@ impl<'a> Cx<'a> {
                     .with_help("declare parameters inside `layer name(...)(x: ...) { ... }`"),
             );
         }
-        let t = self.eval_type(env, ty);
+        let mut t = self.eval_type(env, ty);
         if let Some(i) = init {
             self.expr(i, env);
         }
@@ -809,7 +851,7 @@ impl<'a> Cx<'a> {
             }
             None => true,
         };
-        if let Ty::Tensor(_, dims) = &t {
+        if let Ty::Tensor(_, dims, _) = &t {
             if env.strict && present {
                 if let Some(bad) = dims.iter().find(|d| d.as_const().is_none()) {
                     self.report(
@@ -817,9 +859,19 @@ impl<'a> Cx<'a> {
                             .primary(ty.span, "this shape depends on the batch or an unknown value")
                             .with_help("parameter shapes may depend on layer arguments and input dims other than the batch `B`"),
                     );
-                } else if let Some(c) = self.collectors.last_mut() {
-                    let list = if state { &mut c.states } else { &mut c.params };
-                    list.push((name.name.clone(), dims.clone()));
+                } else {
+                    // While lowering, a parameter is a graph input; it is named by its place
+                    // in the net when the net is done (see `check_net`).
+                    let dims = dims.clone();
+                    let kind = if state { crate::ir::InputKind::State } else { crate::ir::InputKind::Param };
+                    let provisional = format!("{}#{}", name.name, self.lower.as_ref().map(|l| l.graph.nodes.len()).unwrap_or(0));
+                    let dt = if let Ty::Tensor(dt, ..) = &t { *dt } else { DType::F32 };
+                    let v = self.emit(Op::Input { name: provisional, kind }, &[], dt, &dims);
+                    t = Ty::Tensor(dt, dims.clone(), v);
+                    if let Some(c) = self.collectors.last_mut() {
+                        let list = if state { &mut c.states } else { &mut c.params };
+                        list.push((name.name.clone(), dims, v));
+                    }
                 }
             }
         } else if !t.is_err() {
@@ -836,7 +888,7 @@ impl<'a> Cx<'a> {
     pub(super) fn expr(&mut self, e: &Expr, env: &mut Env) -> Ty {
         match &e.kind {
             ExprKind::Int(n) => Ty::int(*n),
-            ExprKind::Float(_) => Ty::Float,
+            ExprKind::Float(x) => Ty::Float(Some(*x)),
             ExprKind::Bool(b) => Ty::Bool(Some(*b)),
             ExprKind::Str(parts) => {
                 for p in parts {
@@ -859,10 +911,13 @@ impl<'a> Cx<'a> {
             ExprKind::Transpose(base) => {
                 let b = self.expr(base, env);
                 match b {
-                    Ty::Tensor(dt, mut dims) if dims.len() >= 2 => {
+                    Ty::Tensor(dt, mut dims, v) if dims.len() >= 2 => {
                         let n = dims.len();
                         dims.swap(n - 1, n - 2);
-                        Ty::Tensor(dt, dims)
+                        let mut perm: Vec<usize> = (0..n).collect();
+                        perm.swap(n - 1, n - 2);
+                        let v = self.emit(Op::Transpose { perm }, &[v], dt, &dims);
+                        Ty::Tensor(dt, dims, v)
                     }
                     Ty::Err => Ty::Err,
                     other => {
@@ -879,10 +934,19 @@ impl<'a> Cx<'a> {
                 let v = self.expr(x, env);
                 match (op, v) {
                     (UnOp::Neg, Ty::Int(d)) => Ty::Int(d.map(|d| d.neg())),
-                    (UnOp::Neg, t @ (Ty::Float | Ty::Err)) => t,
-                    (UnOp::Neg, Ty::Tensor(dt, s)) if dt.is_float() || dt == DType::I32 || dt == DType::I64 => Ty::Tensor(dt, s),
+                    (UnOp::Neg, Ty::Float(v)) => Ty::Float(v.map(|x| -x)),
+                    (UnOp::Neg, Ty::Err) => Ty::Err,
+                    (UnOp::Neg, Ty::Tensor(dt, s, v)) if dt.is_float() || dt == DType::I32 || dt == DType::I64 => {
+                        let v = self.emit_unary(Unary::Neg, v, dt, &s);
+                        Ty::Tensor(dt, s, v)
+                    }
                     (UnOp::Not, Ty::Bool(b)) => Ty::Bool(b.map(|b| !b)),
-                    (UnOp::Not, t @ Ty::Tensor(DType::Bool, _)) => t,
+                    (UnOp::Not, t @ Ty::Tensor(DType::Bool, ..)) => {
+                        let Ty::Tensor(_, s, _) = &t else { return Ty::Err };
+                        let s = s.clone();
+                        let v = self.emit_compare(Compare::Eq, &t, &Ty::Bool(Some(false)), DType::Bool, &s);
+                        Ty::Tensor(DType::Bool, s, v)
+                    }
                     (UnOp::Not, Ty::Err) => Ty::Err,
                     (op, other) => {
                         let shown = self.show(&other);
@@ -924,7 +988,7 @@ impl<'a> Cx<'a> {
             return l.ty.clone();
         }
         if n == "training" {
-            return Ty::Bool(None);
+            return Ty::Bool(self.mode().map(|m| m == crate::ir::Mode::Train));
         }
         match self.p.lookup(env.module, n) {
             Some(id) => match self.p.items[id].kind {
@@ -978,7 +1042,7 @@ impl<'a> Cx<'a> {
                 self.report(d);
                 Ty::Err
             }
-            Ty::Tensor(_, dims) if name.name == "shape" => Ty::Items(dims.iter().map(|d| Ty::Int(Some(d.clone()))).collect()),
+            Ty::Tensor(_, dims, _) if name.name == "shape" => Ty::Items(dims.iter().map(|d| Ty::Int(Some(d.clone()))).collect()),
             Ty::Err | Ty::Any => Ty::Err,
             other => {
                 let shown = self.show(other);
@@ -994,7 +1058,7 @@ impl<'a> Cx<'a> {
 
     fn index(&mut self, base: &Ty, items: &[IndexItem], base_span: Span, span: Span, env: &mut Env) -> Ty {
         match base {
-            Ty::Tensor(dt, dims) => {
+            Ty::Tensor(dt, dims, v) => {
                 if items.len() > dims.len() {
                     self.report(
                         Diagnostic::error("E0307", format!("too many indices: {} for a tensor of rank {}", items.len(), dims.len()))
@@ -1004,12 +1068,24 @@ impl<'a> Cx<'a> {
                     return Ty::Err;
                 }
                 let mut out = Vec::new();
+                // While lowering: each index is a slice of length 1, dropped by a final reshape.
+                let mut cur = *v;
+                let mut full = dims.clone();
+                let mut dropped = false;
                 for (axis, (item, d)) in items.iter().zip(dims).enumerate() {
                     match item {
                         IndexItem::At(e) => {
                             let v = self.expr(e, env);
                             match v {
-                                Ty::Int(Some(i)) => self.check_bound(&i, d, axis, e.span, true),
+                                Ty::Int(Some(i)) => {
+                                    self.check_bound(&i, d, axis, e.span, true);
+                                    if let (Some(i), Some(n)) = (i.as_const(), d.as_const()) {
+                                        let i = if i < 0 { i + n } else { i };
+                                        full[axis] = Dim::konst(1);
+                                        cur = self.emit(Op::Slice { axis, start: i as usize, end: i as usize + 1 }, &[cur], *dt, &full);
+                                        dropped = true;
+                                    }
+                                }
                                 Ty::Int(None) | Ty::Err => {}
                                 other => {
                                     let shown = self.show(&other);
@@ -1033,6 +1109,12 @@ impl<'a> Cx<'a> {
                                         self.report(Diagnostic::error("E0307", format!("empty slice: {lo}..{hi}")).primary(span, "here"));
                                         return Ty::Err;
                                     }
+                                    if len != *d {
+                                        if let (Some(a), Some(b)) = (lo.as_const(), hi.as_const()) {
+                                            full[axis] = len.clone();
+                                            cur = self.emit(Op::Slice { axis, start: a as usize, end: b as usize }, &[cur], *dt, &full);
+                                        }
+                                    }
                                     out.push(len);
                                 }
                                 _ => return Ty::Err,
@@ -1041,7 +1123,10 @@ impl<'a> Cx<'a> {
                     }
                 }
                 out.extend(dims[items.len()..].iter().cloned());
-                Ty::Tensor(*dt, out)
+                if dropped {
+                    cur = self.emit(Op::Reshape, &[cur], *dt, &out);
+                }
+                Ty::Tensor(*dt, out, cur)
             }
             Ty::List(t) => {
                 for i in items {
@@ -1127,8 +1212,14 @@ impl<'a> Cx<'a> {
                 }
                 _ => self.op_error(op, x, y, span),
             },
-            (Ty::Int(_) | Ty::Float, Ty::Int(_) | Ty::Float) => match op {
-                Add | Sub | Mul | Div | Rem => Ty::Float,
+            (Ty::Int(_) | Ty::Float(_), Ty::Int(_) | Ty::Float(_)) => match op {
+                Add | Sub | Mul | Div | Rem => Ty::Float(x.scalar().zip(y.scalar()).map(|(a, b)| match op {
+                    Add => a + b,
+                    Sub => a - b,
+                    Mul => a * b,
+                    Div => a / b,
+                    _ => a % b,
+                })),
                 Eq | Ne | Lt | Le | Gt | Ge => Ty::Bool(None),
                 _ => self.op_error(op, x, y, span),
             },
@@ -1165,8 +1256,8 @@ impl<'a> Cx<'a> {
         use BinOp::*;
         let as_tensor = |t: &Ty| -> Option<(Option<DType>, Vec<Dim>)> {
             match t {
-                Ty::Tensor(dt, d) => Some((Some(*dt), d.clone())),
-                Ty::Int(_) | Ty::Float => Some((None, vec![])),
+                Ty::Tensor(dt, d, _) => Some((Some(*dt), d.clone())),
+                Ty::Int(_) | Ty::Float(_) => Some((None, vec![])),
                 Ty::Bool(_) => Some((Some(DType::Bool), vec![])),
                 _ => None,
             }
@@ -1192,12 +1283,35 @@ impl<'a> Cx<'a> {
             (None, None) => DType::F32,
         };
         let Some(shape) = self.broadcast(&a, &b, xs, ys, span, env.strict) else { return Ty::Err };
-        match op {
-            Eq | Ne | Lt | Le | Gt | Ge => Ty::Tensor(DType::Bool, shape),
-            And | Or if dt == DType::Bool => Ty::Tensor(DType::Bool, shape),
-            And | Or => self.op_error(op, x, y, span),
-            _ => Ty::Tensor(dt, shape),
+        let cmp = match op {
+            Eq => Some(Compare::Eq),
+            Ne => Some(Compare::Ne),
+            Lt => Some(Compare::Lt),
+            Le => Some(Compare::Le),
+            Gt => Some(Compare::Gt),
+            Ge => Some(Compare::Ge),
+            _ => None,
+        };
+        if let Some(c) = cmp {
+            let v = self.emit_compare(c, x, y, dt, &shape);
+            return Ty::Tensor(DType::Bool, shape, v);
         }
+        if matches!(op, And | Or) && dt != DType::Bool {
+            return self.op_error(op, x, y, span);
+        }
+        let bin = match op {
+            Add => Binary::Add,
+            Sub => Binary::Sub,
+            Mul | And => Binary::Mul,
+            Div => Binary::Div,
+            Or => Binary::Max,
+            _ => {
+                self.lower_fail(format!("`{}` on tensors cannot be lowered", op.symbol()));
+                Binary::Add
+            }
+        };
+        let v = self.emit_binary(bin, x, y, dt, &shape);
+        Ty::Tensor(dt, shape, v)
     }
 
     /// The broadcasting rule: align from the right; a dim stretches only when it is
@@ -1251,7 +1365,7 @@ impl<'a> Cx<'a> {
         let Some(e) = els else { return Ty::Unit };
         let b = self.expr(e, env);
         match (&a, &b) {
-            (Ty::Tensor(da, x), Ty::Tensor(db, y)) => {
+            (Ty::Tensor(da, x, _), Ty::Tensor(db, y, _)) => {
                 if da != db || x.len() != y.len() || (env.strict && !self.shapes_equal(x, y, true)) {
                     self.report(
                         Diagnostic::error("E0312", format!("the branches give different shapes: {} and {}", ShapeFmt(*da, x), ShapeFmt(*db, y)))
@@ -1263,7 +1377,7 @@ impl<'a> Cx<'a> {
                 }
                 a
             }
-            _ if self.assignable(&a, &b) => if matches!(a, Ty::Int(_)) && matches!(b, Ty::Float) { b } else { a },
+            _ if self.assignable(&a, &b) => if matches!(a, Ty::Int(_)) && matches!(b, Ty::Float(_)) { b } else { a },
             _ if self.assignable(&b, &a) => b,
             _ => {
                 let (x, y) = (self.show(&a), self.show(&b));
@@ -1480,7 +1594,7 @@ impl<'a> Cx<'a> {
         };
         let ok = match (&t.kind, &v) {
             (_, Ty::Err) => true,
-            (TypeKind::Tensor { dtype, dims }, Ty::Tensor(dt, actual)) => self.match_tensor(callee, env, t, dtype, dims, *dt, actual, vspan, origin, deferred),
+            (TypeKind::Tensor { dtype, dims }, Ty::Tensor(dt, actual, _)) => self.match_tensor(callee, env, t, dtype, dims, *dt, actual, vspan, origin, deferred),
             (TypeKind::Tensor { .. }, other) => {
                 let shown = self.show(other);
                 let want = self.text(t.span).to_string();
@@ -1520,7 +1634,7 @@ impl<'a> Cx<'a> {
             }
         };
         let v = match (&t.kind, v) {
-            (TypeKind::Named(n), Ty::Int(_)) if n.name == "float" => Ty::Float,
+            (TypeKind::Named(n), v @ Ty::Int(_)) if n.name == "float" => Ty::Float(v.scalar()),
             (_, v) => v,
         };
         env.bind(&p.name.name, if ok { v } else { Ty::Err }, p.name.span, false);
@@ -1581,7 +1695,7 @@ impl<'a> Cx<'a> {
                     i += 1;
                 }
                 _ => {
-                    deferred.push((actual[i].clone(), d.clone(), vspan, Ty::Tensor(dt, actual.to_vec()), origin.unwrap_or(vspan)));
+                    deferred.push((actual[i].clone(), d.clone(), vspan, Ty::Tensor(dt, actual.to_vec(), None), origin.unwrap_or(vspan)));
                     i += 1;
                 }
             }
@@ -1678,18 +1792,26 @@ impl<'a> Cx<'a> {
                     if let Some(want) = &declared {
                         let tail = body.tail().map(|e| e.span).unwrap_or(body.span);
                         cx.expect_result(want, &got, tail, f.ret.as_ref().map(|t| t.span), &callee);
-                        want.clone()
+                        with_value(want, &got)
                     } else {
                         got
                     }
                 })
             }
             _ => {
-                let out = declared.unwrap_or(Ty::Unit);
-                if f.body.is_none()
-                    && let Some(m) = prims::count_macs(&name, &f.params, &bound, &out) {
+                let mut out = declared.unwrap_or(Ty::Unit);
+                if f.body.is_none() {
+                    if let Some(m) = prims::count_macs(&name, &f.params, &bound, &out) {
                         self.add_macs(m);
                     }
+                    if self.lowering() {
+                        let attr = |n: &str| callee.get(n).map(|l| l.ty.clone());
+                        let v = prims::lower_extern(self, &name, &f.params, &bound, &attr, &out);
+                        if let Ty::Tensor(_, _, slot) = &mut out {
+                            *slot = v;
+                        }
+                    }
+                }
                 out
             }
         }
@@ -1700,7 +1822,7 @@ impl<'a> Cx<'a> {
             Some(TypeExpr { kind: TypeKind::Named(n), .. }) if !matches!(n.name.as_str(), "int" | "dim") => {
                 let mut e = Env::new(env.module, false, false);
                 let t = f.ret.as_ref().map(|t| self.eval_type(&mut e, t)).unwrap_or(Ty::Err);
-                if matches!(t, Ty::Record(_) | Ty::Opaque(_) | Ty::Float | Ty::Str | Ty::Bool(_)) { t } else { Ty::Err }
+                if matches!(t, Ty::Record(_) | Ty::Opaque(_) | Ty::Float(_) | Ty::Str | Ty::Bool(_)) { t } else { Ty::Err }
             }
             _ => Ty::Err,
         }
@@ -1753,7 +1875,9 @@ impl<'a> Cx<'a> {
                 self.use_sites.pop();
                 self.stack.pop();
                 let inst = Inst { out, params: c.params, states: c.states, macs: c.macs };
-                self.cache.insert(key, inst.clone());
+                if !self.lowering() {
+                    self.cache.insert(key, inst.clone());
+                }
                 inst
             }
         };
@@ -1764,11 +1888,11 @@ impl<'a> Cx<'a> {
                 parent.sub += 1;
                 p
             };
-            for (n, d) in inst.params.iter() {
-                parent.params.push((if prefix.is_empty() { n.clone() } else { format!("{prefix}.{n}") }, d.clone()));
+            for (n, d, v) in inst.params.iter() {
+                parent.params.push((if prefix.is_empty() { n.clone() } else { format!("{prefix}.{n}") }, d.clone(), *v));
             }
-            for (n, d) in inst.states.iter() {
-                parent.states.push((if prefix.is_empty() { n.clone() } else { format!("{prefix}.{n}") }, d.clone()));
+            for (n, d, v) in inst.states.iter() {
+                parent.states.push((if prefix.is_empty() { n.clone() } else { format!("{prefix}.{n}") }, d.clone(), *v));
             }
             parent.macs = parent.macs.add(&inst.macs);
         }
@@ -1819,7 +1943,7 @@ impl<'a> Cx<'a> {
                 Some(want) => {
                     let tail = l.body.tail().map(|e| e.span).unwrap_or(l.body.span);
                     cx.expect_result(&want, &got, tail, l.ret.as_ref().map(|t| t.span), &callee);
-                    if got.is_err() { got } else { want }
+                    if got.is_err() { got } else { with_value(&want, &got) }
                 }
                 None => got,
             }
@@ -1896,12 +2020,15 @@ impl<'a> Cx<'a> {
 
     fn check_net(&mut self, m: usize, n: &NetDecl) -> NetInfo {
         let mut env = Env::new(m, true, true);
-        let batch = Dim::sym("B");
+        let batch = match self.lower.as_ref().and_then(|l| l.batch) {
+            Some(b) => Dim::konst(b),
+            None => Dim::sym("B"),
+        };
         let with_batch = |cx: &mut Self, env: &mut Env, t: &TypeExpr| -> Ty {
             match cx.eval_type(env, t) {
-                Ty::Tensor(dt, mut dims) => {
+                Ty::Tensor(dt, mut dims, _) => {
                     dims.insert(0, batch.clone());
-                    Ty::Tensor(dt, dims)
+                    Ty::Tensor(dt, dims, None)
                 }
                 Ty::Err => Ty::Err,
                 other => {
@@ -1911,7 +2038,13 @@ impl<'a> Cx<'a> {
                 }
             }
         };
-        let input = with_batch(self, &mut env, &n.input);
+        let input = match with_batch(self, &mut env, &n.input) {
+            Ty::Tensor(dt, dims, _) => {
+                let v = self.emit(Op::Input { name: "x".into(), kind: crate::ir::InputKind::Data }, &[], dt, &dims);
+                Ty::Tensor(dt, dims, v)
+            }
+            other => other,
+        };
         let output = with_batch(self, &mut env, &n.output);
         let mut info = NetInfo {
             name: n.name.name.clone(),
@@ -1933,11 +2066,12 @@ impl<'a> Cx<'a> {
             self.collectors.push(Collector::default());
             x = self.stage(stage, x, origin, &mut env);
             let c = strip_single(self.collectors.pop().unwrap_or_default());
-            let count = |list: &[(String, Vec<Dim>)]| list.iter().map(|(_, d)| per_example(&numel(d))).sum::<u64>();
+            let count = |list: &[(String, Vec<Dim>, Val)]| list.iter().map(|(_, d, _)| per_example(&numel(d))).sum::<u64>();
             let (params, state) = (count(&c.params), count(&c.states));
-            for (pn, d) in &c.params {
+            for (pn, d, _) in &c.params {
                 names.push((format!("{label}.{pn}"), d.iter().map(|x| x.as_const().unwrap_or(0).max(0) as u64).collect()));
             }
+            self.name_inputs(&label, &c.params, &c.states);
             let macs = per_example(&c.macs);
             info.params += params;
             info.state += state;
@@ -1946,16 +2080,17 @@ impl<'a> Cx<'a> {
             origin = stage.span;
         }
         info.param_names = names;
+        self.last_net_output = Some(x.clone());
         match (&x, &output) {
             (Ty::Err, _) | (_, Ty::Err) => info.ok = false,
-            (Ty::Tensor(da, a), Ty::Tensor(db, b)) if da == db && self.shapes_equal(a, b, true) => {}
+            (Ty::Tensor(da, a, _), Ty::Tensor(db, b, _)) if da == db && self.shapes_equal(a, b, true) => {}
             _ => {
                 info.ok = false;
                 let (got, want) = (self.show(&x), self.show(&output));
                 let mut d = Diagnostic::error("E0308", format!("`{}` must output {want}, but its last stage gives {got}", n.name.name))
                     .primary(origin, format!("this gives {got}"))
                     .secondary(n.output.span, "declared output");
-                if let (Ty::Tensor(_, a), Ty::Tensor(_, b)) = (&x, &output) {
+                if let (Ty::Tensor(_, a, _), Ty::Tensor(_, b, _)) = (&x, &output) {
                     if a.len() > b.len() && b.len() == 2 {
                         d = d.with_help("end with `global_avg_pool` or `flatten` and a `dense` layer");
                     } else if a.len() == b.len() {
@@ -1999,8 +2134,8 @@ impl<'a> Cx<'a> {
                         let c = strip_single(self.collectors.pop().unwrap_or_default());
                         let prefix = if body.len() == 1 { format!("{r}") } else { format!("{r}.{j}") };
                         if let Some(parent) = self.collectors.last_mut() {
-                            parent.params.extend(c.params.into_iter().map(|(n, d)| (format!("{prefix}.{n}"), d)));
-                            parent.states.extend(c.states.into_iter().map(|(n, d)| (format!("{prefix}.{n}"), d)));
+                            parent.params.extend(c.params.into_iter().map(|(n, d, v)| (format!("{prefix}.{n}"), d, v)));
+                            parent.states.extend(c.states.into_iter().map(|(n, d, v)| (format!("{prefix}.{n}"), d, v)));
                             parent.macs = parent.macs.add(&c.macs);
                         }
                         origin = st.span;
@@ -2041,6 +2176,14 @@ impl<'a> Cx<'a> {
     }
 }
 
+/// The declared type, carrying the IR value computed for it.
+fn with_value(want: &Ty, got: &Ty) -> Ty {
+    match (want, got) {
+        (Ty::Tensor(dt, d, _), Ty::Tensor(_, _, v)) => Ty::Tensor(*dt, d.clone(), *v),
+        _ => want.clone(),
+    }
+}
+
 /// A stage that is one layer names its parameters by the stage (`layers.1.w`), not by the
 /// layer inside it (`layers.1.dense0.w`).
 fn strip_single(mut c: Collector) -> Collector {
@@ -2050,8 +2193,8 @@ fn strip_single(mut c: Collector) -> Collector {
                 *n = n[i + 1..].to_string();
             }
         };
-        c.params.iter_mut().for_each(|(n, _)| strip(n));
-        c.states.iter_mut().for_each(|(n, _)| strip(n));
+        c.params.iter_mut().for_each(|(n, _, _)| strip(n));
+        c.states.iter_mut().for_each(|(n, _, _)| strip(n));
     }
     c
 }

@@ -10,6 +10,7 @@
 //! its values' types in place of shapes.
 
 pub mod dim;
+pub mod lower;
 mod eval;
 mod names;
 mod prims;

@@ -8,6 +8,7 @@ use super::eval::{ArgV, Cx, Env};
 use super::ty::{shape_str, DType, ShapeFmt, Ty};
 use crate::diag::Diagnostic;
 use crate::span::Span;
+use crate::ir::{Binary, Op, Unary, Window};
 use crate::syntax::ast::Param;
 
 const UNARY: &[&str] = &["exp", "log", "tanh", "sigmoid", "relu", "sqrt", "rsqrt", "abs", "erf", "sin", "cos", "neg", "sign"];
@@ -22,7 +23,7 @@ pub(super) fn apply(cx: &mut Cx, name: &str, params: &[Param], bound: &[Option<A
     }
     if UNARY.contains(&name) {
         return match arg("x").map(|a| &a.ty) {
-            Some(Ty::Int(_) | Ty::Float) => Some(Ty::Float),
+            Some(t @ (Ty::Int(_) | Ty::Float(_))) => Some(Ty::Float(t.scalar().map(|x| scalar_unary(name, x)))),
             _ => None,
         };
     }
@@ -55,7 +56,7 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
     Some(match name {
         "sum" | "mean" | "max" | "min" | "argmax" | "argmin" | "logsumexp" => {
             let x = x?;
-            let (dt, dims) = tensor(cx, x, name)?;
+            let (dt, dims, xv) = tensor(cx, x, name)?;
             let keep = matches!(arg("keepdim").map(|a| &a.ty), Some(Ty::Bool(Some(true))));
             let axes = match arg("axis") {
                 Some(a) => axes_of(cx, a, dims.len())?,
@@ -69,19 +70,33 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
                     out.push(Dim::konst(1));
                 }
             }
+            let v = match name {
+                "argmax" => cx.emit_argmax(xv, &axes, keep, &out),
+                "argmin" => {
+                    cx.lower_fail("`argmin` cannot be lowered yet");
+                    None
+                }
+                _ => cx.emit_reduce(name, xv, dt, &dims, &axes, keep, &out),
+            };
             let dt = if name.starts_with("arg") { DType::I32 } else { dt };
-            Ty::Tensor(dt, out)
+            Ty::Tensor(dt, out, v)
         }
         "reshape" => {
             let x = x?;
-            let (dt, dims) = tensor(cx, x, name)?;
+            let (dt, dims, xv) = tensor(cx, x, name)?;
             let shape = arg("shape")?;
             let want = int_list(cx, shape)?;
-            reshape(cx, dt, &dims, want, x.span, shape.span, span, env)?
+            match reshape(cx, dt, &dims, want, x.span, shape.span, span, env)? {
+                Ty::Tensor(dt, d, _) => {
+                    let v = cx.emit(Op::Reshape, &[xv], dt, &d);
+                    Ty::Tensor(dt, d, v)
+                }
+                other => other,
+            }
         }
         "permute" => {
             let x = x?;
-            let (dt, dims) = tensor(cx, x, name)?;
+            let (dt, dims, xv) = tensor(cx, x, name)?;
             let a = arg("axes")?;
             let axes = int_list(cx, a)?;
             let mut idx = Vec::new();
@@ -100,15 +115,20 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
                 cx.report(d);
                 return Some(Ty::Err);
             }
-            Ty::Tensor(dt, idx.iter().map(|i| dims[*i as usize].clone()).collect())
+            let out: Vec<Dim> = idx.iter().map(|i| dims[*i as usize].clone()).collect();
+            let v = cx.emit(Op::Transpose { perm: idx.iter().map(|i| *i as usize).collect() }, &[xv], dt, &out);
+            Ty::Tensor(dt, out, v)
         }
         "transpose" => {
             let x = x?;
-            let (dt, mut dims) = tensor(cx, x, name)?;
+            let (dt, mut dims, xv) = tensor(cx, x, name)?;
             let a = axis_of(cx, arg("a")?, dims.len())?;
             let b = axis_of(cx, arg("b")?, dims.len())?;
             dims.swap(a, b);
-            Ty::Tensor(dt, dims)
+            let mut perm: Vec<usize> = (0..dims.len()).collect();
+            perm.swap(a, b);
+            let v = cx.emit(Op::Transpose { perm }, &[xv], dt, &dims);
+            Ty::Tensor(dt, dims, v)
         }
         "concat" => {
             let xs = arg("xs")?;
@@ -116,9 +136,13 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
                 return Some(bad(cx, "E0201", "`concat` takes a list of tensors `[a, b]`".into(), xs.span));
             };
             let mut shapes = Vec::new();
+            let mut vals = Vec::new();
             for t in items {
                 match t {
-                    Ty::Tensor(dt, d) => shapes.push((*dt, d.clone())),
+                    Ty::Tensor(dt, d, v) => {
+                        shapes.push((*dt, d.clone()));
+                        vals.push(*v);
+                    }
                     Ty::Err => return Some(Ty::Err),
                     _ => return Some(bad(cx, "E0201", "`concat` takes a list of tensors".into(), xs.span)),
                 }
@@ -142,11 +166,12 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
             }
             let mut out = first;
             out[axis] = total;
-            Ty::Tensor(dt, out)
+            let v = cx.emit(Op::Concat { axis }, &vals, dt, &out);
+            Ty::Tensor(dt, out, v)
         }
         "broadcast_to" => {
             let x = x?;
-            let (dt, dims) = tensor(cx, x, name)?;
+            let (dt, dims, xv) = tensor(cx, x, name)?;
             let s = arg("shape")?;
             let want = int_list(cx, s)?;
             let got = cx.broadcast(&dims, &want, x.span, s.span, span, env.strict)?;
@@ -154,24 +179,33 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
                 let msg = format!("cannot broadcast {} to {}", ShapeFmt(dt, &dims), shape_str(&want));
                 return Some(bad(cx, "E0304", msg, span));
             }
-            Ty::Tensor(dt, want)
+            let v = cx.emit(Op::Broadcast, &[xv], dt, &want);
+            Ty::Tensor(dt, want, v)
         }
         "maximum" | "minimum" | "pow" => {
             let (a, b) = (arg("a")?, arg("b")?);
-            cx.binary(crate::syntax::ast::BinOp::Add, &a.ty, &b.ty, a.span, b.span, span, env)
+            let (dt, shape) = elementwise_shape(cx, &[a, b], span, env)?;
+            let op = match name {
+                "maximum" => Binary::Max,
+                "minimum" => Binary::Min,
+                _ => Binary::Pow,
+            };
+            let v = cx.emit_binary(op, &a.ty, &b.ty, dt, &shape);
+            Ty::Tensor(dt, shape, v)
         }
         "select" => {
             let (c, a, b) = (arg("cond")?, arg("a")?, arg("b")?);
-            let v = cx.binary(crate::syntax::ast::BinOp::Add, &a.ty, &b.ty, a.span, b.span, span, env);
-            match (&c.ty, v) {
-                (Ty::Tensor(DType::Bool, cd), Ty::Tensor(dt, vd)) => Ty::Tensor(dt, cx.broadcast(cd, &vd, c.span, a.span, span, env.strict)?),
-                (Ty::Tensor(DType::Bool, cd), Ty::Int(_) | Ty::Float) => Ty::Tensor(DType::F32, cd.clone()),
-                (Ty::Bool(_), v) => v,
-                (other, _) => {
-                    let shown = cx.show(other);
-                    return Some(bad(cx, "E0201", format!("`select` needs a bool condition, found {shown}"), c.span));
-                }
+            if !matches!(c.ty, Ty::Tensor(DType::Bool, ..) | Ty::Bool(_)) {
+                let shown = cx.show(&c.ty);
+                return Some(bad(cx, "E0201", format!("`select` needs a bool condition, found {shown}"), c.span));
             }
+            let (dt, shape) = elementwise_shape(cx, &[a, b], span, env)?;
+            let (_, shape) = elementwise_shape(cx, &[c, &ArgV { name: None, ty: Ty::Tensor(dt, shape, None), span }], span, env)?;
+            let cv = cx.value_as(&c.ty, DType::Bool, &shape);
+            let av = cx.value_as(&a.ty, dt, &shape);
+            let bv = cx.value_as(&b.ty, dt, &shape);
+            let v = cx.emit(Op::Select, &[cv, av, bv], dt, &shape);
+            Ty::Tensor(dt, shape, v)
         }
         _ => return None,
     })
@@ -182,8 +216,8 @@ pub(super) fn count_macs(name: &str, params: &[Param], bound: &[Option<ArgV>], o
     let arg = |n: &str| params.iter().position(|p| p.name.name == n).and_then(|i| bound.get(i)).and_then(|a| a.as_ref());
     match name {
         "conv2d" => {
-            let Ty::Tensor(_, w) = &arg("w")?.ty else { return None };
-            let Ty::Tensor(_, o) = out else { return None };
+            let Ty::Tensor(_, w, _) = &arg("w")?.ty else { return None };
+            let Ty::Tensor(_, o, _) = out else { return None };
             let per_out: Dim = w.iter().skip(1).fold(Dim::konst(1), |a, d| a.mul(d));
             Some(o.iter().fold(per_out, |a, d| a.mul(d)))
         }
@@ -196,9 +230,35 @@ fn bad(cx: &mut Cx, code: &'static str, msg: String, span: Span) -> Ty {
     Ty::Err
 }
 
-fn tensor(cx: &mut Cx, a: &ArgV, name: &str) -> Option<(DType, Vec<Dim>)> {
+/// The broadcast shape and element type of elementwise arguments (scalars count as f32
+/// unless a tensor says otherwise).
+fn elementwise_shape(cx: &mut Cx, args: &[&ArgV], span: Span, env: &Env) -> Option<(DType, Vec<Dim>)> {
+    let mut dt = None;
+    let mut shape: Vec<Dim> = vec![];
+    let mut prev = span;
+    for a in args {
+        match &a.ty {
+            Ty::Tensor(t, d, _) => {
+                if *t != DType::Bool {
+                    dt = Some(*t);
+                }
+                shape = cx.broadcast(&shape, d, prev, a.span, span, env.strict)?;
+                prev = a.span;
+            }
+            Ty::Int(_) | Ty::Float(_) | Ty::Bool(_) => {}
+            other => {
+                let shown = cx.show(other);
+                bad(cx, "E0201", format!("expected a tensor or a number, found {shown}"), a.span);
+                return None;
+            }
+        }
+    }
+    Some((dt.unwrap_or(DType::F32), shape))
+}
+
+fn tensor(cx: &mut Cx, a: &ArgV, name: &str) -> Option<(DType, Vec<Dim>, super::ty::Val)> {
     match &a.ty {
-        Ty::Tensor(dt, d) => Some((*dt, d.clone())),
+        Ty::Tensor(dt, d, v) => Some((*dt, d.clone(), *v)),
         Ty::Err => None,
         other => {
             let shown = cx.show(other);
@@ -284,7 +344,7 @@ fn reshape(cx: &mut Cx, dt: DType, dims: &[Dim], mut want: Vec<Dim>, xs: Span, s
                 return Some(Ty::Err);
             }
         }
-        return Some(Ty::Tensor(dt, want));
+        return Some(Ty::Tensor(dt, want, None));
     }
     if !cx.dims_equal(&total, &known, env.strict) {
         let d = Diagnostic::error("E0306", format!("cannot reshape {} ({total} elements) into {} ({known} elements)", ShapeFmt(dt, dims), shape_str(&want)))
@@ -294,12 +354,12 @@ fn reshape(cx: &mut Cx, dt: DType, dims: &[Dim], mut want: Vec<Dim>, xs: Span, s
         cx.report(d);
         return Some(Ty::Err);
     }
-    Some(Ty::Tensor(dt, want))
+    Some(Ty::Tensor(dt, want, None))
 }
 
 /// `a @ b` with numpy's rules: the last two axes multiply, leading axes broadcast.
 pub(super) fn matmul(cx: &mut Cx, x: &Ty, y: &Ty, xs: Span, ys: Span, span: Span, env: &Env) -> Ty {
-    let (Ty::Tensor(da, a), Ty::Tensor(db, b)) = (x, y) else {
+    let (Ty::Tensor(da, a, av), Ty::Tensor(db, b, bv)) = (x, y) else {
         let (l, r) = (cx.show(x), cx.show(y));
         return bad(cx, "E0311", format!("`@` multiplies tensors, found {l} @ {r}"), span);
     };
@@ -334,11 +394,163 @@ pub(super) fn matmul(cx: &mut Cx, x: &Ty, y: &Ty, xs: Span, ys: Span, span: Span
     let Some(mut batch) = cx.broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2], xs, ys, span, env.strict) else { return Ty::Err };
     let macs = batch.iter().fold(m.mul(k1).mul(n), |acc, d| acc.mul(d));
     cx.add_macs(macs);
+    let v = if cx.lowering() {
+        // Make the broadcast explicit: both sides get the full batch dims.
+        let mut sa = batch.clone();
+        sa.extend([m.clone(), k1.clone()]);
+        let mut sb = batch.clone();
+        sb.extend([k2.clone(), n.clone()]);
+        let mut so = batch.clone();
+        so.extend([m.clone(), n.clone()]);
+        let ra = if a.len() == 1 { cx.emit(Op::Reshape, &[*av], *da, &a2) } else { *av };
+        let rb = if b.len() == 1 { cx.emit(Op::Reshape, &[*bv], *db, &b2) } else { *bv };
+        let ea = cx.value_as(&Ty::Tensor(*da, a2.clone(), ra), *da, &sa);
+        let eb = cx.value_as(&Ty::Tensor(*db, b2.clone(), rb), *db, &sb);
+        let mm = cx.emit(Op::MatMul, &[ea, eb], *da, &so);
+        let mut out = batch.clone();
+        if a.len() > 1 {
+            out.push(m.clone());
+        }
+        if b.len() > 1 {
+            out.push(n.clone());
+        }
+        if out == so { mm } else { cx.emit(Op::Reshape, &[mm], *da, &out) }
+    } else {
+        None
+    };
     if a.len() > 1 {
         batch.push(m.clone());
     }
     if b.len() > 1 {
         batch.push(n.clone());
     }
-    Ty::Tensor(*da, batch)
+    Ty::Tensor(*da, batch, v)
+}
+
+fn scalar_unary(name: &str, x: f64) -> f64 {
+    match name {
+        "exp" => x.exp(),
+        "log" => x.ln(),
+        "tanh" => x.tanh(),
+        "sigmoid" => 1.0 / (1.0 + (-x).exp()),
+        "relu" => x.max(0.0),
+        "sqrt" => x.sqrt(),
+        "rsqrt" => 1.0 / x.sqrt(),
+        "abs" => x.abs(),
+        "erf" => libm::erf(x),
+        "sin" => x.sin(),
+        "cos" => x.cos(),
+        "neg" => -x,
+        _ => x.signum(),
+    }
+}
+
+/// Lowers a primitive whose shape its signature states (`exp`, `conv2d`, ...). `attr`
+/// gives the value of each non-tensor parameter (given or defaulted).
+pub(super) fn lower_extern(cx: &mut Cx, name: &str, params: &[Param], bound: &[Option<ArgV>], attr: &dyn Fn(&str) -> Option<Ty>, out: &Ty) -> super::ty::Val {
+    if !cx.lowering() {
+        return None;
+    }
+    let Ty::Tensor(dt, dims, _) = out else { return None };
+    let (dt, dims) = (*dt, dims.clone());
+    let val = |n: &str| -> super::ty::Val {
+        let i = params.iter().position(|p| p.name.name == n)?;
+        match bound.get(i)?.as_ref()?.ty {
+            Ty::Tensor(_, _, v) => v,
+            _ => None,
+        }
+    };
+    let int = |n: &str| attr(n).and_then(|t| t.scalar()).map(|x| x as usize);
+    let shape_of = |n: &str| -> Option<Vec<Dim>> {
+        let i = params.iter().position(|p| p.name.name == n)?;
+        match &bound.get(i)?.as_ref()?.ty {
+            Ty::Tensor(_, d, _) => Some(d.clone()),
+            _ => None,
+        }
+    };
+    let window = |k: Option<usize>| -> Option<Window> {
+        Some(Window { kernel: k?, stride: int("stride").unwrap_or(1), pad: int("pad").unwrap_or(0), dilation: int("dilation").unwrap_or(1), groups: int("groups").unwrap_or(1) })
+    };
+    let unary = match name {
+        "exp" => Some(Unary::Exp),
+        "log" => Some(Unary::Log),
+        "tanh" => Some(Unary::Tanh),
+        "sigmoid" => Some(Unary::Sigmoid),
+        "relu" => Some(Unary::Relu),
+        "sqrt" => Some(Unary::Sqrt),
+        "rsqrt" => Some(Unary::Rsqrt),
+        "abs" => Some(Unary::Abs),
+        "erf" => Some(Unary::Erf),
+        "sin" => Some(Unary::Sin),
+        "cos" => Some(Unary::Cos),
+        _ => None,
+    };
+    if let Some(u) = unary {
+        return cx.emit(Op::Unary(u), &[val("x")], dt, &dims);
+    }
+    let kernel_of = |n: &str, axis: usize| shape_of(n).and_then(|s| s.get(axis).and_then(Dim::as_const)).map(|k| k as usize);
+    match name {
+        "stop_gradient" => cx.emit(Op::StopGradient, &[val("x")], dt, &dims),
+        "to_f32" => cx.emit(Op::Cast, &[val("x")], dt, &dims),
+        "matmul" => cx.emit(Op::MatMul, &[val("a"), val("b")], dt, &dims),
+        "one_hot" => {
+            let classes = int("n")?;
+            cx.emit(Op::OneHot { classes }, &[val("y")], dt, &dims)
+        }
+        "gather" => cx.emit(Op::Gather, &[val("table"), val("idx")], dt, &dims),
+        "conv2d" => {
+            let w = window(kernel_of("w", 2))?;
+            cx.emit(Op::Conv2d(w), &[val("x"), val("w")], dt, &dims)
+        }
+        "conv2d_input_grad" => {
+            let w = window(kernel_of("w", 2))?;
+            cx.emit(Op::Conv2dInputGrad(w), &[val("dy"), val("w")], dt, &dims)
+        }
+        "conv2d_weight_grad" => {
+            let w = window(kernel_of("like", 2))?;
+            cx.emit(Op::Conv2dWeightGrad(w), &[val("x"), val("dy")], dt, &dims)
+        }
+        "max_pool2d" => cx.emit(Op::MaxPool2d(window(int("k"))?), &[val("x")], dt, &dims),
+        "avg_pool2d" => cx.emit(Op::AvgPool2d(window(int("k"))?), &[val("x")], dt, &dims),
+        "max_pool2d_grad" => cx.emit(Op::MaxPool2dGrad(window(int("k"))?), &[val("x"), val("dy")], dt, &dims),
+        "avg_pool2d_grad" => cx.emit(Op::AvgPool2dGrad(window(int("k"))?), &[val("dy")], dt, &dims),
+        "softmax" | "log_softmax" => {
+            // Composites of primitives, stabilized by the (gradient-free) maximum.
+            let n = dims.len() as i64;
+            let axis = attr("axis").and_then(|t| t.scalar()).map(|a| a as i64).unwrap_or(-1);
+            let axis = if axis < 0 { axis + n } else { axis } as usize;
+            let x = val("x");
+            let kept: Vec<Dim> = dims.iter().enumerate().map(|(i, d)| if i == axis { Dim::konst(1) } else { d.clone() }).collect();
+            let m = cx.emit(Op::Reduce { op: crate::ir::Reduce::Max, axes: vec![axis], keepdim: true }, &[x], dt, &kept);
+            let m = cx.emit(Op::StopGradient, &[m], dt, &kept);
+            let mb = cx.emit(Op::Broadcast, &[m], dt, &dims);
+            let z = cx.emit(Op::Binary(Binary::Sub), &[x, mb], dt, &dims);
+            let e = cx.emit(Op::Unary(Unary::Exp), &[z], dt, &dims);
+            let s = cx.emit(Op::Reduce { op: crate::ir::Reduce::Sum, axes: vec![axis], keepdim: true }, &[e], dt, &kept);
+            if name == "softmax" {
+                let sb = cx.emit(Op::Broadcast, &[s], dt, &dims);
+                cx.emit(Op::Binary(Binary::Div), &[e, sb], dt, &dims)
+            } else {
+                let l = cx.emit(Op::Unary(Unary::Log), &[s], dt, &kept);
+                let lb = cx.emit(Op::Broadcast, &[l], dt, &dims);
+                cx.emit(Op::Binary(Binary::Sub), &[z, lb], dt, &dims)
+            }
+        }
+        "dropout" => {
+            // keep = u >= p; y = keep ? x / (1 - p) : 0, with u from the counter-based RNG.
+            let p = attr("p").and_then(|t| t.scalar())?;
+            let seed = cx.next_seed();
+            let u = cx.emit(Op::RandomUniform { seed }, &[], dt, &dims);
+            let pv = cx.constant(p, dt, &dims);
+            let keep = cx.emit(Op::Compare(crate::ir::Compare::Ge), &[u, pv], DType::Bool, &dims);
+            let scale = cx.constant(1.0 / (1.0 - p), dt, &dims);
+            let scaled = cx.emit(Op::Binary(Binary::Mul), &[val("x"), scale], dt, &dims);
+            let zero = cx.constant(0.0, dt, &dims);
+            cx.emit(Op::Select, &[keep, scaled, zero], dt, &dims)
+        }
+        _ => {
+            cx.lower_fail(format!("the primitive `{name}` cannot be lowered yet"));
+            None
+        }
+    }
 }

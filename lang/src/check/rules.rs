@@ -97,7 +97,7 @@ impl Cx<'_> {
                             );
                             continue;
                         }
-                        if let (Ty::Tensor(da, a), Ty::Tensor(db, b)) = (want, &v) {
+                        if let (Ty::Tensor(da, a, _), Ty::Tensor(db, b, _)) = (want, &v) {
                             if da != db || !cx.shapes_equal(a, b, true) {
                                 cx.report(
                                     Diagnostic::error("E0406", format!("`{dn}` must have the shape of `{}`, {}, but this is {}", local.name, ShapeFmt(*da, a), ShapeFmt(*db, b)))
@@ -123,7 +123,7 @@ impl Cx<'_> {
             }
         });
         for (local, t) in &input_tys {
-            let needs = matches!(t, Ty::Tensor(dt, _) if dt.is_float());
+            let needs = matches!(t, Ty::Tensor(dt, _, _) if dt.is_float());
             if needs && !given.contains_key(&format!("d{}", local.name)) {
                 self.report(
                     Diagnostic::error("E0405", format!("the rule for `{name}` gives no gradient for `{}`", local.name))

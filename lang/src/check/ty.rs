@@ -57,15 +57,20 @@ pub struct LayerValue {
     pub args: Vec<(Option<String>, Ty, crate::span::Span)>,
 }
 
+/// The IR value of a tensor while lowering (`None` while only checking).
+pub type Val = Option<crate::ir::ValueId>;
+
 #[derive(Clone, Debug)]
 pub enum Ty {
     /// An int; in tensor code its value is usually known (a dim).
     Int(Option<Dim>),
-    Float,
+    /// A float; its value when known at compile time (literals, layer arguments).
+    Float(Option<f64>),
     Bool(Option<bool>),
     Str,
     Unit,
-    Tensor(DType, Vec<Dim>),
+    /// A tensor: element type, shape, and when lowering, the IR value holding it.
+    Tensor(DType, Vec<Dim>, Val),
     /// A list literal: its elements' types (and values).
     Items(Vec<Ty>),
     List(Box<Ty>),
@@ -90,6 +95,14 @@ impl Ty {
     pub fn dim(&self) -> Option<&Dim> {
         match self {
             Ty::Int(Some(d)) => Some(d),
+            _ => None,
+        }
+    }
+    /// A compile-time scalar's value as a float.
+    pub fn scalar(&self) -> Option<f64> {
+        match self {
+            Ty::Int(Some(d)) => d.as_const().map(|n| n as f64),
+            Ty::Float(v) => *v,
             _ => None,
         }
     }

@@ -1,0 +1,239 @@
+//! Lowering: the checker, run with concrete arguments and a fixed batch, emits the tensor
+//! IR as it evaluates. Checking and lowering are one walk over the same code, so the IR is
+//! exactly what was checked (TorchLean's "one IR for running and checking").
+//!
+//! While lowering, every tensor value ([`Ty::Tensor`]) carries the IR value that holds it.
+//! The helpers here turn checked operations into IR nodes, making broadcasting explicit.
+
+use super::dim::Dim;
+use super::eval::Cx;
+use super::ty::{DType, Ty, Val};
+use crate::ir::{Binary, Compare, Graph, Mode, Op, Reduce, Unary, ValueId};
+
+/// The graph being built, and the first reason lowering could not continue.
+#[derive(Default)]
+pub struct Lowering {
+    pub graph: Graph,
+    pub failure: Option<String>,
+    /// Counter for `random_uniform` seeds, so each dropout draws its own numbers.
+    pub rng: u64,
+    /// The batch size the net is lowered for.
+    pub batch: Option<i64>,
+    /// (state input, its new value) for each state assignment, in order.
+    pub state_updates: Vec<(ValueId, ValueId)>,
+}
+
+impl Cx<'_> {
+    pub(super) fn lowering(&self) -> bool {
+        self.lower.is_some()
+    }
+
+    pub(super) fn mode(&self) -> Option<Mode> {
+        self.lower.as_ref().map(|l| l.graph.mode)
+    }
+
+    pub(super) fn lower_fail(&mut self, why: impl Into<String>) {
+        if let Some(l) = self.lower.as_mut() {
+            l.failure.get_or_insert_with(|| why.into());
+        }
+    }
+
+    fn concrete(&mut self, dims: &[Dim]) -> Option<Vec<usize>> {
+        let out: Option<Vec<usize>> = dims.iter().map(|d| d.as_const().and_then(|n| usize::try_from(n).ok())).collect();
+        if out.is_none() {
+            self.lower_fail(format!("a shape is not known when lowering: {dims:?}"));
+        }
+        out
+    }
+
+    /// Appends a node when lowering; `None` when only checking or an argument is missing.
+    pub(super) fn emit(&mut self, op: Op, args: &[Val], dt: DType, dims: &[Dim]) -> Val {
+        self.lower.as_ref()?;
+        let args: Vec<ValueId> = args.iter().copied().collect::<Option<_>>()?;
+        let shape = self.concrete(dims)?;
+        self.lower.as_mut().map(|l| l.graph.push(op, args, dt, shape))
+    }
+
+    /// A scalar constant broadcast to `dims`.
+    pub(super) fn constant(&mut self, x: f64, dt: DType, dims: &[Dim]) -> Val {
+        let c = self.emit(Op::Const(x), &[], dt, &[]);
+        if dims.is_empty() { c } else { self.emit(Op::Broadcast, &[c], dt, dims) }
+    }
+
+    /// The IR value of `t` stretched to `dims` (scalars become constants).
+    pub(super) fn value_as(&mut self, t: &Ty, dt: DType, dims: &[Dim]) -> Val {
+        if !self.lowering() {
+            return None;
+        }
+        match t {
+            Ty::Tensor(_, d, v) if d == dims => *v,
+            Ty::Tensor(_, _, v) => self.emit(Op::Broadcast, &[*v], dt, dims),
+            Ty::Bool(Some(b)) => self.constant(f64::from(u8::from(*b)), dt, dims),
+            other => match other.scalar() {
+                Some(x) => self.constant(x, dt, dims),
+                None => {
+                    self.lower_fail("a scalar's value is not known when lowering");
+                    None
+                }
+            },
+        }
+    }
+
+    /// An elementwise binary op with broadcasting, lowered.
+    pub(super) fn emit_binary(&mut self, op: Binary, x: &Ty, y: &Ty, dt: DType, dims: &[Dim]) -> Val {
+        if !self.lowering() {
+            return None;
+        }
+        let a = self.value_as(x, dt, dims);
+        let b = self.value_as(y, dt, dims);
+        self.emit(Op::Binary(op), &[a, b], dt, dims)
+    }
+
+    pub(super) fn emit_compare(&mut self, op: Compare, x: &Ty, y: &Ty, operand: DType, dims: &[Dim]) -> Val {
+        if !self.lowering() {
+            return None;
+        }
+        let a = self.value_as(x, operand, dims);
+        let b = self.value_as(y, operand, dims);
+        self.emit(Op::Compare(op), &[a, b], DType::Bool, dims)
+    }
+
+    pub(super) fn emit_unary(&mut self, op: Unary, x: Val, dt: DType, dims: &[Dim]) -> Val {
+        self.emit(Op::Unary(op), &[x], dt, dims)
+    }
+
+    /// A reduction over `axes`, lowered; `mean` divides by the count.
+    pub(super) fn emit_reduce(&mut self, name: &str, x: Val, dt: DType, in_dims: &[Dim], axes: &[usize], keep: bool, out: &[Dim]) -> Val {
+        if !self.lowering() {
+            return None;
+        }
+        let op = if name == "max" { Reduce::Max } else { Reduce::Sum };
+        match name {
+            "sum" | "max" => self.emit(Op::Reduce { op, axes: axes.to_vec(), keepdim: keep }, &[x], dt, out),
+            "min" => {
+                // min(x) = -max(-x)
+                let n = self.emit(Op::Unary(Unary::Neg), &[x], dt, in_dims);
+                let m = self.emit(Op::Reduce { op: Reduce::Max, axes: axes.to_vec(), keepdim: keep }, &[n], dt, out);
+                self.emit(Op::Unary(Unary::Neg), &[m], dt, out)
+            }
+            "mean" => {
+                let s = self.emit(Op::Reduce { op, axes: axes.to_vec(), keepdim: keep }, &[x], dt, out);
+                let count: i64 = axes.iter().filter_map(|a| in_dims[*a].as_const()).product();
+                let c = self.constant(count as f64, dt, out);
+                self.emit(Op::Binary(Binary::Div), &[s, c], dt, out)
+            }
+            "logsumexp" => {
+                // m + log(sum(exp(x - m))), with m the max kept as a broadcastable dim.
+                let kept: Vec<Dim> = in_dims.iter().enumerate().map(|(i, d)| if axes.contains(&i) { Dim::konst(1) } else { d.clone() }).collect();
+                let m = self.emit(Op::Reduce { op: Reduce::Max, axes: axes.to_vec(), keepdim: true }, &[x], dt, &kept);
+                let m = self.emit(Op::StopGradient, &[m], dt, &kept);
+                let mb = self.emit(Op::Broadcast, &[m], dt, in_dims);
+                let d = self.emit(Op::Binary(Binary::Sub), &[x, mb], dt, in_dims);
+                let e = self.emit(Op::Unary(Unary::Exp), &[d], dt, in_dims);
+                let s = self.emit(Op::Reduce { op: Reduce::Sum, axes: axes.to_vec(), keepdim: true }, &[e], dt, &kept);
+                let l = self.emit(Op::Unary(Unary::Log), &[s], dt, &kept);
+                let r = self.emit(Op::Binary(Binary::Add), &[l, m], dt, &kept);
+                if keep { r } else { self.emit(Op::Reshape, &[r], dt, out) }
+            }
+            _ => {
+                self.lower_fail(format!("`{name}` cannot be lowered yet"));
+                None
+            }
+        }
+    }
+
+    /// `argmax` over one axis.
+    pub(super) fn emit_argmax(&mut self, x: Val, axes: &[usize], keep: bool, out: &[Dim]) -> Val {
+        let [axis] = axes else {
+            self.lower_fail("`argmax` over several axes cannot be lowered");
+            return None;
+        };
+        if keep {
+            let mut dropped = out.to_vec();
+            dropped.remove(*axis);
+            let a = self.emit(Op::ArgMax { axis: *axis }, &[x], DType::I32, &dropped);
+            self.emit(Op::Reshape, &[a], DType::I32, out)
+        } else {
+            self.emit(Op::ArgMax { axis: *axis }, &[x], DType::I32, out)
+        }
+    }
+
+    /// Gives the parameters and state of net stage `label` their structural names.
+    pub(super) fn name_inputs(&mut self, label: &str, params: &[(String, Vec<Dim>, Val)], states: &[(String, Vec<Dim>, Val)]) {
+        let Some(l) = self.lower.as_mut() else { return };
+        for (n, _, v) in params.iter().chain(states) {
+            if let Some(v) = v {
+                if let Op::Input { name, .. } = &mut l.graph.nodes[v.index()].op {
+                    *name = format!("{label}.{n}");
+                }
+            }
+        }
+    }
+
+    pub(super) fn next_seed(&mut self) -> u64 {
+        self.lower.as_mut().map(|l| {
+            l.rng += 1;
+            l.rng
+        }).unwrap_or(0)
+    }
+}
+
+/// A net lowered for one batch size and mode: the graph and where things are in it.
+#[derive(Debug)]
+pub struct Lowered {
+    pub graph: Graph,
+    /// The net's output (logits).
+    pub output: ValueId,
+    /// The scalar loss, when a loss was lowered with the net.
+    pub loss: Option<ValueId>,
+}
+
+/// Lowers net `net` of module `module` for a batch of `batch`, in `mode`; with `loss`
+/// (the name of a function `loss(logits, labels: i32[B])`), appends the loss of a batch of
+/// integer labels, named input `y`. Outputs: `logits`, `loss`, and `state.<name>` for every
+/// updated state.
+pub fn lower_net(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>) -> Result<Lowered, String> {
+    let id = p.lookup(module, net).ok_or_else(|| format!("no net `{net}`"))?;
+    let Some(crate::syntax::ast::Item { kind: crate::syntax::ast::ItemKind::Net(decl), .. }) = p.item_ast(id) else {
+        return Err(format!("`{net}` is not a net"));
+    };
+    let mut diags = Vec::new();
+    let mut cx = Cx::new(p, &mut diags);
+    let mut lowering = Lowering { batch: Some(batch as i64), ..Lowering::default() };
+    lowering.graph.mode = mode;
+    cx.lower = Some(lowering);
+    let (info, out) = cx.check_net_lowered(p.items[id].module, decl);
+    let mut loss_val = None;
+    if let (Some(loss), Ty::Tensor(_, dims, Some(_))) = (loss, &out) {
+        let y_dims = vec![dims[0].clone()];
+        let y = cx.emit(Op::Input { name: "y".into(), kind: crate::ir::InputKind::Label }, &[], DType::I32, &y_dims);
+        let l = cx.call_named(p.items[id].module, loss, vec![out.clone(), Ty::Tensor(DType::I32, y_dims, y)]);
+        match l {
+            Ty::Tensor(_, d, Some(v)) if d.is_empty() => loss_val = Some(v),
+            other => return Err(format!("the loss `{loss}` did not give a scalar: {}", cx.show(&other))),
+        }
+    }
+    if let Some(d) = cx.take_errors().into_iter().next() {
+        return Err(format!("`{net}` does not check: {}", d.message));
+    }
+    let mut lowering = cx.lower.take().ok_or("lowering state lost")?;
+    if let Some(f) = lowering.failure {
+        return Err(f);
+    }
+    if !info.ok {
+        return Err(format!("`{net}` does not check"));
+    }
+    let Ty::Tensor(_, _, Some(output)) = out else { return Err("the net gave no value".into()) };
+    lowering.graph.outputs.push(("logits".into(), output));
+    if let Some(l) = loss_val {
+        lowering.graph.outputs.push(("loss".into(), l));
+    }
+    for (old, new) in &lowering.state_updates {
+        if let Op::Input { name, .. } = &lowering.graph.nodes[old.index()].op {
+            let name = format!("state.{name}");
+            lowering.graph.outputs.retain(|(n, _)| *n != name);
+            lowering.graph.outputs.push((name, *new));
+        }
+    }
+    Ok(Lowered { graph: lowering.graph, output, loss: loss_val })
+}

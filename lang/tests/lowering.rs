@@ -1,0 +1,62 @@
+//! Every example net lowers to a graph the verifier accepts, in train and eval mode, and
+//! the reference interpreter runs the small ones.
+
+use nabla_lang::check::{check_files, lower::lower_net};
+use nabla_lang::interp::{run, Precision, Tensor};
+use nabla_lang::ir::{verify, InputKind, Mode};
+
+fn checked(name: &str) -> nabla_lang::check::Checked {
+    let path = format!("{}/../examples/{name}.net", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("example");
+    let c = check_files(&[(path, text)], &nabla_stdlib::StdLoader);
+    assert!(c.diagnostics.is_empty());
+    c
+}
+
+#[test]
+fn examples_lower_and_verify() {
+    for name in ["mnist_linear", "mnist_mlp", "mnist_cnn", "cifar_bn", "resnet34", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_tiny"] {
+        let c = checked(name);
+        let net = c.nets[0].name.clone();
+        for mode in [Mode::Train, Mode::Eval] {
+            let l = lower_net(&c.program, 0, &net, 2, mode, Some("softmax_cross_entropy")).unwrap_or_else(|e| panic!("{name}: {e}"));
+            verify(&l.graph).unwrap_or_else(|e| panic!("{name} {mode:?}: {}", e.message));
+            // The graph's parameters are exactly the net's, by name and size.
+            let params: Vec<(String, usize)> = l
+                .graph
+                .inputs()
+                .filter(|(_, _, k)| *k == InputKind::Param)
+                .map(|(v, n, _)| (n.to_string(), l.graph.node(v).numel()))
+                .collect();
+            let total: usize = params.iter().map(|p| p.1).sum();
+            assert_eq!(total as u64, c.nets[0].params, "{name}");
+            let names: Vec<&str> = params.iter().map(|p| p.0.as_str()).collect();
+            let expected: Vec<&str> = c.nets[0].param_names.iter().map(|p| p.0.as_str()).collect();
+            assert_eq!(names, expected, "{name}");
+        }
+    }
+}
+
+#[test]
+fn the_linear_classifier_runs() {
+    let c = checked("mnist_linear");
+    let l = lower_net(&c.program, 0, "MnistLinear", 2, Mode::Train, Some("softmax_cross_entropy")).expect("lowers");
+    // w = 0, b = [0, 1, ..., 9]: the logits are b for every example, and the loss is
+    // -mean(log softmax(b)[y]).
+    let inputs = |name: &str, _k: InputKind| -> Option<Tensor> {
+        Some(match name {
+            "x" => Tensor::new(nabla_lang::check::ty::DType::F32, vec![2, 1, 28, 28], (0..2 * 784).map(|i| (i % 7) as f64).collect()),
+            "layers.1.w" => Tensor::zeros(nabla_lang::check::ty::DType::F32, &[10, 784]),
+            "layers.1.b" => Tensor::new(nabla_lang::check::ty::DType::F32, vec![10], (0..10).map(f64::from).collect()),
+            "y" => Tensor::new(nabla_lang::check::ty::DType::I32, vec![2], vec![9.0, 3.0]),
+            _ => return None,
+        })
+    };
+    let vals = run(&l.graph, &inputs, Precision::F64).expect("runs");
+    let logits = &vals[l.output.index()];
+    assert_eq!(logits.data[..10], (0..10).map(f64::from).collect::<Vec<_>>()[..]);
+    let lse = (0..10).map(|i| f64::from(i).exp()).sum::<f64>().ln();
+    let want = ((lse - 9.0) + (lse - 3.0)) / 2.0;
+    let got = vals[l.loss.expect("loss").index()].data[0];
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+}
