@@ -5,8 +5,10 @@
 //! [`check::Loader`]), knows no LSP types, and depends on no backend. Parsing never fails.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod ad;
 pub mod check;
 pub mod diag;
+pub mod gradcheck;
 pub mod interp;
 pub mod ir;
 pub mod span;

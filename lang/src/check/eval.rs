@@ -430,8 +430,9 @@ impl<'a> Cx<'a> {
         match &t.kind {
             TypeKind::Named(n) if (n.name == "int" || n.name == "dim") && !env.tensor => Ty::Int(None),
             TypeKind::Named(n) if n.name == "int" || n.name == "dim" => Ty::Int(Some(Dim::sym(&p.name.name))),
-            // Axes are structure, not sizes: a generic check uses the default axis.
-            TypeKind::Named(n) if n.name == "axis" => match &p.default {
+            // Axes are structure, not sizes: a generic check uses the default axis (and
+            // the default of an `any`, which is how the primitives take axis lists).
+            TypeKind::Named(n) if n.name == "axis" || (n.name == "any" && p.default.is_some()) => match &p.default {
                 Some(d) => self.expr(d, env),
                 None => Ty::int(0),
             },
@@ -1786,8 +1787,16 @@ impl<'a> Cx<'a> {
         match (&f.body, tensor) {
             (Some(body), true) => {
                 let key = format!("fn{id}|{}|{}", callee.strict, self.env_key(&callee, f.params.iter().map(|p| p.name.name.as_str())));
-                
-                self.instantiate(id, key, span, |cx| {
+                let start = self.lower.as_ref().map(|l| l.graph.nodes.len());
+                let inputs: Vec<Val> = bound
+                    .iter()
+                    .flatten()
+                    .filter_map(|a| match &a.ty {
+                        Ty::Tensor(_, _, v) => Some(*v),
+                        _ => None,
+                    })
+                    .collect();
+                let out = self.instantiate(id, key, span, |cx| {
                     let got = cx.block(body, &mut callee);
                     if let Some(want) = &declared {
                         let tail = body.tail().map(|e| e.span).unwrap_or(body.span);
@@ -1796,7 +1805,9 @@ impl<'a> Cx<'a> {
                     } else {
                         got
                     }
-                })
+                });
+                self.mark_composite(&name, start, &inputs, &out);
+                out
             }
             _ => {
                 let mut out = declared.unwrap_or(Ty::Unit);
@@ -2148,6 +2159,68 @@ impl<'a> Cx<'a> {
     }
 
     // ------------------------------------------------------------------ rules
+
+    /// Instantiates the rule of `primal` at concrete tensors (while lowering): binds the
+    /// primal's parameters to `inputs` (tensor parameters, in order) and `attrs`, the
+    /// rule's names to them, `dy` to the cotangent, and evaluates the rule's body. Returns
+    /// the gradient of each tensor input, `None` where the rule gives none.
+    pub(super) fn instantiate_rule(&mut self, primal: &str, inputs: &[Ty], attrs: &[(String, Ty)], y: Ty, dy: Ty) -> Result<Vec<Option<Val>>, String> {
+        let p = self.p;
+        let rid = self.rule_for(primal).ok_or_else(|| format!("no derivative rule for `{primal}`"))?;
+        let m = p.items[rid].module;
+        let Some(Item { kind: ItemKind::Rule(rule), .. }) = p.item_ast(rid) else { return Err("not a rule".into()) };
+        let fid = p.lookup(m, primal).ok_or_else(|| format!("no function `{primal}`"))?;
+        let Some(Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(fid) else { return Err(format!("`{primal}` is not a function")) };
+        let mut env = Env::new(m, true, true);
+        let mut deferred = Vec::new();
+        let mut next = 0;
+        let span = p.items[rid].span;
+        for prm in &f.params {
+            let is_tensor = matches!(prm.ty.as_ref().map(|t| &t.kind), Some(TypeKind::Tensor { .. }));
+            let v = if is_tensor {
+                next += 1;
+                inputs.get(next - 1).cloned().ok_or("too few inputs for the rule")?
+            } else if let Some((_, t)) = attrs.iter().find(|(n, _)| *n == prm.name.name) {
+                t.clone()
+            } else if let Some(d) = &prm.default {
+                self.expr(d, &mut env)
+            } else {
+                return Err(format!("attribute `{}` of `{primal}` is not given", prm.name.name));
+            };
+            self.bind_param(primal, &mut env, prm, v, span, None, &mut deferred);
+        }
+        self.check_deferred(primal, &mut env, deferred);
+        for (local, t) in rule.inputs.iter().zip(inputs) {
+            env.bind(&local.name, t.clone(), local.span, false);
+        }
+        if let Some(yn) = &rule.output {
+            env.bind(&yn.name, y, yn.span, false);
+        }
+        env.bind("dy", dy, span, false);
+        let mut grads: HashMap<String, Ty> = HashMap::new();
+        self.collectors.push(Collector::default());
+        for s in &rule.body.stmts {
+            match &s.kind {
+                StmtKind::Assign { target: Expr { kind: ExprKind::Name(dn), .. }, op: None, value } => {
+                    let v = self.expr(value, &mut env);
+                    grads.insert(dn.clone(), v);
+                }
+                _ => self.stmt(s, &mut env),
+            }
+        }
+        self.collectors.pop();
+        if let Some(d) = self.diags.iter().find(|d| d.is_error()) {
+            return Err(format!("the rule for `{primal}` does not apply here: {}", d.message));
+        }
+        Ok(rule
+            .inputs
+            .iter()
+            .map(|l| match grads.get(&format!("d{}", l.name)) {
+                Some(Ty::Tensor(_, _, v)) => Some(*v),
+                _ => None,
+            })
+            .collect())
+    }
 
     pub(super) fn rule_env(&mut self, module: usize) -> Env {
         Env::new(module, true, true)

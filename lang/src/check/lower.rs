@@ -170,6 +170,26 @@ impl Cx<'_> {
         }
     }
 
+    /// Records a lowered call of a function that has its own rule (see [`Composite`]).
+    ///
+    /// [`Composite`]: crate::ir::Composite
+    pub(super) fn mark_composite(&mut self, name: &str, start: Option<usize>, inputs: &[Val], out: &Ty) {
+        let (Some(start), Ty::Tensor(_, _, Some(output))) = (start, out) else { return };
+        let Some(inputs) = inputs.iter().copied().collect::<Option<Vec<ValueId>>>() else { return };
+        if self.rule_for(name).is_none() {
+            return;
+        }
+        if let Some(l) = self.lower.as_mut() {
+            let end = l.graph.nodes.len();
+            l.graph.composites.push(crate::ir::Composite { rule: name.to_string(), inputs, output: *output, start, end });
+        }
+    }
+
+    /// The derivative rule for function `name`, anywhere in the program.
+    pub(super) fn rule_for(&self, name: &str) -> Option<super::names::ItemId> {
+        self.p.modules.iter().flat_map(|m| m.rules.iter()).copied().find(|r| self.p.items[*r].name == name)
+    }
+
     pub(super) fn next_seed(&mut self) -> u64 {
         self.lower.as_mut().map(|l| {
             l.rng += 1;
@@ -236,4 +256,31 @@ pub fn lower_net(p: &super::Program, module: usize, net: &str, batch: usize, mod
         }
     }
     Ok(Lowered { graph: lowering.graph, output, loss: loss_val })
+}
+
+/// Appends to `graph` the nodes of `primal`'s derivative rule at concrete values: the
+/// tensor inputs `inputs`, attributes `attrs`, result `y` and its cotangent `dy`. Returns
+/// each input's gradient (`None` where the rule gives none).
+pub fn apply_rule(p: &super::Program, graph: &mut Graph, primal: &str, inputs: &[ValueId], attrs: &[(String, Ty)], y: ValueId, dy: ValueId) -> Result<Vec<Option<ValueId>>, String> {
+    let mut diags = Vec::new();
+    let mut cx = Cx::new(p, &mut diags);
+    let tensor = |g: &Graph, v: ValueId| {
+        let n = g.node(v);
+        Ty::Tensor(n.dtype, n.shape.iter().map(|d| Dim::konst(*d as i64)).collect(), Some(v))
+    };
+    let ins: Vec<Ty> = inputs.iter().map(|v| tensor(graph, *v)).collect();
+    let (yt, dyt) = (tensor(graph, y), tensor(graph, dy));
+    cx.lower = Some(Lowering { graph: std::mem::take(graph), ..Lowering::default() });
+    let result = cx.instantiate_rule(primal, &ins, attrs, yt, dyt);
+    let lowering = cx.lower.take().unwrap_or_default();
+    *graph = lowering.graph;
+    if let Some(f) = lowering.failure {
+        return Err(f);
+    }
+    result.map(|gs| gs.into_iter().map(|g| g.flatten()).collect())
+}
+
+/// A list of ints as a compile-time value (for rule attributes).
+pub fn int_list(xs: &[usize]) -> Ty {
+    Ty::Items(xs.iter().map(|x| Ty::int(*x as i64)).collect())
 }

@@ -36,7 +36,7 @@ pub(super) fn apply(cx: &mut Cx, name: &str, params: &[Param], bound: &[Option<A
 /// The primitives whose result shape is computed here.
 const SHAPED: &[&str] = &[
     "sum", "mean", "max", "min", "argmax", "argmin", "logsumexp", "reshape", "permute", "transpose", "concat",
-    "broadcast_to", "maximum", "minimum", "pow", "select",
+    "broadcast_to", "maximum", "minimum", "pow", "select", "slice", "pad", "expand", "sum_to", "invert",
 ];
 
 fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, span: Span, env: &Env) -> Option<Ty> {
@@ -182,6 +182,69 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
             let v = cx.emit(Op::Broadcast, &[xv], dt, &want);
             Ty::Tensor(dt, want, v)
         }
+        "slice" | "pad" => {
+            let x = x?;
+            let (dt, mut dims, xv) = tensor(cx, x, name)?;
+            let axis = axis_of(cx, arg("axis")?, dims.len())?;
+            let (a, b) = if name == "slice" { ("start", "end") } else { ("before", "after") };
+            let (Some(p), Some(q)) = (arg(a).and_then(|t| t.ty.dim().cloned()), arg(b).and_then(|t| t.ty.dim().cloned())) else {
+                return Some(Ty::Err);
+            };
+            if name == "slice" {
+                dims[axis] = q.sub(&p);
+            } else {
+                dims[axis] = dims[axis].add(&p).add(&q);
+            }
+            let v = match (p.as_const(), q.as_const()) {
+                (Some(p), Some(q)) if name == "slice" => cx.emit(Op::Slice { axis, start: p as usize, end: q as usize }, &[xv], dt, &dims),
+                (Some(p), Some(q)) => cx.emit(Op::Pad { axis, before: p as usize, after: q as usize }, &[xv], dt, &dims),
+                _ => None,
+            };
+            Ty::Tensor(dt, dims, v)
+        }
+        "expand" | "sum_to" => {
+            let dy = arg("dy")?;
+            let like = arg("like")?;
+            let (dt, from, v) = tensor(cx, dy, name)?;
+            let (_, to, _) = tensor(cx, like, name)?;
+            let v = if name == "expand" {
+                let keep = matches!(arg("keepdim").map(|a| &a.ty), Some(Ty::Bool(Some(true))));
+                let axes = match arg("axis") {
+                    Some(a) if !matches!(a.ty, Ty::Any) => axes_of(cx, a, to.len())?,
+                    _ => (0..to.len()).collect(),
+                };
+                let kept: Vec<Dim> = to.iter().enumerate().map(|(i, d)| if axes.contains(&i) { Dim::konst(1) } else { d.clone() }).collect();
+                let r = if keep || kept == from { v } else { cx.emit(Op::Reshape, &[v], dt, &kept) };
+                if kept == to { r } else { cx.emit(Op::Broadcast, &[r], dt, &to) }
+            } else {
+                // Sum the leading axes broadcasting added, then the 1-sized axes it stretched.
+                let lead = from.len().saturating_sub(to.len());
+                let mut axes: Vec<usize> = (0..lead).collect();
+                for (i, d) in to.iter().enumerate() {
+                    if *d == Dim::konst(1) && from[lead + i] != Dim::konst(1) {
+                        axes.push(lead + i);
+                    }
+                }
+                if axes.is_empty() {
+                    if from == to { v } else { cx.emit(Op::Reshape, &[v], dt, &to) }
+                } else {
+                    let summed: Vec<Dim> = from.iter().enumerate().filter(|(i, _)| *i >= lead).map(|(i, d)| if axes.contains(&i) { Dim::konst(1) } else { d.clone() }).collect();
+                    let s = cx.emit(Op::Reduce { op: crate::ir::Reduce::Sum, axes: axes.clone(), keepdim: false }, &[v], dt, &summed.iter().enumerate().filter(|(i, _)| !axes.contains(&(i + lead))).map(|(_, d)| d.clone()).collect::<Vec<_>>());
+                    cx.emit(Op::Reshape, &[s], dt, &to)
+                }
+            };
+            Ty::Tensor(dt, to, v)
+        }
+        "invert" => {
+            let a = arg("axes")?;
+            let axes = int_list(cx, a)?;
+            let mut inv = vec![Ty::int(0); axes.len()];
+            for (i, p) in axes.iter().enumerate() {
+                let p = p.as_const()? as usize;
+                *inv.get_mut(p)? = Ty::int(i as i64);
+            }
+            Ty::Items(inv)
+        }
         "maximum" | "minimum" | "pow" => {
             let (a, b) = (arg("a")?, arg("b")?);
             let (dt, shape) = elementwise_shape(cx, &[a, b], span, env)?;
@@ -269,6 +332,9 @@ fn tensor(cx: &mut Cx, a: &ArgV, name: &str) -> Option<(DType, Vec<Dim>, super::
 }
 
 fn axis_of(cx: &mut Cx, a: &ArgV, rank: usize) -> Option<usize> {
+    if matches!(a.ty, Ty::Any) {
+        return None;
+    }
     let Some(n) = a.ty.dim().and_then(Dim::as_const) else {
         bad(cx, "E0310", "an axis must be a known int".into(), a.span);
         return None;
@@ -297,7 +363,8 @@ fn axes_of(cx: &mut Cx, a: &ArgV, rank: usize) -> Option<Vec<usize>> {
 
 fn int_list(cx: &mut Cx, a: &ArgV) -> Option<Vec<Dim>> {
     let Ty::Items(items) = &a.ty else {
-        if !a.ty.is_err() {
+        // `any` is an attribute not known while checking a rule generically.
+        if !a.ty.is_err() && !matches!(a.ty, Ty::Any) {
             bad(cx, "E0201", "expected a list of dims `[a, b, ...]`".into(), a.span);
         }
         return None;

@@ -101,6 +101,7 @@ pub fn run(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>, precis
             Op::Reshape | Op::Cast => Tensor::new(n.dtype, n.shape.clone(), a(0).data.iter().map(|x| cast(*x, n.dtype)).collect()),
             Op::Broadcast => broadcast(a(0), n),
             Op::Slice { axis, start, .. } => slice(a(0), *axis, *start, n),
+            Op::Pad { axis, before, .. } => pad(a(0), *axis, *before, n),
             Op::Concat { axis } => concat(&n.args.iter().map(|v| &vals[v.index()]).collect::<Vec<_>>(), *axis, n),
             Op::Gather => gather(a(0), a(1), n),
             Op::OneHot { classes } => {
@@ -302,6 +303,18 @@ fn slice(x: &Tensor, axis: usize, start: usize, n: &crate::ir::Node) -> Tensor {
         unravel(i, &n.shape, &mut idx);
         let src: usize = idx.iter().enumerate().map(|(k, v)| (if k == axis { v + start } else { *v }) * xs[k]).sum();
         *o = x.data[src];
+    }
+    out
+}
+
+fn pad(x: &Tensor, axis: usize, before: usize, n: &crate::ir::Node) -> Tensor {
+    let os = strides(&n.shape);
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    let mut idx = vec![0; x.shape.len()];
+    for (i, v) in x.data.iter().enumerate() {
+        unravel(i, &x.shape, &mut idx);
+        let dst: usize = idx.iter().enumerate().map(|(k, p)| (if k == axis { p + before } else { *p }) * os[k]).sum();
+        out.data[dst] = *v;
     }
     out
 }

@@ -125,6 +125,8 @@ pub enum Op {
     /// Stretches 1-sized or missing (leading) dims to the node's shape.
     Broadcast,
     Slice { axis: usize, start: usize, end: usize },
+    /// Zeros before and after one axis.
+    Pad { axis: usize, before: usize, after: usize },
     Concat { axis: usize },
     /// `gather(table [V, D], idx [...]) -> [..., D]`.
     Gather,
@@ -194,6 +196,7 @@ impl Op {
             Op::Reshape => "reshape",
             Op::Broadcast => "broadcast",
             Op::Slice { .. } => "slice",
+            Op::Pad { .. } => "pad",
             Op::Concat { .. } => "concat",
             Op::Gather => "gather",
             Op::OneHot { .. } => "one_hot",
@@ -234,12 +237,25 @@ pub enum Mode {
     Eval,
 }
 
+/// A call of a composite function that has its own derivative rule: the nodes
+/// `start..end` compute `output` from `inputs`. AD applies the rule here instead of
+/// deriving through the body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Composite {
+    pub rule: String,
+    pub inputs: Vec<ValueId>,
+    pub output: ValueId,
+    pub start: usize,
+    pub end: usize,
+}
+
 /// A function from named inputs to named outputs, as an arena of nodes in SSA order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Graph {
     pub nodes: Vec<Node>,
     pub outputs: Vec<(String, ValueId)>,
     pub mode: Mode,
+    pub composites: Vec<Composite>,
 }
 
 impl Graph {

@@ -157,6 +157,15 @@ fn expected(g: &Graph, op: Op, args: &[ValueId]) -> Result<Option<(DType, Vec<us
             s[axis] = end - start;
             Some((x.dtype, s))
         }
+        Op::Pad { axis, before, after } => {
+            let x = a(0);
+            if axis >= x.shape.len() {
+                return Err("axis out of range".into());
+            }
+            let mut s = x.shape.clone();
+            s[axis] += before + after;
+            Some((x.dtype, s))
+        }
         Op::Concat { axis } => {
             let first = a(0);
             let mut s = first.shape.clone();

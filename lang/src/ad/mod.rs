@@ -1,0 +1,165 @@
+//! Reverse-mode AD as an IR → IR pass. Walking the graph backwards from the loss, it
+//! instantiates each primitive's derivative rule (nabla source in `std.rules`) at the
+//! node's concrete values, sums cotangents where a value fans out, and skips what does
+//! not reach the loss or does not depend on the requested inputs. A composite call with
+//! its own rule (`softmax_cross_entropy`) is differentiated by that rule. AD never
+//! special-cases a layer: it only knows ops and the rule table.
+
+use std::collections::HashSet;
+
+use crate::check::lower::{apply_rule, int_list};
+use crate::check::ty::{DType, Ty};
+use crate::check::Program;
+use crate::ir::{Binary, Graph, Op, Reduce, ValueId};
+
+/// Why a gradient cannot be derived: the op, and the path from it to the loss.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdError {
+    pub op: String,
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for AdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if !self.path.is_empty() {
+            write!(f, " (path to the loss: {})", self.path.join(" -> "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The rule (primal function name) and attributes of an op, or `None` when the op passes
+/// no gradient (inputs, constants, integer and bool results, `stop_gradient`).
+fn rule_of(g: &Graph, v: ValueId) -> Result<Option<(&'static str, Vec<(String, Ty)>)>, String> {
+    let n = g.node(v);
+    let ints = |pairs: &[(&str, usize)]| pairs.iter().map(|(k, x)| (k.to_string(), Ty::int(*x as i64))).collect::<Vec<_>>();
+    Ok(Some(match &n.op {
+        Op::Input { .. } | Op::Const(_) | Op::StopGradient | Op::RandomUniform { .. } => return Ok(None),
+        Op::Compare(_) | Op::ArgMax { .. } | Op::OneHot { .. } | Op::Cast => return Ok(None),
+        Op::Unary(_) | Op::Binary(_) => (n.op.name(), vec![]),
+        Op::Select => ("select", vec![]),
+        Op::MatMul => ("matmul", vec![]),
+        Op::Gather => ("gather", vec![]),
+        Op::Reduce { op, axes, keepdim } => (
+            if *op == Reduce::Sum { "sum" } else { "max" },
+            vec![("axis".into(), int_list(axes)), ("keepdim".into(), Ty::Bool(Some(*keepdim)))],
+        ),
+        Op::Transpose { perm } => ("permute", vec![("axes".into(), int_list(perm))]),
+        Op::Reshape => ("reshape", vec![("shape".into(), int_list(&n.shape))]),
+        Op::Broadcast => ("broadcast_to", vec![("shape".into(), int_list(&n.shape))]),
+        Op::Slice { axis, start, end } => ("slice", ints(&[("axis", *axis), ("start", *start), ("end", *end)])),
+        Op::Pad { axis, before, after } => ("pad", ints(&[("axis", *axis), ("before", *before), ("after", *after)])),
+        Op::Conv2d(w) => ("conv2d", ints(&[("stride", w.stride), ("pad", w.pad), ("dilation", w.dilation), ("groups", w.groups)])),
+        Op::MaxPool2d(w) => ("max_pool2d", ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)])),
+        Op::AvgPool2d(w) => ("avg_pool2d", ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)])),
+        other => return Err(other.name().to_string()),
+    }))
+}
+
+/// Appends the gradient of the scalar `loss` with respect to each of `wrt` to a copy of
+/// `g`, as outputs `grad.<input name>`.
+pub fn grad(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Graph, AdError> {
+    let err = |op: &str, path: Vec<String>, message: String| AdError { op: op.to_string(), path, message };
+    if !g.node(loss).shape.is_empty() {
+        return Err(err("", vec![], format!("the loss must be a scalar, but it is {:?}", g.node(loss).shape)));
+    }
+    let n = g.nodes.len();
+    // Which values depend on a requested input, and which reach the loss.
+    let wanted: HashSet<ValueId> = wrt.iter().copied().collect();
+    let mut depends = vec![false; n];
+    for (i, node) in g.nodes.iter().enumerate() {
+        let v = ValueId(i as u32);
+        depends[i] = node.dtype.is_float()
+            && (wanted.contains(&v) || (!matches!(node.op, Op::StopGradient) && node.args.iter().any(|a| depends[a.index()])));
+    }
+    let mut reaches = vec![false; n];
+    reaches[loss.index()] = true;
+    for i in (0..n).rev() {
+        if reaches[i] {
+            for a in &g.nodes[i].args {
+                reaches[a.index()] = true;
+            }
+        }
+    }
+    let active = |v: ValueId| depends[v.index()] && reaches[v.index()];
+    // Nodes inside a composite with its own rule are differentiated by that rule.
+    let mut inside = vec![false; n];
+    for c in &g.composites {
+        if active(c.output) {
+            for flag in inside.iter_mut().take(c.end).skip(c.start) {
+                *flag = true;
+            }
+            inside[c.output.index()] = false;
+        }
+    }
+    let mut out = g.clone();
+    let mut cot: Vec<Option<ValueId>> = vec![None; n];
+    cot[loss.index()] = Some(out.push(Op::Const(1.0), vec![], g.node(loss).dtype, vec![]));
+    for i in (0..n).rev() {
+        let v = ValueId(i as u32);
+        let Some(dy) = cot[i] else { continue };
+        if !active(v) || inside[i] {
+            continue;
+        }
+        let (rule, attrs, inputs) = match g.composites.iter().find(|c| c.output == v && !inside[i]) {
+            Some(c) => (c.rule.clone(), vec![], c.inputs.clone()),
+            None => match rule_of(g, v) {
+                Ok(None) => continue,
+                Ok(Some((r, a))) => (r.to_string(), a, g.node(v).args.clone()),
+                Err(op) => {
+                    let path = path_to(g, v, loss);
+                    return Err(err(&op, path, format!("`{op}` has no derivative rule, and the gradient flows through it")));
+                }
+            },
+        };
+        let grads = apply_rule(p, &mut out, &rule, &inputs, &attrs, v, dy)
+            .map_err(|m| err(&rule, path_to(g, v, loss), m))?;
+        for (a, gr) in inputs.iter().zip(grads) {
+            let (Some(gr), true) = (gr, active(*a)) else { continue };
+            cot[a.index()] = Some(match cot[a.index()] {
+                None => gr,
+                Some(prev) => {
+                    let node = out.node(gr).clone();
+                    out.push(Op::Binary(Binary::Add), vec![prev, gr], node.dtype, node.shape)
+                }
+            });
+        }
+    }
+    for w in wrt {
+        let node = g.node(*w).clone();
+        let name = match &node.op {
+            Op::Input { name, .. } => name.clone(),
+            _ => format!("{w}"),
+        };
+        let value = match cot[w.index()] {
+            Some(c) => c,
+            None => {
+                // No path from this input to the loss: its gradient is zero.
+                let z = out.push(Op::Const(0.0), vec![], node.dtype, vec![]);
+                if node.shape.is_empty() { z } else { out.push(Op::Broadcast, vec![z], node.dtype, node.shape.clone()) }
+            }
+        };
+        out.outputs.push((format!("grad.{name}"), value));
+    }
+    out.composites.clear();
+    Ok(out)
+}
+
+/// The ops from `v` to the loss, following the first consumer on the way.
+fn path_to(g: &Graph, v: ValueId, loss: ValueId) -> Vec<String> {
+    let mut path = vec![format!("{v} {}", g.node(v).op.name())];
+    let mut cur = v;
+    while cur != loss && path.len() < 64 {
+        let Some(next) = (cur.index() + 1..g.nodes.len()).find(|j| g.nodes[*j].args.contains(&cur)) else { break };
+        cur = ValueId(next as u32);
+        path.push(format!("{cur} {}", g.node(cur).op.name()));
+    }
+    path
+}
+
+/// Every float input of kind `kind`.
+pub fn inputs_of(g: &Graph, kind: crate::ir::InputKind) -> Vec<ValueId> {
+    g.inputs().filter(|(v, _, k)| *k == kind && g.node(*v).dtype != DType::Bool).map(|(v, _, _)| v).collect()
+}
