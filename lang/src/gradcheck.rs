@@ -119,3 +119,128 @@ pub fn check(
     }
     Ok(findings)
 }
+
+/// Small shapes for a primal's dim variables, and attributes for the primals that need
+/// them, so every rule can be checked on a concrete instance.
+fn dim_value(name: &str) -> usize {
+    match name {
+        "B" | "M" => 2,
+        "C" | "K" | "KH" | "KW" | "D" => 3,
+        "H" | "W" | "V" => 5,
+        "O" | "N" => 4,
+        _ => 3,
+    }
+}
+
+fn rule_attrs(rule: &str) -> Vec<(String, crate::check::ty::Ty)> {
+    use crate::check::lower::int_list;
+    use crate::check::ty::Ty;
+    let list = |k: &str, v: &[usize]| (k.to_string(), int_list(v));
+    let int = |k: &str, v: i64| (k.to_string(), Ty::int(v));
+    match rule {
+        "sum" | "max" => vec![list("axis", &[1])],
+        "reshape" => vec![list("shape", &[3, 2])],
+        "permute" => vec![list("axes", &[1, 0])],
+        "broadcast_to" => vec![list("shape", &[4, 2, 3])],
+        "slice" => vec![int("axis", 1), int("start", 1), int("end", 3)],
+        "pad" => vec![int("axis", 1), int("before", 1), int("after", 2)],
+        "conv2d" => vec![int("stride", 2), int("pad", 1)],
+        "max_pool2d" | "avg_pool2d" => vec![int("k", 2), int("stride", 2), int("pad", 1)],
+        "dropout" => vec![("p".into(), Ty::Float(Some(0.3)))],
+        _ => vec![],
+    }
+}
+
+/// What [`check_rules`] says of `stop_gradient`.
+pub const NOT_DIFFERENTIATED: &str = "not checked: its gradient is zero by definition";
+
+/// Rules whose inputs must be positive (logarithms, roots, powers).
+const POSITIVE: &[&str] = &["log", "sqrt", "rsqrt", "pow"];
+
+/// The worst relative error of one rule, over all its float inputs.
+#[derive(Clone, Debug)]
+pub struct RuleFinding {
+    pub rule: String,
+    pub result: Result<Vec<Finding>, String>,
+}
+
+/// Checks every derivative rule of the program on a small instance of its primal: the
+/// loss is `sum(y * r)` for a fixed random `r`, so the cotangent is `r`.
+pub fn check_rules(p: &crate::check::Program, only: Option<&str>) -> Vec<RuleFinding> {
+    use crate::check::lower::{lower_call, CallInput};
+    use crate::check::ty::DType;
+    use crate::ir::{Binary, Op, Reduce};
+    use crate::syntax::ast::{DimKind, ItemKind, TypeKind};
+    let mut out = Vec::new();
+    for m in &p.modules {
+        for rid in &m.rules {
+            let name = p.items[*rid].name.clone();
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            if name == "stop_gradient" {
+                // Its gradient is zero by definition, not the derivative of the identity.
+                out.push(RuleFinding { rule: name, result: Err(NOT_DIFFERENTIATED.into()) });
+                continue;
+            }
+            let result = (|| -> Result<Vec<Finding>, String> {
+                let fid = p.lookup(p.items[*rid].module, &name).ok_or("no primal")?;
+                let Some(crate::syntax::ast::Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(fid) else { return Err("not a function".into()) };
+                let attrs = rule_attrs(&name);
+                let mut dims: HashMap<String, usize> = HashMap::new();
+                let mut inputs = Vec::new();
+                for prm in &f.params {
+                    let Some(TypeKind::Tensor { dtype, dims: ds }) = prm.ty.as_ref().map(|t| &t.kind) else { continue };
+                    let mut shape = Vec::new();
+                    for d in ds {
+                        match &d.kind {
+                            DimKind::Int(n) => shape.push(*n as usize),
+                            DimKind::Name(v) => shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v))),
+                            DimKind::Pack(_) => shape.extend([2, 3]),
+                            // `C / groups` and the like: groups is 1 in these instances.
+                            DimKind::Bin(_, a, _) => match &a.kind {
+                                DimKind::Name(v) => shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v))),
+                                _ => shape.push(3),
+                            },
+                            DimKind::Error => return Err("bad type".into()),
+                        }
+                    }
+                    let dt = DType::parse(&dtype.name).unwrap_or(DType::F32);
+                    let kind = if dt.is_float() { InputKind::Data } else if dt == DType::Bool { InputKind::State } else { InputKind::Label };
+                    inputs.push(CallInput { name: prm.name.name.clone(), dtype: dt, shape, kind });
+                }
+                let mut l = lower_call(p, p.items[*rid].module, &name, &inputs, &attrs, crate::ir::Mode::Train)?;
+                let g = &mut l.graph;
+                let y = l.output;
+                let (dt, shape) = (g.node(y).dtype, g.node(y).shape.clone());
+                let r = g.push(Op::Input { name: "r".into(), kind: InputKind::Data }, vec![], dt, shape.clone());
+                let prod = g.push(Op::Binary(Binary::Mul), vec![y, r], dt, shape.clone());
+                let loss = g.push(Op::Reduce { op: Reduce::Sum, axes: (0..shape.len()).collect(), keepdim: false }, vec![prod], dt, vec![]);
+                g.outputs.push(("loss".into(), loss));
+                let wrt: Vec<ValueId> = g.inputs().filter(|(_, n, k)| *k == InputKind::Data && *n != "r").map(|(v, _, _)| v).collect();
+                let names: Vec<String> = wrt.iter().filter_map(|v| match &g.node(*v).op {
+                    Op::Input { name, .. } => Some(name.clone()),
+                    _ => None,
+                }).collect();
+                let with = crate::ad::grad(p, g, loss, &wrt).map_err(|e| e.to_string())?;
+                let classes = dims.get("V").or(dims.get("K")).copied().unwrap_or(3);
+                let mut vals = random_inputs(g, 3, classes);
+                if POSITIVE.contains(&name.as_str()) {
+                    for (k, t) in vals.iter_mut() {
+                        if k != "r" {
+                            t.data.iter_mut().for_each(|x| *x = x.abs() + 0.5);
+                        }
+                    }
+                }
+                if name == "select" {
+                    if let Some(c) = vals.get_mut("cond") {
+                        c.data.iter_mut().enumerate().for_each(|(i, x)| *x = f64::from(u8::from(i % 3 != 0)));
+                    }
+                }
+                check(g, loss, &with, &names, &vals, 4, 5).map_err(|e| e.to_string())
+            })();
+            out.push(RuleFinding { rule: name, result });
+        }
+    }
+    out
+}

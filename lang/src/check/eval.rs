@@ -178,6 +178,18 @@ impl<'a> Cx<'a> {
         self.diags.iter().filter(|d| d.is_error()).cloned().collect()
     }
 
+    /// Calls the function `name` with named values (while lowering a single call).
+    pub(super) fn call_with(&mut self, id: ItemId, args: Vec<(Option<String>, Ty)>) -> Ty {
+        let span = self.p.items[id].span;
+        let module = self.p.items[id].module;
+        let args: Vec<ArgV> = args.into_iter().map(|(name, ty)| ArgV { name, ty, span }).collect();
+        let mut env = Env::new(module, true, true);
+        self.collectors.push(Collector::default());
+        let out = self.call_fn(id, &args, span, &mut env);
+        self.collectors.pop();
+        out
+    }
+
     /// Calls the function `name` (as seen from `module`) with positional values.
     pub(super) fn call_named(&mut self, module: usize, name: &str, args: Vec<Ty>) -> Ty {
         let Some(id) = self.p.lookup(module, name).or_else(|| {

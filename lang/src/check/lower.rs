@@ -284,3 +284,41 @@ pub fn apply_rule(p: &super::Program, graph: &mut Graph, primal: &str, inputs: &
 pub fn int_list(xs: &[usize]) -> Ty {
     Ty::Items(xs.iter().map(|x| Ty::int(*x as i64)).collect())
 }
+
+/// One tensor argument of [`lower_call`].
+pub struct CallInput {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub kind: crate::ir::InputKind,
+}
+
+/// Lowers one call of function `name` (seen from `module`): each of `inputs` becomes a
+/// graph input passed positionally, `attrs` are passed by name. The result is output
+/// `y`.
+pub fn lower_call(p: &super::Program, module: usize, name: &str, inputs: &[CallInput], attrs: &[(String, Ty)], mode: Mode) -> Result<Lowered, String> {
+    let id = p.lookup(module, name).ok_or_else(|| format!("no function `{name}`"))?;
+    let mut diags = Vec::new();
+    let mut cx = Cx::new(p, &mut diags);
+    let mut lowering = Lowering::default();
+    lowering.graph.mode = mode;
+    cx.lower = Some(lowering);
+    let mut args = Vec::new();
+    for i in inputs {
+        let dims: Vec<Dim> = i.shape.iter().map(|d| Dim::konst(*d as i64)).collect();
+        let v = cx.emit(Op::Input { name: i.name.clone(), kind: i.kind }, &[], i.dtype, &dims);
+        args.push((None, Ty::Tensor(i.dtype, dims, v)));
+    }
+    args.extend(attrs.iter().map(|(n, t)| (Some(n.clone()), t.clone())));
+    let out = cx.call_with(id, args);
+    if let Some(d) = cx.take_errors().into_iter().next() {
+        return Err(format!("`{name}` does not apply to these inputs: {}", d.message));
+    }
+    let mut lowering = cx.lower.take().ok_or("lowering state lost")?;
+    if let Some(f) = lowering.failure {
+        return Err(f);
+    }
+    let Ty::Tensor(_, _, Some(output)) = out else { return Err(format!("`{name}` gave no tensor")) };
+    lowering.graph.outputs.push(("y".into(), output));
+    Ok(Lowered { graph: lowering.graph, output, loss: None })
+}

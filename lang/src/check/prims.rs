@@ -550,10 +550,22 @@ pub(super) fn lower_extern(cx: &mut Cx, name: &str, params: &[Param], bound: &[O
         "erf" => Some(Unary::Erf),
         "sin" => Some(Unary::Sin),
         "cos" => Some(Unary::Cos),
+        "neg" => Some(Unary::Neg),
+        "sign" => Some(Unary::Sign),
         _ => None,
     };
     if let Some(u) = unary {
         return cx.emit(Op::Unary(u), &[val("x")], dt, &dims);
+    }
+    let binary = match name {
+        "add" => Some(Binary::Add),
+        "sub" => Some(Binary::Sub),
+        "mul" => Some(Binary::Mul),
+        "div" => Some(Binary::Div),
+        _ => None,
+    };
+    if let Some(b) = binary {
+        return cx.emit(Op::Binary(b), &[val("a"), val("b")], dt, &dims);
     }
     let kernel_of = |n: &str, axis: usize| shape_of(n).and_then(|s| s.get(axis).and_then(Dim::as_const)).map(|k| k as usize);
     match name {

@@ -8,11 +8,13 @@
 //! AD and the backends simple.
 
 mod print;
+mod source;
 mod verify;
 
 use std::fmt;
 
 pub use print::{parse_graph, print_graph};
+pub use source::print_source;
 pub use verify::verify;
 
 use crate::check::ty::DType;

@@ -1,0 +1,215 @@
+//! Optimization passes over the IR, each keeping the graph valid (the verifier runs after
+//! each in tests):
+//!
+//! - [`simplify`]: constant folding and algebraic identities (`x·1 = x`, `x + 0 = x`,
+//!   `--x = x`, a broadcast or reshape to the same shape is `x`, chains of reshapes,
+//!   broadcasts and transposes collapse, `(Aᵀ B)ᵀ = Bᵀ A`);
+//! - [`cse`]: common subexpression elimination (same op, same arguments);
+//! - [`dce`]: dead code elimination (only what an output needs), renumbering in order.
+//!
+//! [`optimize`] runs them to a fixed point.
+
+use std::collections::HashMap;
+
+use crate::ir::{Binary, Graph, Node, Op, Unary, ValueId};
+
+/// Runs simplify, CSE and DCE until nothing changes.
+pub fn optimize(g: &Graph) -> Graph {
+    let mut g = dce(g);
+    for _ in 0..8 {
+        let next = dce(&cse(&simplify(&g)));
+        if next == g {
+            break;
+        }
+        g = next;
+    }
+    g
+}
+
+/// The scalar a value always holds, if it is a constant (possibly broadcast).
+fn constant(g: &Graph, v: ValueId) -> Option<f64> {
+    match &g.node(v).op {
+        Op::Const(c) => Some(*c),
+        Op::Broadcast | Op::Reshape => constant(g, g.node(v).args[0]),
+        _ => None,
+    }
+}
+
+/// Rewrites each node to a simpler equivalent, recording replacements; uses are
+/// redirected through `map` so later nodes see the simplified values.
+pub fn simplify(g: &Graph) -> Graph {
+    let mut out = Graph { mode: g.mode, ..Graph::default() };
+    let mut map: Vec<ValueId> = Vec::with_capacity(g.nodes.len());
+    for n in &g.nodes {
+        let args: Vec<ValueId> = n.args.iter().map(|a| map[a.index()]).collect();
+        let v = rewrite(&mut out, n, args);
+        map.push(v);
+    }
+    out.outputs = g.outputs.iter().map(|(name, v)| (name.clone(), map[v.index()])).collect();
+    out
+}
+
+fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
+    let same_shape = |out: &Graph, v: ValueId| out.node(v).shape == n.shape && out.node(v).dtype == n.dtype;
+    let push = |out: &mut Graph, op: Op, args: Vec<ValueId>| out.push(op, args, n.dtype, n.shape.clone());
+    let c = |out: &Graph, i: usize| args.get(i).and_then(|a| constant(out, *a));
+    match &n.op {
+        Op::Binary(b) => {
+            let (x, y) = (args[0], args[1]);
+            // Fold constants.
+            if let (Some(a), Some(b2)) = (c(out, 0), c(out, 1)) {
+                let v = match b {
+                    Binary::Add => a + b2,
+                    Binary::Sub => a - b2,
+                    Binary::Mul => a * b2,
+                    Binary::Div => a / b2,
+                    Binary::Max => a.max(b2),
+                    Binary::Min => a.min(b2),
+                    Binary::Pow => a.powf(b2),
+                };
+                return splat(out, v, n);
+            }
+            match (b, c(out, 0), c(out, 1)) {
+                (Binary::Add, _, Some(z)) if z == 0.0 && same_shape(out, x) => return x,
+                (Binary::Add, Some(z), _) if z == 0.0 && same_shape(out, y) => return y,
+                (Binary::Sub, _, Some(z)) if z == 0.0 && same_shape(out, x) => return x,
+                (Binary::Sub, Some(z), _) if z == 0.0 => return push(out, Op::Unary(Unary::Neg), vec![y]),
+                (Binary::Mul, _, Some(o)) if o == 1.0 && same_shape(out, x) => return x,
+                (Binary::Mul, Some(o), _) if o == 1.0 && same_shape(out, y) => return y,
+                (Binary::Mul, _, Some(m)) if m == -1.0 => return push(out, Op::Unary(Unary::Neg), vec![x]),
+                (Binary::Mul, Some(m), _) if m == -1.0 => return push(out, Op::Unary(Unary::Neg), vec![y]),
+                (Binary::Mul, _, Some(z)) | (Binary::Mul, Some(z), _) if z == 0.0 => return splat(out, 0.0, n),
+                (Binary::Div, _, Some(o)) if o == 1.0 && same_shape(out, x) => return x,
+                _ => {}
+            }
+            // a - (-b) = a + b; a + (-b) = a - b
+            if let Op::Unary(Unary::Neg) = out.node(y).op {
+                let inner = out.node(y).args[0];
+                match b {
+                    Binary::Add => return push(out, Op::Binary(Binary::Sub), vec![x, inner]),
+                    Binary::Sub => return push(out, Op::Binary(Binary::Add), vec![x, inner]),
+                    _ => {}
+                }
+            }
+            push(out, n.op.clone(), args)
+        }
+        Op::Unary(Unary::Neg) => match &out.node(args[0]).op {
+            Op::Unary(Unary::Neg) => out.node(args[0]).args[0],
+            _ => match c(out, 0) {
+                Some(v) => splat(out, -v, n),
+                None => push(out, n.op.clone(), args),
+            },
+        },
+        Op::Broadcast | Op::Reshape if same_shape(out, args[0]) => args[0],
+        Op::Broadcast => match (&out.node(args[0]).op, c(out, 0)) {
+            (_, Some(v)) => splat(out, v, n),
+            (Op::Broadcast, _) => {
+                let inner = out.node(args[0]).args[0];
+                push(out, Op::Broadcast, vec![inner])
+            }
+            _ => push(out, n.op.clone(), args),
+        },
+        Op::Reshape => match &out.node(args[0]).op {
+            Op::Reshape => {
+                let inner = out.node(args[0]).args[0];
+                if same_shape(out, inner) { inner } else { push(out, Op::Reshape, vec![inner]) }
+            }
+            _ => push(out, n.op.clone(), args),
+        },
+        Op::Transpose { perm } => {
+            if perm.iter().enumerate().all(|(i, p)| i == *p) {
+                return args[0];
+            }
+            let inner = out.node(args[0]).clone();
+            match &inner.op {
+                // (xᵀ)ᵀ with composed permutations.
+                Op::Transpose { perm: p0 } => {
+                    let composed: Vec<usize> = perm.iter().map(|i| p0[*i]).collect();
+                    if composed.iter().enumerate().all(|(i, p)| i == *p) {
+                        inner.args[0]
+                    } else {
+                        push(out, Op::Transpose { perm: composed }, vec![inner.args[0]])
+                    }
+                }
+                // (A B)ᵀ = Bᵀ Aᵀ for matrices: keeps an outer product an outer product.
+                Op::MatMul if perm == &[1, 0] => {
+                    let (a, b) = (inner.args[0], inner.args[1]);
+                    let bt = transpose2(out, b);
+                    let at = transpose2(out, a);
+                    push(out, Op::MatMul, vec![bt, at])
+                }
+                _ => push(out, n.op.clone(), args),
+            }
+        }
+        Op::Select if args[1] == args[2] => args[1],
+        _ => push(out, n.op.clone(), args),
+    }
+}
+
+fn transpose2(out: &mut Graph, v: ValueId) -> ValueId {
+    let node = out.node(v).clone();
+    if let Op::Transpose { perm } = &node.op {
+        if perm == &[1, 0] {
+            return node.args[0];
+        }
+    }
+    let shape = vec![node.shape[1], node.shape[0]];
+    out.push(Op::Transpose { perm: vec![1, 0] }, vec![v], node.dtype, shape)
+}
+
+/// A constant `v` of `n`'s type.
+fn splat(out: &mut Graph, v: f64, n: &Node) -> ValueId {
+    let c = out.push(Op::Const(v), vec![], n.dtype, vec![]);
+    if n.shape.is_empty() { c } else { out.push(Op::Broadcast, vec![c], n.dtype, n.shape.clone()) }
+}
+
+/// Merges nodes with the same op, arguments and type.
+pub fn cse(g: &Graph) -> Graph {
+    let mut out = Graph { mode: g.mode, ..Graph::default() };
+    let mut map: Vec<ValueId> = Vec::with_capacity(g.nodes.len());
+    let mut seen: HashMap<String, ValueId> = HashMap::new();
+    for n in &g.nodes {
+        let args: Vec<ValueId> = n.args.iter().map(|a| map[a.index()]).collect();
+        // Inputs are distinct by name; everything else is a pure function of its args.
+        let key = format!("{:?}|{:?}|{:?}|{:?}", n.op, args, n.dtype, n.shape);
+        let v = match seen.get(&key) {
+            Some(v) => *v,
+            None => {
+                let v = out.push(n.op.clone(), args, n.dtype, n.shape.clone());
+                seen.insert(key, v);
+                v
+            }
+        };
+        map.push(v);
+    }
+    out.outputs = g.outputs.iter().map(|(name, v)| (name.clone(), map[v.index()])).collect();
+    out
+}
+
+/// Keeps what the outputs need (and every input, so a graph's signature never changes).
+pub fn dce(g: &Graph) -> Graph {
+    let mut live = vec![false; g.nodes.len()];
+    for (_, v) in &g.outputs {
+        live[v.index()] = true;
+    }
+    for i in (0..g.nodes.len()).rev() {
+        if matches!(g.nodes[i].op, Op::Input { .. }) {
+            live[i] = true;
+        }
+        if live[i] {
+            for a in &g.nodes[i].args {
+                live[a.index()] = true;
+            }
+        }
+    }
+    let mut out = Graph { mode: g.mode, ..Graph::default() };
+    let mut map: Vec<Option<ValueId>> = vec![None; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if live[i] {
+            let args = n.args.iter().filter_map(|a| map[a.index()]).collect();
+            map[i] = Some(out.push(n.op.clone(), args, n.dtype, n.shape.clone()));
+        }
+    }
+    out.outputs = g.outputs.iter().filter_map(|(name, v)| map[v.index()].map(|m| (name.clone(), m))).collect();
+    out
+}

@@ -1,0 +1,27 @@
+//! Every derivative rule of the standard library passes a finite-difference check in f64.
+
+use nabla_lang::check::check_source;
+use nabla_lang::gradcheck::check_rules;
+
+#[test]
+fn every_rule_passes_gradcheck() {
+    let c = check_source("empty.net", "import std.nn.*\n", &nabla_stdlib::StdLoader);
+    assert!(c.diagnostics.is_empty());
+    let findings = check_rules(&c.program, None);
+    assert!(findings.len() >= 35, "{} rules", findings.len());
+    let mut failures = Vec::new();
+    for f in &findings {
+        match &f.result {
+            Ok(items) => {
+                let worst = items.iter().map(|i| i.worst).fold(0.0, f64::max);
+                eprintln!("rule {:<24} worst relative error {worst:.2e}", f.rule);
+                if worst > 1e-6 || items.is_empty() {
+                    failures.push(format!("{}: {worst:e}", f.rule));
+                }
+            }
+            Err(e) if e == nabla_lang::gradcheck::NOT_DIFFERENTIATED => eprintln!("rule {:<24} {e}", f.rule),
+            Err(e) => failures.push(format!("{}: {e}", f.rule)),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
