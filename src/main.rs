@@ -41,6 +41,31 @@ enum Command {
         #[arg(long)]
         loss: Option<String>,
     },
+    /// The derived backward pass of a net (with its loss), simplified, as nabla source.
+    Vjp {
+        file: PathBuf,
+        /// The net (default: the file's only net).
+        net: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value = "softmax_cross_entropy")]
+        loss: String,
+        /// Print the IR instead of source.
+        #[arg(long)]
+        ir: bool,
+    },
+    /// Central finite differences in f64 against the derived gradients: every derivative
+    /// rule, then the file's nets (batch 2); prints the worst relative error of each.
+    Gradcheck {
+        file: PathBuf,
+        /// Only this net or rule.
+        name: Option<String>,
+        /// Per-example input shape for the nets (e.g. 3,32,32), for a smaller instance.
+        #[arg(long, value_delimiter = ',')]
+        input: Option<Vec<usize>>,
+        #[arg(long, default_value = "softmax_cross_entropy")]
+        loss: String,
+    },
     /// Per-stage output shapes and parameter counts of a file's nets, then totals.
     Info {
         file: PathBuf,
@@ -163,6 +188,83 @@ fn pick_net(checked: &Checked, net: Option<String>) -> Result<String, String> {
     }
 }
 
+fn param_names(g: &nabla_lang::ir::Graph, vs: &[nabla_lang::ir::ValueId]) -> Vec<String> {
+    vs.iter()
+        .filter_map(|v| match &g.node(*v).op {
+            nabla_lang::ir::Op::Input { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn vjp(checked: &Checked, net: Option<String>, batch: usize, loss: &str, ir: bool) -> Result<String, String> {
+    use nabla_lang::ir::{InputKind, Mode};
+    let net = pick_net(checked, net)?;
+    let l = nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, Mode::Train, Some(loss))?;
+    let lv = l.loss.ok_or("no loss")?;
+    let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
+    let mut g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| e.to_string())?;
+    g.outputs.retain(|(n, _)| n.starts_with("grad."));
+    let g = nabla_lang::opt::optimize(&g);
+    if ir {
+        return Ok(nabla_lang::ir::print_graph(&g));
+    }
+    let head = format!("// d {loss} / d parameters of {net}, batch {batch}; z = logits, y = labels
+");
+    Ok(head + &nabla_lang::ir::print_source(&g, &|n| n.starts_with("grad.")).replace("grad.", "d "))
+}
+
+fn gradcheck(checked: &Checked, name: Option<&str>, input: Option<&[usize]>, loss: &str) -> ExitCode {
+    use nabla_lang::ir::{InputKind, Mode};
+    let mut worst_all = 0.0f64;
+    let mut failed = false;
+    let is_net = name.is_some_and(|n| checked.nets.iter().any(|x| x.name == n));
+    if !is_net {
+        for f in nabla_lang::gradcheck::check_rules(&checked.program, name) {
+            match f.result {
+                Ok(items) => {
+                    let worst = items.iter().map(|i| i.worst).fold(0.0, f64::max);
+                    worst_all = worst_all.max(worst);
+                    println!("rule {:<24} worst relative error {worst:.2e}", f.rule);
+                }
+                Err(e) if e == nabla_lang::gradcheck::NOT_DIFFERENTIATED => println!("rule {:<24} {e}", f.rule),
+                Err(e) => {
+                    failed = true;
+                    println!("rule {:<24} error: {e}", f.rule);
+                }
+            }
+        }
+    }
+    for net in checked.nets.iter().filter(|n| name.is_none() || name == Some(n.name.as_str())) {
+        let result = (|| -> Result<Vec<nabla_lang::gradcheck::Finding>, String> {
+            let l = nabla_lang::check::lower::lower_net_at(&checked.program, 0, &net.name, 2, Mode::Train, Some(loss), input)?;
+            let lv = l.loss.ok_or("no loss")?;
+            let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
+            let g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| e.to_string())?;
+            let names = param_names(&l.graph, &params);
+            let inputs = nabla_lang::gradcheck::random_inputs(&l.graph, 7, 10);
+            nabla_lang::gradcheck::check(&l.graph, lv, &g, &names, &inputs, 2, 11).map_err(|e| e.to_string())
+        })();
+        match result {
+            Ok(items) => {
+                let worst = items.iter().map(|i| i.worst).fold(0.0, f64::max);
+                worst_all = worst_all.max(worst);
+                let at = input.map(|s| format!(" at input {s:?}")).unwrap_or_default();
+                println!("net  {:<24} worst relative error {worst:.2e} over {} parameter tensors (batch 2{at})", net.name, items.len());
+                for i in &items {
+                    println!("       {:<30} {:.2e}", i.input, i.worst);
+                }
+            }
+            Err(e) => {
+                failed = true;
+                println!("net  {:<24} error: {e}", net.name);
+            }
+        }
+    }
+    println!("worst relative error: {worst_all:.2e} (bar: 1e-6)");
+    if failed || worst_all > 1e-6 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -194,6 +296,23 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Vjp { file, net, batch, loss, ir } => {
+            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+            match vjp(&checked, net, batch, &loss, ir) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Gradcheck { file, name, input, loss } => {
+            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+            gradcheck(&checked, name.as_deref(), input.as_deref(), &loss)
         }
         Command::Info { file, net } => {
             let roots = match read_roots(std::slice::from_ref(&file)) {

@@ -5,8 +5,12 @@
 //! sampled coordinates. The relative error of a pair is `|a - n| / max(|a|, |n|, floor)`,
 //! where `floor` is 1e-6 times the tensor's largest gradient entry, so entries that are
 //! zero up to rounding do not divide by zero. The difference quotient is Richardson's
-//! extrapolation of central differences, `(4 D(h/2) - D(h)) / 3` with `h = 1e-3`:
-//! truncation error O(h⁴) ≈ 1e-12 and rounding O(ε/h) ≈ 1e-13, far below the 1e-6 bar.
+//! extrapolation of central differences, `(4 D(h/2) - D(h)) / 3`: truncation error
+//! O(h⁴) and rounding O(ε/h). It is taken at three steps, h = 1e-3, 1e-4, 1e-5, and the
+//! closest to the derived value counts: a step that crosses a kink (a ReLU input at 0, a
+//! max-pool window changing its maximum) measures a secant, not the derivative, and nets
+//! with batchnorm before ReLU have inputs within 1e-3 of the kink. A wrong gradient is
+//! wrong at every step, so this cannot make one pass.
 
 use std::collections::HashMap;
 
@@ -97,8 +101,12 @@ pub fn check(
                 }
                 Ok((f(&plus)? - f(&minus)?) / (2.0 * step))
             };
-            let numeric = (4.0 * central(h / 2.0)? - central(h)?) / 3.0;
-            worst = worst.max(rel(analytic, numeric));
+            let mut best = f64::INFINITY;
+            for step in [h, h / 10.0, h / 100.0] {
+                let numeric = (4.0 * central(step / 2.0)? - central(step)?) / 3.0;
+                best = best.min(rel(analytic, numeric));
+            }
+            worst = worst.max(best);
             checks += 1;
             Ok(())
         };

@@ -2062,7 +2062,11 @@ impl<'a> Cx<'a> {
             }
         };
         let input = match with_batch(self, &mut env, &n.input) {
-            Ty::Tensor(dt, dims, _) => {
+            Ty::Tensor(dt, mut dims, _) => {
+                if let Some(shape) = self.lower.as_ref().and_then(|l| l.input.clone()) {
+                    dims.truncate(1);
+                    dims.extend(shape.iter().map(|d| Dim::konst(*d as i64)));
+                }
                 let v = self.emit(Op::Input { name: "x".into(), kind: crate::ir::InputKind::Data }, &[], dt, &dims);
                 Ty::Tensor(dt, dims, v)
             }

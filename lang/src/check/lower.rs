@@ -21,6 +21,8 @@ pub struct Lowering {
     pub batch: Option<i64>,
     /// (state input, its new value) for each state assignment, in order.
     pub state_updates: Vec<(ValueId, ValueId)>,
+    /// A per-example input shape replacing the net's declared one.
+    pub input: Option<Vec<usize>>,
 }
 
 impl Cx<'_> {
@@ -213,13 +215,19 @@ pub struct Lowered {
 /// integer labels, named input `y`. Outputs: `logits`, `loss`, and `state.<name>` for every
 /// updated state.
 pub fn lower_net(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>) -> Result<Lowered, String> {
+    lower_net_at(p, module, net, batch, mode, loss, None)
+}
+
+/// [`lower_net`] with the per-example input shape replaced (a smaller image, for
+/// gradient checks of nets whose layers allow it).
+pub fn lower_net_at(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>, input: Option<&[usize]>) -> Result<Lowered, String> {
     let id = p.lookup(module, net).ok_or_else(|| format!("no net `{net}`"))?;
     let Some(crate::syntax::ast::Item { kind: crate::syntax::ast::ItemKind::Net(decl), .. }) = p.item_ast(id) else {
         return Err(format!("`{net}` is not a net"));
     };
     let mut diags = Vec::new();
     let mut cx = Cx::new(p, &mut diags);
-    let mut lowering = Lowering { batch: Some(batch as i64), ..Lowering::default() };
+    let mut lowering = Lowering { batch: Some(batch as i64), input: input.map(|s| s.to_vec()), ..Lowering::default() };
     lowering.graph.mode = mode;
     cx.lower = Some(lowering);
     let (info, out) = cx.check_net_lowered(p.items[id].module, decl);
