@@ -39,3 +39,48 @@ fn mlp_gradients_match_finite_differences() {
     let worst = gradcheck_net("mnist_mlp", Mode::Train);
     assert!(worst <= 1e-6, "worst relative error {worst:e}");
 }
+
+fn gradcheck_at(path: &str, net: &str, input: &[usize]) -> f64 {
+    let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&full).expect("source");
+    let c = check_files(&[(full, text)], &nabla_stdlib::StdLoader);
+    assert!(c.diagnostics.is_empty());
+    let l = nabla_lang::check::lower::lower_net_at(&c.program, 0, net, 2, Mode::Train, Some("softmax_cross_entropy"), Some(input)).expect("lowers");
+    let loss = l.loss.expect("loss");
+    let params = inputs_of(&l.graph, InputKind::Param);
+    let g = grad(&c.program, &l.graph, loss, &params).unwrap_or_else(|e| panic!("{net}: {e}"));
+    let names: Vec<String> = params.iter().filter_map(|v| match &l.graph.node(*v).op {
+        nabla_lang::ir::Op::Input { name, .. } => Some(name.clone()),
+        _ => None,
+    }).collect();
+    let inputs = random_inputs(&l.graph, 7, 10);
+    let findings = check(&l.graph, loss, &g, &names, &inputs, 1, 11).expect("runs");
+    findings.iter().map(|f| f.worst).fold(0.0, f64::max)
+}
+
+#[test]
+fn cnn_with_batchnorm_gradients_match_finite_differences() {
+    // The example's layers on an 8×8 image (batch 2): conv, batchnorm, relu, max-pool, dense.
+    let worst = gradcheck_at("examples/mnist_cnn.net", "MnistCnn", &[1, 8, 8]);
+    assert!(worst <= 1e-6, "worst relative error {worst:e}");
+}
+
+#[test]
+fn residual_block_gradients_match_finite_differences() {
+    let worst = gradcheck_at("tests/golden/residual.net", "Residual", &[4, 4, 4]);
+    assert!(worst <= 1e-6, "worst relative error {worst:e}");
+}
+
+#[test]
+fn a_gradient_through_an_op_without_a_rule_names_the_op_and_the_path() {
+    // conv2d_input_grad is an op with no rule of its own (no second derivatives yet).
+    let src = "import std.nn.*\nlayer odd()(x: f32[B, c, H, W]) {\n  param w: f32[c, c, 3, 3] = zeros\n  conv2d_input_grad(x, w, x, pad: 1)\n}\nnet N: f32[2, 4, 4] -> f32[10] {\n  odd\n  flatten\n  dense(10)\n}\n";
+    let c = nabla_lang::check::check_source("odd.net", src, &nabla_stdlib::StdLoader);
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics.first());
+    let l = nabla_lang::check::lower::lower_net(&c.program, 0, "N", 2, Mode::Train, Some("softmax_cross_entropy")).expect("lowers");
+    let params = inputs_of(&l.graph, InputKind::Param);
+    let e = grad(&c.program, &l.graph, l.loss.expect("loss"), &params).expect_err("no rule");
+    assert_eq!(e.op, "conv2d_input_grad");
+    assert!(e.message.contains("`conv2d_input_grad` has no derivative rule"), "{}", e.message);
+    assert!(e.path.len() > 3 && e.path[0].ends_with("conv2d_input_grad") && e.path.last().is_some_and(|p| p.ends_with("div")), "{:?}", e.path);
+}

@@ -50,6 +50,7 @@ fn rule_of(g: &Graph, v: ValueId) -> Result<Option<(&'static str, Vec<(String, T
         Op::Reshape => ("reshape", vec![("shape".into(), int_list(&n.shape))]),
         Op::Broadcast => ("broadcast_to", vec![("shape".into(), int_list(&n.shape))]),
         Op::Slice { axis, start, end } => ("slice", ints(&[("axis", *axis), ("start", *start), ("end", *end)])),
+        Op::Concat { axis } if n.args.len() == 2 => ("concat2", ints(&[("axis", *axis)])),
         Op::Pad { axis, before, after } => ("pad", ints(&[("axis", *axis), ("before", *before), ("after", *after)])),
         Op::Conv2d(w) => ("conv2d", ints(&[("stride", w.stride), ("pad", w.pad), ("dilation", w.dilation), ("groups", w.groups)])),
         Op::MaxPool2d(w) => ("max_pool2d", ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)])),

@@ -36,7 +36,7 @@ pub(super) fn apply(cx: &mut Cx, name: &str, params: &[Param], bound: &[Option<A
 /// The primitives whose result shape is computed here.
 const SHAPED: &[&str] = &[
     "sum", "mean", "max", "min", "argmax", "argmin", "logsumexp", "reshape", "permute", "transpose", "concat",
-    "broadcast_to", "maximum", "minimum", "pow", "select", "slice", "pad", "expand", "sum_to", "invert",
+    "broadcast_to", "maximum", "minimum", "pow", "select", "slice", "pad", "expand", "sum_to", "invert", "concat2",
 ];
 
 fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, span: Span, env: &Env) -> Option<Ty> {
@@ -130,8 +130,15 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
             let v = cx.emit(Op::Transpose { perm }, &[xv], dt, &dims);
             Ty::Tensor(dt, dims, v)
         }
-        "concat" => {
-            let xs = arg("xs")?;
+        "concat" | "concat2" => {
+            let pair;
+            let xs = if name == "concat2" {
+                let (a, b) = (arg("a")?, arg("b")?);
+                pair = ArgV { name: None, ty: Ty::Items(vec![a.ty.clone(), b.ty.clone()]), span: a.span };
+                &pair
+            } else {
+                arg("xs")?
+            };
             let Ty::Items(items) = &xs.ty else {
                 return Some(bad(cx, "E0201", "`concat` takes a list of tensors `[a, b]`".into(), xs.span));
             };
@@ -164,10 +171,16 @@ fn shaped<'b>(cx: &mut Cx, name: &str, arg: &dyn Fn(&str) -> Option<&'b ArgV>, s
                 }
                 total = total.add(&d[axis]);
             }
-            let mut out = first;
+            let mut out = first.clone();
             out[axis] = total;
-            let v = cx.emit(Op::Concat { axis }, &vals, dt, &out);
-            Ty::Tensor(dt, out, v)
+            // The IR joins two at a time, each with its rule.
+            let mut acc = vals.first().copied().flatten();
+            let mut acc_dims = first;
+            for (v, (_, d)) in vals.iter().zip(&shapes).skip(1) {
+                acc_dims[axis] = acc_dims[axis].add(&d[axis]);
+                acc = cx.emit(Op::Concat { axis }, &[acc, *v], dt, &acc_dims);
+            }
+            Ty::Tensor(dt, out, acc)
         }
         "broadcast_to" => {
             let x = x?;
