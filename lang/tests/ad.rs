@@ -5,6 +5,15 @@ use nabla_lang::check::{check_files, lower::lower_net};
 use nabla_lang::gradcheck::{check, random_inputs};
 use nabla_lang::ir::{verify, InputKind, Mode};
 
+fn names_of(g: &nabla_lang::ir::Graph, vs: &[nabla_lang::ir::ValueId]) -> Vec<String> {
+    vs.iter()
+        .filter_map(|v| match &g.node(*v).op {
+            nabla_lang::ir::Op::Input { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn gradcheck_net(name: &str, mode: Mode) -> f64 {
     let path = format!("{}/../examples/{name}.net", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("example");
@@ -15,10 +24,7 @@ fn gradcheck_net(name: &str, mode: Mode) -> f64 {
     let params = inputs_of(&l.graph, InputKind::Param);
     let g = grad(&c.program, &l.graph, loss, &params).unwrap_or_else(|e| panic!("{name}: {e}"));
     verify(&g).unwrap_or_else(|e| panic!("{name}: {}", e.message));
-    let names: Vec<String> = params.iter().filter_map(|v| match &l.graph.node(*v).op {
-        nabla_lang::ir::Op::Input { name, .. } => Some(name.clone()),
-        _ => None,
-    }).collect();
+    let names = names_of(&l.graph, &params);
     let inputs = random_inputs(&l.graph, 7, 10);
     let findings = check(&l.graph, loss, &g, &names, &inputs, 3, 11).expect("runs");
     let worst = findings.iter().map(|f| f.worst).fold(0.0, f64::max);
@@ -49,10 +55,7 @@ fn gradcheck_at(path: &str, net: &str, input: &[usize]) -> f64 {
     let loss = l.loss.expect("loss");
     let params = inputs_of(&l.graph, InputKind::Param);
     let g = grad(&c.program, &l.graph, loss, &params).unwrap_or_else(|e| panic!("{net}: {e}"));
-    let names: Vec<String> = params.iter().filter_map(|v| match &l.graph.node(*v).op {
-        nabla_lang::ir::Op::Input { name, .. } => Some(name.clone()),
-        _ => None,
-    }).collect();
+    let names = names_of(&l.graph, &params);
     let inputs = random_inputs(&l.graph, 7, 10);
     let findings = check(&l.graph, loss, &g, &names, &inputs, 1, 11).expect("runs");
     findings.iter().map(|f| f.worst).fold(0.0, f64::max)

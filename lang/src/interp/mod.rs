@@ -351,91 +351,51 @@ fn tap(o: usize, k: usize, w: &Window, size: usize) -> Option<usize> {
     (p < size).then_some(p)
 }
 
-fn conv2d(x: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
-    let (b, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (o, cg, kh, kw) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3]);
-    let (oh, ow) = (n.shape[2], n.shape[3]);
+/// Visits every (input, weight, output) index triple of a convolution with input shape
+/// `xs`, weight shape `ks` and output shape `ys`. The convolution and both its gradients
+/// are this one walk with a different update.
+fn conv_taps(xs: &[usize], ks: &[usize], ys: &[usize], w: &Window, mut f: impl FnMut(usize, usize, usize)) {
+    let (b, c, h, wd) = (xs[0], xs[1], xs[2], xs[3]);
+    let (o, cg, kh, kw) = (ks[0], ks[1], ks[2], ks[3]);
+    let (oh, ow) = (ys[2], ys[3]);
     let og = o / w.groups;
-    let mut out = Tensor::zeros(n.dtype, &n.shape);
     for bi in 0..b {
         for oc in 0..o {
             let g = oc / og;
             for y in 0..oh {
                 for xx in 0..ow {
-                    let mut s = 0.0;
+                    let yi = ((bi * o + oc) * oh + y) * ow + xx;
                     for ci in 0..cg {
                         let ic = g * cg + ci;
                         for ky in 0..kh {
                             let Some(iy) = tap(y, ky, w, h) else { continue };
                             for kx in 0..kw {
                                 let Some(ix) = tap(xx, kx, w, wd) else { continue };
-                                s += x.data[((bi * c + ic) * h + iy) * wd + ix] * k.data[((oc * cg + ci) * kh + ky) * kw + kx];
+                                f(((bi * c + ic) * h + iy) * wd + ix, ((oc * cg + ci) * kh + ky) * kw + kx, yi);
                             }
                         }
                     }
-                    out.data[((bi * o + oc) * oh + y) * ow + xx] = s;
                 }
             }
         }
     }
+}
+
+fn conv2d(x: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
+    let mut out = Tensor::zeros(n.dtype, &n.shape);
+    conv_taps(&x.shape, &k.shape, &n.shape, w, |xi, ki, yi| out.data[yi] += x.data[xi] * k.data[ki]);
     out
 }
 
 fn conv2d_input_grad(dy: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
-    let (b, c, h, wd) = (n.shape[0], n.shape[1], n.shape[2], n.shape[3]);
-    let (o, cg, kh, kw) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3]);
-    let (oh, ow) = (dy.shape[2], dy.shape[3]);
-    let og = o / w.groups;
     let mut dx = Tensor::zeros(n.dtype, &n.shape);
-    for bi in 0..b {
-        for oc in 0..o {
-            let g = oc / og;
-            for y in 0..oh {
-                for xx in 0..ow {
-                    let d = dy.data[((bi * o + oc) * oh + y) * ow + xx];
-                    for ci in 0..cg {
-                        let ic = g * cg + ci;
-                        for ky in 0..kh {
-                            let Some(iy) = tap(y, ky, w, h) else { continue };
-                            for kx in 0..kw {
-                                let Some(ix) = tap(xx, kx, w, wd) else { continue };
-                                dx.data[((bi * c + ic) * h + iy) * wd + ix] += d * k.data[((oc * cg + ci) * kh + ky) * kw + kx];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    conv_taps(&n.shape, &k.shape, &dy.shape, w, |xi, ki, yi| dx.data[xi] += dy.data[yi] * k.data[ki]);
     dx
 }
 
 fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
-    let (b, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (o, cg, kh, kw) = (n.shape[0], n.shape[1], n.shape[2], n.shape[3]);
-    let (oh, ow) = (dy.shape[2], dy.shape[3]);
-    let og = o / w.groups;
     let mut dk = Tensor::zeros(n.dtype, &n.shape);
-    for bi in 0..b {
-        for oc in 0..o {
-            let g = oc / og;
-            for y in 0..oh {
-                for xx in 0..ow {
-                    let d = dy.data[((bi * o + oc) * oh + y) * ow + xx];
-                    for ci in 0..cg {
-                        let ic = g * cg + ci;
-                        for ky in 0..kh {
-                            let Some(iy) = tap(y, ky, w, h) else { continue };
-                            for kx in 0..kw {
-                                let Some(ix) = tap(xx, kx, w, wd) else { continue };
-                                dk.data[((oc * cg + ci) * kh + ky) * kw + kx] += d * x.data[((bi * c + ic) * h + iy) * wd + ix];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    conv_taps(&x.shape, &n.shape, &dy.shape, w, |xi, ki, yi| dk.data[ki] += dy.data[yi] * x.data[xi]);
     dk
 }
 
