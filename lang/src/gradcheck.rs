@@ -240,11 +240,10 @@ pub fn check_rules(p: &crate::check::Program, only: Option<&str>) -> Vec<RuleFin
                         }
                     }
                 }
-                if name == "select" {
-                    if let Some(c) = vals.get_mut("cond") {
+                if name == "select"
+                    && let Some(c) = vals.get_mut("cond") {
                         c.data.iter_mut().enumerate().for_each(|(i, x)| *x = f64::from(u8::from(i % 3 != 0)));
                     }
-                }
                 check(g, loss, &with, &names, &vals, 4, 5).map_err(|e| e.to_string())
             })();
             out.push(RuleFinding { rule: name, result });

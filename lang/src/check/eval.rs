@@ -217,12 +217,11 @@ impl<'a> Cx<'a> {
     // ------------------------------------------------------------------ reporting
 
     pub(super) fn report(&mut self, mut d: Diagnostic) {
-        if let (Some(site), Some(primary)) = (self.use_sites.first().copied(), d.span()) {
-            if (site.file != primary.file || !(site.start <= primary.start && primary.end <= site.end))
+        if let (Some(site), Some(primary)) = (self.use_sites.first().copied(), d.span())
+            && (site.file != primary.file || !(site.start <= primary.start && primary.end <= site.end))
                 && !d.labels.iter().any(|l| l.span == site) {
                     d = d.secondary(site, "in this use");
                 }
-        }
         self.diags.push(d);
     }
 
@@ -1122,12 +1121,11 @@ impl<'a> Cx<'a> {
                                         self.report(Diagnostic::error("E0307", format!("empty slice: {lo}..{hi}")).primary(span, "here"));
                                         return Ty::Err;
                                     }
-                                    if len != *d {
-                                        if let (Some(a), Some(b)) = (lo.as_const(), hi.as_const()) {
+                                    if len != *d
+                                        && let (Some(a), Some(b)) = (lo.as_const(), hi.as_const()) {
                                             full[axis] = len.clone();
                                             cur = self.emit(Op::Slice { axis, start: a as usize, end: b as usize }, &[cur], *dt, &full);
                                         }
-                                    }
                                     out.push(len);
                                 }
                                 _ => return Ty::Err,

@@ -164,11 +164,10 @@ impl Cx<'_> {
     pub(super) fn name_inputs(&mut self, label: &str, params: &[(String, Vec<Dim>, Val)], states: &[(String, Vec<Dim>, Val)]) {
         let Some(l) = self.lower.as_mut() else { return };
         for (n, _, v) in params.iter().chain(states) {
-            if let Some(v) = v {
-                if let Op::Input { name, .. } = &mut l.graph.nodes[v.index()].op {
+            if let Some(v) = v
+                && let Op::Input { name, .. } = &mut l.graph.nodes[v.index()].op {
                     *name = format!("{label}.{n}");
                 }
-            }
         }
     }
 

@@ -33,14 +33,13 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 return Err(err(format!("argument {a} is not defined before its use")));
             }
         }
-        if let Op::Input { name, .. } = &n.op {
-            if !names.insert(name.clone()) {
+        if let Op::Input { name, .. } = &n.op
+            && !names.insert(name.clone()) {
                 return Err(err(format!("input `{name}` is defined twice")));
             }
-        }
-        let want = expected(g, n.op.clone(), &n.args).map_err(|m| err(m))?;
-        if let Some((dt, shape)) = want {
-            if dt != n.dtype || shape != n.shape {
+        let want = expected(g, n.op.clone(), &n.args).map_err(&err)?;
+        if let Some((dt, shape)) = want
+            && (dt != n.dtype || shape != n.shape) {
                 return Err(err(format!(
                     "declared {}{:?}, but its arguments give {}{:?}",
                     n.dtype.name(),
@@ -49,7 +48,6 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                     shape
                 )));
             }
-        }
     }
     for (name, v) in &g.outputs {
         if v.index() >= g.nodes.len() {

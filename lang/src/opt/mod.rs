@@ -148,11 +148,10 @@ fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
 
 fn transpose2(out: &mut Graph, v: ValueId) -> ValueId {
     let node = out.node(v).clone();
-    if let Op::Transpose { perm } = &node.op {
-        if perm == &[1, 0] {
+    if let Op::Transpose { perm } = &node.op
+        && perm == &[1, 0] {
             return node.args[0];
         }
-    }
     let shape = vec![node.shape[1], node.shape[0]];
     out.push(Op::Transpose { perm: vec![1, 0] }, vec![v], node.dtype, shape)
 }
