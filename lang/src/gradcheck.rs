@@ -172,13 +172,85 @@ pub struct RuleFinding {
     pub result: Result<Vec<Finding>, String>,
 }
 
-/// Checks every derivative rule of the program on a small instance of its primal: the
-/// loss is `sum(y * r)` for a fixed random `r`, so the cotangent is `r`.
-pub fn check_rules(p: &crate::check::Program, only: Option<&str>) -> Vec<RuleFinding> {
+/// A small instance of a rule's primal: a graph computing `loss = sum(y * r)` for a fixed
+/// random `r` (so the cotangent of `y` is `r`), the float inputs to differentiate, and
+/// their names.
+pub struct RuleInstance {
+    pub graph: Graph,
+    pub loss: ValueId,
+    pub wrt: Vec<ValueId>,
+    pub names: Vec<String>,
+    pub inputs: HashMap<String, Tensor>,
+}
+
+/// Builds the instance of the rule `rid` (see [`RuleInstance`]).
+pub fn rule_instance(p: &crate::check::Program, rid: usize) -> Result<RuleInstance, String> {
     use crate::check::lower::{lower_call, CallInput};
     use crate::check::ty::DType;
     use crate::ir::{Binary, Op, Reduce};
     use crate::syntax::ast::{DimKind, ItemKind, TypeKind};
+    let name = p.items[rid].name.clone();
+    let fid = p.lookup(p.items[rid].module, &name).ok_or("no primal")?;
+    let Some(crate::syntax::ast::Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(fid) else { return Err("not a function".into()) };
+    let attrs = rule_attrs(&name);
+    let mut dims: HashMap<String, usize> = HashMap::new();
+    let mut inputs = Vec::new();
+    for prm in &f.params {
+        let Some(TypeKind::Tensor { dtype, dims: ds }) = prm.ty.as_ref().map(|t| &t.kind) else { continue };
+        let mut shape = Vec::new();
+        for d in ds {
+            match &d.kind {
+                DimKind::Int(n) => shape.push(*n as usize),
+                DimKind::Name(v) => shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v))),
+                DimKind::Pack(_) => shape.extend([2, 3]),
+                // `C / groups` and the like: groups is 1 in these instances.
+                DimKind::Bin(_, a, _) => match &a.kind {
+                    DimKind::Name(v) => shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v))),
+                    _ => shape.push(3),
+                },
+                DimKind::Error => return Err("bad type".into()),
+            }
+        }
+        let dt = DType::parse(&dtype.name).unwrap_or(DType::F32);
+        let kind = if dt.is_float() { InputKind::Data } else if dt == DType::Bool { InputKind::State } else { InputKind::Label };
+        inputs.push(CallInput { name: prm.name.name.clone(), dtype: dt, shape, kind });
+    }
+    let mut l = lower_call(p, p.items[rid].module, &name, &inputs, &attrs, crate::ir::Mode::Train)?;
+    let g = &mut l.graph;
+    let y = l.output;
+    let (dt, shape) = (g.node(y).dtype, g.node(y).shape.clone());
+    let r = g.push(Op::Input { name: "r".into(), kind: InputKind::Data }, vec![], dt, shape.clone());
+    let prod = g.push(Op::Binary(Binary::Mul), vec![y, r], dt, shape.clone());
+    let loss = g.push(Op::Reduce { op: Reduce::Sum, axes: (0..shape.len()).collect(), keepdim: false }, vec![prod], dt, vec![]);
+    g.outputs.push(("loss".into(), loss));
+    let wrt: Vec<ValueId> = g.inputs().filter(|(_, n, k)| *k == InputKind::Data && *n != "r").map(|(v, _, _)| v).collect();
+    let names: Vec<String> = wrt
+        .iter()
+        .filter_map(|v| match &g.node(*v).op {
+            Op::Input { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let classes = dims.get("V").or(dims.get("K")).copied().unwrap_or(3);
+    let mut vals = random_inputs(g, 3, classes);
+    if POSITIVE.contains(&name.as_str()) {
+        for (k, t) in vals.iter_mut() {
+            if k != "r" {
+                t.data.iter_mut().for_each(|x| *x = x.abs() + 0.5);
+            }
+        }
+    }
+    if name == "select" {
+        if let Some(c) = vals.get_mut("cond") {
+            c.data.iter_mut().enumerate().for_each(|(i, x)| *x = f64::from(u8::from(i % 3 != 0)));
+        }
+    }
+    Ok(RuleInstance { graph: l.graph, loss, wrt, names, inputs: vals })
+}
+
+/// Checks every derivative rule of the program on a small instance of its primal: the
+/// loss is `sum(y * r)` for a fixed random `r`, so the cotangent is `r`.
+pub fn check_rules(p: &crate::check::Program, only: Option<&str>) -> Vec<RuleFinding> {
     let mut out = Vec::new();
     for m in &p.modules {
         for rid in &m.rules {
@@ -191,63 +263,44 @@ pub fn check_rules(p: &crate::check::Program, only: Option<&str>) -> Vec<RuleFin
                 out.push(RuleFinding { rule: name, result: Err(NOT_DIFFERENTIATED.into()) });
                 continue;
             }
-            let result = (|| -> Result<Vec<Finding>, String> {
-                let fid = p.lookup(p.items[*rid].module, &name).ok_or("no primal")?;
-                let Some(crate::syntax::ast::Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(fid) else { return Err("not a function".into()) };
-                let attrs = rule_attrs(&name);
-                let mut dims: HashMap<String, usize> = HashMap::new();
-                let mut inputs = Vec::new();
-                for prm in &f.params {
-                    let Some(TypeKind::Tensor { dtype, dims: ds }) = prm.ty.as_ref().map(|t| &t.kind) else { continue };
-                    let mut shape = Vec::new();
-                    for d in ds {
-                        match &d.kind {
-                            DimKind::Int(n) => shape.push(*n as usize),
-                            DimKind::Name(v) => shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v))),
-                            DimKind::Pack(_) => shape.extend([2, 3]),
-                            // `C / groups` and the like: groups is 1 in these instances.
-                            DimKind::Bin(_, a, _) => match &a.kind {
-                                DimKind::Name(v) => shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v))),
-                                _ => shape.push(3),
-                            },
-                            DimKind::Error => return Err("bad type".into()),
-                        }
-                    }
-                    let dt = DType::parse(&dtype.name).unwrap_or(DType::F32);
-                    let kind = if dt.is_float() { InputKind::Data } else if dt == DType::Bool { InputKind::State } else { InputKind::Label };
-                    inputs.push(CallInput { name: prm.name.name.clone(), dtype: dt, shape, kind });
-                }
-                let mut l = lower_call(p, p.items[*rid].module, &name, &inputs, &attrs, crate::ir::Mode::Train)?;
-                let g = &mut l.graph;
-                let y = l.output;
-                let (dt, shape) = (g.node(y).dtype, g.node(y).shape.clone());
-                let r = g.push(Op::Input { name: "r".into(), kind: InputKind::Data }, vec![], dt, shape.clone());
-                let prod = g.push(Op::Binary(Binary::Mul), vec![y, r], dt, shape.clone());
-                let loss = g.push(Op::Reduce { op: Reduce::Sum, axes: (0..shape.len()).collect(), keepdim: false }, vec![prod], dt, vec![]);
-                g.outputs.push(("loss".into(), loss));
-                let wrt: Vec<ValueId> = g.inputs().filter(|(_, n, k)| *k == InputKind::Data && *n != "r").map(|(v, _, _)| v).collect();
-                let names: Vec<String> = wrt.iter().filter_map(|v| match &g.node(*v).op {
-                    Op::Input { name, .. } => Some(name.clone()),
-                    _ => None,
-                }).collect();
-                let with = crate::ad::grad(p, g, loss, &wrt).map_err(|e| e.to_string())?;
-                let classes = dims.get("V").or(dims.get("K")).copied().unwrap_or(3);
-                let mut vals = random_inputs(g, 3, classes);
-                if POSITIVE.contains(&name.as_str()) {
-                    for (k, t) in vals.iter_mut() {
-                        if k != "r" {
-                            t.data.iter_mut().for_each(|x| *x = x.abs() + 0.5);
-                        }
-                    }
-                }
-                if name == "select"
-                    && let Some(c) = vals.get_mut("cond") {
-                        c.data.iter_mut().enumerate().for_each(|(i, x)| *x = f64::from(u8::from(i % 3 != 0)));
-                    }
-                check(g, loss, &with, &names, &vals, 4, 5).map_err(|e| e.to_string())
-            })();
+            let result = rule_instance(p, *rid).and_then(|i| {
+                let with = crate::ad::grad(p, &i.graph, i.loss, &i.wrt).map_err(|e| e.to_string())?;
+                check(&i.graph, i.loss, &with, &i.names, &i.inputs, 4, 5).map_err(|e| e.to_string())
+            });
             out.push(RuleFinding { rule: name, result });
         }
     }
     out
+}
+
+/// How far a composite function's own rule is from the VJP derived through its body, at
+/// random points of a small instance: the largest relative difference over all input
+/// gradients. `None` when the rule's primal is a primitive (nothing to derive).
+pub fn composite_discrepancy(p: &crate::check::Program, rid: usize) -> Option<Result<(f64, String), String>> {
+    use crate::syntax::ast::ItemKind;
+    let name = &p.items[rid].name;
+    let fid = p.lookup(p.items[rid].module, name)?;
+    match p.item_ast(fid).map(|i| &i.kind) {
+        Some(ItemKind::Fn(f)) if f.body.is_some() => {}
+        _ => return None,
+    }
+    Some((|| {
+        let i = rule_instance(p, rid)?;
+        let by_rule = crate::ad::grad_with(p, &i.graph, i.loss, &i.wrt, true).map_err(|e| e.to_string())?;
+        let derived = crate::ad::grad_with(p, &i.graph, i.loss, &i.wrt, false).map_err(|e| e.to_string())?;
+        let a = run(&by_rule, &|n, _| i.inputs.get(n).cloned(), Precision::F64).map_err(|e| e.to_string())?;
+        let b = run(&derived, &|n, _| i.inputs.get(n).cloned(), Precision::F64).map_err(|e| e.to_string())?;
+        let mut worst = (0.0f64, String::new());
+        for n in &i.names {
+            let key = format!("grad.{n}");
+            let (Some(x), Some(y)) = (by_rule.output(&key), derived.output(&key)) else { continue };
+            let (x, y) = (&a[x.index()].data, &b[y.index()].data);
+            let scale = y.iter().chain(x.iter()).fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+            let d = x.iter().zip(y).map(|(p, q)| (p - q).abs() / scale).fold(0.0, f64::max);
+            if d > worst.0 || worst.1.is_empty() {
+                worst = (d, format!("d{n}"));
+            }
+        }
+        Ok(worst)
+    })())
 }

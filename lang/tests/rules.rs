@@ -25,3 +25,21 @@ fn every_rule_passes_gradcheck() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Closed-form rules of composite functions agree with the VJP derived from their bodies.
+#[test]
+fn closed_form_rules_agree_with_their_derivations() {
+    let c = check_source("empty.net", "import std.nn.*\n", &nabla_stdlib::StdLoader);
+    let mut checked = 0;
+    for m in &c.program.modules {
+        for rid in &m.rules {
+            if let Some(r) = nabla_lang::gradcheck::composite_discrepancy(&c.program, *rid) {
+                let (d, which) = r.expect("instantiates");
+                eprintln!("{}: {which} differs by {d:.2e}", c.program.items[*rid].name);
+                assert!(d <= nabla_lang::check::CLOSED_FORM_TOLERANCE, "{}: {d:e}", c.program.items[*rid].name);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 1, "softmax_cross_entropy's rule is a closed form");
+}

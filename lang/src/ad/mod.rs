@@ -62,6 +62,12 @@ fn rule_of(g: &Graph, v: ValueId) -> Result<Option<(&'static str, Vec<(String, T
 /// Appends the gradient of the scalar `loss` with respect to each of `wrt` to a copy of
 /// `g`, as outputs `grad.<input name>`.
 pub fn grad(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Graph, AdError> {
+    grad_with(p, g, loss, wrt, true)
+}
+
+/// [`grad`], optionally deriving through composite functions' bodies instead of using
+/// their own rules (to check those rules against the derivation).
+pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composite_rules: bool) -> Result<Graph, AdError> {
     let err = |op: &str, path: Vec<String>, message: String| AdError { op: op.to_string(), path, message };
     if !g.node(loss).shape.is_empty() {
         return Err(err("", vec![], format!("the loss must be a scalar, but it is {:?}", g.node(loss).shape)));
@@ -87,7 +93,8 @@ pub fn grad(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Gr
     let active = |v: ValueId| depends[v.index()] && reaches[v.index()];
     // Nodes inside a composite with its own rule are differentiated by that rule.
     let mut inside = vec![false; n];
-    for c in &g.composites {
+    let composites: &[crate::ir::Composite] = if composite_rules { &g.composites } else { &[] };
+    for c in composites {
         if active(c.output) {
             for flag in inside.iter_mut().take(c.end).skip(c.start) {
                 *flag = true;
@@ -104,7 +111,7 @@ pub fn grad(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Gr
         if !active(v) || inside[i] {
             continue;
         }
-        let (rule, attrs, inputs) = match g.composites.iter().find(|c| c.output == v && !inside[i]) {
+        let (rule, attrs, inputs) = match composites.iter().find(|c| c.output == v && !inside[i]) {
             Some(c) => (c.rule.clone(), vec![], c.inputs.clone()),
             None => match rule_of(g, v) {
                 Ok(None) => continue,

@@ -68,8 +68,38 @@ pub fn check_files(roots: &[(String, String)], loader: &dyn Loader) -> Checked {
     names::load_all(&mut program, loader, &mut diags);
     names::resolve_imports(&mut program, &mut diags);
     let nets = eval::check_program(&program, &root_ids, &mut diags);
+    if !diags.iter().any(Diagnostic::is_error) {
+        check_closed_forms(&program, &root_ids, &mut diags);
+    }
     crate::diag::normalize(&mut diags);
     Checked { program, diagnostics: diags, nets }
+}
+
+/// The largest relative discrepancy a closed-form rule may have from the derived VJP.
+/// Both sides are computed exactly in f64, so anything above rounding is a wrong rule.
+pub const CLOSED_FORM_TOLERANCE: f64 = 1e-9;
+
+/// Checks the closed-form rules of composite functions in the root modules against the
+/// VJP derived through the function's body, numerically at random points (f64).
+fn check_closed_forms(p: &Program, roots: &[usize], diags: &mut Vec<Diagnostic>) {
+    for m in roots {
+        for rid in &p.modules[*m].rules {
+            let def = &p.items[*rid];
+            match crate::gradcheck::composite_discrepancy(p, *rid) {
+                None => {}
+                Some(Ok((d, which))) if d > CLOSED_FORM_TOLERANCE => diags.push(
+                    Diagnostic::error("E0408", format!("the rule for `{}` disagrees with the VJP derived from its body: `{which}` differs by {d:.2e} (relative, measured in f64 at random points)", def.name))
+                        .primary(def.span, "this rule")
+                        .with_help("fix the closed form, or remove the rule to use the derived VJP"),
+                ),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => diags.push(
+                    Diagnostic::warning("E0409", format!("the rule for `{}` could not be checked against its derivation: {e}", def.name))
+                        .primary(def.span, "this rule is unchecked"),
+                ),
+            }
+        }
+    }
 }
 
 /// Checks one in-memory source (for tests and the REPL).
