@@ -197,13 +197,19 @@ fn param_names(g: &nabla_lang::ir::Graph, vs: &[nabla_lang::ir::ValueId]) -> Vec
         .collect()
 }
 
+/// An AD error, rendered as a diagnostic with its source span when it has one.
+fn render_ad(checked: &Checked, e: &nabla_lang::ad::AdError) -> String {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    diag::render(&e.to_diagnostic(), &checked.program.sources, color)
+}
+
 fn vjp(checked: &Checked, net: Option<String>, batch: usize, loss: &str, ir: bool) -> Result<String, String> {
     use nabla_lang::ir::{InputKind, Mode};
     let net = pick_net(checked, net)?;
     let l = nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, Mode::Train, Some(loss))?;
     let lv = l.loss.ok_or("no loss")?;
     let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
-    let mut g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| e.to_string())?;
+    let mut g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| render_ad(checked, &e))?;
     g.outputs.retain(|(n, _)| n.starts_with("grad."));
     let g = nabla_lang::opt::optimize(&g);
     if ir {
@@ -240,7 +246,7 @@ fn gradcheck(checked: &Checked, name: Option<&str>, input: Option<&[usize]>, los
             let l = nabla_lang::check::lower::lower_net_at(&checked.program, 0, &net.name, 2, Mode::Train, Some(loss), input)?;
             let lv = l.loss.ok_or("no loss")?;
             let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
-            let g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| e.to_string())?;
+            let g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| render_ad(checked, &e))?;
             let names = param_names(&l.graph, &params);
             let inputs = nabla_lang::gradcheck::random_inputs(&l.graph, 7, 10);
             nabla_lang::gradcheck::check(&l.graph, lv, &g, &names, &inputs, 2, 11).map_err(|e| e.to_string())
@@ -305,7 +311,8 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    // A rendered diagnostic speaks for itself.
+                    if e.contains("[E0") { eprint!("{e}") } else { eprintln!("error: {e}") }
                     ExitCode::from(1)
                 }
             }

@@ -18,6 +18,22 @@ pub struct AdError {
     pub op: String,
     pub path: Vec<String>,
     pub message: String,
+    /// Where the op comes from in the source, when known.
+    pub span: Option<crate::span::Span>,
+}
+
+impl AdError {
+    /// The error as a diagnostic (E0410).
+    pub fn to_diagnostic(&self) -> crate::diag::Diagnostic {
+        let mut d = crate::diag::Diagnostic::error("E0410", self.message.clone());
+        if let Some(s) = self.span {
+            d = d.primary(s, format!("`{}` is computed here", self.op));
+        }
+        if !self.path.is_empty() {
+            d = d.with_note(format!("path to the loss: {}", self.path.join(" -> ")));
+        }
+        d.with_help("give the op a rule in std.rules, or cut the path with `stop_gradient(x)` if no gradient should flow")
+    }
 }
 
 impl std::fmt::Display for AdError {
@@ -68,7 +84,7 @@ pub fn grad(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Gr
 /// [`grad`], optionally deriving through composite functions' bodies instead of using
 /// their own rules (to check those rules against the derivation).
 pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composite_rules: bool) -> Result<Graph, AdError> {
-    let err = |op: &str, path: Vec<String>, message: String| AdError { op: op.to_string(), path, message };
+    let err = |op: &str, path: Vec<String>, message: String| AdError { op: op.to_string(), path, message, span: None };
     if !g.node(loss).shape.is_empty() {
         return Err(err("", vec![], format!("the loss must be a scalar, but it is {:?}", g.node(loss).shape)));
     }
@@ -118,7 +134,9 @@ pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composi
                 Ok(Some((r, a))) => (r.to_string(), a, g.node(v).args.clone()),
                 Err(op) => {
                     let path = path_to(g, v, loss);
-                    return Err(err(&op, path, format!("`{op}` has no derivative rule, and the gradient flows through it")));
+                    let mut e = err(&op, path, format!("`{op}` has no derivative rule, and the gradient flows through it"));
+                    e.span = g.node(v).span;
+                    return Err(e);
                 }
             },
         };
@@ -155,12 +173,22 @@ pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composi
     Ok(out)
 }
 
-/// The ops from `v` to the loss, following the first consumer on the way.
+/// The ops from `v` to the loss, following the first consumer that carries gradient to it.
 fn path_to(g: &Graph, v: ValueId, loss: ValueId) -> Vec<String> {
+    let mut reaches = vec![false; g.nodes.len()];
+    reaches[loss.index()] = true;
+    for i in (0..g.nodes.len()).rev() {
+        if reaches[i] && !matches!(g.nodes[i].op, Op::StopGradient) {
+            for a in &g.nodes[i].args {
+                reaches[a.index()] = true;
+            }
+        }
+    }
     let mut path = vec![format!("{v} {}", g.node(v).op.name())];
     let mut cur = v;
     while cur != loss && path.len() < 64 {
-        let Some(next) = (cur.index() + 1..g.nodes.len()).find(|j| g.nodes[*j].args.contains(&cur)) else { break };
+        let carries = |j: &usize| g.nodes[*j].args.contains(&cur) && reaches[*j] && !matches!(g.nodes[*j].op, Op::StopGradient);
+        let Some(next) = (cur.index() + 1..g.nodes.len()).find(carries) else { break };
         cur = ValueId(next as u32);
         path.push(format!("{cur} {}", g.node(cur).op.name()));
     }

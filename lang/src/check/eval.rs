@@ -113,6 +113,8 @@ pub(super) struct Cx<'a> {
     pub(super) lower: Option<Lowering>,
     /// The output value of the net checked last.
     last_net_output: Option<Ty>,
+    /// The expression being evaluated (IR nodes record it).
+    pub(super) cur_span: Option<Span>,
 }
 
 /// Checks every module and returns the nets of the root modules.
@@ -171,7 +173,7 @@ fn per_example(d: &Dim) -> u64 {
 
 impl<'a> Cx<'a> {
     pub(super) fn new(p: &'a Program, diags: &'a mut Vec<Diagnostic>) -> Cx<'a> {
-        Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new(), lower: None, last_net_output: None }
+        Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new(), lower: None, last_net_output: None, cur_span: None }
     }
 
     pub(super) fn take_errors(&mut self) -> Vec<Diagnostic> {
@@ -898,6 +900,13 @@ impl<'a> Cx<'a> {
     // ------------------------------------------------------------------ expressions
 
     pub(super) fn expr(&mut self, e: &Expr, env: &mut Env) -> Ty {
+        let outer = self.cur_span.replace(e.span);
+        let t = self.expr_kind(e, env);
+        self.cur_span = outer;
+        t
+    }
+
+    fn expr_kind(&mut self, e: &Expr, env: &mut Env) -> Ty {
         match &e.kind {
             ExprKind::Int(n) => Ty::int(*n),
             ExprKind::Float(x) => Ty::Float(Some(*x)),

@@ -53,7 +53,8 @@ impl Cx<'_> {
         self.lower.as_ref()?;
         let args: Vec<ValueId> = args.iter().copied().collect::<Option<_>>()?;
         let shape = self.concrete(dims)?;
-        self.lower.as_mut().map(|l| l.graph.push(op, args, dt, shape))
+        let span = self.cur_span;
+        self.lower.as_mut().map(|l| l.graph.push_at(op, args, dt, shape, span))
     }
 
     /// A scalar constant broadcast to `dims`.

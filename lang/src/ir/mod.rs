@@ -223,6 +223,8 @@ pub struct Node {
     pub args: Vec<ValueId>,
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// The source expression the node was lowered from, for diagnostics (not printed).
+    pub span: Option<crate::span::Span>,
 }
 
 impl Node {
@@ -267,7 +269,12 @@ impl Graph {
 
     /// Appends a node (its args must already exist) and returns its value.
     pub fn push(&mut self, op: Op, args: Vec<ValueId>, dtype: DType, shape: Vec<usize>) -> ValueId {
-        self.nodes.push(Node { op, args, dtype, shape });
+        self.push_at(op, args, dtype, shape, None)
+    }
+
+    /// [`Graph::push`] with the source span the node comes from.
+    pub fn push_at(&mut self, op: Op, args: Vec<ValueId>, dtype: DType, shape: Vec<usize>, span: Option<crate::span::Span>) -> ValueId {
+        self.nodes.push(Node { op, args, dtype, shape, span });
         ValueId(self.nodes.len() as u32 - 1)
     }
 

@@ -94,7 +94,7 @@ pub fn parse_graph(text: &str) -> Result<Graph, String> {
             (None, rest.trim())
         };
         let (op, args) = parse_op(name, attr, args).ok_or_else(|| at("bad op"))?;
-        g.nodes.push(Node { op, args, dtype, shape });
+        g.nodes.push(Node { op, args, dtype, shape, span: None });
     }
     Err("missing closing `}`".into())
 }
