@@ -87,3 +87,29 @@ fn a_gradient_through_an_op_without_a_rule_names_the_op_and_the_path() {
     assert!(e.message.contains("`conv2d_input_grad` has no derivative rule"), "{}", e.message);
     assert!(e.path.len() > 3 && e.path[0].ends_with("conv2d_input_grad") && e.path.last().is_some_and(|p| p.ends_with("div")), "{:?}", e.path);
 }
+
+/// The interpreter's f32 mode (every result rounded to f32) agrees with f64 on the MLP's
+/// loss and gradients within 1e-4 relative (scaled by each tensor's largest entry).
+#[test]
+fn f32_agrees_with_f64() {
+    use nabla_lang::interp::{run, Precision};
+    let path = format!("{}/../examples/mnist_mlp.net", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("example");
+    let c = check_files(&[(path, text)], &nabla_stdlib::StdLoader);
+    let l = nabla_lang::check::lower::lower_net(&c.program, 0, "MnistMlp", 4, Mode::Train, Some("softmax_cross_entropy")).expect("lowers");
+    let params = inputs_of(&l.graph, InputKind::Param);
+    let g = grad(&c.program, &l.graph, l.loss.expect("loss"), &params).expect("grad");
+    let inputs = random_inputs(&g, 3, 10);
+    let lookup = |n: &str, _| inputs.get(n).cloned();
+    let a = run(&g, &lookup, Precision::F64).expect("f64");
+    let b = run(&g, &lookup, Precision::F32).expect("f32");
+    let mut worst = 0.0f64;
+    for (_, v) in &g.outputs {
+        let (x, y) = (&a[v.index()].data, &b[v.index()].data);
+        let scale = x.iter().fold(0.0f64, |m, t| m.max(t.abs())).max(1e-30);
+        worst = worst.max(x.iter().zip(y).map(|(p, q)| (p - q).abs() / scale).fold(0.0, f64::max));
+    }
+    eprintln!("f32 vs f64: worst relative error {worst:.2e}");
+    assert!(worst <= 1e-4, "{worst:e}");
+    assert!(worst > 0.0, "f32 mode must actually round");
+}
