@@ -203,8 +203,30 @@ fn render_ad(checked: &Checked, e: &nabla_lang::ad::AdError) -> String {
     diag::render(&e.to_diagnostic(), &checked.program.sources, color)
 }
 
+/// The VJP of a tensor function at a small instance: gradients of `sum(y * r)`, i.e.
+/// the pullback of the cotangent `r`.
+fn vjp_fn(checked: &Checked, name: &str, ir: bool) -> Result<String, String> {
+    let p = &checked.program;
+    let fid = p.lookup(0, name).filter(|id| matches!(p.items[*id].kind, nabla_lang::check::DefKind::Fn | nabla_lang::check::DefKind::ExternFn)).ok_or_else(|| format!("no net or function `{name}`"))?;
+    let i = nabla_lang::gradcheck::call_instance(p, fid)?;
+    let mut g = nabla_lang::ad::grad(p, &i.graph, i.loss, &i.wrt).map_err(|e| render_ad(checked, &e))?;
+    g.outputs.retain(|(n, _)| n.starts_with("grad."));
+    let g = nabla_lang::opt::optimize(&g);
+    if ir {
+        return Ok(nabla_lang::ir::print_graph(&g));
+    }
+    let shapes: Vec<String> = i.names.iter().filter_map(|n| g.inputs().find(|(_, m, _)| m == n).map(|(v, _, _)| format!("{n}: {:?}", g.node(v).shape))).collect();
+    let head = format!("// vjp of `{name}` at {}; r = the cotangent of its result\n", shapes.join(", "));
+    Ok(head + &nabla_lang::ir::print_source(&g, &|n| n.starts_with("grad.")).replace("grad.", "d"))
+}
+
 fn vjp(checked: &Checked, net: Option<String>, batch: usize, loss: &str, ir: bool) -> Result<String, String> {
     use nabla_lang::ir::{InputKind, Mode};
+    if let Some(name) = net.as_deref() {
+        if !checked.nets.iter().any(|n| n.name == name) {
+            return vjp_fn(checked, name, ir);
+        }
+    }
     let net = pick_net(checked, net)?;
     let l = nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, Mode::Train, Some(loss))?;
     let lv = l.loss.ok_or("no loss")?;

@@ -85,3 +85,30 @@ fn info_reports_stages_and_totals() {
     assert_eq!(code, 1);
     assert!(err.contains("no net named `Nope`"), "{err}");
 }
+
+#[test]
+fn vjp_of_the_linear_classifier_is_the_outer_product() {
+    let (code, out, err) = nabla(&["vjp", "examples/mnist_linear.net"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("- one_hot(y, 10)"), "{out}");
+    assert!(out.contains("d layers.1.w = t3.T @ t0"), "{out}");
+    assert!(out.contains("d layers.1.b = sum(t3, axis: [0])"), "{out}");
+}
+
+#[test]
+fn vjp_of_a_function() {
+    let f = scratch("glu.net", "/// x · σ(g)\nfn glu(x: f32[N, K], g: f32[N, K]) -> f32[N, K] { x * sigmoid(g) }\n");
+    let (code, out, err) = nabla(&["vjp", &f, "glu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dx = r * t0"), "{out}");
+    assert!(out.contains("dg = r * x * t0 * (1 - t0)"), "{out}");
+}
+
+#[test]
+fn gradcheck_reports_rules_and_nets() {
+    let (code, out, err) = nabla(&["gradcheck", "examples/mnist_linear.net"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rule conv2d"), "{out}");
+    assert!(out.contains("net  MnistLinear"), "{out}");
+    assert!(out.lines().last().is_some_and(|l| l.starts_with("worst relative error") && l.ends_with("(bar: 1e-6)")), "{out}");
+}

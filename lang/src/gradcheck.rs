@@ -185,12 +185,19 @@ pub struct RuleInstance {
 
 /// Builds the instance of the rule `rid` (see [`RuleInstance`]).
 pub fn rule_instance(p: &crate::check::Program, rid: usize) -> Result<RuleInstance, String> {
+    let name = p.items[rid].name.clone();
+    let fid = p.lookup(p.items[rid].module, &name).ok_or("no primal")?;
+    call_instance(p, fid)
+}
+
+/// A small instance of function `fid` with a cotangent input `r` (see [`RuleInstance`]):
+/// its dims get small sizes (B = 2, C = 3, H = W = 5, ...).
+pub fn call_instance(p: &crate::check::Program, fid: usize) -> Result<RuleInstance, String> {
     use crate::check::lower::{lower_call, CallInput};
     use crate::check::ty::DType;
     use crate::ir::{Binary, Op, Reduce};
     use crate::syntax::ast::{DimKind, ItemKind, TypeKind};
-    let name = p.items[rid].name.clone();
-    let fid = p.lookup(p.items[rid].module, &name).ok_or("no primal")?;
+    let name = p.items[fid].name.clone();
     let Some(crate::syntax::ast::Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(fid) else { return Err("not a function".into()) };
     let attrs = rule_attrs(&name);
     let mut dims: HashMap<String, usize> = HashMap::new();
@@ -215,7 +222,7 @@ pub fn rule_instance(p: &crate::check::Program, rid: usize) -> Result<RuleInstan
         let kind = if dt.is_float() { InputKind::Data } else if dt == DType::Bool { InputKind::State } else { InputKind::Label };
         inputs.push(CallInput { name: prm.name.name.clone(), dtype: dt, shape, kind });
     }
-    let mut l = lower_call(p, p.items[rid].module, &name, &inputs, &attrs, crate::ir::Mode::Train)?;
+    let mut l = lower_call(p, p.items[fid].module, &name, &inputs, &attrs, crate::ir::Mode::Train)?;
     let g = &mut l.graph;
     let y = l.output;
     let (dt, shape) = (g.node(y).dtype, g.node(y).shape.clone());

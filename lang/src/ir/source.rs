@@ -119,7 +119,9 @@ pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
                 format!("{}({})", n.op.name(), args.join(", "))
             }
         };
-        if uses[i] > 1 && !matches!(n.op, Op::Const(_)) {
+        // Constants (broadcast or not) are as short as a name: always inline them.
+        let constant = matches!(n.op, Op::Const(_)) || (matches!(n.op, Op::Broadcast) && matches!(g.node(n.args[0]).op, Op::Const(_)));
+        if uses[i] > 1 && !constant {
             let name = format!("t{next}");
             next += 1;
             lines.push(format!("let {name} = {e}"));
