@@ -3,8 +3,8 @@
 //! For each input checked, the gradient is compared (a) along two random directions of
 //! the whole tensor, `<grad, v>` against `(f(x + h v) - f(x - h v)) / 2h`, and (b) on a few
 //! sampled coordinates. The relative error of a pair is `|a - n| / max(|a|, |n|, floor)`,
-//! where `floor` is 1e-6 times the tensor's largest gradient entry, so entries that are
-//! zero up to rounding do not divide by zero. The difference quotient is Richardson's
+//! where `floor` is 1e-6 times the tensor's largest gradient entry (and at least 1e-6, so entries smaller than that must agree to 1e-12 absolute: central differences of an order-1 loss cannot resolve less in f64),
+//! so entries that are zero up to rounding do not divide by zero. The difference quotient is Richardson's
 //! extrapolation of central differences, `(4 D(h/2) - D(h)) / 3`: truncation error
 //! O(h⁴) and rounding O(ε/h). It is taken at three steps, h = 1e-3, 1e-4, 1e-5, and the
 //! closest to the derived value counts: a step that crosses a kink (a ReLU input at 0, a
@@ -41,7 +41,8 @@ pub fn random_inputs(g: &Graph, seed: u64, classes: usize) -> HashMap<String, Te
         let n = node.numel();
         let s = seed.wrapping_mul(1000).wrapping_add(k as u64);
         let data: Vec<f64> = match kind {
-            InputKind::Label => (0..n).map(|i| (uniform(s, i as u64) * classes as f64).floor().min(classes as f64 - 1.0)).collect(),
+            // Integer inputs are indices (labels, tokens): valid ones.
+            _ if !node.dtype.is_float() => (0..n).map(|i| (uniform(s, i as u64) * classes as f64).floor().min(classes as f64 - 1.0)).collect(),
             InputKind::Param => {
                 let fan_in: usize = node.shape.iter().skip(1).product::<usize>().max(1);
                 let scale = if node.shape.len() <= 1 { 0.5 } else { (2.0 / fan_in as f64).sqrt() };
@@ -80,7 +81,10 @@ pub fn check(
         let Some(gv) = g_with_grads.output(&format!("grad.{name}")) else { continue };
         let grad = &vals[gv.index()];
         let Some(x) = inputs.get(name) else { continue };
-        let floor = 1e-6 * grad.data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+        // Relative to the tensor's largest entry, but never below 1e-6: smaller entries are
+        // compared absolutely, to 1e-12. A gradient that vanishes identically (a bias right
+        // before batchnorm) is rounding noise on both sides.
+        let floor = (1e-6 * grad.data.iter().fold(0.0f64, |m, v| m.max(v.abs()))).max(1e-6);
         let rel = |a: f64, n: f64| (a - n).abs() / a.abs().max(n.abs()).max(floor);
         let mut worst = 0.0f64;
         let mut checks = 0;

@@ -113,3 +113,35 @@ fn f32_agrees_with_f64() {
     assert!(worst <= 1e-4, "{worst:e}");
     assert!(worst > 0.0, "f32 mode must actually round");
 }
+
+/// Every layer of std.nn, in tiny nets, passes the gradient check (batch 2, f64).
+#[test]
+fn every_std_layer_passes_gradcheck() {
+    let path = format!("{}/../tests/golden/layers.net", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("fixture");
+    let c = check_files(&[(path, text)], &nabla_stdlib::StdLoader);
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics.first());
+    // Every std layer appears in the fixture.
+    let std_nn = c.program.module_by_path("std.nn").expect("std.nn");
+    let fixture = std::fs::read_to_string(format!("{}/../tests/golden/layers.net", env!("CARGO_MANIFEST_DIR"))).expect("fixture");
+    for (name, id) in &c.program.modules[std_nn].defs {
+        if c.program.items[*id].kind == nabla_lang::check::DefKind::Layer {
+            assert!(fixture.contains(name.as_str()), "std layer `{name}` is not gradchecked");
+        }
+    }
+    let mut worst_all = 0.0f64;
+    for net in &c.nets {
+        let l = lower_net(&c.program, 0, &net.name, 2, Mode::Train, Some("softmax_cross_entropy")).unwrap_or_else(|e| panic!("{}: {e}", net.name));
+        let loss = l.loss.expect("loss");
+        let params = inputs_of(&l.graph, InputKind::Param);
+        let g = grad(&c.program, &l.graph, loss, &params).unwrap_or_else(|e| panic!("{}: {e}", net.name));
+        let names = names_of(&l.graph, &params);
+        let inputs = random_inputs(&l.graph, 7, 10);
+        let findings = check(&l.graph, loss, &g, &names, &inputs, 2, 11).expect("runs");
+        let worst = findings.iter().map(|f| f.worst).fold(0.0, f64::max);
+        eprintln!("{:<10} worst relative error {worst:.2e} over {} tensors", net.name, findings.len());
+        worst_all = worst_all.max(worst);
+        assert!(worst <= 1e-6, "{}: {worst:e} ({:?})", net.name, findings.iter().map(|f| (&f.input, f.worst)).collect::<Vec<_>>());
+    }
+    assert!(worst_all > 0.0);
+}
