@@ -193,12 +193,7 @@ fn pick_net(checked: &Checked, net: Option<String>) -> Result<String, String> {
 }
 
 fn param_names(g: &nabla_lang::ir::Graph, vs: &[nabla_lang::ir::ValueId]) -> Vec<String> {
-    vs.iter()
-        .filter_map(|v| match &g.node(*v).op {
-            nabla_lang::ir::Op::Input { name, .. } => Some(name.clone()),
-            _ => None,
-        })
-        .collect()
+    vs.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect()
 }
 
 /// An AD error, rendered as a diagnostic with its source span when it has one.

@@ -59,10 +59,8 @@ pub fn random_inputs(g: &Graph, seed: u64, classes: usize) -> HashMap<String, Te
     out
 }
 
-fn eval(g: &Graph, inputs: &HashMap<String, Tensor>, out: ValueId) -> Result<Vec<Tensor>, RunError> {
-    let vals = run(g, &|name, _| inputs.get(name).cloned(), Precision::F64)?;
-    let _ = out;
-    Ok(vals)
+fn eval(g: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>, RunError> {
+    run(g, &|name, _| inputs.get(name).cloned(), Precision::F64)
 }
 
 /// Checks the gradients `grads` (values of `g_with_grads`, one per name in `names`) of the
@@ -76,8 +74,13 @@ pub fn check(
     coords: usize,
     seed: u64,
 ) -> Result<Vec<Finding>, RunError> {
-    let vals = eval(g_with_grads, inputs, loss)?;
-    let f = |ins: &HashMap<String, Tensor>| -> Result<f64, RunError> { Ok(eval(forward, ins, loss)?[loss.index()].data[0]) };
+    let vals = eval(g_with_grads, inputs)?;
+    // The loss with input `name` replaced by `x`: only that tensor is new, the rest are
+    // read from `inputs` (a large net's parameters are not copied twice per evaluation).
+    let f = |name: &str, x: &Tensor| -> Result<f64, RunError> {
+        let vals = run(forward, &|n, _| if n == name { Some(x.clone()) } else { inputs.get(n).cloned() }, Precision::F64)?;
+        Ok(vals[loss.index()].data.first().copied().unwrap_or(f64::NAN))
+    };
     let h = 1e-3;
     let mut findings = Vec::new();
     for (k, name) in names.iter().enumerate() {
@@ -93,20 +96,14 @@ pub fn check(
         let mut checks = 0;
         let mut probe = |dir: &dyn Fn(usize) -> f64, analytic: f64| -> Result<(), RunError> {
             let central = |step: f64| -> Result<f64, RunError> {
-                let mut plus = inputs.clone();
-                let mut minus = inputs.clone();
+                let mut plus = x.clone();
+                let mut minus = x.clone();
                 for i in 0..x.numel() {
                     let d = dir(i);
-                    if d != 0.0 {
-                        if let Some(t) = plus.get_mut(name) {
-                            t.data[i] += step * d;
-                        }
-                        if let Some(t) = minus.get_mut(name) {
-                            t.data[i] -= step * d;
-                        }
-                    }
+                    plus.data[i] += step * d;
+                    minus.data[i] -= step * d;
                 }
-                Ok((f(&plus)? - f(&minus)?) / (2.0 * step))
+                Ok((f(name, &plus)? - f(name, &minus)?) / (2.0 * step))
             };
             let mut best = f64::INFINITY;
             for step in [h, h / 10.0, h / 100.0, h / 1e3, h / 1e4] {
@@ -238,13 +235,7 @@ pub fn call_instance(p: &crate::check::Program, fid: usize) -> Result<RuleInstan
     let loss = g.push(Op::Reduce { op: Reduce::Sum, axes: (0..shape.len()).collect(), keepdim: false }, vec![prod], dt, vec![]);
     g.outputs.push(("loss".into(), loss));
     let wrt: Vec<ValueId> = g.inputs().filter(|(_, n, k)| *k == InputKind::Data && *n != "r").map(|(v, _, _)| v).collect();
-    let names: Vec<String> = wrt
-        .iter()
-        .filter_map(|v| match &g.node(*v).op {
-            Op::Input { name, .. } => Some(name.clone()),
-            _ => None,
-        })
-        .collect();
+    let names: Vec<String> = wrt.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect();
     let classes = dims.get("V").or(dims.get("K")).copied().unwrap_or(3);
     let mut vals = random_inputs(g, 3, classes);
     if POSITIVE.contains(&name.as_str()) {

@@ -6,12 +6,7 @@ use nabla_lang::gradcheck::{check, random_inputs};
 use nabla_lang::ir::{verify, InputKind, Mode};
 
 fn names_of(g: &nabla_lang::ir::Graph, vs: &[nabla_lang::ir::ValueId]) -> Vec<String> {
-    vs.iter()
-        .filter_map(|v| match &g.node(*v).op {
-            nabla_lang::ir::Op::Input { name, .. } => Some(name.clone()),
-            _ => None,
-        })
-        .collect()
+    vs.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect()
 }
 
 fn gradcheck_net(name: &str, mode: Mode) -> f64 {

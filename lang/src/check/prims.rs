@@ -23,7 +23,9 @@ pub(super) fn apply(cx: &mut Cx, name: &str, params: &[Param], bound: &[Option<A
     }
     if UNARY.contains(&name) {
         return match arg("x").map(|a| &a.ty) {
-            Some(t @ (Ty::Int(_) | Ty::Float(_))) => Some(Ty::Float(t.scalar().map(|x| scalar_unary(name, x)))),
+            Some(t @ (Ty::Int(_) | Ty::Float(_))) => {
+                Some(Ty::Float(t.scalar().zip(Unary::from_name(name)).map(|(x, u)| crate::interp::unary(u, x))))
+            }
             _ => None,
         };
     }
@@ -507,24 +509,6 @@ pub(super) fn matmul(cx: &mut Cx, x: &Ty, y: &Ty, xs: Span, ys: Span, span: Span
     Ty::Tensor(*da, batch, v)
 }
 
-fn scalar_unary(name: &str, x: f64) -> f64 {
-    match name {
-        "exp" => x.exp(),
-        "log" => x.ln(),
-        "tanh" => x.tanh(),
-        "sigmoid" => 1.0 / (1.0 + (-x).exp()),
-        "relu" => x.max(0.0),
-        "sqrt" => x.sqrt(),
-        "rsqrt" => 1.0 / x.sqrt(),
-        "abs" => x.abs(),
-        "erf" => libm::erf(x),
-        "sin" => x.sin(),
-        "cos" => x.cos(),
-        "neg" => -x,
-        _ => x.signum(),
-    }
-}
-
 /// Lowers a primitive whose shape its signature states (`exp`, `conv2d`, ...). `attr`
 /// gives the value of each non-tensor parameter (given or defaulted).
 pub(super) fn lower_extern(cx: &mut Cx, name: &str, params: &[Param], bound: &[Option<ArgV>], attr: &dyn Fn(&str) -> Option<Ty>, out: &Ty) -> super::ty::Val {
@@ -551,33 +535,12 @@ pub(super) fn lower_extern(cx: &mut Cx, name: &str, params: &[Param], bound: &[O
     let window = |k: Option<usize>| -> Option<Window> {
         Some(Window { kernel: k?, stride: int("stride").unwrap_or(1), pad: int("pad").unwrap_or(0), dilation: int("dilation").unwrap_or(1), groups: int("groups").unwrap_or(1) })
     };
-    let unary = match name {
-        "exp" => Some(Unary::Exp),
-        "log" => Some(Unary::Log),
-        "tanh" => Some(Unary::Tanh),
-        "sigmoid" => Some(Unary::Sigmoid),
-        "relu" => Some(Unary::Relu),
-        "sqrt" => Some(Unary::Sqrt),
-        "rsqrt" => Some(Unary::Rsqrt),
-        "abs" => Some(Unary::Abs),
-        "erf" => Some(Unary::Erf),
-        "sin" => Some(Unary::Sin),
-        "cos" => Some(Unary::Cos),
-        "neg" => Some(Unary::Neg),
-        "sign" => Some(Unary::Sign),
-        _ => None,
-    };
-    if let Some(u) = unary {
+    // Elementwise primitives are named like their ops (`exp`, `add`, ...); maximum,
+    // minimum and pow broadcast and are lowered with the shaped primitives.
+    if let Some(u) = Unary::from_name(name) {
         return cx.emit(Op::Unary(u), &[val("x")], dt, &dims);
     }
-    let binary = match name {
-        "add" => Some(Binary::Add),
-        "sub" => Some(Binary::Sub),
-        "mul" => Some(Binary::Mul),
-        "div" => Some(Binary::Div),
-        _ => None,
-    };
-    if let Some(b) = binary {
+    if let Some(b) = Binary::from_name(name) {
         return cx.emit(Op::Binary(b), &[val("a"), val("b")], dt, &dims);
     }
     let kernel_of = |n: &str, axis: usize| shape_of(n).and_then(|s| s.get(axis).and_then(Dim::as_const)).map(|k| k as usize);

@@ -157,7 +157,8 @@ pub fn uniform(seed: u64, i: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn unary(u: Unary, x: f64) -> f64 {
+/// One unary op on a scalar (also used for constant folding).
+pub fn unary(u: Unary, x: f64) -> f64 {
     match u {
         Unary::Neg => -x,
         Unary::Exp => x.exp(),
@@ -183,7 +184,8 @@ fn unary(u: Unary, x: f64) -> f64 {
     }
 }
 
-fn binary(b: Binary, x: f64, y: f64) -> f64 {
+/// One binary op on scalars (also used for constant folding).
+pub fn binary(b: Binary, x: f64, y: f64) -> f64 {
     match b {
         Binary::Add => x + y,
         Binary::Sub => x - y,

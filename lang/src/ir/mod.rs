@@ -151,6 +151,25 @@ pub enum Op {
     StopGradient,
 }
 
+impl Unary {
+    pub const ALL: [Unary; 13] = [
+        Unary::Neg, Unary::Exp, Unary::Log, Unary::Tanh, Unary::Sigmoid, Unary::Relu, Unary::Sqrt,
+        Unary::Rsqrt, Unary::Abs, Unary::Erf, Unary::Sin, Unary::Cos, Unary::Sign,
+    ];
+    /// The op of a primitive's name (`"exp"`), the inverse of [`Op::name`].
+    pub fn from_name(name: &str) -> Option<Unary> {
+        Unary::ALL.into_iter().find(|u| Op::Unary(*u).name() == name)
+    }
+}
+
+impl Binary {
+    pub const ALL: [Binary; 7] = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Max, Binary::Min, Binary::Pow];
+    /// The op of a primitive's name (`"add"`, `"maximum"`), the inverse of [`Op::name`].
+    pub fn from_name(name: &str) -> Option<Binary> {
+        Binary::ALL.into_iter().find(|b| Op::Binary(*b).name() == name)
+    }
+}
+
 impl Op {
     /// The op's name in the textual form.
     pub fn name(&self) -> &'static str {
@@ -284,6 +303,14 @@ impl Graph {
             Op::Input { name, kind } => Some((ValueId(i as u32), name.as_str(), *kind)),
             _ => None,
         })
+    }
+
+    /// The name of input `v` (`None` when `v` is not an input).
+    pub fn input_name(&self, v: ValueId) -> Option<&str> {
+        match &self.node(v).op {
+            Op::Input { name, .. } => Some(name),
+            _ => None,
+        }
     }
 
     pub fn output(&self, name: &str) -> Option<ValueId> {

@@ -169,28 +169,13 @@ fn parse_op(name: &str, attr: Option<&str>, rest: &str) -> Option<(Op, Vec<Value
         return Some((Op::Const(rest.trim().parse().ok()?), vec![]));
     }
     let args: Vec<ValueId> = if rest.is_empty() { vec![] } else { rest.split(',').map(value).collect::<Option<_>>()? };
-    let unary = |u| Some(Op::Unary(u));
+    if let Some(u) = Unary::from_name(name) {
+        return Some((Op::Unary(u), args));
+    }
+    if let Some(b) = Binary::from_name(name) {
+        return Some((Op::Binary(b), args));
+    }
     let op = match name {
-        "neg" => unary(Unary::Neg),
-        "exp" => unary(Unary::Exp),
-        "log" => unary(Unary::Log),
-        "tanh" => unary(Unary::Tanh),
-        "sigmoid" => unary(Unary::Sigmoid),
-        "relu" => unary(Unary::Relu),
-        "sqrt" => unary(Unary::Sqrt),
-        "rsqrt" => unary(Unary::Rsqrt),
-        "abs" => unary(Unary::Abs),
-        "erf" => unary(Unary::Erf),
-        "sin" => unary(Unary::Sin),
-        "cos" => unary(Unary::Cos),
-        "sign" => unary(Unary::Sign),
-        "add" => Some(Op::Binary(Binary::Add)),
-        "sub" => Some(Op::Binary(Binary::Sub)),
-        "mul" => Some(Op::Binary(Binary::Mul)),
-        "div" => Some(Op::Binary(Binary::Div)),
-        "maximum" => Some(Op::Binary(Binary::Max)),
-        "minimum" => Some(Op::Binary(Binary::Min)),
-        "pow" => Some(Op::Binary(Binary::Pow)),
         "eq" => Some(Op::Compare(Compare::Eq)),
         "ne" => Some(Op::Compare(Compare::Ne)),
         "lt" => Some(Op::Compare(Compare::Lt)),

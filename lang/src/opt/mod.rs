@@ -58,16 +58,7 @@ fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
             let (x, y) = (args[0], args[1]);
             // Fold constants.
             if let (Some(a), Some(b2)) = (c(out, 0), c(out, 1)) {
-                let v = match b {
-                    Binary::Add => a + b2,
-                    Binary::Sub => a - b2,
-                    Binary::Mul => a * b2,
-                    Binary::Div => a / b2,
-                    Binary::Max => a.max(b2),
-                    Binary::Min => a.min(b2),
-                    Binary::Pow => a.powf(b2),
-                };
-                return splat(out, v, n);
+                return splat(out, crate::interp::binary(*b, a, b2), n);
             }
             match (b, c(out, 0), c(out, 1)) {
                 (Binary::Add, _, Some(z)) if z == 0.0 && same_shape(out, x) => return x,
