@@ -196,10 +196,20 @@ fn param_names(g: &nabla_lang::ir::Graph, vs: &[nabla_lang::ir::ValueId]) -> Vec
     vs.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect()
 }
 
+/// A diagnostic rendered for stderr.
+fn render_diag(checked: &Checked, d: &nabla_lang::Diagnostic) -> String {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    diag::render(d, &checked.program.sources, color)
+}
+
 /// An AD error, rendered as a diagnostic with its source span when it has one.
 fn render_ad(checked: &Checked, e: &nabla_lang::ad::AdError) -> String {
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    diag::render(&e.to_diagnostic(), &checked.program.sources, color)
+    render_diag(checked, &e.to_diagnostic())
+}
+
+/// Prints an error: a rendered diagnostic as it is, anything else as `error: ...`.
+fn print_error(e: &str) {
+    if e.contains("[E0") { eprint!("{e}") } else { eprintln!("error: {e}") }
 }
 
 /// The VJP of a tensor function at a small instance: gradients of `sum(y * r)`, i.e.
@@ -227,7 +237,7 @@ fn vjp(checked: &Checked, net: Option<String>, batch: usize, loss: &str, ir: boo
         }
     }
     let net = pick_net(checked, net)?;
-    let l = nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, Mode::Train, Some(loss))?;
+    let l = nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, Mode::Train, Some(loss)).map_err(|d| render_diag(checked, &d))?;
     let lv = l.loss.ok_or("no loss")?;
     let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
     let mut g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| render_ad(checked, &e))?;
@@ -264,7 +274,7 @@ fn gradcheck(checked: &Checked, name: Option<&str>, input: Option<&[usize]>, los
     }
     for net in checked.nets.iter().filter(|n| name.is_none() || name == Some(n.name.as_str())) {
         let result = (|| -> Result<Vec<nabla_lang::gradcheck::Finding>, String> {
-            let l = nabla_lang::check::lower::lower_net_at(&checked.program, 0, &net.name, 2, Mode::Train, Some(loss), input)?;
+            let l = nabla_lang::check::lower::lower_net_at(&checked.program, 0, &net.name, 2, Mode::Train, Some(loss), input).map_err(|d| render_diag(checked, &d))?;
             let lv = l.loss.ok_or("no loss")?;
             let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
             let g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| render_ad(checked, &e))?;
@@ -316,7 +326,7 @@ fn main() -> ExitCode {
             let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
             let result = pick_net(&checked, net).and_then(|net| {
                 let mode = if eval { nabla_lang::ir::Mode::Eval } else { nabla_lang::ir::Mode::Train };
-                nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, mode, loss.as_deref())
+                nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, mode, loss.as_deref()).map_err(|d| render_diag(&checked, &d))
             });
             match result {
                 Ok(l) => {
@@ -324,7 +334,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     ExitCode::from(1)
                 }
             }
@@ -337,8 +347,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    // A rendered diagnostic speaks for itself.
-                    if e.contains("[E0") { eprint!("{e}") } else { eprintln!("error: {e}") }
+                    print_error(&e);
                     ExitCode::from(1)
                 }
             }

@@ -203,7 +203,24 @@ pub fn call_instance(p: &crate::check::Program, fid: usize) -> Result<RuleInstan
     use crate::syntax::ast::{DimKind, ItemKind, TypeKind};
     let name = p.items[fid].name.clone();
     let Some(crate::syntax::ast::Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(fid) else { return Err("not a function".into()) };
-    let attrs = rule_attrs(&name);
+    let mut attrs = rule_attrs(&name);
+    // Required non-tensor parameters get small values: ints 2, floats 0.3, 0.7, ... in
+    // order (so a pair like lo, hi is ordered), bools false.
+    let mut floats = 0;
+    let given: Vec<String> = attrs.iter().map(|(n, _)| n.clone()).collect();
+    for prm in f.params.iter().filter(|p| p.default.is_none() && !given.contains(&p.name.name)) {
+        use crate::check::ty::Ty;
+        let v = match prm.ty.as_ref().map(|t| &t.kind) {
+            Some(TypeKind::Named(t)) if matches!(t.name.as_str(), "int" | "dim" | "axis") => Ty::int(2),
+            Some(TypeKind::Named(t)) if t.name == "float" => {
+                floats += 1;
+                Ty::Float(Some(0.3 + 0.4 * (floats - 1) as f64))
+            }
+            Some(TypeKind::Named(t)) if t.name == "bool" => Ty::Bool(Some(false)),
+            _ => continue,
+        };
+        attrs.push((prm.name.name.clone(), v));
+    }
     let mut dims: HashMap<String, usize> = HashMap::new();
     let mut inputs = Vec::new();
     for prm in &f.params {
@@ -226,7 +243,7 @@ pub fn call_instance(p: &crate::check::Program, fid: usize) -> Result<RuleInstan
         let kind = if dt.is_float() { InputKind::Data } else if dt == DType::Bool { InputKind::State } else { InputKind::Label };
         inputs.push(CallInput { name: prm.name.name.clone(), dtype: dt, shape, kind });
     }
-    let mut l = lower_call(p, p.items[fid].module, &name, &inputs, &attrs, crate::ir::Mode::Train)?;
+    let mut l = lower_call(p, p.items[fid].module, &name, &inputs, &attrs, crate::ir::Mode::Train).map_err(|d| d.message)?;
     let g = &mut l.graph;
     let y = l.output;
     let (dt, shape) = (g.node(y).dtype, g.node(y).shape.clone());

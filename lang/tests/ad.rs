@@ -126,7 +126,7 @@ fn every_std_layer_passes_gradcheck() {
     }
     let mut worst_all = 0.0f64;
     for net in &c.nets {
-        let l = lower_net(&c.program, 0, &net.name, 2, Mode::Train, Some("softmax_cross_entropy")).unwrap_or_else(|e| panic!("{}: {e}", net.name));
+        let l = lower_net(&c.program, 0, &net.name, 2, Mode::Train, Some("softmax_cross_entropy")).unwrap_or_else(|e| panic!("{}: {}", net.name, e.message));
         let loss = l.loss.expect("loss");
         let params = inputs_of(&l.graph, InputKind::Param);
         let g = grad(&c.program, &l.graph, loss, &params).unwrap_or_else(|e| panic!("{}: {e}", net.name));

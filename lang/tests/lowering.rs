@@ -19,7 +19,7 @@ fn examples_lower_and_verify() {
         let c = checked(name);
         let net = c.nets[0].name.clone();
         for mode in [Mode::Train, Mode::Eval] {
-            let l = lower_net(&c.program, 0, &net, 2, mode, Some("softmax_cross_entropy")).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let l = lower_net(&c.program, 0, &net, 2, mode, Some("softmax_cross_entropy")).unwrap_or_else(|e| panic!("{name}: {}", e.message));
             verify(&l.graph).unwrap_or_else(|e| panic!("{name} {mode:?}: {}", e.message));
             // The graph's parameters are exactly the net's, by name and size.
             let params: Vec<(String, usize)> = l

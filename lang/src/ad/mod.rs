@@ -128,7 +128,21 @@ pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composi
             continue;
         }
         let (rule, attrs, inputs) = match composites.iter().find(|c| c.output == v && !inside[i]) {
-            Some(c) => (c.rule.clone(), vec![], c.inputs.clone()),
+            Some(c) => {
+                let attrs = c
+                    .attrs
+                    .iter()
+                    .map(|(n, a)| {
+                        let t = match a {
+                            crate::ir::Attr::Int(i) => Ty::int(*i),
+                            crate::ir::Attr::Float(x) => Ty::Float(Some(*x)),
+                            crate::ir::Attr::Bool(b) => Ty::Bool(Some(*b)),
+                        };
+                        (n.clone(), t)
+                    })
+                    .collect();
+                (c.rule.clone(), attrs, c.inputs.clone())
+            }
             None => match rule_of(g, v) {
                 Ok(None) => continue,
                 Ok(Some((r, a))) => (r.to_string(), a, g.node(v).args.clone()),

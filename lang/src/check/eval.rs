@@ -1825,7 +1825,12 @@ impl<'a> Cx<'a> {
                         got
                     }
                 });
-                self.mark_composite(&name, start, &inputs, &out);
+                let attrs: Vec<(String, Ty)> = f
+                    .params
+                    .iter()
+                    .filter_map(|p| callee.get(&p.name.name).map(|l| (p.name.name.clone(), l.ty.clone())))
+                    .collect();
+                self.mark_composite(&name, start, &inputs, &attrs, &out);
                 out
             }
             _ => {

@@ -8,13 +8,20 @@
 use super::dim::Dim;
 use super::eval::Cx;
 use super::ty::{DType, Ty, Val};
+use crate::diag::Diagnostic;
 use crate::ir::{Binary, Compare, Graph, Mode, Op, Reduce, Unary, ValueId};
+
+/// A lowering problem with no better place: code E0411.
+fn lower_error(message: impl Into<String>) -> Diagnostic {
+    Diagnostic::error("E0411", message)
+}
 
 /// The graph being built, and the first reason lowering could not continue.
 #[derive(Default)]
 pub struct Lowering {
     pub graph: Graph,
-    pub failure: Option<String>,
+    /// E0411, at the expression being lowered when it happened.
+    pub failure: Option<Diagnostic>,
     /// Counter for `random_uniform` seeds, so each dropout draws its own numbers.
     pub rng: u64,
     /// The batch size the net is lowered for.
@@ -35,8 +42,15 @@ impl Cx<'_> {
     }
 
     pub(super) fn lower_fail(&mut self, why: impl Into<String>) {
+        let span = self.cur_span;
         if let Some(l) = self.lower.as_mut() {
-            l.failure.get_or_insert_with(|| why.into());
+            l.failure.get_or_insert_with(|| {
+                let d = lower_error(why).with_help("this checks, but the compiler cannot run it yet");
+                match span {
+                    Some(s) => d.primary(s, "cannot be lowered"),
+                    None => d,
+                }
+            });
         }
     }
 
@@ -175,7 +189,7 @@ impl Cx<'_> {
     /// Records a lowered call of a function that has its own rule (see [`Composite`]).
     ///
     /// [`Composite`]: crate::ir::Composite
-    pub(super) fn mark_composite(&mut self, name: &str, start: Option<usize>, inputs: &[Val], out: &Ty) {
+    pub(super) fn mark_composite(&mut self, name: &str, start: Option<usize>, inputs: &[Val], attrs: &[(String, Ty)], out: &Ty) {
         let (Some(start), Ty::Tensor(_, _, Some(output))) = (start, out) else { return };
         let Some(inputs) = inputs.iter().copied().collect::<Option<Vec<ValueId>>>() else { return };
         if self.rule_for(name).is_none() {
@@ -183,7 +197,19 @@ impl Cx<'_> {
         }
         if let Some(l) = self.lower.as_mut() {
             let end = l.graph.nodes.len();
-            l.graph.composites.push(crate::ir::Composite { rule: name.to_string(), inputs, output: *output, start, end });
+            let attrs = attrs
+                .iter()
+                .filter_map(|(n, t)| {
+                    let a = match t {
+                        Ty::Int(Some(d)) => crate::ir::Attr::Int(d.as_const()?),
+                        Ty::Float(Some(x)) => crate::ir::Attr::Float(*x),
+                        Ty::Bool(Some(b)) => crate::ir::Attr::Bool(*b),
+                        _ => return None,
+                    };
+                    Some((n.clone(), a))
+                })
+                .collect();
+            l.graph.composites.push(crate::ir::Composite { rule: name.to_string(), inputs, attrs, output: *output, start, end });
         }
     }
 
@@ -214,16 +240,16 @@ pub struct Lowered {
 /// (the name of a function `loss(logits, labels: i32[B])`), appends the loss of a batch of
 /// integer labels, named input `y`. Outputs: `logits`, `loss`, and `state.<name>` for every
 /// updated state.
-pub fn lower_net(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>) -> Result<Lowered, String> {
+pub fn lower_net(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>) -> Result<Lowered, Diagnostic> {
     lower_net_at(p, module, net, batch, mode, loss, None)
 }
 
 /// [`lower_net`] with the per-example input shape replaced (a smaller image, for
 /// gradient checks of nets whose layers allow it).
-pub fn lower_net_at(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>, input: Option<&[usize]>) -> Result<Lowered, String> {
-    let id = p.lookup(module, net).ok_or_else(|| format!("no net `{net}`"))?;
+pub fn lower_net_at(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>, input: Option<&[usize]>) -> Result<Lowered, Diagnostic> {
+    let id = p.lookup(module, net).ok_or_else(|| lower_error(format!("no net `{net}`")))?;
     let Some(crate::syntax::ast::Item { kind: crate::syntax::ast::ItemKind::Net(decl), .. }) = p.item_ast(id) else {
-        return Err(format!("`{net}` is not a net"));
+        return Err(lower_error(format!("`{net}` is not a net")).primary(p.items[id].span, "defined here"));
     };
     let mut diags = Vec::new();
     let mut cx = Cx::new(p, &mut diags);
@@ -238,20 +264,26 @@ pub fn lower_net_at(p: &super::Program, module: usize, net: &str, batch: usize, 
         let l = cx.call_named(p.items[id].module, loss, vec![out.clone(), Ty::Tensor(DType::I32, y_dims, y)]);
         match l {
             Ty::Tensor(_, d, Some(v)) if d.is_empty() => loss_val = Some(v),
-            other => return Err(format!("the loss `{loss}` did not give a scalar: {}", cx.show(&other))),
+            other => {
+                let shown = cx.show(&other);
+                return Err(lower_error(format!("the loss `{loss}` must give a scalar f32[], but it gives {shown}")).primary(decl.output.span, "the net's output"));
+            }
         }
     }
+    // A net that does not check says why, with the checker's own diagnostic.
     if let Some(d) = cx.take_errors().into_iter().next() {
-        return Err(format!("`{net}` does not check: {}", d.message));
+        return Err(d);
     }
-    let mut lowering = cx.lower.take().ok_or("lowering state lost")?;
+    let mut lowering = cx.lower.take().unwrap_or_default();
     if let Some(f) = lowering.failure {
         return Err(f);
     }
+    let Ty::Tensor(_, _, Some(output)) = out else {
+        return Err(lower_error(format!("`{net}` gave no value")).primary(p.items[id].span, "this net"));
+    };
     if !info.ok {
-        return Err(format!("`{net}` does not check"));
+        return Err(lower_error(format!("`{net}` does not check")).primary(p.items[id].span, "this net"));
     }
-    let Ty::Tensor(_, _, Some(output)) = out else { return Err("the net gave no value".into()) };
     lowering.graph.outputs.push(("logits".into(), output));
     if let Some(l) = loss_val {
         lowering.graph.outputs.push(("loss".into(), l));
@@ -283,7 +315,7 @@ pub fn apply_rule(p: &super::Program, graph: &mut Graph, primal: &str, inputs: &
     let lowering = cx.lower.take().unwrap_or_default();
     *graph = lowering.graph;
     if let Some(f) = lowering.failure {
-        return Err(f);
+        return Err(f.message);
     }
     result.map(|gs| gs.into_iter().map(|g| g.flatten()).collect())
 }
@@ -304,8 +336,8 @@ pub struct CallInput {
 /// Lowers one call of function `name` (seen from `module`): each of `inputs` becomes a
 /// graph input passed positionally, `attrs` are passed by name. The result is output
 /// `y`.
-pub fn lower_call(p: &super::Program, module: usize, name: &str, inputs: &[CallInput], attrs: &[(String, Ty)], mode: Mode) -> Result<Lowered, String> {
-    let id = p.lookup(module, name).ok_or_else(|| format!("no function `{name}`"))?;
+pub fn lower_call(p: &super::Program, module: usize, name: &str, inputs: &[CallInput], attrs: &[(String, Ty)], mode: Mode) -> Result<Lowered, Diagnostic> {
+    let id = p.lookup(module, name).ok_or_else(|| lower_error(format!("no function `{name}`")))?;
     let mut diags = Vec::new();
     let mut cx = Cx::new(p, &mut diags);
     let mut lowering = Lowering::default();
@@ -320,13 +352,15 @@ pub fn lower_call(p: &super::Program, module: usize, name: &str, inputs: &[CallI
     args.extend(attrs.iter().map(|(n, t)| (Some(n.clone()), t.clone())));
     let out = cx.call_with(id, args);
     if let Some(d) = cx.take_errors().into_iter().next() {
-        return Err(format!("`{name}` does not apply to these inputs: {}", d.message));
+        return Err(d);
     }
-    let mut lowering = cx.lower.take().ok_or("lowering state lost")?;
+    let mut lowering = cx.lower.take().unwrap_or_default();
     if let Some(f) = lowering.failure {
         return Err(f);
     }
-    let Ty::Tensor(_, _, Some(output)) = out else { return Err(format!("`{name}` gave no tensor")) };
+    let Ty::Tensor(_, _, Some(output)) = out else {
+        return Err(lower_error(format!("`{name}` gave no tensor")).primary(p.items[id].span, "this function"));
+    };
     lowering.graph.outputs.push(("y".into(), output));
     Ok(Lowered { graph: lowering.graph, output, loss: None })
 }

@@ -260,6 +260,14 @@ pub enum Mode {
     Eval,
 }
 
+/// A compile-time argument value recorded in the IR.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Attr {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
 /// A call of a composite function that has its own derivative rule: the nodes
 /// `start..end` compute `output` from `inputs`. AD applies the rule here instead of
 /// deriving through the body.
@@ -267,6 +275,8 @@ pub enum Mode {
 pub struct Composite {
     pub rule: String,
     pub inputs: Vec<ValueId>,
+    /// The call's non-tensor arguments, which the rule may use.
+    pub attrs: Vec<(String, Attr)>,
     pub output: ValueId,
     pub start: usize,
     pub end: usize,
