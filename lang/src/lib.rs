@@ -13,6 +13,8 @@ pub mod interp;
 pub mod opt;
 pub mod ir;
 pub mod span;
+pub mod step;
+pub mod backend;
 pub mod syntax;
 
 pub use diag::{Diagnostic, Label, Severity};

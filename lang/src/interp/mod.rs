@@ -75,63 +75,95 @@ fn unravel(mut i: usize, shape: &[usize], out: &mut [usize]) {
 pub fn run(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>, precision: Precision) -> Result<Vec<Tensor>, RunError> {
     let mut vals: Vec<Tensor> = Vec::with_capacity(g.nodes.len());
     for n in &g.nodes {
-        let a = |i: usize| &vals[n.args[i].index()];
-        let mut t = match &n.op {
-            Op::Input { name, kind } => {
-                let t = inputs(name, *kind).ok_or_else(|| RunError::MissingInput(name.clone()))?;
-                if t.shape != n.shape {
-                    return Err(RunError::BadShape(name.clone(), n.shape.clone(), t.shape));
-                }
-                Tensor { dtype: n.dtype, ..t }
-            }
-            Op::Const(c) => Tensor::new(n.dtype, vec![], vec![*c]),
-            Op::Unary(u) => map(a(0), n.dtype, |x| unary(*u, x)),
-            Op::StopGradient => a(0).clone(),
-            Op::Binary(b) => zip(a(0), a(1), n.dtype, |x, y| binary(*b, x, y)),
-            Op::Compare(c) => zip(a(0), a(1), DType::Bool, |x, y| f64::from(u8::from(compare(*c, x, y)))),
-            Op::Select => {
-                let (c, x, y) = (a(0), a(1), a(2));
-                let data = (0..c.numel()).map(|i| if c.data[i] != 0.0 { x.data[i] } else { y.data[i] }).collect();
-                Tensor::new(n.dtype, n.shape.clone(), data)
-            }
-            Op::Reduce { op, axes, .. } => reduce(a(0), *op, axes, n),
-            Op::ArgMax { axis } => argmax(a(0), *axis, n),
-            Op::MatMul => matmul(a(0), a(1), n),
-            Op::Transpose { perm } => transpose(a(0), perm, n),
-            Op::Reshape | Op::Cast => Tensor::new(n.dtype, n.shape.clone(), a(0).data.iter().map(|x| cast(*x, n.dtype)).collect()),
-            Op::Broadcast => broadcast(a(0), n),
-            Op::Slice { axis, start, .. } => slice(a(0), *axis, *start, n),
-            Op::Pad { axis, before, .. } => pad(a(0), *axis, *before, n),
-            Op::Concat { axis } => concat(&n.args.iter().map(|v| &vals[v.index()]).collect::<Vec<_>>(), *axis, n),
-            Op::Gather => gather(a(0), a(1), n),
-            Op::OneHot { classes } => {
-                let mut out = Tensor::zeros(n.dtype, &n.shape);
-                for (i, c) in a(0).data.iter().enumerate() {
-                    let c = *c as i64;
-                    if c >= 0 && (c as usize) < *classes {
-                        out.data[i * classes + c as usize] = 1.0;
-                    }
-                }
-                out
-            }
-            Op::Conv2d(w) => conv2d(a(0), a(1), w, n),
-            Op::Conv2dInputGrad(w) => conv2d_input_grad(a(0), a(1), w, n),
-            Op::Conv2dWeightGrad(w) => conv2d_weight_grad(a(0), a(1), w, n),
-            Op::MaxPool2d(w) => pool(a(0), w, n, true),
-            Op::AvgPool2d(w) => pool(a(0), w, n, false),
-            Op::MaxPool2dGrad(w) => max_pool_grad(a(0), a(1), w, n),
-            Op::AvgPool2dGrad(w) => avg_pool_grad(a(0), w, n),
-            Op::RandomUniform { seed } => {
-                let data = (0..n.numel()).map(|i| uniform(*seed, i as u64)).collect();
-                Tensor::new(n.dtype, n.shape.clone(), data)
-            }
+        let t = match &n.op {
+            Op::Input { name, kind } => input(n, name, inputs(name, *kind))?,
+            _ => node(n, &n.args.iter().map(|v| &vals[v.index()]).collect::<Vec<_>>(), precision),
         };
-        if precision == Precision::F32 && n.dtype.is_float() {
-            t.data.iter_mut().for_each(|x| *x = *x as f32 as f64);
-        }
         vals.push(t);
     }
     Ok(vals)
+}
+
+/// Re-runs `g` after a full run whose values are `base`, with input `changed` set to `x`:
+/// only the nodes that depend on it are computed again (a gradient check perturbs one
+/// tensor at a time, and most of a deep net lies before or beside it). Returns the value
+/// of `want`.
+pub fn rerun(g: &Graph, base: &[Tensor], changed: ValueId, x: Tensor, want: ValueId, precision: Precision) -> Result<Tensor, RunError> {
+    let n0 = g.node(changed);
+    let name = g.input_name(changed).unwrap_or("?").to_string();
+    let mut fresh: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+    fresh[changed.index()] = Some(input(n0, &name, Some(x))?);
+    for (i, n) in g.nodes.iter().enumerate().skip(changed.index() + 1) {
+        if n.args.iter().any(|a| fresh[a.index()].is_some()) {
+            let args: Vec<&Tensor> = n.args.iter().map(|a| fresh[a.index()].as_ref().unwrap_or(&base[a.index()])).collect();
+            fresh[i] = Some(node(n, &args, precision));
+        }
+        if i == want.index() {
+            break;
+        }
+    }
+    Ok(fresh[want.index()].take().unwrap_or_else(|| base[want.index()].clone()))
+}
+
+fn input(n: &crate::ir::Node, name: &str, given: Option<Tensor>) -> Result<Tensor, RunError> {
+    let t = given.ok_or_else(|| RunError::MissingInput(name.to_string()))?;
+    if t.shape != n.shape {
+        return Err(RunError::BadShape(name.to_string(), n.shape.clone(), t.shape));
+    }
+    Ok(Tensor { dtype: n.dtype, ..t })
+}
+
+/// The value of one (non-input) node from its arguments' values.
+fn node(n: &crate::ir::Node, args: &[&Tensor], precision: Precision) -> Tensor {
+    let a = |i: usize| args[i];
+    let mut t = match &n.op {
+        Op::Input { .. } => Tensor::zeros(n.dtype, &n.shape),
+        Op::Const(c) => Tensor::new(n.dtype, vec![], vec![*c]),
+        Op::Unary(u) => map(a(0), n.dtype, |x| unary(*u, x)),
+        Op::StopGradient => a(0).clone(),
+        Op::Binary(b) => zip(a(0), a(1), n.dtype, |x, y| binary(*b, x, y)),
+        Op::Compare(c) => zip(a(0), a(1), DType::Bool, |x, y| f64::from(u8::from(compare(*c, x, y)))),
+        Op::Select => {
+            let (c, x, y) = (a(0), a(1), a(2));
+            let data = (0..c.numel()).map(|i| if c.data[i] != 0.0 { x.data[i] } else { y.data[i] }).collect();
+            Tensor::new(n.dtype, n.shape.clone(), data)
+        }
+        Op::Reduce { op, axes, .. } => reduce(a(0), *op, axes, n),
+        Op::ArgMax { axis } => argmax(a(0), *axis, n),
+        Op::MatMul => matmul(a(0), a(1), n),
+        Op::Transpose { perm } => transpose(a(0), perm, n),
+        Op::Reshape | Op::Cast => Tensor::new(n.dtype, n.shape.clone(), a(0).data.iter().map(|x| cast(*x, n.dtype)).collect()),
+        Op::Broadcast => broadcast(a(0), n),
+        Op::Slice { axis, start, .. } => slice(a(0), *axis, *start, n),
+        Op::Pad { axis, before, .. } => pad(a(0), *axis, *before, n),
+        Op::Concat { axis } => concat(args, *axis, n),
+        Op::Gather => gather(a(0), a(1), n),
+        Op::OneHot { classes } => {
+            let mut out = Tensor::zeros(n.dtype, &n.shape);
+            for (i, c) in a(0).data.iter().enumerate() {
+                let c = *c as i64;
+                if c >= 0 && (c as usize) < *classes {
+                    out.data[i * classes + c as usize] = 1.0;
+                }
+            }
+            out
+        }
+        Op::Conv2d(w) => conv2d(a(0), a(1), w, n),
+        Op::Conv2dInputGrad(w) => conv2d_input_grad(a(0), a(1), w, n),
+        Op::Conv2dWeightGrad(w) => conv2d_weight_grad(a(0), a(1), w, n),
+        Op::MaxPool2d(w) => pool(a(0), w, n, true),
+        Op::AvgPool2d(w) => pool(a(0), w, n, false),
+        Op::MaxPool2dGrad(w) => max_pool_grad(a(0), a(1), w, n),
+        Op::AvgPool2dGrad(w) => avg_pool_grad(a(0), w, n),
+        Op::RandomUniform { seed } => {
+            let data = (0..n.numel()).map(|i| uniform(*seed, i as u64)).collect();
+            Tensor::new(n.dtype, n.shape.clone(), data)
+        }
+    };
+    if precision == Precision::F32 && n.dtype.is_float() {
+        t.data.iter_mut().for_each(|x| *x = *x as f32 as f64);
+    }
+    t
 }
 
 /// The value of one output after [`run`].
@@ -361,19 +393,22 @@ fn conv_taps(xs: &[usize], ks: &[usize], ys: &[usize], w: &Window, mut f: impl F
     let (o, cg, kh, kw) = (ks[0], ks[1], ks[2], ks[3]);
     let (oh, ow) = (ys[2], ys[3]);
     let og = o / w.groups;
+    let ranges: Vec<_> = (0..kw).map(|kx| columns(kx, w, wd, ow)).collect();
     for bi in 0..b {
         for oc in 0..o {
             let g = oc / og;
-            for y in 0..oh {
-                for xx in 0..ow {
-                    let yi = ((bi * o + oc) * oh + y) * ow + xx;
-                    for ci in 0..cg {
-                        let ic = g * cg + ci;
-                        for ky in 0..kh {
+            for ci in 0..cg {
+                let ic = g * cg + ci;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let ki = ((oc * cg + ci) * kh + ky) * kw + kx;
+                        for y in 0..oh {
                             let Some(iy) = tap(y, ky, w, h) else { continue };
-                            for kx in 0..kw {
-                                let Some(ix) = tap(xx, kx, w, wd) else { continue };
-                                f(((bi * c + ic) * h + iy) * wd + ix, ((oc * cg + ci) * kh + ky) * kw + kx, yi);
+                            let (xrow, yrow) = (((bi * c + ic) * h + iy) * wd, ((bi * o + oc) * oh + y) * ow);
+                            for xx in ranges[kx].clone() {
+                                // In range by construction of `ranges`.
+                                let ix = xx * w.stride + kx * w.dilation - w.pad;
+                                f(xrow + ix, ki, yrow + xx);
                             }
                         }
                     }
@@ -385,8 +420,61 @@ fn conv_taps(xs: &[usize], ks: &[usize], ys: &[usize], w: &Window, mut f: impl F
 
 fn conv2d(x: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
     let mut out = Tensor::zeros(n.dtype, &n.shape);
-    conv_taps(&x.shape, &k.shape, &n.shape, w, |xi, ki, yi| out.data[yi] += x.data[xi] * k.data[ki]);
+    let (c, h, wd) = (x.shape[1], x.shape[2], x.shape[3]);
+    let (o, cg, kh, kw) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3]);
+    let (oh, ow) = (n.shape[2], n.shape[3]);
+    let og = o / w.groups;
+    let ranges: Vec<_> = (0..kw).map(|kx| columns(kx, w, wd, ow)).collect();
+    // The same sums as `conv_taps` in the same order (over ci, ky, kx for each output),
+    // with the output row as the inner loop; planes (image, out channel) are independent,
+    // so they are split over threads.
+    let plane = |p: usize, out: &mut [f64]| {
+        let (bi, oc) = (p / o, p % o);
+        let g = oc / og;
+        for ci in 0..cg {
+            let xplane = &x.data[(bi * c + g * cg + ci) * h * wd..][..h * wd];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let kv = k.data[((oc * cg + ci) * kh + ky) * kw + kx];
+                    let cols = ranges[kx].clone();
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    for y in 0..oh {
+                        let Some(iy) = tap(y, ky, w, h) else { continue };
+                        let xrow = &xplane[iy * wd..][..wd];
+                        let orow = &mut out[y * ow..][..ow];
+                        let first = cols.start * w.stride + kx * w.dilation - w.pad;
+                        for (o, xv) in orow[cols.clone()].iter_mut().zip(xrow[first..].iter().step_by(w.stride)) {
+                            *o += kv * xv;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let area = (oh * ow).max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(out.data.len() / area).max(1);
+    let per = out.data.len().div_ceil(area).div_ceil(threads) * area;
+    std::thread::scope(|s| {
+        for (t, chunk) in out.data.chunks_mut(per.max(1)).enumerate() {
+            let plane = &plane;
+            s.spawn(move || {
+                for (j, o) in chunk.chunks_mut(area).enumerate() {
+                    plane(t * per / area + j, o);
+                }
+            });
+        }
+    });
     out
+}
+
+/// The output columns whose tap `kx` lands inside the input (`ix = xx*stride + kx*dil - pad`
+/// in `0..wd`): a contiguous range, since `ix` grows with `xx`.
+fn columns(kx: usize, w: &Window, wd: usize, ow: usize) -> std::ops::Range<usize> {
+    let first = (0..ow).find(|xx| tap(*xx, kx, w, wd).is_some()).unwrap_or(ow);
+    let end = (first..ow).find(|xx| tap(*xx, kx, w, wd).is_none()).unwrap_or(ow);
+    first..end
 }
 
 fn conv2d_input_grad(dy: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {

@@ -1,0 +1,477 @@
+//! Kernels written in Rust for the ops that are not elementwise: matrix products through
+//! the `gemm` crate (whose AVX2/AVX-512 micro-kernels beat anything Cranelift can emit
+//! with 128-bit vectors), convolutions as im2col + GEMM, reductions (accumulated in f64),
+//! pooling and data movement. Work is split over threads with rayon where it is large.
+//!
+//! Every kernel writes only its output slice, which the memory plan never overlaps with
+//! an input.
+
+use nabla_lang::ir::{Reduce, Window};
+use rayon::prelude::*;
+
+/// Below this many elements a kernel runs on one thread.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// A matrix operand: base pointer, row stride and column stride (in elements).
+#[derive(Clone, Copy)]
+pub struct Mat {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// `dst[m×n] = (accumulate ? dst : 0) + a[m×k] · b[k×n]`; `dst` is row-major with row
+/// stride `dst_rs`.
+///
+/// # Safety
+/// The pointers must be valid for the extents the strides describe, and `dst` must not
+/// overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, accumulate: bool, a: Mat, b: Mat, threads: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                // SAFETY: row i of dst is inside its extent.
+                unsafe { std::slice::from_raw_parts_mut(dst.offset(i as isize * dst_rs), n).fill(0.0) };
+            }
+        }
+        return;
+    }
+    let par = if threads { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: forwarded from the caller; gemm computes dst = alpha·dst + beta·a·b.
+    unsafe {
+        gemm::gemm(m, n, k, dst, 1, dst_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, if accumulate { 1.0 } else { 0.0 }, 1.0, false, false, false, par);
+    }
+}
+
+/// A raw pointer that may cross threads (each thread writes a disjoint part).
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+// SAFETY: used only to hand disjoint output regions to rayon workers.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+/// The output positions read through kernel tap `k` (`o·stride + k·dilation - pad`).
+fn tap(o: usize, k: usize, w: &Window, size: usize) -> Option<usize> {
+    let p = (o * w.stride + k * w.dilation).checked_sub(w.pad)?;
+    (p < size).then_some(p)
+}
+
+/// Convolution geometry: input [B, C, H, W], weights [O, C/groups, KH, KW], output
+/// [B, O, OH, OW].
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    pub b: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub win: Window,
+}
+
+impl ConvShape {
+    pub fn new(x: &[usize], k: &[usize], y: &[usize], win: Window) -> ConvShape {
+        ConvShape { b: x[0], c: x[1], h: x[2], w: x[3], o: k[0], kh: k[2], kw: k[3], oh: y[2], ow: y[3], win }
+    }
+    fn cg(&self) -> usize {
+        self.c / self.win.groups.max(1)
+    }
+    fn og(&self) -> usize {
+        self.o / self.win.groups.max(1)
+    }
+    /// Rows of one group's column matrix.
+    fn rows(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    fn area(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1×1 convolution with stride 1 and no padding reads its input as the columns.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.win.stride == 1 && self.win.pad == 0 && self.oh == self.h && self.ow == self.w
+    }
+}
+
+/// im2col of group `g` of one image `x` ([C, H, W]) into `col` ([cg·KH·KW, OH·OW]).
+fn im2col(s: &ConvShape, x: &[f32], g: usize, col: &mut [f32]) {
+    let (area, cg) = (s.area(), s.cg());
+    for ci in 0..cg {
+        let plane = &x[(g * cg + ci) * s.h * s.w..][..s.h * s.w];
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * area..][..area];
+                for oy in 0..s.oh {
+                    let dst = &mut row[oy * s.ow..][..s.ow];
+                    let Some(iy) = tap(oy, ky, &s.win, s.h) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let src = &plane[iy * s.w..][..s.w];
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        *d = tap(ox, kx, &s.win, s.w).map_or(0.0, |ix| src[ix]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds `col` back into image `dx` ([C, H, W]).
+fn col2im(s: &ConvShape, col: &[f32], g: usize, dx: &mut [f32]) {
+    let (area, cg) = (s.area(), s.cg());
+    for ci in 0..cg {
+        let plane = &mut dx[(g * cg + ci) * s.h * s.w..][..s.h * s.w];
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let row = &col[((ci * s.kh + ky) * s.kw + kx) * area..][..area];
+                for oy in 0..s.oh {
+                    let Some(iy) = tap(oy, ky, &s.win, s.h) else { continue };
+                    let src = &row[oy * s.ow..][..s.ow];
+                    let dst = &mut plane[iy * s.w..][..s.w];
+                    for (ox, v) in src.iter().enumerate() {
+                        if let Some(ix) = tap(ox, kx, &s.win, s.w) {
+                            dst[ix] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn mat(ptr: *const f32, rs: usize, cs: usize) -> Mat {
+    Mat { ptr, rs: rs as isize, cs: cs as isize }
+}
+
+/// `y = conv2d(x, k)`.
+pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
+    let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
+    let (xs, ys) = (s.c * s.h * s.w, s.o * area);
+    y.par_chunks_mut(ys).enumerate().for_each_init(Vec::new, |col: &mut Vec<f32>, (bi, yb)| {
+        let xb = &x[bi * xs..][..xs];
+        for g in 0..groups {
+            let cols: &[f32] = if s.pointwise() {
+                &xb[g * rows * area..][..rows * area]
+            } else {
+                col.resize(rows * area, 0.0);
+                im2col(s, xb, g, col);
+                col
+            };
+            // SAFETY: extents as described; y's image is disjoint from x, k and col.
+            unsafe { gemm(og, area, rows, yb[g * og * area..].as_mut_ptr(), area as isize, false, mat(k[g * og * rows..].as_ptr(), rows, 1), mat(cols.as_ptr(), area, 1), false) };
+        }
+    });
+}
+
+/// `dx` of `y = conv2d(x, k)` given `dy`.
+pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
+    let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
+    let (xs, ys) = (s.c * s.h * s.w, s.o * area);
+    dx.par_chunks_mut(xs).enumerate().for_each_init(Vec::new, |col: &mut Vec<f32>, (bi, dxb)| {
+        let dyb = &dy[bi * ys..][..ys];
+        if !s.pointwise() {
+            dxb.fill(0.0);
+        }
+        for g in 0..groups {
+            let kg = mat(k[g * og * rows..].as_ptr(), 1, rows); // kᵀ: [rows, og]
+            let dyg = mat(dyb[g * og * area..].as_ptr(), area, 1);
+            if s.pointwise() {
+                // SAFETY: extents as described; dx's image is disjoint from dy and k.
+                unsafe { gemm(rows, area, og, dxb[g * rows * area..].as_mut_ptr(), area as isize, false, kg, dyg, false) };
+            } else {
+                col.resize(rows * area, 0.0);
+                // SAFETY: as above, into the scratch columns.
+                unsafe { gemm(rows, area, og, col.as_mut_ptr(), area as isize, false, kg, dyg, false) };
+                col2im(s, col, g, dxb);
+            }
+        }
+    });
+}
+
+/// `dk` of `y = conv2d(x, k)` given `dy`: a sum over images, accumulated per thread.
+pub fn conv2d_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
+    let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
+    let (xs, ys) = (s.c * s.h * s.w, s.o * area);
+    let threads = rayon::current_num_threads().clamp(1, s.b.max(1));
+    let per = s.b.div_ceil(threads);
+    let partials: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let mut acc = vec![0.0f32; dk.len()];
+            let mut col = Vec::new();
+            for bi in (t * per)..((t + 1) * per).min(s.b) {
+                let xb = &x[bi * xs..][..xs];
+                for g in 0..groups {
+                    let cols: &[f32] = if s.pointwise() {
+                        &xb[g * rows * area..][..rows * area]
+                    } else {
+                        col.resize(rows * area, 0.0);
+                        im2col(s, xb, g, &mut col);
+                        &col
+                    };
+                    // dk_g [og, rows] += dy_g [og, area] · colsᵀ [area, rows]
+                    // SAFETY: extents as described; acc is this thread's own.
+                    unsafe { gemm(og, rows, area, acc[g * og * rows..].as_mut_ptr(), rows as isize, true, mat(dy[bi * ys + g * og * area..].as_ptr(), area, 1), mat(cols.as_ptr(), 1, area), false) };
+                }
+            }
+            acc
+        })
+        .collect();
+    dk.fill(0.0);
+    for p in partials {
+        for (d, v) in dk.iter_mut().zip(p) {
+            *d += v;
+        }
+    }
+}
+
+/// Pooling geometry over planes of [H, W] into [OH, OW].
+#[derive(Clone, Copy, Debug)]
+pub struct PoolShape {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub win: Window,
+}
+
+/// Max or average pooling (average counts padding, as PyTorch's default).
+pub fn pool(s: &PoolShape, x: &[f32], y: &mut [f32], max: bool) {
+    let area = (s.win.kernel * s.win.kernel) as f32;
+    y.par_chunks_mut((s.oh * s.ow).max(1)).enumerate().for_each(|(p, yp)| {
+        let xp = &x[p * s.h * s.w..][..s.h * s.w];
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                for ky in 0..s.win.kernel {
+                    let Some(iy) = tap(oy, ky, &s.win, s.h) else { continue };
+                    for kx in 0..s.win.kernel {
+                        let Some(ix) = tap(ox, kx, &s.win, s.w) else { continue };
+                        let v = xp[iy * s.w + ix];
+                        acc = if max { acc.max(v) } else { acc + v };
+                    }
+                }
+                yp[oy * s.ow + ox] = if max { acc } else { acc / area };
+            }
+        }
+    });
+}
+
+/// The gradient of max pooling: each window's first maximum takes its output gradient.
+pub fn max_pool_grad(s: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    dx.par_chunks_mut((s.h * s.w).max(1)).enumerate().for_each(|(p, dxp)| {
+        dxp.fill(0.0);
+        let xp = &x[p * s.h * s.w..][..s.h * s.w];
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                let mut best: Option<(usize, f32)> = None;
+                for ky in 0..s.win.kernel {
+                    let Some(iy) = tap(oy, ky, &s.win, s.h) else { continue };
+                    for kx in 0..s.win.kernel {
+                        let Some(ix) = tap(ox, kx, &s.win, s.w) else { continue };
+                        let i = iy * s.w + ix;
+                        if best.is_none_or(|(_, v)| xp[i] > v) {
+                            best = Some((i, xp[i]));
+                        }
+                    }
+                }
+                if let Some((i, _)) = best {
+                    dxp[i] += dy[(p * s.oh + oy) * s.ow + ox];
+                }
+            }
+        }
+    });
+}
+
+/// The gradient of average pooling.
+pub fn avg_pool_grad(s: &PoolShape, dy: &[f32], dx: &mut [f32]) {
+    let area = (s.win.kernel * s.win.kernel) as f32;
+    dx.par_chunks_mut((s.h * s.w).max(1)).enumerate().for_each(|(p, dxp)| {
+        dxp.fill(0.0);
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                let d = dy[(p * s.oh + oy) * s.ow + ox] / area;
+                for ky in 0..s.win.kernel {
+                    let Some(iy) = tap(oy, ky, &s.win, s.h) else { continue };
+                    for kx in 0..s.win.kernel {
+                        if let Some(ix) = tap(ox, kx, &s.win, s.w) {
+                            dxp[iy * s.w + ix] += d;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Dims merged where neighbours are both reduced or both kept (size-1 dims dropped):
+/// `(size, reduced)` from outermost to innermost.
+fn collapse(shape: &[usize], axes: &[usize]) -> Vec<(usize, bool)> {
+    let mut out: Vec<(usize, bool)> = Vec::new();
+    for (d, &n) in shape.iter().enumerate() {
+        if n == 1 {
+            continue;
+        }
+        let r = axes.contains(&d);
+        match out.last_mut() {
+            Some((m, lr)) if *lr == r => *m *= n,
+            _ => out.push((n, r)),
+        }
+    }
+    out
+}
+
+/// Sum or max of `x` (shape `shape`) over `axes` into `out` (the kept dims in order).
+/// Sums accumulate in f64.
+pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: Reduce, out: &mut [f32]) {
+    let dims = collapse(shape, axes);
+    // Strides of the collapsed dims in x; offsets of every reduced position except the
+    // innermost dim when that dim is reduced (then it is a contiguous run).
+    let mut strides = vec![1usize; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * dims[i + 1].0;
+    }
+    let run = match dims.last() {
+        Some((n, true)) => *n,
+        _ => 1,
+    };
+    let outer_reduced: Vec<usize> = (0..dims.len()).filter(|d| dims[*d].1 && !(run > 1 && *d == dims.len() - 1)).collect();
+    let mut roff = vec![0usize];
+    for d in outer_reduced {
+        let st = strides[d];
+        roff = roff.iter().flat_map(|o| (0..dims[d].0).map(move |i| o + i * st)).collect();
+    }
+    let kept: Vec<usize> = (0..dims.len()).filter(|d| !dims[*d].1).collect();
+    let base = |mut o: usize| {
+        let mut off = 0;
+        for d in kept.iter().rev() {
+            off += (o % dims[*d].0) * strides[*d];
+            o /= dims[*d].0;
+        }
+        off
+    };
+    let one = |(o, y): (usize, &mut f32)| {
+        let b = base(o);
+        *y = match op {
+            Reduce::Sum => {
+                let mut acc = 0.0f64;
+                for r in &roff {
+                    acc += x[b + r..][..run].iter().map(|v| f64::from(*v)).sum::<f64>();
+                }
+                acc as f32
+            }
+            Reduce::Max => roff.iter().flat_map(|r| x[b + r..][..run].iter().copied()).fold(f32::NEG_INFINITY, f32::max),
+        };
+    };
+    if x.len() >= PARALLEL_MIN && out.len() > 1 {
+        out.par_iter_mut().enumerate().for_each(one);
+    } else {
+        out.iter_mut().enumerate().for_each(one);
+    }
+}
+
+/// Index of the first maximum along `axis`.
+pub fn argmax(x: &[f32], shape: &[usize], axis: usize, out: &mut [f32]) {
+    let inner: usize = shape[axis + 1..].iter().product();
+    let n = shape[axis];
+    for (o, y) in out.iter_mut().enumerate() {
+        let (outer, i) = (o / inner.max(1), o % inner.max(1));
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for k in 0..n {
+            let v = x[(outer * n + k) * inner + i];
+            if v > best.1 {
+                best = (k, v);
+            }
+        }
+        *y = best.0 as f32;
+    }
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Fills `out` (shape `oshape`) with `x` read through `src_strides` per output dim (a
+/// general strided copy: transposes and broadcasts).
+pub fn strided_copy(x: &[f32], src_strides: &[usize], oshape: &[usize], out: &mut [f32]) {
+    let inner = *oshape.last().unwrap_or(&1);
+    let inner_stride = *src_strides.last().unwrap_or(&0);
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let mut rem = r;
+        let mut off = 0;
+        for d in (0..oshape.len().saturating_sub(1)).rev() {
+            off += (rem % oshape[d]) * src_strides[d];
+            rem /= oshape[d];
+        }
+        for (j, v) in dst.iter_mut().enumerate() {
+            *v = x[off + j * inner_stride];
+        }
+    };
+    if out.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(inner.max(1)).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(inner.max(1)).enumerate().for_each(row);
+    }
+}
+
+/// `transpose(x, perm)`.
+pub fn transpose(x: &[f32], xshape: &[usize], perm: &[usize], out: &mut [f32]) {
+    let xs = strides(xshape);
+    let oshape: Vec<usize> = perm.iter().map(|p| xshape[*p]).collect();
+    let src: Vec<usize> = perm.iter().map(|p| xs[*p]).collect();
+    strided_copy(x, &src, &oshape, out);
+}
+
+/// `broadcast(x)` to `oshape` (x's dims right-aligned; 1-sized dims stretch).
+pub fn broadcast(x: &[f32], xshape: &[usize], oshape: &[usize], out: &mut [f32]) {
+    let off = oshape.len() - xshape.len();
+    let xs = strides(xshape);
+    let src: Vec<usize> = (0..oshape.len()).map(|d| if d < off || xshape[d - off] == 1 { 0 } else { xs[d - off] }).collect();
+    strided_copy(x, &src, oshape, out);
+}
+
+/// Copies between tensors that differ along one axis: `x` with `xn` entries on that axis
+/// is placed at `at` inside `out` with `on` entries (pad, concat), or the reverse (slice,
+/// `take`).
+pub fn along_axis(x: &[f32], outer: usize, inner: usize, xn: usize, on: usize, at: usize, take: bool, out: &mut [f32]) {
+    for o in 0..outer {
+        if take {
+            out[o * on * inner..][..on * inner].copy_from_slice(&x[(o * xn + at) * inner..][..on * inner]);
+        } else {
+            out[(o * on + at) * inner..][..xn * inner].copy_from_slice(&x[o * xn * inner..][..xn * inner]);
+        }
+    }
+}
+
+/// Rows of `table` ([V, D]) picked by `idx`.
+pub fn gather(table: &[f32], d: usize, idx: &[f32], out: &mut [f32]) {
+    let v = table.len() / d.max(1);
+    for (i, r) in idx.iter().enumerate() {
+        let r = (*r as usize).min(v.saturating_sub(1));
+        out[i * d..][..d].copy_from_slice(&table[r * d..][..d]);
+    }
+}
+
+/// One-hot rows of `classes` entries.
+pub fn one_hot(idx: &[f32], classes: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for (i, c) in idx.iter().enumerate() {
+        let c = *c as i64;
+        if c >= 0 && (c as usize) < classes {
+            out[i * classes + c as usize] = 1.0;
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! From a graph to a schedule of kernels over a static memory plan.
+//!
+//! 1. **Aliases**: reshapes, `stop_gradient`, broadcasts that add only 1-sized dims and
+//!    casts to a float type change no bytes (the CPU backend holds every dtype as f32):
+//!    they name their source's storage.
+//! 2. **Transposes into matmuls** are folded into the GEMM's strides; a transpose whose
+//!    every user is such a matmul is never materialized.
+//! 3. **Fusion**: elementwise nodes (unary, binary, compare, select, casts, broadcasts
+//!    that read with a pattern [`Access`] supports) are grouped in reverse order: a node
+//!    joins its users' group when all its users are in one group and none of them reads
+//!    it through a broadcast. Each group is one Cranelift loop whose stores are its root
+//!    and any member that is a graph output. Constants are immediates.
+//! 4. **Schedule**: kernels in the order of their last node, which is topological.
+//! 5. **Memory**: every materialized value gets an offset in one arena, assigned once:
+//!    a value's space is reused after its last reader (best fit among freed blocks); a
+//!    fused loop may write over a dying input it reads at the same index. A `state.N`
+//!    output is written straight into input N's buffer when every other reader of N runs
+//!    before it (parameter updates), else copied there after the run.
+
+use std::collections::HashMap;
+
+use nabla_lang::check::ty::DType;
+use nabla_lang::ir::{Graph, Op, ValueId};
+
+use crate::fuse::{Access, Expr, Fused};
+
+/// Where a value lives during a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Loc {
+    /// The buffer of graph input `i`.
+    Input(usize),
+    /// An offset (in f32s) into the arena.
+    Arena(usize),
+}
+
+/// One step of the schedule.
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    /// Fused loop `func` over `n` elements; `args` are its leaves then its stores.
+    Fused { func: usize, args: Vec<ValueId>, n: usize },
+    /// `out = op(a) @ op(b)` over `batch` products of `[m, k] @ [k, n]`, `op` transposing
+    /// the last two dims when flagged.
+    MatMul { a: ValueId, b: ValueId, out: ValueId, ta: bool, tb: bool, batch: usize, m: usize, k: usize, n: usize },
+    /// A native kernel computing node `node` from its args (as written: aliases keep
+    /// their own shapes).
+    Node { node: ValueId, args: Vec<ValueId> },
+}
+
+/// The compiled form of a graph, independent of any run.
+pub struct Plan {
+    pub fused: Vec<Fused>,
+    pub kernels: Vec<Kernel>,
+    /// Storage of every value (after alias resolution; `None`: never materialized).
+    pub loc: Vec<Option<Loc>>,
+    /// Alias-resolved value of every node.
+    pub root: Vec<ValueId>,
+    pub arena: usize,
+    /// Graph inputs: value, name, shape.
+    pub inputs: Vec<(ValueId, String, Vec<usize>)>,
+    /// Graph outputs: value, `Some(i)` when it is copied into input `i` after the run
+    /// (a state output not written in place), `None` when returned; in-place state
+    /// outputs are listed in `in_place`.
+    pub outputs: Vec<(ValueId, Option<usize>)>,
+    pub in_place: Vec<bool>,
+    pub shapes: Vec<Vec<usize>>,
+}
+
+/// Whether a node only renames its argument's storage.
+fn is_alias(g: &Graph, v: ValueId) -> bool {
+    let n = g.node(v);
+    match n.op {
+        Op::Reshape | Op::StopGradient => true,
+        Op::Broadcast => g.node(n.args[0]).numel() == n.numel(),
+        Op::Cast => n.dtype.is_float() || g.node(n.args[0]).dtype == n.dtype || (n.dtype != DType::Bool && !g.node(n.args[0]).dtype.is_float()),
+        _ => false,
+    }
+}
+
+/// How a broadcast from `from` to `to` reads its input at a flat output index.
+pub fn broadcast_access(from: &[usize], to: &[usize]) -> Option<Access> {
+    let numel: usize = from.iter().product();
+    if numel == 1 {
+        return Some(Access::Scalar);
+    }
+    let off = to.len() - from.len();
+    // Output dims that come from the input (not stretched, larger than 1).
+    let kept: Vec<usize> = (0..to.len()).filter(|d| *d >= off && from[*d - off] != 1 && to[*d] != 1).collect();
+    let (first, last) = (*kept.first()?, *kept.last()?);
+    // They must be one run, with no stretched dim inside it.
+    if (first..=last).any(|d| to[d] != 1 && !kept.contains(&d)) {
+        return None;
+    }
+    let inner: usize = to[last + 1..].iter().product();
+    Some(Access::Bcast { inner, len: numel })
+}
+
+/// The last-two-dims transpose's input, when `v` is one.
+fn swapped(g: &Graph, v: ValueId) -> Option<ValueId> {
+    let n = g.node(v);
+    match &n.op {
+        Op::Transpose { perm } => {
+            let r = perm.len();
+            let ok = r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, p)| *p == i);
+            ok.then_some(n.args[0])
+        }
+        _ => None,
+    }
+}
+
+fn fusible(g: &Graph, v: ValueId) -> bool {
+    let n = g.node(v);
+    match n.op {
+        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Cast => true,
+        Op::Broadcast => broadcast_access(&g.node(n.args[0]).shape, &n.shape).is_some(),
+        _ => false,
+    }
+}
+
+/// Builds the plan of `g` (see the module doc).
+pub fn plan(g: &Graph) -> Plan {
+    let count = g.nodes.len();
+    let mut root: Vec<ValueId> = (0..count as u32).map(ValueId).collect();
+    for i in 0..count {
+        let v = ValueId(i as u32);
+        if is_alias(g, v) {
+            root[i] = root[g.node(v).args[0].index()];
+        }
+    }
+    let r = |v: ValueId| root[v.index()];
+    // Users of each (resolved) value among non-alias nodes, and graph outputs.
+    let mut users: Vec<Vec<ValueId>> = vec![Vec::new(); count];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if root[i].index() != i {
+            continue;
+        }
+        for a in &n.args {
+            users[r(*a).index()].push(ValueId(i as u32));
+        }
+    }
+    let mut is_output = vec![false; count];
+    for (_, v) in &g.outputs {
+        is_output[r(*v).index()] = true;
+    }
+    // Transposes folded into matmuls.
+    let mut folded = vec![false; count];
+    for i in 0..count {
+        let v = ValueId(i as u32);
+        if root[i] == v && swapped(g, v).is_some() && !is_output[i] && !users[i].is_empty() && users[i].iter().all(|u| matches!(g.node(*u).op, Op::MatMul)) {
+            folded[i] = true;
+        }
+    }
+    // Fusion groups, in reverse order.
+    let mut group: Vec<Option<usize>> = vec![None; count];
+    let mut groups: Vec<Vec<ValueId>> = Vec::new();
+    for i in (0..count).rev() {
+        let v = ValueId(i as u32);
+        if root[i] != v || !fusible(g, v) {
+            continue;
+        }
+        let us = &users[i];
+        let target = us.first().and_then(|u| group[u.index()]).filter(|gid| {
+            us.iter().all(|u| group[u.index()] == Some(*gid) && !matches!(g.node(*u).op, Op::Broadcast) && g.node(*u).numel() == g.node(v).numel())
+        });
+        match target {
+            Some(gid) => {
+                group[i] = Some(gid);
+                groups[gid].push(v);
+            }
+            None => {
+                group[i] = Some(groups.len());
+                groups.push(vec![v]);
+            }
+        }
+    }
+    // Kernels, keyed by their last node.
+    let mut at: Vec<Option<Kernel>> = vec![None; count];
+    let mut fused = Vec::new();
+    for members in groups.iter_mut() {
+        members.sort();
+        let Some(&last) = members.last() else { continue };
+        let (f, args) = fuse_group(g, members, &root, &is_output);
+        let n = g.node(last).numel();
+        at[last.index()] = Some(Kernel::Fused { func: fused.len(), args, n });
+        fused.push(f);
+    }
+    for i in 0..count {
+        let v = ValueId(i as u32);
+        if root[i] != v || group[i].is_some() || folded[i] || matches!(g.node(v).op, Op::Input { .. }) {
+            continue;
+        }
+        let n = g.node(v);
+        if matches!(n.op, Op::Const(_)) && !is_output[i] && users[i].iter().all(|u| group[u.index()].is_some()) {
+            continue; // an immediate in every loop that uses it
+        }
+        at[i] = Some(match n.op {
+            Op::MatMul => {
+                let (a, b) = (r(n.args[0]), r(n.args[1]));
+                let fa = swapped(g, a).filter(|_| folded[a.index()]).map(r);
+                let fb = swapped(g, b).filter(|_| folded[b.index()]).map(r);
+                let (rank, an) = (n.shape.len(), g.node(n.args[0]));
+                let k = an.shape[an.shape.len() - 1];
+                let batch = n.shape[..rank - 2].iter().product();
+                Kernel::MatMul { a: fa.unwrap_or(a), b: fb.unwrap_or(b), out: v, ta: fa.is_some(), tb: fb.is_some(), batch, m: n.shape[rank - 2], k, n: n.shape[rank - 1] }
+            }
+            _ => Kernel::Node { node: v, args: n.args.clone() },
+        });
+    }
+    let kernels: Vec<Kernel> = at.into_iter().flatten().collect();
+    let inputs: Vec<(ValueId, String, Vec<usize>)> = g.inputs().map(|(v, n, _)| (v, n.to_string(), g.node(v).shape.clone())).collect();
+    let targets = nabla_lang::backend::state_targets(g);
+    let mut p = Plan {
+        fused,
+        kernels,
+        loc: vec![None; count],
+        root,
+        arena: 0,
+        inputs,
+        outputs: g.outputs.iter().zip(&targets).map(|((_, v), t)| (*v, *t)).collect(),
+        in_place: vec![false; g.outputs.len()],
+        shapes: g.nodes.iter().map(|n| n.shape.clone()).collect(),
+    };
+    allocate(g, &mut p);
+    p
+}
+
+/// The fused program of a group and its pointer arguments (leaves, then stores).
+fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[bool]) -> (Fused, Vec<ValueId>) {
+    let r = |v: ValueId| root[v.index()];
+    let last = members[members.len() - 1];
+    let mut f = Fused { leaves: Vec::new(), exprs: Vec::new(), stores: Vec::new() };
+    let mut leaf_vals: Vec<ValueId> = Vec::new();
+    let mut expr_of: HashMap<ValueId, usize> = HashMap::new();
+    let push = |f: &mut Fused, e: Expr| {
+        f.exprs.push(e);
+        f.exprs.len() - 1
+    };
+    let leaf = |f: &mut Fused, v: ValueId, access: Access, leaf_vals: &mut Vec<ValueId>| -> Expr {
+        let k = match leaf_vals.iter().zip(&f.leaves).position(|(lv, la)| *lv == v && *la == access) {
+            Some(k) => k,
+            None => {
+                leaf_vals.push(v);
+                f.leaves.push(access);
+                leaf_vals.len() - 1
+            }
+        };
+        Expr::Leaf(k)
+    };
+    for &m in members {
+        let n = g.node(m);
+        let operand = |f: &mut Fused, a: ValueId, expr_of: &mut HashMap<ValueId, usize>, leaf_vals: &mut Vec<ValueId>| -> usize {
+            let a = r(a);
+            if let Some(e) = expr_of.get(&a) {
+                return *e;
+            }
+            let e = match g.node(a).op {
+                Op::Const(c) => Expr::Const(c as f32),
+                _ => leaf(f, a, Access::Linear, leaf_vals),
+            };
+            let k = push(f, e);
+            expr_of.insert(a, k);
+            k
+        };
+        let e = match &n.op {
+            Op::Unary(u) => Expr::Unary(*u, operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals)),
+            Op::Binary(b) => {
+                let x = operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals);
+                Expr::Binary(*b, x, operand(&mut f, n.args[1], &mut expr_of, &mut leaf_vals))
+            }
+            Op::Compare(c) => {
+                let x = operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals);
+                Expr::Compare(*c, x, operand(&mut f, n.args[1], &mut expr_of, &mut leaf_vals))
+            }
+            Op::Select => {
+                let c = operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals);
+                let x = operand(&mut f, n.args[1], &mut expr_of, &mut leaf_vals);
+                Expr::Select(c, x, operand(&mut f, n.args[2], &mut expr_of, &mut leaf_vals))
+            }
+            Op::Cast if n.dtype == DType::Bool => Expr::NonZero(operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals)),
+            Op::Cast => Expr::Trunc(operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals)),
+            Op::Broadcast => {
+                let a = r(n.args[0]);
+                match g.node(a).op {
+                    Op::Const(c) => Expr::Const(c as f32),
+                    _ => {
+                        let access = broadcast_access(&g.node(n.args[0]).shape, &n.shape).unwrap_or(Access::Linear);
+                        leaf(&mut f, a, access, &mut leaf_vals)
+                    }
+                }
+            }
+            _ => Expr::Const(f32::NAN),
+        };
+        let k = push(&mut f, e);
+        expr_of.insert(m, k);
+        if m == last || is_output[m.index()] {
+            f.stores.push(k);
+        }
+    }
+    let stored: Vec<ValueId> = members.iter().copied().filter(|m| *m == last || is_output[m.index()]).collect();
+    let mut args = leaf_vals;
+    args.extend(stored);
+    (f, args)
+}
+
+/// The values kernel `k` reads (resolved) with how (`true`: only linearly, elementwise).
+fn reads(p: &Plan, k: &Kernel) -> Vec<(ValueId, bool)> {
+    match k {
+        Kernel::Fused { func, args, .. } => {
+            let f = &p.fused[*func];
+            f.leaves.iter().zip(args).map(|(a, v)| (*v, *a == Access::Linear)).collect()
+        }
+        Kernel::MatMul { a, b, .. } => vec![(*a, false), (*b, false)],
+        Kernel::Node { args, .. } => args.iter().map(|a| (p.root[a.index()], false)).collect(),
+    }
+}
+
+/// The values kernel `k` writes.
+pub fn writes(p: &Plan, k: &Kernel) -> Vec<ValueId> {
+    match k {
+        Kernel::Fused { func, args, .. } => args[p.fused[*func].leaves.len()..].to_vec(),
+        Kernel::MatMul { out, .. } => vec![*out],
+        Kernel::Node { node, .. } => vec![*node],
+    }
+}
+
+/// Assigns every materialized value its storage (see the module doc, step 5).
+fn allocate(g: &Graph, p: &mut Plan) {
+    const ALIGN: usize = 16;
+    let count = g.nodes.len();
+    for (i, (v, _, _)) in p.inputs.iter().enumerate() {
+        p.loc[v.index()] = Some(Loc::Input(i));
+    }
+    let kcount = p.kernels.len();
+    let mut last_use = vec![0usize; count];
+    let mut writer = vec![usize::MAX; count];
+    for (k, kernel) in p.kernels.iter().enumerate() {
+        for (v, _) in reads(p, kernel) {
+            last_use[v.index()] = k;
+        }
+        for v in writes(p, kernel) {
+            writer[v.index()] = k;
+            last_use[v.index()] = last_use[v.index()].max(k);
+        }
+    }
+    // Outputs live to the end.
+    for (v, _) in &p.outputs {
+        last_use[p.root[v.index()].index()] = kcount;
+    }
+    // State outputs written in place: the writer is a fused loop (or any kernel) that runs
+    // after every other reader of the input, which it reads only at the same index.
+    let mut in_place_of: HashMap<ValueId, usize> = HashMap::new();
+    for (o, (v, target)) in p.outputs.iter().enumerate() {
+        let (Some(i), v) = (target, p.root[v.index()]) else { continue };
+        let w = writer[v.index()];
+        if w == usize::MAX || in_place_of.contains_key(&v) || p.outputs.iter().filter(|(u, _)| p.root[u.index()] == v).count() > 1 {
+            continue;
+        }
+        let input = p.inputs[*i].0;
+        let safe = p.kernels.iter().enumerate().all(|(k, kernel)| {
+            reads(p, kernel).iter().all(|(rv, linear)| *rv != input || k < w || (k == w && *linear && matches!(kernel, Kernel::Fused { .. })))
+        });
+        if safe {
+            in_place_of.insert(v, *i);
+            p.in_place[o] = true;
+        }
+    }
+    // Free blocks (offset, size), and the arena's end.
+    let mut free: Vec<(usize, usize)> = Vec::new();
+    let mut end = 0usize;
+    let size = |v: ValueId| g.node(v).numel().max(1).div_ceil(ALIGN) * ALIGN;
+    let mut dying: Vec<Vec<ValueId>> = vec![Vec::new(); kcount + 1];
+    for k in 0..kcount {
+        let kernel = p.kernels[k].clone();
+        let ins = reads(p, &kernel);
+        for v in writes(p, &kernel) {
+            if let Some(i) = in_place_of.get(&v) {
+                p.loc[v.index()] = Some(Loc::Input(*i));
+                continue;
+            }
+            let need = size(v);
+            // A fused loop may overwrite an input it reads only linearly and last.
+            let reuse = match kernel {
+                Kernel::Fused { .. } => ins.iter().find(|(u, lin)| {
+                    *lin && last_use[u.index()] == k && size(*u) == need && matches!(p.loc[u.index()], Some(Loc::Arena(_))) && ins.iter().filter(|(w, _)| w == u).all(|(_, l)| *l) && !dying[k].contains(u)
+                }),
+                _ => None,
+            };
+            if let Some((u, _)) = reuse {
+                p.loc[v.index()] = p.loc[u.index()];
+                dying[k].push(*u); // handed over, not freed
+                last_use[u.index()] = usize::MAX;
+                continue;
+            }
+            let best = free.iter().enumerate().filter(|(_, (_, s))| *s >= need).min_by_key(|(_, (_, s))| *s).map(|(j, _)| j);
+            let off = match best {
+                Some(j) => {
+                    let (off, s) = free.remove(j);
+                    if s > need {
+                        free.push((off + need, s - need));
+                    }
+                    off
+                }
+                None => {
+                    end += need;
+                    end - need
+                }
+            };
+            p.loc[v.index()] = Some(Loc::Arena(off));
+        }
+        // Values whose last reader is this kernel are free for later kernels.
+        let mut seen = Vec::new();
+        for (v, _) in ins.iter().copied().chain(writes(p, &kernel).into_iter().map(|v| (v, false))) {
+            if last_use[v.index()] == k && !seen.contains(&v) {
+                seen.push(v);
+                if let Some(Loc::Arena(off)) = p.loc[v.index()] {
+                    free.push((off, size(v)));
+                }
+            }
+        }
+    }
+    p.arena = end;
+}

@@ -1,0 +1,214 @@
+//! Whole steps as single graphs: the train step (forward, loss, derived backward and the
+//! optimizer update, as the book compiles one fused step) and the evaluation step.
+//!
+//! A step graph follows the state convention of the IR: an output named `state.N` is the
+//! new value of input `N`, which the caller (or the backend, in place) replaces after a
+//! run. Parameters, batchnorm statistics and optimizer slots (`opt.m.<param>`, ...) are all
+//! state. Hyperparameters that change during training are scalar inputs, so a schedule
+//! never recompiles the step: `lr`, and for Adam the bias-corrected `lr_hat` and `eps_hat`
+//! (computed by the host from the step count).
+
+use crate::check::lower::lower_net_at;
+use crate::check::ty::DType;
+use crate::check::Program;
+use crate::diag::Diagnostic;
+use crate::ir::{Binary, Compare, Graph, InputKind, Mode, Op, Reduce, Unary, ValueId};
+
+/// How parameters move along their gradients.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Update {
+    /// `buf = momentum·buf + g; w -= lr·(nesterov ? g + momentum·buf : buf)` (PyTorch's
+    /// SGD; momentum 0 is plain SGD and keeps no buffer).
+    Sgd { momentum: f64, nesterov: bool },
+    /// Adam; `decoupled` is AdamW's weight decay (`w -= lr·wd·w` before the step).
+    Adam { beta1: f64, beta2: f64, eps: f64, decoupled: bool },
+}
+
+/// An optimizer as the step compiles it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Optimizer {
+    pub update: Update,
+    /// L2 added to the gradient (SGD, Adam) or decoupled decay (AdamW).
+    pub weight_decay: f64,
+}
+
+impl Optimizer {
+    pub fn sgd() -> Optimizer {
+        Optimizer { update: Update::Sgd { momentum: 0.0, nesterov: false }, weight_decay: 0.0 }
+    }
+    pub fn adam() -> Optimizer {
+        Optimizer { update: Update::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, decoupled: false }, weight_decay: 0.0 }
+    }
+    /// The step's scalar inputs for optimizer step `t` (counting from 1) at rate `lr`:
+    /// `(name, value)` pairs.
+    pub fn scalars(&self, lr: f64, t: u64) -> Vec<(&'static str, f64)> {
+        match self.update {
+            Update::Sgd { .. } => vec![("lr", lr)],
+            Update::Adam { beta1, beta2, eps, .. } => {
+                // m̂/(√v̂ + ε) = m·√(1-β2ᵗ)/(1-β1ᵗ) / (√v + ε·√(1-β2ᵗ)).
+                let t = t.min(i32::MAX as u64) as i32;
+                let (c1, c2) = (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt());
+                vec![("lr", lr), ("lr_hat", lr * c2 / c1), ("eps_hat", eps * c2)]
+            }
+        }
+    }
+}
+
+/// A compiled-to-be step: its graph and what its inputs are.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub graph: Graph,
+    /// Parameter names, in graph order.
+    pub params: Vec<String>,
+    /// Optimizer slots (`opt.m.<param>`, ...): state inputs that start at zero.
+    pub slots: Vec<String>,
+}
+
+/// Scalar helpers over a graph being extended.
+struct Builder<'g> {
+    g: &'g mut Graph,
+}
+
+impl Builder<'_> {
+    fn scalar(&mut self, x: f64, like: ValueId) -> ValueId {
+        let n = self.g.node(like);
+        let (dt, shape) = (n.dtype, n.shape.clone());
+        let c = self.g.push(Op::Const(x), vec![], dt, vec![]);
+        if shape.is_empty() { c } else { self.g.push(Op::Broadcast, vec![c], dt, shape) }
+    }
+    fn spread(&mut self, s: ValueId, like: ValueId) -> ValueId {
+        let n = self.g.node(like);
+        let (dt, shape) = (n.dtype, n.shape.clone());
+        if shape.is_empty() { s } else { self.g.push(Op::Broadcast, vec![s], dt, shape) }
+    }
+    fn bin(&mut self, b: Binary, x: ValueId, y: ValueId) -> ValueId {
+        let n = self.g.node(x);
+        let (dt, shape) = (n.dtype, n.shape.clone());
+        self.g.push(Op::Binary(b), vec![x, y], dt, shape)
+    }
+    fn un(&mut self, u: Unary, x: ValueId) -> ValueId {
+        let n = self.g.node(x);
+        let (dt, shape) = (n.dtype, n.shape.clone());
+        self.g.push(Op::Unary(u), vec![x], dt, shape)
+    }
+    /// `a·x + b·y` for constants a, b.
+    fn lerp(&mut self, a: f64, x: ValueId, b: f64, y: ValueId) -> ValueId {
+        let (ca, cb) = (self.scalar(a, x), self.scalar(b, y));
+        let (ax, by) = (self.bin(Binary::Mul, ca, x), self.bin(Binary::Mul, cb, y));
+        self.bin(Binary::Add, ax, by)
+    }
+    fn input(&mut self, name: String, kind: InputKind, like: ValueId) -> ValueId {
+        let n = self.g.node(like);
+        let (dt, shape) = (n.dtype, n.shape.clone());
+        self.g.push(Op::Input { name, kind }, vec![], dt, shape)
+    }
+}
+
+/// The train step of net `net` (module 0) for batches of `batch`, with `loss` and `opt`:
+/// inputs `x`, `y`, the scalars of [`Optimizer::scalars`] and the state; outputs `loss`
+/// and `state.*`.
+pub fn train_step(p: &Program, net: &str, batch: usize, loss: &str, opt: &Optimizer, input: Option<&[usize]>) -> Result<Step, Diagnostic> {
+    let l = lower_net_at(p, 0, net, batch, Mode::Train, Some(loss), input)?;
+    let lv = l.loss.ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
+    let params = crate::ad::inputs_of(&l.graph, InputKind::Param);
+    let mut g = crate::ad::grad(p, &l.graph, lv, &params).map_err(|e| e.to_diagnostic())?;
+    let names: Vec<String> = params.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect();
+    let grads: Vec<ValueId> = names.iter().filter_map(|n| g.output(&format!("grad.{n}"))).collect();
+    g.outputs.retain(|(n, _)| n == "loss" || n.starts_with("state."));
+    let mut b = Builder { g: &mut g };
+    let scalar_input = |b: &mut Builder, name: &str| b.g.push(Op::Input { name: name.into(), kind: InputKind::Data }, vec![], DType::F32, vec![]);
+    let lr = scalar_input(&mut b, "lr");
+    let hats = match opt.update {
+        Update::Adam { .. } => Some((scalar_input(&mut b, "lr_hat"), scalar_input(&mut b, "eps_hat"))),
+        Update::Sgd { .. } => None,
+    };
+    let mut slots = Vec::new();
+    let mut updates = Vec::new();
+    for ((w, name), gr) in params.iter().zip(&names).zip(&grads) {
+        let (w, mut gr) = (*w, *gr);
+        let decoupled = matches!(opt.update, Update::Adam { decoupled: true, .. });
+        if opt.weight_decay != 0.0 && !decoupled {
+            let wd = b.scalar(opt.weight_decay, w);
+            let d = b.bin(Binary::Mul, wd, w);
+            gr = b.bin(Binary::Add, gr, d);
+        }
+        let lr_w = b.spread(lr, w);
+        let new_w = match (opt.update, hats) {
+            (Update::Sgd { momentum, nesterov }, _) => {
+                let dir = if momentum == 0.0 {
+                    gr
+                } else {
+                    let slot = format!("opt.momentum.{name}");
+                    let buf = b.input(slot.clone(), InputKind::State, w);
+                    let m = b.scalar(momentum, w);
+                    let mb = b.bin(Binary::Mul, m, buf);
+                    let nb = b.bin(Binary::Add, mb, gr);
+                    updates.push((format!("state.{slot}"), nb));
+                    slots.push(slot);
+                    if nesterov {
+                        let m2 = b.scalar(momentum, w);
+                        let t = b.bin(Binary::Mul, m2, nb);
+                        b.bin(Binary::Add, gr, t)
+                    } else {
+                        nb
+                    }
+                };
+                let step = b.bin(Binary::Mul, lr_w, dir);
+                b.bin(Binary::Sub, w, step)
+            }
+            (Update::Adam { beta1, beta2, .. }, Some((lr_hat, eps_hat))) => {
+                let (ms, vs) = (format!("opt.m.{name}"), format!("opt.v.{name}"));
+                let m = b.input(ms.clone(), InputKind::State, w);
+                let v = b.input(vs.clone(), InputKind::State, w);
+                let nm = b.lerp(beta1, m, 1.0 - beta1, gr);
+                let g2 = b.bin(Binary::Mul, gr, gr);
+                let nv = b.lerp(beta2, v, 1.0 - beta2, g2);
+                updates.push((format!("state.{ms}"), nm));
+                updates.push((format!("state.{vs}"), nv));
+                slots.extend([ms, vs]);
+                let root = b.un(Unary::Sqrt, nv);
+                let e = b.spread(eps_hat, w);
+                let den = b.bin(Binary::Add, root, e);
+                let ratio = b.bin(Binary::Div, nm, den);
+                let lh = b.spread(lr_hat, w);
+                let step = b.bin(Binary::Mul, lh, ratio);
+                let base = if decoupled && opt.weight_decay != 0.0 {
+                    // w·(1 - lr·wd), as torch.optim.AdamW.
+                    let wd = b.scalar(opt.weight_decay, w);
+                    let lwd = b.bin(Binary::Mul, lr_w, wd);
+                    let d = b.bin(Binary::Mul, lwd, w);
+                    b.bin(Binary::Sub, w, d)
+                } else {
+                    w
+                };
+                b.bin(Binary::Sub, base, step)
+            }
+            (Update::Adam { .. }, None) => w,
+        };
+        updates.push((format!("state.{name}"), new_w));
+    }
+    g.outputs.extend(updates);
+    let graph = crate::opt::optimize(&g);
+    crate::ir::verify(&graph).map_err(|e| Diagnostic::error("E0411", format!("the train step does not verify: {e:?}")))?;
+    Ok(Step { graph, params: names, slots })
+}
+
+/// The evaluation step: inputs `x`, `y` and the state; outputs `loss` (the batch mean) and
+/// `correct` (how many predictions equal the labels, as f32).
+pub fn eval_step(p: &Program, net: &str, batch: usize, loss: &str, input: Option<&[usize]>) -> Result<Graph, Diagnostic> {
+    let l = lower_net_at(p, 0, net, batch, Mode::Eval, Some(loss), input)?;
+    let mut g = l.graph;
+    let logits = l.output;
+    let shape = g.node(logits).shape.clone();
+    let axis = shape.len().saturating_sub(1);
+    let pred = g.push(Op::ArgMax { axis }, vec![logits], DType::I32, shape[..axis].to_vec());
+    let y = g.inputs().find(|(_, n, _)| *n == "y").map(|(v, _, _)| v).ok_or_else(|| Diagnostic::error("E0411", "the loss takes no labels"))?;
+    let hit = g.push(Op::Compare(Compare::Eq), vec![pred, y], DType::Bool, shape[..axis].to_vec());
+    let hit = g.push(Op::Cast, vec![hit], DType::F32, shape[..axis].to_vec());
+    let correct = g.push(Op::Reduce { op: Reduce::Sum, axes: (0..axis).collect(), keepdim: false }, vec![hit], DType::F32, vec![]);
+    g.outputs.retain(|(n, _)| n == "loss");
+    g.outputs.push(("correct".into(), correct));
+    let graph = crate::opt::optimize(&g);
+    crate::ir::verify(&graph).map_err(|e| Diagnostic::error("E0411", format!("the evaluation step does not verify: {e:?}")))?;
+    Ok(graph)
+}
