@@ -1,6 +1,8 @@
 //! `nabla`: the command-line shell over the crates. It reads files, calls `nabla-lang`,
 //! and prints; it holds no compiler logic.
 
+mod bench;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +76,24 @@ enum Command {
         /// want 4 or more.
         #[arg(long, default_value_t = 2)]
         batch: usize,
+    },
+    /// Compile a net's train step for the CPU and time it on random data: compile time,
+    /// median step time, GFLOP/s, memory.
+    Bench {
+        file: PathBuf,
+        /// The net (default: the file's only or first net).
+        net: Option<String>,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// sgd or adam.
+        #[arg(long, default_value = "sgd")]
+        optimizer: String,
+        /// Timed steps (after 5 warm-up steps).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Per-example input shape (e.g. 3,64,64), for a smaller instance.
+        #[arg(long, value_delimiter = ',')]
+        input: Option<Vec<usize>>,
     },
     /// Per-stage output shapes and parameter counts of a file's nets, then totals.
     Info {
@@ -202,7 +222,7 @@ fn param_names(g: &nabla_lang::ir::Graph, vs: &[nabla_lang::ir::ValueId]) -> Vec
 }
 
 /// A diagnostic rendered for stderr.
-fn render_diag(checked: &Checked, d: &nabla_lang::Diagnostic) -> String {
+pub(crate) fn render_diag(checked: &Checked, d: &nabla_lang::Diagnostic) -> String {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     diag::render(d, &checked.program.sources, color)
 }
@@ -325,8 +345,23 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { file, net, batch, optimizer, steps, input } => {
+            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+            let result = pick_net(&checked, net).and_then(|net| {
+                let o = bench::BenchOptions { net: &net, batch: batch.max(1), optimizer: &optimizer, steps: steps.max(1), input: input.as_deref() };
+                bench::bench(&checked, &o, started)
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    print_error(&e);
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check { files, json } => {
             let roots = match read_roots(&files) {
                 Ok(r) => r,

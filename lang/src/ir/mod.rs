@@ -327,3 +327,29 @@ impl Graph {
         self.outputs.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
 }
+
+/// Floating-point operations of one run of `g`: 2 per multiply-add of matrix products and
+/// convolutions (and their gradients), 1 per element of other arithmetic; data movement
+/// counts nothing.
+pub fn flops(g: &Graph) -> u64 {
+    g.nodes
+        .iter()
+        .map(|n| {
+            let out = n.numel() as u64;
+            let arg = |i: usize| &g.nodes[n.args[i].index()];
+            match &n.op {
+                Op::MatMul => {
+                    let a = &arg(0).shape;
+                    2 * out * a[a.len() - 1] as u64
+                }
+                // Output elements × taps per output (weights' [_, C/groups, KH, KW]).
+                Op::Conv2d(_) => 2 * out * arg(1).shape[1..].iter().product::<usize>() as u64,
+                Op::Conv2dInputGrad(_) => 2 * arg(0).numel() as u64 * arg(1).shape[1..].iter().product::<usize>() as u64,
+                Op::Conv2dWeightGrad(_) => 2 * arg(1).numel() as u64 * n.shape[1..].iter().product::<usize>() as u64,
+                Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => out,
+                Op::Reduce { .. } => arg(0).numel() as u64,
+                _ => 0,
+            }
+        })
+        .sum()
+}

@@ -1,0 +1,47 @@
+"""Times nabla and the anchors (bench/anchors.py) in one session and prints the ratios.
+
+    .venv/bin/python bench/run.py            # all workloads
+    .venv/bin/python bench/run.py mlp        # one
+
+nabla is run as `target/release/nabla bench` (build it first: cargo build --release).
+A ratio above 1 means nabla is faster. Peak: the machine's measured SGEMM peak, given
+with --peak (GFLOP/s; 185 on the 2-core AVX2 machine of docs/performance.md).
+"""
+import argparse
+import json
+import subprocess
+import sys
+
+WORKLOADS = {
+    "linear": ("examples/mnist_linear.net", "sgd"),
+    "mlp": ("examples/mnist_mlp.net", "sgd"),
+    "mlp-adam": ("examples/mnist_mlp.net", "adam"),
+    "cnn": ("examples/mnist_cnn.net", "sgd"),
+}
+
+
+def json_lines(out):
+    return [json.loads(l[5:]) for l in out.splitlines() if l.startswith("json ")]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("workloads", nargs="*", default=list(WORKLOADS))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--peak", type=float, default=185.0)
+    args = p.parse_args()
+    for w in args.workloads:
+        file, opt = WORKLOADS[w]
+        nabla = subprocess.run(["target/release/nabla", "bench", file, "--batch", str(args.batch), "--optimizer", opt, "--steps", str(args.steps)],
+                               capture_output=True, text=True, check=True).stdout
+        n = json_lines(nabla)[0]
+        anchors = subprocess.run([sys.executable, "bench/anchors.py", w.split("-")[0], "--optimizer", opt, "--batch", str(args.batch), "--steps", str(args.steps)],
+                                 capture_output=True, text=True).stdout
+        print(f"{w} (batch {args.batch}, {opt}): nabla {n['median_ms']:.3f} ms, {n['gflops']:.1f} GFLOP/s = {n['gflops'] / args.peak:.0%} of peak, compile {n['compile_ms']:.1f} ms")
+        for a in json_lines(anchors):
+            print(f"    {a['framework']:<14} {a['median_ms']:.3f} ms   nabla is {a['median_ms'] / n['median_ms']:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()

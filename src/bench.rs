@@ -1,0 +1,105 @@
+//! `nabla bench`: builds a net's train step, compiles it for the CPU backend and times it
+//! on random data — build and compile time, the median step over many steps after a
+//! warm-up, achieved GFLOP/s, the memory plan and the process's peak memory.
+
+use std::time::Instant;
+
+use nabla_jit::{Buffer, Cpu};
+use nabla_lang::backend::Backend;
+use nabla_lang::check::Checked;
+use nabla_lang::step::{train_step, Optimizer};
+
+/// What to time.
+pub struct BenchOptions<'a> {
+    pub net: &'a str,
+    pub batch: usize,
+    pub optimizer: &'a str,
+    pub steps: usize,
+    pub input: Option<&'a [usize]>,
+}
+
+/// The process's peak resident memory in bytes (Linux), if known.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Runs the benchmark and prints its report; `started` is when the process began.
+pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<(), String> {
+    let opt = match o.optimizer {
+        "sgd" => Optimizer::sgd(),
+        "adam" => Optimizer::adam(),
+        other => return Err(format!("unknown optimizer `{other}` (expected sgd or adam)")),
+    };
+    let t0 = Instant::now();
+    let step = train_step(&checked.program, o.net, o.batch, "softmax_cross_entropy", &opt, o.input).map_err(|d| crate::render_diag(checked, &d))?;
+    let build = t0.elapsed().as_secs_f64();
+    let cpu = Cpu::new();
+    let t1 = Instant::now();
+    let mut exe = cpu.compile(&step.graph).map_err(|e| e.to_string())?;
+    let compile = t1.elapsed().as_secs_f64();
+    let g = &step.graph;
+    let host = nabla_lang::gradcheck::random_inputs(g, 1, 10);
+    let scalars = opt.scalars(0.01, 1);
+    let mut bufs: Vec<Buffer> = Vec::new();
+    for (v, name, _) in g.inputs() {
+        let shape = g.node(v).shape.clone();
+        let data: Vec<f32> = match scalars.iter().find(|(n, _)| *n == name) {
+            Some((_, x)) => vec![*x as f32],
+            None if step.slots.iter().any(|s| s == name) => vec![0.0; shape.iter().product()],
+            None => host.get(name).map(|t| t.data.iter().map(|x| *x as f32).collect()).unwrap_or_default(),
+        };
+        bufs.push(cpu.upload(&shape, &data).map_err(|e| e.to_string())?);
+    }
+    // Parameters move with every step; the loss is read back every step, as training does.
+    let mut first = None;
+    let mut times = Vec::new();
+    let warmup = 5;
+    for i in 0..warmup + o.steps {
+        let t = Instant::now();
+        let out = cpu.run(&mut exe, &mut bufs).map_err(|e| e.to_string())?;
+        let loss = out.first().and_then(|b| b.data.first()).copied().unwrap_or(f32::NAN);
+        let dt = t.elapsed().as_secs_f64();
+        if i == 0 {
+            first = Some((started.elapsed().as_secs_f64(), loss));
+        }
+        if i >= warmup {
+            times.push(dt);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let flops = nabla_lang::ir::flops(g) as f64;
+    let state: u64 = bufs.iter().map(|b| b.data.len() as u64 * 4).sum();
+    let params: usize = step.params.len();
+    println!("net {} · batch {} · {} · {} kernels ({} fused loops)", o.net, o.batch, o.optimizer, exe.compiled.plan.kernels.len(), exe.compiled.plan.fused.len());
+    println!("build (lower + AD + optimize): {:.1} ms", build * 1e3);
+    println!("compile (plan + Cranelift):    {:.1} ms", compile * 1e3);
+    if let Some((t, loss)) = first {
+        println!("process start to first step:   {:.3} s (loss {loss:.4})", t);
+    }
+    println!(
+        "step: median {:.3} ms over {} steps (min {:.3}, max {:.3}) · {:.2} GFLOP per step · {:.1} GFLOP/s",
+        median * 1e3,
+        times.len(),
+        times[0] * 1e3,
+        times[times.len() - 1] * 1e3,
+        flops / 1e9,
+        flops / median / 1e9
+    );
+    println!(
+        "memory: plan arena {:.1} MiB · parameters, state and batch {:.1} MiB ({params} parameter tensors) · process peak {}",
+        mib(exe.arena_bytes() as u64),
+        mib(state),
+        peak_rss().map_or("unknown".to_string(), |b| format!("{:.1} MiB", mib(b)))
+    );
+    // One line for scripts (bench/run.py reads it).
+    println!("json {{\"median_ms\": {:.4}, \"compile_ms\": {:.2}, \"gflops\": {:.2}, \"peak_mib\": {:.1}}}", median * 1e3, compile * 1e3, flops / median / 1e9, peak_rss().map_or(0.0, mib));
+    Ok(())
+}
