@@ -236,5 +236,8 @@ mod tests {
         assert!(verify(&fwd).expect_err("use before def").message.contains("not defined before its use"));
         let wrong = parse_graph("graph train {\n %0 = input \"x\" data : f32[2]\n %1 = exp %0 : f32[3]\n}").expect("parses");
         assert!(verify(&wrong).is_err());
+        let state = "graph train {\n %0 = input \"w\" param : f32[2]\n %1 = sum{axes=[0], keepdim=false} %0 : f32[]\n out \"state.w\" = %1\n}";
+        let e = verify(&parse_graph(state).expect("parses")).expect_err("state shape");
+        assert_eq!(e.message, "output `state.w` is f32[], but input `w` is f32[2]");
     }
 }

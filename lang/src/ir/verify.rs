@@ -7,7 +7,9 @@
 //!    reductions, transposes, reshapes (same element count), broadcasts (only 1-sized or
 //!    missing dims stretch), slices, concats, convolutions and poolings have consistent
 //!    geometry;
-//! 4. inputs have unique names, and every output refers to an existing node.
+//! 4. inputs have unique names, and every output refers to an existing node;
+//! 5. an output `state.N` that names input `N` (the state convention: it replaces the
+//!    input after a run) has that input's dtype and shape.
 //!
 //! Every pass keeps a graph valid; tests run the verifier after each one.
 
@@ -52,6 +54,16 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
     for (name, v) in &g.outputs {
         if v.index() >= g.nodes.len() {
             return Err(VerifyError { node: None, message: format!("output `{name}` refers to missing {v}") });
+        }
+        let Some(target) = name.strip_prefix("state.") else { continue };
+        if let Some((i, _, _)) = g.inputs().find(|(_, n, _)| *n == target) {
+            let (a, b) = (g.node(*v), g.node(i));
+            if a.dtype != b.dtype || a.shape != b.shape {
+                return Err(VerifyError {
+                    node: Some(*v),
+                    message: format!("output `{name}` is {}{:?}, but input `{target}` is {}{:?}", a.dtype.name(), a.shape, b.dtype.name(), b.shape),
+                });
+            }
         }
     }
     Ok(())
