@@ -9,11 +9,18 @@ use nabla_lang::backend::Backend;
 use nabla_lang::check::Checked;
 use nabla_lang::step::{train_step, Optimizer};
 
+/// The optimizers `nabla bench` compiles into the step.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
 /// What to time.
 pub struct BenchOptions<'a> {
     pub net: &'a str,
     pub batch: usize,
-    pub optimizer: &'a str,
+    pub optimizer: OptimizerArg,
     pub steps: usize,
     pub input: Option<&'a [usize]>,
 }
@@ -33,9 +40,8 @@ fn mib(b: u64) -> f64 {
 /// Runs the benchmark and prints its report; `started` is when the process began.
 pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<(), String> {
     let opt = match o.optimizer {
-        "sgd" => Optimizer::sgd(),
-        "adam" => Optimizer::adam(),
-        other => return Err(format!("unknown optimizer `{other}` (expected sgd or adam)")),
+        OptimizerArg::Sgd => Optimizer::sgd(),
+        OptimizerArg::Adam => Optimizer::adam(),
     };
     let t0 = Instant::now();
     let step = train_step(&checked.program, o.net, o.batch, "softmax_cross_entropy", &opt, o.input).map_err(|d| crate::render_diag(checked, &d))?;
@@ -78,7 +84,7 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
     let flops = nabla_lang::ir::flops(g) as f64;
     let state: u64 = bufs.iter().map(|b| b.data.len() as u64 * 4).sum();
     let params: usize = step.params.len();
-    println!("net {} · batch {} · {} · {} kernels ({} fused loops)", o.net, o.batch, o.optimizer, exe.compiled.plan.kernels.len(), exe.compiled.plan.fused.len());
+    println!("net {} · batch {} · {} · {} kernels ({} fused loops)", o.net, o.batch, format!("{:?}", o.optimizer).to_lowercase(), exe.compiled.plan.kernels.len(), exe.compiled.plan.fused.len());
     println!("build (lower + AD + optimize): {:.1} ms", build * 1e3);
     println!("compile (plan + Cranelift):    {:.1} ms", compile * 1e3);
     if let Some((t, loss)) = first {

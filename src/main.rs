@@ -85,9 +85,8 @@ enum Command {
         net: Option<String>,
         #[arg(long, default_value_t = 128)]
         batch: usize,
-        /// sgd or adam.
-        #[arg(long, default_value = "sgd")]
-        optimizer: String,
+        #[arg(long, value_enum, default_value_t = bench::OptimizerArg::Sgd)]
+        optimizer: bench::OptimizerArg,
         /// Timed steps (after 5 warm-up steps).
         #[arg(long, default_value_t = 50)]
         steps: usize,
@@ -351,7 +350,7 @@ fn main() -> ExitCode {
         Command::Bench { file, net, batch, optimizer, steps, input } => {
             let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
             let result = pick_net(&checked, net).and_then(|net| {
-                let o = bench::BenchOptions { net: &net, batch: batch.max(1), optimizer: &optimizer, steps: steps.max(1), input: input.as_deref() };
+                let o = bench::BenchOptions { net: &net, batch: batch.max(1), optimizer, steps: steps.max(1), input: input.as_deref() };
                 bench::bench(&checked, &o, started)
             });
             match result {

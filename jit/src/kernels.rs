@@ -162,6 +162,19 @@ fn col2im(s: &ConvShape, col: &[f32], g: usize, dx: &mut [f32]) {
     }
 }
 
+/// The column matrix of group `g` of image `xb`: the image itself for a pointwise
+/// convolution, else its im2col in the scratch `col`.
+fn columns<'a>(s: &ConvShape, xb: &'a [f32], g: usize, col: &'a mut Vec<f32>) -> &'a [f32] {
+    let (rows, area) = (s.rows(), s.area());
+    if s.pointwise() {
+        &xb[g * rows * area..][..rows * area]
+    } else {
+        col.resize(rows * area, 0.0);
+        im2col(s, xb, g, col);
+        col
+    }
+}
+
 fn mat(ptr: *const f32, rs: usize, cs: usize) -> Mat {
     Mat { ptr, rs: rs as isize, cs: cs as isize }
 }
@@ -173,13 +186,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(ys).enumerate().for_each_init(Vec::new, |col: &mut Vec<f32>, (bi, yb)| {
         let xb = &x[bi * xs..][..xs];
         for g in 0..groups {
-            let cols: &[f32] = if s.pointwise() {
-                &xb[g * rows * area..][..rows * area]
-            } else {
-                col.resize(rows * area, 0.0);
-                im2col(s, xb, g, col);
-                col
-            };
+            let cols = columns(s, xb, g, col);
             // SAFETY: extents as described; y's image is disjoint from x, k and col.
             unsafe { gemm(og, area, rows, yb[g * og * area..].as_mut_ptr(), area as isize, false, mat(k[g * og * rows..].as_ptr(), rows, 1), mat(cols.as_ptr(), area, 1), false) };
         }
@@ -225,13 +232,7 @@ pub fn conv2d_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) 
             for bi in (t * per)..((t + 1) * per).min(s.b) {
                 let xb = &x[bi * xs..][..xs];
                 for g in 0..groups {
-                    let cols: &[f32] = if s.pointwise() {
-                        &xb[g * rows * area..][..rows * area]
-                    } else {
-                        col.resize(rows * area, 0.0);
-                        im2col(s, xb, g, &mut col);
-                        &col
-                    };
+                    let cols = columns(s, xb, g, &mut col);
                     // dk_g [og, rows] += dy_g [og, area] · colsᵀ [area, rows]
                     // SAFETY: extents as described; acc is this thread's own.
                     unsafe { gemm(og, rows, area, acc[g * og * rows..].as_mut_ptr(), rows as isize, true, mat(dy[bi * ys + g * og * area..].as_ptr(), area, 1), mat(cols.as_ptr(), 1, area), false) };

@@ -89,12 +89,17 @@ impl Backend for Cpu {
         let compiled = match self.cache.get(&key) {
             Some(c) => c.clone(),
             None => {
-                for n in &g.nodes {
-                    if matches!(n.op, Op::Conv2d(w) | Op::Conv2dInputGrad(w) | Op::Conv2dWeightGrad(w) if w.dilation != 1) {
-                        return Err(BackendError::Unsupported(format!("{} with dilation", n.op.name()), "cpu".into()));
+                let plan = plan::plan(g);
+                for k in &plan.kernels {
+                    let Kernel::Node { node, .. } = k else { continue };
+                    let op = &g.node(*node).op;
+                    if !native_runs(op) {
+                        return Err(BackendError::Unsupported(op.name().to_string(), "cpu".into()));
+                    }
+                    if matches!(op, Op::Conv2d(w) | Op::Conv2dInputGrad(w) | Op::Conv2dWeightGrad(w) if w.dilation != 1) {
+                        return Err(BackendError::Unsupported(format!("{} with dilation", op.name()), "cpu".into()));
                     }
                 }
-                let plan = plan::plan(g);
                 let mut jit = Jit::new().map_err(failed)?;
                 for f in &plan.fused {
                     jit.add(f).map_err(failed)?;
@@ -110,9 +115,7 @@ impl Backend for Cpu {
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Buffer, BackendError> {
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(BackendError::Failed(format!("{} values given for shape {shape:?}", data.len())));
-        }
+        nabla_lang::backend::check_upload(shape, data)?;
         Ok(Buffer { shape: shape.to_vec(), data: data.to_vec() })
     }
 
@@ -140,12 +143,13 @@ impl Backend for Cpu {
         let mut out = Vec::new();
         let mut copies = Vec::new();
         for (o, (v, target)) in p.outputs.iter().enumerate() {
+            if p.in_place[o] {
+                continue; // already in its input's buffer
+            }
             let n = c.graph.node(*v);
-            let src = ptrs[v.index()];
             // SAFETY: the value was computed into its region of n.numel() values.
-            let data = unsafe { std::slice::from_raw_parts(src, n.numel()) }.to_vec();
+            let data = unsafe { std::slice::from_raw_parts(ptrs[v.index()], n.numel()) }.to_vec();
             match target {
-                Some(_) if p.in_place[o] => {}
                 Some(i) => copies.push((*i, data)),
                 None => out.push(Buffer { shape: n.shape.clone(), data }),
             }
@@ -235,7 +239,14 @@ fn run_loop(f: LoopFn, ps: &[*mut f32], n: usize) {
     }
 }
 
-/// The Rust kernel of one non-elementwise node.
+/// Whether [`native`] has a kernel for `op` (elementwise ops and aliases are fused or
+/// renamed by the plan and never reach it).
+fn native_runs(op: &Op) -> bool {
+    !matches!(op, Op::Input { .. } | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Cast | Op::Reshape | Op::StopGradient)
+}
+
+/// The Rust kernel of one non-elementwise node (one for which [`native_runs`] holds;
+/// `compile` refuses graphs that would need another).
 fn native<'a>(n: &nabla_lang::ir::Node, a: &dyn Fn(usize) -> &'a [f32], sh: &dyn Fn(usize) -> &'a Vec<usize>, out: &mut [f32]) {
     use kernels::*;
     match &n.op {
@@ -290,8 +301,7 @@ fn native<'a>(n: &nabla_lang::ir::Node, a: &dyn Fn(usize) -> &'a [f32], sh: &dyn
                 *o = nabla_lang::interp::uniform(*seed, i as u64) as f32;
             }
         }
-        // Elementwise ops and aliases never reach here (the plan fuses or renames them);
-        // an unfused elementwise op would be a planning bug, computed safely as zeros.
+        // Refused by `compile` (see `native_runs`).
         _ => out.fill(f32::NAN),
     }
 }

@@ -2,7 +2,7 @@
 //! check of the suite itself, on the interpreter in f32.
 
 use nabla_jit::Cpu;
-use nabla_lang::backend::suite::{net_case, op_cases, run_case, step_case, Case, TOLERANCE};
+use nabla_lang::backend::suite::{eval_case, net_case, op_cases, run_case, step_case, Case, TOLERANCE};
 use nabla_lang::backend::{Backend, Interp};
 use nabla_lang::check::{check_files, Checked};
 use nabla_lang::interp::Precision;
@@ -79,6 +79,8 @@ fn train_steps_match_the_interpreter() {
         let c = checked("examples/mnist_cnn.net");
         cases.push(step_case(&c.program, "MnistCnn", 4, &opt, Some(&[1, 12, 12])).expect("step"));
     }
+    let c = checked("examples/mnist_cnn.net");
+    cases.push(eval_case(&c.program, "MnistCnn", 16, Some(&[1, 12, 12])).expect("eval step"));
     assert_cases(&Cpu::new(), &cases);
 }
 

@@ -101,9 +101,9 @@ pub fn check_each(
     let base = eval(forward, inputs)?;
     // The loss with input `name` replaced by `x`: only the nodes downstream of it are
     // computed again (see `interp::rerun`).
-    let f = |name: &str, x: &Tensor| -> Result<f64, RunError> {
+    let f = |name: &str, x: Tensor| -> Result<f64, RunError> {
         let Some((v, _, _)) = forward.inputs().find(|(_, n, _)| *n == name) else { return Err(RunError::MissingInput(name.to_string())) };
-        let out = rerun(forward, &base, v, x.clone(), loss, Precision::F64)?;
+        let out = rerun(forward, &base, v, x, loss, Precision::F64)?;
         Ok(out.data.first().copied().unwrap_or(f64::NAN))
     };
     let h = 1e-3;
@@ -131,7 +131,7 @@ pub fn check_each(
                     plus.data[i] += step * d;
                     minus.data[i] -= step * d;
                 }
-                Ok((f(name, &plus)? - f(name, &minus)?) / (2.0 * step))
+                Ok((f(name, plus)? - f(name, minus)?) / (2.0 * step))
             };
             let mut best = f64::INFINITY;
             for step in [h, h / 10.0, h / 100.0, h / 1e3, h / 1e4] {

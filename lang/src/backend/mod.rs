@@ -62,6 +62,15 @@ pub trait Backend {
     fn run(&self, exe: &mut Self::Executable, inputs: &mut [Self::Buffer]) -> Result<Vec<Self::Buffer>, BackendError>;
 }
 
+/// Checks that `data` fills `shape` (every backend's `upload` starts here).
+pub fn check_upload(shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
+    let n: usize = shape.iter().product();
+    if n != data.len() {
+        return Err(BackendError::Failed(format!("{} values given for shape {shape:?} ({n} values)", data.len())));
+    }
+    Ok(())
+}
+
 /// How each output of `g` is delivered: `Some(i)` when it is the new value of input `i`
 /// (a `state.N` output), `None` when it is returned.
 pub fn state_targets(g: &Graph) -> Vec<Option<usize>> {
@@ -88,10 +97,7 @@ impl Backend for Interp {
         Ok(g.clone())
     }
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor, BackendError> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(BackendError::Failed(format!("{} values given for shape {shape:?}", data.len())));
-        }
+        check_upload(shape, data)?;
         Ok(Tensor::new(crate::check::ty::DType::F32, shape.to_vec(), data.iter().map(|x| f64::from(*x)).collect()))
     }
     fn download(&self, b: &Tensor) -> Result<Vec<f32>, BackendError> {

@@ -84,6 +84,15 @@ pub fn step_case(p: &Program, net: &str, batch: usize, opt: &crate::step::Optimi
     Ok(Case { name: format!("step {net}"), graph: s.graph, inputs })
 }
 
+/// The evaluation step of net `net` (batchnorm with running statistics; argmax, compare
+/// and cast for the count of correct predictions).
+pub fn eval_case(p: &Program, net: &str, batch: usize, input: Option<&[usize]>) -> Result<Case, String> {
+    let graph = crate::step::eval_step(p, net, batch, "softmax_cross_entropy", input).map_err(|d| d.message)?;
+    let mut inputs = crate::gradcheck::random_inputs(&graph, 13, 10);
+    round_inputs(&mut inputs);
+    Ok(Case { name: format!("eval {net}"), graph, inputs })
+}
+
 /// Runs `case` on backend `b` and on the interpreter; returns the worst output.
 pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
     let g = &case.graph;
