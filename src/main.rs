@@ -2,6 +2,7 @@
 //! and prints; it holds no compiler logic.
 
 mod bench;
+mod run;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a program: check it, compile its host code with Cranelift and run it (training
+    /// runs on the chosen device).
+    Run {
+        file: PathBuf,
+        /// Where tensor code runs.
+        #[arg(long, value_enum, default_value_t = run::Device::Cpu)]
+        device: run::Device,
+        /// A directory of full datasets (default: $NABLA_DATA; without either, `mnist()`
+        /// is the bundled 10,000-digit subset).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Parse, resolve and shape-check files; exit 1 on errors.
     Check {
         /// The `.net` files to check.
@@ -347,6 +360,16 @@ fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { file, device, data } => {
+            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+            match run::run(&checked, device, data) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    print_error(&e);
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Bench { file, net, batch, optimizer, steps, input } => {
             let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
             let result = pick_net(&checked, net).and_then(|net| {

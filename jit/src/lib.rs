@@ -10,6 +10,7 @@
 //! against the graph's shapes before anything runs.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod host;
 pub mod fuse;
 pub mod kernels;
 pub mod plan;

@@ -9,6 +9,7 @@ pub mod ad;
 pub mod check;
 pub mod diag;
 pub mod gradcheck;
+pub mod host;
 pub mod interp;
 pub mod opt;
 pub mod ir;

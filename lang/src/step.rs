@@ -62,6 +62,8 @@ pub struct Step {
     pub params: Vec<String>,
     /// Optimizer slots (`opt.m.<param>`, ...): state inputs that start at zero.
     pub slots: Vec<String>,
+    /// How each parameter and net state (batchnorm statistics) starts, by name.
+    pub inits: Vec<(String, crate::check::lower::InitSpec)>,
 }
 
 /// Scalar helpers over a graph being extended.
@@ -110,6 +112,7 @@ impl Builder<'_> {
 pub fn train_step(p: &Program, net: &str, batch: usize, loss: &str, opt: &Optimizer, input: Option<&[usize]>) -> Result<Step, Diagnostic> {
     let l = lower_net_at(p, 0, net, batch, Mode::Train, Some(loss), input)?;
     let lv = l.loss.ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
+    let inits = l.inits.clone();
     let params = crate::ad::inputs_of(&l.graph, InputKind::Param);
     let mut g = crate::ad::grad(p, &l.graph, lv, &params).map_err(|e| e.to_diagnostic())?;
     let names: Vec<String> = params.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect();
@@ -190,7 +193,7 @@ pub fn train_step(p: &Program, net: &str, batch: usize, loss: &str, opt: &Optimi
     g.outputs.extend(updates);
     let graph = crate::opt::optimize(&g);
     crate::ir::verify(&graph).map_err(|e| Diagnostic::error("E0411", format!("the train step does not verify: {e:?}")))?;
-    Ok(Step { graph, params: names, slots })
+    Ok(Step { graph, params: names, slots, inits })
 }
 
 /// The evaluation step: inputs `x`, `y` and the state; outputs `loss` (the batch mean) and

@@ -1,6 +1,8 @@
 //! `nabla-stdlib`: the standard library's `.net` sources, embedded in the binary, and
 //! (as they are built) the native builtins those sources declare with `extern fn`.
 
+pub mod runtime;
+
 use std::collections::HashMap;
 
 /// Every standard module: its path and its source.

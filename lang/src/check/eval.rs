@@ -881,6 +881,12 @@ impl<'a> Cx<'a> {
                     let provisional = format!("{}#{}", name.name, self.lower.as_ref().map(|l| l.graph.nodes.len()).unwrap_or(0));
                     let dt = if let Ty::Tensor(dt, ..) = &t { *dt } else { DType::F32 };
                     let v = self.emit(Op::Input { name: provisional, kind }, &[], dt, &dims);
+                    if let (Some(v), Some(i)) = (v, init) {
+                        let spec = self.init_spec(i, env);
+                        if let Some(l) = self.lower.as_mut() {
+                            l.inits.push((v, spec));
+                        }
+                    }
                     t = Ty::Tensor(dt, dims.clone(), v);
                     if let Some(c) = self.collectors.last_mut() {
                         let list = if state { &mut c.states } else { &mut c.params };
@@ -895,6 +901,42 @@ impl<'a> Cx<'a> {
         if let Some(s) = env.scopes.last_mut() {
             s.insert(name.name.clone(), Local { ty: t, span: name.span, mutable: false, state });
         }
+    }
+
+    /// A parameter initializer's name and argument values (`he_normal(fan_in: 784)`), with
+    /// the initializer's literal defaults for arguments not given.
+    fn init_spec(&mut self, e: &Expr, env: &mut Env) -> super::lower::InitSpec {
+        let (kind, args) = match &e.kind {
+            ExprKind::Name(k) => (k.clone(), &[][..]),
+            ExprKind::Call { callee, args } => match &callee.kind {
+                ExprKind::Name(k) => (k.clone(), args.as_slice()),
+                _ => (String::new(), &[][..]),
+            },
+            _ => (String::new(), &[][..]),
+        };
+        let decl = self.p.lookup(env.module, &kind).and_then(|id| match self.p.item_ast(id).map(|i| &i.kind) {
+            Some(ItemKind::Fn(f)) => Some(f.params.clone()),
+            _ => None,
+        });
+        let params = decl.unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, a) in args.iter().enumerate() {
+            let name = a.name.as_ref().map(|n| n.name.clone()).or_else(|| params.get(i).map(|p| p.name.name.clone())).unwrap_or_default();
+            if let Some(v) = self.expr(&a.value, env).scalar() {
+                out.push((name, v));
+            }
+        }
+        for p in &params {
+            if out.iter().any(|(n, _)| *n == p.name.name) {
+                continue;
+            }
+            match p.default.as_ref().map(|d| &d.kind) {
+                Some(ExprKind::Float(x)) => out.push((p.name.name.clone(), *x)),
+                Some(ExprKind::Int(n)) => out.push((p.name.name.clone(), *n as f64)),
+                _ => {}
+            }
+        }
+        super::lower::InitSpec { kind, args: out }
     }
 
     // ------------------------------------------------------------------ expressions
@@ -1637,7 +1679,8 @@ impl<'a> Cx<'a> {
                 }
             }
             (TypeKind::Named(n), _) if n.name == "net" => {
-                if !matches!(v, Ty::Net(_)) {
+                // A `net` parameter of a host function is passed along as it came.
+                if !matches!(v, Ty::Net(_) | Ty::Any) {
                     let shown = self.show(&v);
                     self.report(
                         Diagnostic::error("E0201", format!("`{}` of `{callee}` must be a net, found {shown}", p.name.name))

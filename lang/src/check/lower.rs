@@ -30,6 +30,22 @@ pub struct Lowering {
     pub state_updates: Vec<(ValueId, ValueId)>,
     /// A per-example input shape replacing the net's declared one.
     pub input: Option<Vec<usize>>,
+    /// How each parameter and state input starts (its declaration's initializer).
+    pub inits: Vec<(ValueId, InitSpec)>,
+}
+
+/// A parameter's initializer as declared (`he_normal(fan_in: 784)`): the initializer's
+/// name and its arguments by name, at the lowered instance's values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InitSpec {
+    pub kind: String,
+    pub args: Vec<(String, f64)>,
+}
+
+impl InitSpec {
+    pub fn arg(&self, name: &str) -> Option<f64> {
+        self.args.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
 }
 
 impl Cx<'_> {
@@ -234,6 +250,8 @@ pub struct Lowered {
     pub output: ValueId,
     /// The scalar loss, when a loss was lowered with the net.
     pub loss: Option<ValueId>,
+    /// Each parameter's and state's initializer, by input name.
+    pub inits: Vec<(String, InitSpec)>,
 }
 
 /// Lowers net `net` of module `module` for a batch of `batch`, in `mode`; with `loss`
@@ -295,7 +313,15 @@ pub fn lower_net_at(p: &super::Program, module: usize, net: &str, batch: usize, 
             lowering.graph.outputs.push((name, *new));
         }
     }
-    Ok(Lowered { graph: lowering.graph, output, loss: loss_val })
+    let inits = lowering
+        .inits
+        .iter()
+        .filter_map(|(v, spec)| match &lowering.graph.nodes.get(v.index())?.op {
+            Op::Input { name, .. } => Some((name.clone(), spec.clone())),
+            _ => None,
+        })
+        .collect();
+    Ok(Lowered { graph: lowering.graph, output, loss: loss_val, inits })
 }
 
 /// Appends to `graph` the nodes of `primal`'s derivative rule at concrete values: the
@@ -362,5 +388,5 @@ pub fn lower_call(p: &super::Program, module: usize, name: &str, inputs: &[CallI
         return Err(lower_error(format!("`{name}` gave no tensor")).primary(p.items[id].span, "this function"));
     };
     lowering.graph.outputs.push(("y".into(), output));
-    Ok(Lowered { graph: lowering.graph, output, loss: None })
+    Ok(Lowered { graph: lowering.graph, output, loss: None, inits: vec![] })
 }

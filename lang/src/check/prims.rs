@@ -29,6 +29,14 @@ pub(super) fn apply(cx: &mut Cx, name: &str, params: &[Param], bound: &[Option<A
             _ => None,
         };
     }
+    // Two host numbers: f64 arithmetic, as host code computes it.
+    if let ("maximum" | "minimum" | "pow", Some(a @ (Ty::Int(_) | Ty::Float(_))), Some(b @ (Ty::Int(_) | Ty::Float(_)))) = (name, arg("a").map(|a| &a.ty), arg("b").map(|a| &a.ty)) {
+        return Some(Ty::Float(a.scalar().zip(b.scalar()).map(|(a, b)| match name {
+            "maximum" => a.max(b),
+            "minimum" => a.min(b),
+            _ => a.powf(b),
+        })));
+    }
     if !SHAPED.contains(&name) {
         return None;
     }

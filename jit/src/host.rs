@@ -1,0 +1,793 @@
+//! The host compiler: a [`HostProgram`] (typed host code) to machine code with Cranelift,
+//! and the small runtime the code calls into.
+//!
+//! Every host function becomes one Cranelift function `(ctx, params...) -> ret`: ints,
+//! bools and handles are `i64`, floats `f64`; locals are SSA variables; loops and `if`
+//! are blocks. Arithmetic, comparisons and control flow are inline instructions, so a
+//! scalar loop runs at native speed. Strings, records, lists and builtins are calls into
+//! `rt_*` functions that take the context first.
+//!
+//! Errors never unwind through generated code. A runtime function that fails records the
+//! error in the context and sets `ctx.failed`; generated code checks the flag after every
+//! call that can fail and returns at once, up to `main`. Integer division by zero is
+//! checked inline and reported the same way, with the operator's span. A panic inside a
+//! builtin is caught at the boundary and becomes an error.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use cranelift_codegen::ir::{condcodes::FloatCC, condcodes::IntCC, types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, UserFuncName, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId as ClifFuncId, Linkage, Module};
+use nabla_lang::host::heap::{Builtins, Heap, Object};
+use nabla_lang::host::{HExpr, HKind, HTy, HostProgram, Piece, SiteId, Word};
+use nabla_lang::syntax::ast::{BinOp, UnOp};
+use nabla_lang::Span;
+
+/// A host program stopped with an error at a span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeError {
+    pub message: String,
+    pub span: Option<Span>,
+}
+
+impl std::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+/// What generated code sees through its first argument. `failed` must stay first: the
+/// code loads it at offset 0.
+#[repr(C)]
+struct Ctx<'a> {
+    failed: u64,
+    heap: &'a mut Heap,
+    builtins: &'a mut dyn Builtins,
+    prog: &'a HostProgram,
+    error: Option<RuntimeError>,
+    /// Strings being built by interpolation (nested interpolations push another).
+    fmt: Vec<String>,
+    /// Each format piece's type and spec, by index (see `rt_fmt_value`).
+    pieces: &'a [(HTy, nabla_lang::host::FormatSpec)],
+}
+
+impl Ctx<'_> {
+    fn fail(&mut self, message: String, site: u64) {
+        if self.error.is_none() {
+            let span = usize::try_from(site).ok().and_then(|s| self.prog.sites.get(s)).copied();
+            self.error = Some(RuntimeError { message, span });
+        }
+        self.failed = 1;
+    }
+}
+
+/// Compiles and runs `prog`'s `main` with `heap` and `builtins`.
+pub fn run(prog: &HostProgram, heap: &mut Heap, builtins: &mut dyn Builtins) -> Result<(), RuntimeError> {
+    let compiled = compile(prog, heap).map_err(|m| RuntimeError { message: m, span: None })?;
+    compiled.run(prog, heap, builtins)
+}
+
+/// A compiled host program: its code lives as long as this does.
+pub struct Compiled {
+    _module: JITModule,
+    main: extern "C" fn(*mut u8) -> i64,
+    pieces: Vec<(HTy, nabla_lang::host::FormatSpec)>,
+    /// Milliseconds spent in Cranelift.
+    pub compile_ms: f64,
+}
+
+impl Compiled {
+    pub fn run(&self, prog: &HostProgram, heap: &mut Heap, builtins: &mut dyn Builtins) -> Result<(), RuntimeError> {
+        let mut ctx = Ctx { failed: 0, heap, builtins, prog, error: None, fmt: vec![], pieces: &self.pieces };
+        (self.main)(&mut ctx as *mut Ctx as *mut u8);
+        match ctx.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn jit_error(e: impl std::fmt::Display) -> String {
+    format!("the host compiler failed: {e}")
+}
+
+/// The runtime functions generated code imports: name, address, parameter and return
+/// types (`I` = i64, `F` = f64).
+fn runtime_fns() -> Vec<(&'static str, *const u8, &'static str, &'static str)> {
+    vec![
+        ("rt_builtin", rt_builtin as *const u8, "IIIII", "I"),
+        ("rt_record", rt_record as *const u8, "IIII", "I"),
+        ("rt_field", rt_field as *const u8, "III", "I"),
+        ("rt_list", rt_list as *const u8, "III", "I"),
+        ("rt_index", rt_index as *const u8, "IIII", "I"),
+        ("rt_len", rt_len as *const u8, "II", "I"),
+        ("rt_fmt_begin", rt_fmt_begin as *const u8, "I", ""),
+        ("rt_fmt_lit", rt_fmt_lit as *const u8, "II", ""),
+        ("rt_fmt_value", rt_fmt_value as *const u8, "III", ""),
+        ("rt_fmt_end", rt_fmt_end as *const u8, "I", "I"),
+        ("rt_fail", rt_fail as *const u8, "III", ""),
+        ("rt_fmod", rt_fmod as *const u8, "FF", "F"),
+    ]
+}
+
+fn clif(t: char) -> types::Type {
+    if t == 'F' { types::F64 } else { types::I64 }
+}
+
+fn value_type(t: &HTy) -> types::Type {
+    if t.is_float() { types::F64 } else { types::I64 }
+}
+
+/// Compiles every function of `prog`; string literals and nets are allocated in `heap`.
+pub fn compile(prog: &HostProgram, heap: &mut Heap) -> Result<Compiled, String> {
+    let t0 = std::time::Instant::now();
+    let mut flags = settings::builder();
+    flags.set("use_colocated_libcalls", "false").map_err(jit_error)?;
+    flags.set("is_pic", "false").map_err(jit_error)?;
+    flags.set("opt_level", "speed").map_err(jit_error)?;
+    let isa = cranelift_native::builder().map_err(jit_error)?.finish(settings::Flags::new(flags)).map_err(jit_error)?;
+    let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    let rt = runtime_fns();
+    for (name, f, _, _) in &rt {
+        jb.symbol(*name, *f);
+    }
+    let mut module = JITModule::new(jb);
+    let mut imports = HashMap::new();
+    for (name, _, params, ret) in &rt {
+        let mut sig = module.make_signature();
+        sig.params.extend(params.chars().map(|c| AbiParam::new(clif(c))));
+        sig.returns.extend(ret.chars().map(|c| AbiParam::new(clif(c))));
+        imports.insert(*name, module.declare_function(name, Linkage::Import, &sig).map_err(jit_error)?);
+    }
+    let mut ids = Vec::new();
+    for f in &prog.funcs {
+        let mut sig = module.make_signature();
+        sig.params.push(AbiParam::new(types::I64));
+        sig.params.extend(f.locals[..f.params].iter().map(|t| AbiParam::new(value_type(t))));
+        sig.returns.push(AbiParam::new(value_type(&f.ret)));
+        ids.push((module.declare_anonymous_function(&sig).map_err(jit_error)?, sig));
+    }
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let mut literals = Literals { heap, strings: HashMap::new(), pieces: vec![] };
+    for (f, (id, sig)) in prog.funcs.iter().zip(&ids) {
+        ctx.func.signature = sig.clone();
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut refs = HashMap::new();
+            for (name, fid) in &imports {
+                refs.insert(*name, module.declare_func_in_func(*fid, b.func));
+            }
+            let funcs: Vec<FuncRef> = ids.iter().map(|(fid, _)| module.declare_func_in_func(*fid, b.func)).collect();
+            let mut e = Emitter { b: &mut b, vars: vec![], ctx_val: None, rt: refs, funcs, loops: vec![], ret: value_type(&f.ret), lits: &mut literals };
+            e.function(f);
+            b.seal_all_blocks();
+            b.finalize(module.target_config());
+        }
+        module.define_function(*id, &mut ctx).map_err(|e| jit_error(format!("{e:?}")))?;
+        module.clear_context(&mut ctx);
+    }
+    module.finalize_definitions().map_err(jit_error)?;
+    let main_id: ClifFuncId = ids.get(prog.main).map(|(id, _)| *id).ok_or("no main function")?;
+    let code = module.get_finalized_function(main_id);
+    // SAFETY: `main` was declared above as (i64 ctx) -> i64.
+    let main = unsafe { std::mem::transmute::<*const u8, extern "C" fn(*mut u8) -> i64>(code) };
+    let pieces = std::mem::take(&mut literals.pieces);
+    Ok(Compiled { _module: module, main, pieces, compile_ms: t0.elapsed().as_secs_f64() * 1e3 })
+}
+
+/// Constants made while compiling: interned strings and the format pieces' types.
+struct Literals<'h> {
+    heap: &'h mut Heap,
+    strings: HashMap<String, Word>,
+    pieces: Vec<(HTy, nabla_lang::host::FormatSpec)>,
+}
+
+impl Literals<'_> {
+    fn string(&mut self, s: &str) -> Word {
+        if let Some(h) = self.strings.get(s) {
+            return *h;
+        }
+        let h = self.heap.string(s);
+        self.strings.insert(s.to_string(), h);
+        h
+    }
+}
+
+struct Emitter<'a, 'b, 'h> {
+    b: &'a mut FunctionBuilder<'b>,
+    vars: Vec<Variable>,
+    ctx_val: Option<Value>,
+    rt: HashMap<&'static str, FuncRef>,
+    funcs: Vec<FuncRef>,
+    /// (continue target, break target) of the enclosing loops.
+    loops: Vec<(Block, Block)>,
+    ret: types::Type,
+    lits: &'a mut Literals<'h>,
+}
+
+impl Emitter<'_, '_, '_> {
+    fn ctx(&self) -> Value {
+        self.ctx_val.unwrap_or_else(|| panic!("host compiler: ctx used before entry"))
+    }
+
+    fn function(&mut self, f: &nabla_lang::host::HFunc) {
+        let entry = self.b.create_block();
+        self.b.append_block_params_for_function_params(entry);
+        self.b.switch_to_block(entry);
+        let params: Vec<Value> = self.b.block_params(entry).to_vec();
+        self.ctx_val = params.first().copied();
+        for (i, t) in f.locals.iter().enumerate() {
+            let v = self.b.declare_var(value_type(t));
+            self.vars.push(v);
+            let init = match params.get(i + 1) {
+                Some(p) if i < f.params => *p,
+                _ => self.zero(value_type(t)),
+            };
+            self.b.def_var(v, init);
+        }
+        if let Some(v) = self.expr(&f.body) {
+            let v = if f.ret == HTy::Unit { self.zero(types::I64) } else { v };
+            self.b.ins().return_(&[v]);
+        }
+    }
+
+    fn zero(&mut self, t: types::Type) -> Value {
+        if t == types::F64 { self.b.ins().f64const(0.0) } else { self.b.ins().iconst(types::I64, 0) }
+    }
+
+    fn call_rt(&mut self, name: &str, args: &[Value]) -> Option<Value> {
+        let f = *self.rt.get(name).unwrap_or_else(|| panic!("host compiler: no runtime function {name}"));
+        let inst = self.b.ins().call(f, args);
+        self.b.inst_results(inst).first().copied()
+    }
+
+    /// After a call that can fail: return at once when `ctx.failed` is set.
+    fn check_failed(&mut self) {
+        let ctx = self.ctx();
+        let failed = self.b.ins().load(types::I64, MemFlagsData::trusted(), ctx, 0);
+        let bail = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.ins().brif(failed, bail, &[], cont, &[]);
+        self.b.switch_to_block(bail);
+        let z = self.zero(self.ret);
+        self.b.ins().return_(&[z]);
+        self.b.switch_to_block(cont);
+    }
+
+    /// Stores `vals` (as words) in a stack slot and returns its address.
+    fn words(&mut self, vals: &[Value]) -> Value {
+        let size = (vals.len().max(1) * 8) as u32;
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, size, 3));
+        for (i, v) in vals.iter().enumerate() {
+            let w = self.word(*v);
+            self.b.ins().stack_store(types::I64, w, slot, (i * 8) as i32);
+        }
+        self.b.ins().stack_addr(types::I64, slot, 0)
+    }
+
+    fn word(&mut self, v: Value) -> Value {
+        if self.b.func.dfg.value_type(v) == types::F64 { self.b.ins().bitcast(types::I64, MemFlagsData::new(), v) } else { v }
+    }
+
+    fn from_word(&mut self, w: Value, t: &HTy) -> Value {
+        if t.is_float() { self.b.ins().bitcast(types::F64, MemFlagsData::new(), w) } else { w }
+    }
+
+    fn int(&mut self, n: i64) -> Value {
+        self.b.ins().iconst(types::I64, n)
+    }
+
+    /// Emits `e`; `None` when control does not continue after it.
+    fn expr(&mut self, e: &HExpr) -> Option<Value> {
+        Some(match &e.kind {
+            HKind::Unit => self.int(0),
+            HKind::Int(n) => self.int(*n),
+            HKind::Bool(v) => self.int(i64::from(*v)),
+            HKind::Float(x) => self.b.ins().f64const(*x),
+            HKind::Str(s) => {
+                let h = self.lits.string(s);
+                self.int(h as i64)
+            }
+            HKind::Net(n) => {
+                let h = self.lits.heap.alloc(Object::Net(n.clone()));
+                self.int(h as i64)
+            }
+            HKind::Local(i) => self.b.use_var(self.vars[*i]),
+            HKind::Set(i, v) => {
+                let v = self.expr(v)?;
+                self.b.def_var(self.vars[*i], v);
+                self.int(0)
+            }
+            HKind::Call(f, args) => {
+                let mut vals = vec![self.ctx()];
+                for a in args {
+                    vals.push(self.expr(a)?);
+                }
+                let inst = self.b.ins().call(self.funcs[*f], &vals);
+                let r = self.b.inst_results(inst)[0];
+                self.check_failed();
+                r
+            }
+            HKind::Builtin(id, args, site) => {
+                let mut vals = Vec::new();
+                for a in args {
+                    vals.push(self.expr(a)?);
+                }
+                let ptr = self.words(&vals);
+                let (ctx, id, n, site) = (self.ctx(), self.int(*id as i64), self.int(vals.len() as i64), self.int(*site as i64));
+                let w = self.call_rt("rt_builtin", &[ctx, id, ptr, n, site])?;
+                self.check_failed();
+                self.from_word(w, &e.ty)
+            }
+            HKind::Field(r, i) => {
+                let r = self.expr(r)?;
+                let (ctx, i) = (self.ctx(), self.int(*i as i64));
+                let w = self.call_rt("rt_field", &[ctx, r, i])?;
+                self.from_word(w, &e.ty)
+            }
+            HKind::Record(fields) => {
+                let mut vals = Vec::new();
+                for f in fields {
+                    vals.push(self.expr(f)?);
+                }
+                let HTy::Record(id) = e.ty else { return Some(self.int(0)) };
+                let ptr = self.words(&vals);
+                let (ctx, id, n) = (self.ctx(), self.int(id as i64), self.int(vals.len() as i64));
+                self.call_rt("rt_record", &[ctx, id, ptr, n])?
+            }
+            HKind::List(items) => {
+                let mut vals = Vec::new();
+                for i in items {
+                    vals.push(self.expr(i)?);
+                }
+                let ptr = self.words(&vals);
+                let (ctx, n) = (self.ctx(), self.int(vals.len() as i64));
+                self.call_rt("rt_list", &[ctx, ptr, n])?
+            }
+            HKind::Index(l, i, site) => {
+                let l = self.expr(l)?;
+                let i = self.expr(i)?;
+                let (ctx, site) = (self.ctx(), self.int(*site as i64));
+                let w = self.call_rt("rt_index", &[ctx, l, i, site])?;
+                self.check_failed();
+                self.from_word(w, &e.ty)
+            }
+            HKind::IntToFloat(x) => {
+                let v = self.expr(x)?;
+                self.b.ins().fcvt_from_sint(types::F64, v)
+            }
+            HKind::Unary(op, x) => {
+                let v = self.expr(x)?;
+                match (op, &x.ty) {
+                    (UnOp::Neg, HTy::Float) => self.b.ins().fneg(v),
+                    (UnOp::Neg, _) => self.b.ins().ineg(v),
+                    (UnOp::Not, _) => self.b.ins().bxor_imm_s(v, 1),
+                }
+            }
+            HKind::Binary(op, a, b, site) => return self.binary(*op, a, b, *site),
+            HKind::If(c, t, f) => return self.if_expr(c, t, f.as_deref(), &e.ty),
+            HKind::While(c, body) => {
+                let head = self.b.create_block();
+                let exit = self.b.create_block();
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(head);
+                let c = self.expr(c)?;
+                let inner = self.b.create_block();
+                self.b.ins().brif(c, inner, &[], exit, &[]);
+                self.b.switch_to_block(inner);
+                self.loops.push((head, exit));
+                let done = self.expr(body);
+                self.loops.pop();
+                if done.is_some() {
+                    self.b.ins().jump(head, &[]);
+                }
+                self.b.switch_to_block(exit);
+                self.int(0)
+            }
+            HKind::ForRange { var, end_slot, start, end, body } => {
+                let s = self.expr(start)?;
+                let n = self.expr(end)?;
+                self.b.def_var(self.vars[*var], s);
+                self.b.def_var(self.vars[*end_slot], n);
+                let head = self.b.create_block();
+                let step = self.b.create_block();
+                let exit = self.b.create_block();
+                let inner = self.b.create_block();
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(head);
+                let (i, n) = (self.b.use_var(self.vars[*var]), self.b.use_var(self.vars[*end_slot]));
+                let c = self.b.ins().icmp(IntCC::SignedLessThan, i, n);
+                self.b.ins().brif(c, inner, &[], exit, &[]);
+                self.b.switch_to_block(inner);
+                self.loops.push((step, exit));
+                let done = self.expr(body);
+                self.loops.pop();
+                if done.is_some() {
+                    self.b.ins().jump(step, &[]);
+                }
+                self.b.switch_to_block(step);
+                let i = self.b.use_var(self.vars[*var]);
+                let i1 = self.b.ins().iadd_imm_s(i, 1);
+                self.b.def_var(self.vars[*var], i1);
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(exit);
+                self.int(0)
+            }
+            HKind::ForList { var, list_slot, index_slot, list, body, site } => {
+                let l = self.expr(list)?;
+                self.b.def_var(self.vars[*list_slot], l);
+                let z = self.int(0);
+                self.b.def_var(self.vars[*index_slot], z);
+                let head = self.b.create_block();
+                let step = self.b.create_block();
+                let exit = self.b.create_block();
+                let inner = self.b.create_block();
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(head);
+                let (ctx, l) = (self.ctx(), self.b.use_var(self.vars[*list_slot]));
+                let n = self.call_rt("rt_len", &[ctx, l])?;
+                let i = self.b.use_var(self.vars[*index_slot]);
+                let c = self.b.ins().icmp(IntCC::SignedLessThan, i, n);
+                self.b.ins().brif(c, inner, &[], exit, &[]);
+                self.b.switch_to_block(inner);
+                let site = self.int(*site as i64);
+                let w = self.call_rt("rt_index", &[ctx, l, i, site])?;
+                self.check_failed();
+                let HTy::List(elem) = &list.ty else { return Some(self.int(0)) };
+                let v = self.from_word(w, elem);
+                self.b.def_var(self.vars[*var], v);
+                self.loops.push((step, exit));
+                let done = self.expr(body);
+                self.loops.pop();
+                if done.is_some() {
+                    self.b.ins().jump(step, &[]);
+                }
+                self.b.switch_to_block(step);
+                let i = self.b.use_var(self.vars[*index_slot]);
+                let i1 = self.b.ins().iadd_imm_s(i, 1);
+                self.b.def_var(self.vars[*index_slot], i1);
+                self.b.ins().jump(head, &[]);
+                self.b.switch_to_block(exit);
+                self.int(0)
+            }
+            HKind::Block(items) => {
+                let mut last = self.int(0);
+                for i in items {
+                    last = self.expr(i)?;
+                }
+                if e.ty == HTy::Unit { self.int(0) } else { last }
+            }
+            HKind::Return(v) => {
+                let r = match v {
+                    Some(v) => self.expr(v)?,
+                    None => self.zero(self.ret),
+                };
+                self.b.ins().return_(&[r]);
+                return None;
+            }
+            HKind::Break | HKind::Continue => {
+                let Some((cont, brk)) = self.loops.last().copied() else { return Some(self.int(0)) };
+                let target = if matches!(e.kind, HKind::Break) { brk } else { cont };
+                self.b.ins().jump(target, &[]);
+                return None;
+            }
+            HKind::Format(pieces) => return self.format(pieces),
+        })
+    }
+
+    fn format(&mut self, pieces: &[Piece]) -> Option<Value> {
+        let ctx = self.ctx();
+        self.call_rt("rt_fmt_begin", &[ctx]);
+        for p in pieces {
+            match p {
+                Piece::Lit(s) => {
+                    let h = self.lits.string(s);
+                    let h = self.int(h as i64);
+                    self.call_rt("rt_fmt_lit", &[ctx, h]);
+                }
+                Piece::Value(v, spec) => {
+                    let x = self.expr(v)?;
+                    let w = self.word(x);
+                    self.lits.pieces.push((v.ty.clone(), *spec));
+                    let idx = self.int(self.lits.pieces.len() as i64 - 1);
+                    self.call_rt("rt_fmt_value", &[ctx, idx, w]);
+                }
+            }
+        }
+        self.call_rt("rt_fmt_end", &[ctx])
+    }
+
+    fn if_expr(&mut self, c: &HExpr, t: &HExpr, f: Option<&HExpr>, ty: &HTy) -> Option<Value> {
+        let c = self.expr(c)?;
+        let then_b = self.b.create_block();
+        let else_b = self.b.create_block();
+        let join = self.b.create_block();
+        let vt = value_type(ty);
+        self.b.append_block_param(join, vt);
+        self.b.ins().brif(c, then_b, &[], else_b, &[]);
+        let mut reached = false;
+        self.b.switch_to_block(then_b);
+        if let Some(v) = self.expr(t) {
+            let v = if *ty == HTy::Unit { self.zero(vt) } else { v };
+            self.b.ins().jump(join, &[v.into()]);
+            reached = true;
+        }
+        self.b.switch_to_block(else_b);
+        let v = match f {
+            Some(f) => self.expr(f),
+            None => Some(self.zero(vt)),
+        };
+        if let Some(v) = v {
+            let v = if *ty == HTy::Unit { self.zero(vt) } else { v };
+            self.b.ins().jump(join, &[v.into()]);
+            reached = true;
+        }
+        self.b.switch_to_block(join);
+        if !reached {
+            // Both arms diverge: the join block is unreachable; end it.
+            let z = self.zero(self.ret);
+            self.b.ins().return_(&[z]);
+            return None;
+        }
+        Some(self.b.block_params(join)[0])
+    }
+
+    fn binary(&mut self, op: BinOp, a: &HExpr, b: &HExpr, site: SiteId) -> Option<Value> {
+        if matches!(op, BinOp::And | BinOp::Or) {
+            // Short-circuit: `a && b` is `if a { b } else { false }`.
+            let x = self.expr(a)?;
+            let rhs = self.b.create_block();
+            let join = self.b.create_block();
+            self.b.append_block_param(join, types::I64);
+            if op == BinOp::And {
+                self.b.ins().brif(x, rhs, &[], join, &[x.into()]);
+            } else {
+                self.b.ins().brif(x, join, &[x.into()], rhs, &[]);
+            }
+            self.b.switch_to_block(rhs);
+            let y = self.expr(b)?;
+            self.b.ins().jump(join, &[y.into()]);
+            self.b.switch_to_block(join);
+            return Some(self.b.block_params(join)[0]);
+        }
+        let x = self.expr(a)?;
+        let y = self.expr(b)?;
+        let float = a.ty.is_float();
+        let ins = self.b.ins();
+        Some(if float {
+            match op {
+                BinOp::Add => ins.fadd(x, y),
+                BinOp::Sub => ins.fsub(x, y),
+                BinOp::Mul => ins.fmul(x, y),
+                BinOp::Div => ins.fdiv(x, y),
+                BinOp::Rem => return self.call_rt("rt_fmod", &[x, y]),
+                _ => {
+                    let cc = match op {
+                        BinOp::Eq => FloatCC::Equal,
+                        BinOp::Ne => FloatCC::NotEqual,
+                        BinOp::Lt => FloatCC::LessThan,
+                        BinOp::Le => FloatCC::LessThanOrEqual,
+                        BinOp::Gt => FloatCC::GreaterThan,
+                        _ => FloatCC::GreaterThanOrEqual,
+                    };
+                    let c = ins.fcmp(cc, x, y);
+                    self.b.ins().uextend(types::I64, c)
+                }
+            }
+        } else {
+            match op {
+                BinOp::Add => ins.iadd(x, y),
+                BinOp::Sub => ins.isub(x, y),
+                BinOp::Mul => ins.imul(x, y),
+                BinOp::Div | BinOp::Rem => return self.int_division(op, x, y, site),
+                _ => {
+                    let cc = match op {
+                        BinOp::Eq => IntCC::Equal,
+                        BinOp::Ne => IntCC::NotEqual,
+                        BinOp::Lt => IntCC::SignedLessThan,
+                        BinOp::Le => IntCC::SignedLessThanOrEqual,
+                        BinOp::Gt => IntCC::SignedGreaterThan,
+                        _ => IntCC::SignedGreaterThanOrEqual,
+                    };
+                    let c = ins.icmp(cc, x, y);
+                    self.b.ins().uextend(types::I64, c)
+                }
+            }
+        })
+    }
+
+    /// Floor division and its remainder (the sign of the divisor), as dims divide; a zero
+    /// divisor is a runtime error; `MIN / -1` wraps instead of trapping.
+    fn int_division(&mut self, op: BinOp, x: Value, y: Value, site: SiteId) -> Option<Value> {
+        let zero = self.b.ins().icmp_imm_s(IntCC::Equal, y, 0);
+        let bad = self.b.create_block();
+        let ok = self.b.create_block();
+        self.b.ins().brif(zero, bad, &[], ok, &[]);
+        self.b.switch_to_block(bad);
+        let (ctx, site_v, code) = (self.ctx(), self.int(site as i64), self.int(1));
+        self.call_rt("rt_fail", &[ctx, site_v, code]);
+        let z = self.zero(self.ret);
+        self.b.ins().return_(&[z]);
+        self.b.switch_to_block(ok);
+        let minus_one = self.b.ins().icmp_imm_s(IntCC::Equal, y, -1);
+        let one = self.int(1);
+        let safe = self.b.ins().select(minus_one, one, y);
+        let q = self.b.ins().sdiv(x, safe);
+        let neg = self.b.ins().ineg(x);
+        let q = self.b.ins().select(minus_one, neg, q);
+        let prod = self.b.ins().imul(q, y);
+        let r = self.b.ins().isub(x, prod);
+        // Truncation rounds toward zero; step down when the remainder and divisor differ in sign.
+        let r_nz = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+        let sign = self.b.ins().bxor(r, y);
+        let diff = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, sign, 0);
+        let adjust = self.b.ins().band(r_nz, diff);
+        let adjust = self.b.ins().uextend(types::I64, adjust);
+        Some(if op == BinOp::Div {
+            self.b.ins().isub(q, adjust)
+        } else {
+            let add = self.b.ins().imul(adjust, y);
+            self.b.ins().iadd(r, add)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------- the runtime
+
+/// # Safety
+/// `ctx` is the context `Compiled::run` passed to `main`.
+unsafe fn cx<'a>(ctx: *mut u8) -> &'a mut Ctx<'a> {
+    // SAFETY: generated code passes through the pointer `run` gave it.
+    unsafe { &mut *(ctx as *mut Ctx) }
+}
+
+fn args<'a>(ptr: *const u64, n: i64) -> &'a [u64] {
+    if n <= 0 || ptr.is_null() {
+        return &[];
+    }
+    // SAFETY: generated code passes a stack slot of `n` words.
+    unsafe { std::slice::from_raw_parts(ptr, n as usize) }
+}
+
+extern "C" fn rt_builtin(ctx: *mut u8, id: i64, ptr: *const u64, n: i64, site: i64) -> i64 {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    let a = args(ptr, n).to_vec();
+    let Some(decl) = c.prog.builtins.get(id as usize) else {
+        c.fail(format!("no builtin {id}"), site as u64);
+        return 0;
+    };
+    let result = match decl.name.as_str() {
+        "__str_concat" => (|| -> Result<Word, String> {
+            let s = format!("{}{}", c.heap.str(a[0])?, c.heap.str(a[1])?);
+            Ok(c.heap.string(s))
+        })(),
+        "__str_eq" => (|| Ok(Word::from(c.heap.str(a[0])? == c.heap.str(a[1])?)))(),
+        m if m.starts_with("__math_") => math(&m[7..], &a).map(f64::to_bits),
+        _ => {
+            let (heap, builtins) = (&mut *c.heap, &mut *c.builtins);
+            catch_unwind(AssertUnwindSafe(|| builtins.call(id as usize, heap, &a))).unwrap_or_else(|p| {
+                let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                Err(format!("internal error in `{}`: {why}", decl.name))
+            })
+        }
+    };
+    match result {
+        Ok(w) => w as i64,
+        Err(m) => {
+            c.fail(m, site as u64);
+            0
+        }
+    }
+}
+
+/// The host math builtins (`cos(x)` on a float).
+fn math(name: &str, a: &[u64]) -> Result<f64, String> {
+    let x = |i: usize| a.get(i).map(|w| f64::from_bits(*w)).ok_or_else(|| format!("`{name}` takes more arguments"));
+    Ok(match name {
+        "exp" => x(0)?.exp(),
+        "log" => x(0)?.ln(),
+        "sqrt" => x(0)?.sqrt(),
+        "sin" => x(0)?.sin(),
+        "cos" => x(0)?.cos(),
+        "tanh" => x(0)?.tanh(),
+        "abs" => x(0)?.abs(),
+        "pow" => x(0)?.powf(x(1)?),
+        "maximum" => x(0)?.max(x(1)?),
+        "minimum" => x(0)?.min(x(1)?),
+        other => return Err(format!("no host math function `{other}`")),
+    })
+}
+
+extern "C" fn rt_record(ctx: *mut u8, id: i64, ptr: *const u64, n: i64) -> i64 {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    c.heap.alloc(Object::Record(id as usize, args(ptr, n).to_vec())) as i64
+}
+
+extern "C" fn rt_field(ctx: *mut u8, h: i64, i: i64) -> i64 {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    c.heap.record(h as u64).ok().and_then(|r| r.get(i as usize)).copied().unwrap_or(0) as i64
+}
+
+extern "C" fn rt_list(ctx: *mut u8, ptr: *const u64, n: i64) -> i64 {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    c.heap.alloc(Object::List(args(ptr, n).to_vec())) as i64
+}
+
+extern "C" fn rt_index(ctx: *mut u8, h: i64, i: i64, site: i64) -> i64 {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    let len = c.heap.list(h as u64).map(|l| l.len()).unwrap_or(0);
+    match usize::try_from(i).ok().filter(|i| *i < len) {
+        Some(i) => c.heap.list(h as u64).map(|l| l[i]).unwrap_or(0) as i64,
+        None => {
+            c.fail(format!("index {i} is out of range for a list of {len}"), site as u64);
+            0
+        }
+    }
+}
+
+extern "C" fn rt_len(ctx: *mut u8, h: i64) -> i64 {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    c.heap.list(h as u64).map(|l| l.len()).unwrap_or(0) as i64
+}
+
+extern "C" fn rt_fmt_begin(ctx: *mut u8) {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    c.fmt.push(String::new());
+}
+
+extern "C" fn rt_fmt_lit(ctx: *mut u8, h: i64) {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    let s = c.heap.str(h as u64).unwrap_or("").to_string();
+    if let Some(top) = c.fmt.last_mut() {
+        top.push_str(&s);
+    }
+}
+
+extern "C" fn rt_fmt_value(ctx: *mut u8, piece: i64, w: i64) {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    let Some((ty, spec)) = c.pieces.get(piece as usize) else { return };
+    let w = w as u64;
+    let text = match ty {
+        HTy::Float if *spec != Default::default() => spec.float(f64::from_bits(w)),
+        HTy::Int if *spec != Default::default() => spec.float(w as i64 as f64),
+        _ => c.heap.show(c.prog, ty, w),
+    };
+    if let Some(top) = c.fmt.last_mut() {
+        top.push_str(&text);
+    }
+}
+
+extern "C" fn rt_fmt_end(ctx: *mut u8) -> i64 {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    let s = c.fmt.pop().unwrap_or_default();
+    c.heap.string(s) as i64
+}
+
+extern "C" fn rt_fail(ctx: *mut u8, site: i64, code: i64) {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    let m = match code {
+        1 => "division by zero".to_string(),
+        _ => format!("runtime error {code}"),
+    };
+    c.fail(m, site as u64);
+}
+
+extern "C" fn rt_fmod(x: f64, y: f64) -> f64 {
+    x % y
+}

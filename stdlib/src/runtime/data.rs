@@ -1,0 +1,247 @@
+//! Datasets: IDX files (MNIST, Fashion-MNIST; gzipped or raw), the CIFAR-10 binary format
+//! and PNG image folders, each read into a [`Split`] of f32 pixels in [0, 1] and i32
+//! labels. Every failure names the file and what was wrong with it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// One split of a dataset, in memory.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// What it is, for messages (`MNIST train`).
+    pub name: String,
+    /// Per-example shape [C, H, W].
+    pub shape: [usize; 3],
+    /// N·C·H·W pixels in [0, 1].
+    pub images: Vec<f32>,
+    pub labels: Vec<i32>,
+    pub classes: usize,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn example_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The bundled MNIST subset (7,996 train / 2,004 test), compiled into the binary so a
+/// fresh clone and an installed binary both train out of the box.
+const BUNDLED: [(&str, &[u8]); 4] = [
+    ("train-images-idx3-ubyte.gz", include_bytes!("../../../data/mnist-10k/train-images-idx3-ubyte.gz")),
+    ("train-labels-idx1-ubyte.gz", include_bytes!("../../../data/mnist-10k/train-labels-idx1-ubyte.gz")),
+    ("t10k-images-idx3-ubyte.gz", include_bytes!("../../../data/mnist-10k/t10k-images-idx3-ubyte.gz")),
+    ("t10k-labels-idx1-ubyte.gz", include_bytes!("../../../data/mnist-10k/t10k-labels-idx1-ubyte.gz")),
+];
+
+fn gunzip_if_needed(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, String> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| format!("{what}: not a valid gzip file ({e})"))?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Parses an IDX file of unsigned bytes: its dims and its data. `rank` is 1 (labels) or
+/// 3 (images).
+pub fn parse_idx(bytes: &[u8], rank: usize, what: &str) -> Result<(Vec<usize>, Vec<u8>), String> {
+    if bytes.len() < 4 + 4 * rank {
+        return Err(format!("{what}: too short for an IDX header ({} bytes)", bytes.len()));
+    }
+    let magic = be_u32(bytes, 0);
+    let want = 0x0800 + rank as u32;
+    if magic != want {
+        return Err(format!("{what}: wrong magic number {magic:#010x}; an IDX file of {rank}-d unsigned bytes starts with {want:#010x}"));
+    }
+    let dims: Vec<usize> = (0..rank).map(|i| be_u32(bytes, 4 + 4 * i) as usize).collect();
+    let n: usize = dims.iter().product();
+    let data = &bytes[4 + 4 * rank..];
+    if data.len() != n {
+        return Err(format!("{what}: the header promises {n} bytes of data ({dims:?}) but the file has {} (truncated or corrupt)", data.len()));
+    }
+    Ok((dims, data.to_vec()))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The IDX file `stem` in `dir`, gzipped or raw.
+fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [format!("{stem}.gz"), stem.to_string()].into_iter().map(|f| dir.join(f)).find(|p| p.exists())
+}
+
+/// One split from images and labels IDX bytes.
+pub fn idx_split(name: &str, images: (&[u8], &str), labels: (&[u8], &str), classes: usize) -> Result<Split, String> {
+    let img = gunzip_if_needed(images.0.to_vec(), images.1)?;
+    let lab = gunzip_if_needed(labels.0.to_vec(), labels.1)?;
+    let (dims, pixels) = parse_idx(&img, 3, images.1)?;
+    let (ldims, labs) = parse_idx(&lab, 1, labels.1)?;
+    if dims[0] != ldims[0] {
+        return Err(format!("{} has {} images but {} has {} labels", images.1, dims[0], labels.1, ldims[0]));
+    }
+    if let Some(bad) = labs.iter().find(|l| usize::from(**l) >= classes) {
+        return Err(format!("{}: label {bad} is not below {classes}", labels.1));
+    }
+    Ok(Split {
+        name: name.to_string(),
+        shape: [1, dims[1], dims[2]],
+        images: pixels.iter().map(|p| f32::from(*p) / 255.0).collect(),
+        labels: labs.iter().map(|l| i32::from(*l)).collect(),
+        classes,
+    })
+}
+
+/// A train/test pair of IDX splits from a directory.
+pub fn idx_dir(dir: &Path, name: &str, classes: usize) -> Result<(Split, Split), String> {
+    let mut out = Vec::new();
+    for (split, prefix) in [("train", "train"), ("test", "t10k")] {
+        let images = find_idx(dir, &format!("{prefix}-images-idx3-ubyte")).ok_or_else(|| format!("no {prefix}-images-idx3-ubyte[.gz] in {}", dir.display()))?;
+        let labels = find_idx(dir, &format!("{prefix}-labels-idx1-ubyte")).ok_or_else(|| format!("no {prefix}-labels-idx1-ubyte[.gz] in {}", dir.display()))?;
+        let (ib, lb) = (read_file(&images)?, read_file(&labels)?);
+        out.push(idx_split(&format!("{name} {split}"), (&ib, &images.display().to_string()), (&lb, &labels.display().to_string()), classes)?);
+    }
+    let test = out.pop().ok_or("no test split")?;
+    let train = out.pop().ok_or("no train split")?;
+    Ok((train, test))
+}
+
+/// The bundled MNIST subset.
+pub fn bundled_mnist() -> Result<(Split, Split), String> {
+    let get = |n: &str| BUNDLED.iter().find(|(f, _)| *f == n).map(|(_, b)| *b).unwrap_or(&[]);
+    let train = idx_split("MNIST train", (get("train-images-idx3-ubyte.gz"), "bundled train images"), (get("train-labels-idx1-ubyte.gz"), "bundled train labels"), 10)?;
+    let test = idx_split("MNIST test", (get("t10k-images-idx3-ubyte.gz"), "bundled test images"), (get("t10k-labels-idx1-ubyte.gz"), "bundled test labels"), 10)?;
+    Ok((train, test))
+}
+
+/// CIFAR-10 binary batches (`data_batch_1.bin` … `data_batch_5.bin`, `test_batch.bin`):
+/// records of one label byte and 3×32×32 pixel bytes.
+pub fn cifar10(dir: &Path) -> Result<(Split, Split), String> {
+    let read = |files: &[String], name: &str| -> Result<Split, String> {
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        for f in files {
+            let path = dir.join(f);
+            let bytes = read_file(&path)?;
+            if bytes.is_empty() || bytes.len() % 3073 != 0 {
+                return Err(format!("{}: {} bytes is not a whole number of CIFAR-10 records (3,073 bytes each): truncated or not CIFAR-10", path.display(), bytes.len()));
+            }
+            for rec in bytes.chunks_exact(3073) {
+                if rec[0] > 9 {
+                    return Err(format!("{}: label {} is not below 10 (not the CIFAR-10 binary format?)", path.display(), rec[0]));
+                }
+                labels.push(i32::from(rec[0]));
+                images.extend(rec[1..].iter().map(|p| f32::from(*p) / 255.0));
+            }
+        }
+        Ok(Split { name: name.into(), shape: [3, 32, 32], images, labels, classes: 10 })
+    };
+    let train: Vec<String> = (1..=5).map(|i| format!("data_batch_{i}.bin")).collect();
+    Ok((read(&train, "CIFAR-10 train")?, read(&["test_batch.bin".to_string()], "CIFAR-10 test")?))
+}
+
+/// An image folder: `root/train/<class>/*.png` and `root/val/<class>/*.png` (or `test`),
+/// classes in sorted order, images resized to `size`×`size` (bilinear), RGB.
+pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> {
+    let classes_dir = root.join("train");
+    let mut classes: Vec<String> = std::fs::read_dir(&classes_dir)
+        .map_err(|e| format!("cannot read {}: {e} (an image folder has train/<class>/*.png)", classes_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(format!("{}: no class folders", classes_dir.display()));
+    }
+    let val = ["val", "test"].iter().map(|d| root.join(d)).find(|p| p.is_dir()).ok_or_else(|| format!("{}: no val/ or test/ folder", root.display()))?;
+    let load = |dir: &Path, name: &str| -> Result<Split, String> {
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        for (c, class) in classes.iter().enumerate() {
+            let cdir = dir.join(class);
+            let Ok(entries) = std::fs::read_dir(&cdir) else { continue };
+            let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
+            files.sort();
+            for f in files {
+                let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+                if ext != "png" {
+                    return Err(format!("{}: only PNG images are supported in image folders", f.display()));
+                }
+                images.extend(read_png(&f, size)?);
+                labels.push(c as i32);
+            }
+        }
+        Ok(Split { name: name.into(), shape: [3, size, size], images, labels, classes: classes.len() })
+    };
+    Ok((load(&classes_dir, "train")?, load(&val, "val")?))
+}
+
+/// A PNG as 3×size×size floats in [0, 1] (gray and alpha handled).
+fn read_png(path: &Path, size: usize) -> Result<Vec<f32>, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("{}: not a readable PNG ({e})", path.display());
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| bad(&"image too large"))?];
+    let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = info.color_type.samples();
+    let px = |x: usize, y: usize, c: usize| -> f32 {
+        let base = (y * w + x) * channels;
+        let k = if channels >= 3 { c } else { 0 };
+        f32::from(buf[base + k]) / 255.0
+    };
+    let mut out = vec![0.0; 3 * size * size];
+    for c in 0..3 {
+        for oy in 0..size {
+            let fy = ((oy as f32 + 0.5) * h as f32 / size as f32 - 0.5).clamp(0.0, (h - 1) as f32);
+            let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
+            let y1 = (y0 + 1).min(h - 1);
+            for ox in 0..size {
+                let fx = ((ox as f32 + 0.5) * w as f32 / size as f32 - 0.5).clamp(0.0, (w - 1) as f32);
+                let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
+                let x1 = (x0 + 1).min(w - 1);
+                let top = px(x0, y0, c) * (1.0 - tx) + px(x1, y0, c) * tx;
+                let bottom = px(x0, y1, c) * (1.0 - tx) + px(x1, y1, c) * tx;
+                out[(c * size + oy) * size + ox] = top * (1.0 - ty) + bottom * ty;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_mnist_has_the_documented_split() {
+        let (train, test) = bundled_mnist().expect("bundled data");
+        assert_eq!((train.len(), test.len()), (7996, 2004));
+        assert_eq!(train.shape, [1, 28, 28]);
+        assert!(train.images.iter().all(|p| (0.0..=1.0).contains(p)));
+    }
+
+    #[test]
+    fn idx_errors_name_the_problem() {
+        let e = parse_idx(&[0, 0, 8, 3, 0, 0, 0, 1], 1, "f").expect_err("wrong magic");
+        assert!(e.contains("wrong magic number 0x00000803"), "{e}");
+        let e = parse_idx(&[0, 0, 8, 1, 0, 0, 0, 5, 1, 2], 1, "f").expect_err("truncated");
+        assert!(e.contains("promises 5 bytes") && e.contains("has 2"), "{e}");
+        let e = gunzip_if_needed(vec![0x1f, 0x8b, 1, 2, 3], "g.gz").expect_err("bad gzip");
+        assert!(e.starts_with("g.gz: not a valid gzip file"), "{e}");
+    }
+}

@@ -1,0 +1,386 @@
+//! The native side of the standard library's `extern fn`s, for host programs: datasets,
+//! models and their compiled steps, checkpoints, progress bars, clocks and printing.
+//!
+//! [`Runtime`] binds every builtin a [`HostProgram`] calls to its implementation once,
+//! before the program runs (an `extern fn` without one is an error then, not mid-run),
+//! and implements [`Builtins`] over any [`Backend`]: the CLI passes the CPU backend.
+
+pub mod data;
+pub mod model;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use nabla_lang::backend::Backend;
+use nabla_lang::check::Program;
+use nabla_lang::host::heap::{Builtins, Heap, Object};
+use nabla_lang::host::{BuiltinId, HTy, HostProgram, Word};
+
+use data::Split;
+use model::{Augment, Model, Recipe};
+
+/// How a run finds data and shows progress.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `--data DIR` or `$NABLA_DATA`: where full datasets live.
+    pub data: Option<PathBuf>,
+    /// Draw progress bars (on a terminal).
+    pub progress: bool,
+}
+
+/// What each builtin of the program is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Native {
+    Print,
+    Int,
+    Mnist,
+    FashionMnist,
+    Cifar10,
+    ImageFolder,
+    SplitSize,
+    Init,
+    Prepare,
+    TrainBatch,
+    Correct,
+    Evaluate,
+    Accuracy,
+    Shuffle,
+    NowMs,
+    ParamCount,
+    NetName,
+    Progress,
+    Tick,
+    Finish,
+    Exists,
+    Checkpoint,
+    Restore,
+    Save,
+    Load,
+}
+
+impl Native {
+    fn of(name: &str) -> Option<Native> {
+        use Native::*;
+        Some(match name {
+            "print" => Print,
+            "int" => Int,
+            "mnist" => Mnist,
+            "fashion_mnist" => FashionMnist,
+            "cifar10" => Cifar10,
+            "image_folder" => ImageFolder,
+            "split_size" => SplitSize,
+            "init" => Init,
+            "prepare" => Prepare,
+            "train_batch" => TrainBatch,
+            "correct" => Correct,
+            "evaluate" => Evaluate,
+            "accuracy" => Accuracy,
+            "shuffle" => Shuffle,
+            "now_ms" => NowMs,
+            "param_count" => ParamCount,
+            "net_name" => NetName,
+            "progress" => Progress,
+            "tick" => Tick,
+            "finish" => Finish,
+            "exists" => Exists,
+            "checkpoint" => Checkpoint,
+            "restore" => Restore,
+            "save" => Save,
+            "load" => Load,
+            _ => return None,
+        })
+    }
+}
+
+/// A progress bar (or nothing, off a terminal) and the running loss it shows.
+struct Bar {
+    bar: ProgressBar,
+    label: String,
+    loss: f64,
+    n: u64,
+}
+
+/// The builtins of one run over backend `B`.
+pub struct Runtime<'a, B: Backend> {
+    p: &'a Program,
+    prog: &'a HostProgram,
+    backend: &'a B,
+    options: Options,
+    bound: Vec<Native>,
+    datasets: HashMap<String, Word>,
+    started: Instant,
+}
+
+fn float(w: Word) -> f64 {
+    f64::from_bits(w)
+}
+
+impl<'a, B: Backend + 'static> Runtime<'a, B> {
+    /// Binds the program's builtins; names one that has no implementation.
+    pub fn new(p: &'a Program, prog: &'a HostProgram, backend: &'a B, options: Options) -> Result<Runtime<'a, B>, String> {
+        let mut bound = Vec::new();
+        for b in &prog.builtins {
+            if b.name.starts_with("__") {
+                bound.push(Native::Print);
+                continue;
+            }
+            bound.push(Native::of(&b.name).ok_or_else(|| format!("`extern fn {}` has no native implementation in this runtime", b.name))?);
+        }
+        Ok(Runtime { p, prog, backend, options, bound, datasets: HashMap::new(), started: Instant::now() })
+    }
+
+    /// The index of field `name` of a record type.
+    fn field_index(&self, ty: &HTy, name: &str) -> Result<usize, String> {
+        let HTy::Record(id) = ty else { return Err(format!("no field `{name}`")) };
+        self.prog.records.get(id).and_then(|l| l.fields.iter().position(|(f, _)| f == name)).ok_or_else(|| format!("no field `{name}`"))
+    }
+
+    fn record_type(&self, name: &str) -> Option<HTy> {
+        self.prog.records.iter().find(|(_, l)| l.name == name).map(|(id, _)| HTy::Record(*id))
+    }
+
+    /// A record's field by name (from a record word of type `record`).
+    fn field(&self, heap: &Heap, record: &str, h: Word, name: &str) -> Result<Word, String> {
+        let ty = self.record_type(record).ok_or_else(|| format!("no record `{record}`"))?;
+        let i = self.field_index(&ty, name)?;
+        heap.record(h)?.get(i).copied().ok_or_else(|| format!("record `{record}` has no field {i}"))
+    }
+
+    fn dataset(&mut self, heap: &mut Heap, ret: &HTy, key: &str, load: impl FnOnce(&Options) -> Result<(Split, Split), String>) -> Result<Word, String> {
+        if let Some(w) = self.datasets.get(key) {
+            return Ok(*w);
+        }
+        let (train, test) = load(&self.options)?;
+        let classes = train.classes;
+        let HTy::Record(id) = ret else { return Err("a dataset builtin must return a Dataset".into()) };
+        let layout = self.prog.records.get(id).ok_or("no Dataset layout")?;
+        let (tr, te) = (heap.alloc(Object::Native(Box::new(Rc::new(train)))), heap.alloc(Object::Native(Box::new(Rc::new(test)))));
+        let words = layout
+            .fields
+            .iter()
+            .map(|(f, _)| match f.as_str() {
+                "train" => Ok(tr),
+                "test" => Ok(te),
+                "classes" => Ok(classes as Word),
+                other => Err(format!("unknown Dataset field `{other}`")),
+            })
+            .collect::<Result<Vec<Word>, String>>()?;
+        let w = heap.alloc(Object::Record(*id, words));
+        self.datasets.insert(key.to_string(), w);
+        Ok(w)
+    }
+
+    fn split(heap: &Heap, h: Word) -> Result<Rc<Split>, String> {
+        heap.native::<Rc<Split>>(h).cloned()
+    }
+
+    fn model<'h>(heap: &'h mut Heap, h: Word) -> Result<&'h mut Model<B>, String> {
+        heap.native_mut::<Model<B>>(h)
+    }
+
+    /// Reads a `TrainConfig` record into the model's recipe and normalization.
+    fn prepare(&self, heap: &mut Heap, model: Word, cfg: Word) -> Result<(), String> {
+        let f = |name: &str| self.field(heap, "TrainConfig", cfg, name);
+        let opt = f("optimizer")?;
+        let o = |name: &str| self.field(heap, "Optimizer", opt, name);
+        let kind = heap.str(o("kind")?)?.to_string();
+        if float(o("clip_norm")?) != 0.0 {
+            return Err("gradient clipping (`clip_norm`) is not supported by the compiled step yet".into());
+        }
+        if float(f("label_smoothing")?) != 0.0 {
+            return Err("label smoothing is not supported by the compiled step yet".into());
+        }
+        let optimizer = model::optimizer(&kind, float(o("momentum")?), o("nesterov")? != 0, float(o("beta1")?), float(o("beta2")?), float(o("eps")?), float(o("weight_decay")?), o("decoupled")? != 0)?;
+        let mut augment = Vec::new();
+        for a in heap.list(f("augment")?)?.to_vec() {
+            let g = |name: &str| self.field(heap, "Augment", a, name);
+            match heap.str(g("kind")?)? {
+                "random_crop" => augment.push(Augment::Crop(g("pad")? as usize)),
+                "hflip" => augment.push(Augment::Flip(float(g("p")?))),
+                other => return Err(format!("unknown augmentation `{other}`")),
+            }
+        }
+        let floats = |h: Word| -> Result<Vec<f32>, String> { Ok(heap.list(h)?.iter().map(|w| float(*w) as f32).collect()) };
+        let (mean, std) = (floats(f("normalize_mean")?)?, floats(f("normalize_std")?)?);
+        if mean.len() != std.len() || std.iter().any(|s| *s <= 0.0) {
+            return Err(format!("normalize_mean has {} values and normalize_std {}; they must match, and every std must be positive", mean.len(), std.len()));
+        }
+        let seed = f("seed")?;
+        let m = Self::model(heap, model)?;
+        m.mean = mean;
+        m.std = std;
+        m.set_recipe(Recipe { optimizer, augment, seed });
+        Ok(())
+    }
+}
+
+/// A shuffled `0..n` by Fisher–Yates with a seeded splitmix64.
+pub fn shuffle(n: usize, seed: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    let mut s = seed;
+    for i in (1..n).rev() {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        v.swap(i, (z % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+fn data_dir(o: &Options, sub: &str, what: &str, files: &str) -> Result<PathBuf, String> {
+    let Some(root) = &o.data else {
+        return Err(format!("{what} is not bundled: pass `--data DIR` or set $NABLA_DATA to a directory holding {sub}/ ({files})"));
+    };
+    let nested = root.join(sub);
+    Ok(if nested.is_dir() { nested } else { root.clone() })
+}
+
+impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
+    fn call(&mut self, id: BuiltinId, heap: &mut Heap, a: &[Word]) -> Result<Word, String> {
+        let native = *self.bound.get(id).ok_or("unbound builtin")?;
+        let ret = self.prog.builtins.get(id).map(|b| b.ret.clone()).unwrap_or(HTy::Unit);
+        use Native::*;
+        match native {
+            Print => {
+                println!("{}", heap.str(a[0])?);
+                Ok(0)
+            }
+            Int => {
+                let x = float(a[0]);
+                if !x.is_finite() {
+                    return Err(format!("cannot convert {x} to an int"));
+                }
+                Ok(x.trunc() as i64 as Word)
+            }
+            Mnist => self.dataset(heap, &ret, "mnist", |o| match &o.data {
+                None => data::bundled_mnist(),
+                Some(_) => data::idx_dir(&data_dir(o, "mnist", "MNIST", "train-images-idx3-ubyte.gz ...")?, "MNIST", 10),
+            }),
+            FashionMnist => self.dataset(heap, &ret, "fashion", |o| data::idx_dir(&data_dir(o, "fashion-mnist", "Fashion-MNIST", "train-images-idx3-ubyte.gz ...")?, "Fashion-MNIST", 10)),
+            Cifar10 => self.dataset(heap, &ret, "cifar10", |o| data::cifar10(&data_dir(o, "cifar-10-batches-bin", "CIFAR-10", "data_batch_1.bin ... test_batch.bin")?)),
+            ImageFolder => {
+                let root = PathBuf::from(heap.str(a[0])?);
+                let size = usize::try_from(a[1] as i64).map_err(|_| "image size must be positive")?;
+                let key = format!("folder:{}:{size}", root.display());
+                self.dataset(heap, &ret, &key, |_| data::image_folder(&root, size))
+            }
+            SplitSize => Ok(Self::split(heap, a[0])?.len() as Word),
+            Init => {
+                let net = heap.net(a[0])?.to_string();
+                let m = Model::<B>::init(self.p, self.backend, &net, a[1])?;
+                Ok(heap.alloc(Object::Native(Box::new(m))))
+            }
+            Prepare => {
+                self.prepare(heap, a[0], a[1])?;
+                Ok(0)
+            }
+            TrainBatch => {
+                let batch = a[5] as usize;
+                let split = Self::split(heap, a[1])?;
+                let order = heap.list(a[2])?;
+                let start = usize::try_from(a[3] as i64).map_err(|_| "negative batch start")?;
+                let end = start.saturating_add(batch).min(order.len());
+                if start >= end || batch == 0 {
+                    return Err(format!("no examples in batch [{start}, {}) of {}", start + batch, order.len()));
+                }
+                let idx: Vec<usize> = order[start..end].iter().map(|w| *w as usize).collect();
+                let lr = float(a[4]);
+                let (p, backend) = (self.p, self.backend);
+                let m = Self::model(heap, a[0])?;
+                let loss = m.train_step(p, backend, &split, &idx, lr)?;
+                if !loss.is_finite() {
+                    let why = match m.non_finite(backend) {
+                        Some(t) => format!("; parameter `{t}` is no longer finite after the update (the step diverged: try a lower learning rate)"),
+                        None => String::new(),
+                    };
+                    return Err(format!("the loss is {loss} at optimizer step {} (epoch {}, learning rate {lr}){why}", m.steps, m.epoch + 1));
+                }
+                Ok(loss.to_bits())
+            }
+            Correct | Evaluate | Accuracy => {
+                let split = Self::split(heap, a[1])?;
+                let (p, backend) = (self.p, self.backend);
+                let m = Self::model(heap, a[0])?;
+                let (loss, correct) = m.evaluate(p, backend, &split, 500)?;
+                let n = split.len().max(1) as f64;
+                Ok(match native {
+                    Correct => correct,
+                    Evaluate => (loss / n).to_bits(),
+                    _ => (correct as f64 / n).to_bits(),
+                })
+            }
+            Shuffle => {
+                let n = usize::try_from(a[0] as i64).map_err(|_| "shuffle of a negative count")?;
+                Ok(heap.alloc(Object::List(shuffle(n, a[1]).into_iter().map(|i| i as Word).collect())))
+            }
+            NowMs => Ok(self.started.elapsed().as_millis() as Word),
+            ParamCount => Ok(Self::model(heap, a[0])?.params),
+            NetName => {
+                let n = Self::model(heap, a[0])?.net.clone();
+                Ok(heap.string(n))
+            }
+            Progress => {
+                let label = heap.str(a[1])?.to_string();
+                let bar = if self.options.progress { ProgressBar::new(a[0]) } else { ProgressBar::with_draw_target(Some(a[0]), ProgressDrawTarget::hidden()) };
+                if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}") {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar.set_message(label.clone());
+
+                Ok(heap.alloc(Object::Native(Box::new(Bar { bar, label, loss: 0.0, n: 0 }))))
+            }
+            Tick => {
+                let b = heap.native_mut::<Bar>(a[0])?;
+                b.loss += float(a[1]);
+                b.n += 1;
+                b.bar.inc(1);
+                b.bar.set_message(format!("{} loss={:.4}", b.label, b.loss / b.n as f64));
+                Ok(0)
+            }
+            Finish => {
+                heap.native_mut::<Bar>(a[0])?.bar.finish_and_clear();
+                Ok(0)
+            }
+            Exists => Ok(Word::from(Path::new(heap.str(a[0])?).exists())),
+            Checkpoint => {
+                let path = PathBuf::from(heap.str(a[1])?);
+                let backend = self.backend;
+                let m = Self::model(heap, a[0])?;
+                m.epoch = a[2];
+                m.save(backend, &path)?;
+                Ok(0)
+            }
+            Restore => {
+                let path = PathBuf::from(heap.str(a[1])?);
+                let backend = self.backend;
+                let m = Self::model(heap, a[0])?;
+                m.load(backend, &path)?;
+                Ok(m.epoch)
+            }
+            Save => {
+                let path = PathBuf::from(heap.str(a[1])?);
+                let backend = self.backend;
+                Self::model(heap, a[0])?.save(backend, &path)?;
+                Ok(0)
+            }
+            Load => {
+                let net = heap.net(a[0])?.to_string();
+                let path = PathBuf::from(heap.str(a[1])?);
+                let mut m = Model::<B>::init(self.p, self.backend, &net, 0)?;
+                m.load(self.backend, &path)?;
+                Ok(heap.alloc(Object::Native(Box::new(m))))
+            }
+        }
+    }
+}
+
+/// Whether progress bars should be drawn: stderr is a terminal.
+pub fn on_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}

@@ -1,0 +1,418 @@
+//! A model: a net's parameters, state and optimizer slots living in a backend's buffers,
+//! with its compiled train steps (one per batch size met) and evaluation steps.
+//! Initialization follows each parameter's declared initializer; checkpoints are
+//! safetensors files written atomically.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use nabla_lang::backend::Backend;
+use nabla_lang::check::lower::{lower_net_at, InitSpec};
+use nabla_lang::check::Program;
+use nabla_lang::interp::uniform;
+use nabla_lang::ir::{InputKind, Mode};
+use nabla_lang::step::{eval_step, train_step, Optimizer, Update};
+
+use super::data::Split;
+
+/// The loss every classifier trains with.
+pub const LOSS: &str = "softmax_cross_entropy";
+
+/// What a tensor of the model is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Role {
+    Param,
+    /// Net state (batchnorm running statistics).
+    State,
+    /// An optimizer slot (`opt.m.<param>`).
+    Slot,
+}
+
+struct Tensor<B: Backend> {
+    name: String,
+    shape: Vec<usize>,
+    role: Role,
+    buf: Option<B::Buffer>,
+}
+
+/// A compiled step and the names and shapes of its inputs, in order.
+struct Exe<B: Backend> {
+    exe: B::Executable,
+    inputs: Vec<(String, Vec<usize>)>,
+}
+
+/// A data augmentation, from the recipe.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Augment {
+    /// Random crop after zero-padding by this many pixels.
+    Crop(usize),
+    /// Horizontal flip with this probability.
+    Flip(f64),
+}
+
+/// The parts of a training recipe the model's steps need.
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    pub optimizer: Optimizer,
+    pub augment: Vec<Augment>,
+    pub seed: u64,
+}
+
+/// A model of a net on backend `B`.
+pub struct Model<B: Backend> {
+    pub net: String,
+    /// Per-example input shape.
+    pub input: Vec<usize>,
+    tensors: Vec<Tensor<B>>,
+    /// Parameters (numbers, not tensors).
+    pub params: u64,
+    /// Per-channel normalization applied to every batch (empty: none).
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    recipe: Option<Recipe>,
+    train: HashMap<usize, Exe<B>>,
+    eval: HashMap<usize, Exe<B>>,
+    /// Optimizer steps taken (Adam's bias correction counts them).
+    pub steps: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// The batch being assembled (reused: no allocation per step).
+    x: Vec<f32>,
+    y: Vec<f32>,
+    rng: u64,
+}
+
+fn normal(seed: u64, i: u64) -> f64 {
+    let u1 = uniform(seed, 2 * i).max(1e-300);
+    let u2 = uniform(seed, 2 * i + 1);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// `n` values drawn by `spec` with `seed`.
+pub fn initial_values(spec: &InitSpec, n: usize, seed: u64) -> Result<Vec<f32>, String> {
+    let arg = |name: &str| spec.arg(name).ok_or_else(|| format!("initializer `{}` is missing `{name}`", spec.kind));
+    Ok(match spec.kind.as_str() {
+        "zeros" => vec![0.0; n],
+        "ones" => vec![1.0; n],
+        "fill" => vec![arg("value")? as f32; n],
+        "he_normal" => {
+            let s = (2.0 / arg("fan_in")?.max(1.0)).sqrt();
+            (0..n as u64).map(|i| (s * normal(seed, i)) as f32).collect()
+        }
+        "glorot_uniform" => {
+            let a = (6.0 / (arg("fan_in")? + arg("fan_out")?).max(1.0)).sqrt();
+            (0..n as u64).map(|i| (a * (2.0 * uniform(seed, i) - 1.0)) as f32).collect()
+        }
+        "trunc_normal" => {
+            let s = arg("std")?;
+            (0..n as u64)
+                .map(|i| {
+                    // Redraw outside two standard deviations (a fresh counter each time).
+                    let mut k = 0;
+                    loop {
+                        let z = normal(seed ^ (k << 40), i);
+                        if z.abs() <= 2.0 || k > 64 {
+                            return (s * z.clamp(-2.0, 2.0)) as f32;
+                        }
+                        k += 1;
+                    }
+                })
+                .collect()
+        }
+        other => return Err(format!("unknown initializer `{other}`")),
+    })
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl<B: Backend> Model<B> {
+    /// A fresh model of net `net` (of the root module), initialized with `seed`.
+    pub fn init(p: &Program, backend: &B, net: &str, seed: u64) -> Result<Model<B>, String> {
+        let l = lower_net_at(p, 0, net, 1, Mode::Eval, None, None).map_err(|d| d.message)?;
+        let g = &l.graph;
+        let input = g.inputs().find(|(_, n, _)| *n == "x").map(|(v, _, _)| g.node(v).shape[1..].to_vec()).unwrap_or_default();
+        let mut tensors = Vec::new();
+        let mut params = 0;
+        for (k, (v, name, kind)) in g.inputs().enumerate() {
+            let role = match kind {
+                InputKind::Param => Role::Param,
+                InputKind::State => Role::State,
+                _ => continue,
+            };
+            let shape = g.node(v).shape.clone();
+            let n: usize = shape.iter().product();
+            let spec = l.inits.iter().find(|(m, _)| m == name).map(|(_, s)| s.clone()).unwrap_or(InitSpec { kind: "zeros".into(), args: vec![] });
+            let data = initial_values(&spec, n, seed.wrapping_mul(0x100_0000_01b3).wrapping_add(k as u64)).map_err(|e| format!("`{name}`: {e}"))?;
+            if role == Role::Param {
+                params += n as u64;
+            }
+            let buf = backend.upload(&shape, &data).map_err(err)?;
+            tensors.push(Tensor { name: name.to_string(), shape, role, buf: Some(buf) });
+        }
+        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], rng: seed })
+    }
+
+    /// Sets the recipe for training (a new optimizer recompiles the steps).
+    pub fn set_recipe(&mut self, recipe: Recipe) {
+        if self.recipe.as_ref().map(|r| r.optimizer) != Some(recipe.optimizer) {
+            self.train.clear();
+        }
+        self.rng = recipe.seed ^ 0x5eed;
+        self.recipe = Some(recipe);
+    }
+
+    /// Fills the batch buffers with examples `idx` of `split`, augmented when training.
+    fn gather(&mut self, split: &Split, idx: &[usize], train: bool) -> Result<(), String> {
+        let [c, h, w] = split.shape;
+        let per = split.example_len();
+        if self.input.iter().product::<usize>() != per {
+            return Err(format!("{} has examples of shape {:?}, but net {} takes {:?}", split.name, split.shape, self.net, self.input));
+        }
+        self.x.clear();
+        self.y.clear();
+        let augs = if train { self.recipe.as_ref().map(|r| r.augment.clone()).unwrap_or_default() } else { vec![] };
+        for &i in idx {
+            let img = split.images.get(i * per..(i + 1) * per).ok_or_else(|| format!("example {i} is out of range for {}", split.name))?;
+            let (mut dy, mut dx, mut flip) = (0i64, 0i64, false);
+            for a in &augs {
+                match a {
+                    Augment::Crop(pad) => {
+                        let span = 2 * *pad as u64 + 1;
+                        dy = (self.next() % span) as i64 - *pad as i64;
+                        dx = (self.next() % span) as i64 - *pad as i64;
+                    }
+                    Augment::Flip(p) => flip = (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= *p,
+                }
+            }
+            for ch in 0..c {
+                let (m, s) = (self.mean.get(ch).copied().unwrap_or(0.0), self.std.get(ch).copied().unwrap_or(1.0));
+                for yy in 0..h {
+                    for xx in 0..w {
+                        let sx = if flip { w - 1 - xx } else { xx } as i64 + dx;
+                        let sy = yy as i64 + dy;
+                        let v = if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 { 0.0 } else { img[(ch * h + sy as usize) * w + sx as usize] };
+                        self.x.push((v - m) / s);
+                    }
+                }
+            }
+            self.y.push(split.labels[i] as f32);
+        }
+        Ok(())
+    }
+
+    /// splitmix64.
+    fn next(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// One optimizer step on examples `idx` of `split` at rate `lr`; returns the loss.
+    pub fn train_step(&mut self, p: &Program, backend: &B, split: &Split, idx: &[usize], lr: f64) -> Result<f64, String> {
+        let recipe = self.recipe.clone().ok_or("the model has no training recipe")?;
+        self.gather(split, idx, true)?;
+        let b = idx.len();
+        if !self.train.contains_key(&b) {
+            let step = train_step(p, &self.net, b, LOSS, &recipe.optimizer, Some(&split.shape)).map_err(|d| d.message)?;
+            for slot in &step.slots {
+                if !self.tensors.iter().any(|t| t.name == *slot) {
+                    let shape = step.graph.inputs().find(|(_, n, _)| n == slot).map(|(v, _, _)| step.graph.node(v).shape.clone()).unwrap_or_default();
+                    let buf = backend.upload(&shape, &vec![0.0; shape.iter().product()]).map_err(err)?;
+                    self.tensors.push(Tensor { name: slot.clone(), shape, role: Role::Slot, buf: Some(buf) });
+                }
+            }
+            let exe = backend.compile(&step.graph).map_err(err)?;
+            let inputs = step.graph.inputs().map(|(v, n, _)| (n.to_string(), step.graph.node(v).shape.clone())).collect();
+            self.train.insert(b, Exe { exe, inputs });
+        }
+        self.steps += 1;
+        let scalars = recipe.optimizer.scalars(lr, self.steps);
+        let out = self.run(backend, true, b, &scalars)?;
+        Ok(out[0])
+    }
+
+    /// Runs the train (or eval) step for batch `b` on the gathered batch; returns its
+    /// non-state outputs, downloaded.
+    fn run(&mut self, backend: &B, train: bool, b: usize, scalars: &[(&str, f64)]) -> Result<Vec<f64>, String> {
+        let exes = if train { &mut self.train } else { &mut self.eval };
+        let exe = exes.get_mut(&b).ok_or("no compiled step")?;
+        let mut bufs = Vec::with_capacity(exe.inputs.len());
+        let mut taken = Vec::new();
+        for (name, shape) in &exe.inputs {
+            let buf = match name.as_str() {
+                "x" => backend.upload(shape, &self.x),
+                "y" => backend.upload(shape, &self.y),
+                n => match scalars.iter().find(|(s, _)| *s == n) {
+                    Some((_, v)) => backend.upload(&[], &[*v as f32]),
+                    None => {
+                        let t = self.tensors.iter_mut().position(|t| t.name == *n).ok_or_else(|| format!("the step needs `{n}`, which the model lacks"))?;
+                        taken.push(t);
+                        self.tensors[t].buf.take().ok_or_else(|| format!("`{n}` is missing"))
+                            .map_err(nabla_lang::backend::BackendError::Failed)
+                    }
+                },
+            }
+            .map_err(err)?;
+            bufs.push(buf);
+        }
+        let result = backend.run(&mut exe.exe, &mut bufs);
+        // Put the state back whatever happened, so a failed step loses nothing.
+        let mut it = bufs.into_iter();
+        let mut k = 0;
+        for (name, _) in &exe.inputs {
+            let Some(buf) = it.next() else { break };
+            if !matches!(name.as_str(), "x" | "y") && !scalars.iter().any(|(s, _)| s == name) {
+                let t = taken[k];
+                self.tensors[t].buf = Some(buf);
+                k += 1;
+            }
+        }
+        let outs = result.map_err(err)?;
+        let mut values = Vec::new();
+        for o in &outs {
+            values.push(backend.download(o).map_err(err)?.first().copied().unwrap_or(f32::NAN) as f64);
+        }
+        Ok(values)
+    }
+
+    /// (summed loss, correct predictions) over `split`, in batches of `batch`.
+    pub fn evaluate(&mut self, p: &Program, backend: &B, split: &Split, batch: usize) -> Result<(f64, u64), String> {
+        let (mut loss, mut correct) = (0.0, 0u64);
+        let n = split.len();
+        let mut start = 0;
+        while start < n {
+            let b = batch.min(n - start);
+            let idx: Vec<usize> = (start..start + b).collect();
+            self.gather(split, &idx, false)?;
+            if !self.eval.contains_key(&b) {
+                let g = eval_step(p, &self.net, b, LOSS, Some(&split.shape)).map_err(|d| d.message)?;
+                let exe = backend.compile(&g).map_err(err)?;
+                let inputs = g.inputs().map(|(v, n, _)| (n.to_string(), g.node(v).shape.clone())).collect();
+                self.eval.insert(b, Exe { exe, inputs });
+            }
+            let out = self.run(backend, false, b, &[])?;
+            loss += out[0] * b as f64;
+            correct += out[1].round() as u64;
+            start += b;
+        }
+        Ok((loss, correct))
+    }
+
+    /// The first parameter or state tensor holding a NaN or infinity, if any.
+    pub fn non_finite(&self, backend: &B) -> Option<String> {
+        self.tensors.iter().filter(|t| t.role != Role::Slot).find_map(|t| {
+            let data = backend.download(t.buf.as_ref()?).ok()?;
+            data.iter().any(|v| !v.is_finite()).then(|| t.name.clone())
+        })
+    }
+
+    /// Writes params, state, optimizer slots and progress to `path` as safetensors,
+    /// atomically: a temporary file beside it, synced, then renamed over it.
+    pub fn save(&self, backend: &B, path: &Path) -> Result<(), String> {
+        let mut data = Vec::new();
+        for t in &self.tensors {
+            let buf = t.buf.as_ref().ok_or_else(|| format!("`{}` is missing", t.name))?;
+            let v = backend.download(buf).map_err(err)?;
+            data.push((t.name.clone(), t.shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(n, s, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "nabla-checkpoint-1".to_string());
+        meta.insert("net".to_string(), self.net.clone());
+        meta.insert("epoch".to_string(), self.epoch.to_string());
+        meta.insert("steps".to_string(), self.steps.to_string());
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(err)?;
+        write_atomically(path, &bytes)
+    }
+
+    /// Reads a checkpoint written by [`Model::save`] into this model; every tensor of the
+    /// model must be in it with its shape, and it must be of the same net. Optimizer slots
+    /// are restored when present.
+    pub fn load(&mut self, backend: &B, path: &Path) -> Result<(), String> {
+        let shown = path.display();
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read checkpoint {shown}: {e}"))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{shown} is not a valid safetensors file (truncated or corrupt): {e}"))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        if let Some(net) = meta.get("net")
+            && *net != self.net
+        {
+            return Err(format!("{shown} is a checkpoint of net `{net}`, not `{}`", self.net));
+        }
+        let mut loaded = Vec::new();
+        for t in &self.tensors {
+            let view = match st.tensor(&t.name) {
+                Ok(v) => v,
+                Err(_) if t.role == Role::Slot => continue,
+                Err(_) => return Err(format!("{shown} has no tensor `{}`: it is not a checkpoint of net `{}`", t.name, self.net)),
+            };
+            if view.dtype() != safetensors::Dtype::F32 || view.shape() != t.shape.as_slice() {
+                return Err(format!("{shown}: `{}` is {:?}{:?}, but the net's is F32{:?}", t.name, view.dtype(), view.shape(), t.shape));
+            }
+            let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            loaded.push(v);
+        }
+        // Only now replace anything: a bad checkpoint leaves the model as it was.
+        let mut it = loaded.into_iter();
+        for t in self.tensors.iter_mut() {
+            if t.role == Role::Slot && st.tensor(&t.name).is_err() {
+                continue;
+            }
+            if let Some(v) = it.next() {
+                t.buf = Some(backend.upload(&t.shape, &v).map_err(err)?);
+            }
+        }
+        // Optimizer slots in the file that the model has not made yet.
+        for (name, view) in st.tensors() {
+            if name.starts_with("opt.") && !self.tensors.iter().any(|t| t.name == name) {
+                let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let shape = view.shape().to_vec();
+                let buf = backend.upload(&shape, &v).map_err(err)?;
+                self.tensors.push(Tensor { name, shape, role: Role::Slot, buf: Some(buf) });
+            }
+        }
+        self.epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
+        self.steps = meta.get("steps").and_then(|e| e.parse().ok()).unwrap_or(0);
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` so that `path` is either its old content or all of the new.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| format!("{} is not a file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
+/// The optimizer a recipe's `Optimizer` record describes.
+pub fn optimizer(kind: &str, momentum: f64, nesterov: bool, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool) -> Result<Optimizer, String> {
+    let update = match kind {
+        "sgd" => Update::Sgd { momentum, nesterov },
+        "adam" => Update::Adam { beta1, beta2, eps, decoupled },
+        other => return Err(format!("unknown optimizer kind `{other}` (sgd or adam)")),
+    };
+    Ok(Optimizer { update, weight_decay })
+}
