@@ -34,10 +34,13 @@ fn go<B: Backend + 'static>(checked: &Checked, prog: &nabla_lang::host::HostProg
     let mut runtime = Runtime::new(&checked.program, prog, backend, options)?;
     nabla_jit::host::run(prog, &mut heap, &mut runtime).map_err(|e| {
         let d = Diagnostic::error("E0701", e.message.clone());
-        let d = match e.span {
+        let mut d = match e.span {
             Some(s) => d.primary(s, "while running this"),
             None => d,
         };
+        for s in &e.trace {
+            d = d.secondary(*s, "called from here");
+        }
         crate::render_diag(checked, &d)
     })
 }

@@ -31,6 +31,8 @@ use nabla_lang::Span;
 pub struct RuntimeError {
     pub message: String,
     pub span: Option<Span>,
+    /// The calls the error passed through, innermost first (where each was called).
+    pub trace: Vec<Span>,
 }
 
 impl std::fmt::Display for RuntimeError {
@@ -58,7 +60,7 @@ impl Ctx<'_> {
     fn fail(&mut self, message: String, site: u64) {
         if self.error.is_none() {
             let span = usize::try_from(site).ok().and_then(|s| self.prog.sites.get(s)).copied();
-            self.error = Some(RuntimeError { message, span });
+            self.error = Some(RuntimeError { message, span, trace: vec![] });
         }
         self.failed = 1;
     }
@@ -66,7 +68,7 @@ impl Ctx<'_> {
 
 /// Compiles and runs `prog`'s `main` with `heap` and `builtins`.
 pub fn run(prog: &HostProgram, heap: &mut Heap, builtins: &mut dyn Builtins) -> Result<(), RuntimeError> {
-    let compiled = compile(prog, heap).map_err(|m| RuntimeError { message: m, span: None })?;
+    let compiled = compile(prog, heap).map_err(|m| RuntimeError { message: m, span: None, trace: vec![] })?;
     compiled.run(prog, heap, builtins)
 }
 
@@ -110,6 +112,7 @@ fn runtime_fns() -> Vec<(&'static str, *const u8, &'static str, &'static str)> {
         ("rt_fmt_end", rt_fmt_end as *const u8, "I", "I"),
         ("rt_fail", rt_fail as *const u8, "III", ""),
         ("rt_fmod", rt_fmod as *const u8, "FF", "F"),
+        ("rt_trace", rt_trace as *const u8, "II", ""),
     ]
 }
 
@@ -248,12 +251,22 @@ impl Emitter<'_, '_, '_> {
 
     /// After a call that can fail: return at once when `ctx.failed` is set.
     fn check_failed(&mut self) {
+        self.check_failed_at(None);
+    }
+
+    /// As `check_failed`; a call of a host function also records its site in the trace
+    /// (only on the failing path: the hot path is one load and a branch).
+    fn check_failed_at(&mut self, site: Option<SiteId>) {
         let ctx = self.ctx();
         let failed = self.b.ins().load(types::I64, MemFlagsData::trusted(), ctx, 0);
         let bail = self.b.create_block();
         let cont = self.b.create_block();
         self.b.ins().brif(failed, bail, &[], cont, &[]);
         self.b.switch_to_block(bail);
+        if let Some(site) = site {
+            let s = self.int(site as i64);
+            self.call_rt("rt_trace", &[ctx, s]);
+        }
         let z = self.zero(self.ret);
         self.b.ins().return_(&[z]);
         self.b.switch_to_block(cont);
@@ -303,14 +316,14 @@ impl Emitter<'_, '_, '_> {
                 self.b.def_var(self.vars[*i], v);
                 self.int(0)
             }
-            HKind::Call(f, args) => {
+            HKind::Call(f, args, site) => {
                 let mut vals = vec![self.ctx()];
                 for a in args {
                     vals.push(self.expr(a)?);
                 }
                 let inst = self.b.ins().call(self.funcs[*f], &vals);
                 let r = self.b.inst_results(inst)[0];
-                self.check_failed();
+                self.check_failed_at(Some(*site));
                 r
             }
             HKind::Builtin(id, args, site) => {
@@ -668,6 +681,10 @@ extern "C" fn rt_builtin(ctx: *mut u8, id: i64, ptr: *const u64, n: i64, site: i
             Ok(c.heap.string(s))
         })(),
         "__str_eq" => (|| Ok(Word::from(c.heap.str(a[0])? == c.heap.str(a[1])?)))(),
+        "__int" => {
+            let x = f64::from_bits(a[0]);
+            if x.is_finite() { Ok(x.trunc() as i64 as Word) } else { Err(format!("cannot convert {x} to an int")) }
+        }
         m if m.starts_with("__math_") => math(&m[7..], &a).map(f64::to_bits),
         _ => {
             let (heap, builtins) = (&mut *c.heap, &mut *c.builtins);
@@ -786,6 +803,15 @@ extern "C" fn rt_fail(ctx: *mut u8, site: i64, code: i64) {
         _ => format!("runtime error {code}"),
     };
     c.fail(m, site as u64);
+}
+
+extern "C" fn rt_trace(ctx: *mut u8, site: i64) {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    let span = usize::try_from(site).ok().and_then(|s| c.prog.sites.get(s)).copied();
+    if let (Some(e), Some(span)) = (c.error.as_mut(), span) {
+        e.trace.push(span);
+    }
 }
 
 extern "C" fn rt_fmod(x: f64, y: f64) -> f64 {

@@ -505,10 +505,13 @@ impl Lowerer<'_> {
                 let v = values.remove(0);
                 HExpr::new(v.kind, HTy::Str, span)
             }
+            // Runtime operations every host runtime has, not library builtins.
+            None if name == "int" => self.builtin_call("__int", param_tys, ret, values, span),
             None => self.builtin_call(name, param_tys, ret, values, span),
             Some(body) => {
                 let fid = self.function(id, f, module, &param_tys, ret.clone(), body);
-                HExpr::new(HKind::Call(fid, values), ret, span)
+                let site = self.site(span);
+                HExpr::new(HKind::Call(fid, values, site), ret, span)
             }
         }
     }

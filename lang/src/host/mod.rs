@@ -127,7 +127,8 @@ pub enum HKind {
     Local(LocalId),
     /// `let`/`var` binding and assignment alike: stores into a slot; type `()`.
     Set(LocalId, Box<HExpr>),
-    Call(FuncId, Vec<HExpr>),
+    /// A host function; the site is added to a runtime error's trace as it passes.
+    Call(FuncId, Vec<HExpr>, SiteId),
     /// A native builtin; the site is where runtime errors point.
     Builtin(BuiltinId, Vec<HExpr>, SiteId),
     /// Field `index` of a record.

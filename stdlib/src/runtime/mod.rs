@@ -36,7 +36,6 @@ pub struct Options {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Native {
     Print,
-    Int,
     Mnist,
     FashionMnist,
     Cifar10,
@@ -67,7 +66,6 @@ impl Native {
         use Native::*;
         Some(match name {
             "print" => Print,
-            "int" => Int,
             "mnist" => Mnist,
             "fashion_mnist" => FashionMnist,
             "cifar10" => Cifar10,
@@ -250,13 +248,6 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             Print => {
                 println!("{}", heap.str(a[0])?);
                 Ok(0)
-            }
-            Int => {
-                let x = float(a[0]);
-                if !x.is_finite() {
-                    return Err(format!("cannot convert {x} to an int"));
-                }
-                Ok(x.trunc() as i64 as Word)
             }
             Mnist => self.dataset(heap, &ret, "mnist", |o| match &o.data {
                 None => data::bundled_mnist(),

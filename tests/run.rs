@@ -1,0 +1,116 @@
+//! `nabla run` end to end: training on the bundled digits prints the book's lines,
+//! checkpoints resume, and bad data, bad checkpoints and a diverging loss are clear errors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nabla-run-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Runs `nabla run` on `src` written to `dir/main.net`; (exit code, stdout, stderr).
+fn run(dir: &PathBuf, src: &str, args: &[&str]) -> (i32, String, String) {
+    let file = dir.join("main.net");
+    std::fs::write(&file, src).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .arg("run")
+        .arg(&file)
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("NABLA_DATA")
+        .output()
+        .expect("run nabla");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+const NET: &str = "import std.nn.*\nimport std.data.*\nnet Linear: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\n";
+
+fn script(body: &str) -> String {
+    format!("{NET}{body}")
+}
+
+#[test]
+fn training_prints_epochs_and_accuracy_and_resumes_from_a_checkpoint() {
+    let d = dir("resume");
+    let body = |epochs: u32| format!("let data = mnist()\nlet cfg = TrainConfig {{ optimizer: sgd(lr: 0.1), batch: 128, epochs: {epochs}, checkpoint: \"ck.safetensors\" }}\nlet model = train(Linear, data, cfg)\nprint(\"acc {{accuracy(model, data.test):.4}}\")\n");
+    let (code, out, err) = run(&d, &script(&body(2)), &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Linear: 7850 parameters · 7996 training examples · 63 steps of 128 per epoch"), "{out}");
+    for line in ["Epoch 1/2: loss=", "Epoch 2/2: loss=", "val accuracy: "] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    // The book's form: `Epoch 1/2: loss=0.123456 lr=0.100000 (12ms)`.
+    let epoch = out.lines().find(|l| l.starts_with("Epoch 1/2")).unwrap_or_default();
+    let loss: f64 = epoch["Epoch 1/2: loss=".len()..].split(' ').next().and_then(|x| x.parse().ok()).expect("loss");
+    assert!(loss > 0.2 && loss < 2.3, "{epoch}");
+    assert!(epoch.contains(" lr=0.100000 (") && epoch.ends_with("ms)"), "{epoch}");
+    let acc: f64 = out.lines().find_map(|l| l.strip_prefix("acc ")).and_then(|x| x.parse().ok()).expect("accuracy");
+    assert!(acc > 0.8, "two epochs of a linear classifier reach 80%: {acc}");
+    assert!(d.join("ck.safetensors").exists());
+    // Resuming: epochs 1-2 are done; only epoch 3 runs, from the saved parameters.
+    let (code, out, err) = run(&d, &script(&body(3)), &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("resumed from ck.safetensors after epoch 2"), "{out}");
+    assert!(!out.contains("Epoch 1/3") && out.contains("Epoch 3/3"), "{out}");
+    let acc2: f64 = out.lines().find_map(|l| l.strip_prefix("acc ")).and_then(|x| x.parse().ok()).expect("accuracy");
+    assert!(acc2 > 0.8, "{acc2}");
+}
+
+#[test]
+fn save_and_load_round_trip_and_bad_checkpoints_are_errors() {
+    let d = dir("ckpt");
+    let save = "let model = init(Linear, 3)\nsave(model, \"m.safetensors\")\nlet back = load(Linear, \"m.safetensors\")\nprint(\"{accuracy(model, mnist().test) == accuracy(back, mnist().test)}\")\n";
+    let (code, out, err) = run(&d, &script(save), &[]);
+    assert_eq!((code, out.trim()), (0, "true"), "{err}");
+    // A checkpoint of another net.
+    let other = "import std.nn.*\nimport std.data.*\nnet Other: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(32)\n  dense(10)\n}\nlet m = load(Other, \"m.safetensors\")\n";
+    let (code, _, err) = run(&d, other, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("m.safetensors is a checkpoint of net `Linear`, not `Other`") && err.contains("E0701"), "{err}");
+    // A truncated one: an error naming the file, and the file is not touched.
+    let bytes = std::fs::read(d.join("m.safetensors")).expect("read");
+    std::fs::write(d.join("cut.safetensors"), &bytes[..bytes.len() / 2]).expect("write");
+    let (code, _, err) = run(&d, &script("let m = load(Linear, \"cut.safetensors\")\n"), &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cut.safetensors is not a valid safetensors file (truncated or corrupt)"), "{err}");
+    let (code, _, err) = run(&d, &script("let m = load(Linear, \"missing.safetensors\")\n"), &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read checkpoint missing.safetensors"), "{err}");
+    // Saving leaves no temporary files behind.
+    let stray: Vec<String> = std::fs::read_dir(&d).expect("ls").filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp")).collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+#[test]
+fn a_diverging_loss_names_the_step() {
+    let d = dir("nan");
+    let net = "import std.nn.*\nimport std.data.*\nnet Deep: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(64, relu)\n  dense(10)\n}\n";
+    let src = format!("{net}let cfg = TrainConfig {{ optimizer: sgd(lr: 1e30), batch: 128, epochs: 1 }}\nlet m = train(Deep, mnist(), cfg)\nprint(\"unreachable\")\n");
+    let (code, out, err) = run(&d, &src, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("unreachable"));
+    assert!(err.contains("the loss is") && err.contains("at optimizer step") && err.contains("lower learning rate"), "{err}");
+    // The span points into std.train's loop, where the step ran.
+    assert!(err.contains("train_batch("), "{err}");
+    // ... and the trace goes back to the user's call.
+    assert!(err.contains("let m = train(Deep, mnist(), cfg)") && err.contains("called from here"), "{err}");
+}
+
+#[test]
+fn missing_and_corrupt_data_are_errors_naming_the_file() {
+    let d = dir("data");
+    let (code, _, err) = run(&d, &script("let f = fashion_mnist()\n"), &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("Fashion-MNIST is not bundled: pass `--data DIR` or set $NABLA_DATA"), "{err}");
+    let fm = d.join("fashion-mnist");
+    std::fs::create_dir_all(&fm).expect("dir");
+    for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+        std::fs::write(fm.join(f), [0u8, 0, 8, 9, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]).expect("write");
+    }
+    let (code, _, err) = run(&d, &script("let f = fashion_mnist()\n"), &["--data", d.to_str().unwrap_or(".")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("train-images-idx3-ubyte: wrong magic number 0x00000809"), "{err}");
+}
