@@ -2,6 +2,7 @@
 //! and prints; it holds no compiler logic.
 
 mod bench;
+mod repl;
 mod run;
 
 use std::io::IsTerminal;
@@ -21,6 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// An interactive session: definitions and host code, compiled input by input.
+    Repl {
+        /// A directory of full datasets (default: $NABLA_DATA).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Run a program: check it, compile its host code with Cranelift and run it (training
     /// runs on the chosen device).
     Run {
@@ -360,6 +367,13 @@ fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
     match cli.command {
+        Command::Repl { data } => match repl::repl(data) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                print_error(&e);
+                ExitCode::from(1)
+            }
+        },
         Command::Run { file, device, data } => {
             let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
             match run::run(&checked, device, data) {

@@ -54,6 +54,8 @@ struct Ctx<'a> {
     fmt: Vec<String>,
     /// Each format piece's type and spec, by index (see `rt_fmt_value`).
     pieces: &'a [(HTy, nabla_lang::host::FormatSpec)],
+    /// A REPL session's globals.
+    globals: &'a mut Vec<Word>,
 }
 
 impl Ctx<'_> {
@@ -69,7 +71,7 @@ impl Ctx<'_> {
 /// Compiles and runs `prog`'s `main` with `heap` and `builtins`.
 pub fn run(prog: &HostProgram, heap: &mut Heap, builtins: &mut dyn Builtins) -> Result<(), RuntimeError> {
     let compiled = compile(prog, heap).map_err(|m| RuntimeError { message: m, span: None, trace: vec![] })?;
-    compiled.run(prog, heap, builtins)
+    compiled.run(prog, heap, builtins, &mut vec![])
 }
 
 /// A compiled host program: its code lives as long as this does.
@@ -82,12 +84,19 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    pub fn run(&self, prog: &HostProgram, heap: &mut Heap, builtins: &mut dyn Builtins) -> Result<(), RuntimeError> {
-        let mut ctx = Ctx { failed: 0, heap, builtins, prog, error: None, fmt: vec![], pieces: &self.pieces };
+    /// Runs `main`. `globals` are a REPL session's (empty for a script); they are only
+    /// updated when the run succeeds.
+    pub fn run(&self, prog: &HostProgram, heap: &mut Heap, builtins: &mut dyn Builtins, globals: &mut Vec<Word>) -> Result<(), RuntimeError> {
+        let mut next = globals.clone();
+        next.resize(prog.globals.len().max(next.len()), 0);
+        let mut ctx = Ctx { failed: 0, heap, builtins, prog, error: None, fmt: vec![], pieces: &self.pieces, globals: &mut next };
         (self.main)(&mut ctx as *mut Ctx as *mut u8);
         match ctx.error.take() {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => {
+                *globals = next;
+                Ok(())
+            }
         }
     }
 }
@@ -113,6 +122,8 @@ fn runtime_fns() -> Vec<(&'static str, *const u8, &'static str, &'static str)> {
         ("rt_fail", rt_fail as *const u8, "III", ""),
         ("rt_fmod", rt_fmod as *const u8, "FF", "F"),
         ("rt_trace", rt_trace as *const u8, "II", ""),
+        ("rt_global", rt_global as *const u8, "II", "I"),
+        ("rt_set_global", rt_set_global as *const u8, "III", ""),
     ]
 }
 
@@ -311,6 +322,18 @@ impl Emitter<'_, '_, '_> {
                 self.int(h as i64)
             }
             HKind::Local(i) => self.b.use_var(self.vars[*i]),
+            HKind::Global(g) => {
+                let (ctx, g) = (self.ctx(), self.int(*g as i64));
+                let w = self.call_rt("rt_global", &[ctx, g])?;
+                self.from_word(w, &e.ty)
+            }
+            HKind::SetGlobal(g, v) => {
+                let v = self.expr(v)?;
+                let w = self.word(v);
+                let (ctx, g) = (self.ctx(), self.int(*g as i64));
+                self.call_rt("rt_set_global", &[ctx, g, w]);
+                self.int(0)
+            }
             HKind::Set(i, v) => {
                 let v = self.expr(v)?;
                 self.b.def_var(self.vars[*i], v);
@@ -597,7 +620,17 @@ impl Emitter<'_, '_, '_> {
                 BinOp::Add => ins.iadd(x, y),
                 BinOp::Sub => ins.isub(x, y),
                 BinOp::Mul => ins.imul(x, y),
-                BinOp::Div | BinOp::Rem => return self.int_division(op, x, y, site),
+                BinOp::Div | BinOp::Rem => {
+                    // A positive power-of-two literal: floor division is a shift, its
+                    // remainder a mask (two's complement rounds toward -inf already).
+                    if let HKind::Int(k) = b.kind
+                        && k > 0
+                        && (k as u64).is_power_of_two()
+                    {
+                        return Some(if op == BinOp::Div { self.b.ins().sshr_imm_s(x, i64::from(k.trailing_zeros())) } else { self.b.ins().band_imm_s(x, k - 1) });
+                    }
+                    return self.int_division(op, x, y, site);
+                }
                 _ => {
                     let cc = match op {
                         BinOp::Eq => IntCC::Equal,
@@ -685,6 +718,10 @@ extern "C" fn rt_builtin(ctx: *mut u8, id: i64, ptr: *const u64, n: i64, site: i
             let x = f64::from_bits(a[0]);
             if x.is_finite() { Ok(x.trunc() as i64 as Word) } else { Err(format!("cannot convert {x} to an int")) }
         }
+        "__echo" => (|| {
+            println!("{}", c.heap.str(a[0])?);
+            Ok(0)
+        })(),
         m if m.starts_with("__math_") => math(&m[7..], &a).map(f64::to_bits),
         _ => {
             let (heap, builtins) = (&mut *c.heap, &mut *c.builtins);
@@ -803,6 +840,20 @@ extern "C" fn rt_fail(ctx: *mut u8, site: i64, code: i64) {
         _ => format!("runtime error {code}"),
     };
     c.fail(m, site as u64);
+}
+
+extern "C" fn rt_global(ctx: *mut u8, g: i64) -> i64 {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    c.globals.get(g as usize).copied().unwrap_or(0) as i64
+}
+
+extern "C" fn rt_set_global(ctx: *mut u8, g: i64, w: i64) {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    if let Some(slot) = c.globals.get_mut(g as usize) {
+        *slot = w as u64;
+    }
 }
 
 extern "C" fn rt_trace(ctx: *mut u8, site: i64) {

@@ -16,6 +16,16 @@ use crate::syntax::ast::{self, Block, Expr, ExprKind, ItemKind, Param, StmtKind,
 /// Lowers the host code of the program: the top-level statements of module `root` become
 /// `main`, and every host function they reach is lowered once.
 pub fn lower_program(p: &Program, root: usize) -> Result<HostProgram, Vec<Diagnostic>> {
+    lower_session(p, root, 0, &[], false).map(|(prog, _)| prog)
+}
+
+/// Lowers one input of a REPL session whose text is module `root`: its first `done`
+/// top-level statements ran in earlier inputs and are not run again; their bindings are
+/// read from the session's globals (`globals`: names by index). The input's own statements
+/// run; every top-level binding is stored back (see [`HostProgram::globals`]). When the
+/// input ends with an expression of a type other than `()`, its value is shown (the
+/// second result says so).
+pub fn lower_session(p: &Program, root: usize, done: usize, globals: &[String], repl: bool) -> Result<(HostProgram, bool), Vec<Diagnostic>> {
     let mut l = Lowerer { p, prog: HostProgram::default(), fn_ids: HashMap::new(), diags: vec![] };
     let stmts: Vec<&ast::Stmt> = p.modules[root]
         .ast
@@ -28,11 +38,53 @@ pub fn lower_program(p: &Program, root: usize) -> Result<HostProgram, Vec<Diagno
         .collect();
     let span = stmts.first().map(|s| s.span).unwrap_or_default();
     let mut cx = FnCx::new(root, HTy::Unit);
-    let items: Vec<HExpr> = stmts.iter().map(|s| l.stmt(&mut cx, s)).collect();
+    let mut names: Vec<String> = globals.to_vec();
+    let mut items = Vec::new();
+    let mut shown = false;
+    for (k, s) in stmts.iter().enumerate() {
+        if k < done {
+            // Already run: only its binding's type matters; the value is the global's.
+            if let StmtKind::Let { name, .. } = &s.kind {
+                let HExpr { kind: HKind::Set(slot, value), .. } = l.stmt(&mut cx, s) else { continue };
+                let g = names.iter().position(|n| *n == name.name).unwrap_or_else(|| {
+                    names.push(name.name.clone());
+                    names.len() - 1
+                });
+                let load = HExpr::new(HKind::Global(g), value.ty.clone(), s.span);
+                items.push(HExpr::new(HKind::Set(slot, Box::new(load)), HTy::Unit, s.span));
+            }
+            continue;
+        }
+        let mut e = l.stmt(&mut cx, s);
+        if repl && k + 1 == stmts.len() {
+            if matches!(s.kind, StmtKind::Expr(_)) && !matches!(e.ty, HTy::Unit) {
+                let span = e.span;
+                e = HExpr::new(HKind::Format(vec![Piece::Value(e, FormatSpec::default())]), HTy::Str, span);
+                e = l.builtin_call("__echo", vec![HTy::Str], HTy::Unit, vec![e], span);
+                shown = true;
+            }
+        }
+        items.push(e);
+    }
+    // Store every top-level binding for the next input.
+    if let Some(top) = cx.scopes.first().cloned().filter(|_| repl) {
+        let mut bound: Vec<(String, LocalId)> = top.into_iter().collect();
+        bound.sort_by_key(|(_, slot)| *slot);
+        for (name, slot) in bound {
+            let g = names.iter().position(|n| *n == name).unwrap_or_else(|| {
+                names.push(name.clone());
+                names.len() - 1
+            });
+            let ty = cx.locals[slot].clone();
+            let v = HExpr::new(HKind::Local(slot), ty, span);
+            items.push(HExpr::new(HKind::SetGlobal(g, Box::new(v)), HTy::Unit, span));
+        }
+    }
+    l.prog.globals = names.iter().map(|n| (n.clone(), cx.get(n).map(|s| cx.locals[s].clone()).unwrap_or(HTy::Unit))).collect();
     let body = HExpr::new(HKind::Block(items), HTy::Unit, span);
     l.prog.funcs.push(HFunc { name: "main".into(), params: 0, locals: cx.locals, ret: HTy::Unit, body, span });
     l.prog.main = l.prog.funcs.len() - 1;
-    if l.diags.is_empty() { Ok(l.prog) } else { Err(l.diags) }
+    if l.diags.is_empty() { Ok((l.prog, shown)) } else { Err(l.diags) }
 }
 
 /// The primitives host code may apply to numbers (as `f64` math).

@@ -125,6 +125,10 @@ pub enum HKind {
     /// A net, by name (the runtime looks it up in the checked program).
     Net(String),
     Local(LocalId),
+    /// A REPL session's global: the value a top-level binding of an earlier input left.
+    Global(usize),
+    /// Stores a top-level binding's value for later inputs; type `()`.
+    SetGlobal(usize, Box<HExpr>),
     /// `let`/`var` binding and assignment alike: stores into a slot; type `()`.
     Set(LocalId, Box<HExpr>),
     /// A host function; the site is added to a runtime error's trace as it passes.
@@ -208,6 +212,8 @@ pub struct HostProgram {
     /// Where each call site is, for runtime errors.
     pub sites: Vec<Span>,
     pub records: std::collections::HashMap<ItemId, RecordLayout>,
+    /// A REPL session's globals after this input, by index (empty for scripts).
+    pub globals: Vec<(String, HTy)>,
 }
 
 impl HostProgram {
