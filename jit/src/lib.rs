@@ -120,6 +120,15 @@ impl Backend for Cpu {
         Ok(Buffer { shape: shape.to_vec(), data: data.to_vec() })
     }
 
+    fn write(&self, b: &mut Buffer, shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
+        nabla_lang::backend::check_upload(shape, data)?;
+        b.shape.clear();
+        b.shape.extend_from_slice(shape);
+        b.data.clear();
+        b.data.extend_from_slice(data);
+        Ok(())
+    }
+
     fn download(&self, b: &Buffer) -> Result<Vec<f32>, BackendError> {
         Ok(b.data.clone())
     }

@@ -54,6 +54,12 @@ pub trait Backend {
     fn compile(&self, g: &Graph) -> Result<Self::Executable, BackendError>;
     /// A buffer holding `data` with `shape`.
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Self::Buffer, BackendError>;
+    /// Replaces the contents of `b` with `data` of `shape` (a training loop refills its
+    /// batch buffers every step; a backend may reuse the storage instead of allocating).
+    fn write(&self, b: &mut Self::Buffer, shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
+        *b = self.upload(shape, data)?;
+        Ok(())
+    }
     /// The contents of `b` (waits for pending work).
     fn download(&self, b: &Self::Buffer) -> Result<Vec<f32>, BackendError>;
     /// Runs `exe` on `inputs` (one per graph input, in graph order; shapes are checked).

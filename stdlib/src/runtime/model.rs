@@ -79,6 +79,8 @@ pub struct Model<B: Backend> {
     /// The batch being assembled (reused: no allocation per step).
     x: Vec<f32>,
     y: Vec<f32>,
+    /// Device buffers for batches and scalars, by input name and shape, refilled each step.
+    staged: Vec<(String, Vec<usize>, B::Buffer)>,
     rng: u64,
 }
 
@@ -151,7 +153,7 @@ impl<B: Backend> Model<B> {
             let buf = backend.upload(&shape, &data).map_err(err)?;
             tensors.push(Tensor { name: name.to_string(), shape, role, buf: Some(buf) });
         }
-        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], rng: seed })
+        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], staged: vec![], rng: seed })
     }
 
     /// Sets the recipe for training (a new optimizer recompiles the steps).
@@ -173,6 +175,7 @@ impl<B: Backend> Model<B> {
         self.x.clear();
         self.y.clear();
         let augs = if train { self.recipe.as_ref().map(|r| r.augment.clone()).unwrap_or_default() } else { vec![] };
+        let plane = h * w;
         for &i in idx {
             let img = split.images.get(i * per..(i + 1) * per).ok_or_else(|| format!("example {i} is out of range for {}", split.name))?;
             let (mut dy, mut dx, mut flip) = (0i64, 0i64, false);
@@ -188,11 +191,21 @@ impl<B: Backend> Model<B> {
             }
             for ch in 0..c {
                 let (m, s) = (self.mean.get(ch).copied().unwrap_or(0.0), self.std.get(ch).copied().unwrap_or(1.0));
+                let src = &img[ch * plane..(ch + 1) * plane];
+                if dy == 0 && dx == 0 && !flip {
+                    // The common case: the image as it is, normalized.
+                    if m == 0.0 && s == 1.0 {
+                        self.x.extend_from_slice(src);
+                    } else {
+                        self.x.extend(src.iter().map(|v| (v - m) / s));
+                    }
+                    continue;
+                }
                 for yy in 0..h {
                     for xx in 0..w {
                         let sx = if flip { w - 1 - xx } else { xx } as i64 + dx;
                         let sy = yy as i64 + dy;
-                        let v = if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 { 0.0 } else { img[(ch * h + sy as usize) * w + sx as usize] };
+                        let v = if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 { 0.0 } else { src[sy as usize * w + sx as usize] };
                         self.x.push((v - m) / s);
                     }
                 }
@@ -243,31 +256,45 @@ impl<B: Backend> Model<B> {
         let mut bufs = Vec::with_capacity(exe.inputs.len());
         let mut taken = Vec::new();
         for (name, shape) in &exe.inputs {
-            let buf = match name.as_str() {
-                "x" => backend.upload(shape, &self.x),
-                "y" => backend.upload(shape, &self.y),
-                n => match scalars.iter().find(|(s, _)| *s == n) {
-                    Some((_, v)) => backend.upload(&[], &[*v as f32]),
-                    None => {
-                        let t = self.tensors.iter_mut().position(|t| t.name == *n).ok_or_else(|| format!("the step needs `{n}`, which the model lacks"))?;
-                        taken.push(t);
-                        self.tensors[t].buf.take().ok_or_else(|| format!("`{n}` is missing"))
-                            .map_err(nabla_lang::backend::BackendError::Failed)
+            let host: Option<Vec<f32>> = match name.as_str() {
+                "x" => Some(std::mem::take(&mut self.x)),
+                "y" => Some(std::mem::take(&mut self.y)),
+                n => scalars.iter().find(|(s, _)| *s == n).map(|(_, v)| vec![*v as f32]),
+            };
+            let buf = match host {
+                Some(data) => {
+                    // Refill a staged buffer of this input and shape, or make one.
+                    let staged = self.staged.iter().position(|(n, s, _)| n == name && s == shape);
+                    let filled = match staged {
+                        Some(i) => {
+                            let (_, _, mut b) = self.staged.swap_remove(i);
+                            backend.write(&mut b, shape, &data).map(|_| b)
+                        }
+                        None => backend.upload(shape, &data),
+                    };
+                    match name.as_str() {
+                        "x" => self.x = data,
+                        "y" => self.y = data,
+                        _ => {}
                     }
-                },
-            }
-            .map_err(err)?;
+                    filled.map_err(err)?
+                }
+                None => {
+                    let t = self.tensors.iter().position(|t| t.name == *name).ok_or_else(|| format!("the step needs `{name}`, which the model lacks"))?;
+                    taken.push(t);
+                    self.tensors[t].buf.take().ok_or_else(|| format!("`{name}` is missing"))?
+                }
+            };
             bufs.push(buf);
         }
         let result = backend.run(&mut exe.exe, &mut bufs);
-        // Put the state back whatever happened, so a failed step loses nothing.
-        let mut it = bufs.into_iter();
+        // Put state and staged buffers back whatever happened, so a failed step loses nothing.
         let mut k = 0;
-        for (name, _) in &exe.inputs {
-            let Some(buf) = it.next() else { break };
-            if !matches!(name.as_str(), "x" | "y") && !scalars.iter().any(|(s, _)| s == name) {
-                let t = taken[k];
-                self.tensors[t].buf = Some(buf);
+        for ((name, shape), buf) in exe.inputs.iter().zip(bufs) {
+            if matches!(name.as_str(), "x" | "y") || scalars.iter().any(|(s, _)| s == name) {
+                self.staged.push((name.clone(), shape.clone(), buf));
+            } else {
+                self.tensors[taken[k]].buf = Some(buf);
                 k += 1;
             }
         }
