@@ -114,3 +114,27 @@ fn missing_and_corrupt_data_are_errors_naming_the_file() {
     assert_eq!(code, 1);
     assert!(err.contains("train-images-idx3-ubyte: wrong magic number 0x00000809"), "{err}");
 }
+
+#[test]
+fn a_full_recipe_trains() {
+    // AdamW, warmup then cosine decay, label smoothing, random crops, normalization,
+    // evaluation every 2 epochs (and at the end).
+    let d = dir("recipe");
+    let src = "import std.nn.*\nimport std.data.*\nnet Small: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(64, relu)\n  dense(10)\n}\n\
+               let data = mnist()\nlet cfg = TrainConfig { optimizer: adamw(lr: 0.002), batch: 100, epochs: 3, warmup_epochs: 1, schedule: cosine(floor: 0.05),\n  \
+               label_smoothing: 0.1, augment: [random_crop(pad: 2)], normalize_mean: [0.1307], normalize_std: [0.3081], seed: 4, eval_every: 2 }\n\
+               let model = train(Small, data, cfg)\nprint(\"acc {accuracy(model, data.test):.4}\")\n";
+    let (code, out, err) = run(&d, src, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("val accuracy:").count(), 2, "after epochs 2 and 3: {out}");
+    // Warmup ends at the base rate; cosine ends at the floor (0.05 · 0.002).
+    assert!(out.contains("Epoch 1/3: ") && out.contains("lr=0.002000"), "{out}");
+    assert!(out.contains("Epoch 3/3: ") && out.contains("lr=0.000100"), "{out}");
+    let acc: f64 = out.lines().find_map(|l| l.strip_prefix("acc ")).and_then(|x| x.parse().ok()).expect("accuracy");
+    assert!(acc > 0.8, "{acc}");
+    // A bad recipe is an error naming the field.
+    let bad = src.replace("label_smoothing: 0.1", "label_smoothing: 1.5");
+    let (code, _, err) = run(&d, &bad, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("label_smoothing must be in [0, 1), not 1.5"), "{err}");
+}

@@ -8,7 +8,7 @@
 //! never recompiles the step: `lr`, and for Adam the bias-corrected `lr_hat` and `eps_hat`
 //! (computed by the host from the step count).
 
-use crate::check::lower::lower_net_at;
+use crate::check::lower::{lower_net_at, lower_net_loss};
 use crate::check::ty::DType;
 use crate::check::Program;
 use crate::diag::Diagnostic;
@@ -110,7 +110,13 @@ impl Builder<'_> {
 /// inputs `x`, `y`, the scalars of [`Optimizer::scalars`] and the state; outputs `loss`
 /// and `state.*`.
 pub fn train_step(p: &Program, net: &str, batch: usize, loss: &str, opt: &Optimizer, input: Option<&[usize]>) -> Result<Step, Diagnostic> {
-    let l = lower_net_at(p, 0, net, batch, Mode::Train, Some(loss), input)?;
+    train_step_with(p, net, batch, (loss, &[]), opt, input)
+}
+
+/// [`train_step`] with scalar arguments for the loss, by name (`("eps", 0.1)` for
+/// `smoothed_cross_entropy`).
+pub fn train_step_with(p: &Program, net: &str, batch: usize, loss: (&str, &[(&str, f64)]), opt: &Optimizer, input: Option<&[usize]>) -> Result<Step, Diagnostic> {
+    let l = lower_net_loss(p, 0, net, batch, Mode::Train, Some(loss), input)?;
     let lv = l.loss.ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
     let inits = l.inits.clone();
     let params = crate::ad::inputs_of(&l.graph, InputKind::Param);

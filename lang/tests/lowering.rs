@@ -60,3 +60,35 @@ fn the_linear_classifier_runs() {
     let got = vals[l.loss.expect("loss").index()].data[0];
     assert!((got - want).abs() < 1e-12, "{got} vs {want}");
 }
+
+#[test]
+fn label_smoothing_is_pytorchs_and_its_gradient_checks() {
+    // loss = -(1/B) Σ_b Σ_k q_bk log softmax(z_b)_k with q = (1 - eps)·onehot + eps/K.
+    let c = checked("mnist_linear");
+    let eps = 0.1;
+    let l = nabla_lang::check::lower::lower_net_loss(&c.program, 0, "MnistLinear", 3, Mode::Train, Some(("smoothed_cross_entropy", &[("eps", eps)])), None).expect("lowers");
+    let inputs = nabla_lang::gradcheck::random_inputs(&l.graph, 7, 10);
+    let vals = run(&l.graph, &|n, _| inputs.get(n).cloned(), Precision::F64).expect("runs");
+    let loss = vals[l.loss.expect("loss").index()].data[0];
+    let z = &vals[l.output.index()].data;
+    let y = &inputs["y"].data;
+    let mut want = 0.0;
+    for b in 0..3 {
+        let row = &z[b * 10..(b + 1) * 10];
+        let m = row.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        for (k, v) in row.iter().enumerate() {
+            let q = if k as f64 == y[b] { 1.0 - eps } else { 0.0 } + eps / 10.0;
+            want -= q * (v - lse) / 3.0;
+        }
+    }
+    assert!((loss - want).abs() < 1e-12, "{loss} vs {want}");
+    // Its derived backward agrees with central differences.
+    let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
+    let g = nabla_lang::ad::grad(&c.program, &l.graph, l.loss.expect("loss"), &params).expect("grad");
+    let names: Vec<String> = params.iter().filter_map(|v| l.graph.input_name(*v).map(str::to_string)).collect();
+    let found = nabla_lang::gradcheck::check(&l.graph, l.loss.expect("loss"), &g, &names, &inputs, 20, 1).expect("check");
+    for f in found {
+        assert!(f.worst < 1e-6, "{}: {}", f.input, f.worst);
+    }
+}

@@ -265,6 +265,12 @@ pub fn lower_net(p: &super::Program, module: usize, net: &str, batch: usize, mod
 /// [`lower_net`] with the per-example input shape replaced (a smaller image, for
 /// gradient checks of nets whose layers allow it).
 pub fn lower_net_at(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>, input: Option<&[usize]>) -> Result<Lowered, Diagnostic> {
+    lower_net_loss(p, module, net, batch, mode, loss.map(|l| (l, &[][..])), input)
+}
+
+/// [`lower_net_at`] with scalar arguments for the loss, passed by name after the logits
+/// and labels (`smoothed_cross_entropy` with `eps`).
+pub fn lower_net_loss(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<(&str, &[(&str, f64)])>, input: Option<&[usize]>) -> Result<Lowered, Diagnostic> {
     let id = p.lookup(module, net).ok_or_else(|| lower_error(format!("no net `{net}`")))?;
     let Some(crate::syntax::ast::Item { kind: crate::syntax::ast::ItemKind::Net(decl), .. }) = p.item_ast(id) else {
         return Err(lower_error(format!("`{net}` is not a net")).primary(p.items[id].span, "defined here"));
@@ -276,10 +282,21 @@ pub fn lower_net_at(p: &super::Program, module: usize, net: &str, batch: usize, 
     cx.lower = Some(lowering);
     let (info, out) = cx.check_net_lowered(p.items[id].module, decl);
     let mut loss_val = None;
-    if let (Some(loss), Ty::Tensor(_, dims, Some(_))) = (loss, &out) {
+    if let (Some((loss, loss_args)), Ty::Tensor(_, dims, Some(_))) = (loss, &out) {
         let y_dims = vec![dims[0].clone()];
         let y = cx.emit(Op::Input { name: "y".into(), kind: crate::ir::InputKind::Label }, &[], DType::I32, &y_dims);
-        let l = cx.call_named(p.items[id].module, loss, vec![out.clone(), Ty::Tensor(DType::I32, y_dims, y)]);
+        let labels = Ty::Tensor(DType::I32, y_dims, y);
+        let l = if loss_args.is_empty() {
+            cx.call_named(p.items[id].module, loss, vec![out.clone(), labels])
+        } else {
+            let m = p.items[id].module;
+            let Some(fid) = p.lookup(m, loss).or_else(|| p.module_by_path("std.nn").and_then(|n| p.modules[n].defs.get(loss).copied())) else {
+                return Err(lower_error(format!("no loss function `{loss}`")));
+            };
+            let mut args = vec![(None, out.clone()), (None, labels)];
+            args.extend(loss_args.iter().map(|(n, v)| (Some(n.to_string()), Ty::Float(Some(*v)))));
+            cx.call_with(fid, args)
+        };
         match l {
             Ty::Tensor(_, d, Some(v)) if d.is_empty() => loss_val = Some(v),
             other => {

@@ -244,4 +244,54 @@ mod tests {
         let e = gunzip_if_needed(vec![0x1f, 0x8b, 1, 2, 3], "g.gz").expect_err("bad gzip");
         assert!(e.starts_with("g.gz: not a valid gzip file"), "{e}");
     }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nabla-data-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    #[test]
+    fn cifar_records_are_read_and_checked() {
+        let d = scratch("cifar");
+        let record = |label: u8, v: u8| -> Vec<u8> { std::iter::once(label).chain(std::iter::repeat_n(v, 3072)).collect() };
+        for i in 1..=5 {
+            let bytes: Vec<u8> = [record(i, 255), record(0, 0)].concat();
+            std::fs::write(d.join(format!("data_batch_{i}.bin")), bytes).expect("write");
+        }
+        std::fs::write(d.join("test_batch.bin"), record(9, 51)).expect("write");
+        let (train, test) = cifar10(&d).expect("cifar");
+        assert_eq!((train.len(), test.len(), train.shape), (10, 1, [3, 32, 32]));
+        assert_eq!(&train.labels[..4], &[1, 0, 2, 0]);
+        assert_eq!((train.images[0], train.images[3072], test.images[5]), (1.0, 0.0, 0.2));
+        std::fs::write(d.join("test_batch.bin"), &record(9, 51)[..100]).expect("write");
+        let e = cifar10(&d).expect_err("truncated");
+        assert!(e.contains("test_batch.bin: 100 bytes is not a whole number of CIFAR-10 records"), "{e}");
+    }
+
+    #[test]
+    fn image_folders_are_read_resized_and_labelled_by_sorted_class() {
+        let d = scratch("folder");
+        let png = |path: &Path, rgb: [u8; 3]| {
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            let f = std::fs::File::create(path).expect("create");
+            let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 2, 2);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut w = enc.write_header().expect("header");
+            w.write_image_data(&rgb.repeat(4)).expect("pixels");
+        };
+        png(&d.join("train/dog/a.png"), [255, 0, 0]);
+        png(&d.join("train/cat/b.png"), [0, 255, 0]);
+        png(&d.join("val/dog/c.png"), [0, 0, 255]);
+        let (train, val) = image_folder(&d, 4).expect("folder");
+        assert_eq!((train.len(), val.len(), train.shape, train.classes), (2, 1, [3, 4, 4], 2));
+        // Classes in sorted order: cat = 0, dog = 1.
+        assert_eq!(train.labels, vec![0, 1]);
+        // The cat image is green everywhere after resizing: channel 1 is 1.0, others 0.
+        assert!(train.images[..16].iter().all(|v| *v == 0.0) && train.images[16..32].iter().all(|v| *v == 1.0));
+        std::fs::write(d.join("val/dog/d.jpg"), b"not a png").expect("write");
+        let e = image_folder(&d, 4).expect_err("jpeg");
+        assert!(e.contains("d.jpg: only PNG images are supported"), "{e}");
+    }
 }

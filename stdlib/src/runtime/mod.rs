@@ -189,8 +189,9 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
         if float(o("clip_norm")?) != 0.0 {
             return Err("gradient clipping (`clip_norm`) is not supported by the compiled step yet".into());
         }
-        if float(f("label_smoothing")?) != 0.0 {
-            return Err("label smoothing is not supported by the compiled step yet".into());
+        let smoothing = float(f("label_smoothing")?);
+        if !(0.0..1.0).contains(&smoothing) {
+            return Err(format!("label_smoothing must be in [0, 1), not {smoothing}"));
         }
         let optimizer = model::optimizer(&kind, float(o("momentum")?), o("nesterov")? != 0, float(o("beta1")?), float(o("beta2")?), float(o("eps")?), float(o("weight_decay")?), o("decoupled")? != 0)?;
         let mut augment = Vec::new();
@@ -211,7 +212,7 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
         let m = Self::model(heap, model)?;
         m.mean = mean;
         m.std = std;
-        m.set_recipe(Recipe { optimizer, augment, seed });
+        m.set_recipe(Recipe { optimizer, smoothing, augment, seed });
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use nabla_lang::check::lower::{lower_net_at, InitSpec};
 use nabla_lang::check::Program;
 use nabla_lang::interp::uniform;
 use nabla_lang::ir::{InputKind, Mode};
-use nabla_lang::step::{eval_step, train_step, Optimizer, Update};
+use nabla_lang::step::{eval_step, train_step_with, Optimizer, Update};
 
 use super::data::Split;
 
@@ -54,6 +54,8 @@ pub enum Augment {
 #[derive(Clone, Debug)]
 pub struct Recipe {
     pub optimizer: Optimizer,
+    /// Label smoothing (0: none): the step's loss is `smoothed_cross_entropy`.
+    pub smoothing: f64,
     pub augment: Vec<Augment>,
     pub seed: u64,
 }
@@ -158,7 +160,7 @@ impl<B: Backend> Model<B> {
 
     /// Sets the recipe for training (a new optimizer recompiles the steps).
     pub fn set_recipe(&mut self, recipe: Recipe) {
-        if self.recipe.as_ref().map(|r| r.optimizer) != Some(recipe.optimizer) {
+        if self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing)) != Some((recipe.optimizer, recipe.smoothing)) {
             self.train.clear();
         }
         self.rng = recipe.seed ^ 0x5eed;
@@ -230,7 +232,9 @@ impl<B: Backend> Model<B> {
         self.gather(split, idx, true)?;
         let b = idx.len();
         if !self.train.contains_key(&b) {
-            let step = train_step(p, &self.net, b, LOSS, &recipe.optimizer, Some(&split.shape)).map_err(|d| d.message)?;
+            let eps = [("eps", recipe.smoothing)];
+            let loss = if recipe.smoothing > 0.0 { ("smoothed_cross_entropy", &eps[..]) } else { (LOSS, &[][..]) };
+            let step = train_step_with(p, &self.net, b, loss, &recipe.optimizer, Some(&split.shape)).map_err(|d| d.message)?;
             for slot in &step.slots {
                 if !self.tensors.iter().any(|t| t.name == *slot) {
                     let shape = step.graph.inputs().find(|(_, n, _)| n == slot).map(|(v, _, _)| step.graph.node(v).shape.clone()).unwrap_or_default();
