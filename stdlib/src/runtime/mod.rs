@@ -35,6 +35,9 @@ pub struct Options {
 /// What each builtin of the program is.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Native {
+    /// An operation of the host runtime itself (`__str_concat`, `__math_cos`, ...): the
+    /// host compiler's runtime answers it, so it never reaches these builtins.
+    Core,
     Print,
     Mnist,
     FashionMnist,
@@ -123,7 +126,7 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
         let mut bound = Vec::new();
         for b in &prog.builtins {
             if b.name.starts_with("__") {
-                bound.push(Native::Print);
+                bound.push(Native::Core);
                 continue;
             }
             bound.push(Native::of(&b.name).ok_or_else(|| format!("`extern fn {}` has no native implementation in this runtime", b.name))?);
@@ -246,6 +249,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
         let ret = self.prog.builtins.get(id).map(|b| b.ret.clone()).unwrap_or(HTy::Unit);
         use Native::*;
         match native {
+            Core => Err(format!("`{}` belongs to the host runtime", self.prog.builtins.get(id).map_or("", |b| b.name.as_str()))),
             Print => {
                 println!("{}", heap.str(a[0])?);
                 Ok(0)
