@@ -17,9 +17,8 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use cranelift_codegen::ir::{condcodes::FloatCC, condcodes::IntCC, types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, UserFuncName, Value};
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
-use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_jit::JITModule;
 use cranelift_module::{FuncId as ClifFuncId, Linkage, Module};
 use nabla_lang::host::heap::{Builtins, Heap, Object};
 use nabla_lang::host::{HExpr, HKind, HTy, HostProgram, Piece, SiteId, Word};
@@ -138,12 +137,7 @@ fn value_type(t: &HTy) -> types::Type {
 /// Compiles every function of `prog`; string literals and nets are allocated in `heap`.
 pub fn compile(prog: &HostProgram, heap: &mut Heap) -> Result<Compiled, String> {
     let t0 = std::time::Instant::now();
-    let mut flags = settings::builder();
-    flags.set("use_colocated_libcalls", "false").map_err(jit_error)?;
-    flags.set("is_pic", "false").map_err(jit_error)?;
-    flags.set("opt_level", "speed").map_err(jit_error)?;
-    let isa = cranelift_native::builder().map_err(jit_error)?.finish(settings::Flags::new(flags)).map_err(jit_error)?;
-    let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    let mut jb = crate::fuse::native_builder().map_err(jit_error)?;
     let rt = runtime_fns();
     for (name, f, _, _) in &rt {
         jb.symbol(*name, *f);
@@ -430,66 +424,26 @@ impl Emitter<'_, '_, '_> {
                 let n = self.expr(end)?;
                 self.b.def_var(self.vars[*var], s);
                 self.b.def_var(self.vars[*end_slot], n);
-                let head = self.b.create_block();
-                let step = self.b.create_block();
-                let exit = self.b.create_block();
-                let inner = self.b.create_block();
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(head);
-                let (i, n) = (self.b.use_var(self.vars[*var]), self.b.use_var(self.vars[*end_slot]));
-                let c = self.b.ins().icmp(IntCC::SignedLessThan, i, n);
-                self.b.ins().brif(c, inner, &[], exit, &[]);
-                self.b.switch_to_block(inner);
-                self.loops.push((step, exit));
-                let done = self.expr(body);
-                self.loops.pop();
-                if done.is_some() {
-                    self.b.ins().jump(step, &[]);
-                }
-                self.b.switch_to_block(step);
-                let i = self.b.use_var(self.vars[*var]);
-                let i1 = self.b.ins().iadd_imm_s(i, 1);
-                self.b.def_var(self.vars[*var], i1);
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(exit);
-                self.int(0)
+                self.counted_loop(*var, *end_slot, body, |_| Some(()))?
             }
-            HKind::ForList { var, list_slot, index_slot, list, body, site } => {
+            HKind::ForList { var, list_slot, index_slot, end_slot, list, body, site } => {
+                // Lists are immutable: the length is read once.
                 let l = self.expr(list)?;
                 self.b.def_var(self.vars[*list_slot], l);
+                let ctx = self.ctx();
+                let n = self.call_rt("rt_len", &[ctx, l])?;
+                self.b.def_var(self.vars[*end_slot], n);
                 let z = self.int(0);
                 self.b.def_var(self.vars[*index_slot], z);
-                let head = self.b.create_block();
-                let step = self.b.create_block();
-                let exit = self.b.create_block();
-                let inner = self.b.create_block();
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(head);
-                let (ctx, l) = (self.ctx(), self.b.use_var(self.vars[*list_slot]));
-                let n = self.call_rt("rt_len", &[ctx, l])?;
-                let i = self.b.use_var(self.vars[*index_slot]);
-                let c = self.b.ins().icmp(IntCC::SignedLessThan, i, n);
-                self.b.ins().brif(c, inner, &[], exit, &[]);
-                self.b.switch_to_block(inner);
-                let site = self.int(*site as i64);
-                let w = self.call_rt("rt_index", &[ctx, l, i, site])?;
-                self.check_failed();
                 let HTy::List(elem) = &list.ty else { return Some(self.int(0)) };
-                let v = self.from_word(w, elem);
-                self.b.def_var(self.vars[*var], v);
-                self.loops.push((step, exit));
-                let done = self.expr(body);
-                self.loops.pop();
-                if done.is_some() {
-                    self.b.ins().jump(step, &[]);
-                }
-                self.b.switch_to_block(step);
-                let i = self.b.use_var(self.vars[*index_slot]);
-                let i1 = self.b.ins().iadd_imm_s(i, 1);
-                self.b.def_var(self.vars[*index_slot], i1);
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(exit);
-                self.int(0)
+                self.counted_loop(*index_slot, *end_slot, body, |e| {
+                    let (l, i, site) = (e.b.use_var(e.vars[*list_slot]), e.b.use_var(e.vars[*index_slot]), e.int(*site as i64));
+                    let w = e.call_rt("rt_index", &[ctx, l, i, site])?;
+                    e.check_failed();
+                    let v = e.from_word(w, elem);
+                    e.b.def_var(e.vars[*var], v);
+                    Some(())
+                })?
             }
             HKind::Block(items) => {
                 let mut last = self.int(0);
@@ -514,6 +468,35 @@ impl Emitter<'_, '_, '_> {
             }
             HKind::Format(pieces) => return self.format(pieces),
         })
+    }
+
+    /// `while counter < end { enter; body; counter += 1 }` with `continue` going to the
+    /// increment; both slots are set by the caller.
+    fn counted_loop(&mut self, counter: usize, end: usize, body: &HExpr, enter: impl FnOnce(&mut Self) -> Option<()>) -> Option<Value> {
+        let head = self.b.create_block();
+        let step = self.b.create_block();
+        let exit = self.b.create_block();
+        let inner = self.b.create_block();
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(head);
+        let (i, n) = (self.b.use_var(self.vars[counter]), self.b.use_var(self.vars[end]));
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, n);
+        self.b.ins().brif(c, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        enter(self)?;
+        self.loops.push((step, exit));
+        let done = self.expr(body);
+        self.loops.pop();
+        if done.is_some() {
+            self.b.ins().jump(step, &[]);
+        }
+        self.b.switch_to_block(step);
+        let i = self.b.use_var(self.vars[counter]);
+        let i1 = self.b.ins().iadd_imm_s(i, 1);
+        self.b.def_var(self.vars[counter], i1);
+        self.b.ins().jump(head, &[]);
+        self.b.switch_to_block(exit);
+        Some(self.int(0))
     }
 
     fn format(&mut self, pieces: &[Piece]) -> Option<Value> {
@@ -703,34 +686,34 @@ fn args<'a>(ptr: *const u64, n: i64) -> &'a [u64] {
 extern "C" fn rt_builtin(ctx: *mut u8, id: i64, ptr: *const u64, n: i64, site: i64) -> i64 {
     // SAFETY: see `cx`.
     let c = unsafe { cx(ctx) };
-    let a = args(ptr, n).to_vec();
+    let a = args(ptr, n);
     let Some(decl) = c.prog.builtins.get(id as usize) else {
         c.fail(format!("no builtin {id}"), site as u64);
         return 0;
     };
-    let result = match decl.name.as_str() {
-        "__str_concat" => (|| -> Result<Word, String> {
-            let s = format!("{}{}", c.heap.str(a[0])?, c.heap.str(a[1])?);
-            Ok(c.heap.string(s))
-        })(),
-        "__str_eq" => (|| Ok(Word::from(c.heap.str(a[0])? == c.heap.str(a[1])?)))(),
+    let arg = |i: usize| a.get(i).copied().ok_or_else(|| format!("`{}` was given {} arguments", decl.name, a.len()));
+    let (heap, builtins) = (&mut *c.heap, &mut *c.builtins);
+    let result = catch_unwind(AssertUnwindSafe(|| match decl.name.as_str() {
+        "__str_concat" => {
+            let s = format!("{}{}", heap.str(arg(0)?)?, heap.str(arg(1)?)?);
+            Ok(heap.string(s))
+        }
+        "__str_eq" => Ok(Word::from(heap.str(arg(0)?)? == heap.str(arg(1)?)?)),
         "__int" => {
-            let x = f64::from_bits(a[0]);
+            let x = f64::from_bits(arg(0)?);
             if x.is_finite() { Ok(x.trunc() as i64 as Word) } else { Err(format!("cannot convert {x} to an int")) }
         }
-        "__echo" => (|| {
-            println!("{}", c.heap.str(a[0])?);
+        "__echo" => {
+            println!("{}", heap.str(arg(0)?)?);
             Ok(0)
-        })(),
-        m if m.starts_with("__math_") => math(&m[7..], &a).map(f64::to_bits),
-        _ => {
-            let (heap, builtins) = (&mut *c.heap, &mut *c.builtins);
-            catch_unwind(AssertUnwindSafe(|| builtins.call(id as usize, heap, &a))).unwrap_or_else(|p| {
-                let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                Err(format!("internal error in `{}`: {why}", decl.name))
-            })
         }
-    };
+        m if m.starts_with("__math_") => math(&m[7..], a).map(f64::to_bits),
+        _ => builtins.call(id as usize, heap, a),
+    }))
+    .unwrap_or_else(|p| {
+        let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        Err(format!("internal error in `{}`: {why}", decl.name))
+    });
     match result {
         Ok(w) => w as i64,
         Err(m) => {

@@ -254,6 +254,19 @@ pub struct Lowered {
     pub inits: Vec<(String, InitSpec)>,
 }
 
+/// The lowering done by `cx`, or why it failed: the checker's first error, else the
+/// first lowering failure.
+fn finish(cx: &mut Cx) -> Result<Lowering, Diagnostic> {
+    if let Some(d) = cx.take_errors().into_iter().next() {
+        return Err(d);
+    }
+    let mut lowering = cx.lower.take().unwrap_or_default();
+    match lowering.failure.take() {
+        Some(f) => Err(f),
+        None => Ok(lowering),
+    }
+}
+
 /// Lowers net `net` of module `module` for a batch of `batch`, in `mode`; with `loss`
 /// (the name of a function `loss(logits, labels: i32[B])`), appends the loss of a batch of
 /// integer labels, named input `y`. Outputs: `logits`, `loss`, and `state.<name>` for every
@@ -306,13 +319,7 @@ pub fn lower_net_loss(p: &super::Program, module: usize, net: &str, batch: usize
         }
     }
     // A net that does not check says why, with the checker's own diagnostic.
-    if let Some(d) = cx.take_errors().into_iter().next() {
-        return Err(d);
-    }
-    let mut lowering = cx.lower.take().unwrap_or_default();
-    if let Some(f) = lowering.failure {
-        return Err(f);
-    }
+    let mut lowering = finish(&mut cx)?;
     let Ty::Tensor(_, _, Some(output)) = out else {
         return Err(lower_error(format!("`{net}` gave no value")).primary(p.items[id].span, "this net"));
     };
@@ -394,13 +401,7 @@ pub fn lower_call(p: &super::Program, module: usize, name: &str, inputs: &[CallI
     }
     args.extend(attrs.iter().map(|(n, t)| (Some(n.clone()), t.clone())));
     let out = cx.call_with(id, args);
-    if let Some(d) = cx.take_errors().into_iter().next() {
-        return Err(d);
-    }
-    let mut lowering = cx.lower.take().unwrap_or_default();
-    if let Some(f) = lowering.failure {
-        return Err(f);
-    }
+    let mut lowering = finish(&mut cx)?;
     let Ty::Tensor(_, _, Some(output)) = out else {
         return Err(lower_error(format!("`{name}` gave no tensor")).primary(p.items[id].span, "this function"));
     };

@@ -298,12 +298,13 @@ impl Lowerer<'_> {
         };
         let list_slot = cx.slot(list.ty.clone());
         let index_slot = cx.slot(HTy::Int);
+        let end_slot = cx.slot(HTy::Int);
         cx.scopes.push(HashMap::new());
         let v = cx.bind(&var.name, *elem);
         let b = self.block(cx, body);
         cx.scopes.pop();
         let site = self.site(iter.span);
-        HExpr::new(HKind::ForList { var: v, list_slot, index_slot, list: Box::new(list), body: Box::new(b), site }, HTy::Unit, span)
+        HExpr::new(HKind::ForList { var: v, list_slot, index_slot, end_slot, list: Box::new(list), body: Box::new(b), site }, HTy::Unit, span)
     }
 
     // ------------------------------------------------------------------ expressions

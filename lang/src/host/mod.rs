@@ -151,8 +151,9 @@ pub enum HKind {
     While(Box<HExpr>, Box<HExpr>),
     /// `for var in start..end { body }`; `end` is evaluated once.
     ForRange { var: LocalId, end_slot: LocalId, start: Box<HExpr>, end: Box<HExpr>, body: Box<HExpr> },
-    /// `for var in list { body }`, with hidden slots for the list and the position.
-    ForList { var: LocalId, list_slot: LocalId, index_slot: LocalId, list: Box<HExpr>, body: Box<HExpr>, site: SiteId },
+    /// `for var in list { body }`, with hidden slots for the list, the position and the
+    /// length (read once: lists are immutable).
+    ForList { var: LocalId, list_slot: LocalId, index_slot: LocalId, end_slot: LocalId, list: Box<HExpr>, body: Box<HExpr>, site: SiteId },
     /// Statements; the value is the last one's (or `()` when the type is `()`).
     Block(Vec<HExpr>),
     Return(Option<Box<HExpr>>),
@@ -164,14 +165,6 @@ pub enum HKind {
 impl HExpr {
     pub fn new(kind: HKind, ty: HTy, span: Span) -> HExpr {
         HExpr { kind, ty, span }
-    }
-    /// Whether control can never continue after this expression.
-    pub fn diverges(&self) -> bool {
-        match &self.kind {
-            HKind::Return(_) | HKind::Break | HKind::Continue => true,
-            HKind::Block(items) => items.iter().any(HExpr::diverges),
-            _ => false,
-        }
     }
 }
 

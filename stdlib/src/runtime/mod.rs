@@ -220,16 +220,21 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
     }
 }
 
+/// The next number of a splitmix64 stream (shuffles and augmentation draw from it).
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A shuffled `0..n` by Fisher–Yates with a seeded splitmix64.
 pub fn shuffle(n: usize, seed: u64) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
     let mut s = seed;
     for i in (1..n).rev() {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        let z = splitmix64(&mut s);
         v.swap(i, (z % (i as u64 + 1)) as usize);
     }
     v
@@ -336,7 +341,9 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 b.loss += float(a[1]);
                 b.n += 1;
                 b.bar.inc(1);
-                b.bar.set_message(format!("{} loss={:.4}", b.label, b.loss / b.n as f64));
+                if !b.bar.is_hidden() {
+                    b.bar.set_message(format!("{} loss={:.4}", b.label, b.loss / b.n as f64));
+                }
                 Ok(0)
             }
             Finish => {

@@ -9,6 +9,7 @@ use std::path::Path;
 use nabla_lang::backend::Backend;
 use nabla_lang::check::lower::{lower_net_at, InitSpec};
 use nabla_lang::check::Program;
+use nabla_lang::gradcheck::normal;
 use nabla_lang::interp::uniform;
 use nabla_lang::ir::{InputKind, Mode};
 use nabla_lang::step::{eval_step, train_step_with, Optimizer, Update};
@@ -35,10 +36,26 @@ struct Tensor<B: Backend> {
     buf: Option<B::Buffer>,
 }
 
-/// A compiled step and the names and shapes of its inputs, in order.
+/// Where one input of a compiled step comes from, resolved when it is compiled (so a step
+/// looks nothing up by name).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Feed {
+    /// The assembled batch: images `x`.
+    Images,
+    /// The assembled batch: labels `y`.
+    Labels,
+    /// The optimizer's scalar number `k` (see `Optimizer::scalars`).
+    Scalar(usize),
+    /// The model's tensor number `k`.
+    Tensor(usize),
+}
+
+/// A compiled step, where each input comes from and its shape, and the buffers its batch
+/// and scalar inputs are refilled into every step (so a step allocates nothing).
 struct Exe<B: Backend> {
     exe: B::Executable,
-    inputs: Vec<(String, Vec<usize>)>,
+    inputs: Vec<(Feed, Vec<usize>)>,
+    staged: Vec<Option<B::Buffer>>,
 }
 
 /// A data augmentation, from the recipe.
@@ -81,15 +98,7 @@ pub struct Model<B: Backend> {
     /// The batch being assembled (reused: no allocation per step).
     x: Vec<f32>,
     y: Vec<f32>,
-    /// Device buffers for batches and scalars, by input name and shape, refilled each step.
-    staged: Vec<(String, Vec<usize>, B::Buffer)>,
     rng: u64,
-}
-
-fn normal(seed: u64, i: u64) -> f64 {
-    let u1 = uniform(seed, 2 * i).max(1e-300);
-    let u2 = uniform(seed, 2 * i + 1);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// `n` values drawn by `spec` with `seed`.
@@ -155,7 +164,7 @@ impl<B: Backend> Model<B> {
             let buf = backend.upload(&shape, &data).map_err(err)?;
             tensors.push(Tensor { name: name.to_string(), shape, role, buf: Some(buf) });
         }
-        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], staged: vec![], rng: seed })
+        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], rng: seed })
     }
 
     /// Sets the recipe for training (a new optimizer recompiles the steps).
@@ -217,24 +226,19 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// splitmix64.
     fn next(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        super::splitmix64(&mut self.rng)
     }
 
     /// One optimizer step on examples `idx` of `split` at rate `lr`; returns the loss.
     pub fn train_step(&mut self, p: &Program, backend: &B, split: &Split, idx: &[usize], lr: f64) -> Result<f64, String> {
-        let recipe = self.recipe.clone().ok_or("the model has no training recipe")?;
+        let (optimizer, smoothing) = self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing)).ok_or("the model has no training recipe")?;
         self.gather(split, idx, true)?;
         let b = idx.len();
         if !self.train.contains_key(&b) {
-            let eps = [("eps", recipe.smoothing)];
-            let loss = if recipe.smoothing > 0.0 { ("smoothed_cross_entropy", &eps[..]) } else { (LOSS, &[][..]) };
-            let step = train_step_with(p, &self.net, b, loss, &recipe.optimizer, Some(&split.shape)).map_err(|d| d.message)?;
+            let eps = [("eps", smoothing)];
+            let loss = if smoothing > 0.0 { ("smoothed_cross_entropy", &eps[..]) } else { (LOSS, &[][..]) };
+            let step = train_step_with(p, &self.net, b, loss, &optimizer, Some(&split.shape)).map_err(|d| d.message)?;
             for slot in &step.slots {
                 if !self.tensors.iter().any(|t| t.name == *slot) {
                     let shape = step.graph.inputs().find(|(_, n, _)| n == slot).map(|(v, _, _)| step.graph.node(v).shape.clone()).unwrap_or_default();
@@ -242,69 +246,88 @@ impl<B: Backend> Model<B> {
                     self.tensors.push(Tensor { name: slot.clone(), shape, role: Role::Slot, buf: Some(buf) });
                 }
             }
-            let exe = backend.compile(&step.graph).map_err(err)?;
-            let inputs = step.graph.inputs().map(|(v, n, _)| (n.to_string(), step.graph.node(v).shape.clone())).collect();
-            self.train.insert(b, Exe { exe, inputs });
+            let names: Vec<&str> = optimizer.scalars(0.0, 1).iter().map(|(n, _)| *n).collect();
+            let exe = self.prepare_exe(backend, &step.graph, &names)?;
+            self.train.insert(b, exe);
         }
         self.steps += 1;
-        let scalars = recipe.optimizer.scalars(lr, self.steps);
+        let scalars: Vec<f64> = optimizer.scalars(lr, self.steps).iter().map(|(_, v)| *v).collect();
         let out = self.run(backend, true, b, &scalars)?;
         Ok(out[0])
     }
 
+    /// Compiles `g` and resolves where each of its inputs comes from.
+    fn prepare_exe(&self, backend: &B, g: &nabla_lang::ir::Graph, scalars: &[&str]) -> Result<Exe<B>, String> {
+        let mut inputs = Vec::new();
+        for (v, name, _) in g.inputs() {
+            let feed = match name {
+                "x" => Feed::Images,
+                "y" => Feed::Labels,
+                n => match scalars.iter().position(|s| *s == n) {
+                    Some(k) => Feed::Scalar(k),
+                    None => Feed::Tensor(self.tensors.iter().position(|t| t.name == n).ok_or_else(|| format!("the step needs `{n}`, which the model lacks"))?),
+                },
+            };
+            inputs.push((feed, g.node(v).shape.clone()));
+        }
+        let exe = backend.compile(g).map_err(err)?;
+        let staged = inputs.iter().map(|_| None).collect();
+        Ok(Exe { exe, inputs, staged })
+    }
+
     /// Runs the train (or eval) step for batch `b` on the gathered batch; returns its
     /// non-state outputs, downloaded.
-    fn run(&mut self, backend: &B, train: bool, b: usize, scalars: &[(&str, f64)]) -> Result<Vec<f64>, String> {
-        let exes = if train { &mut self.train } else { &mut self.eval };
-        let exe = exes.get_mut(&b).ok_or("no compiled step")?;
+    fn run(&mut self, backend: &B, train: bool, b: usize, scalars: &[f64]) -> Result<Vec<f64>, String> {
+        let Model { train: train_exes, eval: eval_exes, tensors, x, y, .. } = self;
+        let exe = if train { train_exes.get_mut(&b) } else { eval_exes.get_mut(&b) }.ok_or("no compiled step")?;
         let mut bufs = Vec::with_capacity(exe.inputs.len());
-        let mut taken = Vec::new();
-        for (name, shape) in &exe.inputs {
-            let host: Option<Vec<f32>> = match name.as_str() {
-                "x" => Some(std::mem::take(&mut self.x)),
-                "y" => Some(std::mem::take(&mut self.y)),
-                n => scalars.iter().find(|(s, _)| *s == n).map(|(_, v)| vec![*v as f32]),
-            };
-            let buf = match host {
-                Some(data) => {
-                    // Refill a staged buffer of this input and shape, or make one.
-                    let staged = self.staged.iter().position(|(n, s, _)| n == name && s == shape);
-                    let filled = match staged {
-                        Some(i) => {
-                            let (_, _, mut b) = self.staged.swap_remove(i);
-                            backend.write(&mut b, shape, &data).map(|_| b)
-                        }
-                        None => backend.upload(shape, &data),
-                    };
-                    match name.as_str() {
-                        "x" => self.x = data,
-                        "y" => self.y = data,
-                        _ => {}
+        let mut failed = None;
+        for (i, (feed, shape)) in exe.inputs.iter().enumerate() {
+            let one;
+            let data: &[f32] = match feed {
+                Feed::Images => x,
+                Feed::Labels => y,
+                Feed::Scalar(k) => {
+                    one = [scalars.get(*k).copied().unwrap_or(f64::NAN) as f32];
+                    &one
+                }
+                Feed::Tensor(t) => match tensors[*t].buf.take() {
+                    Some(buf) => {
+                        bufs.push(buf);
+                        continue;
                     }
-                    filled.map_err(err)?
-                }
-                None => {
-                    let t = self.tensors.iter().position(|t| t.name == *name).ok_or_else(|| format!("the step needs `{name}`, which the model lacks"))?;
-                    taken.push(t);
-                    self.tensors[t].buf.take().ok_or_else(|| format!("`{name}` is missing"))?
-                }
+                    None => {
+                        failed = Some(format!("`{}` is missing", tensors[*t].name));
+                        break;
+                    }
+                },
             };
-            bufs.push(buf);
-        }
-        let result = backend.run(&mut exe.exe, &mut bufs);
-        // Put state and staged buffers back whatever happened, so a failed step loses nothing.
-        let mut k = 0;
-        for ((name, shape), buf) in exe.inputs.iter().zip(bufs) {
-            if matches!(name.as_str(), "x" | "y") || scalars.iter().any(|(s, _)| s == name) {
-                self.staged.push((name.clone(), shape.clone(), buf));
-            } else {
-                self.tensors[taken[k]].buf = Some(buf);
-                k += 1;
+            // Refill this input's staged buffer, or make it the first time.
+            let filled = match exe.staged[i].take() {
+                Some(mut buf) => backend.write(&mut buf, shape, data).map(|_| buf),
+                None => backend.upload(shape, data),
+            };
+            match filled {
+                Ok(buf) => bufs.push(buf),
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
             }
         }
-        let outs = result.map_err(err)?;
+        let result = match failed {
+            None => backend.run(&mut exe.exe, &mut bufs).map_err(err),
+            Some(e) => Err(e),
+        };
+        // Put state and staged buffers back whatever happened, so a failed step loses nothing.
+        for (i, ((feed, _), buf)) in exe.inputs.iter().zip(bufs).enumerate() {
+            match feed {
+                Feed::Tensor(t) => tensors[*t].buf = Some(buf),
+                _ => exe.staged[i] = Some(buf),
+            }
+        }
         let mut values = Vec::new();
-        for o in &outs {
+        for o in &result? {
             values.push(backend.download(o).map_err(err)?.first().copied().unwrap_or(f32::NAN) as f64);
         }
         Ok(values)
@@ -321,9 +344,8 @@ impl<B: Backend> Model<B> {
             self.gather(split, &idx, false)?;
             if !self.eval.contains_key(&b) {
                 let g = eval_step(p, &self.net, b, LOSS, Some(&split.shape)).map_err(|d| d.message)?;
-                let exe = backend.compile(&g).map_err(err)?;
-                let inputs = g.inputs().map(|(v, n, _)| (n.to_string(), g.node(v).shape.clone())).collect();
-                self.eval.insert(b, Exe { exe, inputs });
+                let exe = self.prepare_exe(backend, &g, &[])?;
+                self.eval.insert(b, exe);
             }
             let out = self.run(backend, false, b, &[])?;
             loss += out[0] * b as f64;
