@@ -138,7 +138,7 @@ impl Session {
                 return;
             }
         };
-        let result = Runtime::new(&checked.program, &prog, &self.backend, self.options.clone()).and_then(|mut rt| {
+        let result = Runtime::new(&checked.program, &prog, &self.backend, self.options.clone()).map_err(|d| crate::render_diag(&checked, &d)).and_then(|mut rt| {
             let compiled = nabla_jit::host::compile(&prog, &mut self.heap)?;
             compiled.run(&prog, &mut self.heap, &mut rt, &mut self.globals).map_err(|e| {
                 let mut d = nabla_lang::Diagnostic::error("E0701", e.message.clone());

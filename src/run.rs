@@ -31,7 +31,7 @@ pub fn run(checked: &Checked, device: Device, data: Option<PathBuf>) -> Result<(
 
 fn go<B: Backend + 'static>(checked: &Checked, prog: &nabla_lang::host::HostProgram, backend: &B, options: Options) -> Result<(), String> {
     let mut heap = Heap::default();
-    let mut runtime = Runtime::new(&checked.program, prog, backend, options)?;
+    let mut runtime = Runtime::new(&checked.program, prog, backend, options).map_err(|d| crate::render_diag(checked, &d))?;
     nabla_jit::host::run(prog, &mut heap, &mut runtime).map_err(|e| {
         let d = Diagnostic::error("E0701", e.message.clone());
         let mut d = match e.span {

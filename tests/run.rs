@@ -138,3 +138,12 @@ fn a_full_recipe_trains() {
     assert_eq!(code, 1);
     assert!(err.contains("label_smoothing must be in [0, 1), not 1.5"), "{err}");
 }
+
+#[test]
+fn an_extern_fn_without_an_implementation_is_refused_before_running() {
+    let d = dir("extern");
+    let (code, out, err) = run(&d, "print(\"first\")\nextern fn beep(n: int) -> int\nprint(beep(3))\n", &[]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "nothing runs: {out}");
+    assert!(err.contains("[E0702] Error: `extern fn beep` has no native implementation") && err.contains("print(beep(3))"), "{err}");
+}

@@ -588,7 +588,7 @@ impl Lowerer<'_> {
         let id = match self.prog.builtin(name) {
             Some(id) => id,
             None => {
-                self.prog.builtins.push(BuiltinDecl { name: name.to_string(), params, ret: ret.clone() });
+                self.prog.builtins.push(BuiltinDecl { name: name.to_string(), params, ret: ret.clone(), span });
                 self.prog.builtins.len() - 1
             }
         };

@@ -187,6 +187,8 @@ pub struct BuiltinDecl {
     pub name: String,
     pub params: Vec<HTy>,
     pub ret: HTy,
+    /// Its first call, for an error when the runtime has no implementation.
+    pub span: Span,
 }
 
 /// A record type's layout: its fields in declaration order.

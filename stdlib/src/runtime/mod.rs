@@ -121,15 +121,20 @@ fn float(w: Word) -> f64 {
 }
 
 impl<'a, B: Backend + 'static> Runtime<'a, B> {
-    /// Binds the program's builtins; names one that has no implementation.
-    pub fn new(p: &'a Program, prog: &'a HostProgram, backend: &'a B, options: Options) -> Result<Runtime<'a, B>, String> {
+    /// Binds the program's builtins; a builtin without an implementation is an error
+    /// (E0702) at its first call.
+    pub fn new(p: &'a Program, prog: &'a HostProgram, backend: &'a B, options: Options) -> Result<Runtime<'a, B>, nabla_lang::Diagnostic> {
         let mut bound = Vec::new();
         for b in &prog.builtins {
             if b.name.starts_with("__") {
                 bound.push(Native::Core);
                 continue;
             }
-            bound.push(Native::of(&b.name).ok_or_else(|| format!("`extern fn {}` has no native implementation in this runtime", b.name))?);
+            bound.push(Native::of(&b.name).ok_or_else(|| {
+                nabla_lang::Diagnostic::error("E0702", format!("`extern fn {}` has no native implementation in this runtime", b.name))
+                    .primary(b.span, "called here")
+                    .with_help("extern functions are the standard library's builtins; define a host `fn` with a body instead")
+            })?);
         }
         Ok(Runtime { p, prog, backend, options, bound, datasets: HashMap::new(), started: Instant::now() })
     }
