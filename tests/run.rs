@@ -147,3 +147,58 @@ fn an_extern_fn_without_an_implementation_is_refused_before_running() {
     assert!(out.is_empty(), "nothing runs: {out}");
     assert!(err.contains("[E0702] Error: `extern fn beep` has no native implementation") && err.contains("print(beep(3))"), "{err}");
 }
+
+/// A small conv net with batchnorm: gradients through every kind of layer.
+const CNN: &str = "import std.nn.*\nimport std.data.*\nnet Small: f32[1, 28, 28] -> f32[10] {\n  conv(4, 3, pad: 1)\n  batchnorm\n  relu\n  maxpool(4)\n  flatten\n  dense(10)\n}\n";
+
+#[test]
+fn gradients_from_scripts_agree_with_the_reference_interpreter() {
+    let d = dir("grad");
+    let body = "let data = mnist()\nlet model = init(Small, 3)\nlet before = params(model)\nlet r = value_and_grad(model, data.train, 5, 8)\nlet g = grad(model, data.train, 5, 8)\nprint(\"loss {r.loss:.9}\")\nprint(\"same {compare(g, r.grads).error}\")\nprint(\"unchanged {compare(params(model), before).error}\")\nprint(\"names {tensor_names(g)}\")\nsave_tensors(g, \"{dev}.safetensors\")\n";
+    let mut losses = vec![];
+    for dev in ["cpu", "ref"] {
+        let (code, out, err) = run(&d, &format!("{CNN}{}", body.replace("{dev}", dev)), &["--device", dev]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        // grad and value_and_grad are one computation; asking for them changes nothing
+        // (batchnorm's running statistics included).
+        assert!(out.contains("same 0.0\n") && out.contains("unchanged 0.0\n"), "{out}");
+        assert!(out.contains("names [layers.0.w, layers.1.gamma, layers.1.beta, layers.5.w, layers.5.b]"), "{out}");
+        losses.push(out.lines().find_map(|l| l.strip_prefix("loss ")).and_then(|x| x.parse::<f64>().ok()).expect("loss"));
+    }
+    assert!((losses[0] - losses[1]).abs() <= 1e-6 * losses[1].abs(), "{losses:?}");
+    // The compiled CPU step against the f64 interpreter, through files another tool could
+    // have written: relative error (max|a-b| / max|b| per tensor) within 1e-5 in f32.
+    let check = "let d = compare(load_tensors(\"cpu.safetensors\"), load_tensors(\"ref.safetensors\"))\nprint(\"error {d.error}\")\n";
+    let (code, out, err) = run(&d, check, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let e: f64 = out.lines().find_map(|l| l.strip_prefix("error ")).and_then(|x| x.parse().ok()).expect("error");
+    assert!(e <= 1e-5, "cpu vs reference gradient: {e}");
+    // Parameters set from a file move the loss to the other model's.
+    let swap = "let data = mnist()\nlet a = init(Small, 3)\nlet b = init(Small, 4)\nsave_tensors(params(a), \"a.safetensors\")\nset_params(b, load_tensors(\"a.safetensors\"))\nprint(\"diff {value_and_grad(b, data.train, 5, 8).loss - value_and_grad(a, data.train, 5, 8).loss}\")\n";
+    let (code, out, err) = run(&d, &format!("{CNN}{swap}"), &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("diff 0.0\n"), "{out}");
+}
+
+#[test]
+fn bad_tensor_sets_and_batches_are_errors() {
+    let d = dir("badgrad");
+    let cases: &[(&str, &str)] = &[
+        ("set_params(init(Small, 0), load_tensors(\"nothing.safetensors\"))", "cannot read nothing.safetensors"),
+        ("save_tensors(grad(init(Linear, 0), mnist().train, 0, 4), \"g.safetensors\")\nset_params(init(Small, 0), load_tensors(\"g.safetensors\"))", "net `Small` has no parameter or state named `layers.1.b`"),
+        ("let m = init(Linear, 0)\nlet g = grad(m, mnist().train, 0, 4)\nprint(compare(g, grad(init(Small, 0), mnist().train, 0, 4)).error)", "is in the reference set but not in the other"),
+        ("grad(init(Linear, 0), mnist().train, 7996, 4)", "no examples in [7996, 8000)"),
+        ("grad(init(Linear, 0), mnist().train, 0, 0)", "size > 0"),
+    ];
+    for (body, want) in cases {
+        let src = format!("{}\nnet Small: f32[1, 28, 28] -> f32[10] {{\n  conv(4, 3, pad: 1)\n  batchnorm\n  relu\n  maxpool(4)\n  flatten\n  dense(10)\n}}\n{body}\n", NET);
+        let (code, out, err) = run(&d, &src, &[]);
+        assert_ne!(code, 0, "{body}\n{out}");
+        assert!(err.contains(want), "{body}: want {want:?} in\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    std::fs::write(d.join("short.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{}").expect("write");
+    let (code, _, err) = run(&d, "print(l2_norm(load_tensors(\"short.safetensors\")))", &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("short.safetensors"), "{err}");
+}

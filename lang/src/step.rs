@@ -202,6 +202,28 @@ pub fn train_step_with(p: &Program, net: &str, batch: usize, loss: (&str, &[(&st
     Ok(Step { graph, params: names, slots, inits })
 }
 
+/// The gradient step: the loss of net `net` on a batch and its gradient with respect to
+/// every parameter, with no update. Inputs `x`, `y` and the state; outputs `loss` then
+/// `grad.<param>` in parameter order. The forward pass runs in train mode (batch
+/// statistics, as PyTorch's `model.train()`), but batchnorm's running statistics are left
+/// as they were: asking for a gradient changes nothing.
+pub fn grad_step(p: &Program, net: &str, batch: usize, loss: (&str, &[(&str, f64)]), input: Option<&[usize]>) -> Result<Step, Diagnostic> {
+    let l = lower_net_loss(p, 0, net, batch, Mode::Train, Some(loss), input)?;
+    let lv = l.loss.ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
+    let params = crate::ad::inputs_of(&l.graph, InputKind::Param);
+    let mut g = crate::ad::grad(p, &l.graph, lv, &params).map_err(|e| e.to_diagnostic())?;
+    let names: Vec<String> = params.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect();
+    let mut outputs = Vec::with_capacity(names.len() + 1);
+    for name in std::iter::once("loss".to_string()).chain(names.iter().map(|n| format!("grad.{n}"))) {
+        let v = g.output(&name).ok_or_else(|| Diagnostic::error("E0411", format!("the gradient step has no output `{name}`")))?;
+        outputs.push((name, v));
+    }
+    g.outputs = outputs;
+    let graph = crate::opt::optimize(&g);
+    crate::ir::verify(&graph).map_err(|e| Diagnostic::error("E0411", format!("the gradient step does not verify: {e:?}")))?;
+    Ok(Step { graph, params: names, slots: vec![], inits: l.inits })
+}
+
 /// The evaluation step: inputs `x`, `y` and the state; outputs `loss` (the batch mean) and
 /// `correct` (how many predictions equal the labels, as f32).
 pub fn eval_step(p: &Program, net: &str, batch: usize, loss: &str, input: Option<&[usize]>) -> Result<Graph, Diagnostic> {

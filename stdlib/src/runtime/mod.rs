@@ -7,6 +7,7 @@
 
 pub mod data;
 pub mod model;
+pub mod tensors;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -22,6 +23,7 @@ use nabla_lang::host::{BuiltinId, HTy, HostProgram, Word};
 
 use data::Split;
 use model::{Augment, Model, Recipe};
+use tensors::Tensors;
 
 /// How a run finds data and shows progress.
 #[derive(Clone, Debug, Default)]
@@ -62,6 +64,15 @@ enum Native {
     Restore,
     Save,
     Load,
+    Grad,
+    ValueAndGrad,
+    Params,
+    SetParams,
+    SaveTensors,
+    LoadTensors,
+    Compare,
+    L2Norm,
+    TensorNames,
 }
 
 impl Native {
@@ -92,6 +103,15 @@ impl Native {
             "restore" => Restore,
             "save" => Save,
             "load" => Load,
+            "grad" => Grad,
+            "value_and_grad" => ValueAndGrad,
+            "params" => Params,
+            "set_params" => SetParams,
+            "save_tensors" => SaveTensors,
+            "load_tensors" => LoadTensors,
+            "compare" => Compare,
+            "l2_norm" => L2Norm,
+            "tensor_names" => TensorNames,
             _ => return None,
         })
     }
@@ -178,6 +198,35 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
         let w = heap.alloc(Object::Record(*id, words));
         self.datasets.insert(key.to_string(), w);
         Ok(w)
+    }
+
+    /// A record of type `ret` with fields given by name.
+    fn make_record(&self, heap: &mut Heap, ret: &HTy, fields: &[(&str, Word)]) -> Result<Word, String> {
+        let HTy::Record(id) = ret else { return Err("this builtin must return a record".into()) };
+        let layout = self.prog.records.get(id).ok_or("no record layout")?;
+        let words = layout
+            .fields
+            .iter()
+            .map(|(f, _)| fields.iter().find(|(n, _)| n == f).map(|(_, w)| *w).ok_or_else(|| format!("unknown field `{f}` of `{}`", layout.name)))
+            .collect::<Result<Vec<Word>, String>>()?;
+        Ok(heap.alloc(Object::Record(*id, words)))
+    }
+
+    /// The examples `start .. start + batch` of a split, as indexes.
+    fn range(split: &Split, start: Word, batch: Word) -> Result<Vec<usize>, String> {
+        let (start, batch) = (start as i64, batch as i64);
+        if start < 0 || batch <= 0 {
+            return Err(format!("a batch needs start ≥ 0 and size > 0, not start {start} and size {batch}"));
+        }
+        let end = (start + batch).min(split.len() as i64);
+        if start >= end {
+            return Err(format!("no examples in [{start}, {}) of {} ({} examples)", start + batch, split.name, split.len()));
+        }
+        Ok((start as usize..end as usize).collect())
+    }
+
+    fn tensors(heap: &Heap, h: Word) -> Result<&Tensors, String> {
+        heap.native::<Tensors>(h)
     }
 
     fn split(heap: &Heap, h: Word) -> Result<Rc<Split>, String> {
@@ -383,6 +432,48 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let mut m = Model::<B>::init(self.p, self.backend, &net, 0)?;
                 m.load(self.backend, &path)?;
                 Ok(heap.alloc(Object::Native(Box::new(m))))
+            }
+            Grad | ValueAndGrad => {
+                let split = Self::split(heap, a[1])?;
+                let idx = Self::range(&split, a[2], a[3])?;
+                let (p, backend) = (self.p, self.backend);
+                let (loss, grads) = Self::model(heap, a[0])?.value_and_grad(p, backend, &split, &idx)?;
+                let g = heap.alloc(Object::Native(Box::new(grads)));
+                if native == Grad {
+                    return Ok(g);
+                }
+                self.make_record(heap, &ret, &[("loss", loss.to_bits()), ("grads", g)])
+            }
+            Params => {
+                let t = Self::model(heap, a[0])?.tensors(self.backend)?;
+                Ok(heap.alloc(Object::Native(Box::new(t))))
+            }
+            SetParams => {
+                let t = Self::tensors(heap, a[1])?.clone();
+                Self::model(heap, a[0])?.set_tensors(self.backend, &t)?;
+                Ok(0)
+            }
+            SaveTensors => {
+                let path = PathBuf::from(heap.str(a[1])?);
+                let mut meta = HashMap::new();
+                meta.insert("format".to_string(), "nabla-tensors-1".to_string());
+                Self::tensors(heap, a[0])?.save(&path, meta)?;
+                Ok(0)
+            }
+            LoadTensors => {
+                let t = Tensors::load(Path::new(heap.str(a[0])?))?;
+                Ok(heap.alloc(Object::Native(Box::new(t))))
+            }
+            Compare => {
+                let (e, name) = Self::tensors(heap, a[0])?.max_rel_error(Self::tensors(heap, a[1])?)?;
+                let s = heap.string(name);
+                self.make_record(heap, &ret, &[("error", e.to_bits()), ("tensor", s)])
+            }
+            L2Norm => Ok(Self::tensors(heap, a[0])?.l2_norm().to_bits()),
+            TensorNames => {
+                let names: Vec<String> = Self::tensors(heap, a[0])?.items.iter().map(|t| t.name.clone()).collect();
+                let words = names.into_iter().map(|n| heap.string(n)).collect();
+                Ok(heap.alloc(Object::List(words)))
             }
         }
     }

@@ -12,7 +12,9 @@ use nabla_lang::check::Program;
 use nabla_lang::gradcheck::normal;
 use nabla_lang::interp::uniform;
 use nabla_lang::ir::{InputKind, Mode};
-use nabla_lang::step::{eval_step, train_step_with, Optimizer, Update};
+use nabla_lang::step::{eval_step, grad_step, train_step_with, Optimizer, Update};
+
+use super::tensors::{Named, Tensors};
 
 use super::data::Split;
 
@@ -56,6 +58,8 @@ struct Exe<B: Backend> {
     exe: B::Executable,
     inputs: Vec<(Feed, Vec<usize>)>,
     staged: Vec<Option<B::Buffer>>,
+    /// Names of the outputs the step returns (not the `state.*` ones), in order.
+    outputs: Vec<String>,
 }
 
 /// A data augmentation, from the recipe.
@@ -91,6 +95,7 @@ pub struct Model<B: Backend> {
     recipe: Option<Recipe>,
     train: HashMap<usize, Exe<B>>,
     eval: HashMap<usize, Exe<B>>,
+    grad: HashMap<usize, Exe<B>>,
     /// Optimizer steps taken (Adam's bias correction counts them).
     pub steps: u64,
     /// Epochs completed.
@@ -164,13 +169,14 @@ impl<B: Backend> Model<B> {
             let buf = backend.upload(&shape, &data).map_err(err)?;
             tensors.push(Tensor { name: name.to_string(), shape, role, buf: Some(buf) });
         }
-        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], rng: seed })
+        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), grad: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], rng: seed })
     }
 
     /// Sets the recipe for training (a new optimizer recompiles the steps).
     pub fn set_recipe(&mut self, recipe: Recipe) {
         if self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing)) != Some((recipe.optimizer, recipe.smoothing)) {
             self.train.clear();
+            self.grad.clear();
         }
         self.rng = recipe.seed ^ 0x5eed;
         self.recipe = Some(recipe);
@@ -252,8 +258,8 @@ impl<B: Backend> Model<B> {
         }
         self.steps += 1;
         let scalars: Vec<f64> = optimizer.scalars(lr, self.steps).iter().map(|(_, v)| *v).collect();
-        let out = self.run(backend, true, b, &scalars)?;
-        Ok(out[0])
+        let out = self.run(backend, Which::Train, b, &scalars)?;
+        first(backend, &out)
     }
 
     /// Compiles `g` and resolves where each of its inputs comes from.
@@ -272,14 +278,20 @@ impl<B: Backend> Model<B> {
         }
         let exe = backend.compile(g).map_err(err)?;
         let staged = inputs.iter().map(|_| None).collect();
-        Ok(Exe { exe, inputs, staged })
+        let outputs = g.outputs.iter().filter(|(n, _)| !n.starts_with("state.")).map(|(n, _)| n.clone()).collect();
+        Ok(Exe { exe, inputs, staged, outputs })
     }
 
-    /// Runs the train (or eval) step for batch `b` on the gathered batch; returns its
-    /// non-state outputs, downloaded.
-    fn run(&mut self, backend: &B, train: bool, b: usize, scalars: &[f64]) -> Result<Vec<f64>, String> {
-        let Model { train: train_exes, eval: eval_exes, tensors, x, y, .. } = self;
-        let exe = if train { train_exes.get_mut(&b) } else { eval_exes.get_mut(&b) }.ok_or("no compiled step")?;
+    /// Runs the train, eval or gradient step for batch `b` on the gathered batch; returns
+    /// its non-state outputs.
+    fn run(&mut self, backend: &B, which: Which, b: usize, scalars: &[f64]) -> Result<Vec<B::Buffer>, String> {
+        let Model { train, eval, grad, tensors, x, y, .. } = self;
+        let exes = match which {
+            Which::Train => train,
+            Which::Eval => eval,
+            Which::Grad => grad,
+        };
+        let exe = exes.get_mut(&b).ok_or("no compiled step")?;
         let mut bufs = Vec::with_capacity(exe.inputs.len());
         let mut failed = None;
         for (i, (feed, shape)) in exe.inputs.iter().enumerate() {
@@ -326,11 +338,71 @@ impl<B: Backend> Model<B> {
                 _ => exe.staged[i] = Some(buf),
             }
         }
-        let mut values = Vec::new();
-        for o in &result? {
-            values.push(backend.download(o).map_err(err)?.first().copied().unwrap_or(f32::NAN) as f64);
+        result
+    }
+
+    /// The mean loss on examples `idx` of `split` (in that order, normalized, not augmented)
+    /// and its gradient with respect to every parameter, named as the parameters. The
+    /// loss is the recipe's (label smoothing included) or plain cross-entropy; nothing of
+    /// the model changes.
+    pub fn value_and_grad(&mut self, p: &Program, backend: &B, split: &Split, idx: &[usize]) -> Result<(f64, Tensors), String> {
+        let smoothing = self.recipe.as_ref().map_or(0.0, |r| r.smoothing);
+        self.gather(split, idx, false)?;
+        let b = idx.len();
+        if !self.grad.contains_key(&b) {
+            let eps = [("eps", smoothing)];
+            let loss = if smoothing > 0.0 { ("smoothed_cross_entropy", &eps[..]) } else { (LOSS, &[][..]) };
+            let step = grad_step(p, &self.net, b, loss, Some(&split.shape)).map_err(|d| d.message)?;
+            let exe = self.prepare_exe(backend, &step.graph, &[])?;
+            self.grad.insert(b, exe);
         }
-        Ok(values)
+        let out = self.run(backend, Which::Grad, b, &[])?;
+        let loss = first(backend, &out)?;
+        let names = self.grad.get(&b).map(|e| e.outputs.clone()).unwrap_or_default();
+        let mut items = Vec::new();
+        for t in self.tensors.iter().filter(|t| t.role == Role::Param) {
+            let k = names.iter().position(|n| n.strip_prefix("grad.") == Some(t.name.as_str())).ok_or_else(|| format!("the gradient step has no gradient for `{}`", t.name))?;
+            let buf = out.get(k).ok_or("the gradient step returned too few outputs")?;
+            items.push(Named { name: t.name.clone(), shape: t.shape.clone(), data: backend.download(buf).map_err(err)? });
+        }
+        Ok((loss, Tensors { items }))
+    }
+
+    /// The parameters and net state (batchnorm statistics), downloaded.
+    pub fn tensors(&self, backend: &B) -> Result<Tensors, String> {
+        let mut items = Vec::new();
+        for t in self.tensors.iter().filter(|t| t.role != Role::Slot) {
+            let buf = t.buf.as_ref().ok_or_else(|| format!("`{}` is missing", t.name))?;
+            items.push(Named { name: t.name.clone(), shape: t.shape.clone(), data: backend.download(buf).map_err(err)? });
+        }
+        Ok(Tensors { items })
+    }
+
+    /// Replaces parameters and state with those of `set` (by name). Every parameter must be
+    /// in it with its shape; state tensors it lacks keep their values; a name the model
+    /// does not have is an error (a misspelt name would otherwise be ignored). Nothing
+    /// changes unless all of it fits.
+    pub fn set_tensors(&mut self, backend: &B, set: &Tensors) -> Result<(), String> {
+        for n in &set.items {
+            match self.tensors.iter().find(|t| t.name == n.name && t.role != Role::Slot) {
+                None => return Err(format!("net `{}` has no parameter or state named `{}`", self.net, n.name)),
+                Some(t) if t.shape != n.shape => return Err(format!("`{}` has shape {:?}, but the net's is {:?}", n.name, n.shape, t.shape)),
+                Some(_) => {}
+            }
+        }
+        if let Some(t) = self.tensors.iter().find(|t| t.role == Role::Param && set.get(&t.name).is_none()) {
+            return Err(format!("the set has no parameter `{}` of net `{}`", t.name, self.net));
+        }
+        let mut bufs = Vec::new();
+        for n in &set.items {
+            bufs.push(backend.upload(&n.shape, &n.data).map_err(err)?);
+        }
+        for (n, buf) in set.items.iter().zip(bufs) {
+            if let Some(t) = self.tensors.iter_mut().find(|t| t.name == n.name) {
+                t.buf = Some(buf);
+            }
+        }
+        Ok(())
     }
 
     /// (summed loss, correct predictions) over `split`, in batches of `batch`.
@@ -347,9 +419,10 @@ impl<B: Backend> Model<B> {
                 let exe = self.prepare_exe(backend, &g, &[])?;
                 self.eval.insert(b, exe);
             }
-            let out = self.run(backend, false, b, &[])?;
-            loss += out[0] * b as f64;
-            correct += out[1].round() as u64;
+            let out = self.run(backend, Which::Eval, b, &[])?;
+            let values: Vec<f64> = out.iter().map(|o| first(backend, std::slice::from_ref(o))).collect::<Result<_, _>>()?;
+            loss += values[0] * b as f64;
+            correct += values[1].round() as u64;
             start += b;
         }
         Ok((loss, correct))
@@ -436,6 +509,20 @@ impl<B: Backend> Model<B> {
         self.steps = meta.get("steps").and_then(|e| e.parse().ok()).unwrap_or(0);
         Ok(())
     }
+}
+
+/// Which of a model's compiled steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Which {
+    Train,
+    Eval,
+    Grad,
+}
+
+/// The first number of the first buffer (a step's loss).
+fn first<B: Backend>(backend: &B, out: &[B::Buffer]) -> Result<f64, String> {
+    let o = out.first().ok_or("the step returned nothing")?;
+    Ok(backend.download(o).map_err(err)?.first().copied().unwrap_or(f32::NAN) as f64)
 }
 
 /// Writes `bytes` to `path` so that `path` is either its old content or all of the new.
