@@ -40,6 +40,16 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Format `.net` files in place (directories: every `.net` file under them).
+    Fmt {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Change nothing; list the files that are not formatted and exit 1 if any.
+        #[arg(long)]
+        check: bool,
+    },
+    /// The language server, over stdin and stdout (for editors).
+    Lsp,
     /// Parse, resolve and shape-check files; exit 1 on errors.
     Check {
         /// The `.net` files to check.
@@ -363,6 +373,63 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
     if failed || worst_all > 1e-6 { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
+/// Every `.net` file under `p` (or `p` itself), sorted.
+fn net_files(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if p.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for e in entries {
+            if e.is_dir() || e.extension().is_some_and(|x| x == "net") {
+                net_files(&e, out)?;
+            }
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}
+
+/// `nabla fmt`: formats files in place, or with `check` lists those that would change.
+fn fmt(paths: &[PathBuf], check: bool) -> ExitCode {
+    let mut files = Vec::new();
+    for p in paths {
+        if let Err(e) = net_files(p, &mut files) {
+            eprintln!("error: cannot read {}: {e}", p.display());
+            return ExitCode::from(2);
+        }
+    }
+    let (mut failed, mut changed) = (false, 0);
+    for f in &files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", f.display());
+                failed = true;
+                continue;
+            }
+        };
+        match nabla_lang::syntax::format::format(&text) {
+            Ok(out) if out == text => {}
+            Ok(out) => {
+                changed += 1;
+                if check {
+                    println!("{}: not formatted", f.display());
+                } else if let Err(e) = nabla_stdlib::runtime::model::write_atomically(f, out.as_bytes()) {
+                    eprintln!("error: {e}");
+                    failed = true;
+                } else {
+                    println!("formatted {}", f.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e} (run `nabla check {}`)", f.display(), f.display());
+                failed = true;
+            }
+        }
+    }
+    if failed || (check && changed > 0) { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
@@ -398,6 +465,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Fmt { paths, check } => fmt(&paths, check),
+        Command::Lsp => match nabla_lsp::serve_stdio() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Check { files, json } => {
             let roots = match read_roots(&files) {
                 Ok(r) => r,

@@ -10,6 +10,7 @@ pub mod check;
 pub mod diag;
 pub mod gradcheck;
 pub mod host;
+pub mod ide;
 pub mod interp;
 pub mod opt;
 pub mod ir;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use super::dim::{Cmp, Dim};
+use super::facts::{Binding, Facts, Ref, Target};
 use super::lower::Lowering;
 use crate::ir::{Binary, Compare, Op, Unary};
 use super::names::{DefKind, ItemId, Program};
@@ -115,17 +116,25 @@ pub(super) struct Cx<'a> {
     last_net_output: Option<Ty>,
     /// The expression being evaluated (IR nodes record it).
     pub(super) cur_span: Option<Span>,
+    /// Facts for editors, recorded while checking (`None` while lowering).
+    facts: Option<Facts>,
+    /// Files whose expression types are recorded (the root files).
+    fact_files: HashSet<crate::span::FileId>,
 }
 
-/// Checks every module and returns the nets of the root modules.
-pub fn check_program(p: &Program, roots: &[usize], diags: &mut Vec<Diagnostic>) -> Vec<NetInfo> {
+/// Checks every module and returns the nets of the root modules and the facts recorded.
+pub fn check_program(p: &Program, roots: &[usize], diags: &mut Vec<Diagnostic>) -> (Vec<NetInfo>, Facts) {
     let mut cx = Cx::new(p, diags);
+    cx.facts = Some(Facts::default());
+    cx.fact_files = roots.iter().filter_map(|m| p.modules.get(*m)).map(|m| m.file).collect();
     cx.duplicate_rules();
     let mut nets = Vec::new();
     for m in 0..p.modules.len() {
         cx.check_module(m, roots.contains(&m), &mut nets);
     }
-    nets
+    let mut facts = cx.facts.take().unwrap_or_default();
+    facts.finish();
+    (nets, facts)
 }
 
 /// The closest name (by edit distance) for "did you mean".
@@ -173,7 +182,7 @@ fn per_example(d: &Dim) -> u64 {
 
 impl<'a> Cx<'a> {
     pub(super) fn new(p: &'a Program, diags: &'a mut Vec<Diagnostic>) -> Cx<'a> {
-        Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new(), lower: None, last_net_output: None, cur_span: None }
+        Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new(), lower: None, last_net_output: None, cur_span: None, facts: None, fact_files: HashSet::new() }
     }
 
     pub(super) fn take_errors(&mut self) -> Vec<Diagnostic> {
@@ -549,8 +558,14 @@ impl<'a> Cx<'a> {
                 "str" => Ty::Str,
                 "any" | "fn" | "net" => Ty::Any,
                 other => match self.p.lookup(env.module, other).map(|id| (id, self.p.items[id].kind)) {
-                    Some((id, DefKind::Record)) => Ty::Record(id),
-                    Some((id, DefKind::ExternType)) => Ty::Opaque(id),
+                    Some((id, DefKind::Record)) => {
+                        self.note_ref(n.span, Target::Item(id));
+                        Ty::Record(id)
+                    }
+                    Some((id, DefKind::ExternType)) => {
+                        self.note_ref(n.span, Target::Item(id));
+                        Ty::Opaque(id)
+                    }
                     _ => {
                         let mut d = Diagnostic::error("E0107", format!("unknown type `{other}`")).primary(n.span, "not a type");
                         if DType::parse(other).is_some() {
@@ -720,6 +735,7 @@ impl<'a> Cx<'a> {
                     }
                     None => v,
                 };
+                self.note_binding(name, &v);
                 env.bind(&name.name, v, name.span, *mutable);
             }
             StmtKind::Assign { target, op, value } => self.assign(target, *op, value, s.span, env),
@@ -945,7 +961,36 @@ impl<'a> Cx<'a> {
         let outer = self.cur_span.replace(e.span);
         let t = self.expr_kind(e, env);
         self.cur_span = outer;
+        if self.facts.is_some() && self.fact_files.contains(&e.span.file) && !matches!(t, Ty::Err) {
+            let shown = self.show(&t);
+            if let Some(f) = self.facts.as_mut() {
+                f.types.push((e.span, shown));
+            }
+        }
         t
+    }
+
+    /// Records that the name at `span` refers to `target`.
+    fn note_ref(&mut self, span: Span, target: Target) {
+        if let Some(f) = self.facts.as_mut() {
+            f.refs.push(Ref { span, target });
+        }
+    }
+
+    /// Records a local binding's type (root files only).
+    fn note_binding(&mut self, name: &Ident, t: &Ty) {
+        if self.facts.is_none() || !self.fact_files.contains(&name.span.file) || matches!(t, Ty::Err) {
+            return;
+        }
+        let shown = self.show(t);
+        let record = match t {
+            Ty::Record(id) => Some(*id),
+            _ => None,
+        };
+        let tensor = matches!(t, Ty::Tensor(..));
+        if let Some(f) = self.facts.as_mut() {
+            f.bindings.push(Binding { name: name.name.clone(), span: name.span, ty: shown, record, tensor });
+        }
     }
 
     fn expr_kind(&mut self, e: &Expr, env: &mut Env) -> Ty {
@@ -1048,12 +1093,18 @@ impl<'a> Cx<'a> {
 
     fn name(&mut self, n: &str, span: Span, env: &mut Env) -> Ty {
         if let Some(l) = env.get(n) {
-            return l.ty.clone();
+            let (def, ty) = (l.span, l.ty.clone());
+            self.note_ref(span, Target::Local(def));
+            return ty;
         }
         if n == "training" {
             return Ty::Bool(self.mode().map(|m| m == crate::ir::Mode::Train));
         }
-        match self.p.lookup(env.module, n) {
+        let found = self.p.lookup(env.module, n);
+        if let Some(id) = found {
+            self.note_ref(span, Target::Item(id));
+        }
+        match found {
             Some(id) => match self.p.items[id].kind {
                 DefKind::Net => Ty::Net(id),
                 DefKind::Rule => Ty::Err,
@@ -1087,6 +1138,7 @@ impl<'a> Cx<'a> {
             Ty::Record(id) => {
                 let Some(Item { kind: ItemKind::Record(r), .. }) = self.p.item_ast(*id) else { return Ty::Err };
                 if let Some(f) = r.fields.iter().find(|f| f.name.name == name.name) {
+                    self.note_ref(name.span, Target::Field(*id, name.name.clone()));
                     let module = self.p.items[*id].module;
                     let mut env = Env::new(module, false, false);
                     return match &f.ty {
@@ -1472,6 +1524,7 @@ impl<'a> Cx<'a> {
                 return Ty::Err;
             }
         };
+        self.note_ref(name.span, Target::Item(id));
         let Some(Item { kind: ItemKind::Record(r), .. }) = self.p.item_ast(id) else { return Ty::Err };
         let module = self.p.items[id].module;
         let mut seen: HashMap<&str, Span> = HashMap::new();
@@ -1487,6 +1540,7 @@ impl<'a> Cx<'a> {
             }
             match r.fields.iter().find(|d| d.name.name == f.name) {
                 Some(decl) => {
+                    self.note_ref(f.span, Target::Field(id, f.name.clone()));
                     if let Some(t) = &decl.ty {
                         let mut fenv = Env::new(module, false, false);
                         let want = self.eval_type(&mut fenv, t);

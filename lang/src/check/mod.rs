@@ -12,6 +12,7 @@
 pub mod dim;
 pub mod lower;
 mod eval;
+pub mod facts;
 mod names;
 mod prims;
 mod rules;
@@ -44,6 +45,10 @@ pub struct Checked {
     pub program: Program,
     pub diagnostics: Vec<Diagnostic>,
     pub nets: Vec<NetInfo>,
+    /// What each name refers to and each expression's type, for editors.
+    pub facts: facts::Facts,
+    /// The module of each root file, in the order given.
+    pub roots: Vec<usize>,
 }
 
 impl Checked {
@@ -67,12 +72,12 @@ pub fn check_files(roots: &[(String, String)], loader: &dyn Loader) -> Checked {
     program.sources = sources;
     names::load_all(&mut program, loader, &mut diags);
     names::resolve_imports(&mut program, &mut diags);
-    let nets = eval::check_program(&program, &root_ids, &mut diags);
+    let (nets, facts) = eval::check_program(&program, &root_ids, &mut diags);
     if !diags.iter().any(Diagnostic::is_error) {
         check_closed_forms(&program, &root_ids, &mut diags);
     }
     crate::diag::normalize(&mut diags);
-    Checked { program, diagnostics: diags, nets }
+    Checked { program, diagnostics: diags, nets, facts, roots: root_ids }
 }
 
 /// The largest relative discrepancy a closed-form rule may have from the derived VJP.
