@@ -63,7 +63,7 @@ pub fn apply_change(text: &mut String, change: &lsp::TextDocumentContentChangeEv
 /// Secondary labels become related information when the client gives the document a URI.
 pub fn diagnostic(d: &Diagnostic, index: &LineIndex, uri: &lsp::Uri, file: nabla_lang::FileId) -> lsp::Diagnostic {
     let primary = d.labels.iter().find(|l| l.primary && l.span.file == file).or_else(|| d.labels.iter().find(|l| l.span.file == file));
-    let range = primary.map_or_else(|| lsp::Range::default(), |l| index.range(l.span.start, l.span.end));
+    let range = primary.map_or_else(lsp::Range::default, |l| index.range(l.span.start, l.span.end));
     let mut message = d.message.clone();
     if let Some(l) = primary
         && !l.message.is_empty()

@@ -1,8 +1,9 @@
+#![allow(dead_code)] // shared by tests/lsp.rs, tests/lsp_fuzz.rs and bench/lsp_latency.rs, which use different parts
 //! A minimal JSON-RPC client for `nabla lsp`, speaking the protocol over the server's
 //! stdin and stdout as an editor does (Content-Length framing).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::Duration;
@@ -177,9 +178,4 @@ pub fn show_location(c: &Client, l: &Value) -> String {
 pub fn show_range(r: &Value) -> String {
     let p = |v: &Value| format!("{}:{}", v["line"].as_u64().unwrap_or(0) + 1, v["character"].as_u64().unwrap_or(0) + 1);
     format!("{}-{}", p(&r["start"]), p(&r["end"]))
-}
-
-#[allow(dead_code)]
-pub fn path(p: &Path) -> String {
-    p.display().to_string()
 }

@@ -56,7 +56,7 @@ impl Facts {
         let key = |s: &Span| (s.file, s.start, s.end);
         self.refs.sort_by(|a, b| key(&a.span).cmp(&key(&b.span)).then(a.target.cmp(&b.target)));
         self.refs.dedup();
-        self.types.sort_by(|a, b| key(&a.0).cmp(&key(&b.0)));
+        self.types.sort_by(|a, b| key(&a.0).cmp(&key(&b.0)).then_with(|| a.1.cmp(&b.1)));
         self.types.dedup();
         let mut seen = std::collections::HashSet::new();
         self.bindings.retain(|b| seen.insert((b.span, b.ty.clone())));

@@ -103,7 +103,7 @@ fn layout(src: &str, tokens: &[Tok]) -> String {
             lines.len()
         };
         if let Some(first) = ids.first()
-            && matches!(tokens[*first].0, Token::Sym("|>" | "."))
+            && matches!(tokens[*first].0, Token::Sym("|>" | ".") | Token::Kw("where"))
             && prev_line_tokens
         {
             level += 1;
@@ -187,7 +187,7 @@ fn spaced(z: Option<&Token>, a: &Token, b: &Token, had: bool) -> bool {
         (_, LineOpen(_)) => true,
         (Sym(op), _) if BINARY.contains(op) => true,
         (_, Sym("!")) => true,
-        (_, Sym(op)) if BINARY.contains(op) => !(*op == "-" && !ends_operand(a)) || had,
+        (_, Sym(op)) if BINARY.contains(op) => *op != "-" || ends_operand(a) || had,
         (Doc(_), _) | (_, Doc(_)) => true,
         (Ident(_) | Int(_) | Float(_) | Str(_) | Kw(_) | Sym(")" | "]" | "}"), Ident(_) | Int(_) | Float(_) | Str(_) | Kw(_)) => true,
         _ => had,
