@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nabla_lang::check::{check_files, Checked, Loader};
+use nabla_lang::check::{check_files, Checked};
+use nabla_stdlib::FileLoader;
 use nabla_lang::diag;
 
 #[derive(Parser)]
@@ -132,29 +133,6 @@ enum Command {
     },
 }
 
-/// Loads standard modules from the embedded library and `a.b` as `a/b.net` beside the
-/// importing file.
-struct FileLoader;
-
-impl Loader for FileLoader {
-    fn load(&self, path: &[String], from: &str) -> Result<(String, String), String> {
-        let key = path.join(".");
-        if let Some(src) = nabla_stdlib::source(&key) {
-            return Ok((format!("<{key}>"), src.to_string()));
-        }
-        if path.first().is_some_and(|p| p == "std") {
-            return Err(format!("no standard module `{key}`"));
-        }
-        let dir = Path::new(from).parent().unwrap_or(Path::new("."));
-        let mut file = dir.to_path_buf();
-        for p in path {
-            file.push(p);
-        }
-        file.set_extension("net");
-        std::fs::read_to_string(&file).map(|t| (file.display().to_string(), t)).map_err(|e| format!("{}: {e}", file.display()))
-    }
-}
-
 fn read_roots(files: &[PathBuf]) -> Result<Vec<(String, String)>, String> {
     files
         .iter()
@@ -230,7 +208,7 @@ fn check_one(file: &Path) -> Option<Checked> {
             return None;
         }
     };
-    let checked = check_files(&roots, &FileLoader);
+    let checked = check_files(&roots, &FileLoader::disk());
     print_diagnostics(&checked, false);
     (!checked.has_errors()).then_some(checked)
 }
@@ -481,7 +459,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let checked = check_files(&roots, &FileLoader);
+            let checked = check_files(&roots, &FileLoader::disk());
             print_diagnostics(&checked, json);
             if checked.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS }
         }
@@ -527,7 +505,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let checked = check_files(&roots, &FileLoader);
+            let checked = check_files(&roots, &FileLoader::disk());
             print_diagnostics(&checked, false);
             if checked.has_errors() {
                 return ExitCode::from(1);

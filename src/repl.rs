@@ -91,7 +91,7 @@ impl Session {
     /// Checks the session with `input` after it; errors are printed and give `Err`.
     fn check(&self, input: &str) -> Result<Checked, ()> {
         let text = format!("{}{input}\n", self.text);
-        let checked = check_source("<repl>", &text, &crate::FileLoader);
+        let checked = check_source("<repl>", &text, &nabla_stdlib::FileLoader::disk());
         let offset = self.text.len();
         let mut failed = false;
         for d in &checked.diagnostics {

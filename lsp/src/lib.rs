@@ -1,6 +1,6 @@
 //! `nabla lsp`: the language server. It is the only crate that knows the protocol: it
 //! keeps the open documents, checks them with `lang` (each open file is a root; imports
-//! are served from open buffers first, then disk, then the embedded standard library),
+//! are served by the CLI's loader, asking open buffers before the disk),
 //! and answers requests from `lang::ide` through [`convert`].
 //!
 //! Diagnostics are published after a short debounce (an edit that is followed by another
@@ -15,11 +15,12 @@ pub mod convert;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use nabla_lang::check::{check_files, Checked, Loader};
+use nabla_lang::check::{check_files_for_editor, Checked};
+use nabla_stdlib::FileLoader;
 use nabla_lang::span::{FileId, Span};
 use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
 use tower_lsp_server::ls_types::*;
@@ -74,34 +75,6 @@ fn path_of(uri: &Uri) -> String {
     uri.to_file_path().map(|p| p.display().to_string()).unwrap_or_else(|| uri.as_str().to_string())
 }
 
-/// Imports from open buffers, then disk (`a.b` is `a/b.net` beside the importing file),
-/// and the embedded standard library.
-struct DocLoader {
-    open: HashMap<String, String>,
-}
-
-impl Loader for DocLoader {
-    fn load(&self, path: &[String], from: &str) -> std::result::Result<(String, String), String> {
-        let key = path.join(".");
-        if let Some(src) = nabla_stdlib::source(&key) {
-            return Ok((format!("<{key}>"), src.to_string()));
-        }
-        if path.first().is_some_and(|p| p == "std") {
-            return Err(format!("no standard module `{key}`"));
-        }
-        let mut file = Path::new(from).parent().unwrap_or(Path::new(".")).to_path_buf();
-        for p in path {
-            file.push(p);
-        }
-        file.set_extension("net");
-        let name = file.display().to_string();
-        if let Some(t) = self.open.get(&name) {
-            return Ok((name, t.clone()));
-        }
-        std::fs::read_to_string(&file).map(|t| (name.clone(), t)).map_err(|e| format!("{name}: {e}"))
-    }
-}
-
 fn failed(message: impl Into<String>) -> Error {
     Error { code: ErrorCode::ServerError(-32803), message: message.into().into(), data: None }
 }
@@ -116,11 +89,11 @@ impl Nabla {
     /// Checks `uri` at its current text; `None` when it is not open or the checker failed.
     fn analyze(&self, uri: &Uri) -> Option<Arc<Analysis>> {
         let doc = self.0.docs.get(uri)?.clone();
-        let open: HashMap<String, String> = self.0.docs.iter().map(|e| (path_of(e.key()), e.value().text.clone())).collect();
+        let open = |path: &str| Some(self.0.docs.get(&Uri::from_file_path(path)?)?.text.clone());
+        let loader = FileLoader::with_open(&open);
         let name = path_of(uri);
-        let loader = DocLoader { open };
         let roots = [(name.clone(), doc.text.clone())];
-        let checked = std::panic::catch_unwind(AssertUnwindSafe(|| check_files(&roots, &loader))).ok()?;
+        let checked = std::panic::catch_unwind(AssertUnwindSafe(|| check_files_for_editor(&roots, &loader))).ok()?;
         let file = checked.program.sources.find(&name)?;
         let a = Arc::new(Analysis { checked, version: doc.version, text: doc.text, file });
         self.0.analyses.insert(uri.clone(), a.clone());
@@ -193,9 +166,7 @@ impl Nabla {
         path.set_extension("net");
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
             std::fs::create_dir_all(path.parent()?).ok()?;
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, text).ok()?;
-            std::fs::rename(&tmp, &path).ok()?;
+            nabla_stdlib::runtime::model::write_atomically(&path, text.as_bytes()).ok()?;
         }
         Uri::from_file_path(&path)
     }
@@ -207,19 +178,18 @@ impl Nabla {
         Some((a, offset))
     }
 
-    /// `.net` files beside `uri`, as import paths (for completing imports).
-    fn sibling_modules(uri: &Uri) -> Vec<String> {
-        let Some(path) = uri.to_file_path() else { return vec![] };
-        let Some(dir) = path.parent() else { return vec![] };
-        let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
-        let mut out: Vec<String> = entries
+    /// What `uri` may import: the standard modules and the `.net` files beside it.
+    fn importable(uri: &Uri) -> Vec<String> {
+        let mut out: Vec<String> = nabla_stdlib::MODULES.iter().map(|(p, _)| p.to_string()).collect();
+        let Some(path) = uri.to_file_path() else { return out };
+        let Some(dir) = path.parent() else { return out };
+        let Ok(entries) = std::fs::read_dir(dir) else { return out };
+        out.extend(entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let p = e.path();
                 (p.extension().is_some_and(|x| x == "net") && p != *path).then(|| p.file_stem().map(|s| s.to_string_lossy().to_string()))?
-            })
-            .collect();
-        out.sort();
+            }));
         out
     }
 }
@@ -362,7 +332,7 @@ impl LanguageServer for Nabla {
         let offset = LineIndex::new(&doc).offset(q.position);
         // The last good check of the names; the text is the current one.
         let Some(a) = self.0.analyses.get(&uri).map(|a| a.clone()).or_else(|| self.analyze(&uri)) else { return Ok(None) };
-        let items = nabla_lang::ide::completions(&a.checked, a.file, &doc, offset, &Self::sibling_modules(&uri))
+        let items = nabla_lang::ide::completions(&a.checked, a.file, &doc, offset, &Self::importable(&uri))
             .into_iter()
             .map(|c| CompletionItem {
                 label: c.label,

@@ -122,10 +122,11 @@ pub(super) struct Cx<'a> {
     fact_files: HashSet<crate::span::FileId>,
 }
 
-/// Checks every module and returns the nets of the root modules and the facts recorded.
-pub fn check_program(p: &Program, roots: &[usize], diags: &mut Vec<Diagnostic>) -> (Vec<NetInfo>, Facts) {
+/// Checks every module and returns the nets of the root modules and, when `record`, the
+/// facts editors need.
+pub fn check_program(p: &Program, roots: &[usize], record: bool, diags: &mut Vec<Diagnostic>) -> (Vec<NetInfo>, Facts) {
     let mut cx = Cx::new(p, diags);
-    cx.facts = Some(Facts::default());
+    cx.facts = record.then(Facts::default);
     cx.fact_files = roots.iter().filter_map(|m| p.modules.get(*m)).map(|m| m.file).collect();
     cx.duplicate_rules();
     let mut nets = Vec::new();

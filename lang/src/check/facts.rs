@@ -62,9 +62,12 @@ impl Facts {
         self.bindings.retain(|b| seen.insert((b.span, b.ty.clone())));
     }
 
-    /// The innermost recorded name use at byte `offset` of a file.
+    /// The recorded name use at byte `offset` of a file. Name spans do not nest, and refs
+    /// are sorted by position, so this is a binary search (semantic tokens ask once per
+    /// token).
     pub fn ref_at(&self, file: crate::span::FileId, offset: usize) -> Option<&Ref> {
-        self.refs.iter().filter(|r| r.span.file == file && r.span.contains(offset)).min_by_key(|r| r.span.end - r.span.start)
+        let after = self.refs.partition_point(|r| (r.span.file, r.span.start) <= (file, offset));
+        self.refs[..after].last().filter(|r| r.span.file == file && r.span.contains(offset))
     }
 
     /// The types recorded for the innermost expression containing `offset` (several for a

@@ -45,10 +45,9 @@ pub struct Checked {
     pub program: Program,
     pub diagnostics: Vec<Diagnostic>,
     pub nets: Vec<NetInfo>,
-    /// What each name refers to and each expression's type, for editors.
+    /// What each name refers to and each expression's type, for editors: empty unless
+    /// checked with [`check_files_for_editor`] (recording costs about 10% of a check).
     pub facts: facts::Facts,
-    /// The module of each root file, in the order given.
-    pub roots: Vec<usize>,
 }
 
 impl Checked {
@@ -59,6 +58,15 @@ impl Checked {
 
 /// Parses, loads imports of, and checks the given root files (name, text).
 pub fn check_files(roots: &[(String, String)], loader: &dyn Loader) -> Checked {
+    check(roots, loader, false)
+}
+
+/// [`check_files`], also recording [`facts::Facts`] for editor features (`crate::ide`).
+pub fn check_files_for_editor(roots: &[(String, String)], loader: &dyn Loader) -> Checked {
+    check(roots, loader, true)
+}
+
+fn check(roots: &[(String, String)], loader: &dyn Loader, record: bool) -> Checked {
     let mut sources = SourceMap::default();
     let mut diags = Vec::new();
     let mut program = Program::default();
@@ -72,12 +80,12 @@ pub fn check_files(roots: &[(String, String)], loader: &dyn Loader) -> Checked {
     program.sources = sources;
     names::load_all(&mut program, loader, &mut diags);
     names::resolve_imports(&mut program, &mut diags);
-    let (nets, facts) = eval::check_program(&program, &root_ids, &mut diags);
+    let (nets, facts) = eval::check_program(&program, &root_ids, record, &mut diags);
     if !diags.iter().any(Diagnostic::is_error) {
         check_closed_forms(&program, &root_ids, &mut diags);
     }
     crate::diag::normalize(&mut diags);
-    Checked { program, diagnostics: diags, nets, facts, roots: root_ids }
+    Checked { program, diagnostics: diags, nets, facts }
 }
 
 /// The largest relative discrepancy a closed-form rule may have from the derived VJP.

@@ -38,16 +38,16 @@ pub struct Completion {
 }
 
 /// Completions at byte `offset` of `text`, the current content of root file `file` of the
-/// last check `c`. `extra_modules` are importable modules the checker has not seen (files
-/// beside this one).
-pub fn completions(c: &Checked, file: FileId, text: &str, offset: usize, extra_modules: &[String]) -> Vec<Completion> {
+/// last check `c`. `importable` names the modules that exist (the standard library's and
+/// files beside this one): `lang` reads no directories and embeds no library.
+pub fn completions(c: &Checked, file: FileId, text: &str, offset: usize, importable: &[String]) -> Vec<Completion> {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or("");
     let line = before.rsplit('\n').next().unwrap_or("");
     let p = &c.program;
     let module = p.modules.iter().position(|m| m.file == file);
     if let Some(rest) = line.trim_start().strip_prefix("import ") {
-        return import_completions(p, rest.trim(), extra_modules);
+        return import_completions(p, rest.trim(), importable);
     }
     // `base.` or `base.fi`: fields of the record `base` is bound to.
     let word_start = before.rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_')).map_or(0, |i| i + 1);
@@ -125,9 +125,7 @@ fn field_completions(c: &Checked, file: FileId, base: &str, module: Option<usize
 }
 
 fn import_completions(p: &Program, typed: &str, extra: &[String]) -> Vec<Completion> {
-    let mut paths: Vec<String> = crate::check::PRELUDE.iter().map(|s| s.to_string()).collect();
-    paths.extend(p.modules.iter().filter(|m| m.is_std).map(|m| m.name.clone()));
-    paths.extend(["std.core", "std.nn", "std.data", "std.optim", "std.train", "std.io", "std.rules"].iter().map(|s| s.to_string()));
+    let mut paths: Vec<String> = p.modules.iter().filter(|m| m.is_std).map(|m| m.name.clone()).collect();
     paths.extend(extra.iter().cloned());
     paths.sort();
     paths.dedup();

@@ -21,11 +21,6 @@ pub struct Hover {
     pub markdown: String,
 }
 
-/// The file of the root module named `name` (as it was given to the checker).
-pub fn file_named(c: &Checked, name: &str) -> Option<FileId> {
-    c.program.sources.find(name)
-}
-
 fn module_of_file(p: &Program, file: FileId) -> Option<usize> {
     p.modules.iter().position(|m| m.file == file)
 }
@@ -71,12 +66,18 @@ pub fn derivative_status(p: &Program, id: ItemId) -> Option<String> {
             };
             format!("derivative: rule in `{}` line {line}, {how}", rm.name)
         }
-        (None, DefKind::ExternFn) if p.modules[def.module].name == "std.io" || p.modules[def.module].name == "std.train" || p.modules[def.module].name == "std.data" => {
-            "host builtin: not differentiable (runs outside the compiled step)".into()
-        }
+        (None, DefKind::ExternFn) if !takes_tensors(p, id) => "host builtin: not differentiable (runs outside the compiled step)".into(),
         (None, DefKind::ExternFn) => "derivative: none — a gradient through it is an error; wrap it in `stop_gradient` to cut it".into(),
         (None, _) => "derivative: derived from its body by the chain rule".into(),
     })
+}
+
+/// Whether a function has a tensor parameter (a primitive, as opposed to a host builtin).
+fn takes_tensors(p: &Program, id: ItemId) -> bool {
+    match p.item_ast(id).map(|i| &i.kind) {
+        Some(ItemKind::Fn(f)) => f.params.iter().any(|prm| matches!(prm.ty.as_ref().map(|t| &t.kind), Some(crate::syntax::ast::TypeKind::Tensor { .. }))),
+        _ => false,
+    }
 }
 
 /// The definition site of what is at `offset`.
@@ -179,8 +180,9 @@ pub fn hover(c: &Checked, file: FileId, offset: usize) -> Option<Hover> {
     let p = &c.program;
     let mut parts = Vec::new();
     let mut span = None;
-    if let Some(t) = target_at(c, file, offset) {
-        let (s, text) = describe(c, &t, file, offset)?;
+    let target = target_at(c, file, offset);
+    if let Some(t) = &target {
+        let (s, text) = describe(c, t, file, offset)?;
         span = Some(s);
         parts.push(text);
     } else if let Some(m) = import_at(c, file, offset) {
@@ -189,7 +191,7 @@ pub fn hover(c: &Checked, file: FileId, offset: usize) -> Option<Hover> {
     if let Some(stage) = stage_at(c, file, offset) {
         parts.push(stage);
     } else if let Some((s, types)) = c.facts.types_at(file, offset)
-        && target_at(c, file, offset).is_none()
+        && target.is_none()
     {
         span.get_or_insert(s);
         let shown: Vec<String> = types.iter().take(4).map(|t| format!("`{t}`")).collect();
@@ -414,6 +416,15 @@ pub enum TokenClass {
     Operator,
 }
 
+fn item_class(k: DefKind) -> TokenClass {
+    match k {
+        DefKind::Fn | DefKind::ExternFn | DefKind::Rule => TokenClass::Function,
+        DefKind::Layer => TokenClass::Layer,
+        DefKind::Net => TokenClass::Net,
+        DefKind::Record | DefKind::ExternType => TokenClass::Type,
+    }
+}
+
 /// Every token of `text` (file `file`) with a class: keywords, literals, comments and
 /// operators from the lexer, names from what they resolve to. Sorted by offset.
 pub fn semantic_tokens(c: &Checked, file: FileId, text: &str) -> Vec<(usize, usize, TokenClass)> {
@@ -430,21 +441,11 @@ pub fn semantic_tokens(c: &Checked, file: FileId, text: &str) -> Vec<(usize, usi
             Token::Sym("|>" | "->" | "@") => Some(TokenClass::Operator),
             Token::Ident(name) => match c.facts.ref_at(file, r.start).filter(|x| x.span.start == r.start) {
                 Some(x) => Some(match &x.target {
-                    Target::Item(id) => match c.program.items[*id].kind {
-                        DefKind::Fn | DefKind::ExternFn | DefKind::Rule => TokenClass::Function,
-                        DefKind::Layer => TokenClass::Layer,
-                        DefKind::Net => TokenClass::Net,
-                        DefKind::Record | DefKind::ExternType => TokenClass::Type,
-                    },
+                    Target::Item(id) => item_class(c.program.items[*id].kind),
                     Target::Local(_) => TokenClass::Variable,
                     Target::Field(..) => TokenClass::Property,
                 }),
-                None if let Some(d) = c.program.items.iter().find(|d| d.span.file == file && d.span.start == r.start && d.span.end == r.end) => Some(match d.kind {
-                    DefKind::Fn | DefKind::ExternFn | DefKind::Rule => TokenClass::Function,
-                    DefKind::Layer => TokenClass::Layer,
-                    DefKind::Net => TokenClass::Net,
-                    DefKind::Record | DefKind::ExternType => TokenClass::Type,
-                }),
+                None if let Some(d) = c.program.items.iter().find(|d| d.span.file == file && d.span.start == r.start && d.span.end == r.end) => Some(item_class(d.kind)),
                 None if c.facts.bindings.iter().any(|b| b.span.file == file && b.span.start == r.start) => Some(TokenClass::Variable),
                 None if crate::check::ty::DType::parse(name).is_some() || ["int", "float", "bool", "str", "dim", "net", "fn", "any", "axis"].contains(&name.as_str()) => Some(TokenClass::Type),
                 None => None,

@@ -243,8 +243,7 @@ impl<B: Backend> Model<B> {
         let b = idx.len();
         if !self.train.contains_key(&b) {
             let eps = [("eps", smoothing)];
-            let loss = if smoothing > 0.0 { ("smoothed_cross_entropy", &eps[..]) } else { (LOSS, &[][..]) };
-            let step = train_step_with(p, &self.net, b, loss, &optimizer, Some(&split.shape)).map_err(|d| d.message)?;
+            let step = train_step_with(p, &self.net, b, loss(&eps), &optimizer, Some(&split.shape)).map_err(|d| d.message)?;
             for slot in &step.slots {
                 if !self.tensors.iter().any(|t| t.name == *slot) {
                     let shape = step.graph.inputs().find(|(_, n, _)| n == slot).map(|(v, _, _)| step.graph.node(v).shape.clone()).unwrap_or_default();
@@ -351,8 +350,7 @@ impl<B: Backend> Model<B> {
         let b = idx.len();
         if !self.grad.contains_key(&b) {
             let eps = [("eps", smoothing)];
-            let loss = if smoothing > 0.0 { ("smoothed_cross_entropy", &eps[..]) } else { (LOSS, &[][..]) };
-            let step = grad_step(p, &self.net, b, loss, Some(&split.shape)).map_err(|d| d.message)?;
+            let step = grad_step(p, &self.net, b, loss(&eps), Some(&split.shape)).map_err(|d| d.message)?;
             let exe = self.prepare_exe(backend, &step.graph, &[])?;
             self.grad.insert(b, exe);
         }
@@ -439,24 +437,17 @@ impl<B: Backend> Model<B> {
     /// Writes params, state, optimizer slots and progress to `path` as safetensors,
     /// atomically: a temporary file beside it, synced, then renamed over it.
     pub fn save(&self, backend: &B, path: &Path) -> Result<(), String> {
-        let mut data = Vec::new();
+        let mut items = Vec::new();
         for t in &self.tensors {
             let buf = t.buf.as_ref().ok_or_else(|| format!("`{}` is missing", t.name))?;
-            let v = backend.download(buf).map_err(err)?;
-            data.push((t.name.clone(), t.shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()));
+            items.push(Named { name: t.name.clone(), shape: t.shape.clone(), data: backend.download(buf).map_err(err)? });
         }
-        let views: Vec<(String, safetensors::tensor::TensorView)> = data
-            .iter()
-            .map(|(n, s, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "nabla-checkpoint-1".to_string());
         meta.insert("net".to_string(), self.net.clone());
         meta.insert("epoch".to_string(), self.epoch.to_string());
         meta.insert("steps".to_string(), self.steps.to_string());
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(err)?;
-        write_atomically(path, &bytes)
+        Tensors { items }.save(path, meta)
     }
 
     /// Reads a checkpoint written by [`Model::save`] into this model; every tensor of the
@@ -483,7 +474,7 @@ impl<B: Backend> Model<B> {
             if view.dtype() != safetensors::Dtype::F32 || view.shape() != t.shape.as_slice() {
                 return Err(format!("{shown}: `{}` is {:?}{:?}, but the net's is F32{:?}", t.name, view.dtype(), view.shape(), t.shape));
             }
-            let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let v = f32s(view.data());
             loaded.push(v);
         }
         // Only now replace anything: a bad checkpoint leaves the model as it was.
@@ -499,7 +490,7 @@ impl<B: Backend> Model<B> {
         // Optimizer slots in the file that the model has not made yet.
         for (name, view) in st.tensors() {
             if name.starts_with("opt.") && !self.tensors.iter().any(|t| t.name == name) {
-                let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let v = f32s(view.data());
                 let shape = view.shape().to_vec();
                 let buf = backend.upload(&shape, &v).map_err(err)?;
                 self.tensors.push(Tensor { name, shape, role: Role::Slot, buf: Some(buf) });
@@ -509,6 +500,17 @@ impl<B: Backend> Model<B> {
         self.steps = meta.get("steps").and_then(|e| e.parse().ok()).unwrap_or(0);
         Ok(())
     }
+}
+
+/// The loss a recipe trains with: label smoothing `eps[0]` when positive, else plain
+/// cross-entropy.
+fn loss<'e>(eps: &'e [(&'e str, f64)]) -> (&'static str, &'e [(&'e str, f64)]) {
+    if eps.first().is_some_and(|(_, e)| *e > 0.0) { ("smoothed_cross_entropy", eps) } else { (LOSS, &[]) }
+}
+
+/// Little-endian f32s.
+pub(super) fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// Which of a model's compiled steps.

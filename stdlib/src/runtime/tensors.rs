@@ -99,7 +99,7 @@ impl Tensors {
 fn to_f32(dtype: safetensors::Dtype, b: &[u8]) -> Option<Vec<f32>> {
     use safetensors::Dtype::*;
     Some(match dtype {
-        F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        F32 => super::model::f32s(b),
         F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect(),
         BF16 => b.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect(),
         F16 => b.chunks_exact(2).map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
