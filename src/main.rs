@@ -400,7 +400,15 @@ fn fmt(paths: &[PathBuf], check: bool) -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("error: {}: {e} (run `nabla check {}`)", f.display(), f.display());
+                // The syntax errors themselves, with their codes and spans, when that is why.
+                let mut sources = nabla_lang::SourceMap::default();
+                let id = sources.add(f.display().to_string(), text.clone());
+                let (_, errors) = nabla_lang::syntax::parse_module(&text, id);
+                let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                for d in &errors {
+                    eprint!("{}", diag::render(d, &sources, color));
+                }
+                eprintln!("error: {}: {e}; the file is left as it is", f.display());
                 failed = true;
             }
         }

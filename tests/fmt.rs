@@ -68,6 +68,7 @@ fn fmt_check_reports_and_fmt_writes() {
     let out = nabla(&[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot format a file with errors"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[E0"), "the syntax error is shown with its code: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(&f).expect("read"), "net N: f32[4] -> {\n", "a broken file is left alone");
     let _ = std::fs::remove_dir_all(&dir);
 }
