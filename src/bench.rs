@@ -23,6 +23,9 @@ pub struct BenchOptions<'a> {
     pub optimizer: OptimizerArg,
     pub steps: usize,
     pub input: Option<&'a [usize]>,
+    /// Time every kernel too (in separate runs after the timed ones, since timing each
+    /// kernel adds a little to every step).
+    pub profile: bool,
 }
 
 /// The process's peak resident memory in bytes (Linux), if known.
@@ -105,7 +108,37 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
         mib(state),
         peak_rss().map_or("unknown".to_string(), |b| format!("{:.1} MiB", mib(b)))
     );
+    if o.profile {
+        print_profile(&cpu, &mut exe, &mut bufs, o.steps, median)?;
+    }
     // One line for scripts (bench/run.py reads it).
     println!("json {{\"median_ms\": {:.4}, \"compile_ms\": {:.2}, \"gflops\": {:.2}, \"peak_mib\": {:.1}}}", median * 1e3, compile * 1e3, flops / median / 1e9, peak_rss().map_or(0.0, mib));
+    Ok(())
+}
+
+/// Runs `steps` more steps timing every kernel, and prints the kernels that take the most
+/// time, grouped by what they compute, with their share of the step.
+fn print_profile(cpu: &Cpu, exe: &mut nabla_jit::Executable, bufs: &mut [Buffer], steps: usize, median: f64) -> Result<(), String> {
+    exe.start_profile();
+    for _ in 0..steps {
+        cpu.run(exe, bufs).map_err(|e| e.to_string())?;
+    }
+    let mut groups: Vec<(String, f64, usize)> = Vec::new();
+    for (what, t) in exe.profile() {
+        match groups.iter_mut().find(|g| g.0 == what) {
+            Some(g) => {
+                g.1 += t;
+                g.2 += 1;
+            }
+            None => groups.push((what, t, 1)),
+        }
+    }
+    groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = groups.iter().map(|g| g.1).sum();
+    println!("profile: {:.3} ms per step in kernels ({:.0}% of the median step); the 25 largest:", total / steps as f64 * 1e3, total / steps as f64 / median * 100.0);
+    for (what, t, n) in groups.iter().take(25) {
+        let times = if *n > 1 { format!(" ×{n}") } else { String::new() };
+        println!("  {:>8.3} ms {:>5.1}%  {what}{times}", t / steps as f64 * 1e3, t / total * 100.0);
+    }
     Ok(())
 }

@@ -124,6 +124,9 @@ enum Command {
         /// Per-example input shape (e.g. 3,64,64), for a smaller instance.
         #[arg(long, value_delimiter = ',')]
         input: Option<Vec<usize>>,
+        /// Also time every kernel of the step and print where the time goes.
+        #[arg(long)]
+        profile: bool,
     },
     /// Per-stage output shapes and parameter counts of a file's nets, then totals.
     Info {
@@ -339,7 +342,8 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
             Ok(items) => {
                 let worst = items.iter().map(|i| i.worst).fold(0.0, f64::max);
                 worst_all = worst_all.max(worst);
-                println!("net  {:<24} worst relative error {worst:.2e}", net.name);
+                let at = items.iter().find(|i| i.worst == worst && worst > 0.0).map(|i| format!(" ({})", i.input)).unwrap_or_default();
+                println!("net  {:<24} worst relative error {worst:.2e}{at}", net.name);
             }
             Err(e) => {
                 failed = true;
@@ -437,10 +441,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench { file, net, batch, optimizer, steps, input } => {
+        Command::Bench { file, net, batch, optimizer, steps, input, profile } => {
             let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
             let result = pick_net(&checked, net).and_then(|net| {
-                let o = bench::BenchOptions { net: &net, batch: batch.max(1), optimizer, steps: steps.max(1), input: input.as_deref() };
+                let o = bench::BenchOptions { net: &net, batch: batch.max(1), optimizer, steps: steps.max(1), input: input.as_deref(), profile };
                 bench::bench(&checked, &o, started)
             });
             match result {

@@ -29,7 +29,7 @@ pub enum Access {
 impl Access {
     /// Whether four consecutive lanes starting at a multiple of 4 can be read as one
     /// vector (or one splatted scalar).
-    fn vectorizes(self) -> bool {
+    pub fn vectorizes(self) -> bool {
         match self {
             Access::Linear | Access::Scalar => true,
             Access::Bcast { inner, len } => inner % 4 == 0 || (inner == 1 && len % 4 == 0),

@@ -94,6 +94,14 @@ impl ConvShape {
     fn area(&self) -> usize {
         self.oh * self.ow
     }
+    /// The convolution that computes this one's input gradient from its output gradient,
+    /// for stride 1, one group and square kernels (pad `k - 1 - pad`).
+    fn transposed(&self) -> Option<ConvShape> {
+        let w = self.win;
+        let ok = w.stride == 1 && w.dilation == 1 && w.groups.max(1) == 1 && self.kh == self.kw && w.pad < self.kh && !self.pointwise();
+        let win = Window { pad: self.kh - 1 - w.pad, ..w };
+        ok.then_some(ConvShape { b: self.b, c: self.o, h: self.oh, w: self.ow, o: self.c, kh: self.kh, kw: self.kw, oh: self.h, ow: self.w, win })
+    }
     /// A 1×1 convolution with stride 1 and no padding reads its input as the columns.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.win.stride == 1 && self.win.pad == 0 && self.oh == self.h && self.ow == self.w
@@ -109,17 +117,18 @@ fn valid_cols(s: &ConvShape, kx: usize) -> (std::ops::Range<usize>, usize) {
     (first..end, ix)
 }
 
-/// im2col of group `g` of one image `x` ([C, H, W]) into `col` ([cg·KH·KW, OH·OW]).
-fn im2col(s: &ConvShape, x: &[f32], g: usize, col: &mut [f32]) {
-    let (area, cg) = (s.area(), s.cg());
+/// im2col of group `g` of one image `x` ([C, H, W]), output rows `oys`, into `col`
+/// ([cg·KH·KW, len(oys)·OW]).
+fn im2col(s: &ConvShape, x: &[f32], g: usize, oys: std::ops::Range<usize>, col: &mut [f32]) {
+    let (area, cg) = (oys.len() * s.ow, s.cg());
     let cols: Vec<_> = (0..s.kw).map(|kx| valid_cols(s, kx)).collect();
     for ci in 0..cg {
         let plane = &x[(g * cg + ci) * s.h * s.w..][..s.h * s.w];
         for ky in 0..s.kh {
             for (kx, (range, ix0)) in cols.iter().enumerate() {
                 let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * area..][..area];
-                for oy in 0..s.oh {
-                    let dst = &mut row[oy * s.ow..][..s.ow];
+                for (r, oy) in oys.clone().enumerate() {
+                    let dst = &mut row[r * s.ow..][..s.ow];
                     let Some(iy) = tap(oy, ky, &s.win, s.h) else {
                         dst.fill(0.0);
                         continue;
@@ -138,6 +147,20 @@ fn im2col(s: &ConvShape, x: &[f32], g: usize, col: &mut [f32]) {
             }
         }
     }
+}
+
+/// Output rows per band of the column matrix: enough that a band of columns is about
+/// 64K floats (256 KiB, well inside L2, where the GEMM reads it back), at least one.
+fn band_rows(s: &ConvShape) -> usize {
+    const BAND: usize = 1 << 16;
+    (BAND / (s.rows() * s.ow).max(1)).clamp(1, s.oh.max(1))
+}
+
+/// The output-row bands of a convolution.
+fn bands(s: &ConvShape) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let step = band_rows(s);
+    let oh = s.oh;
+    (0..oh.div_ceil(step)).map(move |i| i * step..((i + 1) * step).min(oh))
 }
 
 /// The adjoint of [`im2col`]: adds `col` back into image `dx` ([C, H, W]).
@@ -162,16 +185,18 @@ fn col2im(s: &ConvShape, col: &[f32], g: usize, dx: &mut [f32]) {
     }
 }
 
-/// The column matrix of group `g` of image `xb`: the image itself for a pointwise
-/// convolution, else its im2col in the scratch `col`.
-fn columns<'a>(s: &ConvShape, xb: &'a [f32], g: usize, col: &'a mut Vec<f32>) -> &'a [f32] {
-    let (rows, area) = (s.rows(), s.area());
+/// The column matrix of group `g` of image `xb` for output rows `oys`, and its row
+/// stride: the image itself for a pointwise convolution, else its im2col in the scratch
+/// `col`.
+fn columns<'a>(s: &ConvShape, xb: &'a [f32], g: usize, oys: std::ops::Range<usize>, col: &'a mut Vec<f32>) -> (&'a [f32], usize) {
+    let rows = s.rows();
     if s.pointwise() {
-        &xb[g * rows * area..][..rows * area]
+        (&xb[g * rows * s.area() + oys.start * s.ow..], s.area())
     } else {
-        col.resize(rows * area, 0.0);
-        im2col(s, xb, g, col);
-        col
+        let len = oys.len() * s.ow;
+        col.resize(rows * len, 0.0);
+        im2col(s, xb, g, oys, col);
+        (col, len)
     }
 }
 
@@ -179,22 +204,41 @@ fn mat(ptr: *const f32, rs: usize, cs: usize) -> Mat {
     Mat { ptr, rs: rs as isize, cs: cs as isize }
 }
 
-/// `y = conv2d(x, k)`.
+/// `y = conv2d(x, k)`, image by image, in bands of output rows (see [`band_rows`]).
 pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
     let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
     let (xs, ys) = (s.c * s.h * s.w, s.o * area);
     y.par_chunks_mut(ys).enumerate().for_each_init(Vec::new, |col: &mut Vec<f32>, (bi, yb)| {
         let xb = &x[bi * xs..][..xs];
         for g in 0..groups {
-            let cols = columns(s, xb, g, col);
-            // SAFETY: extents as described; y's image is disjoint from x, k and col.
-            unsafe { gemm(og, area, rows, yb[g * og * area..].as_mut_ptr(), area as isize, false, mat(k[g * og * rows..].as_ptr(), rows, 1), mat(cols.as_ptr(), area, 1), false) };
+            for oys in bands(s) {
+                let n = oys.len() * s.ow;
+                let at = g * og * area + oys.start * s.ow;
+                let (cols, stride) = columns(s, xb, g, oys, col);
+                // SAFETY: extents as described; y's image is disjoint from x, k and col.
+                unsafe { gemm(og, n, rows, yb[at..].as_mut_ptr(), area as isize, false, mat(k[g * og * rows..].as_ptr(), rows, 1), mat(cols.as_ptr(), stride, 1), false) };
+            }
         }
     });
 }
 
 /// `dx` of `y = conv2d(x, k)` given `dy`.
 pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
+    if let Some(t) = s.transposed() {
+        // A stride-1 convolution's input gradient is itself a convolution: of dy with the
+        // kernel flipped in space and its channel axes swapped. im2col's copies are
+        // cheaper than col2im's scattered additions.
+        let (ckk, kk) = (s.c * s.kh * s.kw, s.kh * s.kw);
+        let mut flipped = vec![0.0f32; k.len()];
+        for o in 0..s.o {
+            for c in 0..s.c {
+                for i in 0..kk {
+                    flipped[c * s.o * kk + o * kk + (kk - 1 - i)] = k[o * ckk + c * kk + i];
+                }
+            }
+        }
+        return conv2d(&t, dy, &flipped, dx);
+    }
     let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
     let (xs, ys) = (s.c * s.h * s.w, s.o * area);
     dx.par_chunks_mut(xs).enumerate().for_each_init(Vec::new, |col: &mut Vec<f32>, (bi, dxb)| {
@@ -232,10 +276,14 @@ pub fn conv2d_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) 
             for bi in (t * per)..((t + 1) * per).min(s.b) {
                 let xb = &x[bi * xs..][..xs];
                 for g in 0..groups {
-                    let cols = columns(s, xb, g, &mut col);
-                    // dk_g [og, rows] += dy_g [og, area] · colsᵀ [area, rows]
-                    // SAFETY: extents as described; acc is this thread's own.
-                    unsafe { gemm(og, rows, area, acc[g * og * rows..].as_mut_ptr(), rows as isize, true, mat(dy[bi * ys + g * og * area..].as_ptr(), area, 1), mat(cols.as_ptr(), 1, area), false) };
+                    for oys in bands(s) {
+                        let n = oys.len() * s.ow;
+                        let at = bi * ys + g * og * area + oys.start * s.ow;
+                        let (cols, stride) = columns(s, xb, g, oys, &mut col);
+                        // dk_g [og, rows] += dy_g [og, n] · colsᵀ [n, rows]
+                        // SAFETY: extents as described; acc is this thread's own.
+                        unsafe { gemm(og, rows, n, acc[g * og * rows..].as_mut_ptr(), rows as isize, true, mat(dy[at..].as_ptr(), area, 1), mat(cols.as_ptr(), 1, stride), false) };
+                    }
                 }
             }
             acc
@@ -260,8 +308,41 @@ pub struct PoolShape {
     pub win: Window,
 }
 
+impl PoolShape {
+    /// Windows that tile the plane without padding or overlap (2×2 stride 2, the common
+    /// case): every tap is inside, so the loops need no bounds arithmetic.
+    fn tiles(&self) -> bool {
+        let k = self.win.kernel;
+        self.win.stride == k && self.win.pad == 0 && self.win.dilation == 1 && self.oh * k <= self.h && self.ow * k <= self.w
+    }
+}
+
+/// [`pool`] for windows that tile the plane (see [`PoolShape::tiles`]).
+fn pool_tiled(s: &PoolShape, x: &[f32], y: &mut [f32], max: bool) {
+    let k = s.win.kernel;
+    let scale = 1.0 / (k * k) as f32;
+    y.par_chunks_mut((s.oh * s.ow).max(1)).enumerate().for_each(|(p, yp)| {
+        let xp = &x[p * s.h * s.w..][..s.h * s.w];
+        for (oy, yrow) in yp.chunks_exact_mut(s.ow).enumerate() {
+            let rows = &xp[oy * k * s.w..];
+            for (ox, y) in yrow.iter_mut().enumerate() {
+                let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                for ky in 0..k {
+                    for v in &rows[ky * s.w + ox * k..][..k] {
+                        acc = if max { acc.max(*v) } else { acc + v };
+                    }
+                }
+                *y = if max { acc } else { acc * scale };
+            }
+        }
+    });
+}
+
 /// Max or average pooling (average counts padding, as PyTorch's default).
 pub fn pool(s: &PoolShape, x: &[f32], y: &mut [f32], max: bool) {
+    if s.tiles() {
+        return pool_tiled(s, x, y, max);
+    }
     let area = (s.win.kernel * s.win.kernel) as f32;
     y.par_chunks_mut((s.oh * s.ow).max(1)).enumerate().for_each(|(p, yp)| {
         let xp = &x[p * s.h * s.w..][..s.h * s.w];
@@ -282,8 +363,41 @@ pub fn pool(s: &PoolShape, x: &[f32], y: &mut [f32], max: bool) {
     });
 }
 
+/// [`max_pool_grad`] for windows that tile the plane: each window's first maximum (in
+/// row-major order) takes the gradient, the rest of the window gets zero.
+fn max_pool_grad_tiled(s: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let k = s.win.kernel;
+    dx.par_chunks_mut((s.h * s.w).max(1)).enumerate().for_each(|(p, dxp)| {
+        let xp = &x[p * s.h * s.w..][..s.h * s.w];
+        let dyp = &dy[p * s.oh * s.ow..][..s.oh * s.ow];
+        // Rows and columns past the last window get no gradient.
+        dxp[s.oh * k * s.w..].fill(0.0);
+        for oy in 0..s.oh {
+            for r in 0..k {
+                dxp[(oy * k + r) * s.w..][s.ow * k..s.w].fill(0.0);
+            }
+            for ox in 0..s.ow {
+                let mut best = (0, 0, f32::NEG_INFINITY);
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let v = xp[(oy * k + ky) * s.w + ox * k + kx];
+                        if v > best.2 || (ky == 0 && kx == 0) {
+                            best = (ky, kx, v);
+                        }
+                        dxp[(oy * k + ky) * s.w + ox * k + kx] = 0.0;
+                    }
+                }
+                dxp[(oy * k + best.0) * s.w + ox * k + best.1] = dyp[oy * s.ow + ox];
+            }
+        }
+    });
+}
+
 /// The gradient of max pooling: each window's first maximum takes its output gradient.
 pub fn max_pool_grad(s: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    if s.tiles() {
+        return max_pool_grad_tiled(s, x, dy, dx);
+    }
     dx.par_chunks_mut((s.h * s.w).max(1)).enumerate().for_each(|(p, dxp)| {
         dxp.fill(0.0);
         let xp = &x[p * s.h * s.w..][..s.h * s.w];
@@ -349,6 +463,42 @@ fn collapse(shape: &[usize], axes: &[usize]) -> Vec<(usize, bool)> {
 /// Sum or max of `x` (shape `shape`) over `axes` into `out` (the kept dims in order).
 /// Sums accumulate in f64.
 pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: Reduce, out: &mut [f32]) {
+    reduce_from(&Source::Slice(x), shape, axes, op, out);
+}
+
+/// Where a reduction reads its input.
+pub enum Source<'a> {
+    /// A materialized tensor.
+    Slice(&'a [f32]),
+    /// A fused loop computing the input at any index, and its leaf pointers (the loop's
+    /// one store pointer is supplied per run).
+    Loop(crate::fuse::LoopFn, &'a [*mut f32]),
+}
+
+// SAFETY: the loop is immutable code and its leaves are only read, by any thread.
+unsafe impl Sync for Source<'_> {}
+
+impl Source<'_> {
+    /// Elements `start..start + len` of the input, computed into `scratch` if need be.
+    fn run<'s>(&'s self, start: usize, len: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        match self {
+            Source::Slice(x) => &x[start..][..len],
+            Source::Loop(f, leaves) => {
+                scratch.resize(len, 0.0);
+                let mut ps: Vec<*mut f32> = leaves.to_vec();
+                // The loop stores element i at `store + i`: point it so that element
+                // `start` lands at scratch[0]. Only i in start..start+len is written.
+                ps.push(scratch.as_mut_ptr().wrapping_sub(start));
+                // SAFETY: leaves cover the whole iteration space; stores stay in scratch.
+                unsafe { f(ps.as_ptr(), start, start + len) };
+                scratch
+            }
+        }
+    }
+}
+
+/// [`reduce`] of an input read through `src`.
+pub fn reduce_from(src: &Source, shape: &[usize], axes: &[usize], op: Reduce, out: &mut [f32]) {
     let dims = collapse(shape, axes);
     // Strides of the collapsed dims in x; offsets of every reduced position except the
     // innermost dim when that dim is reduced (then it is a contiguous run).
@@ -367,6 +517,11 @@ pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: Reduce, out: &mut 
         roff = roff.iter().flat_map(|o| (0..dims[d].0).map(move |i| o + i * st)).collect();
     }
     let kept: Vec<usize> = (0..dims.len()).filter(|d| !dims[*d].1).collect();
+    if let (Source::Slice(x), Some(&(inner, false))) = (src, dims.last())
+        && dims.len() > 1
+    {
+        return reduce_rows(x, &dims, &strides, &roff, inner, op, out);
+    }
     let base = |mut o: usize| {
         let mut off = 0;
         for d in kept.iter().rev() {
@@ -375,24 +530,76 @@ pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: Reduce, out: &mut 
         }
         off
     };
-    let one = |(o, y): (usize, &mut f32)| {
+    let one = |scratch: &mut Vec<f32>, (o, y): (usize, &mut f32)| {
         let b = base(o);
         *y = match op {
             Reduce::Sum => {
                 let mut acc = 0.0f64;
                 for r in &roff {
-                    acc += sum_run(&x[b + r..][..run]);
+                    acc += sum_run(src.run(b + r, run, scratch));
                 }
                 acc as f32
             }
-            Reduce::Max => roff.iter().flat_map(|r| x[b + r..][..run].iter().copied()).fold(f32::NEG_INFINITY, f32::max),
+            Reduce::Max => roff.iter().map(|r| src.run(b + r, run, scratch).iter().copied().fold(f32::NEG_INFINITY, f32::max)).fold(f32::NEG_INFINITY, f32::max),
         };
     };
-    if x.len() >= PARALLEL_MIN && out.len() > 1 {
-        out.par_iter_mut().enumerate().for_each(one);
+    let total: usize = shape.iter().product();
+    if total >= PARALLEL_MIN && out.len() > 1 {
+        out.par_iter_mut().enumerate().for_each_init(Vec::new, one);
     } else {
-        out.iter_mut().enumerate().for_each(one);
+        let mut scratch = Vec::new();
+        out.iter_mut().enumerate().for_each(|e| one(&mut scratch, e));
     }
+}
+
+/// [`reduce_from`] when the innermost dim is kept (a bias gradient: `[B, N] -> [N]`):
+/// whole rows of `inner` outputs are accumulated at once, in f64 for sums, instead of
+/// one strided walk per output.
+fn reduce_rows(x: &[f32], dims: &[(usize, bool)], strides: &[usize], roff: &[usize], inner: usize, op: Reduce, out: &mut [f32]) {
+    const COLS: usize = 256;
+    // The offset in x of output block `ob` (its kept dims other than the innermost).
+    let kept: Vec<usize> = (0..dims.len() - 1).filter(|d| !dims[*d].1).collect();
+    let base = |mut ob: usize| {
+        let mut off = 0;
+        for d in kept.iter().rev() {
+            off += (ob % dims[*d].0) * strides[*d];
+            ob /= dims[*d].0;
+        }
+        off
+    };
+    let columns = |b: usize, c0: usize, y: &mut [f32]| match op {
+        Reduce::Sum => {
+            let mut acc = vec![0.0f64; y.len()];
+            for r in roff {
+                for (a, v) in acc.iter_mut().zip(&x[b + r + c0..][..y.len()]) {
+                    *a += f64::from(*v);
+                }
+            }
+            y.iter_mut().zip(acc).for_each(|(y, a)| *y = a as f32);
+        }
+        Reduce::Max => {
+            y.fill(f32::NEG_INFINITY);
+            for r in roff {
+                for (m, v) in y.iter_mut().zip(&x[b + r + c0..]) {
+                    *m = m.max(*v);
+                }
+            }
+        }
+    };
+    let big = x.len() >= PARALLEL_MIN;
+    let blocks = out.len() / inner.max(1);
+    if big && blocks >= 2 * rayon::current_num_threads() {
+        out.par_chunks_mut(inner).enumerate().for_each(|(ob, block)| columns(base(ob), 0, block));
+        return;
+    }
+    out.chunks_mut(inner).enumerate().for_each(|(ob, block)| {
+        let b = base(ob);
+        if big {
+            block.par_chunks_mut(COLS).enumerate().for_each(|(k, y)| columns(b, k * COLS, y));
+        } else {
+            columns(b, 0, block);
+        }
+    });
 }
 
 /// The sum of a contiguous run in four f64 lanes (vectorizable, and as accurate as a

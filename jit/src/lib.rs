@@ -44,12 +44,28 @@ pub struct Executable {
     arena: Vec<f32>,
     /// Seconds spent compiling (0 when the plan came from the cache).
     pub compile_seconds: f64,
+    /// Seconds spent in each kernel of the plan over all runs, when profiling.
+    profile: Option<Vec<f64>>,
 }
 
 impl Executable {
     /// Bytes of the arena (every intermediate value of a run).
     pub fn arena_bytes(&self) -> usize {
         self.arena.len() * 4
+    }
+
+    /// Starts (or restarts) timing every kernel of later runs.
+    pub fn start_profile(&mut self) {
+        self.profile = Some(vec![0.0; self.compiled.plan.kernels.len()]);
+    }
+
+    /// Seconds spent in each kernel since [`Executable::start_profile`], with what the
+    /// kernel computes, largest first.
+    pub fn profile(&self) -> Vec<(String, f64)> {
+        let Some(times) = &self.profile else { return Vec::new() };
+        let mut out: Vec<(String, f64)> = self.compiled.plan.kernels.iter().zip(times).map(|(k, t)| (plan::describe(&self.compiled.graph, &self.compiled.plan, k), *t)).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
     }
 }
 
@@ -112,7 +128,7 @@ impl Backend for Cpu {
             }
         };
         let arena = vec![0.0; compiled.plan.arena];
-        Ok(Executable { compiled, arena, compile_seconds: t0.elapsed().as_secs_f64() })
+        Ok(Executable { compiled, arena, compile_seconds: t0.elapsed().as_secs_f64(), profile: None })
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Buffer, BackendError> {
@@ -145,10 +161,14 @@ impl Backend for Cpu {
             }
         }
         let ptrs = pointers(p, inputs, &mut exe.arena);
-        for k in &p.kernels {
+        for (i, k) in p.kernels.iter().enumerate() {
+            let t = exe.profile.is_some().then(std::time::Instant::now);
             // SAFETY: the plan gives every value a region of its size; kernels write only
             // their outputs, which overlap no input except as `plan` allows.
             unsafe { execute(&c, k, &ptrs) };
+            if let (Some(t), Some(times)) = (t, exe.profile.as_mut()) {
+                times[i] += t.elapsed().as_secs_f64();
+            }
         }
         let mut out = Vec::new();
         let mut copies = Vec::new();
@@ -219,6 +239,15 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
                     kernels::gemm(m, n, k, po, n as isize, false, am(pa), bm(pb), true);
                 }
             }
+        }
+        Kernel::Reduced { node, func, args } => {
+            let n = g.node(*node);
+            let Op::Reduce { op, axes, .. } = &n.op else { return };
+            let leaves: Vec<*mut f32> = args.iter().map(|a| ptrs[a.index()]).collect();
+            // SAFETY: the output region has numel() elements and overlaps no leaf.
+            let out = unsafe { std::slice::from_raw_parts_mut(ptrs[node.index()], n.numel()) };
+            let shape = &g.node(n.args[0]).shape;
+            kernels::reduce_from(&kernels::Source::Loop(c.loops[*func], &leaves), shape, axes, *op, out);
         }
         Kernel::Node { node, args } => {
             let n = g.node(*node);

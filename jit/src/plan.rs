@@ -8,8 +8,14 @@
 //! 3. **Fusion**: elementwise nodes (unary, binary, compare, select, casts, broadcasts
 //!    that read with a pattern [`Access`] supports) are grouped in reverse order: a node
 //!    joins its users' group when all its users are in one group and none of them reads
-//!    it through a broadcast. Each group is one Cranelift loop whose stores are its root
-//!    and any member that is a graph output. Constants are immediates.
+//!    it through a broadcast; a broadcast whose users are all loops of other groups is
+//!    read through its pattern by each of them instead of being stored (when the
+//!    pattern reads four lanes at once). Each group is one Cranelift loop whose stores
+//!    are its root and any member that is a graph output. Constants are immediates.
+//!    A group whose only use is one sum or max (over runs of at least 16 contiguous
+//!    elements) is not stored at all: the reduction runs the loop run by run into a
+//!    scratch buffer in cache (batchnorm's `sum(dy * x̂)` reads `dy` and `x̂` once and
+//!    writes nothing but the result).
 //! 4. **Schedule**: kernels in the order of their last node, which is topological.
 //! 5. **Memory**: every materialized value gets an offset in one arena, assigned once:
 //!    a value's space is reused after its last reader (best fit among freed blocks); a
@@ -44,6 +50,10 @@ pub enum Kernel {
     /// A native kernel computing node `node` from its args (as written: aliases keep
     /// their own shapes).
     Node { node: ValueId, args: Vec<ValueId> },
+    /// Reduction `node` of the value fused loop `func` computes, which is never stored:
+    /// the loop runs over each contiguous run of the reduced input into a small scratch
+    /// buffer that is reduced at once. `args` are the loop's leaves.
+    Reduced { node: ValueId, func: usize, args: Vec<ValueId> },
 }
 
 /// The compiled form of a graph, independent of any run.
@@ -107,6 +117,35 @@ fn swapped(g: &Graph, v: ValueId) -> Option<ValueId> {
     }
 }
 
+/// The contiguous run a reduction of `shape` over `axes` sums at a time: the product of
+/// the innermost dims when they are all reduced, else 1 (see `kernels::reduce`).
+pub fn reduced_run(shape: &[usize], axes: &[usize]) -> usize {
+    let mut run = 1;
+    for d in (0..shape.len()).rev() {
+        if shape[d] == 1 {
+            continue;
+        }
+        if !axes.contains(&d) {
+            break;
+        }
+        run *= shape[d];
+    }
+    run
+}
+
+/// Whether reduction `u` can run fused loop `f` (which computes its input) run by run:
+/// the runs must be long enough to amortize a call, and start where the loop's four-lane
+/// broadcast reads stay aligned.
+fn reducible(g: &Graph, u: ValueId, f: &Fused) -> bool {
+    const MIN_RUN: usize = 16;
+    let n = g.node(u);
+    let Op::Reduce { axes, .. } = &n.op else { return false };
+    let shape = &g.node(n.args[0]).shape;
+    let run = reduced_run(shape, axes);
+    let aligned = run.is_multiple_of(4) || !f.vectorizes() || f.leaves.iter().all(|a| matches!(a, Access::Linear | Access::Scalar));
+    run >= MIN_RUN && aligned
+}
+
 fn fusible(g: &Graph, v: ValueId) -> bool {
     let n = g.node(v);
     match n.op {
@@ -151,6 +190,7 @@ pub fn plan(g: &Graph) -> Plan {
     }
     // Fusion groups, in reverse order.
     let mut group: Vec<Option<usize>> = vec![None; count];
+    let mut inlined = vec![false; count];
     let mut groups: Vec<Vec<ValueId>> = Vec::new();
     for i in (0..count).rev() {
         let v = ValueId(i as u32);
@@ -158,6 +198,18 @@ pub fn plan(g: &Graph) -> Plan {
             continue;
         }
         let us = &users[i];
+        // A broadcast read by loops of several groups is read through its pattern by each
+        // of them, not materialized at full size (batchnorm's scale is read by a forward
+        // and a backward loop).
+        if matches!(g.node(v).op, Op::Broadcast)
+            && broadcast_access(&g.node(g.node(v).args[0]).shape, &g.node(v).shape).is_some_and(|a| a.vectorizes())
+            && !is_output[i]
+            && !us.is_empty()
+            && us.iter().all(|u| group[u.index()].is_some() && !matches!(g.node(*u).op, Op::Broadcast) && g.node(*u).numel() == g.node(v).numel())
+        {
+            inlined[i] = true;
+            continue;
+        }
         let target = us.first().and_then(|u| group[u.index()]).filter(|gid| {
             us.iter().all(|u| group[u.index()] == Some(*gid) && !matches!(g.node(*u).op, Op::Broadcast) && g.node(*u).numel() == g.node(v).numel())
         });
@@ -178,14 +230,25 @@ pub fn plan(g: &Graph) -> Plan {
     for members in groups.iter_mut() {
         members.sort();
         let Some(&last) = members.last() else { continue };
-        let (f, args) = fuse_group(g, members, &root, &is_output);
+        let (f, args) = fuse_group(g, members, &root, &is_output, &inlined);
         let n = g.node(last).numel();
-        at[last.index()] = Some(Kernel::Fused { func: fused.len(), args, n });
+        // A loop whose only use is one reduction runs inside it (see `Kernel::Reduced`).
+        let reducer = match users[last.index()].as_slice() {
+            [u] if f.stores.len() == 1 && !is_output[last.index()] && reducible(g, *u, &f) => Some(*u),
+            _ => None,
+        };
+        match reducer {
+            Some(u) => {
+                let leaves = args[..f.leaves.len()].to_vec();
+                at[u.index()] = Some(Kernel::Reduced { node: u, func: fused.len(), args: leaves });
+            }
+            None => at[last.index()] = Some(Kernel::Fused { func: fused.len(), args, n }),
+        }
         fused.push(f);
     }
     for i in 0..count {
         let v = ValueId(i as u32);
-        if root[i] != v || group[i].is_some() || folded[i] || matches!(g.node(v).op, Op::Input { .. }) {
+        if root[i] != v || group[i].is_some() || folded[i] || inlined[i] || at[i].is_some() || matches!(g.node(v).op, Op::Input { .. }) {
             continue;
         }
         let n = g.node(v);
@@ -224,7 +287,7 @@ pub fn plan(g: &Graph) -> Plan {
 }
 
 /// The fused program of a group and its pointer arguments (leaves, then stores).
-fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[bool]) -> (Fused, Vec<ValueId>) {
+fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[bool], inlined: &[bool]) -> (Fused, Vec<ValueId>) {
     let r = |v: ValueId| root[v.index()];
     let last = members[members.len() - 1];
     let mut f = Fused { leaves: Vec::new(), exprs: Vec::new(), stores: Vec::new() };
@@ -254,6 +317,15 @@ fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[boo
             }
             let e = match g.node(a).op {
                 Op::Const(c) => Expr::Const(c as f32),
+                // An inlined broadcast: its source, read through the pattern.
+                Op::Broadcast if inlined[a.index()] => {
+                    let n = g.node(a);
+                    let src = r(n.args[0]);
+                    match g.node(src).op {
+                        Op::Const(c) => Expr::Const(c as f32),
+                        _ => leaf(f, src, broadcast_access(&g.node(n.args[0]).shape, &n.shape).unwrap_or(Access::Linear), leaf_vals),
+                    }
+                }
                 _ => leaf(f, a, Access::Linear, leaf_vals),
             };
             let k = push(f, e);
@@ -301,6 +373,45 @@ fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[boo
     (f, args)
 }
 
+/// What kernel `k` computes, in a few words: `conv2d [128, 32, 28, 28]`, `matmul
+/// 128×784 · 784×512ᵀ`, `loop of 7 ops (mul, add, max) over 401408`.
+pub fn describe(g: &Graph, p: &Plan, k: &Kernel) -> String {
+    let t = |b: bool| if b { "ᵀ" } else { "" };
+    match k {
+        Kernel::Fused { func, n, .. } => {
+            let f = &p.fused[*func];
+            let mut names: Vec<String> = Vec::new();
+            for e in &f.exprs {
+                let name = match e {
+                    Expr::Unary(u, _) => format!("{u:?}"),
+                    Expr::Binary(b, _, _) => format!("{b:?}"),
+                    Expr::Compare(c, _, _) => format!("{c:?}"),
+                    Expr::Select(..) => "select".into(),
+                    _ => continue,
+                };
+                let name = name.to_lowercase();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            format!("loop of {} ops ({}) over {n}, {} reads, {} writes", f.exprs.len(), names.join(", "), f.leaves.len(), f.stores.len())
+        }
+        Kernel::MatMul { ta, tb, batch, m, k, n, .. } => {
+            let b = if *batch > 1 { format!("{batch} × ") } else { String::new() };
+            format!("matmul {b}{m}×{k}{} · {k}×{n}{}", t(*ta), t(*tb))
+        }
+        Kernel::Node { node, args } => {
+            let shapes: Vec<String> = args.iter().map(|a| format!("{:?}", g.node(*a).shape)).collect();
+            format!("{} {} -> {:?}", g.node(*node).op.name(), shapes.join(" "), g.node(*node).shape)
+        }
+        Kernel::Reduced { node, func, .. } => {
+            let n = g.node(*node);
+            let from = n.args.first().map(|a| format!("{:?}", g.node(*a).shape)).unwrap_or_default();
+            format!("{} of a loop of {} ops {from} -> {:?}", n.op.name(), p.fused[*func].exprs.len(), n.shape)
+        }
+    }
+}
+
 /// The values kernel `k` reads (resolved) with how (`true`: only linearly, elementwise).
 fn reads(p: &Plan, k: &Kernel) -> Vec<(ValueId, bool)> {
     match k {
@@ -310,6 +421,7 @@ fn reads(p: &Plan, k: &Kernel) -> Vec<(ValueId, bool)> {
         }
         Kernel::MatMul { a, b, .. } => vec![(*a, false), (*b, false)],
         Kernel::Node { args, .. } => args.iter().map(|a| (p.root[a.index()], false)).collect(),
+        Kernel::Reduced { args, .. } => args.iter().map(|a| (*a, false)).collect(),
     }
 }
 
@@ -318,7 +430,7 @@ pub fn writes(p: &Plan, k: &Kernel) -> Vec<ValueId> {
     match k {
         Kernel::Fused { func, args, .. } => args[p.fused[*func].leaves.len()..].to_vec(),
         Kernel::MatMul { out, .. } => vec![*out],
-        Kernel::Node { node, .. } => vec![*node],
+        Kernel::Node { node, .. } | Kernel::Reduced { node, .. } => vec![*node],
     }
 }
 

@@ -113,3 +113,27 @@ fn recompiling_an_unchanged_step_is_cached() {
 }
 
 
+
+/// Batchnorm's reductions of products (`sum(dy * x̂)` and the like) run their fused loops
+/// run by run instead of storing the product: the train-step cases above exercise them.
+#[test]
+fn reductions_of_fused_loops_are_not_stored() {
+    let c = checked("examples/mnist_cnn.net");
+    let step = nabla_lang::step::train_step(&c.program, "MnistCnn", 4, "softmax_cross_entropy", &Optimizer::sgd(), Some(&[1, 12, 12])).expect("step");
+    let plan = nabla_jit::plan::plan(&step.graph);
+    let reduced = plan.kernels.iter().filter(|k| matches!(k, nabla_jit::plan::Kernel::Reduced { .. })).count();
+    // Four batchnorms, each with x², dy·x̂ and two more products summed.
+    assert!(reduced >= 16, "{reduced} fused reductions");
+}
+
+/// Pooling windows that tile the plane take a fast path, also when the last row and
+/// column are left over (7×7 → 3×3); a stride-1 convolution's input gradient is computed
+/// as a convolution. Both against the interpreter, forward and backward.
+#[test]
+fn pooling_fast_paths_and_transposed_convolutions_match_the_interpreter() {
+    let src = "import std.nn.*\nnet Pools: f32[2, 7, 7] -> f32[10] {\n  conv(3, 3, pad: 1)\n  conv(4, 3, pad: 1)\n  maxpool(2)\n  avgpool(2)\n  flatten\n  dense(10)\n}\n";
+    let c = check_files(&[("pools.net".to_string(), src.to_string())], &StdLoader);
+    assert!(!c.has_errors(), "pools.net checks");
+    let cases = [net_case(&c.program, "Pools", 3, None, Mode::Train).expect("case")];
+    assert_cases(&Cpu::new(), &cases);
+}
