@@ -6,7 +6,9 @@ Run from a local venv (never needed by the tests):
     .venv/bin/python bench/anchors.py mlp --optimizer sgd --batch 128
 
 Prints one `json {...}` line per framework: median step time in ms over --steps steps
-after a warm-up, and compile time where there is one. Workloads are the nets of
+after a warm-up, compile time where there is one, and memory: the process's peak
+resident set (VmHWM) and its growth over the resident set after importing the
+framework (run one framework per process, with --only, for a peak of its own). Workloads are the nets of
 examples/: `linear` (784-10), `mlp` (784-512-512-10), `cnn` (mnist_cnn.net: four 3×3
 convolutions with batchnorm and ReLU, two max-pools, 3136-512-10).
 """
@@ -14,6 +16,23 @@ import argparse
 import json
 import statistics
 import time
+
+
+def rss_mib(field):
+    """A field of /proc/self/status (VmRSS: now, VmHWM: peak) in MiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def memory(baseline):
+    peak = rss_mib("VmHWM")
+    return {"peak_mib": peak, "growth_mib": None if peak is None or baseline is None else peak - baseline}
 
 
 def torch_model(name):
@@ -45,6 +64,7 @@ def time_steps(step, steps, warmup=5):
 def bench_torch(args, compiled):
     import torch
 
+    baseline = rss_mib("VmRSS")
     torch.manual_seed(0)
     model = torch_model(args.workload)
     x = torch.randn(args.batch, 1, 28, 28)
@@ -65,13 +85,15 @@ def bench_torch(args, compiled):
         t = time.perf_counter()
         step()
         compile_ms = (time.perf_counter() - t) * 1e3
-    return {"framework": "torch.compile" if compiled else "pytorch eager", "median_ms": time_steps(step, args.steps), "compile_ms": compile_ms}
+    median = time_steps(step, args.steps)
+    return {"framework": "torch.compile" if compiled else "pytorch eager", "median_ms": median, "compile_ms": compile_ms, **memory(baseline)}
 
 
 def bench_jax(args):
     import jax
     import jax.numpy as jnp
 
+    baseline = rss_mib("VmRSS")
     key = jax.random.PRNGKey(0)
     def dense(key, i, o):
         return {"w": jax.random.normal(key, (i, o)) * (2.0 / i) ** 0.5, "b": jnp.zeros(o)}
@@ -126,7 +148,8 @@ def bench_jax(args):
     t = time.perf_counter()
     run()
     compile_ms = (time.perf_counter() - t) * 1e3
-    return {"framework": "jax.jit", "median_ms": time_steps(run, args.steps), "compile_ms": compile_ms}
+    median = time_steps(run, args.steps)
+    return {"framework": "jax.jit", "median_ms": median, "compile_ms": compile_ms, **memory(baseline)}
 
 
 def main():

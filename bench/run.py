@@ -36,11 +36,16 @@ def main():
         nabla = subprocess.run(["target/release/nabla", "bench", file, "--batch", str(args.batch), "--optimizer", opt, "--steps", str(args.steps)],
                                capture_output=True, text=True, check=True).stdout
         n = json_lines(nabla)[0]
-        anchors = subprocess.run([sys.executable, "bench/anchors.py", w.split("-")[0], "--optimizer", opt, "--batch", str(args.batch), "--steps", str(args.steps)],
-                                 capture_output=True, text=True).stdout
-        print(f"{w} (batch {args.batch}, {opt}): nabla {n['median_ms']:.3f} ms, {n['gflops']:.1f} GFLOP/s = {n['gflops'] / args.peak:.0%} of peak, compile {n['compile_ms']:.1f} ms")
-        for a in json_lines(anchors):
-            print(f"    {a['framework']:<14} {a['median_ms']:.3f} ms   nabla is {a['median_ms'] / n['median_ms']:.2f}x faster")
+        arena = n.get("arena_mib", 0.0)
+        print(f"{w} (batch {args.batch}, {opt}): nabla {n['median_ms']:.3f} ms, {n['gflops']:.1f} GFLOP/s = {n['gflops'] / args.peak:.0%} of peak, "
+              f"compile {n['compile_ms']:.1f} ms, process peak {n['peak_mib']:.0f} MiB (arena {arena:.0f} MiB)")
+        # One process per framework, so that each peak memory is its own.
+        for only in ["torch", "compile", "jax"]:
+            anchors = subprocess.run([sys.executable, "bench/anchors.py", w.split("-")[0], "--optimizer", opt, "--batch", str(args.batch), "--steps", str(args.steps), "--only", only],
+                                     capture_output=True, text=True).stdout
+            for a in json_lines(anchors):
+                mem = f"process peak {a['peak_mib']:.0f} MiB ({a['growth_mib']:.0f} MiB over the imported framework)" if a.get("peak_mib") else ""
+                print(f"    {a['framework']:<14} {a['median_ms']:.3f} ms   nabla is {a['median_ms'] / n['median_ms']:.2f}x faster   {mem}")
 
 
 if __name__ == "__main__":

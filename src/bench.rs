@@ -112,7 +112,14 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
         print_profile(&cpu, &mut exe, &mut bufs, o.steps, median)?;
     }
     // One line for scripts (bench/run.py reads it).
-    println!("json {{\"median_ms\": {:.4}, \"compile_ms\": {:.2}, \"gflops\": {:.2}, \"peak_mib\": {:.1}}}", median * 1e3, compile * 1e3, flops / median / 1e9, peak_rss().map_or(0.0, mib));
+    println!(
+        "json {{\"median_ms\": {:.4}, \"compile_ms\": {:.2}, \"gflops\": {:.2}, \"peak_mib\": {:.1}, \"arena_mib\": {:.1}}}",
+        median * 1e3,
+        compile * 1e3,
+        flops / median / 1e9,
+        peak_rss().map_or(0.0, mib),
+        mib(exe.arena_bytes() as u64)
+    );
     Ok(())
 }
 
