@@ -92,11 +92,25 @@ fn a_diverging_loss_names_the_step() {
     let (code, out, err) = run(&d, &src, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(!out.contains("unreachable"));
-    assert!(err.contains("the loss is") && err.contains("at optimizer step") && err.contains("lower learning rate"), "{err}");
+    assert!(err.contains("the loss is") && err.contains("at optimizer step 2") && err.contains("lower learning rate"), "{err}");
+    // Replayed on the interpreter: the product that overflowed first, in std.nn's dense.
+    assert!(err.contains("the first value that is not finite comes from `matmul` at <std.nn>:"), "{err}");
     // The span points into std.train's loop, where the step ran.
     assert!(err.contains("train_batch("), "{err}");
     // ... and the trace goes back to the user's call.
     assert!(err.contains("let m = train(Deep, mnist(), cfg)") && err.contains("called from here"), "{err}");
+}
+
+#[test]
+fn a_nan_names_the_first_op_that_made_it() {
+    let d = dir("nan_op");
+    let src = "import std.nn.*\nimport std.data.*\n\n/// NaN for negative values.\nlayer logs()(x: f32[B, n]) {\n  log(x)\n}\n\nnet Bad: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n  logs\n}\nlet cfg = TrainConfig { optimizer: sgd(lr: 0.1), batch: 128, epochs: 1 }\nlet m = train(Bad, mnist(), cfg)\n";
+    let (code, _, err) = run(&d, src, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the loss is NaN at optimizer step 1"), "{err}");
+    assert!(err.contains("the first value that is not finite comes from `log` at ") && err.contains("main.net:6:3 (`log(x)`)"), "{err}");
+    // Not a step too long: the net itself makes the NaN.
+    assert!(!err.contains("lower learning rate"), "{err}");
 }
 
 #[test]

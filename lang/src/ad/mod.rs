@@ -154,8 +154,13 @@ pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composi
                 }
             },
         };
+        let first_new = out.nodes.len();
         let grads = apply_rule(p, &mut out, &rule, &inputs, &attrs, v, dy)
             .map_err(|m| err(&rule, path_to(g, v, loss), m))?;
+        // The backward nodes of an op point at the source of the op (not into the rule).
+        for node in &mut out.nodes[first_new..] {
+            node.span = g.node(v).span;
+        }
         for (a, gr) in inputs.iter().zip(grads) {
             let (Some(gr), true) = (gr, active(*a)) else { continue };
             cot[a.index()] = Some(match cot[a.index()] {

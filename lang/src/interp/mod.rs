@@ -84,6 +84,41 @@ pub fn run(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>, precis
     Ok(vals)
 }
 
+/// Runs `g` until the first node whose value holds a NaN or an infinity although all its
+/// arguments are finite (or an input that holds one), and returns it; `None` when every
+/// value is finite. Values are dropped after their last use, so a whole train step fits
+/// in memory.
+pub fn first_non_finite(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>, precision: Precision) -> Result<Option<ValueId>, RunError> {
+    let mut last_use = vec![0usize; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for a in &n.args {
+            last_use[a.index()] = i;
+        }
+    }
+    let finite = |t: &Tensor| t.data.iter().all(|x| x.is_finite());
+    let mut vals: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        let t = match &n.op {
+            Op::Input { name, kind } => input(n, name, inputs(name, *kind))?,
+            _ => {
+                let empty = Tensor::zeros(n.dtype, &[]);
+                let args: Vec<&Tensor> = n.args.iter().map(|v| vals[v.index()].as_ref().unwrap_or(&empty)).collect();
+                node(n, &args, precision)
+            }
+        };
+        if !finite(&t) {
+            return Ok(Some(ValueId(i as u32)));
+        }
+        vals[i] = Some(t);
+        for a in &n.args {
+            if last_use[a.index()] == i {
+                vals[a.index()] = None;
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Re-runs `g` after a full run whose values are `base`, with input `changed` set to `x`:
 /// only the nodes that depend on it are computed again (a gradient check perturbs one
 /// tensor at a time, and most of a deep net lies before or beside it). Returns the value

@@ -51,7 +51,8 @@ pub fn simplify(g: &Graph) -> Graph {
 
 fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
     let same_shape = |out: &Graph, v: ValueId| out.node(v).shape == n.shape && out.node(v).dtype == n.dtype;
-    let push = |out: &mut Graph, op: Op, args: Vec<ValueId>| out.push(op, args, n.dtype, n.shape.clone());
+    // Rewritten nodes keep the span of the node they replace (errors at run time point there).
+    let push = |out: &mut Graph, op: Op, args: Vec<ValueId>| out.push_at(op, args, n.dtype, n.shape.clone(), n.span);
     let c = |out: &Graph, i: usize| args.get(i).and_then(|a| constant(out, *a));
     match &n.op {
         Op::Binary(b) => {
@@ -149,8 +150,8 @@ fn transpose2(out: &mut Graph, v: ValueId) -> ValueId {
 
 /// A constant `v` of `n`'s type.
 fn splat(out: &mut Graph, v: f64, n: &Node) -> ValueId {
-    let c = out.push(Op::Const(v), vec![], n.dtype, vec![]);
-    if n.shape.is_empty() { c } else { out.push(Op::Broadcast, vec![c], n.dtype, n.shape.clone()) }
+    let c = out.push_at(Op::Const(v), vec![], n.dtype, vec![], n.span);
+    if n.shape.is_empty() { c } else { out.push_at(Op::Broadcast, vec![c], n.dtype, n.shape.clone(), n.span) }
 }
 
 /// Merges nodes with the same op, arguments and type.
@@ -165,7 +166,7 @@ pub fn cse(g: &Graph) -> Graph {
         let v = match seen.get(&key) {
             Some(v) => *v,
             None => {
-                let v = out.push(n.op.clone(), args, n.dtype, n.shape.clone());
+                let v = out.push_at(n.op.clone(), args, n.dtype, n.shape.clone(), n.span);
                 seen.insert(key, v);
                 v
             }
@@ -197,7 +198,7 @@ pub fn dce(g: &Graph) -> Graph {
     for (i, n) in g.nodes.iter().enumerate() {
         if live[i] {
             let args = n.args.iter().filter_map(|a| map[a.index()]).collect();
-            map[i] = Some(out.push(n.op.clone(), args, n.dtype, n.shape.clone()));
+            map[i] = Some(out.push_at(n.op.clone(), args, n.dtype, n.shape.clone(), n.span));
         }
     }
     out.outputs = g.outputs.iter().filter_map(|(name, v)| map[v.index()].map(|m| (name.clone(), m))).collect();

@@ -350,11 +350,21 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let m = Self::model(heap, a[0])?;
                 let loss = m.train_step(p, backend, &split, &idx, lr)?;
                 if !loss.is_finite() {
-                    let why = match m.non_finite(backend) {
-                        Some(t) => format!("; parameter `{t}` is no longer finite after the update (the step diverged: try a lower learning rate)"),
+                    // After finite steps, a non-finite one is usually a step too long.
+                    let hint = if m.steps > 1 { " (the step diverged: try a lower learning rate)" } else { "" };
+                    let diverged = match m.non_finite(backend) {
+                        Some(t) => format!("; parameter `{t}` is no longer finite after the update{hint}"),
                         None => String::new(),
                     };
-                    return Err(format!("the loss is {loss} at optimizer step {} (epoch {}, learning rate {lr}){why}", m.steps, m.epoch + 1));
+                    let step = (m.steps, m.epoch + 1);
+                    // Replaying the step on the interpreter also puts back the values it
+                    // started from, the last finite ones.
+                    let first = match m.locate_non_finite(p, backend, &split) {
+                        Some(at) => format!("; the first value that is not finite comes from {at}"),
+                        None => String::new(),
+                    };
+                    let lr = if lr != 0.0 && !(1e-4..1e6).contains(&lr.abs()) { format!("{lr:e}") } else { format!("{lr}") };
+                    return Err(format!("the loss is {loss} at optimizer step {} (epoch {}, learning rate {lr}){first}{diverged}", step.0, step.1));
                 }
                 Ok(loss.to_bits())
             }

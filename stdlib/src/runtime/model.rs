@@ -104,7 +104,28 @@ pub struct Model<B: Backend> {
     x: Vec<f32>,
     y: Vec<f32>,
     rng: u64,
+    /// What it takes to replay the recent steps (see [`Model::locate_non_finite`]).
+    replay: Replay,
 }
+
+/// A copy of every tensor, the step count and the augmentation generator taken every
+/// [`REPLAY_EVERY`] steps, and the batches and learning rates of the steps since: enough
+/// to run the latest step again from the values it started with.
+#[derive(Default)]
+struct Replay {
+    snapshot: Option<(Vec<Vec<f32>>, u64, u64)>,
+    steps: Vec<(Vec<usize>, f64)>,
+    /// Set while replaying, so that the replay records nothing.
+    running: bool,
+}
+
+/// Steps between snapshots: a download of the model every this many steps (well under
+/// 1% of training time), and at most this many steps to replay.
+const REPLAY_EVERY: usize = 200;
+
+/// Train steps larger than this (in FLOPs) are not run on the interpreter to find the
+/// first non-finite value (it would take minutes).
+const LOCATE_MAX_FLOPS: u64 = 20_000_000_000;
 
 /// `n` values drawn by `spec` with `seed`.
 pub fn initial_values(spec: &InitSpec, n: usize, seed: u64) -> Result<Vec<f32>, String> {
@@ -169,7 +190,7 @@ impl<B: Backend> Model<B> {
             let buf = backend.upload(&shape, &data).map_err(err)?;
             tensors.push(Tensor { name: name.to_string(), shape, role, buf: Some(buf) });
         }
-        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), grad: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], rng: seed })
+        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), grad: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], rng: seed, replay: Replay::default() })
     }
 
     /// Sets the recipe for training (a new optimizer recompiles the steps).
@@ -239,6 +260,9 @@ impl<B: Backend> Model<B> {
     /// One optimizer step on examples `idx` of `split` at rate `lr`; returns the loss.
     pub fn train_step(&mut self, p: &Program, backend: &B, split: &Split, idx: &[usize], lr: f64) -> Result<f64, String> {
         let (optimizer, smoothing) = self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing)).ok_or("the model has no training recipe")?;
+        if !self.replay.running {
+            self.record(backend, idx, lr)?;
+        }
         self.gather(split, idx, true)?;
         let b = idx.len();
         if !self.train.contains_key(&b) {
@@ -259,6 +283,83 @@ impl<B: Backend> Model<B> {
         let scalars: Vec<f64> = optimizer.scalars(lr, self.steps).iter().map(|(_, v)| *v).collect();
         let out = self.run(backend, Which::Train, b, &scalars)?;
         first(backend, &out)
+    }
+
+    /// Notes a step for [`Model::locate_non_finite`], after a snapshot every
+    /// [`REPLAY_EVERY`] steps.
+    fn record(&mut self, backend: &B, idx: &[usize], lr: f64) -> Result<(), String> {
+        if self.replay.snapshot.is_none() || self.replay.steps.len() >= REPLAY_EVERY {
+            let mut data = Vec::with_capacity(self.tensors.len());
+            for t in &self.tensors {
+                data.push(match &t.buf {
+                    Some(b) => backend.download(b).map_err(err)?,
+                    None => Vec::new(),
+                });
+            }
+            self.replay.snapshot = Some((data, self.steps, self.rng));
+            self.replay.steps.clear();
+        }
+        self.replay.steps.push((idx.to_vec(), lr));
+        Ok(())
+    }
+
+    /// After a train step whose loss was not finite: runs the steps since the last
+    /// snapshot again, then that step on the reference interpreter (in f32), and says
+    /// which op first produced a NaN or an infinity, with its source position. The model
+    /// is left as it was before that step (its last finite values). `None` when it cannot
+    /// be found (no steps recorded, a step too large for the interpreter, or every value
+    /// finite there).
+    pub fn locate_non_finite(&mut self, p: &Program, backend: &B, split: &Split) -> Option<String> {
+        let (data, steps, rng) = self.replay.snapshot.take()?;
+        let log = std::mem::take(&mut self.replay.steps);
+        let ((last_idx, last_lr), before) = log.split_last()?;
+        for (t, d) in self.tensors.iter_mut().zip(data.iter().map(Some).chain(std::iter::repeat(None))) {
+            let zeros;
+            let d = match d {
+                Some(d) => d,
+                None => {
+                    zeros = vec![0.0; t.shape.iter().product()];
+                    &zeros
+                }
+            };
+            backend.write(t.buf.as_mut()?, &t.shape, d).ok()?;
+        }
+        (self.steps, self.rng) = (steps, rng);
+        self.replay.running = true;
+        let replayed = before.iter().all(|(idx, lr)| self.train_step(p, backend, split, idx, *lr).is_ok_and(f64::is_finite));
+        self.replay.running = false;
+        if !replayed {
+            return None;
+        }
+        let (optimizer, smoothing) = self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing))?;
+        self.gather(split, last_idx, true).ok()?;
+        let eps = [("eps", smoothing)];
+        let step = train_step_with(p, &self.net, last_idx.len(), loss(&eps), &optimizer, Some(&split.shape)).ok()?;
+        let g = &step.graph;
+        if nabla_lang::ir::flops(g) > LOCATE_MAX_FLOPS {
+            return None;
+        }
+        let scalars = optimizer.scalars(*last_lr, self.steps + 1);
+        let mut values: HashMap<String, Vec<f32>> = HashMap::new();
+        for t in &self.tensors {
+            values.insert(t.name.clone(), backend.download(t.buf.as_ref()?).ok()?);
+        }
+        let (x, y) = (&self.x, &self.y);
+        let input = |name: &str, _| {
+            let (v, _, _) = g.inputs().find(|(_, n, _)| *n == name)?;
+            let n = g.node(v);
+            let data: Vec<f64> = match name {
+                "x" => x.iter().map(|v| f64::from(*v)).collect(),
+                "y" => y.iter().map(|v| f64::from(*v)).collect(),
+                _ => match scalars.iter().find(|(s, _)| *s == name) {
+                    Some((_, v)) => vec![*v],
+                    None => values.get(name)?.iter().map(|v| f64::from(*v)).collect(),
+                },
+            };
+            Some(nabla_lang::interp::Tensor::new(n.dtype, n.shape.clone(), data))
+        };
+        let v = nabla_lang::interp::first_non_finite(g, &input, nabla_lang::interp::Precision::F32).ok()??;
+        Some(describe_node(p, g, v))
     }
 
     /// Compiles `g` and resolves where each of its inputs comes from.
@@ -395,6 +496,8 @@ impl<B: Backend> Model<B> {
         for n in &set.items {
             bufs.push(backend.upload(&n.shape, &n.data).map_err(err)?);
         }
+        // Values set from outside: the steps recorded since the snapshot no longer lead here.
+        self.replay = Replay::default();
         for (n, buf) in set.items.iter().zip(bufs) {
             if let Some(t) = self.tensors.iter_mut().find(|t| t.name == n.name) {
                 t.buf = Some(buf);
@@ -454,6 +557,7 @@ impl<B: Backend> Model<B> {
     /// model must be in it with its shape, and it must be of the same net. Optimizer slots
     /// are restored when present.
     pub fn load(&mut self, backend: &B, path: &Path) -> Result<(), String> {
+        self.replay = Replay::default();
         let shown = path.display();
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read checkpoint {shown}: {e}"))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{shown} is not a valid safetensors file (truncated or corrupt): {e}"))?;
@@ -504,6 +608,20 @@ impl<B: Backend> Model<B> {
 
 /// The loss a recipe trains with: label smoothing `eps[0]` when positive, else plain
 /// cross-entropy.
+/// `` `log` at m.net:5:3 (`log(p)`) ``: a node's op and the source it was lowered from.
+fn describe_node(p: &Program, g: &nabla_lang::ir::Graph, v: nabla_lang::ir::ValueId) -> String {
+    let n = g.node(v);
+    if let Some(name) = g.input_name(v) {
+        return format!("input `{name}`");
+    }
+    let Some(span) = n.span else { return format!("`{}`", n.op.name()) };
+    let (line, col) = p.sources.line_col(span.file, span.start);
+    let file = p.sources.name(span.file);
+    let text: String = p.sources.text(span.file).get(span.start..span.end).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = if text.chars().count() > 60 { format!("{}…", text.chars().take(60).collect::<String>()) } else { text };
+    format!("`{}` at {file}:{line}:{col} (`{text}`)", n.op.name())
+}
+
 fn loss<'e>(eps: &'e [(&'e str, f64)]) -> (&'static str, &'e [(&'e str, f64)]) {
     if eps.first().is_some_and(|(_, e)| *e > 0.0) { ("smoothed_cross_entropy", eps) } else { (LOSS, &[]) }
 }
