@@ -102,6 +102,10 @@ enum Command {
         /// (first and last included): for nets too large to check every tensor.
         #[arg(long)]
         tensors: Option<usize>,
+        /// Check only these parameter tensors of the nets (structural names, e.g.
+        /// `layers.4.batchnorm1.beta`; repeatable).
+        #[arg(long)]
+        param: Vec<String>,
         /// Examples per batch of the nets' instances. Batchnorm over few values per
         /// channel is ill-conditioned for finite differences: deep nets at small images
         /// want 4 or more.
@@ -292,11 +296,12 @@ struct GradcheckOptions<'a> {
     input: Option<&'a [usize]>,
     loss: &'a str,
     tensors: Option<usize>,
+    params: &'a [String],
     batch: usize,
 }
 
 fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
-    let GradcheckOptions { name, input, loss, tensors, batch } = *o;
+    let GradcheckOptions { name, input, loss, tensors, params: only, batch } = *o;
     use nabla_lang::ir::{InputKind, Mode};
     let mut worst_all = 0.0f64;
     let mut failed = false;
@@ -324,19 +329,24 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
             let lv = l.loss.ok_or("no loss")?;
             let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
             let g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| render_ad(checked, &e))?;
-            let mut names = param_names(&l.graph, &params);
+            let names = param_names(&l.graph, &params);
             let total = names.len();
-            if let Some(k) = tensors.filter(|k| *k >= 2 && *k < names.len()) {
-                let n = names.len();
-                names = (0..k).map(|i| names[i * (n - 1) / (k - 1)].clone()).collect();
+            if let Some(missing) = only.iter().find(|n| !names.contains(n)) {
+                return Err(format!("net `{}` has no parameter tensor `{missing}`", net.name));
             }
-            println!("net  {} (batch {batch}{at}): {} of {total} parameter tensors", net.name, names.len());
+            let mut chosen: Vec<String> = names.iter().filter(|n| only.is_empty() || only.contains(n)).cloned().collect();
+            if let Some(k) = tensors.filter(|k| *k >= 2 && *k < chosen.len()) {
+                let n = chosen.len();
+                chosen = (0..k).map(|i| chosen[i * (n - 1) / (k - 1)].clone()).collect();
+            }
+            println!("net  {} (batch {batch}{at}): {} of {total} parameter tensors", net.name, chosen.len());
             let inputs = nabla_lang::gradcheck::random_inputs(&l.graph, 7, 10);
             let mut report = |i: &nabla_lang::gradcheck::Finding| {
                 println!("       {:<30} {:.2e}", i.input, i.worst);
                 let _ = std::io::Write::flush(&mut std::io::stdout());
             };
-            nabla_lang::gradcheck::check_each(&l.graph, lv, &g, &names, &inputs, 2, 11, &mut report).map_err(|e| e.to_string())
+            let wanted = |n: &str| chosen.iter().any(|c| c == n);
+            nabla_lang::gradcheck::check_each(&l.graph, lv, &g, &names, &inputs, 2, 11, &wanted, &mut report).map_err(|e| e.to_string())
         })();
         match result {
             Ok(items) => {
@@ -505,9 +515,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Gradcheck { file, name, input, loss, tensors, batch } => {
+        Command::Gradcheck { file, name, input, loss, tensors, param, batch } => {
             let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
-            gradcheck(&checked, &GradcheckOptions { name: name.as_deref(), input: input.as_deref(), loss: &loss, tensors, batch: batch.max(1) })
+            gradcheck(&checked, &GradcheckOptions { name: name.as_deref(), input: input.as_deref(), loss: &loss, tensors, params: &param, batch: batch.max(1) })
         }
         Command::Info { file, net } => {
             let roots = match read_roots(std::slice::from_ref(&file)) {

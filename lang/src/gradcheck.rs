@@ -89,11 +89,13 @@ pub fn check(
     coords: usize,
     seed: u64,
 ) -> Result<Vec<Finding>, RunError> {
-    check_each(forward, loss, g_with_grads, names, inputs, coords, seed, &mut |_| {})
+    check_each(forward, loss, g_with_grads, names, inputs, coords, seed, &|_| true, &mut |_| {})
 }
 
-/// [`check`], calling `report` with each finding as soon as it is known (a large net
-/// takes minutes).
+/// [`check`] of the inputs among `names` that `wanted` selects, calling `report` with each
+/// finding as soon as it is known (a large net takes minutes). The random directions of
+/// an input and the floor depend on `names` only, not on the selection, so checking one
+/// tensor alone measures what checking them all does.
 #[allow(clippy::too_many_arguments)]
 pub fn check_each(
     forward: &Graph,
@@ -103,6 +105,7 @@ pub fn check_each(
     inputs: &HashMap<String, Tensor>,
     coords: usize,
     seed: u64,
+    wanted: &dyn Fn(&str) -> bool,
     report: &mut dyn FnMut(&Finding),
 ) -> Result<Vec<Finding>, RunError> {
     let vals = eval(g_with_grads, inputs)?;
@@ -122,6 +125,9 @@ pub fn check_each(
         .flat_map(|v| vals[v.index()].data.iter())
         .fold(0.0f64, |m, v| m.max(v.abs()));
     for (k, name) in names.iter().enumerate() {
+        if !wanted(name) {
+            continue;
+        }
         let Some(gv) = g_with_grads.output(&format!("grad.{name}")) else { continue };
         let grad = &vals[gv.index()];
         let Some(x) = inputs.get(name) else { continue };

@@ -1,5 +1,5 @@
 //! Datasets: IDX files (MNIST, Fashion-MNIST; gzipped or raw), the CIFAR-10 binary format
-//! and PNG image folders, each read into a [`Split`] of f32 pixels in [0, 1] and i32
+//! and PNG or JPEG image folders, each read into a [`Split`] of f32 pixels in [0, 1] and i32
 //! labels. Every failure names the file and what was wrong with it.
 
 use std::io::Read;
@@ -151,12 +151,12 @@ pub fn cifar10(dir: &Path) -> Result<(Split, Split), String> {
     Ok((read(&train, "CIFAR-10 train")?, read(&["test_batch.bin".to_string()], "CIFAR-10 test")?))
 }
 
-/// An image folder: `root/train/<class>/*.png` and `root/val/<class>/*.png` (or `test`),
-/// classes in sorted order, images resized to `size`×`size` (bilinear), RGB.
+/// An image folder: `root/train/<class>/*` and `root/val/<class>/*` (or `test`), PNG or
+/// JPEG images, classes in sorted order, images resized to `size`×`size` (bilinear), RGB.
 pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> {
     let classes_dir = root.join("train");
     let mut classes: Vec<String> = std::fs::read_dir(&classes_dir)
-        .map_err(|e| format!("cannot read {}: {e} (an image folder has train/<class>/*.png)", classes_dir.display()))?
+        .map_err(|e| format!("cannot read {}: {e} (an image folder has train/<class>/*.png or *.jpg)", classes_dir.display()))?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -176,10 +176,12 @@ pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> 
             files.sort();
             for f in files {
                 let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-                if ext != "png" {
-                    return Err(format!("{}: only PNG images are supported in image folders", f.display()));
-                }
-                images.extend(read_png(&f, size)?);
+                let pixels = match ext.as_str() {
+                    "png" => decode_png(&f)?,
+                    "jpg" | "jpeg" => decode_jpeg(&f)?,
+                    _ => return Err(format!("{}: image folders hold PNG and JPEG images (.png, .jpg, .jpeg)", f.display())),
+                };
+                images.extend(resize(&pixels, size));
                 labels.push(c as i32);
             }
         }
@@ -188,21 +190,53 @@ pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> 
     Ok((load(&classes_dir, "train")?, load(&val, "val")?))
 }
 
-/// A PNG as 3×size×size floats in [0, 1] (gray and alpha handled).
-fn read_png(path: &Path, size: usize) -> Result<Vec<f32>, String> {
+/// Decoded 8-bit pixels: width, height, channels per pixel (1 to 4), row-major.
+struct Pixels {
+    w: usize,
+    h: usize,
+    channels: usize,
+    data: Vec<u8>,
+}
+
+/// A PNG's pixels (palettes expanded, 16-bit samples reduced to 8).
+fn decode_png(path: &Path) -> Result<Pixels, String> {
     let bad = |e: &dyn std::fmt::Display| format!("{}: not a readable PNG ({e})", path.display());
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
-    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| bad(&"image too large"))?];
-    let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let channels = info.color_type.samples();
+    let mut data = vec![0; reader.output_buffer_size().ok_or_else(|| bad(&"image too large"))?];
+    let info = reader.next_frame(&mut data).map_err(|e| bad(&e))?;
+    Ok(Pixels { w: info.width as usize, h: info.height as usize, channels: info.color_type.samples(), data })
+}
+
+/// A JPEG's pixels, as RGB (or one channel for a grayscale JPEG).
+fn decode_jpeg(path: &Path) -> Result<Pixels, String> {
+    use zune_core::{bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions};
+    let bad = |e: &dyn std::fmt::Display| format!("{}: not a readable JPEG ({e})", path.display());
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&bytes), options);
+    decoder.decode_headers().map_err(|e| bad(&format!("{e:?}")))?;
+    let (w, h) = decoder.dimensions().ok_or_else(|| bad(&"no image size"))?;
+    let len = decoder.output_buffer_size().ok_or_else(|| bad(&"image too large"))?;
+    let mut data = vec![0; len];
+    decoder.decode_into(&mut data).map_err(|e| bad(&format!("{e:?}")))?;
+    let channels = len / (w * h).max(1);
+    if w == 0 || h == 0 || !(1..=4).contains(&channels) {
+        return Err(bad(&format!("{w}×{h} pixels with {len} bytes")));
+    }
+    Ok(Pixels { w, h, channels, data })
+}
+
+/// Pixels as 3×size×size floats in [0, 1], resized bilinearly (gray copied to all three
+/// channels, alpha dropped).
+fn resize(p: &Pixels, size: usize) -> Vec<f32> {
+    let (w, h) = (p.w, p.h);
     let px = |x: usize, y: usize, c: usize| -> f32 {
-        let base = (y * w + x) * channels;
-        let k = if channels >= 3 { c } else { 0 };
-        f32::from(buf[base + k]) / 255.0
+        let base = (y * w + x) * p.channels;
+        let k = if p.channels >= 3 { c } else { 0 };
+        f32::from(p.data[base + k]) / 255.0
     };
     let mut out = vec![0.0; 3 * size * size];
     for c in 0..3 {
@@ -220,7 +254,7 @@ fn read_png(path: &Path, size: usize) -> Result<Vec<f32>, String> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -290,8 +324,23 @@ mod tests {
         assert_eq!(train.labels, vec![0, 1]);
         // The cat image is green everywhere after resizing: channel 1 is 1.0, others 0.
         assert!(train.images[..16].iter().all(|v| *v == 0.0) && train.images[16..32].iter().all(|v| *v == 1.0));
-        std::fs::write(d.join("val/dog/d.jpg"), b"not a png").expect("write");
-        let e = image_folder(&d, 4).expect_err("jpeg");
-        assert!(e.contains("d.jpg: only PNG images are supported"), "{e}");
+        // JPEG too (made by Pillow): an RGB one and a grayscale one.
+        std::fs::write(d.join("train/dog/e.jpg"), include_bytes!("../../testdata/red-8x8.jpg")).expect("write");
+        std::fs::write(d.join("train/cat/f.jpeg"), include_bytes!("../../testdata/gray-6x6.jpg")).expect("write");
+        let (train, _) = image_folder(&d, 4).expect("folder with JPEGs");
+        assert_eq!((train.len(), train.labels.clone()), (4, vec![0, 0, 1, 1]));
+        // f.jpeg (cat's second image): mid-gray in every channel, within JPEG's rounding.
+        let gray = &train.images[48..96];
+        assert!(gray.iter().all(|v| (v - 128.0 / 255.0).abs() < 2.0 / 255.0), "{gray:?}");
+        // e.jpg (dog's second): red.
+        let red = &train.images[144..192];
+        assert!(red[..16].iter().all(|v| *v > 0.98) && red[16..].iter().all(|v| *v < 0.02), "{red:?}");
+        std::fs::write(d.join("val/dog/d.jpg"), b"not a jpeg").expect("write");
+        let e = image_folder(&d, 4).expect_err("bad jpeg");
+        assert!(e.contains("d.jpg: not a readable JPEG"), "{e}");
+        std::fs::remove_file(d.join("val/dog/d.jpg")).expect("rm");
+        std::fs::write(d.join("val/dog/g.gif"), b"GIF89a").expect("write");
+        let e = image_folder(&d, 4).expect_err("gif");
+        assert!(e.contains("g.gif: image folders hold PNG and JPEG images"), "{e}");
     }
 }
