@@ -35,11 +35,15 @@ fn median(mut xs: Vec<Duration>) -> Duration {
 }
 
 fn time(runs: usize, mut f: impl FnMut()) -> Duration {
-    median((0..runs).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed()
-    }).collect())
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
 }
 
 fn main() {
@@ -51,12 +55,24 @@ fn main() {
     });
     let check = time(5, || {
         let c = check_source("gen.net", &src, &nabla_stdlib::StdLoader);
-        assert!(c.diagnostics.is_empty(), "generated file must check cleanly: {:?}", c.diagnostics.first());
+        assert!(
+            c.diagnostics.is_empty(),
+            "generated file must check cleanly: {:?}",
+            c.diagnostics.first()
+        );
     });
     let per_sec = |d: Duration| lines as f64 / d.as_secs_f64();
     println!("generated file: {lines} lines");
-    println!("  parse:          {:>8.2} ms  {:>12.0} lines/s", parse.as_secs_f64() * 1e3, per_sec(parse));
-    println!("  parse + check:  {:>8.2} ms  {:>12.0} lines/s", check.as_secs_f64() * 1e3, per_sec(check));
+    println!(
+        "  parse:          {:>8.2} ms  {:>12.0} lines/s",
+        parse.as_secs_f64() * 1e3,
+        per_sec(parse)
+    );
+    println!(
+        "  parse + check:  {:>8.2} ms  {:>12.0} lines/s",
+        check.as_secs_f64() * 1e3,
+        per_sec(check)
+    );
 
     let dir = format!("{}/examples", env!("CARGO_MANIFEST_DIR"));
     let mut roots: Vec<(String, String)> = std::fs::read_dir(dir)
@@ -64,10 +80,18 @@ fn main() {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "net"))
-        .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).expect("read")))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).expect("read"),
+            )
+        })
         .collect();
     roots.sort();
-    let std_lines: usize = nabla_stdlib::MODULES.iter().map(|(_, s)| s.lines().count()).sum();
+    let std_lines: usize = nabla_stdlib::MODULES
+        .iter()
+        .map(|(_, s)| s.lines().count())
+        .sum();
     let ex_lines: usize = roots.iter().map(|(_, s)| s.lines().count()).sum();
     let all = time(11, || {
         let c = check_files(&roots, &nabla_stdlib::StdLoader);

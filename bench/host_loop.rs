@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use nabla_lang::check::check_source;
-use nabla_lang::host::heap::{Builtins, Heap};
 use nabla_lang::host::Word;
+use nabla_lang::host::heap::{Builtins, Heap};
 
 const N: i64 = 10_000_000;
 
@@ -80,7 +80,8 @@ fn main() {
     for (name, src, rust) in CASES {
         let checked = check_source("loop.net", src, &nabla_stdlib::StdLoader);
         assert!(!checked.has_errors(), "{name}: {:?}", checked.diagnostics);
-        let prog = nabla_lang::host::lower::lower_program(&checked.program, 0).unwrap_or_else(|e| panic!("{e:?}"));
+        let prog = nabla_lang::host::lower::lower_program(&checked.program, 0)
+            .unwrap_or_else(|e| panic!("{e:?}"));
         let mut heap = Heap::default();
         let compiled = nabla_jit::host::compile(&prog, &mut heap).unwrap_or_else(|e| panic!("{e}"));
         let mut best = (f64::MAX, f64::MAX);
@@ -88,7 +89,9 @@ fn main() {
         for _ in 0..5 {
             let mut cap = Capture(vec![]);
             let t = Instant::now();
-            compiled.run(&prog, &mut heap, &mut cap, &mut vec![]).unwrap_or_else(|e| panic!("{e}"));
+            compiled
+                .run(&prog, &mut heap, &mut cap, &mut vec![])
+                .unwrap_or_else(|e| panic!("{e}"));
             best.0 = best.0.min(t.elapsed().as_secs_f64());
             ours = cap.0.join("");
             let t = Instant::now();
@@ -96,8 +99,20 @@ fn main() {
             best.1 = best.1.min(t.elapsed().as_secs_f64());
         }
         assert_eq!(ours, theirs, "{name}: nabla and Rust disagree");
-        println!("{name:<44} nabla {:>7.1} ms  rust {:>7.1} ms  ratio {:.2}x  (compile {:.2} ms)", best.0 * 1e3, best.1 * 1e3, best.0 / best.1, compiled.compile_ms);
-        rows.push(format!("{{\"case\": \"{}\", \"nabla_ms\": {:.2}, \"rust_ms\": {:.2}, \"ratio\": {:.3}}}", name.split(':').next().unwrap_or(name), best.0 * 1e3, best.1 * 1e3, best.0 / best.1));
+        println!(
+            "{name:<44} nabla {:>7.1} ms  rust {:>7.1} ms  ratio {:.2}x  (compile {:.2} ms)",
+            best.0 * 1e3,
+            best.1 * 1e3,
+            best.0 / best.1,
+            compiled.compile_ms
+        );
+        rows.push(format!(
+            "{{\"case\": \"{}\", \"nabla_ms\": {:.2}, \"rust_ms\": {:.2}, \"ratio\": {:.3}}}",
+            name.split(':').next().unwrap_or(name),
+            best.0 * 1e3,
+            best.1 * 1e3,
+            best.0 / best.1
+        ));
     }
     println!("json [{}]", rows.join(", "));
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use nabla_jit::{Buffer, Cpu};
 use nabla_lang::backend::Backend;
 use nabla_lang::check::Checked;
-use nabla_lang::step::{train_step, Optimizer};
+use nabla_lang::step::{Optimizer, train_step};
 
 /// The optimizers `nabla bench` compiles into the step.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -47,7 +47,15 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
         OptimizerArg::Adam => Optimizer::adam(),
     };
     let t0 = Instant::now();
-    let step = train_step(&checked.program, o.net, o.batch, "softmax_cross_entropy", &opt, o.input).map_err(|d| crate::render_diag(checked, &d))?;
+    let step = train_step(
+        &checked.program,
+        o.net,
+        o.batch,
+        "softmax_cross_entropy",
+        &opt,
+        o.input,
+    )
+    .map_err(|d| crate::render_diag(checked, &d))?;
     let build = t0.elapsed().as_secs_f64();
     let cpu = Cpu::new();
     let t1 = Instant::now();
@@ -62,7 +70,10 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
         let data: Vec<f32> = match scalars.iter().find(|(n, _)| *n == name) {
             Some((_, x)) => vec![*x as f32],
             None if step.slots.iter().any(|s| s == name) => vec![0.0; shape.iter().product()],
-            None => host.get(name).map(|t| t.data.iter().map(|x| *x as f32).collect()).unwrap_or_default(),
+            None => host
+                .get(name)
+                .map(|t| t.data.iter().map(|x| *x as f32).collect())
+                .unwrap_or_default(),
         };
         bufs.push(cpu.upload(&shape, &data).map_err(|e| e.to_string())?);
     }
@@ -73,7 +84,11 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
     for i in 0..warmup + o.steps {
         let t = Instant::now();
         let out = cpu.run(&mut exe, &mut bufs).map_err(|e| e.to_string())?;
-        let loss = out.first().and_then(|b| b.data.first()).copied().unwrap_or(f32::NAN);
+        let loss = out
+            .first()
+            .and_then(|b| b.data.first())
+            .copied()
+            .unwrap_or(f32::NAN);
         let dt = t.elapsed().as_secs_f64();
         if i == 0 {
             first = Some((started.elapsed().as_secs_f64(), loss));
@@ -87,7 +102,14 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
     let flops = nabla_lang::ir::flops(g) as f64;
     let state: u64 = bufs.iter().map(|b| b.data.len() as u64 * 4).sum();
     let params: usize = step.params.len();
-    println!("net {} · batch {} · {} · {} kernels ({} fused loops)", o.net, o.batch, format!("{:?}", o.optimizer).to_lowercase(), exe.compiled.plan.kernels.len(), exe.compiled.plan.fused.len());
+    println!(
+        "net {} · batch {} · {} · {} kernels ({} fused loops)",
+        o.net,
+        o.batch,
+        format!("{:?}", o.optimizer).to_lowercase(),
+        exe.compiled.plan.kernels.len(),
+        exe.compiled.plan.fused.len()
+    );
     println!("build (lower + AD + optimize): {:.1} ms", build * 1e3);
     println!("compile (plan + Cranelift):    {:.1} ms", compile * 1e3);
     if let Some((t, loss)) = first {
@@ -125,7 +147,13 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
 
 /// Runs `steps` more steps timing every kernel, and prints the kernels that take the most
 /// time, grouped by what they compute, with their share of the step.
-fn print_profile(cpu: &Cpu, exe: &mut nabla_jit::Executable, bufs: &mut [Buffer], steps: usize, median: f64) -> Result<(), String> {
+fn print_profile(
+    cpu: &Cpu,
+    exe: &mut nabla_jit::Executable,
+    bufs: &mut [Buffer],
+    steps: usize,
+    median: f64,
+) -> Result<(), String> {
     exe.start_profile();
     for _ in 0..steps {
         cpu.run(exe, bufs).map_err(|e| e.to_string())?;
@@ -142,10 +170,22 @@ fn print_profile(cpu: &Cpu, exe: &mut nabla_jit::Executable, bufs: &mut [Buffer]
     }
     groups.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = groups.iter().map(|g| g.1).sum();
-    println!("profile: {:.3} ms per step in kernels ({:.0}% of the median step); the 25 largest:", total / steps as f64 * 1e3, total / steps as f64 / median * 100.0);
+    println!(
+        "profile: {:.3} ms per step in kernels ({:.0}% of the median step); the 25 largest:",
+        total / steps as f64 * 1e3,
+        total / steps as f64 / median * 100.0
+    );
     for (what, t, n) in groups.iter().take(25) {
-        let times = if *n > 1 { format!(" ×{n}") } else { String::new() };
-        println!("  {:>8.3} ms {:>5.1}%  {what}{times}", t / steps as f64 * 1e3, t / total * 100.0);
+        let times = if *n > 1 {
+            format!(" ×{n}")
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:>8.3} ms {:>5.1}%  {what}{times}",
+            t / steps as f64 * 1e3,
+            t / total * 100.0
+        );
     }
     Ok(())
 }

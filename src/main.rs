@@ -10,12 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nabla_lang::check::{check_files, Checked};
-use nabla_stdlib::FileLoader;
+use nabla_lang::check::{Checked, check_files};
 use nabla_lang::diag;
+use nabla_stdlib::FileLoader;
 
 #[derive(Parser)]
-#[command(name = "nabla", version, about = "A typed language for neural-network specs and derivative rules")]
+#[command(
+    name = "nabla",
+    version,
+    about = "A typed language for neural-network specs and derivative rules"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -143,7 +147,11 @@ enum Command {
 fn read_roots(files: &[PathBuf]) -> Result<Vec<(String, String)>, String> {
     files
         .iter()
-        .map(|f| std::fs::read_to_string(f).map(|t| (f.display().to_string(), t)).map_err(|e| format!("cannot read {}: {e}", f.display())))
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map(|t| (f.display().to_string(), t))
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))
+        })
         .collect()
 }
 
@@ -171,10 +179,22 @@ fn group(n: u64) -> String {
 }
 
 fn info(checked: &Checked, only: Option<&str>) -> Result<(), String> {
-    let nets: Vec<_> = checked.nets.iter().filter(|n| only.is_none_or(|o| o == n.name)).collect();
+    let nets: Vec<_> = checked
+        .nets
+        .iter()
+        .filter(|n| only.is_none_or(|o| o == n.name))
+        .collect();
     if nets.is_empty() {
         return Err(match only {
-            Some(o) => format!("no net named `{o}` in this file (nets: {})", checked.nets.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
+            Some(o) => format!(
+                "no net named `{o}` in this file (nets: {})",
+                checked
+                    .nets
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             None => "this file defines no net".into(),
         });
     }
@@ -188,14 +208,30 @@ fn info(checked: &Checked, only: Option<&str>) -> Result<(), String> {
             .max()
             .unwrap_or(10)
             .clamp(10, 48);
-        println!("  {:<width$}  {:<26} {:>12} {:>15}", "stage", "output", "params", "mult-adds");
+        println!(
+            "  {:<width$}  {:<26} {:>12} {:>15}",
+            "stage", "output", "params", "mult-adds"
+        );
         for s in &net.stages {
             let t: String = stage_text(text, s.span).chars().take(48).collect();
-            println!("  {:<width$}  {:<26} {:>12} {:>15}", t, s.output, group(s.params), group(s.macs));
+            println!(
+                "  {:<width$}  {:<26} {:>12} {:>15}",
+                t,
+                s.output,
+                group(s.params),
+                group(s.macs)
+            );
         }
-        println!("  total: {} parameters, {} multiply-adds per example", group(net.params), group(net.macs));
+        println!(
+            "  total: {} parameters, {} multiply-adds per example",
+            group(net.params),
+            group(net.macs)
+        );
         if net.state > 0 {
-            println!("  state: {} values (batchnorm running statistics)", group(net.state));
+            println!(
+                "  state: {} values (batchnorm running statistics)",
+                group(net.state)
+            );
         }
         println!();
     }
@@ -203,7 +239,11 @@ fn info(checked: &Checked, only: Option<&str>) -> Result<(), String> {
 }
 
 fn stage_text(text: &str, span: nabla_lang::Span) -> String {
-    text.get(span.start..span.end).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+    text.get(span.start..span.end)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Checks one file, printing its diagnostics; `None` (after printing) when it has errors.
@@ -226,13 +266,21 @@ fn pick_net(checked: &Checked, net: Option<String>) -> Result<String, String> {
         None => match checked.nets.as_slice() {
             [one] => Ok(one.name.clone()),
             [] => Err("this file defines no net".into()),
-            many => Err(format!("name a net: {}", many.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "))),
+            many => Err(format!(
+                "name a net: {}",
+                many.iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
         },
     }
 }
 
 fn param_names(g: &nabla_lang::ir::Graph, vs: &[nabla_lang::ir::ValueId]) -> Vec<String> {
-    vs.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect()
+    vs.iter()
+        .filter_map(|v| g.input_name(*v).map(str::to_string))
+        .collect()
 }
 
 /// A diagnostic rendered for stderr.
@@ -248,27 +296,57 @@ fn render_ad(checked: &Checked, e: &nabla_lang::ad::AdError) -> String {
 
 /// Prints an error: a rendered diagnostic as it is, anything else as `error: ...`.
 fn print_error(e: &str) {
-    if e.contains("[E0") { eprint!("{e}") } else { eprintln!("error: {e}") }
+    if e.contains("[E0") {
+        eprint!("{e}")
+    } else {
+        eprintln!("error: {e}")
+    }
 }
 
 /// The VJP of a tensor function at a small instance: gradients of `sum(y * r)`, i.e.
 /// the pullback of the cotangent `r`.
 fn vjp_fn(checked: &Checked, name: &str, ir: bool) -> Result<String, String> {
     let p = &checked.program;
-    let fid = p.lookup(0, name).filter(|id| matches!(p.items[*id].kind, nabla_lang::check::DefKind::Fn | nabla_lang::check::DefKind::ExternFn)).ok_or_else(|| format!("no net or function `{name}`"))?;
+    let fid = p
+        .lookup(0, name)
+        .filter(|id| {
+            matches!(
+                p.items[*id].kind,
+                nabla_lang::check::DefKind::Fn | nabla_lang::check::DefKind::ExternFn
+            )
+        })
+        .ok_or_else(|| format!("no net or function `{name}`"))?;
     let i = nabla_lang::gradcheck::call_instance(p, fid)?;
-    let mut g = nabla_lang::ad::grad(p, &i.graph, i.loss, &i.wrt).map_err(|e| render_ad(checked, &e))?;
+    let mut g =
+        nabla_lang::ad::grad(p, &i.graph, i.loss, &i.wrt).map_err(|e| render_ad(checked, &e))?;
     g.outputs.retain(|(n, _)| n.starts_with("grad."));
     let g = nabla_lang::opt::optimize(&g);
     if ir {
         return Ok(nabla_lang::ir::print_graph(&g));
     }
-    let shapes: Vec<String> = i.names.iter().filter_map(|n| g.inputs().find(|(_, m, _)| m == n).map(|(v, _, _)| format!("{n}: {:?}", g.node(v).shape))).collect();
-    let head = format!("// vjp of `{name}` at {}; r = the cotangent of its result\n", shapes.join(", "));
+    let shapes: Vec<String> = i
+        .names
+        .iter()
+        .filter_map(|n| {
+            g.inputs()
+                .find(|(_, m, _)| m == n)
+                .map(|(v, _, _)| format!("{n}: {:?}", g.node(v).shape))
+        })
+        .collect();
+    let head = format!(
+        "// vjp of `{name}` at {}; r = the cotangent of its result\n",
+        shapes.join(", ")
+    );
     Ok(head + &nabla_lang::ir::print_source(&g, &|n| n.starts_with("grad.")).replace("grad.", "d"))
 }
 
-fn vjp(checked: &Checked, net: Option<String>, batch: usize, loss: &str, ir: bool) -> Result<String, String> {
+fn vjp(
+    checked: &Checked,
+    net: Option<String>,
+    batch: usize,
+    loss: &str,
+    ir: bool,
+) -> Result<String, String> {
     use nabla_lang::ir::{InputKind, Mode};
     if let Some(name) = net.as_deref() {
         if !checked.nets.iter().any(|n| n.name == name) {
@@ -276,18 +354,32 @@ fn vjp(checked: &Checked, net: Option<String>, batch: usize, loss: &str, ir: boo
         }
     }
     let net = pick_net(checked, net)?;
-    let l = nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, Mode::Train, Some(loss)).map_err(|d| render_diag(checked, &d))?;
+    let l = nabla_lang::check::lower::lower_net(
+        &checked.program,
+        0,
+        &net,
+        batch,
+        Mode::Train,
+        Some(loss),
+    )
+    .map_err(|d| render_diag(checked, &d))?;
     let lv = l.loss.ok_or("no loss")?;
     let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
-    let mut g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| render_ad(checked, &e))?;
+    let mut g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params)
+        .map_err(|e| render_ad(checked, &e))?;
     g.outputs.retain(|(n, _)| n.starts_with("grad."));
     let g = nabla_lang::opt::optimize(&g);
     if ir {
         return Ok(nabla_lang::ir::print_graph(&g));
     }
-    let head = format!("// d {loss} / d parameters of {net}, batch {batch}; z = logits, y = labels
-");
-    Ok(head + &nabla_lang::ir::print_source(&g, &|n| n.starts_with("grad.")).replace("grad.", "d "))
+    let head = format!(
+        "// d {loss} / d parameters of {net}, batch {batch}; z = logits, y = labels
+"
+    );
+    Ok(
+        head + &nabla_lang::ir::print_source(&g, &|n| n.starts_with("grad."))
+            .replace("grad.", "d "),
+    )
 }
 
 /// What `nabla gradcheck` checks, besides the file.
@@ -301,7 +393,14 @@ struct GradcheckOptions<'a> {
 }
 
 fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
-    let GradcheckOptions { name, input, loss, tensors, params: only, batch } = *o;
+    let GradcheckOptions {
+        name,
+        input,
+        loss,
+        tensors,
+        params: only,
+        batch,
+    } = *o;
     use nabla_lang::ir::{InputKind, Mode};
     let mut worst_all = 0.0f64;
     let mut failed = false;
@@ -314,7 +413,9 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
                     worst_all = worst_all.max(worst);
                     println!("rule {:<24} worst relative error {worst:.2e}", f.rule);
                 }
-                Err(e) if e == nabla_lang::gradcheck::NOT_DIFFERENTIATED => println!("rule {:<24} {e}", f.rule),
+                Err(e) if e == nabla_lang::gradcheck::NOT_DIFFERENTIATED => {
+                    println!("rule {:<24} {e}", f.rule)
+                }
                 Err(e) => {
                     failed = true;
                     println!("rule {:<24} error: {e}", f.rule);
@@ -322,37 +423,81 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
             }
         }
     }
-    for net in checked.nets.iter().filter(|n| name.is_none() || name == Some(n.name.as_str())) {
-        let at = input.map(|s| format!(" at input {s:?}")).unwrap_or_default();
+    for net in checked
+        .nets
+        .iter()
+        .filter(|n| name.is_none() || name == Some(n.name.as_str()))
+    {
+        let at = input
+            .map(|s| format!(" at input {s:?}"))
+            .unwrap_or_default();
         let result = (|| -> Result<Vec<nabla_lang::gradcheck::Finding>, String> {
-            let l = nabla_lang::check::lower::lower_net_at(&checked.program, 0, &net.name, batch, Mode::Train, Some(loss), input).map_err(|d| render_diag(checked, &d))?;
+            let l = nabla_lang::check::lower::lower_net_at(
+                &checked.program,
+                0,
+                &net.name,
+                batch,
+                Mode::Train,
+                Some(loss),
+                input,
+            )
+            .map_err(|d| render_diag(checked, &d))?;
             let lv = l.loss.ok_or("no loss")?;
             let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
-            let g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params).map_err(|e| render_ad(checked, &e))?;
+            let g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params)
+                .map_err(|e| render_ad(checked, &e))?;
             let names = param_names(&l.graph, &params);
             let total = names.len();
             if let Some(missing) = only.iter().find(|n| !names.contains(n)) {
-                return Err(format!("net `{}` has no parameter tensor `{missing}`", net.name));
+                return Err(format!(
+                    "net `{}` has no parameter tensor `{missing}`",
+                    net.name
+                ));
             }
-            let mut chosen: Vec<String> = names.iter().filter(|n| only.is_empty() || only.contains(n)).cloned().collect();
+            let mut chosen: Vec<String> = names
+                .iter()
+                .filter(|n| only.is_empty() || only.contains(n))
+                .cloned()
+                .collect();
             if let Some(k) = tensors.filter(|k| *k >= 2 && *k < chosen.len()) {
                 let n = chosen.len();
-                chosen = (0..k).map(|i| chosen[i * (n - 1) / (k - 1)].clone()).collect();
+                chosen = (0..k)
+                    .map(|i| chosen[i * (n - 1) / (k - 1)].clone())
+                    .collect();
             }
-            println!("net  {} (batch {batch}{at}): {} of {total} parameter tensors", net.name, chosen.len());
+            println!(
+                "net  {} (batch {batch}{at}): {} of {total} parameter tensors",
+                net.name,
+                chosen.len()
+            );
             let inputs = nabla_lang::gradcheck::random_inputs(&l.graph, 7, 10);
             let mut report = |i: &nabla_lang::gradcheck::Finding| {
                 println!("       {:<30} {:.2e}", i.input, i.worst);
                 let _ = std::io::Write::flush(&mut std::io::stdout());
             };
             let wanted = |n: &str| chosen.iter().any(|c| c == n);
-            nabla_lang::gradcheck::check_each(&l.graph, lv, &g, &names, &inputs, 2, 11, &wanted, &mut report).map_err(|e| e.to_string())
+            nabla_lang::gradcheck::check_each(
+                &l.graph,
+                lv,
+                &g,
+                &names,
+                &inputs,
+                2,
+                11,
+                &wanted,
+                &mut report,
+            )
+            .map_err(|e| e.to_string())
         })();
         match result {
             Ok(items) => {
                 let worst = items.iter().map(|i| i.worst).fold(0.0, f64::max);
                 worst_all = worst_all.max(worst);
-                let at = items.iter().find(|i| i.worst == worst && worst > 0.0).map(|i| format!(" ({})", i.input)).unwrap_or_default();
+                let at = items
+                    .iter()
+                    .find(|i| i.worst == worst && worst > 0.0)
+                    .map(|i| format!(" ({})", i.input))
+                    .unwrap_or_default();
                 println!("net  {:<24} worst relative error {worst:.2e}{at}", net.name);
             }
             Err(e) => {
@@ -362,13 +507,19 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
         }
     }
     println!("worst relative error: {worst_all:.2e} (bar: 1e-6)");
-    if failed || worst_all > 1e-6 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if failed || worst_all > 1e-6 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Every `.net` file under `p` (or `p` itself), sorted.
 fn net_files(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     if p.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         entries.sort();
         for e in entries {
             if e.is_dir() || e.extension().is_some_and(|x| x == "net") {
@@ -406,7 +557,9 @@ fn fmt(paths: &[PathBuf], check: bool) -> ExitCode {
                 changed += 1;
                 if check {
                     println!("{}: not formatted", f.display());
-                } else if let Err(e) = nabla_stdlib::runtime::model::write_atomically(f, out.as_bytes()) {
+                } else if let Err(e) =
+                    nabla_stdlib::runtime::model::write_atomically(f, out.as_bytes())
+                {
                     eprintln!("error: {e}");
                     failed = true;
                 } else {
@@ -418,7 +571,8 @@ fn fmt(paths: &[PathBuf], check: bool) -> ExitCode {
                 let mut sources = nabla_lang::SourceMap::default();
                 let id = sources.add(f.display().to_string(), text.clone());
                 let (_, errors) = nabla_lang::syntax::parse_module(&text, id);
-                let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                let color =
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
                 for d in &errors {
                     eprint!("{}", diag::render(d, &sources, color));
                 }
@@ -427,7 +581,11 @@ fn fmt(paths: &[PathBuf], check: bool) -> ExitCode {
             }
         }
     }
-    if failed || (check && changed > 0) { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if failed || (check && changed > 0) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn main() -> ExitCode {
@@ -442,7 +600,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { file, device, data } => {
-            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+            let Some(checked) = check_one(&file) else {
+                return ExitCode::from(1);
+            };
             match run::run(&checked, device, data) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -451,10 +611,27 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench { file, net, batch, optimizer, steps, input, profile } => {
-            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+        Command::Bench {
+            file,
+            net,
+            batch,
+            optimizer,
+            steps,
+            input,
+            profile,
+        } => {
+            let Some(checked) = check_one(&file) else {
+                return ExitCode::from(1);
+            };
             let result = pick_net(&checked, net).and_then(|net| {
-                let o = bench::BenchOptions { net: &net, batch: batch.max(1), optimizer, steps: steps.max(1), input: input.as_deref(), profile };
+                let o = bench::BenchOptions {
+                    net: &net,
+                    batch: batch.max(1),
+                    optimizer,
+                    steps: steps.max(1),
+                    input: input.as_deref(),
+                    profile,
+                };
                 bench::bench(&checked, &o, started)
             });
             match result {
@@ -483,13 +660,37 @@ fn main() -> ExitCode {
             };
             let checked = check_files(&roots, &FileLoader::disk());
             print_diagnostics(&checked, json);
-            if checked.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS }
+            if checked.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
-        Command::Ir { file, net, batch, eval, loss } => {
-            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+        Command::Ir {
+            file,
+            net,
+            batch,
+            eval,
+            loss,
+        } => {
+            let Some(checked) = check_one(&file) else {
+                return ExitCode::from(1);
+            };
             let result = pick_net(&checked, net).and_then(|net| {
-                let mode = if eval { nabla_lang::ir::Mode::Eval } else { nabla_lang::ir::Mode::Train };
-                nabla_lang::check::lower::lower_net(&checked.program, 0, &net, batch, mode, loss.as_deref()).map_err(|d| render_diag(&checked, &d))
+                let mode = if eval {
+                    nabla_lang::ir::Mode::Eval
+                } else {
+                    nabla_lang::ir::Mode::Train
+                };
+                nabla_lang::check::lower::lower_net(
+                    &checked.program,
+                    0,
+                    &net,
+                    batch,
+                    mode,
+                    loss.as_deref(),
+                )
+                .map_err(|d| render_diag(&checked, &d))
             });
             match result {
                 Ok(l) => {
@@ -502,8 +703,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Vjp { file, net, batch, loss, ir } => {
-            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
+        Command::Vjp {
+            file,
+            net,
+            batch,
+            loss,
+            ir,
+        } => {
+            let Some(checked) = check_one(&file) else {
+                return ExitCode::from(1);
+            };
             match vjp(&checked, net, batch, &loss, ir) {
                 Ok(text) => {
                     print!("{text}");
@@ -515,9 +724,29 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Gradcheck { file, name, input, loss, tensors, param, batch } => {
-            let Some(checked) = check_one(&file) else { return ExitCode::from(1) };
-            gradcheck(&checked, &GradcheckOptions { name: name.as_deref(), input: input.as_deref(), loss: &loss, tensors, params: &param, batch: batch.max(1) })
+        Command::Gradcheck {
+            file,
+            name,
+            input,
+            loss,
+            tensors,
+            param,
+            batch,
+        } => {
+            let Some(checked) = check_one(&file) else {
+                return ExitCode::from(1);
+            };
+            gradcheck(
+                &checked,
+                &GradcheckOptions {
+                    name: name.as_deref(),
+                    input: input.as_deref(),
+                    loss: &loss,
+                    tensors,
+                    params: &param,
+                    batch: batch.max(1),
+                },
+            )
         }
         Command::Info { file, net } => {
             let roots = match read_roots(std::slice::from_ref(&file)) {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use nabla_jit::Cpu;
-use nabla_lang::check::{check_source, Checked};
+use nabla_lang::check::{Checked, check_source};
 use nabla_lang::host::heap::Heap;
 use nabla_lang::host::{HKind, HTy, Word};
 use nabla_stdlib::runtime::{Options, Runtime};
@@ -40,8 +40,13 @@ session. A trailing expression's value is printed. Commands:
   :help         this text
   :quit         leave (or Ctrl-D)";
 
-const KEYWORDS: &[&str] = &["let", "var", "fn", "layer", "net", "record", "import", "if", "else", "for", "in", "while", "return", "break", "continue", "true", "false"];
-const COMMANDS: &[&str] = &[":type", ":shape", ":vjp", ":ir", ":load", ":time", ":help", ":quit"];
+const KEYWORDS: &[&str] = &[
+    "let", "var", "fn", "layer", "net", "record", "import", "if", "else", "for", "in", "while",
+    "return", "break", "continue", "true", "false",
+];
+const COMMANDS: &[&str] = &[
+    ":type", ":shape", ":vjp", ":ir", ":load", ":time", ":help", ":quit",
+];
 
 /// The session: its text, how many of its top-level statements ran, and their values.
 struct Session {
@@ -75,13 +80,36 @@ fn incomplete(text: &str) -> bool {
 }
 
 fn top_level_statements(c: &Checked) -> usize {
-    c.program.modules.first().map(|m| m.ast.items.iter().filter(|i| matches!(i.kind, nabla_lang::syntax::ast::ItemKind::Stmt(_))).count()).unwrap_or(0)
+    c.program
+        .modules
+        .first()
+        .map(|m| {
+            m.ast
+                .items
+                .iter()
+                .filter(|i| matches!(i.kind, nabla_lang::syntax::ast::ItemKind::Stmt(_)))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 impl Session {
     fn new(data: Option<PathBuf>) -> Session {
-        let options = Options { data: data.or_else(|| std::env::var_os("NABLA_DATA").map(PathBuf::from)), progress: std::io::stderr().is_terminal() };
-        let mut s = Session { text: String::new(), done: 0, names: vec![], globals: vec![], heap: Heap::default(), backend: Cpu::new(), options, words: vec![], fields: HashMap::new() };
+        let options = Options {
+            data: data.or_else(|| std::env::var_os("NABLA_DATA").map(PathBuf::from)),
+            progress: std::io::stderr().is_terminal(),
+        };
+        let mut s = Session {
+            text: String::new(),
+            done: 0,
+            names: vec![],
+            globals: vec![],
+            heap: Heap::default(),
+            backend: Cpu::new(),
+            options,
+            words: vec![],
+            fields: HashMap::new(),
+        };
         if let Ok(c) = s.check("") {
             s.remember(&c, None);
         }
@@ -96,7 +124,9 @@ impl Session {
         let mut failed = false;
         for d in &checked.diagnostics {
             // Earlier inputs checked already: show only what this input brings.
-            let new = d.span().is_none_or(|s| s.file != nabla_lang::FileId(0) || s.end > offset);
+            let new = d
+                .span()
+                .is_none_or(|s| s.file != nabla_lang::FileId(0) || s.end > offset);
             if new {
                 eprint!("{}", crate::render_diag(&checked, d));
             }
@@ -119,7 +149,10 @@ impl Session {
                 if let HTy::Record(id) = ty
                     && let Some(l) = prog.records.get(id)
                 {
-                    self.fields.insert(name.clone(), l.fields.iter().map(|(f, _)| f.clone()).collect());
+                    self.fields.insert(
+                        name.clone(),
+                        l.fields.iter().map(|(f, _)| f.clone()).collect(),
+                    );
                 }
             }
         }
@@ -127,8 +160,16 @@ impl Session {
 
     /// Runs one input (definitions and statements).
     fn eval(&mut self, input: &str) {
-        let Ok(checked) = self.check(input) else { return };
-        let lowered = nabla_lang::host::lower::lower_session(&checked.program, 0, self.done, &self.names, true);
+        let Ok(checked) = self.check(input) else {
+            return;
+        };
+        let lowered = nabla_lang::host::lower::lower_session(
+            &checked.program,
+            0,
+            self.done,
+            &self.names,
+            true,
+        );
         let (prog, _) = match lowered {
             Ok(p) => p,
             Err(ds) => {
@@ -138,19 +179,23 @@ impl Session {
                 return;
             }
         };
-        let result = Runtime::new(&checked.program, &prog, &self.backend, self.options.clone()).map_err(|d| crate::render_diag(&checked, &d)).and_then(|mut rt| {
-            let compiled = nabla_jit::host::compile(&prog, &mut self.heap)?;
-            compiled.run(&prog, &mut self.heap, &mut rt, &mut self.globals).map_err(|e| {
-                let mut d = nabla_lang::Diagnostic::error("E0701", e.message.clone());
-                if let Some(s) = e.span {
-                    d = d.primary(s, "while running this");
-                }
-                for s in &e.trace {
-                    d = d.secondary(*s, "called from here");
-                }
-                crate::render_diag(&checked, &d)
-            })
-        });
+        let result = Runtime::new(&checked.program, &prog, &self.backend, self.options.clone())
+            .map_err(|d| crate::render_diag(&checked, &d))
+            .and_then(|mut rt| {
+                let compiled = nabla_jit::host::compile(&prog, &mut self.heap)?;
+                compiled
+                    .run(&prog, &mut self.heap, &mut rt, &mut self.globals)
+                    .map_err(|e| {
+                        let mut d = nabla_lang::Diagnostic::error("E0701", e.message.clone());
+                        if let Some(s) = e.span {
+                            d = d.primary(s, "while running this");
+                        }
+                        for s in &e.trace {
+                            d = d.secondary(*s, "called from here");
+                        }
+                        crate::render_diag(&checked, &d)
+                    })
+            });
         match result {
             Ok(()) => {
                 self.text = format!("{}{input}\n", self.text);
@@ -170,12 +215,25 @@ impl Session {
             let def = &checked.program.items[id];
             let text = checked.program.sources.text(def.span.file);
             let start = text[..def.span.start].rfind('\n').map_or(0, |i| i + 1);
-            let line = text[start..].lines().next().unwrap_or("").trim_end_matches('{').trim();
+            let line = text[start..]
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('{')
+                .trim();
             println!("{line}");
             return;
         }
-        let Ok(checked) = self.check(expr) else { return };
-        match nabla_lang::host::lower::lower_session(&checked.program, 0, self.done, &self.names, false) {
+        let Ok(checked) = self.check(expr) else {
+            return;
+        };
+        match nabla_lang::host::lower::lower_session(
+            &checked.program,
+            0,
+            self.done,
+            &self.names,
+            false,
+        ) {
             Ok((prog, _)) => {
                 let ty = prog.funcs.get(prog.main).and_then(|f| match &f.body.kind {
                     HKind::Block(items) => items.last().map(|e| e.ty.clone()),
@@ -186,7 +244,9 @@ impl Session {
                     None => println!("()"),
                 }
             }
-            Err(ds) => ds.iter().for_each(|d| eprint!("{}", crate::render_diag(&checked, d))),
+            Err(ds) => ds
+                .iter()
+                .for_each(|d| eprint!("{}", crate::render_diag(&checked, d))),
         }
     }
 
@@ -206,7 +266,13 @@ impl Session {
             }
             ":vjp" => {
                 if let Ok(c) = self.check("") {
-                    match crate::vjp(&c, (!arg.is_empty()).then(|| arg.to_string()), 1, "softmax_cross_entropy", false) {
+                    match crate::vjp(
+                        &c,
+                        (!arg.is_empty()).then(|| arg.to_string()),
+                        1,
+                        "softmax_cross_entropy",
+                        false,
+                    ) {
                         Ok(t) => print!("{t}"),
                         Err(e) => crate::print_error(&e),
                     }
@@ -215,7 +281,17 @@ impl Session {
             ":ir" => {
                 if let Ok(c) = self.check("") {
                     let net = crate::pick_net(&c, (!arg.is_empty()).then(|| arg.to_string()));
-                    match net.and_then(|n| nabla_lang::check::lower::lower_net(&c.program, 0, &n, 1, nabla_lang::ir::Mode::Train, None).map_err(|d| crate::render_diag(&c, &d))) {
+                    match net.and_then(|n| {
+                        nabla_lang::check::lower::lower_net(
+                            &c.program,
+                            0,
+                            &n,
+                            1,
+                            nabla_lang::ir::Mode::Train,
+                            None,
+                        )
+                        .map_err(|d| crate::render_diag(&c, &d))
+                    }) {
                         Ok(l) => print!("{}", nabla_lang::ir::print_graph(&l.graph)),
                         Err(e) => crate::print_error(&e),
                     }
@@ -270,24 +346,49 @@ struct Assist {
 
 impl Completer for Assist {
     type Candidate = Pair;
-    fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let before = &line[..pos];
-        let start = before.rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == ':')).map_or(0, |i| i + 1);
+        let start = before
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == ':'))
+            .map_or(0, |i| i + 1);
         let word = &before[start..];
-        let pair = |s: &str| Pair { display: s.to_string(), replacement: s.to_string() };
+        let pair = |s: &str| Pair {
+            display: s.to_string(),
+            replacement: s.to_string(),
+        };
         if let Some((base, partial)) = word.rsplit_once('.') {
             let fields = self.fields.get(base).cloned().unwrap_or_default();
-            let out = fields.iter().filter(|f| f.starts_with(partial)).map(|f| pair(f)).collect();
+            let out = fields
+                .iter()
+                .filter(|f| f.starts_with(partial))
+                .map(|f| pair(f))
+                .collect();
             return Ok((start + base.len() + 1, out));
         }
-        let pool: Box<dyn Iterator<Item = &str>> = if word.starts_with(':') { Box::new(COMMANDS.iter().copied()) } else { Box::new(self.words.iter().map(String::as_str)) };
-        Ok((start, pool.filter(|w| w.starts_with(word)).map(pair).collect()))
+        let pool: Box<dyn Iterator<Item = &str>> = if word.starts_with(':') {
+            Box::new(COMMANDS.iter().copied())
+        } else {
+            Box::new(self.words.iter().map(String::as_str))
+        };
+        Ok((
+            start,
+            pool.filter(|w| w.starts_with(word)).map(pair).collect(),
+        ))
     }
 }
 
 impl Validator for Assist {
     fn validate(&self, ctx: &mut ValidationContext) -> rustyline::Result<ValidationResult> {
-        Ok(if incomplete(ctx.input()) { ValidationResult::Incomplete } else { ValidationResult::Valid(None) })
+        Ok(if incomplete(ctx.input()) {
+            ValidationResult::Incomplete
+        } else {
+            ValidationResult::Valid(None)
+        })
     }
 }
 
@@ -296,7 +397,11 @@ impl Hinter for Assist {
 }
 
 impl Highlighter for Assist {
-    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(&'s self, prompt: &'p str, _default: bool) -> Cow<'b, str> {
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
+        &'s self,
+        prompt: &'p str,
+        _default: bool,
+    ) -> Cow<'b, str> {
         Cow::Borrowed(prompt)
     }
 }
@@ -304,7 +409,9 @@ impl Highlighter for Assist {
 impl Helper for Assist {}
 
 fn history_file() -> Option<PathBuf> {
-    std::env::var_os("NABLA_HISTORY").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nabla_history")))
+    std::env::var_os("NABLA_HISTORY")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nabla_history")))
 }
 
 /// Runs the REPL until `:quit` or end of input.
@@ -330,14 +437,21 @@ pub fn repl(data: Option<PathBuf>) -> Result<(), String> {
         }
         return Ok(());
     }
-    let mut rl: Editor<Assist, rustyline::history::DefaultHistory> = Editor::new().map_err(|e| e.to_string())?;
+    let mut rl: Editor<Assist, rustyline::history::DefaultHistory> =
+        Editor::new().map_err(|e| e.to_string())?;
     let history = history_file();
     if let Some(h) = &history {
         let _ = rl.load_history(h);
     }
-    println!("nabla {} — :help for commands, Ctrl-D to leave", env!("CARGO_PKG_VERSION"));
+    println!(
+        "nabla {} — :help for commands, Ctrl-D to leave",
+        env!("CARGO_PKG_VERSION")
+    );
     loop {
-        rl.set_helper(Some(Assist { words: session.words.clone(), fields: session.fields.clone() }));
+        rl.set_helper(Some(Assist {
+            words: session.words.clone(),
+            fields: session.fields.clone(),
+        }));
         match rl.readline("nabla> ") {
             Ok(line) => {
                 let _ = rl.add_history_entry(line.as_str());

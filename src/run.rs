@@ -20,18 +20,38 @@ pub enum Device {
 
 /// Runs the checked program's top-level statements. Errors come back rendered.
 pub fn run(checked: &Checked, device: Device, data: Option<PathBuf>) -> Result<(), String> {
-    let prog = nabla_lang::host::lower::lower_program(&checked.program, 0).map_err(|ds| ds.iter().map(|d| crate::render_diag(checked, d)).collect::<String>())?;
+    let prog = nabla_lang::host::lower::lower_program(&checked.program, 0).map_err(|ds| {
+        ds.iter()
+            .map(|d| crate::render_diag(checked, d))
+            .collect::<String>()
+    })?;
     let data = data.or_else(|| std::env::var_os("NABLA_DATA").map(PathBuf::from));
-    let options = Options { data, progress: nabla_stdlib::runtime::on_terminal() };
+    let options = Options {
+        data,
+        progress: nabla_stdlib::runtime::on_terminal(),
+    };
     match device {
         Device::Cpu => go(checked, &prog, &nabla_jit::Cpu::new(), options),
-        Device::Ref => go(checked, &prog, &Interp { precision: nabla_lang::interp::Precision::F64 }, options),
+        Device::Ref => go(
+            checked,
+            &prog,
+            &Interp {
+                precision: nabla_lang::interp::Precision::F64,
+            },
+            options,
+        ),
     }
 }
 
-fn go<B: Backend + 'static>(checked: &Checked, prog: &nabla_lang::host::HostProgram, backend: &B, options: Options) -> Result<(), String> {
+fn go<B: Backend + 'static>(
+    checked: &Checked,
+    prog: &nabla_lang::host::HostProgram,
+    backend: &B,
+    options: Options,
+) -> Result<(), String> {
     let mut heap = Heap::default();
-    let mut runtime = Runtime::new(&checked.program, prog, backend, options).map_err(|d| crate::render_diag(checked, &d))?;
+    let mut runtime = Runtime::new(&checked.program, prog, backend, options)
+        .map_err(|d| crate::render_diag(checked, &d))?;
     nabla_jit::host::run(prog, &mut heap, &mut runtime).map_err(|e| {
         let d = Diagnostic::error("E0701", e.message.clone());
         let mut d = match e.span {

@@ -9,7 +9,11 @@ fn nabla(args: &[&str]) -> (i32, String, String) {
         .env("NO_COLOR", "1")
         .output()
         .expect("run nabla");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn scratch(name: &str, text: &str) -> String {
@@ -29,10 +33,18 @@ fn check_clean_examples_exits_zero() {
 
 #[test]
 fn check_errors_exit_one_with_rendered_report() {
-    let bad = scratch("bad.net", "import std.nn.*\nnet Bad: f32[1, 28, 28] -> f32[10] {\n  dense(512, relu)\n  dense(10)\n}\n");
+    let bad = scratch(
+        "bad.net",
+        "import std.nn.*\nnet Bad: f32[1, 28, 28] -> f32[10] {\n  dense(512, relu)\n  dense(10)\n}\n",
+    );
     let (code, _, err) = nabla(&["check", &bad]);
     assert_eq!(code, 1);
-    assert!(err.contains("[E0301] Error: `dense` expects a rank-2 input f32[B, in], got f32[B, 1, 28, 28]"), "{err}");
+    assert!(
+        err.contains(
+            "[E0301] Error: `dense` expects a rank-2 input f32[B, in], got f32[B, 1, 28, 28]"
+        ),
+        "{err}"
+    );
     assert!(err.contains("insert `flatten` before `dense`"), "{err}");
     assert!(err.contains("f32[B, 1, 28, 28] comes from here"), "{err}");
 }
@@ -42,7 +54,10 @@ fn check_json_is_one_object_per_line() {
     let bad = scratch("two.net", "let a: int = \"x\"\nprint(undefined_name)\n");
     let (code, out, _) = nabla(&["check", "--json", &bad]);
     assert_eq!(code, 1);
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert_eq!(lines[0]["code"], "E0201");
     assert_eq!(lines[0]["severity"], "error");
@@ -77,10 +92,16 @@ fn local_imports_across_files() {
 fn info_reports_stages_and_totals() {
     let (code, out, err) = nabla(&["info", "examples/mnist_mlp.net"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("net MnistMlp: f32[B, 1, 28, 28] -> f32[B, 10]"), "{out}");
+    assert!(
+        out.contains("net MnistMlp: f32[B, 1, 28, 28] -> f32[B, 10]"),
+        "{out}"
+    );
     assert!(out.contains("dense(512, relu)  f32[B, 512]"), "{out}");
     assert!(out.contains("401,920"), "{out}");
-    assert!(out.contains("total: 669,706 parameters, 668,672 multiply-adds per example"), "{out}");
+    assert!(
+        out.contains("total: 669,706 parameters, 668,672 multiply-adds per example"),
+        "{out}"
+    );
     let (code, _, err) = nabla(&["info", "examples/mnist_mlp.net", "Nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("no net named `Nope`"), "{err}");
@@ -97,7 +118,10 @@ fn vjp_of_the_linear_classifier_is_the_outer_product() {
 
 #[test]
 fn vjp_of_a_function() {
-    let f = scratch("glu.net", "/// x · σ(g)\nfn glu(x: f32[N, K], g: f32[N, K]) -> f32[N, K] { x * sigmoid(g) }\n");
+    let f = scratch(
+        "glu.net",
+        "/// x · σ(g)\nfn glu(x: f32[N, K], g: f32[N, K]) -> f32[N, K] { x * sigmoid(g) }\n",
+    );
     let (code, out, err) = nabla(&["vjp", &f, "glu"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("dx = r * t0"), "{out}");
@@ -110,5 +134,10 @@ fn gradcheck_reports_rules_and_nets() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("rule conv2d"), "{out}");
     assert!(out.contains("net  MnistLinear"), "{out}");
-    assert!(out.lines().last().is_some_and(|l| l.starts_with("worst relative error") && l.ends_with("(bar: 1e-6)")), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("worst relative error") && l.ends_with("(bar: 1e-6)")),
+        "{out}"
+    );
 }

@@ -8,7 +8,10 @@ use nabla_lang::diag::render;
 fn diagnostics() {
     insta::glob!("diagnostics/*.net", |path| {
         let text = std::fs::read_to_string(path).expect("read case");
-        let name = format!("tests/diagnostics/{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("case"));
+        let name = format!(
+            "tests/diagnostics/{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("case")
+        );
         let checked = check_source(&name, &text, &nabla_stdlib::StdLoader);
         let mut out = String::new();
         for d in &checked.diagnostics {

@@ -23,7 +23,11 @@ fn parameter_counts_match_the_published_nets() {
     ];
     for (name, params) in expected {
         let checked = check(name);
-        let errors: Vec<_> = checked.diagnostics.iter().map(|d| d.message.clone()).collect();
+        let errors: Vec<_> = checked
+            .diagnostics
+            .iter()
+            .map(|d| d.message.clone())
+            .collect();
         assert!(checked.diagnostics.is_empty(), "{name}: {errors:?}");
         assert_eq!(checked.nets.len(), 1, "{name}");
         let net = &checked.nets[0];
@@ -31,14 +35,22 @@ fn parameter_counts_match_the_published_nets() {
         assert_eq!(net.params, params, "{name}");
         assert_eq!(net.output, "f32[B, 10]", "{name}");
         // The per-stage counts add up to the total.
-        assert_eq!(net.stages.iter().map(|s| s.params).sum::<u64>(), params, "{name}");
+        assert_eq!(
+            net.stages.iter().map(|s| s.params).sum::<u64>(),
+            params,
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn multiply_adds_match_the_published_figures() {
     // Published figures (torchvision / timm, 1000 classes) less the head's difference.
-    let cases = [("mnist_mlp", 668_672u64, 0.0), ("resnet34", 3_663_254_528, 0.02), ("mobilenet_v2", 299_507_072, 0.02)];
+    let cases = [
+        ("mnist_mlp", 668_672u64, 0.0),
+        ("resnet34", 3_663_254_528, 0.02),
+        ("mobilenet_v2", 299_507_072, 0.02),
+    ];
     for (name, macs, tol) in cases {
         let net = &check(name).nets[0];
         let rel = (net.macs as f64 - macs as f64).abs() / macs as f64;
@@ -50,7 +62,17 @@ fn multiply_adds_match_the_published_figures() {
 fn structural_parameter_names() {
     let net = &check("mnist_mlp").nets[0];
     let names: Vec<&str> = net.param_names.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["layers.1.w", "layers.1.b", "layers.2.w", "layers.2.b", "layers.3.w", "layers.3.b"]);
+    assert_eq!(
+        names,
+        [
+            "layers.1.w",
+            "layers.1.b",
+            "layers.2.w",
+            "layers.2.b",
+            "layers.3.w",
+            "layers.3.b"
+        ]
+    );
     assert_eq!(net.param_names[0].1, vec![512, 784]);
 }
 
@@ -60,8 +82,17 @@ fn stage_shapes_of_the_cnn() {
     let shapes: Vec<&str> = net.stages.iter().map(|s| s.output.as_str()).collect();
     assert_eq!(
         shapes,
-        ["f32[B, 32, 28, 28]", "f32[B, 32, 28, 28]", "f32[B, 32, 14, 14]", "f32[B, 64, 14, 14]", "f32[B, 64, 14, 14]",
-         "f32[B, 64, 7, 7]", "f32[B, 3136]", "f32[B, 512]", "f32[B, 10]"]
+        [
+            "f32[B, 32, 28, 28]",
+            "f32[B, 32, 28, 28]",
+            "f32[B, 32, 14, 14]",
+            "f32[B, 64, 14, 14]",
+            "f32[B, 64, 14, 14]",
+            "f32[B, 64, 7, 7]",
+            "f32[B, 3136]",
+            "f32[B, 512]",
+            "f32[B, 10]"
+        ]
     );
 }
 
@@ -87,7 +118,10 @@ fn every_code_is_documented() {
     }
     assert!(codes.len() > 30);
     for c in codes {
-        assert!(docs.contains(&format!("## {c}:")), "{c} is not documented in docs/errors.md");
+        assert!(
+            docs.contains(&format!("## {c}:")),
+            "{c} is not documented in docs/errors.md"
+        );
         assert!(
             docs.contains(&format!("[{c}] Error")) || docs.contains(&format!("[{c}] Warning")),
             "{c} has no example output in docs/errors.md"

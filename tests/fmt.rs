@@ -27,10 +27,20 @@ fn examples_and_the_standard_library_are_formatted() {
     assert!(files.len() >= 9);
     for f in files {
         let text = std::fs::read_to_string(&f).expect("read");
-        assert_eq!(format(&text).as_deref(), Ok(text.as_str()), "{} is not formatted (run `nabla fmt {}`)", f.display(), f.display());
+        assert_eq!(
+            format(&text).as_deref(),
+            Ok(text.as_str()),
+            "{} is not formatted (run `nabla fmt {}`)",
+            f.display(),
+            f.display()
+        );
     }
     for (name, text) in nabla_stdlib::MODULES {
-        assert_eq!(format(text).as_deref(), Ok(*text), "{name} is not formatted");
+        assert_eq!(
+            format(text).as_deref(),
+            Ok(*text),
+            "{name} is not formatted"
+        );
     }
 }
 
@@ -43,11 +53,20 @@ fn formatting_is_idempotent_on_every_source_that_parses() {
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read").replace("$0", "");
         if let Ok(once) = format(&text) {
-            assert_eq!(format(&once).as_deref(), Ok(once.as_str()), "{}: formatting twice differs", f.display());
+            assert_eq!(
+                format(&once).as_deref(),
+                Ok(once.as_str()),
+                "{}: formatting twice differs",
+                f.display()
+            );
             formatted += 1;
         }
     }
-    assert!(formatted > 20, "only {formatted} of {} test sources parse", files.len());
+    assert!(
+        formatted > 20,
+        "only {formatted} of {} test sources parse",
+        files.len()
+    );
 }
 
 #[test]
@@ -56,19 +75,42 @@ fn fmt_check_reports_and_fmt_writes() {
     std::fs::create_dir_all(&dir).expect("dir");
     let f = dir.join("a.net");
     std::fs::write(&f, "let x=1\n").expect("write");
-    let nabla = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_nabla")).arg("fmt").args(args).arg(&dir).output().expect("run");
+    let nabla = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nabla"))
+            .arg("fmt")
+            .args(args)
+            .arg(&dir)
+            .output()
+            .expect("run")
+    };
     let out = nabla(&["--check"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("a.net: not formatted"));
-    assert_eq!(std::fs::read_to_string(&f).expect("read"), "let x=1\n", "--check writes nothing");
+    assert_eq!(
+        std::fs::read_to_string(&f).expect("read"),
+        "let x=1\n",
+        "--check writes nothing"
+    );
     assert_eq!(nabla(&[]).status.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&f).expect("read"), "let x = 1\n");
     assert_eq!(nabla(&["--check"]).status.code(), Some(0));
     std::fs::write(&f, "net N: f32[4] -> {\n").expect("write");
     let out = nabla(&[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot format a file with errors"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("[E0"), "the syntax error is shown with its code: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(&f).expect("read"), "net N: f32[4] -> {\n", "a broken file is left alone");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot format a file with errors"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[E0"),
+        "the syntax error is shown with its code: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&f).expect("read"),
+        "net N: f32[4] -> {\n",
+        "a broken file is left alone"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

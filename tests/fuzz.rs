@@ -24,7 +24,11 @@ impl Rng {
 }
 
 fn bound() -> Duration {
-    if cfg!(debug_assertions) { Duration::from_secs(10) } else { Duration::from_secs(1) }
+    if cfg!(debug_assertions) {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(1)
+    }
 }
 
 fn check_one(label: &str, text: &str) {
@@ -36,7 +40,10 @@ fn check_one(label: &str, text: &str) {
     for d in &checked.diagnostics {
         let _ = nabla_lang::diag::render(d, &checked.program.sources, false);
         if let Some(s) = d.span() {
-            assert!(s.start <= s.end && s.end <= checked.program.sources.text(s.file).len(), "{label}: bad span {s:?} in {d:?}");
+            assert!(
+                s.start <= s.end && s.end <= checked.program.sources.text(s.file).len(),
+                "{label}: bad span {s:?} in {d:?}"
+            );
         }
     }
 }
@@ -47,7 +54,10 @@ fn examples() -> Vec<(String, String)> {
     for entry in std::fs::read_dir(dir).expect("examples dir").flatten() {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "net") {
-            out.push((p.display().to_string(), std::fs::read_to_string(&p).expect("read")));
+            out.push((
+                p.display().to_string(),
+                std::fs::read_to_string(&p).expect("read"),
+            ));
         }
     }
     out.sort();
@@ -61,7 +71,13 @@ fn random_bytes() {
     for i in 0..300 {
         let len = rng.below(1500);
         let bytes: Vec<u8> = (0..len)
-            .map(|_| if rng.below(4) == 0 { rng.next() as u8 } else { alphabet[rng.below(alphabet.len())] })
+            .map(|_| {
+                if rng.below(4) == 0 {
+                    rng.next() as u8
+                } else {
+                    alphabet[rng.below(alphabet.len())]
+                }
+            })
             .collect();
         check_one(&format!("random #{i}"), &String::from_utf8_lossy(&bytes));
     }

@@ -24,19 +24,72 @@ impl Rng {
     }
 }
 
-const PIECES: &[&str] = &["(", ")", "{", "}", "[", "]", "\n", "dense(", "|>", "let x = ", "\"", "\"{", "///", "é", "💥", "0", "1.5e", "f32[", ",", " ", "", "net N: ", "import std.", "repeat 3 {", "->", "..", ".", "x", "layer l()(x: f32[B, n]) {", "$", "\t", "-", "@", "where"];
-const REQUESTS: &[&str] = &["textDocument/hover", "textDocument/completion", "textDocument/definition", "textDocument/references", "textDocument/documentSymbol", "textDocument/inlayHint", "textDocument/semanticTokens/full", "textDocument/formatting", "textDocument/rename"];
+const PIECES: &[&str] = &[
+    "(",
+    ")",
+    "{",
+    "}",
+    "[",
+    "]",
+    "\n",
+    "dense(",
+    "|>",
+    "let x = ",
+    "\"",
+    "\"{",
+    "///",
+    "é",
+    "💥",
+    "0",
+    "1.5e",
+    "f32[",
+    ",",
+    " ",
+    "",
+    "net N: ",
+    "import std.",
+    "repeat 3 {",
+    "->",
+    "..",
+    ".",
+    "x",
+    "layer l()(x: f32[B, n]) {",
+    "$",
+    "\t",
+    "-",
+    "@",
+    "where",
+];
+const REQUESTS: &[&str] = &[
+    "textDocument/hover",
+    "textDocument/completion",
+    "textDocument/definition",
+    "textDocument/references",
+    "textDocument/documentSymbol",
+    "textDocument/inlayHint",
+    "textDocument/semanticTokens/full",
+    "textDocument/formatting",
+    "textDocument/rename",
+];
 
 #[test]
 fn thousands_of_random_edits_never_stop_the_server() {
     let mut c = Client::start("fuzz");
     let root = env!("CARGO_MANIFEST_DIR");
     let mut docs = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(format!("{root}/examples")).expect("examples").filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "net")).collect();
+    let mut names: Vec<_> = std::fs::read_dir(format!("{root}/examples"))
+        .expect("examples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "net"))
+        .collect();
     names.sort();
     for p in &names {
         let text = std::fs::read_to_string(p).expect("read");
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("x.net").to_string();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("x.net")
+            .to_string();
         let uri = c.open(&name, &text);
         docs.push((uri, text.lines().count() as u64 + 1, 1));
     }
@@ -48,10 +101,20 @@ fn thousands_of_random_edits_never_stop_the_server() {
         *version += 1;
         let pos = |rng: &mut Rng, lines: u64| json!({ "line": rng.below(lines as usize + 2), "character": rng.below(90) });
         let (a, b) = (pos(&mut rng, *lines), pos(&mut rng, *lines));
-        let (start, end) = if (a["line"].as_u64(), a["character"].as_u64()) <= (b["line"].as_u64(), b["character"].as_u64()) { (a, b) } else { (b, a) };
+        let (start, end) = if (a["line"].as_u64(), a["character"].as_u64())
+            <= (b["line"].as_u64(), b["character"].as_u64())
+        {
+            (a, b)
+        } else {
+            (b, a)
+        };
         let piece = PIECES[rng.below(PIECES.len())];
         // Mostly small edits: a range of at most one line.
-        let end = if rng.below(4) == 0 { end } else { start.clone() };
+        let end = if rng.below(4) == 0 {
+            end
+        } else {
+            start.clone()
+        };
         *lines += piece.matches('\n').count() as u64;
         c.notify("textDocument/didChange", json!({ "textDocument": { "uri": uri, "version": *version }, "contentChanges": [{ "range": { "start": start, "end": end }, "text": piece }] }));
         if i % 5 == 0 {
@@ -67,7 +130,10 @@ fn thousands_of_random_edits_never_stop_the_server() {
             });
             let id = c.send_request(method, params);
             let m = c.response(id);
-            assert!(m.get("result").is_some() || m.get("error").is_some(), "{method}: {m}");
+            assert!(
+                m.get("result").is_some() || m.get("error").is_some(),
+                "{method}: {m}"
+            );
             // Errors are answers too (a rename refused, a file that does not parse), but
             // never an internal error of the server.
             if let Some(e) = m.get("error") {
@@ -78,7 +144,10 @@ fn thousands_of_random_edits_never_stop_the_server() {
     }
     // Still alive and answering after all of it.
     let uri = docs[0].0.clone();
-    let id = c.send_request("textDocument/documentSymbol", json!({ "textDocument": { "uri": uri } }));
+    let id = c.send_request(
+        "textDocument/documentSymbol",
+        json!({ "textDocument": { "uri": uri } }),
+    );
     assert!(c.response(id).get("result").is_some());
     assert!(answered >= edits / 5);
     c.shutdown();

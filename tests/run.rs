@@ -23,7 +23,11 @@ fn run(dir: &PathBuf, src: &str, args: &[&str]) -> (i32, String, String) {
         .env_remove("NABLA_DATA")
         .output()
         .expect("run nabla");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 const NET: &str = "import std.nn.*\nimport std.data.*\nnet Linear: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\n";
@@ -35,27 +39,63 @@ fn script(body: &str) -> String {
 #[test]
 fn training_prints_epochs_and_accuracy_and_resumes_from_a_checkpoint() {
     let d = dir("resume");
-    let body = |epochs: u32| format!("let data = mnist()\nlet cfg = TrainConfig {{ optimizer: sgd(lr: 0.1), batch: 128, epochs: {epochs}, checkpoint: \"ck.safetensors\" }}\nlet model = train(Linear, data, cfg)\nprint(\"acc {{accuracy(model, data.test):.4}}\")\n");
+    let body = |epochs: u32| {
+        format!(
+            "let data = mnist()\nlet cfg = TrainConfig {{ optimizer: sgd(lr: 0.1), batch: 128, epochs: {epochs}, checkpoint: \"ck.safetensors\" }}\nlet model = train(Linear, data, cfg)\nprint(\"acc {{accuracy(model, data.test):.4}}\")\n"
+        )
+    };
     let (code, out, err) = run(&d, &script(&body(2)), &[]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("Linear: 7850 parameters · 7996 training examples · 63 steps of 128 per epoch"), "{out}");
+    assert!(
+        out.contains(
+            "Linear: 7850 parameters · 7996 training examples · 63 steps of 128 per epoch"
+        ),
+        "{out}"
+    );
     for line in ["Epoch 1/2: loss=", "Epoch 2/2: loss=", "val accuracy: "] {
         assert!(out.contains(line), "missing {line:?} in\n{out}");
     }
     // The book's form: `Epoch 1/2: loss=0.123456 lr=0.100000 (12ms)`.
-    let epoch = out.lines().find(|l| l.starts_with("Epoch 1/2")).unwrap_or_default();
-    let loss: f64 = epoch["Epoch 1/2: loss=".len()..].split(' ').next().and_then(|x| x.parse().ok()).expect("loss");
+    let epoch = out
+        .lines()
+        .find(|l| l.starts_with("Epoch 1/2"))
+        .unwrap_or_default();
+    let loss: f64 = epoch["Epoch 1/2: loss=".len()..]
+        .split(' ')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .expect("loss");
     assert!(loss > 0.2 && loss < 2.3, "{epoch}");
-    assert!(epoch.contains(" lr=0.100000 (") && epoch.ends_with("ms)"), "{epoch}");
-    let acc: f64 = out.lines().find_map(|l| l.strip_prefix("acc ")).and_then(|x| x.parse().ok()).expect("accuracy");
-    assert!(acc > 0.8, "two epochs of a linear classifier reach 80%: {acc}");
+    assert!(
+        epoch.contains(" lr=0.100000 (") && epoch.ends_with("ms)"),
+        "{epoch}"
+    );
+    let acc: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("acc "))
+        .and_then(|x| x.parse().ok())
+        .expect("accuracy");
+    assert!(
+        acc > 0.8,
+        "two epochs of a linear classifier reach 80%: {acc}"
+    );
     assert!(d.join("ck.safetensors").exists());
     // Resuming: epochs 1-2 are done; only epoch 3 runs, from the saved parameters.
     let (code, out, err) = run(&d, &script(&body(3)), &[]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("resumed from ck.safetensors after epoch 2"), "{out}");
-    assert!(!out.contains("Epoch 1/3") && out.contains("Epoch 3/3"), "{out}");
-    let acc2: f64 = out.lines().find_map(|l| l.strip_prefix("acc ")).and_then(|x| x.parse().ok()).expect("accuracy");
+    assert!(
+        out.contains("resumed from ck.safetensors after epoch 2"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("Epoch 1/3") && out.contains("Epoch 3/3"),
+        "{out}"
+    );
+    let acc2: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("acc "))
+        .and_then(|x| x.parse().ok())
+        .expect("accuracy");
     assert!(acc2 > 0.8, "{acc2}");
 }
 
@@ -69,18 +109,41 @@ fn save_and_load_round_trip_and_bad_checkpoints_are_errors() {
     let other = "import std.nn.*\nimport std.data.*\nnet Other: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(32)\n  dense(10)\n}\nlet m = load(Other, \"m.safetensors\")\n";
     let (code, _, err) = run(&d, other, &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("m.safetensors is a checkpoint of net `Linear`, not `Other`") && err.contains("E0701"), "{err}");
+    assert!(
+        err.contains("m.safetensors is a checkpoint of net `Linear`, not `Other`")
+            && err.contains("E0701"),
+        "{err}"
+    );
     // A truncated one: an error naming the file, and the file is not touched.
     let bytes = std::fs::read(d.join("m.safetensors")).expect("read");
     std::fs::write(d.join("cut.safetensors"), &bytes[..bytes.len() / 2]).expect("write");
-    let (code, _, err) = run(&d, &script("let m = load(Linear, \"cut.safetensors\")\n"), &[]);
+    let (code, _, err) = run(
+        &d,
+        &script("let m = load(Linear, \"cut.safetensors\")\n"),
+        &[],
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("cut.safetensors is not a valid safetensors file (truncated or corrupt)"), "{err}");
-    let (code, _, err) = run(&d, &script("let m = load(Linear, \"missing.safetensors\")\n"), &[]);
+    assert!(
+        err.contains("cut.safetensors is not a valid safetensors file (truncated or corrupt)"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &d,
+        &script("let m = load(Linear, \"missing.safetensors\")\n"),
+        &[],
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("cannot read checkpoint missing.safetensors"), "{err}");
+    assert!(
+        err.contains("cannot read checkpoint missing.safetensors"),
+        "{err}"
+    );
     // Saving leaves no temporary files behind.
-    let stray: Vec<String> = std::fs::read_dir(&d).expect("ls").filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp")).collect();
+    let stray: Vec<String> = std::fs::read_dir(&d)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
     assert!(stray.is_empty(), "{stray:?}");
 }
 
@@ -88,17 +151,30 @@ fn save_and_load_round_trip_and_bad_checkpoints_are_errors() {
 fn a_diverging_loss_names_the_step() {
     let d = dir("nan");
     let net = "import std.nn.*\nimport std.data.*\nnet Deep: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(64, relu)\n  dense(10)\n}\n";
-    let src = format!("{net}let cfg = TrainConfig {{ optimizer: sgd(lr: 1e30), batch: 128, epochs: 1 }}\nlet m = train(Deep, mnist(), cfg)\nprint(\"unreachable\")\n");
+    let src = format!(
+        "{net}let cfg = TrainConfig {{ optimizer: sgd(lr: 1e30), batch: 128, epochs: 1 }}\nlet m = train(Deep, mnist(), cfg)\nprint(\"unreachable\")\n"
+    );
     let (code, out, err) = run(&d, &src, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(!out.contains("unreachable"));
-    assert!(err.contains("the loss is") && err.contains("at optimizer step 2") && err.contains("lower learning rate"), "{err}");
+    assert!(
+        err.contains("the loss is")
+            && err.contains("at optimizer step 2")
+            && err.contains("lower learning rate"),
+        "{err}"
+    );
     // Replayed on the interpreter: the product that overflowed first, in std.nn's dense.
-    assert!(err.contains("the first value that is not finite comes from `matmul` at <std.nn>:"), "{err}");
+    assert!(
+        err.contains("the first value that is not finite comes from `matmul` at <std.nn>:"),
+        "{err}"
+    );
     // The span points into std.train's loop, where the step ran.
     assert!(err.contains("train_batch("), "{err}");
     // ... and the trace goes back to the user's call.
-    assert!(err.contains("let m = train(Deep, mnist(), cfg)") && err.contains("called from here"), "{err}");
+    assert!(
+        err.contains("let m = train(Deep, mnist(), cfg)") && err.contains("called from here"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -108,7 +184,11 @@ fn a_nan_names_the_first_op_that_made_it() {
     let (code, _, err) = run(&d, src, &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("the loss is NaN at optimizer step 1"), "{err}");
-    assert!(err.contains("the first value that is not finite comes from `log` at ") && err.contains("main.net:6:3 (`log(x)`)"), "{err}");
+    assert!(
+        err.contains("the first value that is not finite comes from `log` at ")
+            && err.contains("main.net:6:3 (`log(x)`)"),
+        "{err}"
+    );
     // Not a step too long: the net itself makes the NaN.
     assert!(!err.contains("lower learning rate"), "{err}");
 }
@@ -118,15 +198,34 @@ fn missing_and_corrupt_data_are_errors_naming_the_file() {
     let d = dir("data");
     let (code, _, err) = run(&d, &script("let f = fashion_mnist()\n"), &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("Fashion-MNIST is not bundled: pass `--data DIR` or set $NABLA_DATA"), "{err}");
+    assert!(
+        err.contains("Fashion-MNIST is not bundled: pass `--data DIR` or set $NABLA_DATA"),
+        "{err}"
+    );
     let fm = d.join("fashion-mnist");
     std::fs::create_dir_all(&fm).expect("dir");
-    for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
-        std::fs::write(fm.join(f), [0u8, 0, 8, 9, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0]).expect("write");
+    for f in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::write(
+            fm.join(f),
+            [0u8, 0, 8, 9, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0],
+        )
+        .expect("write");
     }
-    let (code, _, err) = run(&d, &script("let f = fashion_mnist()\n"), &["--data", d.to_str().unwrap_or(".")]);
+    let (code, _, err) = run(
+        &d,
+        &script("let f = fashion_mnist()\n"),
+        &["--data", d.to_str().unwrap_or(".")],
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("train-images-idx3-ubyte: wrong magic number 0x00000809"), "{err}");
+    assert!(
+        err.contains("train-images-idx3-ubyte: wrong magic number 0x00000809"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -140,26 +239,51 @@ fn a_full_recipe_trains() {
                let model = train(Small, data, cfg)\nprint(\"acc {accuracy(model, data.test):.4}\")\n";
     let (code, out, err) = run(&d, src, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(out.matches("val accuracy:").count(), 2, "after epochs 2 and 3: {out}");
+    assert_eq!(
+        out.matches("val accuracy:").count(),
+        2,
+        "after epochs 2 and 3: {out}"
+    );
     // Warmup ends at the base rate; cosine ends at the floor (0.05 · 0.002).
-    assert!(out.contains("Epoch 1/3: ") && out.contains("lr=0.002000"), "{out}");
-    assert!(out.contains("Epoch 3/3: ") && out.contains("lr=0.000100"), "{out}");
-    let acc: f64 = out.lines().find_map(|l| l.strip_prefix("acc ")).and_then(|x| x.parse().ok()).expect("accuracy");
+    assert!(
+        out.contains("Epoch 1/3: ") && out.contains("lr=0.002000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Epoch 3/3: ") && out.contains("lr=0.000100"),
+        "{out}"
+    );
+    let acc: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("acc "))
+        .and_then(|x| x.parse().ok())
+        .expect("accuracy");
     assert!(acc > 0.8, "{acc}");
     // A bad recipe is an error naming the field.
     let bad = src.replace("label_smoothing: 0.1", "label_smoothing: 1.5");
     let (code, _, err) = run(&d, &bad, &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("label_smoothing must be in [0, 1), not 1.5"), "{err}");
+    assert!(
+        err.contains("label_smoothing must be in [0, 1), not 1.5"),
+        "{err}"
+    );
 }
 
 #[test]
 fn an_extern_fn_without_an_implementation_is_refused_before_running() {
     let d = dir("extern");
-    let (code, out, err) = run(&d, "print(\"first\")\nextern fn beep(n: int) -> int\nprint(beep(3))\n", &[]);
+    let (code, out, err) = run(
+        &d,
+        "print(\"first\")\nextern fn beep(n: int) -> int\nprint(beep(3))\n",
+        &[],
+    );
     assert_eq!(code, 1);
     assert!(out.is_empty(), "nothing runs: {out}");
-    assert!(err.contains("[E0702] Error: `extern fn beep` has no native implementation") && err.contains("print(beep(3))"), "{err}");
+    assert!(
+        err.contains("[E0702] Error: `extern fn beep` has no native implementation")
+            && err.contains("print(beep(3))"),
+        "{err}"
+    );
 }
 
 /// A small conv net with batchnorm: gradients through every kind of layer.
@@ -171,21 +295,45 @@ fn gradients_from_scripts_agree_with_the_reference_interpreter() {
     let body = "let data = mnist()\nlet model = init(Small, 3)\nlet before = params(model)\nlet r = value_and_grad(model, data.train, 5, 8)\nlet g = grad(model, data.train, 5, 8)\nprint(\"loss {r.loss:.9}\")\nprint(\"same {compare(g, r.grads).error}\")\nprint(\"unchanged {compare(params(model), before).error}\")\nprint(\"names {tensor_names(g)}\")\nsave_tensors(g, \"{dev}.safetensors\")\n";
     let mut losses = vec![];
     for dev in ["cpu", "ref"] {
-        let (code, out, err) = run(&d, &format!("{CNN}{}", body.replace("{dev}", dev)), &["--device", dev]);
+        let (code, out, err) = run(
+            &d,
+            &format!("{CNN}{}", body.replace("{dev}", dev)),
+            &["--device", dev],
+        );
         assert_eq!(code, 0, "{out}\n{err}");
         // grad and value_and_grad are one computation; asking for them changes nothing
         // (batchnorm's running statistics included).
-        assert!(out.contains("same 0.0\n") && out.contains("unchanged 0.0\n"), "{out}");
-        assert!(out.contains("names [layers.0.w, layers.1.gamma, layers.1.beta, layers.5.w, layers.5.b]"), "{out}");
-        losses.push(out.lines().find_map(|l| l.strip_prefix("loss ")).and_then(|x| x.parse::<f64>().ok()).expect("loss"));
+        assert!(
+            out.contains("same 0.0\n") && out.contains("unchanged 0.0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "names [layers.0.w, layers.1.gamma, layers.1.beta, layers.5.w, layers.5.b]"
+            ),
+            "{out}"
+        );
+        losses.push(
+            out.lines()
+                .find_map(|l| l.strip_prefix("loss "))
+                .and_then(|x| x.parse::<f64>().ok())
+                .expect("loss"),
+        );
     }
-    assert!((losses[0] - losses[1]).abs() <= 1e-6 * losses[1].abs(), "{losses:?}");
+    assert!(
+        (losses[0] - losses[1]).abs() <= 1e-6 * losses[1].abs(),
+        "{losses:?}"
+    );
     // The compiled CPU step against the f64 interpreter, through files another tool could
     // have written: relative error (max|a-b| / max|b| per tensor) within 1e-5 in f32.
     let check = "let d = compare(load_tensors(\"cpu.safetensors\"), load_tensors(\"ref.safetensors\"))\nprint(\"error {d.error}\")\n";
     let (code, out, err) = run(&d, check, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let e: f64 = out.lines().find_map(|l| l.strip_prefix("error ")).and_then(|x| x.parse().ok()).expect("error");
+    let e: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("error "))
+        .and_then(|x| x.parse().ok())
+        .expect("error");
     assert!(e <= 1e-5, "cpu vs reference gradient: {e}");
     // Parameters set from a file move the loss to the other model's.
     let swap = "let data = mnist()\nlet a = init(Small, 3)\nlet b = init(Small, 4)\nsave_tensors(params(a), \"a.safetensors\")\nset_params(b, load_tensors(\"a.safetensors\"))\nprint(\"diff {value_and_grad(b, data.train, 5, 8).loss - value_and_grad(a, data.train, 5, 8).loss}\")\n";
@@ -198,21 +346,44 @@ fn gradients_from_scripts_agree_with_the_reference_interpreter() {
 fn bad_tensor_sets_and_batches_are_errors() {
     let d = dir("badgrad");
     let cases: &[(&str, &str)] = &[
-        ("set_params(init(Small, 0), load_tensors(\"nothing.safetensors\"))", "cannot read nothing.safetensors"),
-        ("save_tensors(grad(init(Linear, 0), mnist().train, 0, 4), \"g.safetensors\")\nset_params(init(Small, 0), load_tensors(\"g.safetensors\"))", "net `Small` has no parameter or state named `layers.1.b`"),
-        ("let m = init(Linear, 0)\nlet g = grad(m, mnist().train, 0, 4)\nprint(compare(g, grad(init(Small, 0), mnist().train, 0, 4)).error)", "is in the reference set but not in the other"),
-        ("grad(init(Linear, 0), mnist().train, 7996, 4)", "no examples in [7996, 8000)"),
+        (
+            "set_params(init(Small, 0), load_tensors(\"nothing.safetensors\"))",
+            "cannot read nothing.safetensors",
+        ),
+        (
+            "save_tensors(grad(init(Linear, 0), mnist().train, 0, 4), \"g.safetensors\")\nset_params(init(Small, 0), load_tensors(\"g.safetensors\"))",
+            "net `Small` has no parameter or state named `layers.1.b`",
+        ),
+        (
+            "let m = init(Linear, 0)\nlet g = grad(m, mnist().train, 0, 4)\nprint(compare(g, grad(init(Small, 0), mnist().train, 0, 4)).error)",
+            "is in the reference set but not in the other",
+        ),
+        (
+            "grad(init(Linear, 0), mnist().train, 7996, 4)",
+            "no examples in [7996, 8000)",
+        ),
         ("grad(init(Linear, 0), mnist().train, 0, 0)", "size > 0"),
     ];
     for (body, want) in cases {
-        let src = format!("{}\nnet Small: f32[1, 28, 28] -> f32[10] {{\n  conv(4, 3, pad: 1)\n  batchnorm\n  relu\n  maxpool(4)\n  flatten\n  dense(10)\n}}\n{body}\n", NET);
+        let src = format!(
+            "{}\nnet Small: f32[1, 28, 28] -> f32[10] {{\n  conv(4, 3, pad: 1)\n  batchnorm\n  relu\n  maxpool(4)\n  flatten\n  dense(10)\n}}\n{body}\n",
+            NET
+        );
         let (code, out, err) = run(&d, &src, &[]);
         assert_ne!(code, 0, "{body}\n{out}");
         assert!(err.contains(want), "{body}: want {want:?} in\n{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    std::fs::write(d.join("short.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{}").expect("write");
-    let (code, _, err) = run(&d, "print(l2_norm(load_tensors(\"short.safetensors\")))", &[]);
+    std::fs::write(
+        d.join("short.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}",
+    )
+    .expect("write");
+    let (code, _, err) = run(
+        &d,
+        "print(l2_norm(load_tensors(\"short.safetensors\")))",
+        &[],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("short.safetensors"), "{err}");
 }

@@ -9,7 +9,9 @@
 //! are calls into Rust, so a program that uses one runs in the scalar loop.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, Endianness, InstBuilder, MemFlagsData, Type, UserFuncName, Value};
+use cranelift_codegen::ir::{
+    AbiParam, Endianness, InstBuilder, MemFlagsData, Type, UserFuncName, Value, types,
+};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -23,7 +25,10 @@ pub enum Access {
     /// One value for every `i`.
     Scalar,
     /// Element `(i / inner) % len` (a broadcast along leading and trailing dims).
-    Bcast { inner: usize, len: usize },
+    Bcast {
+        inner: usize,
+        len: usize,
+    },
 }
 
 impl Access {
@@ -68,7 +73,16 @@ impl Fused {
         self.exprs.iter().any(|e| {
             matches!(
                 e,
-                Expr::Unary(Unary::Exp | Unary::Log | Unary::Tanh | Unary::Sigmoid | Unary::Erf | Unary::Sin | Unary::Cos, _) | Expr::Binary(Binary::Pow, _, _)
+                Expr::Unary(
+                    Unary::Exp
+                        | Unary::Log
+                        | Unary::Tanh
+                        | Unary::Sigmoid
+                        | Unary::Erf
+                        | Unary::Sin
+                        | Unary::Cos,
+                    _
+                ) | Expr::Binary(Binary::Pow, _, _)
             )
         })
     }
@@ -134,12 +148,21 @@ fn jit_error(e: impl std::fmt::Display) -> String {
 /// speed. Shared by the fused loops and the host-code compiler.
 pub(crate) fn native_builder() -> Result<JITBuilder, String> {
     let mut flags = settings::builder();
-    let set = |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| format!("Cranelift setting {k}: {e}"));
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v)
+            .map_err(|e| format!("Cranelift setting {k}: {e}"))
+    };
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
     set(&mut flags, "opt_level", "speed")?;
-    let isa = cranelift_native::builder().map_err(|e| format!("no Cranelift backend for this machine: {e}"))?.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())?;
-    Ok(JITBuilder::with_isa(isa, cranelift_module::default_libcall_names()))
+    let isa = cranelift_native::builder()
+        .map_err(|e| format!("no Cranelift backend for this machine: {e}"))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| e.to_string())?;
+    Ok(JITBuilder::with_isa(
+        isa,
+        cranelift_module::default_libcall_names(),
+    ))
 }
 
 impl Jit {
@@ -164,13 +187,27 @@ impl Jit {
         sig1.returns.push(AbiParam::new(types::F32));
         let mut calls = Vec::new();
         for (name, u) in CALLS {
-            calls.push((u, module.declare_function(name, Linkage::Import, &sig1).map_err(jit_error)?));
+            calls.push((
+                u,
+                module
+                    .declare_function(name, Linkage::Import, &sig1)
+                    .map_err(jit_error)?,
+            ));
         }
         let mut sig2 = sig1.clone();
         sig2.params.push(AbiParam::new(types::F32));
-        let pow = module.declare_function("nb_pow", Linkage::Import, &sig2).map_err(jit_error)?;
+        let pow = module
+            .declare_function("nb_pow", Linkage::Import, &sig2)
+            .map_err(jit_error)?;
         let ctx = module.make_context();
-        Ok(Jit { module, ctx, fctx: FunctionBuilderContext::new(), calls, pow, pending: Vec::new() })
+        Ok(Jit {
+            module,
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            calls,
+            pow,
+            pending: Vec::new(),
+        })
     }
 
     /// Emits `f` as a new function; its pointer is available after [`Jit::finish`], in
@@ -178,8 +215,12 @@ impl Jit {
     pub fn add(&mut self, f: &Fused) -> Result<(), String> {
         let ptr = self.module.target_config().pointer_type();
         let mut sig = self.module.make_signature();
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
-        let id = self.module.declare_anonymous_function(&sig).map_err(jit_error)?;
+        sig.params
+            .extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
+        let id = self
+            .module
+            .declare_anonymous_function(&sig)
+            .map_err(jit_error)?;
         self.ctx.func.signature = sig;
         self.ctx.func.name = UserFuncName::user(0, id.as_u32());
         let mut imports = Vec::new();
@@ -193,7 +234,9 @@ impl Jit {
             b.seal_all_blocks();
             b.finalize(self.module.target_config());
         }
-        self.module.define_function(id, &mut self.ctx).map_err(jit_error)?;
+        self.module
+            .define_function(id, &mut self.ctx)
+            .map_err(jit_error)?;
         self.module.clear_context(&mut self.ctx);
         self.pending.push(id);
         Ok(())
@@ -216,16 +259,33 @@ impl Jit {
 }
 
 /// Emits the loop body of `f` (see the module doc).
-fn emit(b: &mut FunctionBuilder, f: &Fused, ptr: Type, calls: &[(Unary, cranelift_codegen::ir::FuncRef)], pow: cranelift_codegen::ir::FuncRef) {
+fn emit(
+    b: &mut FunctionBuilder,
+    f: &Fused,
+    ptr: Type,
+    calls: &[(Unary, cranelift_codegen::ir::FuncRef)],
+    pow: cranelift_codegen::ir::FuncRef,
+) {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
-    let (ptrs, start, end) = (b.block_params(entry)[0], b.block_params(entry)[1], b.block_params(entry)[2]);
+    let (ptrs, start, end) = (
+        b.block_params(entry)[0],
+        b.block_params(entry)[1],
+        b.block_params(entry)[2],
+    );
     let mem = MemFlagsData::trusted();
     let n_ptrs = f.leaves.len() + f.stores.len();
-    let bases: Vec<Value> = (0..n_ptrs).map(|k| b.ins().load(ptr, mem, ptrs, (k * 8) as i32)).collect();
+    let bases: Vec<Value> = (0..n_ptrs)
+        .map(|k| b.ins().load(ptr, mem, ptrs, (k * 8) as i32))
+        .collect();
     // Scalar leaves are read once.
-    let scalars: Vec<Option<Value>> = f.leaves.iter().enumerate().map(|(k, a)| (*a == Access::Scalar).then(|| b.ins().load(types::F32, mem, bases[k], 0))).collect();
+    let scalars: Vec<Option<Value>> = f
+        .leaves
+        .iter()
+        .enumerate()
+        .map(|(k, a)| (*a == Access::Scalar).then(|| b.ins().load(types::F32, mem, bases[k], 0)))
+        .collect();
     // Multiplies whose only use is one add become fma there.
     let mut uses = vec![0usize; f.exprs.len()];
     for e in &f.exprs {
@@ -321,7 +381,11 @@ fn body(
     let to_float = |b: &mut FunctionBuilder, mask: Value| {
         let (one, zero) = (konst(b, 1.0), konst(b, 0.0));
         if vector {
-            let m = b.ins().bitcast(ty, MemFlagsData::new().with_endianness(Endianness::Little), mask);
+            let m = b.ins().bitcast(
+                ty,
+                MemFlagsData::new().with_endianness(Endianness::Little),
+                mask,
+            );
             b.ins().bitselect(m, one, zero)
         } else {
             b.ins().select(mask, one, zero)
@@ -341,8 +405,16 @@ fn body(
                     b.ins().load(ty, mem, a, 0)
                 }
                 Access::Bcast { inner, len } => {
-                    let q = if inner == 1 { i } else { b.ins().udiv_imm_u(i, inner as i64) };
-                    let idx = if len == 1 { b.ins().iconst(types::I64, 0) } else { b.ins().urem_imm_u(q, len as i64) };
+                    let q = if inner == 1 {
+                        i
+                    } else {
+                        b.ins().udiv_imm_u(i, inner as i64)
+                    };
+                    let idx = if len == 1 {
+                        b.ins().iconst(types::I64, 0)
+                    } else {
+                        b.ins().urem_imm_u(q, len as i64)
+                    };
                     let a = addr(b, bases[l], idx);
                     if vector && inner % 4 == 0 {
                         let s = b.ins().load(types::F32, mem, a, 0);
@@ -428,7 +500,11 @@ fn body(
                 let z = konst(b, 0.0);
                 let m = b.ins().fcmp(FloatCC::NotEqual, vals[c], z);
                 if vector {
-                    let m = b.ins().bitcast(ty, MemFlagsData::new().with_endianness(Endianness::Little), m);
+                    let m = b.ins().bitcast(
+                        ty,
+                        MemFlagsData::new().with_endianness(Endianness::Little),
+                        m,
+                    );
                     b.ins().bitselect(m, vals[x], vals[y])
                 } else {
                     b.ins().select(m, vals[x], vals[y])
@@ -451,5 +527,7 @@ fn body(
 
 /// Whether expression `k` is an operand of an add (so a multiply there can become fma).
 fn feeds_add(f: &Fused, k: usize) -> bool {
-    f.exprs.iter().any(|e| matches!(*e, Expr::Binary(Binary::Add, a, c) if a == k || c == k))
+    f.exprs
+        .iter()
+        .any(|e| matches!(*e, Expr::Binary(Binary::Add, a, c) if a == k || c == k))
 }

@@ -14,16 +14,19 @@
 //! builtin is caught at the boundary and becomes an error.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use cranelift_codegen::ir::{condcodes::FloatCC, condcodes::IntCC, types, AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, UserFuncName, Value};
+use cranelift_codegen::ir::{
+    AbiParam, Block, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind,
+    UserFuncName, Value, condcodes::FloatCC, condcodes::IntCC, types,
+};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId as ClifFuncId, Linkage, Module};
+use nabla_lang::Span;
 use nabla_lang::host::heap::{Builtins, Heap, Object};
 use nabla_lang::host::{HExpr, HKind, HTy, HostProgram, Piece, SiteId, Word};
 use nabla_lang::syntax::ast::{BinOp, UnOp};
-use nabla_lang::Span;
 
 /// A host program stopped with an error at a span.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,16 +63,31 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn fail(&mut self, message: String, site: u64) {
         if self.error.is_none() {
-            let span = usize::try_from(site).ok().and_then(|s| self.prog.sites.get(s)).copied();
-            self.error = Some(RuntimeError { message, span, trace: vec![] });
+            let span = usize::try_from(site)
+                .ok()
+                .and_then(|s| self.prog.sites.get(s))
+                .copied();
+            self.error = Some(RuntimeError {
+                message,
+                span,
+                trace: vec![],
+            });
         }
         self.failed = 1;
     }
 }
 
 /// Compiles and runs `prog`'s `main` with `heap` and `builtins`.
-pub fn run(prog: &HostProgram, heap: &mut Heap, builtins: &mut dyn Builtins) -> Result<(), RuntimeError> {
-    let compiled = compile(prog, heap).map_err(|m| RuntimeError { message: m, span: None, trace: vec![] })?;
+pub fn run(
+    prog: &HostProgram,
+    heap: &mut Heap,
+    builtins: &mut dyn Builtins,
+) -> Result<(), RuntimeError> {
+    let compiled = compile(prog, heap).map_err(|m| RuntimeError {
+        message: m,
+        span: None,
+        trace: vec![],
+    })?;
     compiled.run(prog, heap, builtins, &mut vec![])
 }
 
@@ -85,10 +103,25 @@ pub struct Compiled {
 impl Compiled {
     /// Runs `main`. `globals` are a REPL session's (empty for a script); they are only
     /// updated when the run succeeds.
-    pub fn run(&self, prog: &HostProgram, heap: &mut Heap, builtins: &mut dyn Builtins, globals: &mut Vec<Word>) -> Result<(), RuntimeError> {
+    pub fn run(
+        &self,
+        prog: &HostProgram,
+        heap: &mut Heap,
+        builtins: &mut dyn Builtins,
+        globals: &mut Vec<Word>,
+    ) -> Result<(), RuntimeError> {
         let mut next = globals.clone();
         next.resize(prog.globals.len().max(next.len()), 0);
-        let mut ctx = Ctx { failed: 0, heap, builtins, prog, error: None, fmt: vec![], pieces: &self.pieces, globals: &mut next };
+        let mut ctx = Ctx {
+            failed: 0,
+            heap,
+            builtins,
+            prog,
+            error: None,
+            fmt: vec![],
+            pieces: &self.pieces,
+            globals: &mut next,
+        };
         (self.main)(&mut ctx as *mut Ctx as *mut u8);
         match ctx.error.take() {
             Some(e) => Err(e),
@@ -146,21 +179,39 @@ pub fn compile(prog: &HostProgram, heap: &mut Heap) -> Result<Compiled, String> 
     let mut imports = HashMap::new();
     for (name, _, params, ret) in &rt {
         let mut sig = module.make_signature();
-        sig.params.extend(params.chars().map(|c| AbiParam::new(clif(c))));
-        sig.returns.extend(ret.chars().map(|c| AbiParam::new(clif(c))));
-        imports.insert(*name, module.declare_function(name, Linkage::Import, &sig).map_err(jit_error)?);
+        sig.params
+            .extend(params.chars().map(|c| AbiParam::new(clif(c))));
+        sig.returns
+            .extend(ret.chars().map(|c| AbiParam::new(clif(c))));
+        imports.insert(
+            *name,
+            module
+                .declare_function(name, Linkage::Import, &sig)
+                .map_err(jit_error)?,
+        );
     }
     let mut ids = Vec::new();
     for f in &prog.funcs {
         let mut sig = module.make_signature();
         sig.params.push(AbiParam::new(types::I64));
-        sig.params.extend(f.locals[..f.params].iter().map(|t| AbiParam::new(value_type(t))));
+        sig.params.extend(
+            f.locals[..f.params]
+                .iter()
+                .map(|t| AbiParam::new(value_type(t))),
+        );
         sig.returns.push(AbiParam::new(value_type(&f.ret)));
-        ids.push((module.declare_anonymous_function(&sig).map_err(jit_error)?, sig));
+        ids.push((
+            module.declare_anonymous_function(&sig).map_err(jit_error)?,
+            sig,
+        ));
     }
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
-    let mut literals = Literals { heap, strings: HashMap::new(), pieces: vec![] };
+    let mut literals = Literals {
+        heap,
+        strings: HashMap::new(),
+        pieces: vec![],
+    };
     for (f, (id, sig)) in prog.funcs.iter().zip(&ids) {
         ctx.func.signature = sig.clone();
         ctx.func.name = UserFuncName::user(0, id.as_u32());
@@ -170,22 +221,44 @@ pub fn compile(prog: &HostProgram, heap: &mut Heap) -> Result<Compiled, String> 
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
-            let funcs: Vec<FuncRef> = ids.iter().map(|(fid, _)| module.declare_func_in_func(*fid, b.func)).collect();
-            let mut e = Emitter { b: &mut b, vars: vec![], ctx_val: None, rt: refs, funcs, loops: vec![], ret: value_type(&f.ret), lits: &mut literals };
+            let funcs: Vec<FuncRef> = ids
+                .iter()
+                .map(|(fid, _)| module.declare_func_in_func(*fid, b.func))
+                .collect();
+            let mut e = Emitter {
+                b: &mut b,
+                vars: vec![],
+                ctx_val: None,
+                rt: refs,
+                funcs,
+                loops: vec![],
+                ret: value_type(&f.ret),
+                lits: &mut literals,
+            };
             e.function(f);
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
-        module.define_function(*id, &mut ctx).map_err(|e| jit_error(format!("{e:?}")))?;
+        module
+            .define_function(*id, &mut ctx)
+            .map_err(|e| jit_error(format!("{e:?}")))?;
         module.clear_context(&mut ctx);
     }
     module.finalize_definitions().map_err(jit_error)?;
-    let main_id: ClifFuncId = ids.get(prog.main).map(|(id, _)| *id).ok_or("no main function")?;
+    let main_id: ClifFuncId = ids
+        .get(prog.main)
+        .map(|(id, _)| *id)
+        .ok_or("no main function")?;
     let code = module.get_finalized_function(main_id);
     // SAFETY: `main` was declared above as (i64 ctx) -> i64.
     let main = unsafe { std::mem::transmute::<*const u8, extern "C" fn(*mut u8) -> i64>(code) };
     let pieces = std::mem::take(&mut literals.pieces);
-    Ok(Compiled { _module: module, main, pieces, compile_ms: t0.elapsed().as_secs_f64() * 1e3 })
+    Ok(Compiled {
+        _module: module,
+        main,
+        pieces,
+        compile_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
 }
 
 /// Constants made while compiling: interned strings and the format pieces' types.
@@ -220,7 +293,8 @@ struct Emitter<'a, 'b, 'h> {
 
 impl Emitter<'_, '_, '_> {
     fn ctx(&self) -> Value {
-        self.ctx_val.unwrap_or_else(|| panic!("host compiler: ctx used before entry"))
+        self.ctx_val
+            .unwrap_or_else(|| panic!("host compiler: ctx used before entry"))
     }
 
     fn function(&mut self, f: &nabla_lang::host::HFunc) {
@@ -239,17 +313,28 @@ impl Emitter<'_, '_, '_> {
             self.b.def_var(v, init);
         }
         if let Some(v) = self.expr(&f.body) {
-            let v = if f.ret == HTy::Unit { self.zero(types::I64) } else { v };
+            let v = if f.ret == HTy::Unit {
+                self.zero(types::I64)
+            } else {
+                v
+            };
             self.b.ins().return_(&[v]);
         }
     }
 
     fn zero(&mut self, t: types::Type) -> Value {
-        if t == types::F64 { self.b.ins().f64const(0.0) } else { self.b.ins().iconst(types::I64, 0) }
+        if t == types::F64 {
+            self.b.ins().f64const(0.0)
+        } else {
+            self.b.ins().iconst(types::I64, 0)
+        }
     }
 
     fn call_rt(&mut self, name: &str, args: &[Value]) -> Option<Value> {
-        let f = *self.rt.get(name).unwrap_or_else(|| panic!("host compiler: no runtime function {name}"));
+        let f = *self
+            .rt
+            .get(name)
+            .unwrap_or_else(|| panic!("host compiler: no runtime function {name}"));
         let inst = self.b.ins().call(f, args);
         self.b.inst_results(inst).first().copied()
     }
@@ -263,7 +348,10 @@ impl Emitter<'_, '_, '_> {
     /// (only on the failing path: the hot path is one load and a branch).
     fn check_failed_at(&mut self, site: Option<SiteId>) {
         let ctx = self.ctx();
-        let failed = self.b.ins().load(types::I64, MemFlagsData::trusted(), ctx, 0);
+        let failed = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), ctx, 0);
         let bail = self.b.create_block();
         let cont = self.b.create_block();
         self.b.ins().brif(failed, bail, &[], cont, &[]);
@@ -280,20 +368,34 @@ impl Emitter<'_, '_, '_> {
     /// Stores `vals` (as words) in a stack slot and returns its address.
     fn words(&mut self, vals: &[Value]) -> Value {
         let size = (vals.len().max(1) * 8) as u32;
-        let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, size, 3));
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            size,
+            3,
+        ));
         for (i, v) in vals.iter().enumerate() {
             let w = self.word(*v);
-            self.b.ins().stack_store(types::I64, w, slot, (i * 8) as i32);
+            self.b
+                .ins()
+                .stack_store(types::I64, w, slot, (i * 8) as i32);
         }
         self.b.ins().stack_addr(types::I64, slot, 0)
     }
 
     fn word(&mut self, v: Value) -> Value {
-        if self.b.func.dfg.value_type(v) == types::F64 { self.b.ins().bitcast(types::I64, MemFlagsData::new(), v) } else { v }
+        if self.b.func.dfg.value_type(v) == types::F64 {
+            self.b.ins().bitcast(types::I64, MemFlagsData::new(), v)
+        } else {
+            v
+        }
     }
 
     fn from_word(&mut self, w: Value, t: &HTy) -> Value {
-        if t.is_float() { self.b.ins().bitcast(types::F64, MemFlagsData::new(), w) } else { w }
+        if t.is_float() {
+            self.b.ins().bitcast(types::F64, MemFlagsData::new(), w)
+        } else {
+            w
+        }
     }
 
     fn int(&mut self, n: i64) -> Value {
@@ -349,7 +451,12 @@ impl Emitter<'_, '_, '_> {
                     vals.push(self.expr(a)?);
                 }
                 let ptr = self.words(&vals);
-                let (ctx, id, n, site) = (self.ctx(), self.int(*id as i64), self.int(vals.len() as i64), self.int(*site as i64));
+                let (ctx, id, n, site) = (
+                    self.ctx(),
+                    self.int(*id as i64),
+                    self.int(vals.len() as i64),
+                    self.int(*site as i64),
+                );
                 let w = self.call_rt("rt_builtin", &[ctx, id, ptr, n, site])?;
                 self.check_failed();
                 self.from_word(w, &e.ty)
@@ -365,7 +472,9 @@ impl Emitter<'_, '_, '_> {
                 for f in fields {
                     vals.push(self.expr(f)?);
                 }
-                let HTy::Record(id) = e.ty else { return Some(self.int(0)) };
+                let HTy::Record(id) = e.ty else {
+                    return Some(self.int(0));
+                };
                 let ptr = self.words(&vals);
                 let (ctx, id, n) = (self.ctx(), self.int(id as i64), self.int(vals.len() as i64));
                 self.call_rt("rt_record", &[ctx, id, ptr, n])?
@@ -402,31 +511,48 @@ impl Emitter<'_, '_, '_> {
             HKind::Binary(op, a, b, site) => return self.binary(*op, a, b, *site),
             HKind::If(c, t, f) => return self.if_expr(c, t, f.as_deref(), &e.ty),
             HKind::While(c, body) => {
-                let head = self.b.create_block();
-                let exit = self.b.create_block();
-                self.b.ins().jump(head, &[]);
-                self.b.switch_to_block(head);
-                let c = self.expr(c)?;
+                // Rotated: the test is emitted before the loop and again at its bottom, so
+                // an iteration takes one conditional branch and no jump.
                 let inner = self.b.create_block();
-                self.b.ins().brif(c, inner, &[], exit, &[]);
+                let test = self.b.create_block();
+                let exit = self.b.create_block();
+                let first = self.expr(c)?;
+                self.b.ins().brif(first, inner, &[], exit, &[]);
                 self.b.switch_to_block(inner);
-                self.loops.push((head, exit));
+                self.loops.push((test, exit));
                 let done = self.expr(body);
                 self.loops.pop();
                 if done.is_some() {
-                    self.b.ins().jump(head, &[]);
+                    self.b.ins().jump(test, &[]);
                 }
+                self.b.switch_to_block(test);
+                let again = self.expr(c)?;
+                self.b.ins().brif(again, inner, &[], exit, &[]);
                 self.b.switch_to_block(exit);
                 self.int(0)
             }
-            HKind::ForRange { var, end_slot, start, end, body } => {
+            HKind::ForRange {
+                var,
+                end_slot,
+                start,
+                end,
+                body,
+            } => {
                 let s = self.expr(start)?;
                 let n = self.expr(end)?;
                 self.b.def_var(self.vars[*var], s);
                 self.b.def_var(self.vars[*end_slot], n);
                 self.counted_loop(*var, *end_slot, body, |_| Some(()))?
             }
-            HKind::ForList { var, list_slot, index_slot, end_slot, list, body, site } => {
+            HKind::ForList {
+                var,
+                list_slot,
+                index_slot,
+                end_slot,
+                list,
+                body,
+                site,
+            } => {
                 // Lists are immutable: the length is read once.
                 let l = self.expr(list)?;
                 self.b.def_var(self.vars[*list_slot], l);
@@ -435,9 +561,15 @@ impl Emitter<'_, '_, '_> {
                 self.b.def_var(self.vars[*end_slot], n);
                 let z = self.int(0);
                 self.b.def_var(self.vars[*index_slot], z);
-                let HTy::List(elem) = &list.ty else { return Some(self.int(0)) };
+                let HTy::List(elem) = &list.ty else {
+                    return Some(self.int(0));
+                };
                 self.counted_loop(*index_slot, *end_slot, body, |e| {
-                    let (l, i, site) = (e.b.use_var(e.vars[*list_slot]), e.b.use_var(e.vars[*index_slot]), e.int(*site as i64));
+                    let (l, i, site) = (
+                        e.b.use_var(e.vars[*list_slot]),
+                        e.b.use_var(e.vars[*index_slot]),
+                        e.int(*site as i64),
+                    );
                     let w = e.call_rt("rt_index", &[ctx, l, i, site])?;
                     e.check_failed();
                     let v = e.from_word(w, elem);
@@ -461,8 +593,14 @@ impl Emitter<'_, '_, '_> {
                 return None;
             }
             HKind::Break | HKind::Continue => {
-                let Some((cont, brk)) = self.loops.last().copied() else { return Some(self.int(0)) };
-                let target = if matches!(e.kind, HKind::Break) { brk } else { cont };
+                let Some((cont, brk)) = self.loops.last().copied() else {
+                    return Some(self.int(0));
+                };
+                let target = if matches!(e.kind, HKind::Break) {
+                    brk
+                } else {
+                    cont
+                };
                 self.b.ins().jump(target, &[]);
                 return None;
             }
@@ -471,15 +609,22 @@ impl Emitter<'_, '_, '_> {
     }
 
     /// `while counter < end { enter; body; counter += 1 }` with `continue` going to the
-    /// increment; both slots are set by the caller.
-    fn counted_loop(&mut self, counter: usize, end: usize, body: &HExpr, enter: impl FnOnce(&mut Self) -> Option<()>) -> Option<Value> {
-        let head = self.b.create_block();
+    /// increment; both slots are set by the caller. Rotated as `while` loops are: the
+    /// bound is tested before the first iteration and after each increment.
+    fn counted_loop(
+        &mut self,
+        counter: usize,
+        end: usize,
+        body: &HExpr,
+        enter: impl FnOnce(&mut Self) -> Option<()>,
+    ) -> Option<Value> {
+        let inner = self.b.create_block();
         let step = self.b.create_block();
         let exit = self.b.create_block();
-        let inner = self.b.create_block();
-        self.b.ins().jump(head, &[]);
-        self.b.switch_to_block(head);
-        let (i, n) = (self.b.use_var(self.vars[counter]), self.b.use_var(self.vars[end]));
+        let (i, n) = (
+            self.b.use_var(self.vars[counter]),
+            self.b.use_var(self.vars[end]),
+        );
         let c = self.b.ins().icmp(IntCC::SignedLessThan, i, n);
         self.b.ins().brif(c, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
@@ -494,7 +639,9 @@ impl Emitter<'_, '_, '_> {
         let i = self.b.use_var(self.vars[counter]);
         let i1 = self.b.ins().iadd_imm_s(i, 1);
         self.b.def_var(self.vars[counter], i1);
-        self.b.ins().jump(head, &[]);
+        let n = self.b.use_var(self.vars[end]);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i1, n);
+        self.b.ins().brif(c, inner, &[], exit, &[]);
         self.b.switch_to_block(exit);
         Some(self.int(0))
     }
@@ -523,6 +670,11 @@ impl Emitter<'_, '_, '_> {
 
     fn if_expr(&mut self, c: &HExpr, t: &HExpr, f: Option<&HExpr>, ty: &HTy) -> Option<Value> {
         let c = self.expr(c)?;
+        if speculable(t, &mut SPECULATE_MAX.clone())
+            && f.is_none_or(|f| speculable(f, &mut SPECULATE_MAX.clone()))
+        {
+            return self.if_select(c, t, f, ty);
+        }
         let then_b = self.b.create_block();
         let else_b = self.b.create_block();
         let join = self.b.create_block();
@@ -554,6 +706,46 @@ impl Emitter<'_, '_, '_> {
             return None;
         }
         Some(self.b.block_params(join)[0])
+    }
+
+    /// An `if` whose arms are a few pure assignments and arithmetic, branch-free: both arms
+    /// run, and each variable either assigns takes its value through a `select` (a
+    /// conditional move). A branch costs a misprediction whenever the pattern is not
+    /// regular, and it splits the loop body into blocks Cranelift does not merge back.
+    fn if_select(&mut self, c: Value, t: &HExpr, f: Option<&HExpr>, ty: &HTy) -> Option<Value> {
+        let mut slots = Vec::new();
+        assigned(t, &mut slots);
+        if let Some(f) = f {
+            assigned(f, &mut slots);
+        }
+        let before: Vec<Value> = slots
+            .iter()
+            .map(|s| self.b.use_var(self.vars[*s]))
+            .collect();
+        let vt = self.expr(t)?;
+        let then: Vec<Value> = slots
+            .iter()
+            .map(|s| self.b.use_var(self.vars[*s]))
+            .collect();
+        for (s, v) in slots.iter().zip(&before) {
+            self.b.def_var(self.vars[*s], *v);
+        }
+        let vf = match f {
+            Some(f) => self.expr(f)?,
+            None => self.zero(value_type(ty)),
+        };
+        for (i, s) in slots.iter().enumerate() {
+            let other = self.b.use_var(self.vars[*s]);
+            if other != then[i] {
+                let v = self.b.ins().select(c, then[i], other);
+                self.b.def_var(self.vars[*s], v);
+            }
+        }
+        Some(if *ty == HTy::Unit {
+            self.zero(value_type(ty))
+        } else {
+            self.b.ins().select(c, vt, vf)
+        })
     }
 
     fn binary(&mut self, op: BinOp, a: &HExpr, b: &HExpr, site: SiteId) -> Option<Value> {
@@ -610,7 +802,11 @@ impl Emitter<'_, '_, '_> {
                         && k > 0
                         && (k as u64).is_power_of_two()
                     {
-                        return Some(if op == BinOp::Div { self.b.ins().sshr_imm_s(x, i64::from(k.trailing_zeros())) } else { self.b.ins().band_imm_s(x, k - 1) });
+                        return Some(if op == BinOp::Div {
+                            self.b.ins().sshr_imm_s(x, i64::from(k.trailing_zeros()))
+                        } else {
+                            self.b.ins().band_imm_s(x, k - 1)
+                        });
                     }
                     return self.int_division(op, x, y, site);
                 }
@@ -666,6 +862,52 @@ impl Emitter<'_, '_, '_> {
     }
 }
 
+/// How many nodes both arms of an `if` may have together and still run unconditionally.
+const SPECULATE_MAX: usize = 24;
+
+/// Whether `e` may run whether or not its `if` takes it: no calls, no control flow, no
+/// operation that can fail (an int division by anything but a positive power-of-two
+/// literal can), and small; `budget` counts nodes down.
+fn speculable(e: &HExpr, budget: &mut usize) -> bool {
+    if *budget == 0 {
+        return false;
+    }
+    *budget -= 1;
+    match &e.kind {
+        HKind::Unit | HKind::Int(_) | HKind::Float(_) | HKind::Bool(_) | HKind::Local(_) => true,
+        HKind::Set(_, v) | HKind::IntToFloat(v) | HKind::Unary(_, v) => speculable(v, budget),
+        HKind::Binary(op, a, b, _) => {
+            let scalar = matches!(a.ty, HTy::Int | HTy::Float | HTy::Bool);
+            let mask = matches!(b.kind, HKind::Int(k) if k > 0 && (k as u64).is_power_of_two());
+            let divides = matches!(op, BinOp::Div | BinOp::Rem) && a.ty == HTy::Int && !mask;
+            let inline =
+                !matches!(op, BinOp::And | BinOp::Or) && !(op == &BinOp::Rem && a.ty == HTy::Float);
+            scalar && inline && !divides && speculable(a, budget) && speculable(b, budget)
+        }
+        HKind::Block(items) => items.iter().all(|i| speculable(i, budget)),
+        _ => false,
+    }
+}
+
+/// The locals `e` assigns, each once, in order of first assignment.
+fn assigned(e: &HExpr, out: &mut Vec<usize>) {
+    match &e.kind {
+        HKind::Set(i, v) => {
+            assigned(v, out);
+            if !out.contains(i) {
+                out.push(*i);
+            }
+        }
+        HKind::IntToFloat(v) | HKind::Unary(_, v) => assigned(v, out),
+        HKind::Binary(_, a, b, _) => {
+            assigned(a, out);
+            assigned(b, out);
+        }
+        HKind::Block(items) => items.iter().for_each(|i| assigned(i, out)),
+        _ => {}
+    }
+}
+
 // ---------------------------------------------------------------------- the runtime
 
 /// # Safety
@@ -691,7 +933,11 @@ extern "C" fn rt_builtin(ctx: *mut u8, id: i64, ptr: *const u64, n: i64, site: i
         c.fail(format!("no builtin {id}"), site as u64);
         return 0;
     };
-    let arg = |i: usize| a.get(i).copied().ok_or_else(|| format!("`{}` was given {} arguments", decl.name, a.len()));
+    let arg = |i: usize| {
+        a.get(i)
+            .copied()
+            .ok_or_else(|| format!("`{}` was given {} arguments", decl.name, a.len()))
+    };
     let (heap, builtins) = (&mut *c.heap, &mut *c.builtins);
     let result = catch_unwind(AssertUnwindSafe(|| match decl.name.as_str() {
         "__str_concat" => {
@@ -701,7 +947,11 @@ extern "C" fn rt_builtin(ctx: *mut u8, id: i64, ptr: *const u64, n: i64, site: i
         "__str_eq" => Ok(Word::from(heap.str(arg(0)?)? == heap.str(arg(1)?)?)),
         "__int" => {
             let x = f64::from_bits(arg(0)?);
-            if x.is_finite() { Ok(x.trunc() as i64 as Word) } else { Err(format!("cannot convert {x} to an int")) }
+            if x.is_finite() {
+                Ok(x.trunc() as i64 as Word)
+            } else {
+                Err(format!("cannot convert {x} to an int"))
+            }
         }
         "__echo" => {
             println!("{}", heap.str(arg(0)?)?);
@@ -711,7 +961,11 @@ extern "C" fn rt_builtin(ctx: *mut u8, id: i64, ptr: *const u64, n: i64, site: i
         _ => builtins.call(id as usize, heap, a),
     }))
     .unwrap_or_else(|p| {
-        let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
         Err(format!("internal error in `{}`: {why}", decl.name))
     });
     match result {
@@ -725,7 +979,11 @@ extern "C" fn rt_builtin(ctx: *mut u8, id: i64, ptr: *const u64, n: i64, site: i
 
 /// The host math builtins (`cos(x)` on a float).
 fn math(name: &str, a: &[u64]) -> Result<f64, String> {
-    let x = |i: usize| a.get(i).map(|w| f64::from_bits(*w)).ok_or_else(|| format!("`{name}` takes more arguments"));
+    let x = |i: usize| {
+        a.get(i)
+            .map(|w| f64::from_bits(*w))
+            .ok_or_else(|| format!("`{name}` takes more arguments"))
+    };
     Ok(match name {
         "exp" => x(0)?.exp(),
         "log" => x(0)?.ln(),
@@ -744,13 +1002,19 @@ fn math(name: &str, a: &[u64]) -> Result<f64, String> {
 extern "C" fn rt_record(ctx: *mut u8, id: i64, ptr: *const u64, n: i64) -> i64 {
     // SAFETY: see `cx`.
     let c = unsafe { cx(ctx) };
-    c.heap.alloc(Object::Record(id as usize, args(ptr, n).to_vec())) as i64
+    c.heap
+        .alloc(Object::Record(id as usize, args(ptr, n).to_vec())) as i64
 }
 
 extern "C" fn rt_field(ctx: *mut u8, h: i64, i: i64) -> i64 {
     // SAFETY: see `cx`.
     let c = unsafe { cx(ctx) };
-    c.heap.record(h as u64).ok().and_then(|r| r.get(i as usize)).copied().unwrap_or(0) as i64
+    c.heap
+        .record(h as u64)
+        .ok()
+        .and_then(|r| r.get(i as usize))
+        .copied()
+        .unwrap_or(0) as i64
 }
 
 extern "C" fn rt_list(ctx: *mut u8, ptr: *const u64, n: i64) -> i64 {
@@ -766,7 +1030,10 @@ extern "C" fn rt_index(ctx: *mut u8, h: i64, i: i64, site: i64) -> i64 {
     match usize::try_from(i).ok().filter(|i| *i < len) {
         Some(i) => c.heap.list(h as u64).map(|l| l[i]).unwrap_or(0) as i64,
         None => {
-            c.fail(format!("index {i} is out of range for a list of {len}"), site as u64);
+            c.fail(
+                format!("index {i} is out of range for a list of {len}"),
+                site as u64,
+            );
             0
         }
     }
@@ -796,7 +1063,9 @@ extern "C" fn rt_fmt_lit(ctx: *mut u8, h: i64) {
 extern "C" fn rt_fmt_value(ctx: *mut u8, piece: i64, w: i64) {
     // SAFETY: see `cx`.
     let c = unsafe { cx(ctx) };
-    let Some((ty, spec)) = c.pieces.get(piece as usize) else { return };
+    let Some((ty, spec)) = c.pieces.get(piece as usize) else {
+        return;
+    };
     let w = w as u64;
     let text = match ty {
         HTy::Float if *spec != Default::default() => spec.float(f64::from_bits(w)),
@@ -842,7 +1111,10 @@ extern "C" fn rt_set_global(ctx: *mut u8, g: i64, w: i64) {
 extern "C" fn rt_trace(ctx: *mut u8, site: i64) {
     // SAFETY: see `cx`.
     let c = unsafe { cx(ctx) };
-    let span = usize::try_from(site).ok().and_then(|s| c.prog.sites.get(s)).copied();
+    let span = usize::try_from(site)
+        .ok()
+        .and_then(|s| c.prog.sites.get(s))
+        .copied();
     if let (Some(e), Some(span)) = (c.error.as_mut(), span) {
         e.trace.push(span);
     }

@@ -10,8 +10,8 @@
 //! against the graph's shapes before anything runs.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod host;
 pub mod fuse;
+pub mod host;
 pub mod kernels;
 pub mod plan;
 
@@ -62,8 +62,22 @@ impl Executable {
     /// Seconds spent in each kernel since [`Executable::start_profile`], with what the
     /// kernel computes, largest first.
     pub fn profile(&self) -> Vec<(String, f64)> {
-        let Some(times) = &self.profile else { return Vec::new() };
-        let mut out: Vec<(String, f64)> = self.compiled.plan.kernels.iter().zip(times).map(|(k, t)| (plan::describe(&self.compiled.graph, &self.compiled.plan, k), *t)).collect();
+        let Some(times) = &self.profile else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, f64)> = self
+            .compiled
+            .plan
+            .kernels
+            .iter()
+            .zip(times)
+            .map(|(k, t)| {
+                (
+                    plan::describe(&self.compiled.graph, &self.compiled.plan, k),
+                    *t,
+                )
+            })
+            .collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
         out
     }
@@ -108,13 +122,22 @@ impl Backend for Cpu {
             None => {
                 let plan = plan::plan(g);
                 for k in &plan.kernels {
-                    let Kernel::Node { node, .. } = k else { continue };
+                    let Kernel::Node { node, .. } = k else {
+                        continue;
+                    };
                     let op = &g.node(*node).op;
                     if !native_runs(op) {
-                        return Err(BackendError::Unsupported(op.name().to_string(), "cpu".into()));
+                        return Err(BackendError::Unsupported(
+                            op.name().to_string(),
+                            "cpu".into(),
+                        ));
                     }
-                    if matches!(op, Op::Conv2d(w) | Op::Conv2dInputGrad(w) | Op::Conv2dWeightGrad(w) if w.dilation != 1) {
-                        return Err(BackendError::Unsupported(format!("{} with dilation", op.name()), "cpu".into()));
+                    if matches!(op, Op::Conv2d(w) | Op::Conv2dInputGrad(w) | Op::Conv2dWeightGrad(w) if w.dilation != 1)
+                    {
+                        return Err(BackendError::Unsupported(
+                            format!("{} with dilation", op.name()),
+                            "cpu".into(),
+                        ));
                     }
                 }
                 let mut jit = Jit::new().map_err(failed)?;
@@ -122,18 +145,31 @@ impl Backend for Cpu {
                     jit.add(f).map_err(failed)?;
                 }
                 let loops = jit.finish().map_err(failed)?;
-                let c = Arc::new(Compiled { plan, loops, _jit: Mutex::new(jit), graph: g.clone() });
+                let c = Arc::new(Compiled {
+                    plan,
+                    loops,
+                    _jit: Mutex::new(jit),
+                    graph: g.clone(),
+                });
                 self.cache.insert(key, c.clone());
                 c
             }
         };
         let arena = vec![0.0; compiled.plan.arena];
-        Ok(Executable { compiled, arena, compile_seconds: t0.elapsed().as_secs_f64(), profile: None })
+        Ok(Executable {
+            compiled,
+            arena,
+            compile_seconds: t0.elapsed().as_secs_f64(),
+            profile: None,
+        })
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Buffer, BackendError> {
         nabla_lang::backend::check_upload(shape, data)?;
-        Ok(Buffer { shape: shape.to_vec(), data: data.to_vec() })
+        Ok(Buffer {
+            shape: shape.to_vec(),
+            data: data.to_vec(),
+        })
     }
 
     fn write(&self, b: &mut Buffer, shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
@@ -149,7 +185,11 @@ impl Backend for Cpu {
         Ok(b.data.clone())
     }
 
-    fn run(&self, exe: &mut Executable, inputs: &mut [Buffer]) -> Result<Vec<Buffer>, BackendError> {
+    fn run(
+        &self,
+        exe: &mut Executable,
+        inputs: &mut [Buffer],
+    ) -> Result<Vec<Buffer>, BackendError> {
         let c = exe.compiled.clone();
         let p = &c.plan;
         if inputs.len() != p.inputs.len() {
@@ -157,7 +197,11 @@ impl Backend for Cpu {
         }
         for ((_, name, shape), b) in p.inputs.iter().zip(inputs.iter()) {
             if *shape != b.shape || b.data.len() != shape.iter().product::<usize>() {
-                return Err(BackendError::BadShape(name.clone(), shape.clone(), b.shape.clone()));
+                return Err(BackendError::BadShape(
+                    name.clone(),
+                    shape.clone(),
+                    b.shape.clone(),
+                ));
             }
         }
         let ptrs = pointers(p, inputs, &mut exe.arena);
@@ -181,7 +225,10 @@ impl Backend for Cpu {
             let data = unsafe { std::slice::from_raw_parts(ptrs[v.index()], n.numel()) }.to_vec();
             match target {
                 Some(i) => copies.push((*i, data)),
-                None => out.push(Buffer { shape: n.shape.clone(), data }),
+                None => out.push(Buffer {
+                    shape: n.shape.clone(),
+                    data,
+                }),
             }
         }
         for (i, data) in copies {
@@ -225,11 +272,49 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
             let ps: Vec<*mut f32> = args.iter().map(|a| ptrs[a.index()]).collect();
             run_loop(f, &ps, *n);
         }
-        Kernel::MatMul { a, b, out, ta, tb, batch, m, k, n } => {
+        Kernel::MatMul {
+            a,
+            b,
+            out,
+            ta,
+            tb,
+            batch,
+            m,
+            k,
+            n,
+        } => {
             let (batch, m, k, n) = (*batch, *m, *k, *n);
             // Row-major [.., m, k] (or its transpose [.., k, m] read with swapped strides).
-            let am = |p: *const f32| if *ta { kernels::Mat { ptr: p, rs: 1, cs: m as isize } } else { kernels::Mat { ptr: p, rs: k as isize, cs: 1 } };
-            let bm = |p: *const f32| if *tb { kernels::Mat { ptr: p, rs: 1, cs: k as isize } } else { kernels::Mat { ptr: p, rs: n as isize, cs: 1 } };
+            let am = |p: *const f32| {
+                if *ta {
+                    kernels::Mat {
+                        ptr: p,
+                        rs: 1,
+                        cs: m as isize,
+                    }
+                } else {
+                    kernels::Mat {
+                        ptr: p,
+                        rs: k as isize,
+                        cs: 1,
+                    }
+                }
+            };
+            let bm = |p: *const f32| {
+                if *tb {
+                    kernels::Mat {
+                        ptr: p,
+                        rs: 1,
+                        cs: k as isize,
+                    }
+                } else {
+                    kernels::Mat {
+                        ptr: p,
+                        rs: n as isize,
+                        cs: 1,
+                    }
+                }
+            };
             for bi in 0..batch {
                 // SAFETY: each batch entry lies inside its operand's region.
                 unsafe {
@@ -242,12 +327,20 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
         }
         Kernel::Reduced { node, func, args } => {
             let n = g.node(*node);
-            let Op::Reduce { op, axes, .. } = &n.op else { return };
+            let Op::Reduce { op, axes, .. } = &n.op else {
+                return;
+            };
             let leaves: Vec<*mut f32> = args.iter().map(|a| ptrs[a.index()]).collect();
             // SAFETY: the output region has numel() elements and overlaps no leaf.
             let out = unsafe { std::slice::from_raw_parts_mut(ptrs[node.index()], n.numel()) };
             let shape = &g.node(n.args[0]).shape;
-            kernels::reduce_from(&kernels::Source::Loop(c.loops[*func], &leaves), shape, axes, *op, out);
+            kernels::reduce_from(
+                &kernels::Source::Loop(c.loops[*func], &leaves),
+                shape,
+                axes,
+                *op,
+                out,
+            );
         }
         Kernel::Node { node, args } => {
             let n = g.node(*node);
@@ -274,19 +367,36 @@ fn run_loop(f: LoopFn, ps: &[*mut f32], n: usize) {
     } else {
         use rayon::prelude::*;
         let parts = n.div_ceil(CHUNK);
-        (0..parts).into_par_iter().for_each(|i| call(i * CHUNK, ((i + 1) * CHUNK).min(n)));
+        (0..parts)
+            .into_par_iter()
+            .for_each(|i| call(i * CHUNK, ((i + 1) * CHUNK).min(n)));
     }
 }
 
 /// Whether [`native`] has a kernel for `op` (elementwise ops and aliases are fused or
 /// renamed by the plan and never reach it).
 fn native_runs(op: &Op) -> bool {
-    !matches!(op, Op::Input { .. } | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Cast | Op::Reshape | Op::StopGradient)
+    !matches!(
+        op,
+        Op::Input { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Compare(_)
+            | Op::Select
+            | Op::Cast
+            | Op::Reshape
+            | Op::StopGradient
+    )
 }
 
 /// The Rust kernel of one non-elementwise node (one for which [`native_runs`] holds;
 /// `compile` refuses graphs that would need another).
-fn native<'a>(n: &nabla_lang::ir::Node, a: &dyn Fn(usize) -> &'a [f32], sh: &dyn Fn(usize) -> &'a Vec<usize>, out: &mut [f32]) {
+fn native<'a>(
+    n: &nabla_lang::ir::Node,
+    a: &dyn Fn(usize) -> &'a [f32],
+    sh: &dyn Fn(usize) -> &'a Vec<usize>,
+    out: &mut [f32],
+) {
     use kernels::*;
     match &n.op {
         Op::Const(c) => out.fill(*c as f32),
@@ -294,7 +404,12 @@ fn native<'a>(n: &nabla_lang::ir::Node, a: &dyn Fn(usize) -> &'a [f32], sh: &dyn
         Op::ArgMax { axis } => argmax(a(0), sh(0), *axis, out),
         Op::Transpose { perm } => transpose(a(0), sh(0), perm, out),
         Op::Broadcast => broadcast(a(0), sh(0), &n.shape, out),
-        Op::Slice { axis, start, .. } | Op::Pad { axis, before: start, .. } => {
+        Op::Slice { axis, start, .. }
+        | Op::Pad {
+            axis,
+            before: start,
+            ..
+        } => {
             let xs = sh(0);
             let outer: usize = xs[..*axis].iter().product();
             let inner: usize = xs[axis + 1..].iter().product();
@@ -302,7 +417,16 @@ fn native<'a>(n: &nabla_lang::ir::Node, a: &dyn Fn(usize) -> &'a [f32], sh: &dyn
             if !take {
                 out.fill(0.0);
             }
-            along_axis(a(0), outer, inner, xs[*axis], n.shape[*axis], *start, take, out);
+            along_axis(
+                a(0),
+                outer,
+                inner,
+                xs[*axis],
+                n.shape[*axis],
+                *start,
+                take,
+                out,
+            );
         }
         Op::Concat { axis } => {
             let outer: usize = n.shape[..*axis].iter().product();
@@ -319,20 +443,45 @@ fn native<'a>(n: &nabla_lang::ir::Node, a: &dyn Fn(usize) -> &'a [f32], sh: &dyn
         Op::Gather => gather(a(0), sh(0)[1], a(1), out),
         Op::OneHot { classes } => one_hot(a(0), *classes, out),
         Op::Conv2d(w) => conv2d(&ConvShape::new(sh(0), sh(1), &n.shape, *w), a(0), a(1), out),
-        Op::Conv2dInputGrad(w) => conv2d_input_grad(&ConvShape::new(&n.shape, sh(1), sh(0), *w), a(0), a(1), out),
-        Op::Conv2dWeightGrad(w) => conv2d_weight_grad(&ConvShape::new(sh(0), &n.shape, sh(1), *w), a(0), a(1), out),
+        Op::Conv2dInputGrad(w) => {
+            conv2d_input_grad(&ConvShape::new(&n.shape, sh(1), sh(0), *w), a(0), a(1), out)
+        }
+        Op::Conv2dWeightGrad(w) => {
+            conv2d_weight_grad(&ConvShape::new(sh(0), &n.shape, sh(1), *w), a(0), a(1), out)
+        }
         Op::MaxPool2d(w) | Op::AvgPool2d(w) => {
             let s = sh(0);
-            let ps = PoolShape { planes: s[0] * s[1], h: s[2], w: s[3], oh: n.shape[2], ow: n.shape[3], win: *w };
+            let ps = PoolShape {
+                planes: s[0] * s[1],
+                h: s[2],
+                w: s[3],
+                oh: n.shape[2],
+                ow: n.shape[3],
+                win: *w,
+            };
             pool(&ps, a(0), out, matches!(n.op, Op::MaxPool2d(_)));
         }
         Op::MaxPool2dGrad(w) => {
             let s = sh(0);
-            let ps = PoolShape { planes: s[0] * s[1], h: s[2], w: s[3], oh: sh(1)[2], ow: sh(1)[3], win: *w };
+            let ps = PoolShape {
+                planes: s[0] * s[1],
+                h: s[2],
+                w: s[3],
+                oh: sh(1)[2],
+                ow: sh(1)[3],
+                win: *w,
+            };
             max_pool_grad(&ps, a(0), a(1), out);
         }
         Op::AvgPool2dGrad(w) => {
-            let ps = PoolShape { planes: n.shape[0] * n.shape[1], h: n.shape[2], w: n.shape[3], oh: sh(0)[2], ow: sh(0)[3], win: *w };
+            let ps = PoolShape {
+                planes: n.shape[0] * n.shape[1],
+                h: n.shape[2],
+                w: n.shape[3],
+                oh: sh(0)[2],
+                ow: sh(0)[3],
+                win: *w,
+            };
             avg_pool_grad(&ps, a(0), out);
         }
         Op::RandomUniform { seed } => {

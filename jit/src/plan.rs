@@ -43,17 +43,35 @@ pub enum Loc {
 #[derive(Clone, Debug)]
 pub enum Kernel {
     /// Fused loop `func` over `n` elements; `args` are its leaves then its stores.
-    Fused { func: usize, args: Vec<ValueId>, n: usize },
+    Fused {
+        func: usize,
+        args: Vec<ValueId>,
+        n: usize,
+    },
     /// `out = op(a) @ op(b)` over `batch` products of `[m, k] @ [k, n]`, `op` transposing
     /// the last two dims when flagged.
-    MatMul { a: ValueId, b: ValueId, out: ValueId, ta: bool, tb: bool, batch: usize, m: usize, k: usize, n: usize },
+    MatMul {
+        a: ValueId,
+        b: ValueId,
+        out: ValueId,
+        ta: bool,
+        tb: bool,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+    },
     /// A native kernel computing node `node` from its args (as written: aliases keep
     /// their own shapes).
     Node { node: ValueId, args: Vec<ValueId> },
     /// Reduction `node` of the value fused loop `func` computes, which is never stored:
     /// the loop runs over each contiguous run of the reduced input into a small scratch
     /// buffer that is reduced at once. `args` are the loop's leaves.
-    Reduced { node: ValueId, func: usize, args: Vec<ValueId> },
+    Reduced {
+        node: ValueId,
+        func: usize,
+        args: Vec<ValueId>,
+    },
 }
 
 /// The compiled form of a graph, independent of any run.
@@ -81,7 +99,11 @@ fn is_alias(g: &Graph, v: ValueId) -> bool {
     match n.op {
         Op::Reshape | Op::StopGradient => true,
         Op::Broadcast => g.node(n.args[0]).numel() == n.numel(),
-        Op::Cast => n.dtype.is_float() || g.node(n.args[0]).dtype == n.dtype || (n.dtype != DType::Bool && !g.node(n.args[0]).dtype.is_float()),
+        Op::Cast => {
+            n.dtype.is_float()
+                || g.node(n.args[0]).dtype == n.dtype
+                || (n.dtype != DType::Bool && !g.node(n.args[0]).dtype.is_float())
+        }
         _ => false,
     }
 }
@@ -94,7 +116,9 @@ pub fn broadcast_access(from: &[usize], to: &[usize]) -> Option<Access> {
     }
     let off = to.len() - from.len();
     // Output dims that come from the input (not stretched, larger than 1).
-    let kept: Vec<usize> = (0..to.len()).filter(|d| *d >= off && from[*d - off] != 1 && to[*d] != 1).collect();
+    let kept: Vec<usize> = (0..to.len())
+        .filter(|d| *d >= off && from[*d - off] != 1 && to[*d] != 1)
+        .collect();
     let (first, last) = (*kept.first()?, *kept.last()?);
     // They must be one run, with no stretched dim inside it.
     if (first..=last).any(|d| to[d] != 1 && !kept.contains(&d)) {
@@ -110,7 +134,10 @@ fn swapped(g: &Graph, v: ValueId) -> Option<ValueId> {
     match &n.op {
         Op::Transpose { perm } => {
             let r = perm.len();
-            let ok = r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, p)| *p == i);
+            let ok = r >= 2
+                && perm[r - 2] == r - 1
+                && perm[r - 1] == r - 2
+                && perm[..r - 2].iter().enumerate().all(|(i, p)| *p == i);
             ok.then_some(n.args[0])
         }
         _ => None,
@@ -139,10 +166,16 @@ pub fn reduced_run(shape: &[usize], axes: &[usize]) -> usize {
 fn reducible(g: &Graph, u: ValueId, f: &Fused) -> bool {
     const MIN_RUN: usize = 16;
     let n = g.node(u);
-    let Op::Reduce { axes, .. } = &n.op else { return false };
+    let Op::Reduce { axes, .. } = &n.op else {
+        return false;
+    };
     let shape = &g.node(n.args[0]).shape;
     let run = reduced_run(shape, axes);
-    let aligned = run.is_multiple_of(4) || !f.vectorizes() || f.leaves.iter().all(|a| matches!(a, Access::Linear | Access::Scalar));
+    let aligned = run.is_multiple_of(4)
+        || !f.vectorizes()
+        || f.leaves
+            .iter()
+            .all(|a| matches!(a, Access::Linear | Access::Scalar));
     run >= MIN_RUN && aligned
 }
 
@@ -184,7 +217,12 @@ pub fn plan(g: &Graph) -> Plan {
     let mut folded = vec![false; count];
     for i in 0..count {
         let v = ValueId(i as u32);
-        if root[i] == v && swapped(g, v).is_some() && !is_output[i] && !users[i].is_empty() && users[i].iter().all(|u| matches!(g.node(*u).op, Op::MatMul)) {
+        if root[i] == v
+            && swapped(g, v).is_some()
+            && !is_output[i]
+            && !users[i].is_empty()
+            && users[i].iter().all(|u| matches!(g.node(*u).op, Op::MatMul))
+        {
             folded[i] = true;
         }
     }
@@ -202,16 +240,25 @@ pub fn plan(g: &Graph) -> Plan {
         // of them, not materialized at full size (batchnorm's scale is read by a forward
         // and a backward loop).
         if matches!(g.node(v).op, Op::Broadcast)
-            && broadcast_access(&g.node(g.node(v).args[0]).shape, &g.node(v).shape).is_some_and(|a| a.vectorizes())
+            && broadcast_access(&g.node(g.node(v).args[0]).shape, &g.node(v).shape)
+                .is_some_and(|a| a.vectorizes())
             && !is_output[i]
             && !us.is_empty()
-            && us.iter().all(|u| group[u.index()].is_some() && !matches!(g.node(*u).op, Op::Broadcast) && g.node(*u).numel() == g.node(v).numel())
+            && us.iter().all(|u| {
+                group[u.index()].is_some()
+                    && !matches!(g.node(*u).op, Op::Broadcast)
+                    && g.node(*u).numel() == g.node(v).numel()
+            })
         {
             inlined[i] = true;
             continue;
         }
         let target = us.first().and_then(|u| group[u.index()]).filter(|gid| {
-            us.iter().all(|u| group[u.index()] == Some(*gid) && !matches!(g.node(*u).op, Op::Broadcast) && g.node(*u).numel() == g.node(v).numel())
+            us.iter().all(|u| {
+                group[u.index()] == Some(*gid)
+                    && !matches!(g.node(*u).op, Op::Broadcast)
+                    && g.node(*u).numel() == g.node(v).numel()
+            })
         });
         match target {
             Some(gid) => {
@@ -229,30 +276,53 @@ pub fn plan(g: &Graph) -> Plan {
     let mut fused = Vec::new();
     for members in groups.iter_mut() {
         members.sort();
-        let Some(&last) = members.last() else { continue };
+        let Some(&last) = members.last() else {
+            continue;
+        };
         let (f, args) = fuse_group(g, members, &root, &is_output, &inlined);
         let n = g.node(last).numel();
         // A loop whose only use is one reduction runs inside it (see `Kernel::Reduced`).
         let reducer = match users[last.index()].as_slice() {
-            [u] if f.stores.len() == 1 && !is_output[last.index()] && reducible(g, *u, &f) => Some(*u),
+            [u] if f.stores.len() == 1 && !is_output[last.index()] && reducible(g, *u, &f) => {
+                Some(*u)
+            }
             _ => None,
         };
         match reducer {
             Some(u) => {
                 let leaves = args[..f.leaves.len()].to_vec();
-                at[u.index()] = Some(Kernel::Reduced { node: u, func: fused.len(), args: leaves });
+                at[u.index()] = Some(Kernel::Reduced {
+                    node: u,
+                    func: fused.len(),
+                    args: leaves,
+                });
             }
-            None => at[last.index()] = Some(Kernel::Fused { func: fused.len(), args, n }),
+            None => {
+                at[last.index()] = Some(Kernel::Fused {
+                    func: fused.len(),
+                    args,
+                    n,
+                })
+            }
         }
         fused.push(f);
     }
     for i in 0..count {
         let v = ValueId(i as u32);
-        if root[i] != v || group[i].is_some() || folded[i] || inlined[i] || at[i].is_some() || matches!(g.node(v).op, Op::Input { .. }) {
+        if root[i] != v
+            || group[i].is_some()
+            || folded[i]
+            || inlined[i]
+            || at[i].is_some()
+            || matches!(g.node(v).op, Op::Input { .. })
+        {
             continue;
         }
         let n = g.node(v);
-        if matches!(n.op, Op::Const(_)) && !is_output[i] && users[i].iter().all(|u| group[u.index()].is_some()) {
+        if matches!(n.op, Op::Const(_))
+            && !is_output[i]
+            && users[i].iter().all(|u| group[u.index()].is_some())
+        {
             continue; // an immediate in every loop that uses it
         }
         at[i] = Some(match n.op {
@@ -263,13 +333,29 @@ pub fn plan(g: &Graph) -> Plan {
                 let (rank, an) = (n.shape.len(), g.node(n.args[0]));
                 let k = an.shape[an.shape.len() - 1];
                 let batch = n.shape[..rank - 2].iter().product();
-                Kernel::MatMul { a: fa.unwrap_or(a), b: fb.unwrap_or(b), out: v, ta: fa.is_some(), tb: fb.is_some(), batch, m: n.shape[rank - 2], k, n: n.shape[rank - 1] }
+                Kernel::MatMul {
+                    a: fa.unwrap_or(a),
+                    b: fb.unwrap_or(b),
+                    out: v,
+                    ta: fa.is_some(),
+                    tb: fb.is_some(),
+                    batch,
+                    m: n.shape[rank - 2],
+                    k,
+                    n: n.shape[rank - 1],
+                }
             }
-            _ => Kernel::Node { node: v, args: n.args.clone() },
+            _ => Kernel::Node {
+                node: v,
+                args: n.args.clone(),
+            },
         });
     }
     let kernels: Vec<Kernel> = at.into_iter().flatten().collect();
-    let inputs: Vec<(ValueId, String, Vec<usize>)> = g.inputs().map(|(v, n, _)| (v, n.to_string(), g.node(v).shape.clone())).collect();
+    let inputs: Vec<(ValueId, String, Vec<usize>)> = g
+        .inputs()
+        .map(|(v, n, _)| (v, n.to_string(), g.node(v).shape.clone()))
+        .collect();
     let targets = nabla_lang::backend::state_targets(g);
     let mut p = Plan {
         fused,
@@ -278,7 +364,12 @@ pub fn plan(g: &Graph) -> Plan {
         root,
         arena: 0,
         inputs,
-        outputs: g.outputs.iter().zip(&targets).map(|((_, v), t)| (*v, *t)).collect(),
+        outputs: g
+            .outputs
+            .iter()
+            .zip(&targets)
+            .map(|((_, v), t)| (*v, *t))
+            .collect(),
         in_place: vec![false; g.outputs.len()],
         shapes: g.nodes.iter().map(|n| n.shape.clone()).collect(),
     };
@@ -287,10 +378,20 @@ pub fn plan(g: &Graph) -> Plan {
 }
 
 /// The fused program of a group and its pointer arguments (leaves, then stores).
-fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[bool], inlined: &[bool]) -> (Fused, Vec<ValueId>) {
+fn fuse_group(
+    g: &Graph,
+    members: &[ValueId],
+    root: &[ValueId],
+    is_output: &[bool],
+    inlined: &[bool],
+) -> (Fused, Vec<ValueId>) {
     let r = |v: ValueId| root[v.index()];
     let last = members[members.len() - 1];
-    let mut f = Fused { leaves: Vec::new(), exprs: Vec::new(), stores: Vec::new() };
+    let mut f = Fused {
+        leaves: Vec::new(),
+        exprs: Vec::new(),
+        stores: Vec::new(),
+    };
     let mut leaf_vals: Vec<ValueId> = Vec::new();
     let mut expr_of: HashMap<ValueId, usize> = HashMap::new();
     let push = |f: &mut Fused, e: Expr| {
@@ -298,7 +399,11 @@ fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[boo
         f.exprs.len() - 1
     };
     let leaf = |f: &mut Fused, v: ValueId, access: Access, leaf_vals: &mut Vec<ValueId>| -> Expr {
-        let k = match leaf_vals.iter().zip(&f.leaves).position(|(lv, la)| *lv == v && *la == access) {
+        let k = match leaf_vals
+            .iter()
+            .zip(&f.leaves)
+            .position(|(lv, la)| *lv == v && *la == access)
+        {
             Some(k) => k,
             None => {
                 leaf_vals.push(v);
@@ -310,7 +415,11 @@ fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[boo
     };
     for &m in members {
         let n = g.node(m);
-        let operand = |f: &mut Fused, a: ValueId, expr_of: &mut HashMap<ValueId, usize>, leaf_vals: &mut Vec<ValueId>| -> usize {
+        let operand = |f: &mut Fused,
+                       a: ValueId,
+                       expr_of: &mut HashMap<ValueId, usize>,
+                       leaf_vals: &mut Vec<ValueId>|
+         -> usize {
             let a = r(a);
             if let Some(e) = expr_of.get(&a) {
                 return *e;
@@ -323,7 +432,13 @@ fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[boo
                     let src = r(n.args[0]);
                     match g.node(src).op {
                         Op::Const(c) => Expr::Const(c as f32),
-                        _ => leaf(f, src, broadcast_access(&g.node(n.args[0]).shape, &n.shape).unwrap_or(Access::Linear), leaf_vals),
+                        _ => leaf(
+                            f,
+                            src,
+                            broadcast_access(&g.node(n.args[0]).shape, &n.shape)
+                                .unwrap_or(Access::Linear),
+                            leaf_vals,
+                        ),
                     }
                 }
                 _ => leaf(f, a, Access::Linear, leaf_vals),
@@ -333,28 +448,45 @@ fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[boo
             k
         };
         let e = match &n.op {
-            Op::Unary(u) => Expr::Unary(*u, operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals)),
+            Op::Unary(u) => {
+                Expr::Unary(*u, operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals))
+            }
             Op::Binary(b) => {
                 let x = operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals);
-                Expr::Binary(*b, x, operand(&mut f, n.args[1], &mut expr_of, &mut leaf_vals))
+                Expr::Binary(
+                    *b,
+                    x,
+                    operand(&mut f, n.args[1], &mut expr_of, &mut leaf_vals),
+                )
             }
             Op::Compare(c) => {
                 let x = operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals);
-                Expr::Compare(*c, x, operand(&mut f, n.args[1], &mut expr_of, &mut leaf_vals))
+                Expr::Compare(
+                    *c,
+                    x,
+                    operand(&mut f, n.args[1], &mut expr_of, &mut leaf_vals),
+                )
             }
             Op::Select => {
                 let c = operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals);
                 let x = operand(&mut f, n.args[1], &mut expr_of, &mut leaf_vals);
-                Expr::Select(c, x, operand(&mut f, n.args[2], &mut expr_of, &mut leaf_vals))
+                Expr::Select(
+                    c,
+                    x,
+                    operand(&mut f, n.args[2], &mut expr_of, &mut leaf_vals),
+                )
             }
-            Op::Cast if n.dtype == DType::Bool => Expr::NonZero(operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals)),
+            Op::Cast if n.dtype == DType::Bool => {
+                Expr::NonZero(operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals))
+            }
             Op::Cast => Expr::Trunc(operand(&mut f, n.args[0], &mut expr_of, &mut leaf_vals)),
             Op::Broadcast => {
                 let a = r(n.args[0]);
                 match g.node(a).op {
                     Op::Const(c) => Expr::Const(c as f32),
                     _ => {
-                        let access = broadcast_access(&g.node(n.args[0]).shape, &n.shape).unwrap_or(Access::Linear);
+                        let access = broadcast_access(&g.node(n.args[0]).shape, &n.shape)
+                            .unwrap_or(Access::Linear);
                         leaf(&mut f, a, access, &mut leaf_vals)
                     }
                 }
@@ -367,7 +499,11 @@ fn fuse_group(g: &Graph, members: &[ValueId], root: &[ValueId], is_output: &[boo
             f.stores.push(k);
         }
     }
-    let stored: Vec<ValueId> = members.iter().copied().filter(|m| *m == last || is_output[m.index()]).collect();
+    let stored: Vec<ValueId> = members
+        .iter()
+        .copied()
+        .filter(|m| *m == last || is_output[m.index()])
+        .collect();
     let mut args = leaf_vals;
     args.extend(stored);
     (f, args)
@@ -394,20 +530,55 @@ pub fn describe(g: &Graph, p: &Plan, k: &Kernel) -> String {
                     names.push(name);
                 }
             }
-            format!("loop of {} ops ({}) over {n}, {} reads, {} writes", f.exprs.len(), names.join(", "), f.leaves.len(), f.stores.len())
+            format!(
+                "loop of {} ops ({}) over {n}, {} reads, {} writes",
+                f.exprs.len(),
+                names.join(", "),
+                f.leaves.len(),
+                f.stores.len()
+            )
         }
-        Kernel::MatMul { ta, tb, batch, m, k, n, .. } => {
-            let b = if *batch > 1 { format!("{batch} × ") } else { String::new() };
+        Kernel::MatMul {
+            ta,
+            tb,
+            batch,
+            m,
+            k,
+            n,
+            ..
+        } => {
+            let b = if *batch > 1 {
+                format!("{batch} × ")
+            } else {
+                String::new()
+            };
             format!("matmul {b}{m}×{k}{} · {k}×{n}{}", t(*ta), t(*tb))
         }
         Kernel::Node { node, args } => {
-            let shapes: Vec<String> = args.iter().map(|a| format!("{:?}", g.node(*a).shape)).collect();
-            format!("{} {} -> {:?}", g.node(*node).op.name(), shapes.join(" "), g.node(*node).shape)
+            let shapes: Vec<String> = args
+                .iter()
+                .map(|a| format!("{:?}", g.node(*a).shape))
+                .collect();
+            format!(
+                "{} {} -> {:?}",
+                g.node(*node).op.name(),
+                shapes.join(" "),
+                g.node(*node).shape
+            )
         }
         Kernel::Reduced { node, func, .. } => {
             let n = g.node(*node);
-            let from = n.args.first().map(|a| format!("{:?}", g.node(*a).shape)).unwrap_or_default();
-            format!("{} of a loop of {} ops {from} -> {:?}", n.op.name(), p.fused[*func].exprs.len(), n.shape)
+            let from = n
+                .args
+                .first()
+                .map(|a| format!("{:?}", g.node(*a).shape))
+                .unwrap_or_default();
+            format!(
+                "{} of a loop of {} ops {from} -> {:?}",
+                n.op.name(),
+                p.fused[*func].exprs.len(),
+                n.shape
+            )
         }
     }
 }
@@ -417,7 +588,11 @@ fn reads(p: &Plan, k: &Kernel) -> Vec<(ValueId, bool)> {
     match k {
         Kernel::Fused { func, args, .. } => {
             let f = &p.fused[*func];
-            f.leaves.iter().zip(args).map(|(a, v)| (*v, *a == Access::Linear)).collect()
+            f.leaves
+                .iter()
+                .zip(args)
+                .map(|(a, v)| (*v, *a == Access::Linear))
+                .collect()
         }
         Kernel::MatMul { a, b, .. } => vec![(*a, false), (*b, false)],
         Kernel::Node { args, .. } => args.iter().map(|a| (p.root[a.index()], false)).collect(),
@@ -461,14 +636,27 @@ fn allocate(g: &Graph, p: &mut Plan) {
     // after every other reader of the input, which it reads only at the same index.
     let mut in_place_of: HashMap<ValueId, usize> = HashMap::new();
     for (o, (v, target)) in p.outputs.iter().enumerate() {
-        let (Some(i), v) = (target, p.root[v.index()]) else { continue };
+        let (Some(i), v) = (target, p.root[v.index()]) else {
+            continue;
+        };
         let w = writer[v.index()];
-        if w == usize::MAX || in_place_of.contains_key(&v) || p.outputs.iter().filter(|(u, _)| p.root[u.index()] == v).count() > 1 {
+        if w == usize::MAX
+            || in_place_of.contains_key(&v)
+            || p.outputs
+                .iter()
+                .filter(|(u, _)| p.root[u.index()] == v)
+                .count()
+                > 1
+        {
             continue;
         }
         let input = p.inputs[*i].0;
         let safe = p.kernels.iter().enumerate().all(|(k, kernel)| {
-            reads(p, kernel).iter().all(|(rv, linear)| *rv != input || k < w || (k == w && *linear && matches!(kernel, Kernel::Fused { .. })))
+            reads(p, kernel).iter().all(|(rv, linear)| {
+                *rv != input
+                    || k < w
+                    || (k == w && *linear && matches!(kernel, Kernel::Fused { .. }))
+            })
         });
         if safe {
             in_place_of.insert(v, *i);
@@ -492,7 +680,11 @@ fn allocate(g: &Graph, p: &mut Plan) {
             // A fused loop may overwrite an input it reads only linearly and last.
             let reuse = match kernel {
                 Kernel::Fused { .. } => ins.iter().find(|(u, lin)| {
-                    *lin && last_use[u.index()] == k && size(*u) == need && matches!(p.loc[u.index()], Some(Loc::Arena(_))) && ins.iter().filter(|(w, _)| w == u).all(|(_, l)| *l) && !dying[k].contains(u)
+                    *lin && last_use[u.index()] == k
+                        && size(*u) == need
+                        && matches!(p.loc[u.index()], Some(Loc::Arena(_)))
+                        && ins.iter().filter(|(w, _)| w == u).all(|(_, l)| *l)
+                        && !dying[k].contains(u)
                 }),
                 _ => None,
             };
@@ -502,7 +694,12 @@ fn allocate(g: &Graph, p: &mut Plan) {
                 last_use[u.index()] = usize::MAX;
                 continue;
             }
-            let best = free.iter().enumerate().filter(|(_, (_, s))| *s >= need).min_by_key(|(_, (_, s))| *s).map(|(j, _)| j);
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, s))| *s >= need)
+                .min_by_key(|(_, (_, s))| *s)
+                .map(|(j, _)| j);
             let off = match best {
                 Some(j) => {
                     let (off, s) = free.remove(j);
@@ -520,7 +717,11 @@ fn allocate(g: &Graph, p: &mut Plan) {
         }
         // Values whose last reader is this kernel are free for later kernels.
         let mut seen = Vec::new();
-        for (v, _) in ins.iter().copied().chain(writes(p, &kernel).into_iter().map(|v| (v, false))) {
+        for (v, _) in ins
+            .iter()
+            .copied()
+            .chain(writes(p, &kernel).into_iter().map(|v| (v, false)))
+        {
             if last_use[v.index()] == k && !seen.contains(&v) {
                 seen.push(v);
                 if let Some(Loc::Arena(off)) = p.loc[v.index()] {

@@ -2,9 +2,11 @@
 //! check of the suite itself, on the interpreter in f32.
 
 use nabla_jit::Cpu;
-use nabla_lang::backend::suite::{eval_case, net_case, op_cases, run_case, step_case, Case, TOLERANCE};
+use nabla_lang::backend::suite::{
+    Case, TOLERANCE, eval_case, net_case, op_cases, run_case, step_case,
+};
 use nabla_lang::backend::{Backend, Interp};
-use nabla_lang::check::{check_files, Checked};
+use nabla_lang::check::{Checked, check_files};
 use nabla_lang::interp::Precision;
 use nabla_lang::ir::Mode;
 use nabla_lang::step::{Optimizer, Update};
@@ -22,12 +24,22 @@ fn assert_cases<B: Backend>(b: &B, cases: &[Case]) {
     let mut failures = Vec::new();
     for case in cases {
         match run_case(b, case) {
-            Ok((out, err)) if err <= TOLERANCE => eprintln!("{:<32} worst {err:.1e} ({out})", case.name),
-            Ok((out, err)) => failures.push(format!("{}: output `{out}` off by {err:.2e}", case.name)),
+            Ok((out, err)) if err <= TOLERANCE => {
+                eprintln!("{:<32} worst {err:.1e} ({out})", case.name)
+            }
+            Ok((out, err)) => {
+                failures.push(format!("{}: output `{out}` off by {err:.2e}", case.name))
+            }
             Err(e) => failures.push(format!("{}: {e}", case.name)),
         }
     }
-    assert!(failures.is_empty(), "{} on {}:\n{}", failures.len(), b.name(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} on {}:\n{}",
+        failures.len(),
+        b.name(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -36,7 +48,12 @@ fn every_op_matches_the_interpreter() {
     let cases = op_cases(&c.program);
     assert!(cases.len() >= 35, "{} op cases", cases.len());
     assert_cases(&Cpu::new(), &cases);
-    assert_cases(&Interp { precision: Precision::F32 }, &cases);
+    assert_cases(
+        &Interp {
+            precision: Precision::F32,
+        },
+        &cases,
+    );
 }
 
 /// (file, net, batch, per-example input, mode) — small instances of every example.
@@ -47,15 +64,63 @@ fn every_op_matches_the_interpreter() {
 /// batch 2, 96×96 the CPU backend is 8e-2 off while the f32 interpreter is 4e-4), which
 /// says nothing about the backend. Its train-mode ops are all in the other nets.
 const NETS: &[(&str, &str, usize, Option<&[usize]>, Mode)] = &[
-    ("examples/mnist_linear.net", "MnistLinear", 4, None, Mode::Train),
+    (
+        "examples/mnist_linear.net",
+        "MnistLinear",
+        4,
+        None,
+        Mode::Train,
+    ),
     ("examples/mnist_mlp.net", "MnistMlp", 4, None, Mode::Train),
-    ("examples/mnist_cnn.net", "MnistCnn", 4, Some(&[1, 12, 12]), Mode::Train),
-    ("examples/cifar_bn.net", "CifarBn", 4, Some(&[3, 8, 8]), Mode::Train),
-    ("examples/resnet34.net", "ResNet34", 4, Some(&[3, 64, 64]), Mode::Train),
-    ("examples/mobilenet_v2.net", "MobileNetV2", 2, Some(&[3, 32, 32]), Mode::Eval),
-    ("examples/efficientnet_b0.net", "EfficientNetB0", 4, Some(&[3, 64, 64]), Mode::Train),
-    ("examples/convnext_tiny.net", "ConvNeXtTiny", 2, Some(&[3, 32, 32]), Mode::Train),
-    ("examples/vit_tiny.net", "VitTiny", 2, Some(&[3, 32, 32]), Mode::Train),
+    (
+        "examples/mnist_cnn.net",
+        "MnistCnn",
+        4,
+        Some(&[1, 12, 12]),
+        Mode::Train,
+    ),
+    (
+        "examples/cifar_bn.net",
+        "CifarBn",
+        4,
+        Some(&[3, 8, 8]),
+        Mode::Train,
+    ),
+    (
+        "examples/resnet34.net",
+        "ResNet34",
+        4,
+        Some(&[3, 64, 64]),
+        Mode::Train,
+    ),
+    (
+        "examples/mobilenet_v2.net",
+        "MobileNetV2",
+        2,
+        Some(&[3, 32, 32]),
+        Mode::Eval,
+    ),
+    (
+        "examples/efficientnet_b0.net",
+        "EfficientNetB0",
+        4,
+        Some(&[3, 64, 64]),
+        Mode::Train,
+    ),
+    (
+        "examples/convnext_tiny.net",
+        "ConvNeXtTiny",
+        2,
+        Some(&[3, 32, 32]),
+        Mode::Train,
+    ),
+    (
+        "examples/vit_tiny.net",
+        "VitTiny",
+        2,
+        Some(&[3, 32, 32]),
+        Mode::Train,
+    ),
 ];
 
 #[test]
@@ -63,7 +128,10 @@ fn every_example_net_matches_the_interpreter() {
     let mut cases = Vec::new();
     for (file, net, batch, input, mode) in NETS {
         let c = checked(file);
-        cases.push(net_case(&c.program, net, *batch, *input, *mode).unwrap_or_else(|e| panic!("{net}: {e}")));
+        cases.push(
+            net_case(&c.program, net, *batch, *input, *mode)
+                .unwrap_or_else(|e| panic!("{net}: {e}")),
+        );
     }
     assert_cases(&Cpu::new(), &cases);
 }
@@ -71,8 +139,22 @@ fn every_example_net_matches_the_interpreter() {
 #[test]
 fn train_steps_match_the_interpreter() {
     let mut cases = Vec::new();
-    let momentum = Optimizer { update: Update::Sgd { momentum: 0.9, nesterov: true }, weight_decay: 5e-4 };
-    let adamw = Optimizer { update: Update::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, decoupled: true }, weight_decay: 0.05 };
+    let momentum = Optimizer {
+        update: Update::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
+        weight_decay: 5e-4,
+    };
+    let adamw = Optimizer {
+        update: Update::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            decoupled: true,
+        },
+        weight_decay: 0.05,
+    };
     for opt in [Optimizer::sgd(), momentum, Optimizer::adam(), adamw] {
         let c = checked("examples/mnist_mlp.net");
         cases.push(step_case(&c.program, "MnistMlp", 8, &opt, None).expect("step"));
@@ -90,14 +172,23 @@ fn a_wrong_shape_is_an_error_naming_the_input() {
     let case = step_case(&c.program, "MnistMlp", 8, &Optimizer::sgd(), None).expect("step");
     let cpu = Cpu::new();
     let mut exe = cpu.compile(&case.graph).expect("compiles");
-    let mut bufs: Vec<_> = case.graph.inputs().map(|(v, _, _)| {
-        let shape = case.graph.node(v).shape.clone();
-        let n = shape.iter().product();
-        cpu.upload(&shape, &vec![0.0; n]).expect("upload")
-    }).collect();
-    bufs[0] = cpu.upload(&[8, 1, 28, 27], &vec![0.0; 8 * 28 * 27]).expect("upload");
+    let mut bufs: Vec<_> = case
+        .graph
+        .inputs()
+        .map(|(v, _, _)| {
+            let shape = case.graph.node(v).shape.clone();
+            let n = shape.iter().product();
+            cpu.upload(&shape, &vec![0.0; n]).expect("upload")
+        })
+        .collect();
+    bufs[0] = cpu
+        .upload(&[8, 1, 28, 27], &vec![0.0; 8 * 28 * 27])
+        .expect("upload");
     let e = cpu.run(&mut exe, &mut bufs).expect_err("bad shape");
-    assert_eq!(e.to_string(), "input `x` should have shape [8, 1, 28, 28], but it has shape [8, 1, 28, 27]");
+    assert_eq!(
+        e.to_string(),
+        "input `x` should have shape [8, 1, 28, 28], but it has shape [8, 1, 28, 27]"
+    );
     let e = cpu.run(&mut exe, &mut bufs[..3]).expect_err("too few");
     assert!(e.to_string().contains("inputs, but 3 were given"), "{e}");
 }
@@ -112,16 +203,26 @@ fn recompiling_an_unchanged_step_is_cached() {
     assert!(std::sync::Arc::ptr_eq(&a.compiled, &b.compiled));
 }
 
-
-
 /// Batchnorm's reductions of products (`sum(dy * x̂)` and the like) run their fused loops
 /// run by run instead of storing the product: the train-step cases above exercise them.
 #[test]
 fn reductions_of_fused_loops_are_not_stored() {
     let c = checked("examples/mnist_cnn.net");
-    let step = nabla_lang::step::train_step(&c.program, "MnistCnn", 4, "softmax_cross_entropy", &Optimizer::sgd(), Some(&[1, 12, 12])).expect("step");
+    let step = nabla_lang::step::train_step(
+        &c.program,
+        "MnistCnn",
+        4,
+        "softmax_cross_entropy",
+        &Optimizer::sgd(),
+        Some(&[1, 12, 12]),
+    )
+    .expect("step");
     let plan = nabla_jit::plan::plan(&step.graph);
-    let reduced = plan.kernels.iter().filter(|k| matches!(k, nabla_jit::plan::Kernel::Reduced { .. })).count();
+    let reduced = plan
+        .kernels
+        .iter()
+        .filter(|k| matches!(k, nabla_jit::plan::Kernel::Reduced { .. }))
+        .count();
     // Four batchnorms, each with x², dy·x̂ and two more products summed.
     assert!(reduced >= 16, "{reduced} fused reductions");
 }

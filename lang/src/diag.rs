@@ -29,10 +29,18 @@ pub struct Label {
 
 impl Label {
     pub fn primary(span: Span, message: impl Into<String>) -> Label {
-        Label { span, message: message.into(), primary: true }
+        Label {
+            span,
+            message: message.into(),
+            primary: true,
+        }
     }
     pub fn secondary(span: Span, message: impl Into<String>) -> Label {
-        Label { span, message: message.into(), primary: false }
+        Label {
+            span,
+            message: message.into(),
+            primary: false,
+        }
     }
 }
 
@@ -48,10 +56,20 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(code: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { code, severity: Severity::Error, message: message.into(), labels: vec![], help: None, notes: vec![] }
+        Diagnostic {
+            code,
+            severity: Severity::Error,
+            message: message.into(),
+            labels: vec![],
+            help: None,
+            notes: vec![],
+        }
     }
     pub fn warning(code: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, message)
+        }
     }
     pub fn with_label(mut self, label: Label) -> Diagnostic {
         self.labels.push(label);
@@ -73,7 +91,11 @@ impl Diagnostic {
     }
     /// Where the problem is: the primary label's span.
     pub fn span(&self) -> Option<Span> {
-        self.labels.iter().find(|l| l.primary).or(self.labels.first()).map(|l| l.span)
+        self.labels
+            .iter()
+            .find(|l| l.primary)
+            .or(self.labels.first())
+            .map(|l| l.span)
     }
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
@@ -104,7 +126,11 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool) -> String {
         s.start.min(len)..s.end.min(len).max(s.start.min(len))
     };
     let mut report = Report::build(kind, (name(primary), clamp(primary)))
-        .with_config(Config::default().with_index_type(IndexType::Byte).with_color(color))
+        .with_config(
+            Config::default()
+                .with_index_type(IndexType::Byte)
+                .with_color(color),
+        )
         .with_code(d.code)
         .with_message(&d.message);
     for (i, l) in d.labels.iter().enumerate() {
@@ -125,12 +151,21 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool) -> String {
     let mut files: Vec<Span> = d.labels.iter().map(|l| l.span).collect();
     files.dedup_by_key(|s| s.file);
     let cache = ariadne::sources(
-        files.iter().map(|s| (name(*s), sources.text(s.file).to_string())).collect::<Vec<_>>(),
+        files
+            .iter()
+            .map(|s| (name(*s), sources.text(s.file).to_string()))
+            .collect::<Vec<_>>(),
     );
     let mut out = Vec::new();
     if report.finish().write(cache, &mut out).is_err() {
         let mut s = String::new();
-        let _ = writeln!(s, "{}[{}]: {}", severity_word(d.severity), d.code, d.message);
+        let _ = writeln!(
+            s,
+            "{}[{}]: {}",
+            severity_word(d.severity),
+            d.code,
+            d.message
+        );
         return s;
     }
     String::from_utf8_lossy(&out).into_owned()

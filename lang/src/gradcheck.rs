@@ -24,13 +24,15 @@
 
 use std::collections::HashMap;
 
-use crate::interp::{rerun, run, uniform, Precision, RunError, Tensor};
+use crate::interp::{Precision, RunError, Tensor, rerun, run, uniform};
 use crate::ir::{Graph, InputKind, ValueId};
 
 /// The steps tried, 1e-3 down to 1e-7 at ratios of √10: in a deep net a step of 1e-6
 /// can already cross a kink somewhere, while at 1e-7 rounding noise is about 1e-6 of the
 /// derivative; the steps between are often clean and still quiet.
-const STEPS: [f64; 9] = [1e-3, 3.162e-4, 1e-4, 3.162e-5, 1e-5, 3.162e-6, 1e-6, 3.162e-7, 1e-7];
+const STEPS: [f64; 9] = [
+    1e-3, 3.162e-4, 1e-4, 3.162e-5, 1e-5, 3.162e-6, 1e-6, 3.162e-7, 1e-7,
+];
 
 /// A relative error this small ends the search over steps.
 const AGREED: f64 = 1e-9;
@@ -60,16 +62,40 @@ pub fn random_inputs(g: &Graph, seed: u64, classes: usize) -> HashMap<String, Te
         let s = seed.wrapping_mul(1000).wrapping_add(k as u64);
         let data: Vec<f64> = match kind {
             // Integer inputs are indices (labels, tokens): valid ones.
-            _ if !node.dtype.is_float() => (0..n).map(|i| (uniform(s, i as u64) * classes as f64).floor().min(classes as f64 - 1.0)).collect(),
+            _ if !node.dtype.is_float() => (0..n)
+                .map(|i| {
+                    (uniform(s, i as u64) * classes as f64)
+                        .floor()
+                        .min(classes as f64 - 1.0)
+                })
+                .collect(),
             InputKind::Param => {
                 let fan_in: usize = node.shape.iter().skip(1).product::<usize>().max(1);
-                let scale = if node.shape.len() <= 1 { 0.5 } else { (2.0 / fan_in as f64).sqrt() };
-                (0..n).map(|i| scale * normal(s, i as u64) + if node.shape.len() <= 1 && name.ends_with("gamma") { 1.0 } else { 0.0 }).collect()
+                let scale = if node.shape.len() <= 1 {
+                    0.5
+                } else {
+                    (2.0 / fan_in as f64).sqrt()
+                };
+                (0..n)
+                    .map(|i| {
+                        scale * normal(s, i as u64)
+                            + if node.shape.len() <= 1 && name.ends_with("gamma") {
+                                1.0
+                            } else {
+                                0.0
+                            }
+                    })
+                    .collect()
             }
-            InputKind::State if name.ends_with("var") => (0..n).map(|i| 0.5 + uniform(s, i as u64)).collect(),
+            InputKind::State if name.ends_with("var") => {
+                (0..n).map(|i| 0.5 + uniform(s, i as u64)).collect()
+            }
             _ => (0..n).map(|i| normal(s, i as u64)).collect(),
         };
-        out.insert(name.to_string(), Tensor::new(node.dtype, node.shape.clone(), data));
+        out.insert(
+            name.to_string(),
+            Tensor::new(node.dtype, node.shape.clone(), data),
+        );
     }
     out
 }
@@ -89,7 +115,17 @@ pub fn check(
     coords: usize,
     seed: u64,
 ) -> Result<Vec<Finding>, RunError> {
-    check_each(forward, loss, g_with_grads, names, inputs, coords, seed, &|_| true, &mut |_| {})
+    check_each(
+        forward,
+        loss,
+        g_with_grads,
+        names,
+        inputs,
+        coords,
+        seed,
+        &|_| true,
+        &mut |_| {},
+    )
 }
 
 /// [`check`] of the inputs among `names` that `wanted` selects, calling `report` with each
@@ -113,7 +149,9 @@ pub fn check_each(
     // The loss with input `name` replaced by `x`: only the nodes downstream of it are
     // computed again (see `interp::rerun`).
     let f = |name: &str, x: Tensor| -> Result<f64, RunError> {
-        let Some((v, _, _)) = forward.inputs().find(|(_, n, _)| *n == name) else { return Err(RunError::MissingInput(name.to_string())) };
+        let Some((v, _, _)) = forward.inputs().find(|(_, n, _)| *n == name) else {
+            return Err(RunError::MissingInput(name.to_string()));
+        };
         let out = rerun(forward, &base, v, x, loss, Precision::F64)?;
         Ok(out.data.first().copied().unwrap_or(f64::NAN))
     };
@@ -128,7 +166,9 @@ pub fn check_each(
         if !wanted(name) {
             continue;
         }
-        let Some(gv) = g_with_grads.output(&format!("grad.{name}")) else { continue };
+        let Some(gv) = g_with_grads.output(&format!("grad.{name}")) else {
+            continue;
+        };
         let grad = &vals[gv.index()];
         let Some(x) = inputs.get(name) else { continue };
         // See the module doc.
@@ -152,7 +192,11 @@ pub fn check_each(
             // if the loss is flat along `dir` (a batchnorm shift that the next batchnorm
             // removes), the quotient is rounding noise over h and shrinks as h grows; if
             // it is not flat, a larger step shows the slope all the more.
-            let wider: &[f64] = if analytic.abs() < floor { &[h * 10.0, h * 100.0] } else { &[] };
+            let wider: &[f64] = if analytic.abs() < floor {
+                &[h * 10.0, h * 100.0]
+            } else {
+                &[]
+            };
             for &step in STEPS.iter().chain(wider) {
                 let numeric = (4.0 * central(step / 2.0)? - central(step)?) / 3.0;
                 best = best.min(rel(analytic, numeric));
@@ -169,17 +213,26 @@ pub fn check_each(
         for r in 0..2u64 {
             let s = seed ^ (k as u64 * 7919 + r * 104_729);
             // A unit direction, so the step is h whatever the tensor's size.
-            let norm = (0..x.numel()).map(|i| normal(s, i as u64).powi(2)).sum::<f64>().sqrt().max(1e-300);
+            let norm = (0..x.numel())
+                .map(|i| normal(s, i as u64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-300);
             let dir = |i: usize| normal(s, i as u64) / norm;
             let analytic: f64 = (0..x.numel()).map(|i| grad.data[i] * dir(i)).sum();
             probe(&dir, analytic)?;
         }
         for c in 0..coords.min(x.numel()) {
-            let i = (uniform(seed ^ 0x5eed, (k * 1000 + c) as u64) * x.numel() as f64) as usize % x.numel();
+            let i = (uniform(seed ^ 0x5eed, (k * 1000 + c) as u64) * x.numel() as f64) as usize
+                % x.numel();
             let dir = move |j: usize| if j == i { 1.0 } else { 0.0 };
             probe(&dir, grad.data[i])?;
         }
-        let finding = Finding { input: name.clone(), worst, checks };
+        let finding = Finding {
+            input: name.clone(),
+            worst,
+            checks,
+        };
         report(&finding);
         findings.push(finding);
     }
@@ -251,21 +304,33 @@ pub fn rule_instance(p: &crate::check::Program, rid: usize) -> Result<RuleInstan
 /// A small instance of function `fid` with a cotangent input `r` (see [`RuleInstance`]):
 /// its dims get small sizes (B = 2, C = 3, H = W = 5, ...).
 pub fn call_instance(p: &crate::check::Program, fid: usize) -> Result<RuleInstance, String> {
-    use crate::check::lower::{lower_call, CallInput};
+    use crate::check::lower::{CallInput, lower_call};
     use crate::check::ty::DType;
     use crate::ir::{Binary, Op, Reduce};
     use crate::syntax::ast::{DimKind, ItemKind, TypeKind};
     let name = p.items[fid].name.clone();
-    let Some(crate::syntax::ast::Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(fid) else { return Err("not a function".into()) };
+    let Some(crate::syntax::ast::Item {
+        kind: ItemKind::Fn(f),
+        ..
+    }) = p.item_ast(fid)
+    else {
+        return Err("not a function".into());
+    };
     let mut attrs = rule_attrs(&name);
     // Required non-tensor parameters get small values: ints 2, floats 0.3, 0.7, ... in
     // order (so a pair like lo, hi is ordered), bools false.
     let mut floats = 0;
     let given: Vec<String> = attrs.iter().map(|(n, _)| n.clone()).collect();
-    for prm in f.params.iter().filter(|p| p.default.is_none() && !given.contains(&p.name.name)) {
+    for prm in f
+        .params
+        .iter()
+        .filter(|p| p.default.is_none() && !given.contains(&p.name.name))
+    {
         use crate::check::ty::Ty;
         let v = match prm.ty.as_ref().map(|t| &t.kind) {
-            Some(TypeKind::Named(t)) if matches!(t.name.as_str(), "int" | "dim" | "axis") => Ty::int(2),
+            Some(TypeKind::Named(t)) if matches!(t.name.as_str(), "int" | "dim" | "axis") => {
+                Ty::int(2)
+            }
             Some(TypeKind::Named(t)) if t.name == "float" => {
                 floats += 1;
                 Ty::Float(Some(0.3 + 0.4 * (floats - 1) as f64))
@@ -278,35 +343,84 @@ pub fn call_instance(p: &crate::check::Program, fid: usize) -> Result<RuleInstan
     let mut dims: HashMap<String, usize> = HashMap::new();
     let mut inputs = Vec::new();
     for prm in &f.params {
-        let Some(TypeKind::Tensor { dtype, dims: ds }) = prm.ty.as_ref().map(|t| &t.kind) else { continue };
+        let Some(TypeKind::Tensor { dtype, dims: ds }) = prm.ty.as_ref().map(|t| &t.kind) else {
+            continue;
+        };
         let mut shape = Vec::new();
         for d in ds {
             match &d.kind {
                 DimKind::Int(n) => shape.push(*n as usize),
-                DimKind::Name(v) => shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v))),
+                DimKind::Name(v) => {
+                    shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v)))
+                }
                 DimKind::Pack(_) => shape.extend([2, 3]),
                 // `C / groups` and the like: groups is 1 in these instances.
                 DimKind::Bin(_, a, _) => match &a.kind {
-                    DimKind::Name(v) => shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v))),
+                    DimKind::Name(v) => {
+                        shape.push(*dims.entry(v.clone()).or_insert_with(|| dim_value(v)))
+                    }
                     _ => shape.push(3),
                 },
                 DimKind::Error => return Err("bad type".into()),
             }
         }
         let dt = DType::parse(&dtype.name).unwrap_or(DType::F32);
-        let kind = if dt.is_float() { InputKind::Data } else if dt == DType::Bool { InputKind::State } else { InputKind::Label };
-        inputs.push(CallInput { name: prm.name.name.clone(), dtype: dt, shape, kind });
+        let kind = if dt.is_float() {
+            InputKind::Data
+        } else if dt == DType::Bool {
+            InputKind::State
+        } else {
+            InputKind::Label
+        };
+        inputs.push(CallInput {
+            name: prm.name.name.clone(),
+            dtype: dt,
+            shape,
+            kind,
+        });
     }
-    let mut l = lower_call(p, p.items[fid].module, &name, &inputs, &attrs, crate::ir::Mode::Train).map_err(|d| d.message)?;
+    let mut l = lower_call(
+        p,
+        p.items[fid].module,
+        &name,
+        &inputs,
+        &attrs,
+        crate::ir::Mode::Train,
+    )
+    .map_err(|d| d.message)?;
     let g = &mut l.graph;
     let y = l.output;
     let (dt, shape) = (g.node(y).dtype, g.node(y).shape.clone());
-    let r = g.push(Op::Input { name: "r".into(), kind: InputKind::Data }, vec![], dt, shape.clone());
+    let r = g.push(
+        Op::Input {
+            name: "r".into(),
+            kind: InputKind::Data,
+        },
+        vec![],
+        dt,
+        shape.clone(),
+    );
     let prod = g.push(Op::Binary(Binary::Mul), vec![y, r], dt, shape.clone());
-    let loss = g.push(Op::Reduce { op: Reduce::Sum, axes: (0..shape.len()).collect(), keepdim: false }, vec![prod], dt, vec![]);
+    let loss = g.push(
+        Op::Reduce {
+            op: Reduce::Sum,
+            axes: (0..shape.len()).collect(),
+            keepdim: false,
+        },
+        vec![prod],
+        dt,
+        vec![],
+    );
     g.outputs.push(("loss".into(), loss));
-    let wrt: Vec<ValueId> = g.inputs().filter(|(_, n, k)| *k == InputKind::Data && *n != "r").map(|(v, _, _)| v).collect();
-    let names: Vec<String> = wrt.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect();
+    let wrt: Vec<ValueId> = g
+        .inputs()
+        .filter(|(_, n, k)| *k == InputKind::Data && *n != "r")
+        .map(|(v, _, _)| v)
+        .collect();
+    let names: Vec<String> = wrt
+        .iter()
+        .filter_map(|v| g.input_name(*v).map(str::to_string))
+        .collect();
     let classes = dims.get("V").or(dims.get("K")).copied().unwrap_or(3);
     let mut vals = random_inputs(g, 3, classes);
     if POSITIVE.contains(&name.as_str()) {
@@ -318,10 +432,19 @@ pub fn call_instance(p: &crate::check::Program, fid: usize) -> Result<RuleInstan
     }
     if name == "select" {
         if let Some(c) = vals.get_mut("cond") {
-            c.data.iter_mut().enumerate().for_each(|(i, x)| *x = f64::from(u8::from(i % 3 != 0)));
+            c.data
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = f64::from(u8::from(i % 3 != 0)));
         }
     }
-    Ok(RuleInstance { graph: l.graph, loss, wrt, names, inputs: vals })
+    Ok(RuleInstance {
+        graph: l.graph,
+        loss,
+        wrt,
+        names,
+        inputs: vals,
+    })
 }
 
 /// Checks every derivative rule of the program on a small instance of its primal: the
@@ -336,11 +459,15 @@ pub fn check_rules(p: &crate::check::Program, only: Option<&str>) -> Vec<RuleFin
             }
             if name == "stop_gradient" {
                 // Its gradient is zero by definition, not the derivative of the identity.
-                out.push(RuleFinding { rule: name, result: Err(NOT_DIFFERENTIATED.into()) });
+                out.push(RuleFinding {
+                    rule: name,
+                    result: Err(NOT_DIFFERENTIATED.into()),
+                });
                 continue;
             }
             let result = rule_instance(p, *rid).and_then(|i| {
-                let with = crate::ad::grad(p, &i.graph, i.loss, &i.wrt).map_err(|e| e.to_string())?;
+                let with =
+                    crate::ad::grad(p, &i.graph, i.loss, &i.wrt).map_err(|e| e.to_string())?;
                 check(&i.graph, i.loss, &with, &i.names, &i.inputs, 4, 5).map_err(|e| e.to_string())
             });
             out.push(RuleFinding { rule: name, result });
@@ -352,7 +479,10 @@ pub fn check_rules(p: &crate::check::Program, only: Option<&str>) -> Vec<RuleFin
 /// How far a composite function's own rule is from the VJP derived through its body, at
 /// random points of a small instance: the largest relative difference over all input
 /// gradients. `None` when the rule's primal is a primitive (nothing to derive).
-pub fn composite_discrepancy(p: &crate::check::Program, rid: usize) -> Option<Result<(f64, String), String>> {
+pub fn composite_discrepancy(
+    p: &crate::check::Program,
+    rid: usize,
+) -> Option<Result<(f64, String), String>> {
     use crate::syntax::ast::ItemKind;
     let name = &p.items[rid].name;
     let fid = p.lookup(p.items[rid].module, name)?;
@@ -362,17 +492,31 @@ pub fn composite_discrepancy(p: &crate::check::Program, rid: usize) -> Option<Re
     }
     Some((|| {
         let i = rule_instance(p, rid)?;
-        let by_rule = crate::ad::grad_with(p, &i.graph, i.loss, &i.wrt, true).map_err(|e| e.to_string())?;
-        let derived = crate::ad::grad_with(p, &i.graph, i.loss, &i.wrt, false).map_err(|e| e.to_string())?;
-        let a = run(&by_rule, &|n, _| i.inputs.get(n).cloned(), Precision::F64).map_err(|e| e.to_string())?;
-        let b = run(&derived, &|n, _| i.inputs.get(n).cloned(), Precision::F64).map_err(|e| e.to_string())?;
+        let by_rule =
+            crate::ad::grad_with(p, &i.graph, i.loss, &i.wrt, true).map_err(|e| e.to_string())?;
+        let derived =
+            crate::ad::grad_with(p, &i.graph, i.loss, &i.wrt, false).map_err(|e| e.to_string())?;
+        let a = run(&by_rule, &|n, _| i.inputs.get(n).cloned(), Precision::F64)
+            .map_err(|e| e.to_string())?;
+        let b = run(&derived, &|n, _| i.inputs.get(n).cloned(), Precision::F64)
+            .map_err(|e| e.to_string())?;
         let mut worst = (0.0f64, String::new());
         for n in &i.names {
             let key = format!("grad.{n}");
-            let (Some(x), Some(y)) = (by_rule.output(&key), derived.output(&key)) else { continue };
+            let (Some(x), Some(y)) = (by_rule.output(&key), derived.output(&key)) else {
+                continue;
+            };
             let (x, y) = (&a[x.index()].data, &b[y.index()].data);
-            let scale = y.iter().chain(x.iter()).fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
-            let d = x.iter().zip(y).map(|(p, q)| (p - q).abs() / scale).fold(0.0, f64::max);
+            let scale = y
+                .iter()
+                .chain(x.iter())
+                .fold(0.0f64, |m, v| m.max(v.abs()))
+                .max(1e-300);
+            let d = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs() / scale)
+                .fold(0.0, f64::max);
             if d > worst.0 || worst.1.is_empty() {
                 worst = (d, format!("d{n}"));
             }

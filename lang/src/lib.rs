@@ -6,17 +6,17 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod ad;
+pub mod backend;
 pub mod check;
 pub mod diag;
 pub mod gradcheck;
 pub mod host;
 pub mod ide;
 pub mod interp;
-pub mod opt;
 pub mod ir;
+pub mod opt;
 pub mod span;
 pub mod step;
-pub mod backend;
 pub mod syntax;
 
 pub use diag::{Diagnostic, Label, Severity};

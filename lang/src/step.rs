@@ -8,9 +8,9 @@
 //! never recompiles the step: `lr`, and for Adam the bias-corrected `lr_hat` and `eps_hat`
 //! (computed by the host from the step count).
 
+use crate::check::Program;
 use crate::check::lower::{lower_net_at, lower_net_loss};
 use crate::check::ty::DType;
-use crate::check::Program;
 use crate::diag::Diagnostic;
 use crate::ir::{Binary, Compare, Graph, InputKind, Mode, Op, Reduce, Unary, ValueId};
 
@@ -21,7 +21,12 @@ pub enum Update {
     /// SGD; momentum 0 is plain SGD and keeps no buffer).
     Sgd { momentum: f64, nesterov: bool },
     /// Adam; `decoupled` is AdamW's weight decay (`w -= lr·wd·w` before the step).
-    Adam { beta1: f64, beta2: f64, eps: f64, decoupled: bool },
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        decoupled: bool,
+    },
 }
 
 /// An optimizer as the step compiles it.
@@ -34,17 +39,33 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn sgd() -> Optimizer {
-        Optimizer { update: Update::Sgd { momentum: 0.0, nesterov: false }, weight_decay: 0.0 }
+        Optimizer {
+            update: Update::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            weight_decay: 0.0,
+        }
     }
     pub fn adam() -> Optimizer {
-        Optimizer { update: Update::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, decoupled: false }, weight_decay: 0.0 }
+        Optimizer {
+            update: Update::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                decoupled: false,
+            },
+            weight_decay: 0.0,
+        }
     }
     /// The step's scalar inputs for optimizer step `t` (counting from 1) at rate `lr`:
     /// `(name, value)` pairs.
     pub fn scalars(&self, lr: f64, t: u64) -> Vec<(&'static str, f64)> {
         match self.update {
             Update::Sgd { .. } => vec![("lr", lr)],
-            Update::Adam { beta1, beta2, eps, .. } => {
+            Update::Adam {
+                beta1, beta2, eps, ..
+            } => {
                 // m̂/(√v̂ + ε) = m·√(1-β2ᵗ)/(1-β1ᵗ) / (√v + ε·√(1-β2ᵗ)).
                 let t = t.min(i32::MAX as u64) as i32;
                 let (c1, c2) = (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt());
@@ -76,12 +97,20 @@ impl Builder<'_> {
         let n = self.g.node(like);
         let (dt, shape) = (n.dtype, n.shape.clone());
         let c = self.g.push(Op::Const(x), vec![], dt, vec![]);
-        if shape.is_empty() { c } else { self.g.push(Op::Broadcast, vec![c], dt, shape) }
+        if shape.is_empty() {
+            c
+        } else {
+            self.g.push(Op::Broadcast, vec![c], dt, shape)
+        }
     }
     fn spread(&mut self, s: ValueId, like: ValueId) -> ValueId {
         let n = self.g.node(like);
         let (dt, shape) = (n.dtype, n.shape.clone());
-        if shape.is_empty() { s } else { self.g.push(Op::Broadcast, vec![s], dt, shape) }
+        if shape.is_empty() {
+            s
+        } else {
+            self.g.push(Op::Broadcast, vec![s], dt, shape)
+        }
     }
     fn bin(&mut self, b: Binary, x: ValueId, y: ValueId) -> ValueId {
         let n = self.g.node(x);
@@ -109,33 +138,75 @@ impl Builder<'_> {
 /// The train step of net `net` (module 0) for batches of `batch`, with `loss` and `opt`:
 /// inputs `x`, `y`, the scalars of [`Optimizer::scalars`] and the state; outputs `loss`
 /// and `state.*`.
-pub fn train_step(p: &Program, net: &str, batch: usize, loss: &str, opt: &Optimizer, input: Option<&[usize]>) -> Result<Step, Diagnostic> {
+pub fn train_step(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    loss: &str,
+    opt: &Optimizer,
+    input: Option<&[usize]>,
+) -> Result<Step, Diagnostic> {
     train_step_with(p, net, batch, (loss, &[]), opt, input)
 }
 
 /// [`train_step`] with scalar arguments for the loss, by name (`("eps", 0.1)` for
 /// `smoothed_cross_entropy`).
-pub fn train_step_with(p: &Program, net: &str, batch: usize, loss: (&str, &[(&str, f64)]), opt: &Optimizer, input: Option<&[usize]>) -> Result<Step, Diagnostic> {
+pub fn train_step_with(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    loss: (&str, &[(&str, f64)]),
+    opt: &Optimizer,
+    input: Option<&[usize]>,
+) -> Result<Step, Diagnostic> {
     let l = lower_net_loss(p, 0, net, batch, Mode::Train, Some(loss), input)?;
-    let lv = l.loss.ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
+    let lv = l
+        .loss
+        .ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
     let inits = l.inits.clone();
     let params = crate::ad::inputs_of(&l.graph, InputKind::Param);
     let mut g = crate::ad::grad(p, &l.graph, lv, &params).map_err(|e| e.to_diagnostic())?;
-    let names: Vec<String> = params.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect();
-    let grads: Vec<ValueId> = names.iter().filter_map(|n| g.output(&format!("grad.{n}"))).collect();
-    g.outputs.retain(|(n, _)| n == "loss" || n.starts_with("state."));
+    let names: Vec<String> = params
+        .iter()
+        .filter_map(|v| g.input_name(*v).map(str::to_string))
+        .collect();
+    let grads: Vec<ValueId> = names
+        .iter()
+        .filter_map(|n| g.output(&format!("grad.{n}")))
+        .collect();
+    g.outputs
+        .retain(|(n, _)| n == "loss" || n.starts_with("state."));
     let mut b = Builder { g: &mut g };
-    let scalar_input = |b: &mut Builder, name: &str| b.g.push(Op::Input { name: name.into(), kind: InputKind::Data }, vec![], DType::F32, vec![]);
+    let scalar_input = |b: &mut Builder, name: &str| {
+        b.g.push(
+            Op::Input {
+                name: name.into(),
+                kind: InputKind::Data,
+            },
+            vec![],
+            DType::F32,
+            vec![],
+        )
+    };
     let lr = scalar_input(&mut b, "lr");
     let hats = match opt.update {
-        Update::Adam { .. } => Some((scalar_input(&mut b, "lr_hat"), scalar_input(&mut b, "eps_hat"))),
+        Update::Adam { .. } => Some((
+            scalar_input(&mut b, "lr_hat"),
+            scalar_input(&mut b, "eps_hat"),
+        )),
         Update::Sgd { .. } => None,
     };
     let mut slots = Vec::new();
     let mut updates = Vec::new();
     for ((w, name), gr) in params.iter().zip(&names).zip(&grads) {
         let (w, mut gr) = (*w, *gr);
-        let decoupled = matches!(opt.update, Update::Adam { decoupled: true, .. });
+        let decoupled = matches!(
+            opt.update,
+            Update::Adam {
+                decoupled: true,
+                ..
+            }
+        );
         if opt.weight_decay != 0.0 && !decoupled {
             let wd = b.scalar(opt.weight_decay, w);
             let d = b.bin(Binary::Mul, wd, w);
@@ -198,8 +269,15 @@ pub fn train_step_with(p: &Program, net: &str, batch: usize, loss: (&str, &[(&st
     }
     g.outputs.extend(updates);
     let graph = crate::opt::optimize(&g);
-    crate::ir::verify(&graph).map_err(|e| Diagnostic::error("E0411", format!("the train step does not verify: {e:?}")))?;
-    Ok(Step { graph, params: names, slots, inits })
+    crate::ir::verify(&graph).map_err(|e| {
+        Diagnostic::error("E0411", format!("the train step does not verify: {e:?}"))
+    })?;
+    Ok(Step {
+        graph,
+        params: names,
+        slots,
+        inits,
+    })
 }
 
 /// The gradient step: the loss of net `net` on a batch and its gradient with respect to
@@ -207,39 +285,94 @@ pub fn train_step_with(p: &Program, net: &str, batch: usize, loss: (&str, &[(&st
 /// `grad.<param>` in parameter order. The forward pass runs in train mode (batch
 /// statistics, as PyTorch's `model.train()`), but batchnorm's running statistics are left
 /// as they were: asking for a gradient changes nothing.
-pub fn grad_step(p: &Program, net: &str, batch: usize, loss: (&str, &[(&str, f64)]), input: Option<&[usize]>) -> Result<Step, Diagnostic> {
+pub fn grad_step(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    loss: (&str, &[(&str, f64)]),
+    input: Option<&[usize]>,
+) -> Result<Step, Diagnostic> {
     let l = lower_net_loss(p, 0, net, batch, Mode::Train, Some(loss), input)?;
-    let lv = l.loss.ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
+    let lv = l
+        .loss
+        .ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
     let params = crate::ad::inputs_of(&l.graph, InputKind::Param);
     let mut g = crate::ad::grad(p, &l.graph, lv, &params).map_err(|e| e.to_diagnostic())?;
-    let names: Vec<String> = params.iter().filter_map(|v| g.input_name(*v).map(str::to_string)).collect();
+    let names: Vec<String> = params
+        .iter()
+        .filter_map(|v| g.input_name(*v).map(str::to_string))
+        .collect();
     let mut outputs = Vec::with_capacity(names.len() + 1);
-    for name in std::iter::once("loss".to_string()).chain(names.iter().map(|n| format!("grad.{n}"))) {
-        let v = g.output(&name).ok_or_else(|| Diagnostic::error("E0411", format!("the gradient step has no output `{name}`")))?;
+    for name in std::iter::once("loss".to_string()).chain(names.iter().map(|n| format!("grad.{n}")))
+    {
+        let v = g.output(&name).ok_or_else(|| {
+            Diagnostic::error("E0411", format!("the gradient step has no output `{name}`"))
+        })?;
         outputs.push((name, v));
     }
     g.outputs = outputs;
     let graph = crate::opt::optimize(&g);
-    crate::ir::verify(&graph).map_err(|e| Diagnostic::error("E0411", format!("the gradient step does not verify: {e:?}")))?;
-    Ok(Step { graph, params: names, slots: vec![], inits: l.inits })
+    crate::ir::verify(&graph).map_err(|e| {
+        Diagnostic::error("E0411", format!("the gradient step does not verify: {e:?}"))
+    })?;
+    Ok(Step {
+        graph,
+        params: names,
+        slots: vec![],
+        inits: l.inits,
+    })
 }
 
 /// The evaluation step: inputs `x`, `y` and the state; outputs `loss` (the batch mean) and
 /// `correct` (how many predictions equal the labels, as f32).
-pub fn eval_step(p: &Program, net: &str, batch: usize, loss: &str, input: Option<&[usize]>) -> Result<Graph, Diagnostic> {
+pub fn eval_step(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    loss: &str,
+    input: Option<&[usize]>,
+) -> Result<Graph, Diagnostic> {
     let l = lower_net_at(p, 0, net, batch, Mode::Eval, Some(loss), input)?;
     let mut g = l.graph;
     let logits = l.output;
     let shape = g.node(logits).shape.clone();
     let axis = shape.len().saturating_sub(1);
-    let pred = g.push(Op::ArgMax { axis }, vec![logits], DType::I32, shape[..axis].to_vec());
-    let y = g.inputs().find(|(_, n, _)| *n == "y").map(|(v, _, _)| v).ok_or_else(|| Diagnostic::error("E0411", "the loss takes no labels"))?;
-    let hit = g.push(Op::Compare(Compare::Eq), vec![pred, y], DType::Bool, shape[..axis].to_vec());
+    let pred = g.push(
+        Op::ArgMax { axis },
+        vec![logits],
+        DType::I32,
+        shape[..axis].to_vec(),
+    );
+    let y = g
+        .inputs()
+        .find(|(_, n, _)| *n == "y")
+        .map(|(v, _, _)| v)
+        .ok_or_else(|| Diagnostic::error("E0411", "the loss takes no labels"))?;
+    let hit = g.push(
+        Op::Compare(Compare::Eq),
+        vec![pred, y],
+        DType::Bool,
+        shape[..axis].to_vec(),
+    );
     let hit = g.push(Op::Cast, vec![hit], DType::F32, shape[..axis].to_vec());
-    let correct = g.push(Op::Reduce { op: Reduce::Sum, axes: (0..axis).collect(), keepdim: false }, vec![hit], DType::F32, vec![]);
+    let correct = g.push(
+        Op::Reduce {
+            op: Reduce::Sum,
+            axes: (0..axis).collect(),
+            keepdim: false,
+        },
+        vec![hit],
+        DType::F32,
+        vec![],
+    );
     g.outputs.retain(|(n, _)| n == "loss");
     g.outputs.push(("correct".into(), correct));
     let graph = crate::opt::optimize(&g);
-    crate::ir::verify(&graph).map_err(|e| Diagnostic::error("E0411", format!("the evaluation step does not verify: {e:?}")))?;
+    crate::ir::verify(&graph).map_err(|e| {
+        Diagnostic::error(
+            "E0411",
+            format!("the evaluation step does not verify: {e:?}"),
+        )
+    })?;
     Ok(graph)
 }

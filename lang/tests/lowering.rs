@@ -2,8 +2,8 @@
 //! the reference interpreter runs the small ones.
 
 use nabla_lang::check::{check_files, lower::lower_net};
-use nabla_lang::interp::{run, Precision, Tensor};
-use nabla_lang::ir::{verify, InputKind, Mode};
+use nabla_lang::interp::{Precision, Tensor, run};
+use nabla_lang::ir::{InputKind, Mode, verify};
 
 fn checked(name: &str) -> nabla_lang::check::Checked {
     let path = format!("{}/../examples/{name}.net", env!("CARGO_MANIFEST_DIR"));
@@ -15,11 +15,22 @@ fn checked(name: &str) -> nabla_lang::check::Checked {
 
 #[test]
 fn examples_lower_and_verify() {
-    for name in ["mnist_linear", "mnist_mlp", "mnist_cnn", "cifar_bn", "resnet34", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_tiny"] {
+    for name in [
+        "mnist_linear",
+        "mnist_mlp",
+        "mnist_cnn",
+        "cifar_bn",
+        "resnet34",
+        "mobilenet_v2",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "vit_tiny",
+    ] {
         let c = checked(name);
         let net = c.nets[0].name.clone();
         for mode in [Mode::Train, Mode::Eval] {
-            let l = lower_net(&c.program, 0, &net, 2, mode, Some("softmax_cross_entropy")).unwrap_or_else(|e| panic!("{name}: {}", e.message));
+            let l = lower_net(&c.program, 0, &net, 2, mode, Some("softmax_cross_entropy"))
+                .unwrap_or_else(|e| panic!("{name}: {}", e.message));
             verify(&l.graph).unwrap_or_else(|e| panic!("{name} {mode:?}: {}", e.message));
             // The graph's parameters are exactly the net's, by name and size.
             let params: Vec<(String, usize)> = l
@@ -40,21 +51,40 @@ fn examples_lower_and_verify() {
 #[test]
 fn the_linear_classifier_runs() {
     let c = checked("mnist_linear");
-    let l = lower_net(&c.program, 0, "MnistLinear", 2, Mode::Train, Some("softmax_cross_entropy")).expect("lowers");
+    let l = lower_net(
+        &c.program,
+        0,
+        "MnistLinear",
+        2,
+        Mode::Train,
+        Some("softmax_cross_entropy"),
+    )
+    .expect("lowers");
     // w = 0, b = [0, 1, ..., 9]: the logits are b for every example, and the loss is
     // -mean(log softmax(b)[y]).
     let inputs = |name: &str, _k: InputKind| -> Option<Tensor> {
         Some(match name {
-            "x" => Tensor::new(nabla_lang::check::ty::DType::F32, vec![2, 1, 28, 28], (0..2 * 784).map(|i| (i % 7) as f64).collect()),
+            "x" => Tensor::new(
+                nabla_lang::check::ty::DType::F32,
+                vec![2, 1, 28, 28],
+                (0..2 * 784).map(|i| (i % 7) as f64).collect(),
+            ),
             "layers.1.w" => Tensor::zeros(nabla_lang::check::ty::DType::F32, &[10, 784]),
-            "layers.1.b" => Tensor::new(nabla_lang::check::ty::DType::F32, vec![10], (0..10).map(f64::from).collect()),
+            "layers.1.b" => Tensor::new(
+                nabla_lang::check::ty::DType::F32,
+                vec![10],
+                (0..10).map(f64::from).collect(),
+            ),
             "y" => Tensor::new(nabla_lang::check::ty::DType::I32, vec![2], vec![9.0, 3.0]),
             _ => return None,
         })
     };
     let vals = run(&l.graph, &inputs, Precision::F64).expect("runs");
     let logits = &vals[l.output.index()];
-    assert_eq!(logits.data[..10], (0..10).map(f64::from).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        logits.data[..10],
+        (0..10).map(f64::from).collect::<Vec<_>>()[..]
+    );
     let lse = (0..10).map(|i| f64::from(i).exp()).sum::<f64>().ln();
     let want = ((lse - 9.0) + (lse - 3.0)) / 2.0;
     let got = vals[l.loss.expect("loss").index()].data[0];
@@ -66,7 +96,16 @@ fn label_smoothing_is_pytorchs_and_its_gradient_checks() {
     // loss = -(1/B) Σ_b Σ_k q_bk log softmax(z_b)_k with q = (1 - eps)·onehot + eps/K.
     let c = checked("mnist_linear");
     let eps = 0.1;
-    let l = nabla_lang::check::lower::lower_net_loss(&c.program, 0, "MnistLinear", 3, Mode::Train, Some(("smoothed_cross_entropy", &[("eps", eps)])), None).expect("lowers");
+    let l = nabla_lang::check::lower::lower_net_loss(
+        &c.program,
+        0,
+        "MnistLinear",
+        3,
+        Mode::Train,
+        Some(("smoothed_cross_entropy", &[("eps", eps)])),
+        None,
+    )
+    .expect("lowers");
     let inputs = nabla_lang::gradcheck::random_inputs(&l.graph, 7, 10);
     let vals = run(&l.graph, &|n, _| inputs.get(n).cloned(), Precision::F64).expect("runs");
     let loss = vals[l.loss.expect("loss").index()].data[0];
@@ -85,9 +124,15 @@ fn label_smoothing_is_pytorchs_and_its_gradient_checks() {
     assert!((loss - want).abs() < 1e-12, "{loss} vs {want}");
     // Its derived backward agrees with central differences.
     let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
-    let g = nabla_lang::ad::grad(&c.program, &l.graph, l.loss.expect("loss"), &params).expect("grad");
-    let names: Vec<String> = params.iter().filter_map(|v| l.graph.input_name(*v).map(str::to_string)).collect();
-    let found = nabla_lang::gradcheck::check(&l.graph, l.loss.expect("loss"), &g, &names, &inputs, 20, 1).expect("check");
+    let g =
+        nabla_lang::ad::grad(&c.program, &l.graph, l.loss.expect("loss"), &params).expect("grad");
+    let names: Vec<String> = params
+        .iter()
+        .filter_map(|v| l.graph.input_name(*v).map(str::to_string))
+        .collect();
+    let found =
+        nabla_lang::gradcheck::check(&l.graph, l.loss.expect("loss"), &g, &names, &inputs, 20, 1)
+            .expect("check");
     for f in found {
         assert!(f.worst < 1e-6, "{}: {}", f.input, f.worst);
     }

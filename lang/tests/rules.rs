@@ -19,7 +19,9 @@ fn every_rule_passes_gradcheck() {
                     failures.push(format!("{}: {worst:e}", f.rule));
                 }
             }
-            Err(e) if e == nabla_lang::gradcheck::NOT_DIFFERENTIATED => eprintln!("rule {:<24} {e}", f.rule),
+            Err(e) if e == nabla_lang::gradcheck::NOT_DIFFERENTIATED => {
+                eprintln!("rule {:<24} {e}", f.rule)
+            }
             Err(e) => failures.push(format!("{}: {e}", f.rule)),
         }
     }
@@ -36,10 +38,17 @@ fn closed_form_rules_agree_with_their_derivations() {
             if let Some(r) = nabla_lang::gradcheck::composite_discrepancy(&c.program, *rid) {
                 let (d, which) = r.expect("instantiates");
                 eprintln!("{}: {which} differs by {d:.2e}", c.program.items[*rid].name);
-                assert!(d <= nabla_lang::check::CLOSED_FORM_TOLERANCE, "{}: {d:e}", c.program.items[*rid].name);
+                assert!(
+                    d <= nabla_lang::check::CLOSED_FORM_TOLERANCE,
+                    "{}: {d:e}",
+                    c.program.items[*rid].name
+                );
                 checked += 1;
             }
         }
     }
-    assert!(checked >= 1, "softmax_cross_entropy's rule is a closed form");
+    assert!(
+        checked >= 1,
+        "softmax_cross_entropy's rule is a closed form"
+    );
 }

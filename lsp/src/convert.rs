@@ -14,23 +14,36 @@ pub struct LineIndex<'t> {
 
 impl<'t> LineIndex<'t> {
     pub fn new(text: &'t str) -> LineIndex<'t> {
-        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         LineIndex { text, starts }
     }
 
     pub fn position(&self, offset: usize) -> lsp::Position {
         let offset = offset.min(self.text.len());
-        let line = self.starts.partition_point(|s| *s <= offset).saturating_sub(1);
+        let line = self
+            .starts
+            .partition_point(|s| *s <= offset)
+            .saturating_sub(1);
         let start = self.starts[line];
-        let col: usize = self.text.get(start..offset).map_or(0, |s| s.chars().map(char::len_utf16).sum());
+        let col: usize = self
+            .text
+            .get(start..offset)
+            .map_or(0, |s| s.chars().map(char::len_utf16).sum());
         lsp::Position::new(line as u32, col as u32)
     }
 
     /// The byte offset of a position; past the end of a line is its end, past the last
     /// line is the end of the text (clients may send either after an edit race).
     pub fn offset(&self, p: lsp::Position) -> usize {
-        let Some(&start) = self.starts.get(p.line as usize) else { return self.text.len() };
-        let end = self.starts.get(p.line as usize + 1).map_or(self.text.len(), |e| e - 1);
+        let Some(&start) = self.starts.get(p.line as usize) else {
+            return self.text.len();
+        };
+        let end = self
+            .starts
+            .get(p.line as usize + 1)
+            .map_or(self.text.len(), |e| e - 1);
         let mut units = 0usize;
         for (i, ch) in self.text.get(start..end).unwrap_or("").char_indices() {
             if units >= p.character as usize {
@@ -61,9 +74,20 @@ pub fn apply_change(text: &mut String, change: &lsp::TextDocumentContentChangeEv
 
 /// A diagnostic of `lang` as the protocol's, in the document whose text is `index`'s.
 /// Secondary labels become related information when the client gives the document a URI.
-pub fn diagnostic(d: &Diagnostic, index: &LineIndex, uri: &lsp::Uri, file: nabla_lang::FileId) -> lsp::Diagnostic {
-    let primary = d.labels.iter().find(|l| l.primary && l.span.file == file).or_else(|| d.labels.iter().find(|l| l.span.file == file));
-    let range = primary.map_or_else(lsp::Range::default, |l| index.range(l.span.start, l.span.end));
+pub fn diagnostic(
+    d: &Diagnostic,
+    index: &LineIndex,
+    uri: &lsp::Uri,
+    file: nabla_lang::FileId,
+) -> lsp::Diagnostic {
+    let primary = d
+        .labels
+        .iter()
+        .find(|l| l.primary && l.span.file == file)
+        .or_else(|| d.labels.iter().find(|l| l.span.file == file));
+    let range = primary.map_or_else(lsp::Range::default, |l| {
+        index.range(l.span.start, l.span.end)
+    });
     let mut message = d.message.clone();
     if let Some(l) = primary
         && !l.message.is_empty()
@@ -80,7 +104,10 @@ pub fn diagnostic(d: &Diagnostic, index: &LineIndex, uri: &lsp::Uri, file: nabla
         .labels
         .iter()
         .filter(|l| !l.primary && l.span.file == file)
-        .map(|l| lsp::DiagnosticRelatedInformation { location: lsp::Location::new(uri.clone(), index.range(l.span.start, l.span.end)), message: l.message.clone() })
+        .map(|l| lsp::DiagnosticRelatedInformation {
+            location: lsp::Location::new(uri.clone(), index.range(l.span.start, l.span.end)),
+            message: l.message.clone(),
+        })
         .collect();
     lsp::Diagnostic {
         range,
@@ -126,7 +153,10 @@ pub fn symbol_kind(k: SymbolKind) -> lsp::SymbolKind {
 }
 
 /// The semantic token types, in legend order.
-pub const TOKEN_TYPES: &[&str] = &["keyword", "function", "method", "class", "type", "variable", "property", "number", "string", "comment", "operator"];
+pub const TOKEN_TYPES: &[&str] = &[
+    "keyword", "function", "method", "class", "type", "variable", "property", "number", "string",
+    "comment", "operator",
+];
 
 pub fn token_type(c: TokenClass) -> u32 {
     match c {
@@ -146,7 +176,11 @@ pub fn token_type(c: TokenClass) -> u32 {
 
 /// Tokens (offset, length, class) in the protocol's relative encoding; tokens spanning
 /// lines are split at line ends, as clients without multiline support need.
-pub fn semantic_tokens(index: &LineIndex, text: &str, tokens: &[(usize, usize, TokenClass)]) -> Vec<lsp::SemanticToken> {
+pub fn semantic_tokens(
+    index: &LineIndex,
+    text: &str,
+    tokens: &[(usize, usize, TokenClass)],
+) -> Vec<lsp::SemanticToken> {
     let mut out = Vec::new();
     let (mut line, mut col) = (0u32, 0u32);
     for &(start, len, class) in tokens {
@@ -155,11 +189,23 @@ pub fn semantic_tokens(index: &LineIndex, text: &str, tokens: &[(usize, usize, T
         while a < end {
             let line_end = text[a..end].find('\n').map_or(end, |i| a + i);
             let p = index.position(a);
-            let width: u32 = text.get(a..line_end).map_or(0, |s| s.chars().map(|c| c.len_utf16() as u32).sum());
+            let width: u32 = text
+                .get(a..line_end)
+                .map_or(0, |s| s.chars().map(|c| c.len_utf16() as u32).sum());
             if width > 0 {
                 let delta_line = p.line - line;
-                let delta_start = if delta_line == 0 { p.character - col } else { p.character };
-                out.push(lsp::SemanticToken { delta_line, delta_start, length: width, token_type: token_type(class), token_modifiers_bitset: 0 });
+                let delta_start = if delta_line == 0 {
+                    p.character - col
+                } else {
+                    p.character
+                };
+                out.push(lsp::SemanticToken {
+                    delta_line,
+                    delta_start,
+                    length: width,
+                    token_type: token_type(class),
+                    token_modifiers_bitset: 0,
+                });
                 line = p.line;
                 col = p.character;
             }
@@ -187,7 +233,14 @@ mod tests {
     #[test]
     fn incremental_changes_apply() {
         let mut t = String::from("let x = 1\nlet y = 2\n");
-        let change = lsp::TextDocumentContentChangeEvent { range: Some(lsp::Range::new(lsp::Position::new(1, 4), lsp::Position::new(1, 5))), range_length: None, text: "zz".into() };
+        let change = lsp::TextDocumentContentChangeEvent {
+            range: Some(lsp::Range::new(
+                lsp::Position::new(1, 4),
+                lsp::Position::new(1, 5),
+            )),
+            range_length: None,
+            text: "zz".into(),
+        };
         apply_change(&mut t, &change);
         assert_eq!(t, "let x = 1\nlet zz = 2\n");
     }

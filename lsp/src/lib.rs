@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use nabla_lang::check::{check_files_for_editor, Checked};
-use nabla_stdlib::FileLoader;
+use nabla_lang::check::{Checked, check_files_for_editor};
 use nabla_lang::span::{FileId, Span};
+use nabla_stdlib::FileLoader;
 use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
 use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer, LspService, Server};
@@ -62,28 +62,49 @@ pub struct Nabla(Arc<State>);
 
 /// Serves the protocol on stdin/stdout until the client exits.
 pub fn serve_stdio() -> std::result::Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     rt.block_on(async {
         let (service, socket) = LspService::new(Nabla::new);
-        Server::new(tokio::io::stdin(), tokio::io::stdout(), socket).serve(service).await;
+        Server::new(tokio::io::stdin(), tokio::io::stdout(), socket)
+            .serve(service)
+            .await;
     });
     Ok(())
 }
 
 /// The local path a URI names, or the URI itself (an unsaved buffer).
 fn path_of(uri: &Uri) -> String {
-    uri.to_file_path().map(|p| p.display().to_string()).unwrap_or_else(|| uri.as_str().to_string())
+    uri.to_file_path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| uri.as_str().to_string())
 }
 
 fn failed(message: impl Into<String>) -> Error {
-    Error { code: ErrorCode::ServerError(-32803), message: message.into().into(), data: None }
+    Error {
+        code: ErrorCode::ServerError(-32803),
+        message: message.into().into(),
+        data: None,
+    }
 }
 
 impl Nabla {
     pub fn new(client: Client) -> Nabla {
-        let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"))).unwrap_or_else(std::env::temp_dir);
-        let std_dir = base.join("nabla").join(format!("std-{}", env!("CARGO_PKG_VERSION")));
-        Nabla(Arc::new(State { client, docs: DashMap::new(), analyses: DashMap::new(), std_dir }))
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        let std_dir = base
+            .join("nabla")
+            .join(format!("std-{}", env!("CARGO_PKG_VERSION")));
+        Nabla(Arc::new(State {
+            client,
+            docs: DashMap::new(),
+            analyses: DashMap::new(),
+            std_dir,
+        }))
     }
 
     /// Checks `uri` at its current text; `None` when it is not open or the checker failed.
@@ -93,9 +114,16 @@ impl Nabla {
         let loader = FileLoader::with_open(&open);
         let name = path_of(uri);
         let roots = [(name.clone(), doc.text.clone())];
-        let checked = std::panic::catch_unwind(AssertUnwindSafe(|| check_files_for_editor(&roots, &loader))).ok()?;
+        let checked =
+            std::panic::catch_unwind(AssertUnwindSafe(|| check_files_for_editor(&roots, &loader)))
+                .ok()?;
         let file = checked.program.sources.find(&name)?;
-        let a = Arc::new(Analysis { checked, version: doc.version, text: doc.text, file });
+        let a = Arc::new(Analysis {
+            checked,
+            version: doc.version,
+            text: doc.text,
+            file,
+        });
         self.0.analyses.insert(uri.clone(), a.clone());
         Some(a)
     }
@@ -112,7 +140,8 @@ impl Nabla {
     }
 
     fn is_std_copy(&self, uri: &Uri) -> bool {
-        uri.to_file_path().is_some_and(|p| p.starts_with(&self.0.std_dir))
+        uri.to_file_path()
+            .is_some_and(|p| p.starts_with(&self.0.std_dir))
     }
 
     async fn publish(&self, uri: &Uri) {
@@ -121,9 +150,17 @@ impl Nabla {
             vec![]
         } else {
             let index = LineIndex::new(&a.text);
-            a.checked.diagnostics.iter().filter(|d| d.span().is_none_or(|s| s.file == a.file)).map(|d| convert::diagnostic(d, &index, uri, a.file)).collect()
+            a.checked
+                .diagnostics
+                .iter()
+                .filter(|d| d.span().is_none_or(|s| s.file == a.file))
+                .map(|d| convert::diagnostic(d, &index, uri, a.file))
+                .collect()
         };
-        self.0.client.publish_diagnostics(uri.clone(), diags, Some(a.version)).await;
+        self.0
+            .client
+            .publish_diagnostics(uri.clone(), diags, Some(a.version))
+            .await;
     }
 
     /// Publishes `uri`'s diagnostics after the debounce, unless it changed again, then
@@ -137,7 +174,14 @@ impl Nabla {
             }
             me.publish(&uri).await;
             let name = path_of(&uri);
-            let dependents: Vec<Uri> = me.0.analyses.iter().filter(|e| *e.key() != uri && e.value().checked.program.sources.find(&name).is_some()).map(|e| e.key().clone()).collect();
+            let dependents: Vec<Uri> =
+                me.0.analyses
+                    .iter()
+                    .filter(|e| {
+                        *e.key() != uri && e.value().checked.program.sources.find(&name).is_some()
+                    })
+                    .map(|e| e.key().clone())
+                    .collect();
             for d in dependents {
                 me.publish(&d).await;
             }
@@ -154,7 +198,10 @@ impl Nabla {
             Some(module) => self.std_copy(module, text)?,
             None => Uri::from_file_path(name).or_else(|| name.parse().ok())?,
         };
-        Some(Location::new(uri, LineIndex::new(text).range(span.start, span.end)))
+        Some(Location::new(
+            uri,
+            LineIndex::new(text).range(span.start, span.end),
+        ))
     }
 
     /// Writes the standard module's source under the cache directory (once per version).
@@ -180,42 +227,66 @@ impl Nabla {
 
     /// What `uri` may import: the standard modules and the `.net` files beside it.
     fn importable(uri: &Uri) -> Vec<String> {
-        let mut out: Vec<String> = nabla_stdlib::MODULES.iter().map(|(p, _)| p.to_string()).collect();
-        let Some(path) = uri.to_file_path() else { return out };
+        let mut out: Vec<String> = nabla_stdlib::MODULES
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        let Some(path) = uri.to_file_path() else {
+            return out;
+        };
         let Some(dir) = path.parent() else { return out };
-        let Ok(entries) = std::fs::read_dir(dir) else { return out };
-        out.extend(entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let p = e.path();
-                (p.extension().is_some_and(|x| x == "net") && p != *path).then(|| p.file_stem().map(|s| s.to_string_lossy().to_string()))?
-            }));
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        out.extend(entries.filter_map(|e| e.ok()).filter_map(|e| {
+            let p = e.path();
+            (p.extension().is_some_and(|x| x == "net") && p != *path)
+                .then(|| p.file_stem().map(|s| s.to_string_lossy().to_string()))?
+        }));
         out
     }
 }
 
 impl LanguageServer for Nabla {
     async fn initialize(&self, _: InitializeParams) -> Result<InitializeResult> {
-        let legend = SemanticTokensLegend { token_types: convert::TOKEN_TYPES.iter().map(|t| SemanticTokenType::new(t)).collect(), token_modifiers: vec![] };
+        let legend = SemanticTokensLegend {
+            token_types: convert::TOKEN_TYPES
+                .iter()
+                .map(|t| SemanticTokenType::new(t))
+                .collect(),
+            token_modifiers: vec![],
+        };
         Ok(InitializeResult {
-            server_info: Some(ServerInfo { name: "nabla".into(), version: Some(env!("CARGO_PKG_VERSION").into()) }),
+            server_info: Some(ServerInfo {
+                name: "nabla".into(),
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+            }),
             offset_encoding: None,
             capabilities: ServerCapabilities {
-                text_document_sync: Some(TextDocumentSyncCapability::Kind(TextDocumentSyncKind::INCREMENTAL)),
+                text_document_sync: Some(TextDocumentSyncCapability::Kind(
+                    TextDocumentSyncKind::INCREMENTAL,
+                )),
                 hover_provider: Some(HoverProviderCapability::Simple(true)),
-                completion_provider: Some(CompletionOptions { trigger_characters: Some(vec![".".into()]), ..Default::default() }),
+                completion_provider: Some(CompletionOptions {
+                    trigger_characters: Some(vec![".".into()]),
+                    ..Default::default()
+                }),
                 definition_provider: Some(OneOf::Left(true)),
                 references_provider: Some(OneOf::Left(true)),
                 document_symbol_provider: Some(OneOf::Left(true)),
                 rename_provider: Some(OneOf::Left(true)),
                 document_formatting_provider: Some(OneOf::Left(true)),
                 inlay_hint_provider: Some(OneOf::Left(true)),
-                semantic_tokens_provider: Some(SemanticTokensServerCapabilities::SemanticTokensOptions(SemanticTokensOptions {
-                    legend,
-                    full: Some(SemanticTokensFullOptions::Bool(true)),
-                    range: None,
-                    ..Default::default()
-                })),
+                semantic_tokens_provider: Some(
+                    SemanticTokensServerCapabilities::SemanticTokensOptions(
+                        SemanticTokensOptions {
+                            legend,
+                            full: Some(SemanticTokensFullOptions::Bool(true)),
+                            range: None,
+                            ..Default::default()
+                        },
+                    ),
+                ),
                 ..Default::default()
             },
         })
@@ -227,7 +298,13 @@ impl LanguageServer for Nabla {
 
     async fn did_open(&self, p: DidOpenTextDocumentParams) {
         let d = p.text_document;
-        self.0.docs.insert(d.uri.clone(), Doc { text: d.text, version: d.version });
+        self.0.docs.insert(
+            d.uri.clone(),
+            Doc {
+                text: d.text,
+                version: d.version,
+            },
+        );
         self.publish(&d.uri).await;
     }
 
@@ -235,7 +312,9 @@ impl LanguageServer for Nabla {
         let uri = p.text_document.uri;
         let version = p.text_document.version;
         {
-            let Some(mut doc) = self.0.docs.get_mut(&uri) else { return };
+            let Some(mut doc) = self.0.docs.get_mut(&uri) else {
+                return;
+            };
             for c in &p.content_changes {
                 convert::apply_change(&mut doc.text, c);
             }
@@ -253,59 +332,110 @@ impl LanguageServer for Nabla {
 
     async fn hover(&self, p: HoverParams) -> Result<Option<Hover>> {
         let q = p.text_document_position_params;
-        let Some((a, offset)) = self.at(&q.text_document.uri, q.position) else { return Ok(None) };
-        let Some(h) = nabla_lang::ide::hover(&a.checked, a.file, offset) else { return Ok(None) };
-        let range = (h.span.file == a.file).then(|| LineIndex::new(&a.text).range(h.span.start, h.span.end));
-        Ok(Some(Hover { contents: HoverContents::Markup(MarkupContent { kind: MarkupKind::Markdown, value: h.markdown }), range }))
+        let Some((a, offset)) = self.at(&q.text_document.uri, q.position) else {
+            return Ok(None);
+        };
+        let Some(h) = nabla_lang::ide::hover(&a.checked, a.file, offset) else {
+            return Ok(None);
+        };
+        let range = (h.span.file == a.file)
+            .then(|| LineIndex::new(&a.text).range(h.span.start, h.span.end));
+        Ok(Some(Hover {
+            contents: HoverContents::Markup(MarkupContent {
+                kind: MarkupKind::Markdown,
+                value: h.markdown,
+            }),
+            range,
+        }))
     }
 
-    async fn goto_definition(&self, p: GotoDefinitionParams) -> Result<Option<GotoDefinitionResponse>> {
+    async fn goto_definition(
+        &self,
+        p: GotoDefinitionParams,
+    ) -> Result<Option<GotoDefinitionResponse>> {
         let q = p.text_document_position_params;
-        let Some((a, offset)) = self.at(&q.text_document.uri, q.position) else { return Ok(None) };
-        let Some(span) = nabla_lang::ide::definition(&a.checked, a.file, offset) else { return Ok(None) };
+        let Some((a, offset)) = self.at(&q.text_document.uri, q.position) else {
+            return Ok(None);
+        };
+        let Some(span) = nabla_lang::ide::definition(&a.checked, a.file, offset) else {
+            return Ok(None);
+        };
         Ok(self.location(&a, span).map(GotoDefinitionResponse::Scalar))
     }
 
     async fn references(&self, p: ReferenceParams) -> Result<Option<Vec<Location>>> {
         let q = p.text_document_position;
-        let Some((a, offset)) = self.at(&q.text_document.uri, q.position) else { return Ok(None) };
-        let Some(t) = nabla_lang::ide::target_at(&a.checked, a.file, offset) else { return Ok(None) };
+        let Some((a, offset)) = self.at(&q.text_document.uri, q.position) else {
+            return Ok(None);
+        };
+        let Some(t) = nabla_lang::ide::target_at(&a.checked, a.file, offset) else {
+            return Ok(None);
+        };
         let spans = nabla_lang::ide::references(&a.checked, &t, p.context.include_declaration);
-        Ok(Some(spans.into_iter().filter_map(|s| self.location(&a, s)).collect()))
+        Ok(Some(
+            spans
+                .into_iter()
+                .filter_map(|s| self.location(&a, s))
+                .collect(),
+        ))
     }
 
     async fn rename(&self, p: RenameParams) -> Result<Option<WorkspaceEdit>> {
         let q = p.text_document_position;
         let uri = q.text_document.uri;
-        let Some((a, offset)) = self.at(&uri, q.position) else { return Ok(None) };
-        let spans = nabla_lang::ide::rename(&a.checked, a.file, offset, &p.new_name).map_err(failed)?;
+        let Some((a, offset)) = self.at(&uri, q.position) else {
+            return Ok(None);
+        };
+        let spans =
+            nabla_lang::ide::rename(&a.checked, a.file, offset, &p.new_name).map_err(failed)?;
         let index = LineIndex::new(&a.text);
-        let edits = spans.into_iter().map(|s| TextEdit::new(index.range(s.start, s.end), p.new_name.clone())).collect();
-        Ok(Some(WorkspaceEdit { changes: Some(HashMap::from([(uri, edits)])), ..Default::default() }))
+        let edits = spans
+            .into_iter()
+            .map(|s| TextEdit::new(index.range(s.start, s.end), p.new_name.clone()))
+            .collect();
+        Ok(Some(WorkspaceEdit {
+            changes: Some(HashMap::from([(uri, edits)])),
+            ..Default::default()
+        }))
     }
 
-    async fn document_symbol(&self, p: DocumentSymbolParams) -> Result<Option<DocumentSymbolResponse>> {
-        let Some(a) = self.fresh(&p.text_document.uri) else { return Ok(None) };
+    async fn document_symbol(
+        &self,
+        p: DocumentSymbolParams,
+    ) -> Result<Option<DocumentSymbolResponse>> {
+        let Some(a) = self.fresh(&p.text_document.uri) else {
+            return Ok(None);
+        };
         let index = LineIndex::new(&a.text);
         #[allow(deprecated)]
         fn conv(index: &LineIndex, s: nabla_lang::ide::Symbol) -> DocumentSymbol {
             DocumentSymbol {
-                name: if s.name.is_empty() { "_".into() } else { s.name },
+                name: if s.name.is_empty() {
+                    "_".into()
+                } else {
+                    s.name
+                },
                 detail: (!s.detail.is_empty()).then_some(s.detail),
                 kind: convert::symbol_kind(s.kind),
                 tags: None,
                 deprecated: None,
                 range: index.range(s.span.start, s.span.end),
                 selection_range: index.range(s.selection.start, s.selection.end),
-                children: (!s.children.is_empty()).then(|| s.children.into_iter().map(|c| conv(index, c)).collect()),
+                children: (!s.children.is_empty())
+                    .then(|| s.children.into_iter().map(|c| conv(index, c)).collect()),
             }
         }
-        let symbols = nabla_lang::ide::symbols(&a.checked, a.file).into_iter().map(|s| conv(&index, s)).collect();
+        let symbols = nabla_lang::ide::symbols(&a.checked, a.file)
+            .into_iter()
+            .map(|s| conv(&index, s))
+            .collect();
         Ok(Some(DocumentSymbolResponse::Nested(symbols)))
     }
 
     async fn inlay_hint(&self, p: InlayHintParams) -> Result<Option<Vec<InlayHint>>> {
-        let Some(a) = self.fresh(&p.text_document.uri) else { return Ok(None) };
+        let Some(a) = self.fresh(&p.text_document.uri) else {
+            return Ok(None);
+        };
         let index = LineIndex::new(&a.text);
         let (from, to) = (index.offset(p.range.start), index.offset(p.range.end));
         let hints = nabla_lang::ide::inlay_hints(&a.checked, a.file)
@@ -328,40 +458,74 @@ impl LanguageServer for Nabla {
     async fn completion(&self, p: CompletionParams) -> Result<Option<CompletionResponse>> {
         let q = p.text_document_position;
         let uri = q.text_document.uri;
-        let Some(doc) = self.0.docs.get(&uri).map(|d| d.text.clone()) else { return Ok(None) };
+        let Some(doc) = self.0.docs.get(&uri).map(|d| d.text.clone()) else {
+            return Ok(None);
+        };
         let offset = LineIndex::new(&doc).offset(q.position);
         // The last good check of the names; the text is the current one.
-        let Some(a) = self.0.analyses.get(&uri).map(|a| a.clone()).or_else(|| self.analyze(&uri)) else { return Ok(None) };
-        let items = nabla_lang::ide::completions(&a.checked, a.file, &doc, offset, &Self::importable(&uri))
-            .into_iter()
-            .map(|c| CompletionItem {
-                label: c.label,
-                kind: Some(convert::completion_kind(c.kind)),
-                detail: Some(c.detail),
-                documentation: c.doc.map(|d| Documentation::MarkupContent(MarkupContent { kind: MarkupKind::Markdown, value: d })),
-                insert_text_format: c.snippet.as_ref().map(|_| InsertTextFormat::SNIPPET),
-                insert_text: c.snippet,
-                ..Default::default()
-            })
-            .collect();
+        let Some(a) = self
+            .0
+            .analyses
+            .get(&uri)
+            .map(|a| a.clone())
+            .or_else(|| self.analyze(&uri))
+        else {
+            return Ok(None);
+        };
+        let items =
+            nabla_lang::ide::completions(&a.checked, a.file, &doc, offset, &Self::importable(&uri))
+                .into_iter()
+                .map(|c| CompletionItem {
+                    label: c.label,
+                    kind: Some(convert::completion_kind(c.kind)),
+                    detail: Some(c.detail),
+                    documentation: c.doc.map(|d| {
+                        Documentation::MarkupContent(MarkupContent {
+                            kind: MarkupKind::Markdown,
+                            value: d,
+                        })
+                    }),
+                    insert_text_format: c.snippet.as_ref().map(|_| InsertTextFormat::SNIPPET),
+                    insert_text: c.snippet,
+                    ..Default::default()
+                })
+                .collect();
         Ok(Some(CompletionResponse::Array(items)))
     }
 
-    async fn semantic_tokens_full(&self, p: SemanticTokensParams) -> Result<Option<SemanticTokensResult>> {
-        let Some(a) = self.fresh(&p.text_document.uri) else { return Ok(None) };
+    async fn semantic_tokens_full(
+        &self,
+        p: SemanticTokensParams,
+    ) -> Result<Option<SemanticTokensResult>> {
+        let Some(a) = self.fresh(&p.text_document.uri) else {
+            return Ok(None);
+        };
         let index = LineIndex::new(&a.text);
         let tokens = nabla_lang::ide::semantic_tokens(&a.checked, a.file, &a.text);
         let data = convert::semantic_tokens(&index, &a.text, &tokens);
-        Ok(Some(SemanticTokensResult::Tokens(SemanticTokens { result_id: None, data })))
+        Ok(Some(SemanticTokensResult::Tokens(SemanticTokens {
+            result_id: None,
+            data,
+        })))
     }
 
     async fn formatting(&self, p: DocumentFormattingParams) -> Result<Option<Vec<TextEdit>>> {
-        let Some(text) = self.0.docs.get(&p.text_document.uri).map(|d| d.text.clone()) else { return Ok(None) };
+        let Some(text) = self
+            .0
+            .docs
+            .get(&p.text_document.uri)
+            .map(|d| d.text.clone())
+        else {
+            return Ok(None);
+        };
         let formatted = nabla_lang::syntax::format::format(&text).map_err(failed)?;
         if formatted == text {
             return Ok(Some(vec![]));
         }
         let index = LineIndex::new(&text);
-        Ok(Some(vec![TextEdit::new(index.range(0, text.len()), formatted)]))
+        Ok(Some(vec![TextEdit::new(
+            index.range(0, text.len()),
+            formatted,
+        )]))
     }
 }

@@ -27,7 +27,9 @@ pub struct StdLoader;
 impl nabla_lang::check::Loader for StdLoader {
     fn load(&self, path: &[String], _from: &str) -> Result<(String, String), String> {
         let key = path.join(".");
-        source(&key).map(|s| (format!("<{key}>"), s.to_string())).ok_or_else(|| format!("no module `{key}`"))
+        source(&key)
+            .map(|s| (format!("<{key}>"), s.to_string()))
+            .ok_or_else(|| format!("no module `{key}`"))
     }
 }
 
@@ -61,7 +63,10 @@ impl nabla_lang::check::Loader for FileLoader<'_> {
         if path.first().is_some_and(|p| p == "std") {
             return Err(format!("no standard module `{key}`"));
         }
-        let mut file = std::path::Path::new(from).parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+        let mut file = std::path::Path::new(from)
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf();
         for p in path {
             file.push(p);
         }
@@ -70,11 +75,16 @@ impl nabla_lang::check::Loader for FileLoader<'_> {
         if let Some(text) = self.open.and_then(|open| open(&name)) {
             return Ok((name, text));
         }
-        std::fs::read_to_string(&file).map(|t| (name.clone(), t)).map_err(|e| format!("{name}: {e}"))
+        std::fs::read_to_string(&file)
+            .map(|t| (name.clone(), t))
+            .map_err(|e| format!("{name}: {e}"))
     }
 }
 
 /// All modules as a map (for [`nabla_lang::check::MapLoader`]).
 pub fn module_map() -> HashMap<String, String> {
-    MODULES.iter().map(|(p, s)| (p.to_string(), s.to_string())).collect()
+    MODULES
+        .iter()
+        .map(|(p, s)| (p.to_string(), s.to_string()))
+        .collect()
 }

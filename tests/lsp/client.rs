@@ -5,10 +5,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub struct Client {
     child: Child,
@@ -64,9 +64,19 @@ impl Client {
                 }
             }
         });
-        let mut c = Client { child, stdin, incoming, next: 1, notifications: vec![], dir };
+        let mut c = Client {
+            child,
+            stdin,
+            incoming,
+            next: 1,
+            notifications: vec![],
+            dir,
+        };
         let root = c.uri("");
-        c.request("initialize", json!({ "processId": null, "rootUri": root, "capabilities": {} }));
+        c.request(
+            "initialize",
+            json!({ "processId": null, "rootUri": root, "capabilities": {} }),
+        );
         c.notify("initialized", json!({}));
         c
     }
@@ -105,7 +115,9 @@ impl Client {
     /// The response to request `id` (its whole message: `result` or `error`).
     pub fn response(&mut self, id: i64) -> Value {
         loop {
-            let m = self.recv(Duration::from_secs(20)).unwrap_or_else(|| panic!("no response to request {id} in 20 s"));
+            let m = self
+                .recv(Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("no response to request {id} in 20 s"));
             if m.get("id") == Some(&json!(id)) && m.get("method").is_none() {
                 return m;
             }
@@ -137,14 +149,24 @@ impl Client {
 
     /// The next diagnostics published for `uri` (waiting up to 20 s).
     pub fn diagnostics(&mut self, uri: &str) -> Vec<Value> {
-        if let Some(i) = self.notifications.iter().position(|n| n["method"] == "textDocument/publishDiagnostics" && n["params"]["uri"] == uri) {
+        if let Some(i) = self.notifications.iter().position(|n| {
+            n["method"] == "textDocument/publishDiagnostics" && n["params"]["uri"] == uri
+        }) {
             let n = self.notifications.remove(i);
-            return n["params"]["diagnostics"].as_array().cloned().unwrap_or_default();
+            return n["params"]["diagnostics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
         }
         loop {
-            let m = self.recv(Duration::from_secs(20)).unwrap_or_else(|| panic!("no diagnostics for {uri} in 20 s"));
+            let m = self
+                .recv(Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("no diagnostics for {uri} in 20 s"));
             if m["method"] == "textDocument/publishDiagnostics" && m["params"]["uri"] == uri {
-                return m["params"]["diagnostics"].as_array().cloned().unwrap_or_default();
+                return m["params"]["diagnostics"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
             }
             self.notifications.push(m);
         }
@@ -163,7 +185,10 @@ pub fn cursor(text: &str) -> (String, u32, u32) {
     let at = text.find("$0").expect("fixture has a $0 cursor");
     let before = &text[..at];
     let line = before.matches('\n').count() as u32;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.encode_utf16().count()) as u32;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |l| l.encode_utf16().count()) as u32;
     (text.replacen("$0", "", 1), line, col)
 }
 
@@ -171,11 +196,20 @@ pub fn cursor(text: &str) -> (String, u32, u32) {
 pub fn show_location(c: &Client, l: &Value) -> String {
     let uri = l["uri"].as_str().unwrap_or("");
     let base = format!("file://{}/", c.dir.display());
-    let file = uri.strip_prefix(&base).map(|f| f.replace("cache/nabla/std-0.1.0/", "<std>/")).unwrap_or_else(|| uri.to_string());
+    let file = uri
+        .strip_prefix(&base)
+        .map(|f| f.replace("cache/nabla/std-0.1.0/", "<std>/"))
+        .unwrap_or_else(|| uri.to_string());
     format!("{file}:{}", show_range(&l["range"]))
 }
 
 pub fn show_range(r: &Value) -> String {
-    let p = |v: &Value| format!("{}:{}", v["line"].as_u64().unwrap_or(0) + 1, v["character"].as_u64().unwrap_or(0) + 1);
+    let p = |v: &Value| {
+        format!(
+            "{}:{}",
+            v["line"].as_u64().unwrap_or(0) + 1,
+            v["character"].as_u64().unwrap_or(0) + 1
+        )
+    };
     format!("{}-{}", p(&r["start"]), p(&r["end"]))
 }

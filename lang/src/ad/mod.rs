@@ -7,9 +7,9 @@
 
 use std::collections::HashSet;
 
+use crate::check::Program;
 use crate::check::lower::{apply_rule, int_list};
 use crate::check::ty::{DType, Ty};
-use crate::check::Program;
 use crate::ir::{Binary, Graph, Op, Reduce, ValueId};
 
 /// Why a gradient cannot be derived: the op, and the path from it to the loss.
@@ -50,9 +50,16 @@ impl std::fmt::Display for AdError {
 /// no gradient (inputs, constants, integer and bool results, `stop_gradient`).
 fn rule_of(g: &Graph, v: ValueId) -> Result<Option<(&'static str, Vec<(String, Ty)>)>, String> {
     let n = g.node(v);
-    let ints = |pairs: &[(&str, usize)]| pairs.iter().map(|(k, x)| (k.to_string(), Ty::int(*x as i64))).collect::<Vec<_>>();
+    let ints = |pairs: &[(&str, usize)]| {
+        pairs
+            .iter()
+            .map(|(k, x)| (k.to_string(), Ty::int(*x as i64)))
+            .collect::<Vec<_>>()
+    };
     Ok(Some(match &n.op {
-        Op::Input { .. } | Op::Const(_) | Op::StopGradient | Op::RandomUniform { .. } => return Ok(None),
+        Op::Input { .. } | Op::Const(_) | Op::StopGradient | Op::RandomUniform { .. } => {
+            return Ok(None);
+        }
         Op::Compare(_) | Op::ArgMax { .. } | Op::OneHot { .. } | Op::Cast => return Ok(None),
         Op::Unary(_) | Op::Binary(_) => (n.op.name(), vec![]),
         Op::Select => ("select", vec![]),
@@ -60,17 +67,44 @@ fn rule_of(g: &Graph, v: ValueId) -> Result<Option<(&'static str, Vec<(String, T
         Op::Gather => ("gather", vec![]),
         Op::Reduce { op, axes, keepdim } => (
             if *op == Reduce::Sum { "sum" } else { "max" },
-            vec![("axis".into(), int_list(axes)), ("keepdim".into(), Ty::Bool(Some(*keepdim)))],
+            vec![
+                ("axis".into(), int_list(axes)),
+                ("keepdim".into(), Ty::Bool(Some(*keepdim))),
+            ],
         ),
         Op::Transpose { perm } => ("permute", vec![("axes".into(), int_list(perm))]),
         Op::Reshape => ("reshape", vec![("shape".into(), int_list(&n.shape))]),
         Op::Broadcast => ("broadcast_to", vec![("shape".into(), int_list(&n.shape))]),
-        Op::Slice { axis, start, end } => ("slice", ints(&[("axis", *axis), ("start", *start), ("end", *end)])),
+        Op::Slice { axis, start, end } => (
+            "slice",
+            ints(&[("axis", *axis), ("start", *start), ("end", *end)]),
+        ),
         Op::Concat { axis } if n.args.len() == 2 => ("concat2", ints(&[("axis", *axis)])),
-        Op::Pad { axis, before, after } => ("pad", ints(&[("axis", *axis), ("before", *before), ("after", *after)])),
-        Op::Conv2d(w) => ("conv2d", ints(&[("stride", w.stride), ("pad", w.pad), ("dilation", w.dilation), ("groups", w.groups)])),
-        Op::MaxPool2d(w) => ("max_pool2d", ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)])),
-        Op::AvgPool2d(w) => ("avg_pool2d", ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)])),
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => (
+            "pad",
+            ints(&[("axis", *axis), ("before", *before), ("after", *after)]),
+        ),
+        Op::Conv2d(w) => (
+            "conv2d",
+            ints(&[
+                ("stride", w.stride),
+                ("pad", w.pad),
+                ("dilation", w.dilation),
+                ("groups", w.groups),
+            ]),
+        ),
+        Op::MaxPool2d(w) => (
+            "max_pool2d",
+            ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)]),
+        ),
+        Op::AvgPool2d(w) => (
+            "avg_pool2d",
+            ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)]),
+        ),
         other => return Err(other.name().to_string()),
     }))
 }
@@ -83,10 +117,28 @@ pub fn grad(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Gr
 
 /// [`grad`], optionally deriving through composite functions' bodies instead of using
 /// their own rules (to check those rules against the derivation).
-pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composite_rules: bool) -> Result<Graph, AdError> {
-    let err = |op: &str, path: Vec<String>, message: String| AdError { op: op.to_string(), path, message, span: None };
+pub fn grad_with(
+    p: &Program,
+    g: &Graph,
+    loss: ValueId,
+    wrt: &[ValueId],
+    composite_rules: bool,
+) -> Result<Graph, AdError> {
+    let err = |op: &str, path: Vec<String>, message: String| AdError {
+        op: op.to_string(),
+        path,
+        message,
+        span: None,
+    };
     if !g.node(loss).shape.is_empty() {
-        return Err(err("", vec![], format!("the loss must be a scalar, but it is {:?}", g.node(loss).shape)));
+        return Err(err(
+            "",
+            vec![],
+            format!(
+                "the loss must be a scalar, but it is {:?}",
+                g.node(loss).shape
+            ),
+        ));
     }
     let n = g.nodes.len();
     // Which values depend on a requested input, and which reach the loss.
@@ -95,7 +147,9 @@ pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composi
     for (i, node) in g.nodes.iter().enumerate() {
         let v = ValueId(i as u32);
         depends[i] = node.dtype.is_float()
-            && (wanted.contains(&v) || (!matches!(node.op, Op::StopGradient) && node.args.iter().any(|a| depends[a.index()])));
+            && (wanted.contains(&v)
+                || (!matches!(node.op, Op::StopGradient)
+                    && node.args.iter().any(|a| depends[a.index()])));
     }
     let mut reaches = vec![false; n];
     reaches[loss.index()] = true;
@@ -148,7 +202,11 @@ pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composi
                 Ok(Some((r, a))) => (r.to_string(), a, g.node(v).args.clone()),
                 Err(op) => {
                     let path = path_to(g, v, loss);
-                    let mut e = err(&op, path, format!("`{op}` has no derivative rule, and the gradient flows through it"));
+                    let mut e = err(
+                        &op,
+                        path,
+                        format!("`{op}` has no derivative rule, and the gradient flows through it"),
+                    );
                     e.span = g.node(v).span;
                     return Err(e);
                 }
@@ -162,12 +220,19 @@ pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composi
             node.span = g.node(v).span;
         }
         for (a, gr) in inputs.iter().zip(grads) {
-            let (Some(gr), true) = (gr, active(*a)) else { continue };
+            let (Some(gr), true) = (gr, active(*a)) else {
+                continue;
+            };
             cot[a.index()] = Some(match cot[a.index()] {
                 None => gr,
                 Some(prev) => {
                     let node = out.node(gr).clone();
-                    out.push(Op::Binary(Binary::Add), vec![prev, gr], node.dtype, node.shape)
+                    out.push(
+                        Op::Binary(Binary::Add),
+                        vec![prev, gr],
+                        node.dtype,
+                        node.shape,
+                    )
                 }
             });
         }
@@ -183,7 +248,11 @@ pub fn grad_with(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId], composi
             None => {
                 // No path from this input to the loss: its gradient is zero.
                 let z = out.push(Op::Const(0.0), vec![], node.dtype, vec![]);
-                if node.shape.is_empty() { z } else { out.push(Op::Broadcast, vec![z], node.dtype, node.shape.clone()) }
+                if node.shape.is_empty() {
+                    z
+                } else {
+                    out.push(Op::Broadcast, vec![z], node.dtype, node.shape.clone())
+                }
             }
         };
         out.outputs.push((format!("grad.{name}"), value));
@@ -206,8 +275,14 @@ fn path_to(g: &Graph, v: ValueId, loss: ValueId) -> Vec<String> {
     let mut path = vec![format!("{v} {}", g.node(v).op.name())];
     let mut cur = v;
     while cur != loss && path.len() < 64 {
-        let carries = |j: &usize| g.nodes[*j].args.contains(&cur) && reaches[*j] && !matches!(g.nodes[*j].op, Op::StopGradient);
-        let Some(next) = (cur.index() + 1..g.nodes.len()).find(carries) else { break };
+        let carries = |j: &usize| {
+            g.nodes[*j].args.contains(&cur)
+                && reaches[*j]
+                && !matches!(g.nodes[*j].op, Op::StopGradient)
+        };
+        let Some(next) = (cur.index() + 1..g.nodes.len()).find(carries) else {
+            break;
+        };
         cur = ValueId(next as u32);
         path.push(format!("{cur} {}", g.node(cur).op.name()));
     }
@@ -216,5 +291,8 @@ fn path_to(g: &Graph, v: ValueId, loss: ValueId) -> Vec<String> {
 
 /// Every float input of kind `kind`.
 pub fn inputs_of(g: &Graph, kind: crate::ir::InputKind) -> Vec<ValueId> {
-    g.inputs().filter(|(v, _, k)| *k == kind && g.node(*v).dtype != DType::Bool).map(|(v, _, _)| v).collect()
+    g.inputs()
+        .filter(|(v, _, k)| *k == kind && g.node(*v).dtype != DType::Bool)
+        .map(|(v, _, _)| v)
+        .collect()
 }

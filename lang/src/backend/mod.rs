@@ -32,8 +32,13 @@ impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
             BackendError::Unsupported(op, b) => write!(f, "the {b} backend cannot run `{op}`"),
-            BackendError::BadShape(n, want, got) => write!(f, "input `{n}` should have shape {want:?}, but it has shape {got:?}"),
-            BackendError::Arity(want, got) => write!(f, "the step takes {want} inputs, but {got} were given"),
+            BackendError::BadShape(n, want, got) => write!(
+                f,
+                "input `{n}` should have shape {want:?}, but it has shape {got:?}"
+            ),
+            BackendError::Arity(want, got) => {
+                write!(f, "the step takes {want} inputs, but {got} were given")
+            }
             BackendError::Failed(m) => write!(f, "{m}"),
         }
     }
@@ -56,7 +61,12 @@ pub trait Backend {
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Self::Buffer, BackendError>;
     /// Replaces the contents of `b` with `data` of `shape` (a training loop refills its
     /// batch buffers every step; a backend may reuse the storage instead of allocating).
-    fn write(&self, b: &mut Self::Buffer, shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
+    fn write(
+        &self,
+        b: &mut Self::Buffer,
+        shape: &[usize],
+        data: &[f32],
+    ) -> Result<(), BackendError> {
         *b = self.upload(shape, data)?;
         Ok(())
     }
@@ -65,14 +75,21 @@ pub trait Backend {
     /// Runs `exe` on `inputs` (one per graph input, in graph order; shapes are checked).
     /// Inputs named by `state.N` outputs are replaced by those outputs; the other outputs
     /// are returned in graph order.
-    fn run(&self, exe: &mut Self::Executable, inputs: &mut [Self::Buffer]) -> Result<Vec<Self::Buffer>, BackendError>;
+    fn run(
+        &self,
+        exe: &mut Self::Executable,
+        inputs: &mut [Self::Buffer],
+    ) -> Result<Vec<Self::Buffer>, BackendError>;
 }
 
 /// Checks that `data` fills `shape` (every backend's `upload` starts here).
 pub fn check_upload(shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
     let n: usize = shape.iter().product();
     if n != data.len() {
-        return Err(BackendError::Failed(format!("{} values given for shape {shape:?} ({n} values)", data.len())));
+        return Err(BackendError::Failed(format!(
+            "{} values given for shape {shape:?} ({n} values)",
+            data.len()
+        )));
     }
     Ok(())
 }
@@ -83,7 +100,10 @@ pub fn state_targets(g: &Graph) -> Vec<Option<usize>> {
     let inputs: Vec<&str> = g.inputs().map(|(_, n, _)| n).collect();
     g.outputs
         .iter()
-        .map(|(name, _)| name.strip_prefix("state.").and_then(|n| inputs.iter().position(|i| *i == n)))
+        .map(|(name, _)| {
+            name.strip_prefix("state.")
+                .and_then(|n| inputs.iter().position(|i| *i == n))
+        })
         .collect()
 }
 
@@ -104,17 +124,32 @@ impl Backend for Interp {
     }
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor, BackendError> {
         check_upload(shape, data)?;
-        Ok(Tensor::new(crate::check::ty::DType::F32, shape.to_vec(), data.iter().map(|x| f64::from(*x)).collect()))
+        Ok(Tensor::new(
+            crate::check::ty::DType::F32,
+            shape.to_vec(),
+            data.iter().map(|x| f64::from(*x)).collect(),
+        ))
     }
     fn download(&self, b: &Tensor) -> Result<Vec<f32>, BackendError> {
         Ok(b.data.iter().map(|x| *x as f32).collect())
     }
     fn run(&self, g: &mut Graph, inputs: &mut [Tensor]) -> Result<Vec<Tensor>, BackendError> {
-        let names: Vec<(String, InputKind)> = g.inputs().map(|(_, n, k)| (n.to_string(), k)).collect();
+        let names: Vec<(String, InputKind)> =
+            g.inputs().map(|(_, n, k)| (n.to_string(), k)).collect();
         if names.len() != inputs.len() {
             return Err(BackendError::Arity(names.len(), inputs.len()));
         }
-        let vals = interp::run(g, &|n, _| names.iter().position(|(m, _)| m == n).map(|i| inputs[i].clone()), self.precision).map_err(|e| match e {
+        let vals = interp::run(
+            g,
+            &|n, _| {
+                names
+                    .iter()
+                    .position(|(m, _)| m == n)
+                    .map(|i| inputs[i].clone())
+            },
+            self.precision,
+        )
+        .map_err(|e| match e {
             interp::RunError::BadShape(n, want, got) => BackendError::BadShape(n, want, got),
             other => BackendError::Failed(other.to_string()),
         })?;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use super::Backend;
 use crate::check::Program;
-use crate::interp::{run, Precision, Tensor};
+use crate::interp::{Precision, Tensor, run};
 use crate::ir::{Graph, Mode};
 
 /// The bar for f32 backends.
@@ -44,11 +44,19 @@ pub fn op_cases(p: &Program) -> Vec<Case> {
     for m in &p.modules {
         for rid in &m.rules {
             let name = p.items[*rid].name.clone();
-            let Ok(i) = crate::gradcheck::rule_instance(p, *rid) else { continue };
-            let Ok(g) = crate::ad::grad(p, &i.graph, i.loss, &i.wrt) else { continue };
+            let Ok(i) = crate::gradcheck::rule_instance(p, *rid) else {
+                continue;
+            };
+            let Ok(g) = crate::ad::grad(p, &i.graph, i.loss, &i.wrt) else {
+                continue;
+            };
             let mut inputs = i.inputs;
             round_inputs(&mut inputs);
-            out.push(Case { name: format!("op {name}"), graph: crate::opt::optimize(&g), inputs });
+            out.push(Case {
+                name: format!("op {name}"),
+                graph: crate::opt::optimize(&g),
+                inputs,
+            });
         }
     }
     out
@@ -56,23 +64,52 @@ pub fn op_cases(p: &Program) -> Vec<Case> {
 
 /// The forward and backward (gradients of every parameter) of net `net` of module 0,
 /// at batch `batch` and per-example input shape `input`, in `mode`.
-pub fn net_case(p: &Program, net: &str, batch: usize, input: Option<&[usize]>, mode: Mode) -> Result<Case, String> {
-    let l = crate::check::lower::lower_net_at(p, 0, net, batch, mode, Some("softmax_cross_entropy"), input).map_err(|d| d.message)?;
+pub fn net_case(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    input: Option<&[usize]>,
+    mode: Mode,
+) -> Result<Case, String> {
+    let l = crate::check::lower::lower_net_at(
+        p,
+        0,
+        net,
+        batch,
+        mode,
+        Some("softmax_cross_entropy"),
+        input,
+    )
+    .map_err(|d| d.message)?;
     let lv = l.loss.ok_or("no loss")?;
     let params = crate::ad::inputs_of(&l.graph, crate::ir::InputKind::Param);
     let g = crate::ad::grad(p, &l.graph, lv, &params).map_err(|e| e.to_string())?;
     let mut inputs = crate::gradcheck::random_inputs(&l.graph, 5, 10);
     round_inputs(&mut inputs);
-    Ok(Case { name: format!("net {net} ({mode:?})"), graph: crate::opt::optimize(&g), inputs })
+    Ok(Case {
+        name: format!("net {net} ({mode:?})"),
+        graph: crate::opt::optimize(&g),
+        inputs,
+    })
 }
 
 /// A whole train step of net `net` with optimizer `opt` (its slots start random, so
 /// momentum and Adam's moments are exercised from the first step).
-pub fn step_case(p: &Program, net: &str, batch: usize, opt: &crate::step::Optimizer, input: Option<&[usize]>) -> Result<Case, String> {
-    let s = crate::step::train_step(p, net, batch, "softmax_cross_entropy", opt, input).map_err(|d| d.message)?;
+pub fn step_case(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    opt: &crate::step::Optimizer,
+    input: Option<&[usize]>,
+) -> Result<Case, String> {
+    let s = crate::step::train_step(p, net, batch, "softmax_cross_entropy", opt, input)
+        .map_err(|d| d.message)?;
     let mut inputs = crate::gradcheck::random_inputs(&s.graph, 9, 10);
     for (name, v) in opt.scalars(0.1, 3) {
-        inputs.insert(name.to_string(), Tensor::new(crate::check::ty::DType::F32, vec![], vec![v]));
+        inputs.insert(
+            name.to_string(),
+            Tensor::new(crate::check::ty::DType::F32, vec![], vec![v]),
+        );
     }
     // Adam's second moment is positive.
     for (k, t) in inputs.iter_mut() {
@@ -81,25 +118,43 @@ pub fn step_case(p: &Program, net: &str, batch: usize, opt: &crate::step::Optimi
         }
     }
     round_inputs(&mut inputs);
-    Ok(Case { name: format!("step {net}"), graph: s.graph, inputs })
+    Ok(Case {
+        name: format!("step {net}"),
+        graph: s.graph,
+        inputs,
+    })
 }
 
 /// The evaluation step of net `net` (batchnorm with running statistics; argmax, compare
 /// and cast for the count of correct predictions).
-pub fn eval_case(p: &Program, net: &str, batch: usize, input: Option<&[usize]>) -> Result<Case, String> {
-    let graph = crate::step::eval_step(p, net, batch, "softmax_cross_entropy", input).map_err(|d| d.message)?;
+pub fn eval_case(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    input: Option<&[usize]>,
+) -> Result<Case, String> {
+    let graph = crate::step::eval_step(p, net, batch, "softmax_cross_entropy", input)
+        .map_err(|d| d.message)?;
     let mut inputs = crate::gradcheck::random_inputs(&graph, 13, 10);
     round_inputs(&mut inputs);
-    Ok(Case { name: format!("eval {net}"), graph, inputs })
+    Ok(Case {
+        name: format!("eval {net}"),
+        graph,
+        inputs,
+    })
 }
 
 /// Runs `case` on backend `b` and on the interpreter; returns the worst output.
 pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
     let g = &case.graph;
-    let reference = run(g, &|n, _| case.inputs.get(n).cloned(), Precision::F64).map_err(|e| e.to_string())?;
+    let reference =
+        run(g, &|n, _| case.inputs.get(n).cloned(), Precision::F64).map_err(|e| e.to_string())?;
     let mut bufs = Vec::new();
     for (_, name, _) in g.inputs() {
-        let t = case.inputs.get(name).ok_or_else(|| format!("no input `{name}`"))?;
+        let t = case
+            .inputs
+            .get(name)
+            .ok_or_else(|| format!("no input `{name}`"))?;
         let data: Vec<f32> = t.data.iter().map(|x| *x as f32).collect();
         bufs.push(b.upload(&t.shape, &data).map_err(|e| e.to_string())?);
     }
@@ -108,7 +163,11 @@ pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
     let targets = super::state_targets(g);
     let mut returned = outs.iter();
     let mut worst = (String::new(), 0.0f64);
-    let overall = g.outputs.iter().flat_map(|(_, v)| reference[v.index()].data.iter()).fold(0.0f64, |m, x| m.max(x.abs()));
+    let overall = g
+        .outputs
+        .iter()
+        .flat_map(|(_, v)| reference[v.index()].data.iter())
+        .fold(0.0f64, |m, x| m.max(x.abs()));
     for ((name, v), target) in g.outputs.iter().zip(targets) {
         let got = match target {
             Some(i) => b.download(&bufs[i]),
@@ -117,11 +176,28 @@ pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
         .map_err(|e| e.to_string())?;
         let want = &reference[v.index()].data;
         if got.len() != want.len() {
-            return Err(format!("output `{name}` has {} values, expected {}", got.len(), want.len()));
+            return Err(format!(
+                "output `{name}` has {} values, expected {}",
+                got.len(),
+                want.len()
+            ));
         }
-        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-3 * overall).max(1e-6);
-        let err = got.iter().zip(want).map(|(a, r)| (f64::from(*a) - r).abs()).fold(0.0, f64::max) / scale;
-        let err = if got.iter().any(|x| x.is_nan()) != want.iter().any(|x| x.is_nan()) { f64::INFINITY } else { err };
+        let scale = want
+            .iter()
+            .fold(0.0f64, |m, x| m.max(x.abs()))
+            .max(1e-3 * overall)
+            .max(1e-6);
+        let err = got
+            .iter()
+            .zip(want)
+            .map(|(a, r)| (f64::from(*a) - r).abs())
+            .fold(0.0, f64::max)
+            / scale;
+        let err = if got.iter().any(|x| x.is_nan()) != want.iter().any(|x| x.is_nan()) {
+            f64::INFINITY
+        } else {
+            err
+        };
         if err > worst.1 || worst.0.is_empty() {
             worst = (name.clone(), err);
         }

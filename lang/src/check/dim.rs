@@ -86,7 +86,13 @@ impl Dim {
     }
 
     pub fn neg(&self) -> Dim {
-        Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), c.saturating_neg())).collect() }
+        Dim {
+            terms: self
+                .terms
+                .iter()
+                .map(|(m, c)| (m.clone(), c.saturating_neg()))
+                .collect(),
+        }
     }
 
     pub fn sub(&self, other: &Dim) -> Dim {
@@ -113,13 +119,16 @@ impl Dim {
             (_, Some(0)) => None,
             (Some(a), Some(b)) => Some(Dim::konst(a.div_euclid(b))),
             (_, Some(1)) => Some(self.clone()),
-            (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => {
-                Some(Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), c / b)).collect() })
-            }
+            (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => Some(Dim {
+                terms: self.terms.iter().map(|(m, c)| (m.clone(), c / b)).collect(),
+            }),
             _ if self == other => Some(Dim::konst(1)),
             _ => match self.exact_monomial_div(other) {
                 Some(q) => Some(q),
-                None => Some(Dim::atom(Atom::Div(Box::new(self.clone()), Box::new(other.clone())))),
+                None => Some(Dim::atom(Atom::Div(
+                    Box::new(self.clone()),
+                    Box::new(other.clone()),
+                ))),
             },
         }
     }
@@ -155,7 +164,10 @@ impl Dim {
             (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => Some(Dim::konst(0)),
             _ if self == other => Some(Dim::konst(0)),
             _ if self.exact_monomial_div(other).is_some() => Some(Dim::konst(0)),
-            _ => Some(Dim::atom(Atom::Rem(Box::new(self.clone()), Box::new(other.clone())))),
+            _ => Some(Dim::atom(Atom::Rem(
+                Box::new(self.clone()),
+                Box::new(other.clone()),
+            ))),
         }
     }
 
@@ -177,12 +189,14 @@ impl Dim {
             for a in m {
                 let v = match a {
                     Atom::Sym(s) => f(s).unwrap_or_else(|| Dim::atom(a.clone())),
-                    Atom::Div(x, y) => {
-                        x.subst(f).div(&y.subst(f)).unwrap_or_else(|| Dim::atom(a.clone()))
-                    }
-                    Atom::Rem(x, y) => {
-                        x.subst(f).rem(&y.subst(f)).unwrap_or_else(|| Dim::atom(a.clone()))
-                    }
+                    Atom::Div(x, y) => x
+                        .subst(f)
+                        .div(&y.subst(f))
+                        .unwrap_or_else(|| Dim::atom(a.clone())),
+                    Atom::Rem(x, y) => x
+                        .subst(f)
+                        .rem(&y.subst(f))
+                        .unwrap_or_else(|| Dim::atom(a.clone())),
                 };
                 term = term.mul(&v);
             }
@@ -211,7 +225,11 @@ impl fmt::Display for Atom {
 }
 
 fn paren(d: &Dim) -> String {
-    if d.terms.len() > 1 || d.terms.keys().any(|m| m.len() > 1 || m.iter().any(|a| !matches!(a, Atom::Sym(_)))) {
+    if d.terms.len() > 1
+        || d.terms
+            .keys()
+            .any(|m| m.len() > 1 || m.iter().any(|a| !matches!(a, Atom::Sym(_))))
+    {
         format!("({d})")
     } else {
         d.to_string()
@@ -246,7 +264,13 @@ impl fmt::Display for Dim {
             }
             let parts: Vec<String> = m
                 .iter()
-                .map(|a| if m.len() > 1 && !matches!(a, Atom::Sym(_)) { format!("({a})") } else { a.to_string() })
+                .map(|a| {
+                    if m.len() > 1 && !matches!(a, Atom::Sym(_)) {
+                        format!("({a})")
+                    } else {
+                        a.to_string()
+                    }
+                })
                 .collect();
             write!(f, "{}", parts.join("*"))?;
         }
@@ -263,7 +287,12 @@ mod tests {
         let h = Dim::sym("H");
         let two = Dim::konst(2);
         // (H + 2*1 - 1*(3 - 1) - 1) / 1 + 1 == H
-        let out = h.add(&two).sub(&two).sub(&Dim::konst(1)).div(&Dim::konst(1)).and_then(|d| Some(d.add(&Dim::konst(1))));
+        let out = h
+            .add(&two)
+            .sub(&two)
+            .sub(&Dim::konst(1))
+            .div(&Dim::konst(1))
+            .and_then(|d| Some(d.add(&Dim::konst(1))));
         assert_eq!(out, Some(h.clone()));
         assert_eq!(h.mul(&two).to_string(), "2*H");
         assert_eq!(h.div(&two).map(|d| d.to_string()), Some("H / 2".into()));
@@ -271,7 +300,11 @@ mod tests {
         assert_eq!(h.add(&Dim::konst(1)).compare(&h), Cmp::Different);
         assert_eq!(h.compare(&Dim::sym("W")), Cmp::Unknown);
         assert_eq!(h.mul(&two).div(&two), Some(h.clone()));
-        assert_eq!(h.div(&two).map(|d| d.subst(&|s| (s == "H").then(|| Dim::konst(28)))), Some(Dim::konst(14)));
+        assert_eq!(
+            h.div(&two)
+                .map(|d| d.subst(&|s| (s == "H").then(|| Dim::konst(28)))),
+            Some(Dim::konst(14))
+        );
         assert_eq!(Dim::konst(0).div(&Dim::konst(0)), None);
     }
 }

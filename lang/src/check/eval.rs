@@ -8,11 +8,11 @@ use std::rc::Rc;
 use super::dim::{Cmp, Dim};
 use super::facts::{Binding, Facts, Ref, Target};
 use super::lower::Lowering;
-use crate::ir::{Binary, Compare, Op, Unary};
 use super::names::{DefKind, ItemId, Program};
 use super::prims;
-use super::ty::{shape_str, DType, LayerValue, ShapeFmt, Ty, Val};
+use super::ty::{DType, LayerValue, ShapeFmt, Ty, Val, shape_str};
 use crate::diag::Diagnostic;
+use crate::ir::{Binary, Compare, Op, Unary};
 use crate::span::Span;
 use crate::syntax::ast::*;
 
@@ -74,14 +74,30 @@ pub(super) struct Env {
 
 impl Env {
     fn new(module: usize, tensor: bool, strict: bool) -> Env {
-        Env { module, scopes: vec![HashMap::new()], packs: HashMap::new(), tensor, strict, ret: None, layer: false }
+        Env {
+            module,
+            scopes: vec![HashMap::new()],
+            packs: HashMap::new(),
+            tensor,
+            strict,
+            ret: None,
+            layer: false,
+        }
     }
     fn get(&self, name: &str) -> Option<&Local> {
         self.scopes.iter().rev().find_map(|s| s.get(name))
     }
     fn bind(&mut self, name: &str, ty: Ty, span: Span, mutable: bool) {
         if let Some(s) = self.scopes.last_mut() {
-            s.insert(name.to_string(), Local { ty, span, mutable, state: false });
+            s.insert(
+                name.to_string(),
+                Local {
+                    ty,
+                    span,
+                    mutable,
+                    state: false,
+                },
+            );
         }
     }
 }
@@ -124,10 +140,19 @@ pub(super) struct Cx<'a> {
 
 /// Checks every module and returns the nets of the root modules and, when `record`, the
 /// facts editors need.
-pub fn check_program(p: &Program, roots: &[usize], record: bool, diags: &mut Vec<Diagnostic>) -> (Vec<NetInfo>, Facts) {
+pub fn check_program(
+    p: &Program,
+    roots: &[usize],
+    record: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<NetInfo>, Facts) {
     let mut cx = Cx::new(p, diags);
     cx.facts = record.then(Facts::default);
-    cx.fact_files = roots.iter().filter_map(|m| p.modules.get(*m)).map(|m| m.file).collect();
+    cx.fact_files = roots
+        .iter()
+        .filter_map(|m| p.modules.get(*m))
+        .map(|m| m.file)
+        .collect();
     cx.duplicate_rules();
     let mut nets = Vec::new();
     for m in 0..p.modules.len() {
@@ -163,7 +188,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }
@@ -178,23 +205,46 @@ fn numel(dims: &[Dim]) -> Dim {
 }
 
 fn per_example(d: &Dim) -> u64 {
-    d.subst(&|s| (s == "B").then(|| Dim::konst(1))).as_const().map(|n| n.max(0) as u64).unwrap_or(0)
+    d.subst(&|s| (s == "B").then(|| Dim::konst(1)))
+        .as_const()
+        .map(|n| n.max(0) as u64)
+        .unwrap_or(0)
 }
 
 impl<'a> Cx<'a> {
     pub(super) fn new(p: &'a Program, diags: &'a mut Vec<Diagnostic>) -> Cx<'a> {
-        Cx { p, diags, cache: HashMap::new(), stack: vec![], use_sites: vec![], collectors: vec![], cycles: HashSet::new(), lower: None, last_net_output: None, cur_span: None, facts: None, fact_files: HashSet::new() }
+        Cx {
+            p,
+            diags,
+            cache: HashMap::new(),
+            stack: vec![],
+            use_sites: vec![],
+            collectors: vec![],
+            cycles: HashSet::new(),
+            lower: None,
+            last_net_output: None,
+            cur_span: None,
+            facts: None,
+            fact_files: HashSet::new(),
+        }
     }
 
     pub(super) fn take_errors(&mut self) -> Vec<Diagnostic> {
-        self.diags.iter().filter(|d| d.is_error()).cloned().collect()
+        self.diags
+            .iter()
+            .filter(|d| d.is_error())
+            .cloned()
+            .collect()
     }
 
     /// Calls the function `name` with named values (while lowering a single call).
     pub(super) fn call_with(&mut self, id: ItemId, args: Vec<(Option<String>, Ty)>) -> Ty {
         let span = self.p.items[id].span;
         let module = self.p.items[id].module;
-        let args: Vec<ArgV> = args.into_iter().map(|(name, ty)| ArgV { name, ty, span }).collect();
+        let args: Vec<ArgV> = args
+            .into_iter()
+            .map(|(name, ty)| ArgV { name, ty, span })
+            .collect();
         let mut env = Env::new(module, true, true);
         self.collectors.push(Collector::default());
         let out = self.call_fn(id, &args, span, &mut env);
@@ -205,13 +255,22 @@ impl<'a> Cx<'a> {
     /// Calls the function `name` (as seen from `module`) with positional values.
     pub(super) fn call_named(&mut self, module: usize, name: &str, args: Vec<Ty>) -> Ty {
         let Some(id) = self.p.lookup(module, name).or_else(|| {
-            self.p.module_by_path("std.nn").and_then(|m| self.p.modules[m].defs.get(name).copied())
+            self.p
+                .module_by_path("std.nn")
+                .and_then(|m| self.p.modules[m].defs.get(name).copied())
         }) else {
             self.lower_fail(format!("no function `{name}`"));
             return Ty::Err;
         };
         let span = self.p.items[id].span;
-        let args: Vec<ArgV> = args.into_iter().map(|ty| ArgV { name: None, ty, span }).collect();
+        let args: Vec<ArgV> = args
+            .into_iter()
+            .map(|ty| ArgV {
+                name: None,
+                ty,
+                span,
+            })
+            .collect();
         let mut env = Env::new(module, true, true);
         self.collectors.push(Collector::default());
         let out = self.call_fn(id, &args, span, &mut env);
@@ -230,15 +289,21 @@ impl<'a> Cx<'a> {
 
     pub(super) fn report(&mut self, mut d: Diagnostic) {
         if let (Some(site), Some(primary)) = (self.use_sites.first().copied(), d.span())
-            && (site.file != primary.file || !(site.start <= primary.start && primary.end <= site.end))
-                && !d.labels.iter().any(|l| l.span == site) {
-                    d = d.secondary(site, "in this use");
-                }
+            && (site.file != primary.file
+                || !(site.start <= primary.start && primary.end <= site.end))
+            && !d.labels.iter().any(|l| l.span == site)
+        {
+            d = d.secondary(site, "in this use");
+        }
         self.diags.push(d);
     }
 
     fn text(&self, span: Span) -> &str {
-        self.p.sources.text(span.file).get(span.start..span.end).unwrap_or("")
+        self.p
+            .sources
+            .text(span.file)
+            .get(span.start..span.end)
+            .unwrap_or("")
     }
 
     pub(super) fn show(&self, t: &Ty) -> String {
@@ -260,7 +325,11 @@ impl<'a> Cx<'a> {
             Ty::List(t) => format!("[{}]", self.show(t)),
             Ty::Range => "range".into(),
             Ty::Record(id) | Ty::Opaque(id) => self.p.items[*id].name.clone(),
-            Ty::Item(id) => format!("{} `{}`", self.p.items[*id].kind.word(), self.p.items[*id].name),
+            Ty::Item(id) => format!(
+                "{} `{}`",
+                self.p.items[*id].kind.word(),
+                self.p.items[*id].name
+            ),
             Ty::Layer(l) => format!("layer `{}(...)`", self.p.items[l.item].name),
             Ty::Net(id) => format!("net `{}`", self.p.items[*id].name),
             Ty::Any => "any".into(),
@@ -279,7 +348,10 @@ impl<'a> Cx<'a> {
                 ItemKind::Fn(f) => self.check_fn_generic(m, f),
                 ItemKind::Layer(l) => self.check_layer_generic(m, l),
                 ItemKind::Net(n) => {
-                    let id = p.items.iter().position(|d| d.module == m && d.index == index);
+                    let id = p
+                        .items
+                        .iter()
+                        .position(|d| d.module == m && d.index == index);
                     let info = self.check_net(m, n);
                     if root && id.is_some() {
                         nets.push(info);
@@ -299,12 +371,15 @@ impl<'a> Cx<'a> {
         let p = self.p;
         let mut first: HashMap<ItemId, (usize, Span)> = HashMap::new();
         // The standard library's rules come first: a user's second rule is the one flagged.
-        let mut order: Vec<(usize, &super::names::ModuleData)> = p.modules.iter().enumerate().collect();
+        let mut order: Vec<(usize, &super::names::ModuleData)> =
+            p.modules.iter().enumerate().collect();
         order.sort_by_key(|(_, m)| !m.is_std);
         for (m, module) in order {
             for r in &module.rules {
                 let def = &p.items[*r];
-                let Some(primal) = p.lookup(m, &def.name) else { continue };
+                let Some(primal) = p.lookup(m, &def.name) else {
+                    continue;
+                };
                 match first.get(&primal) {
                     Some((pm, prev)) if *pm != m => {
                         self.report(
@@ -329,21 +404,25 @@ impl<'a> Cx<'a> {
         for f in &r.fields {
             if let Some(prev) = seen.insert(&f.name.name, f.name.span) {
                 self.report(
-                    Diagnostic::error("E0103", format!("field `{}` is declared twice", f.name.name))
-                        .primary(f.name.span, "declared again here")
-                        .secondary(prev, "first declared here"),
+                    Diagnostic::error(
+                        "E0103",
+                        format!("field `{}` is declared twice", f.name.name),
+                    )
+                    .primary(f.name.span, "declared again here")
+                    .secondary(prev, "first declared here"),
                 );
             }
             let declared = f.ty.as_ref().map(|t| self.eval_type(&mut env, t));
             if let Some(t) = declared.as_ref()
                 && let Ty::Record(id) = t
-                    && self.p.items[*id].name == r.name.name {
-                        self.report(
-                            Diagnostic::error("E0104", format!("record `{}` contains itself", r.name.name))
-                                .primary(f.span, "this field makes the record infinitely large")
-                                .with_help("use a list `[T]` for a recursive structure"),
-                        );
-                    }
+                && self.p.items[*id].name == r.name.name
+            {
+                self.report(
+                    Diagnostic::error("E0104", format!("record `{}` contains itself", r.name.name))
+                        .primary(f.span, "this field makes the record infinitely large")
+                        .with_help("use a list `[T]` for a recursive structure"),
+                );
+            }
             if let Some(d) = &f.default {
                 let v = self.expr(d, &mut env);
                 if let Some(t) = declared {
@@ -356,8 +435,15 @@ impl<'a> Cx<'a> {
     // ------------------------------------------------------------------ generic checks
 
     fn is_tensor_fn(&self, f: &FnDecl) -> bool {
-        f.params.iter().chain(std::iter::empty()).any(|p| matches!(p.ty.as_ref().map(|t| &t.kind), Some(TypeKind::Tensor { .. })))
-            || matches!(f.ret.as_ref().map(|t| &t.kind), Some(TypeKind::Tensor { .. }))
+        f.params.iter().chain(std::iter::empty()).any(|p| {
+            matches!(
+                p.ty.as_ref().map(|t| &t.kind),
+                Some(TypeKind::Tensor { .. })
+            )
+        }) || matches!(
+            f.ret.as_ref().map(|t| &t.kind),
+            Some(TypeKind::Tensor { .. })
+        )
     }
 
     fn check_fn_generic(&mut self, m: usize, f: &FnDecl) {
@@ -367,9 +453,12 @@ impl<'a> Cx<'a> {
         for p in &f.params {
             if let Some(prev) = seen.insert(&p.name.name, p.name.span) {
                 self.report(
-                    Diagnostic::error("E0103", format!("parameter `{}` is declared twice", p.name.name))
-                        .primary(p.name.span, "declared again here")
-                        .secondary(prev, "first declared here"),
+                    Diagnostic::error(
+                        "E0103",
+                        format!("parameter `{}` is declared twice", p.name.name),
+                    )
+                    .primary(p.name.span, "declared again here")
+                    .secondary(prev, "first declared here"),
                 );
             }
         }
@@ -411,7 +500,12 @@ impl<'a> Cx<'a> {
     /// Binds stand-in values for parameters: first the non-tensor ones, then every dim
     /// variable of the tensor ones, then the tensors (whose dims may be expressions of both).
     pub(super) fn bind_symbolic(&mut self, env: &mut Env, params: &[&Param]) {
-        let is_tensor = |p: &Param| matches!(p.ty.as_ref().map(|t| &t.kind), Some(TypeKind::Tensor { .. }));
+        let is_tensor = |p: &Param| {
+            matches!(
+                p.ty.as_ref().map(|t| &t.kind),
+                Some(TypeKind::Tensor { .. })
+            )
+        };
         for p in params.iter().filter(|p| !is_tensor(p)) {
             let v = self.symbolic_value(env, p);
             env.bind(&p.name.name, v, p.name.span, false);
@@ -420,9 +514,12 @@ impl<'a> Cx<'a> {
             if let Some(TypeKind::Tensor { dims, .. }) = p.ty.as_ref().map(|t| &t.kind) {
                 for d in dims {
                     match &d.kind {
-                        DimKind::Name(v) if env.get(v).is_none() => env.bind(v, Ty::Int(Some(Dim::sym(v))), d.span, false),
+                        DimKind::Name(v) if env.get(v).is_none() => {
+                            env.bind(v, Ty::Int(Some(Dim::sym(v))), d.span, false)
+                        }
                         DimKind::Pack(s) if !env.packs.contains_key(s) => {
-                            env.packs.insert(s.clone(), vec![Dim::sym(&format!("{s}.0"))]);
+                            env.packs
+                                .insert(s.clone(), vec![Dim::sym(&format!("{s}.0"))]);
                         }
                         _ => {}
                     }
@@ -451,14 +548,20 @@ impl<'a> Cx<'a> {
             };
         };
         match &t.kind {
-            TypeKind::Named(n) if (n.name == "int" || n.name == "dim") && !env.tensor => Ty::Int(None),
-            TypeKind::Named(n) if n.name == "int" || n.name == "dim" => Ty::Int(Some(Dim::sym(&p.name.name))),
+            TypeKind::Named(n) if (n.name == "int" || n.name == "dim") && !env.tensor => {
+                Ty::Int(None)
+            }
+            TypeKind::Named(n) if n.name == "int" || n.name == "dim" => {
+                Ty::Int(Some(Dim::sym(&p.name.name)))
+            }
             // Axes are structure, not sizes: a generic check uses the default axis (and
             // the default of an `any`, which is how the primitives take axis lists).
-            TypeKind::Named(n) if n.name == "axis" || (n.name == "any" && p.default.is_some()) => match &p.default {
-                Some(d) => self.expr(d, env),
-                None => Ty::int(0),
-            },
+            TypeKind::Named(n) if n.name == "axis" || (n.name == "any" && p.default.is_some()) => {
+                match &p.default {
+                    Some(d) => self.expr(d, env),
+                    None => Ty::int(0),
+                }
+            }
             TypeKind::Named(n) if n.name == "fn" => Ty::Err,
             TypeKind::Named(n) if n.name == "bool" => Ty::Bool(None),
             TypeKind::Tensor { dtype, dims } => {
@@ -474,7 +577,11 @@ impl<'a> Cx<'a> {
                             out.push(sym);
                         }
                         DimKind::Pack(s) => {
-                            let dims = env.packs.entry(s.clone()).or_insert_with(|| vec![Dim::sym(&format!("{s}.0"))]).clone();
+                            let dims = env
+                                .packs
+                                .entry(s.clone())
+                                .or_insert_with(|| vec![Dim::sym(&format!("{s}.0"))])
+                                .clone();
                             out.extend(dims);
                         }
                         _ => match self.eval_dim(env, d) {
@@ -508,7 +615,8 @@ impl<'a> Cx<'a> {
                 None => {
                     let mut diag = Diagnostic::error("E0102", format!("unknown dimension `{v}`"))
                         .primary(d.span, "not bound by the input or an argument");
-                    let names: Vec<String> = env.scopes.iter().flat_map(|s| s.keys().cloned()).collect();
+                    let names: Vec<String> =
+                        env.scopes.iter().flat_map(|s| s.keys().cloned()).collect();
                     if let Some(s) = closest(v, names.iter().map(String::as_str)) {
                         diag = diag.with_help(format!("did you mean `{s}`?"));
                     } else {
@@ -520,8 +628,13 @@ impl<'a> Cx<'a> {
             },
             DimKind::Pack(s) => {
                 self.report(
-                    Diagnostic::error("E0102", format!("`...{s}` stands for several dims and cannot be used in arithmetic"))
-                        .primary(d.span, "here"),
+                    Diagnostic::error(
+                        "E0102",
+                        format!(
+                            "`...{s}` stands for several dims and cannot be used in arithmetic"
+                        ),
+                    )
+                    .primary(d.span, "here"),
                 );
                 None
             }
@@ -544,7 +657,10 @@ impl<'a> Cx<'a> {
             _ => return None,
         };
         if r.is_none() {
-            self.report(Diagnostic::error("E0305", "division by zero in a dimension").primary(span, "this divides by 0"));
+            self.report(
+                Diagnostic::error("E0305", "division by zero in a dimension")
+                    .primary(span, "this divides by 0"),
+            );
         }
         r
     }
@@ -558,7 +674,11 @@ impl<'a> Cx<'a> {
                 "bool" => Ty::Bool(None),
                 "str" => Ty::Str,
                 "any" | "fn" | "net" => Ty::Any,
-                other => match self.p.lookup(env.module, other).map(|id| (id, self.p.items[id].kind)) {
+                other => match self
+                    .p
+                    .lookup(env.module, other)
+                    .map(|id| (id, self.p.items[id].kind))
+                {
                     Some((id, DefKind::Record)) => {
                         self.note_ref(n.span, Target::Item(id));
                         Ty::Record(id)
@@ -568,11 +688,17 @@ impl<'a> Cx<'a> {
                         Ty::Opaque(id)
                     }
                     _ => {
-                        let mut d = Diagnostic::error("E0107", format!("unknown type `{other}`")).primary(n.span, "not a type");
+                        let mut d = Diagnostic::error("E0107", format!("unknown type `{other}`"))
+                            .primary(n.span, "not a type");
                         if DType::parse(other).is_some() {
-                            d = d.with_help(format!("a tensor type needs its dims: `{other}[...]`"));
+                            d = d
+                                .with_help(format!("a tensor type needs its dims: `{other}[...]`"));
                         } else {
-                            let mut names: Vec<String> = ["int", "float", "bool", "str", "dim", "fn", "any"].iter().map(|s| s.to_string()).collect();
+                            let mut names: Vec<String> =
+                                ["int", "float", "bool", "str", "dim", "fn", "any"]
+                                    .iter()
+                                    .map(|s| s.to_string())
+                                    .collect();
                             names.extend(self.p.visible_names(env.module));
                             if let Some(s) = closest(other, names.iter().map(String::as_str)) {
                                 d = d.with_help(format!("did you mean `{s}`?"));
@@ -586,9 +712,12 @@ impl<'a> Cx<'a> {
             TypeKind::Tensor { dtype, dims } => {
                 let Some(dt) = DType::parse(&dtype.name) else {
                     self.report(
-                        Diagnostic::error("E0107", format!("unknown element type `{}`", dtype.name))
-                            .primary(dtype.span, "not an element type")
-                            .with_help("element types are f16, bf16, f32, f64, i32, i64, u8, bool"),
+                        Diagnostic::error(
+                            "E0107",
+                            format!("unknown element type `{}`", dtype.name),
+                        )
+                        .primary(dtype.span, "not an element type")
+                        .with_help("element types are f16, bf16, f32, f64, i32, i64, u8, bool"),
                     );
                     return Ty::Err;
                 };
@@ -599,8 +728,11 @@ impl<'a> Cx<'a> {
                             Some(ds) => out.extend(ds.iter().cloned()),
                             None => {
                                 self.report(
-                                    Diagnostic::error("E0102", format!("unknown dimension pack `...{s}`"))
-                                        .primary(d.span, "not bound by the input"),
+                                    Diagnostic::error(
+                                        "E0102",
+                                        format!("unknown dimension pack `...{s}`"),
+                                    )
+                                    .primary(d.span, "not bound by the input"),
                                 );
                                 return Ty::Err;
                             }
@@ -635,7 +767,9 @@ impl<'a> Cx<'a> {
     fn assignable(&self, want: &Ty, got: &Ty) -> bool {
         match (want, got) {
             (Ty::Err, _) | (_, Ty::Err) | (Ty::Any, _) => true,
-            (Ty::Int(_), Ty::Int(_)) | (Ty::Float(_), Ty::Float(_) | Ty::Int(_)) | (Ty::Bool(_), Ty::Bool(_)) => true,
+            (Ty::Int(_), Ty::Int(_))
+            | (Ty::Float(_), Ty::Float(_) | Ty::Int(_))
+            | (Ty::Bool(_), Ty::Bool(_)) => true,
             (Ty::Str, Ty::Str) | (Ty::Unit, Ty::Unit) => true,
             (Ty::Tensor(a, x, _), Ty::Tensor(b, y, _)) => a == b && self.shapes_equal(x, y, false),
             (Ty::List(t), Ty::Items(items)) => items.iter().all(|i| self.assignable(t, i)),
@@ -650,8 +784,11 @@ impl<'a> Cx<'a> {
             return true;
         }
         let (w, g) = (self.show(want), self.show(got));
-        let mut d = Diagnostic::error("E0201", format!("mismatched types: expected {w}, found {g}"))
-            .primary(span, format!("{what} is {g}"));
+        let mut d = Diagnostic::error(
+            "E0201",
+            format!("mismatched types: expected {w}, found {g}"),
+        )
+        .primary(span, format!("{what} is {g}"));
         if matches!(want, Ty::Int(_)) && matches!(got, Ty::Float(_)) {
             d = d.with_help("use an int literal, or `int(x)` to truncate");
         } else if matches!(want, Ty::Str) {
@@ -667,8 +804,15 @@ impl<'a> Cx<'a> {
             if a == b && self.shapes_equal(x, y, env.strict) {
                 return;
             }
-            let mut d = Diagnostic::error("E0303", format!("the result is {}, but the declared result type is {}", ShapeFmt(*b, y), ShapeFmt(*a, x)))
-                .primary(span, format!("this is {}", ShapeFmt(*b, y)));
+            let mut d = Diagnostic::error(
+                "E0303",
+                format!(
+                    "the result is {}, but the declared result type is {}",
+                    ShapeFmt(*b, y),
+                    ShapeFmt(*a, x)
+                ),
+            )
+            .primary(span, format!("this is {}", ShapeFmt(*b, y)));
             if let Some(decl) = decl {
                 d = d.secondary(decl, "declared here");
             }
@@ -677,8 +821,11 @@ impl<'a> Cx<'a> {
         }
         if !self.assignable(want, got) {
             let (w, g) = (self.show(want), self.show(got));
-            let mut d = Diagnostic::error("E0210", format!("the result is {g}, but the declared result type is {w}"))
-                .primary(span, format!("this is {g}"));
+            let mut d = Diagnostic::error(
+                "E0210",
+                format!("the result is {g}, but the declared result type is {w}"),
+            )
+            .primary(span, format!("this is {g}"));
             if let Some(decl) = decl {
                 d = d.secondary(decl, "declared here");
             }
@@ -693,10 +840,11 @@ impl<'a> Cx<'a> {
         let mut last = Ty::Unit;
         for (i, s) in b.stmts.iter().enumerate() {
             if i + 1 == b.stmts.len()
-                && let StmtKind::Expr(e) = &s.kind {
-                    last = self.expr(e, env);
-                    continue;
-                }
+                && let StmtKind::Expr(e) = &s.kind
+            {
+                last = self.expr(e, env);
+                continue;
+            }
             self.stmt(s, env);
         }
         env.scopes.pop();
@@ -713,7 +861,12 @@ impl<'a> Cx<'a> {
 
     fn stmt(&mut self, s: &Stmt, env: &mut Env) {
         match &s.kind {
-            StmtKind::Let { name, ty, value, mutable } => {
+            StmtKind::Let {
+                name,
+                ty,
+                value,
+                mutable,
+            } => {
                 if *mutable && env.tensor {
                     self.report(
                         Diagnostic::error("E0208", "`var` is host code; tensor code is pure")
@@ -729,7 +882,11 @@ impl<'a> Cx<'a> {
                             self.expect_result(&want, &v, value.span, Some(t.span), env);
                             v
                         } else if self.expect_assignable(&want, &v, value.span, "this value") {
-                            if matches!(want, Ty::Float(_)) { Ty::Float(v.scalar()) } else { v }
+                            if matches!(want, Ty::Float(_)) {
+                                Ty::Float(v.scalar())
+                            } else {
+                                v
+                            }
                         } else {
                             want
                         }
@@ -740,8 +897,15 @@ impl<'a> Cx<'a> {
                 env.bind(&name.name, v, name.span, *mutable);
             }
             StmtKind::Assign { target, op, value } => self.assign(target, *op, value, s.span, env),
-            StmtKind::Param { name, ty, init, cond } => self.param_decl(name, ty, init.as_ref(), cond.as_ref(), s.span, env, false),
-            StmtKind::State { name, ty, init } => self.param_decl(name, ty, init.as_ref(), None, s.span, env, true),
+            StmtKind::Param {
+                name,
+                ty,
+                init,
+                cond,
+            } => self.param_decl(name, ty, init.as_ref(), cond.as_ref(), s.span, env, false),
+            StmtKind::State { name, ty, init } => {
+                self.param_decl(name, ty, init.as_ref(), None, s.span, env, true)
+            }
             StmtKind::For { var, iter, body } => {
                 self.host_only(env, s.span, "`for` loops");
                 let it = self.expr(iter, env);
@@ -799,11 +963,24 @@ impl<'a> Cx<'a> {
     fn expect_bool(&mut self, t: &Ty, span: Span) {
         if !matches!(t, Ty::Bool(_) | Ty::Err) {
             let shown = self.show(t);
-            self.report(Diagnostic::error("E0209", format!("a condition must be a bool, found {shown}")).primary(span, "not a bool"));
+            self.report(
+                Diagnostic::error(
+                    "E0209",
+                    format!("a condition must be a bool, found {shown}"),
+                )
+                .primary(span, "not a bool"),
+            );
         }
     }
 
-    fn assign(&mut self, target: &Expr, op: Option<BinOp>, value: &Expr, span: Span, env: &mut Env) {
+    fn assign(
+        &mut self,
+        target: &Expr,
+        op: Option<BinOp>,
+        value: &Expr,
+        span: Span,
+        env: &mut Env,
+    ) {
         let v = self.expr(value, env);
         match &target.kind {
             ExprKind::Name(n) => {
@@ -822,10 +999,13 @@ impl<'a> Cx<'a> {
                 }
                 if !env.tensor && !local.mutable {
                     self.report(
-                        Diagnostic::error("E0206", format!("cannot assign twice to immutable binding `{n}`"))
-                            .primary(target.span, "assigned here")
-                            .secondary(local.span, "declared with `let`")
-                            .with_help(format!("declare it with `var {n}` to make it mutable")),
+                        Diagnostic::error(
+                            "E0206",
+                            format!("cannot assign twice to immutable binding `{n}`"),
+                        )
+                        .primary(target.span, "assigned here")
+                        .secondary(local.span, "declared with `let`")
+                        .with_help(format!("declare it with `var {n}` to make it mutable")),
                     );
                     return;
                 }
@@ -836,7 +1016,9 @@ impl<'a> Cx<'a> {
                 if let (Ty::Tensor(_, _, old), Ty::Tensor(_, _, new)) = (&local.ty, &combined) {
                     self.expect_result(&local.ty, &combined, value.span, Some(local.span), env);
                     // A state update becomes an output of the lowered step.
-                    if let (true, Some(old), Some(new), Some(l)) = (local.state, old, new, self.lower.as_mut()) {
+                    if let (true, Some(old), Some(new), Some(l)) =
+                        (local.state, old, new, self.lower.as_mut())
+                    {
                         l.state_updates.push((*old, *new));
                     }
                 } else {
@@ -846,7 +1028,10 @@ impl<'a> Cx<'a> {
             ExprKind::Field { .. } | ExprKind::Index { .. } => {
                 let t = self.expr(target, env);
                 if env.tensor {
-                    self.report(Diagnostic::error("E0208", "cannot assign into a value in tensor code").primary(span, "assignment"));
+                    self.report(
+                        Diagnostic::error("E0208", "cannot assign into a value in tensor code")
+                            .primary(span, "assignment"),
+                    );
                 } else {
                     self.expect_assignable(&t, &v, value.span, "the new value");
                 }
@@ -861,7 +1046,16 @@ impl<'a> Cx<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn param_decl(&mut self, name: &Ident, ty: &TypeExpr, init: Option<&Expr>, cond: Option<&Expr>, span: Span, env: &mut Env, state: bool) {
+    fn param_decl(
+        &mut self,
+        name: &Ident,
+        ty: &TypeExpr,
+        init: Option<&Expr>,
+        cond: Option<&Expr>,
+        span: Span,
+        env: &mut Env,
+        state: bool,
+    ) {
         let what = if state { "state" } else { "param" };
         if !env.layer {
             self.report(
@@ -894,10 +1088,33 @@ impl<'a> Cx<'a> {
                     // While lowering, a parameter is a graph input; it is named by its place
                     // in the net when the net is done (see `check_net`).
                     let dims = dims.clone();
-                    let kind = if state { crate::ir::InputKind::State } else { crate::ir::InputKind::Param };
-                    let provisional = format!("{}#{}", name.name, self.lower.as_ref().map(|l| l.graph.nodes.len()).unwrap_or(0));
-                    let dt = if let Ty::Tensor(dt, ..) = &t { *dt } else { DType::F32 };
-                    let v = self.emit(Op::Input { name: provisional, kind }, &[], dt, &dims);
+                    let kind = if state {
+                        crate::ir::InputKind::State
+                    } else {
+                        crate::ir::InputKind::Param
+                    };
+                    let provisional = format!(
+                        "{}#{}",
+                        name.name,
+                        self.lower
+                            .as_ref()
+                            .map(|l| l.graph.nodes.len())
+                            .unwrap_or(0)
+                    );
+                    let dt = if let Ty::Tensor(dt, ..) = &t {
+                        *dt
+                    } else {
+                        DType::F32
+                    };
+                    let v = self.emit(
+                        Op::Input {
+                            name: provisional,
+                            kind,
+                        },
+                        &[],
+                        dt,
+                        &dims,
+                    );
                     if let (Some(v), Some(i)) = (v, init) {
                         let spec = self.init_spec(i, env);
                         if let Some(l) = self.lower.as_mut() {
@@ -913,10 +1130,21 @@ impl<'a> Cx<'a> {
             }
         } else if !t.is_err() {
             let shown = self.show(&t);
-            self.report(Diagnostic::error("E0201", format!("a {what} must be a tensor, found {shown}")).primary(ty.span, "not a tensor type"));
+            self.report(
+                Diagnostic::error("E0201", format!("a {what} must be a tensor, found {shown}"))
+                    .primary(ty.span, "not a tensor type"),
+            );
         }
         if let Some(s) = env.scopes.last_mut() {
-            s.insert(name.name.clone(), Local { ty: t, span: name.span, mutable: false, state });
+            s.insert(
+                name.name.clone(),
+                Local {
+                    ty: t,
+                    span: name.span,
+                    mutable: false,
+                    state,
+                },
+            );
         }
     }
 
@@ -931,14 +1159,21 @@ impl<'a> Cx<'a> {
             },
             _ => (String::new(), &[][..]),
         };
-        let decl = self.p.lookup(env.module, &kind).and_then(|id| match self.p.item_ast(id).map(|i| &i.kind) {
-            Some(ItemKind::Fn(f)) => Some(f.params.clone()),
-            _ => None,
+        let decl = self.p.lookup(env.module, &kind).and_then(|id| {
+            match self.p.item_ast(id).map(|i| &i.kind) {
+                Some(ItemKind::Fn(f)) => Some(f.params.clone()),
+                _ => None,
+            }
         });
         let params = decl.unwrap_or_default();
         let mut out = Vec::new();
         for (i, a) in args.iter().enumerate() {
-            let name = a.name.as_ref().map(|n| n.name.clone()).or_else(|| params.get(i).map(|p| p.name.name.clone())).unwrap_or_default();
+            let name = a
+                .name
+                .as_ref()
+                .map(|n| n.name.clone())
+                .or_else(|| params.get(i).map(|p| p.name.name.clone()))
+                .unwrap_or_default();
             if let Some(v) = self.expr(&a.value, env).scalar() {
                 out.push((name, v));
             }
@@ -980,7 +1215,10 @@ impl<'a> Cx<'a> {
 
     /// Records a local binding's type (root files only).
     fn note_binding(&mut self, name: &Ident, t: &Ty) {
-        if self.facts.is_none() || !self.fact_files.contains(&name.span.file) || matches!(t, Ty::Err) {
+        if self.facts.is_none()
+            || !self.fact_files.contains(&name.span.file)
+            || matches!(t, Ty::Err)
+        {
             return;
         }
         let shown = self.show(t);
@@ -990,7 +1228,13 @@ impl<'a> Cx<'a> {
         };
         let tensor = matches!(t, Ty::Tensor(..));
         if let Some(f) = self.facts.as_mut() {
-            f.bindings.push(Binding { name: name.name.clone(), span: name.span, ty: shown, record, tensor });
+            f.bindings.push(Binding {
+                name: name.name.clone(),
+                span: name.span,
+                ty: shown,
+                record,
+                tensor,
+            });
         }
     }
 
@@ -1045,22 +1289,35 @@ impl<'a> Cx<'a> {
                     (UnOp::Neg, Ty::Int(d)) => Ty::Int(d.map(|d| d.neg())),
                     (UnOp::Neg, Ty::Float(v)) => Ty::Float(v.map(|x| -x)),
                     (UnOp::Neg, Ty::Err) => Ty::Err,
-                    (UnOp::Neg, Ty::Tensor(dt, s, v)) if dt.is_float() || dt == DType::I32 || dt == DType::I64 => {
+                    (UnOp::Neg, Ty::Tensor(dt, s, v))
+                        if dt.is_float() || dt == DType::I32 || dt == DType::I64 =>
+                    {
                         let v = self.emit_unary(Unary::Neg, v, dt, &s);
                         Ty::Tensor(dt, s, v)
                     }
                     (UnOp::Not, Ty::Bool(b)) => Ty::Bool(b.map(|b| !b)),
                     (UnOp::Not, t @ Ty::Tensor(DType::Bool, ..)) => {
-                        let Ty::Tensor(_, s, _) = &t else { return Ty::Err };
+                        let Ty::Tensor(_, s, _) = &t else {
+                            return Ty::Err;
+                        };
                         let s = s.clone();
-                        let v = self.emit_compare(Compare::Eq, &t, &Ty::Bool(Some(false)), DType::Bool, &s);
+                        let v = self.emit_compare(
+                            Compare::Eq,
+                            &t,
+                            &Ty::Bool(Some(false)),
+                            DType::Bool,
+                            &s,
+                        );
                         Ty::Tensor(DType::Bool, s, v)
                     }
                     (UnOp::Not, Ty::Err) => Ty::Err,
                     (op, other) => {
                         let shown = self.show(&other);
                         let sym = if *op == UnOp::Neg { "-" } else { "!" };
-                        self.report(Diagnostic::error("E0207", format!("cannot apply `{sym}` to {shown}")).primary(e.span, "here"));
+                        self.report(
+                            Diagnostic::error("E0207", format!("cannot apply `{sym}` to {shown}"))
+                                .primary(e.span, "here"),
+                        );
                         Ty::Err
                     }
                 }
@@ -1074,7 +1331,9 @@ impl<'a> Cx<'a> {
                 let x = self.expr(a, env);
                 self.apply(f, x, a.span, env)
             }
-            ExprKind::If { cond, then, els } => self.if_expr(cond, then, els.as_deref(), e.span, env),
+            ExprKind::If { cond, then, els } => {
+                self.if_expr(cond, then, els.as_deref(), e.span, env)
+            }
             ExprKind::Block(b) => self.block(b, env),
             ExprKind::Record { name, fields } => self.record_lit(name, fields, e.span, env),
             ExprKind::List(items) => Ty::Items(items.iter().map(|i| self.expr(i, env)).collect()),
@@ -1083,7 +1342,13 @@ impl<'a> Cx<'a> {
                     let t = self.expr(x, env);
                     if !matches!(t, Ty::Int(_) | Ty::Err) {
                         let shown = self.show(&t);
-                        self.report(Diagnostic::error("E0201", format!("a range bound must be an int, found {shown}")).primary(x.span, "here"));
+                        self.report(
+                            Diagnostic::error(
+                                "E0201",
+                                format!("a range bound must be an int, found {shown}"),
+                            )
+                            .primary(x.span, "here"),
+                        );
                     }
                 }
                 Ty::Range
@@ -1111,19 +1376,33 @@ impl<'a> Cx<'a> {
                 DefKind::Rule => Ty::Err,
                 DefKind::ExternType => {
                     self.report(
-                        Diagnostic::error("E0109", format!("`{n}` is a type, not a value")).primary(span, "used as a value"),
+                        Diagnostic::error("E0109", format!("`{n}` is a type, not a value"))
+                            .primary(span, "used as a value"),
                     );
                     Ty::Err
                 }
                 _ => Ty::Item(id),
             },
             None => {
-                let mut names: Vec<String> = env.scopes.iter().flat_map(|s| s.keys().cloned()).collect();
+                let mut names: Vec<String> =
+                    env.scopes.iter().flat_map(|s| s.keys().cloned()).collect();
                 names.extend(self.p.visible_names(env.module));
-                let mut d = Diagnostic::error("E0101", format!("cannot find `{n}` in this scope")).primary(span, "not found");
+                let mut d = Diagnostic::error("E0101", format!("cannot find `{n}` in this scope"))
+                    .primary(span, "not found");
                 if let Some(s) = closest(n, names.iter().map(String::as_str)) {
                     d = d.with_help(format!("did you mean `{s}`?"));
-                } else if ["dense", "conv", "relu", "flatten", "batchnorm", "maxpool", "layernorm", "linear"].contains(&n) {
+                } else if [
+                    "dense",
+                    "conv",
+                    "relu",
+                    "flatten",
+                    "batchnorm",
+                    "maxpool",
+                    "layernorm",
+                    "linear",
+                ]
+                .contains(&n)
+                {
                     d = d.with_help("add `import std.nn.*`");
                 } else if ["mnist", "fashion_mnist", "cifar10"].contains(&n) {
                     d = d.with_help(format!("add `import std.data.{n}`"));
@@ -1137,7 +1416,13 @@ impl<'a> Cx<'a> {
     fn field(&mut self, base: &Ty, name: &Ident, base_span: Span) -> Ty {
         match base {
             Ty::Record(id) => {
-                let Some(Item { kind: ItemKind::Record(r), .. }) = self.p.item_ast(*id) else { return Ty::Err };
+                let Some(Item {
+                    kind: ItemKind::Record(r),
+                    ..
+                }) = self.p.item_ast(*id)
+                else {
+                    return Ty::Err;
+                };
                 if let Some(f) = r.fields.iter().find(|f| f.name.name == name.name) {
                     self.note_ref(name.span, Target::Field(*id, name.name.clone()));
                     let module = self.p.items[*id].module;
@@ -1147,9 +1432,13 @@ impl<'a> Cx<'a> {
                         None => Ty::Err,
                     };
                 }
-                let mut d = Diagnostic::error("E0108", format!("record `{}` has no field `{}`", r.name.name, name.name))
-                    .primary(name.span, "unknown field");
-                if let Some(s) = closest(&name.name, r.fields.iter().map(|f| f.name.name.as_str())) {
+                let mut d = Diagnostic::error(
+                    "E0108",
+                    format!("record `{}` has no field `{}`", r.name.name, name.name),
+                )
+                .primary(name.span, "unknown field");
+                if let Some(s) = closest(&name.name, r.fields.iter().map(|f| f.name.name.as_str()))
+                {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 } else {
                     let all: Vec<&str> = r.fields.iter().map(|f| f.name.name.as_str()).collect();
@@ -1158,7 +1447,9 @@ impl<'a> Cx<'a> {
                 self.report(d);
                 Ty::Err
             }
-            Ty::Tensor(_, dims, _) if name.name == "shape" => Ty::Items(dims.iter().map(|d| Ty::Int(Some(d.clone()))).collect()),
+            Ty::Tensor(_, dims, _) if name.name == "shape" => {
+                Ty::Items(dims.iter().map(|d| Ty::Int(Some(d.clone()))).collect())
+            }
             Ty::Err | Ty::Any => Ty::Err,
             other => {
                 let shown = self.show(other);
@@ -1172,14 +1463,28 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn index(&mut self, base: &Ty, items: &[IndexItem], base_span: Span, span: Span, env: &mut Env) -> Ty {
+    fn index(
+        &mut self,
+        base: &Ty,
+        items: &[IndexItem],
+        base_span: Span,
+        span: Span,
+        env: &mut Env,
+    ) -> Ty {
         match base {
             Ty::Tensor(dt, dims, v) => {
                 if items.len() > dims.len() {
                     self.report(
-                        Diagnostic::error("E0307", format!("too many indices: {} for a tensor of rank {}", items.len(), dims.len()))
-                            .primary(span, "here")
-                            .secondary(base_span, format!("this is {}", ShapeFmt(*dt, dims))),
+                        Diagnostic::error(
+                            "E0307",
+                            format!(
+                                "too many indices: {} for a tensor of rank {}",
+                                items.len(),
+                                dims.len()
+                            ),
+                        )
+                        .primary(span, "here")
+                        .secondary(base_span, format!("this is {}", ShapeFmt(*dt, dims))),
                     );
                     return Ty::Err;
                 }
@@ -1198,14 +1503,29 @@ impl<'a> Cx<'a> {
                                     if let (Some(i), Some(n)) = (i.as_const(), d.as_const()) {
                                         let i = if i < 0 { i + n } else { i };
                                         full[axis] = Dim::konst(1);
-                                        cur = self.emit(Op::Slice { axis, start: i as usize, end: i as usize + 1 }, &[cur], *dt, &full);
+                                        cur = self.emit(
+                                            Op::Slice {
+                                                axis,
+                                                start: i as usize,
+                                                end: i as usize + 1,
+                                            },
+                                            &[cur],
+                                            *dt,
+                                            &full,
+                                        );
                                         dropped = true;
                                     }
                                 }
                                 Ty::Int(None) | Ty::Err => {}
                                 other => {
                                     let shown = self.show(&other);
-                                    self.report(Diagnostic::error("E0201", format!("an index must be an int, found {shown}")).primary(e.span, "here"));
+                                    self.report(
+                                        Diagnostic::error(
+                                            "E0201",
+                                            format!("an index must be an int, found {shown}"),
+                                        )
+                                        .primary(e.span, "here"),
+                                    );
                                 }
                             }
                         }
@@ -1222,14 +1542,30 @@ impl<'a> Cx<'a> {
                                 (Some(lo), Some(hi)) => {
                                     let len = hi.sub(&lo);
                                     if len.as_const().is_some_and(|n| n < 0) {
-                                        self.report(Diagnostic::error("E0307", format!("empty slice: {lo}..{hi}")).primary(span, "here"));
+                                        self.report(
+                                            Diagnostic::error(
+                                                "E0307",
+                                                format!("empty slice: {lo}..{hi}"),
+                                            )
+                                            .primary(span, "here"),
+                                        );
                                         return Ty::Err;
                                     }
                                     if len != *d
-                                        && let (Some(a), Some(b)) = (lo.as_const(), hi.as_const()) {
-                                            full[axis] = len.clone();
-                                            cur = self.emit(Op::Slice { axis, start: a as usize, end: b as usize }, &[cur], *dt, &full);
-                                        }
+                                        && let (Some(a), Some(b)) = (lo.as_const(), hi.as_const())
+                                    {
+                                        full[axis] = len.clone();
+                                        cur = self.emit(
+                                            Op::Slice {
+                                                axis,
+                                                start: a as usize,
+                                                end: b as usize,
+                                            },
+                                            &[cur],
+                                            *dt,
+                                            &full,
+                                        );
+                                    }
                                     out.push(len);
                                 }
                                 _ => return Ty::Err,
@@ -1261,7 +1597,10 @@ impl<'a> Cx<'a> {
             Ty::Err | Ty::Any => Ty::Err,
             other => {
                 let shown = self.show(other);
-                self.report(Diagnostic::error("E0201", format!("cannot index into {shown}")).primary(span, "here"));
+                self.report(
+                    Diagnostic::error("E0201", format!("cannot index into {shown}"))
+                        .primary(span, "here"),
+                );
                 Ty::Err
             }
         }
@@ -1270,7 +1609,11 @@ impl<'a> Cx<'a> {
     fn slice_bound(&mut self, e: &Expr, d: &Dim, axis: usize, env: &mut Env) -> Option<Dim> {
         match self.expr(e, env) {
             Ty::Int(Some(i)) => {
-                let i = if i.as_const().is_some_and(|n| n < 0) { d.add(&i) } else { i };
+                let i = if i.as_const().is_some_and(|n| n < 0) {
+                    d.add(&i)
+                } else {
+                    i
+                };
                 self.check_bound(&i, d, axis, e.span, false);
                 Some(i)
             }
@@ -1278,8 +1621,11 @@ impl<'a> Cx<'a> {
             other => {
                 let shown = self.show(&other);
                 self.report(
-                    Diagnostic::error("E0310", format!("a slice bound in tensor code must be a known int, found {shown}"))
-                        .primary(e.span, "here"),
+                    Diagnostic::error(
+                        "E0310",
+                        format!("a slice bound in tensor code must be a known int, found {shown}"),
+                    )
+                    .primary(e.span, "here"),
                 );
                 None
             }
@@ -1288,28 +1634,50 @@ impl<'a> Cx<'a> {
 
     fn check_bound(&mut self, i: &Dim, d: &Dim, axis: usize, span: Span, exclusive: bool) {
         if let (Some(i), Some(n)) = (i.as_const(), d.as_const()) {
-            let ok = if exclusive { i >= -n && i < n } else { i >= 0 && i <= n };
+            let ok = if exclusive {
+                i >= -n && i < n
+            } else {
+                i >= 0 && i <= n
+            };
             if !ok {
                 self.report(
-                    Diagnostic::error("E0307", format!("index {i} is out of range for axis {axis} of size {n}"))
-                        .primary(span, "out of range"),
+                    Diagnostic::error(
+                        "E0307",
+                        format!("index {i} is out of range for axis {axis} of size {n}"),
+                    )
+                    .primary(span, "out of range"),
                 );
             }
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn binary(&mut self, op: BinOp, x: &Ty, y: &Ty, xs: Span, ys: Span, span: Span, env: &Env) -> Ty {
+    pub(super) fn binary(
+        &mut self,
+        op: BinOp,
+        x: &Ty,
+        y: &Ty,
+        xs: Span,
+        ys: Span,
+        span: Span,
+        env: &Env,
+    ) -> Ty {
         use BinOp::*;
         match (x, y) {
             (Ty::Err, _) | (_, Ty::Err) => Ty::Err,
             (Ty::Int(a), Ty::Int(b)) => match op {
                 Add | Sub | Mul | Div | Rem => match (a, b) {
-                    (Some(a), Some(b)) => self.dim_arith(op, a, b, ys).map(|d| Ty::Int(Some(d))).unwrap_or(Ty::Err),
+                    (Some(a), Some(b)) => self
+                        .dim_arith(op, a, b, ys)
+                        .map(|d| Ty::Int(Some(d)))
+                        .unwrap_or(Ty::Err),
                     _ => Ty::Int(None),
                 },
                 Eq | Ne | Lt | Le | Gt | Ge => {
-                    let known = match (a.as_ref().and_then(Dim::as_const), b.as_ref().and_then(Dim::as_const)) {
+                    let known = match (
+                        a.as_ref().and_then(Dim::as_const),
+                        b.as_ref().and_then(Dim::as_const),
+                    ) {
                         (Some(a), Some(b)) => Some(match op {
                             Eq => a == b,
                             Ne => a != b,
@@ -1319,7 +1687,9 @@ impl<'a> Cx<'a> {
                             _ => a >= b,
                         }),
                         _ => match (op, a, b) {
-                            (Eq | Ne, Some(a), Some(b)) if a.compare(b) != Cmp::Unknown => Some((a.compare(b) == Cmp::Equal) == (op == Eq)),
+                            (Eq | Ne, Some(a), Some(b)) if a.compare(b) != Cmp::Unknown => {
+                                Some((a.compare(b) == Cmp::Equal) == (op == Eq))
+                            }
                             _ => None,
                         },
                     };
@@ -1328,13 +1698,15 @@ impl<'a> Cx<'a> {
                 _ => self.op_error(op, x, y, span),
             },
             (Ty::Int(_) | Ty::Float(_), Ty::Int(_) | Ty::Float(_)) => match op {
-                Add | Sub | Mul | Div | Rem => Ty::Float(x.scalar().zip(y.scalar()).map(|(a, b)| match op {
-                    Add => a + b,
-                    Sub => a - b,
-                    Mul => a * b,
-                    Div => a / b,
-                    _ => a % b,
-                })),
+                Add | Sub | Mul | Div | Rem => {
+                    Ty::Float(x.scalar().zip(y.scalar()).map(|(a, b)| match op {
+                        Add => a + b,
+                        Sub => a - b,
+                        Mul => a * b,
+                        Div => a / b,
+                        _ => a % b,
+                    }))
+                }
                 Eq | Ne | Lt | Le | Gt | Ge => Ty::Bool(None),
                 _ => self.op_error(op, x, y, span),
             },
@@ -1352,8 +1724,16 @@ impl<'a> Cx<'a> {
                 Eq | Ne => Ty::Bool(None),
                 _ => self.op_error(op, x, y, span),
             },
-            (Ty::Str, Ty::Str) if matches!(op, Add | Eq | Ne) => if op == Add { Ty::Str } else { Ty::Bool(None) },
-            (Ty::Tensor(..), _) | (_, Ty::Tensor(..)) => self.tensor_binary(op, x, y, xs, ys, span, env),
+            (Ty::Str, Ty::Str) if matches!(op, Add | Eq | Ne) => {
+                if op == Add {
+                    Ty::Str
+                } else {
+                    Ty::Bool(None)
+                }
+            }
+            (Ty::Tensor(..), _) | (_, Ty::Tensor(..)) => {
+                self.tensor_binary(op, x, y, xs, ys, span, env)
+            }
             _ => self.op_error(op, x, y, span),
         }
     }
@@ -1361,13 +1741,26 @@ impl<'a> Cx<'a> {
     fn op_error(&mut self, op: BinOp, x: &Ty, y: &Ty, span: Span) -> Ty {
         let (a, b) = (self.show(x), self.show(y));
         self.report(
-            Diagnostic::error("E0207", format!("cannot apply `{}` to {a} and {b}", op.symbol())).primary(span, "here"),
+            Diagnostic::error(
+                "E0207",
+                format!("cannot apply `{}` to {a} and {b}", op.symbol()),
+            )
+            .primary(span, "here"),
         );
         Ty::Err
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn tensor_binary(&mut self, op: BinOp, x: &Ty, y: &Ty, xs: Span, ys: Span, span: Span, env: &Env) -> Ty {
+    fn tensor_binary(
+        &mut self,
+        op: BinOp,
+        x: &Ty,
+        y: &Ty,
+        xs: Span,
+        ys: Span,
+        span: Span,
+        env: &Env,
+    ) -> Ty {
         use BinOp::*;
         let as_tensor = |t: &Ty| -> Option<(Option<DType>, Vec<Dim>)> {
             match t {
@@ -1386,18 +1779,28 @@ impl<'a> Cx<'a> {
         let dt = match (da, db) {
             (Some(a), Some(b)) if a != b => {
                 self.report(
-                    Diagnostic::error("E0302", format!("element types differ: {} {} {}", a.name(), op.symbol(), b.name()))
-                        .primary(span, "here")
-                        .secondary(xs, format!("this is {}", self.show(x)))
-                        .secondary(ys, format!("this is {}", self.show(y)))
-                        .with_help(format!("convert one side with `cast(x, \"{}\")`", a.name())),
+                    Diagnostic::error(
+                        "E0302",
+                        format!(
+                            "element types differ: {} {} {}",
+                            a.name(),
+                            op.symbol(),
+                            b.name()
+                        ),
+                    )
+                    .primary(span, "here")
+                    .secondary(xs, format!("this is {}", self.show(x)))
+                    .secondary(ys, format!("this is {}", self.show(y)))
+                    .with_help(format!("convert one side with `cast(x, \"{}\")`", a.name())),
                 );
                 return Ty::Err;
             }
             (Some(a), _) | (None, Some(a)) => a,
             (None, None) => DType::F32,
         };
-        let Some(shape) = self.broadcast(&a, &b, xs, ys, span, env.strict) else { return Ty::Err };
+        let Some(shape) = self.broadcast(&a, &b, xs, ys, span, env.strict) else {
+            return Ty::Err;
+        };
         let cmp = match op {
             Eq => Some(Compare::Eq),
             Ne => Some(Compare::Ne),
@@ -1431,7 +1834,15 @@ impl<'a> Cx<'a> {
 
     /// The broadcasting rule: align from the right; a dim stretches only when it is
     /// literally 1 or missing.
-    pub(super) fn broadcast(&mut self, a: &[Dim], b: &[Dim], xs: Span, ys: Span, span: Span, strict: bool) -> Option<Vec<Dim>> {
+    pub(super) fn broadcast(
+        &mut self,
+        a: &[Dim],
+        b: &[Dim],
+        xs: Span,
+        ys: Span,
+        span: Span,
+        strict: bool,
+    ) -> Option<Vec<Dim>> {
         let n = a.len().max(b.len());
         let mut out = Vec::with_capacity(n);
         let one = Dim::konst(1);
@@ -1466,7 +1877,14 @@ impl<'a> Cx<'a> {
         Some(out)
     }
 
-    fn if_expr(&mut self, cond: &Expr, then: &Block, els: Option<&Expr>, span: Span, env: &mut Env) -> Ty {
+    fn if_expr(
+        &mut self,
+        cond: &Expr,
+        then: &Block,
+        els: Option<&Expr>,
+        span: Span,
+        env: &mut Env,
+    ) -> Ty {
         let c = self.expr(cond, env);
         self.expect_bool(&c, cond.span);
         if env.tensor {
@@ -1481,40 +1899,65 @@ impl<'a> Cx<'a> {
         let b = self.expr(e, env);
         match (&a, &b) {
             (Ty::Tensor(da, x, _), Ty::Tensor(db, y, _)) => {
-                if da != db || x.len() != y.len() || (env.strict && !self.shapes_equal(x, y, true)) {
+                if da != db || x.len() != y.len() || (env.strict && !self.shapes_equal(x, y, true))
+                {
                     self.report(
-                        Diagnostic::error("E0312", format!("the branches give different shapes: {} and {}", ShapeFmt(*da, x), ShapeFmt(*db, y)))
-                            .primary(span, "this `if`")
-                            .secondary(then.span, format!("{}", ShapeFmt(*da, x)))
-                            .secondary(e.span, format!("{}", ShapeFmt(*db, y))),
+                        Diagnostic::error(
+                            "E0312",
+                            format!(
+                                "the branches give different shapes: {} and {}",
+                                ShapeFmt(*da, x),
+                                ShapeFmt(*db, y)
+                            ),
+                        )
+                        .primary(span, "this `if`")
+                        .secondary(then.span, format!("{}", ShapeFmt(*da, x)))
+                        .secondary(e.span, format!("{}", ShapeFmt(*db, y))),
                     );
                     return Ty::Err;
                 }
                 a
             }
-            _ if self.assignable(&a, &b) => if matches!(a, Ty::Int(_)) && matches!(b, Ty::Float(_)) { b } else { a },
+            _ if self.assignable(&a, &b) => {
+                if matches!(a, Ty::Int(_)) && matches!(b, Ty::Float(_)) {
+                    b
+                } else {
+                    a
+                }
+            }
             _ if self.assignable(&b, &a) => b,
             _ => {
                 let (x, y) = (self.show(&a), self.show(&b));
                 self.report(
-                    Diagnostic::error("E0201", format!("`if` and `else` have different types: {x} and {y}"))
-                        .primary(span, "this `if`")
-                        .secondary(then.span, x)
-                        .secondary(e.span, y),
+                    Diagnostic::error(
+                        "E0201",
+                        format!("`if` and `else` have different types: {x} and {y}"),
+                    )
+                    .primary(span, "this `if`")
+                    .secondary(then.span, x)
+                    .secondary(e.span, y),
                 );
                 Ty::Err
             }
         }
     }
 
-    fn record_lit(&mut self, name: &Ident, fields: &[(Ident, Expr)], span: Span, env: &mut Env) -> Ty {
+    fn record_lit(
+        &mut self,
+        name: &Ident,
+        fields: &[(Ident, Expr)],
+        span: Span,
+        env: &mut Env,
+    ) -> Ty {
         let id = match self.p.lookup(env.module, &name.name) {
             Some(id) if self.p.items[id].kind == DefKind::Record => id,
             other => {
                 for (_, e) in fields {
                     self.expr(e, env);
                 }
-                let mut d = Diagnostic::error("E0107", format!("`{}` is not a record type", name.name)).primary(name.span, "not a record");
+                let mut d =
+                    Diagnostic::error("E0107", format!("`{}` is not a record type", name.name))
+                        .primary(name.span, "not a record");
                 if other.is_none() {
                     let names = self.p.visible_names(env.module);
                     if let Some(s) = closest(&name.name, names.iter().map(String::as_str)) {
@@ -1526,7 +1969,13 @@ impl<'a> Cx<'a> {
             }
         };
         self.note_ref(name.span, Target::Item(id));
-        let Some(Item { kind: ItemKind::Record(r), .. }) = self.p.item_ast(id) else { return Ty::Err };
+        let Some(Item {
+            kind: ItemKind::Record(r),
+            ..
+        }) = self.p.item_ast(id)
+        else {
+            return Ty::Err;
+        };
         let module = self.p.items[id].module;
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for (f, e) in fields {
@@ -1549,9 +1998,13 @@ impl<'a> Cx<'a> {
                     }
                 }
                 None => {
-                    let mut d = Diagnostic::error("E0108", format!("record `{}` has no field `{}`", r.name.name, f.name))
-                        .primary(f.span, "unknown field");
-                    if let Some(s) = closest(&f.name, r.fields.iter().map(|f| f.name.name.as_str())) {
+                    let mut d = Diagnostic::error(
+                        "E0108",
+                        format!("record `{}` has no field `{}`", r.name.name, f.name),
+                    )
+                    .primary(f.span, "unknown field");
+                    if let Some(s) = closest(&f.name, r.fields.iter().map(|f| f.name.name.as_str()))
+                    {
                         d = d.with_help(format!("did you mean `{s}`?"));
                     }
                     self.report(d);
@@ -1566,9 +2019,21 @@ impl<'a> Cx<'a> {
             .collect();
         if !missing.is_empty() {
             self.report(
-                Diagnostic::error("E0203", format!("missing field{} {} in `{}`", if missing.len() > 1 { "s" } else { "" }, missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "), r.name.name))
-                    .primary(span, "this record")
-                    .secondary(r.name.span, "declared here"),
+                Diagnostic::error(
+                    "E0203",
+                    format!(
+                        "missing field{} {} in `{}`",
+                        if missing.len() > 1 { "s" } else { "" },
+                        missing
+                            .iter()
+                            .map(|m| format!("`{m}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        r.name.name
+                    ),
+                )
+                .primary(span, "this record")
+                .secondary(r.name.span, "declared here"),
             );
         }
         Ty::Record(id)
@@ -1578,7 +2043,11 @@ impl<'a> Cx<'a> {
 
     fn eval_args(&mut self, args: &[Arg], env: &mut Env) -> Vec<ArgV> {
         args.iter()
-            .map(|a| ArgV { name: a.name.as_ref().map(|n| n.name.clone()), ty: self.expr(&a.value, env), span: a.value.span })
+            .map(|a| ArgV {
+                name: a.name.as_ref().map(|n| n.name.clone()),
+                ty: self.expr(&a.value, env),
+                span: a.value.span,
+            })
             .collect()
     }
 
@@ -1587,7 +2056,11 @@ impl<'a> Cx<'a> {
         if let ExprKind::Field { base, name } = &callee.kind {
             let b = self.expr(base, env);
             if !matches!(b, Ty::Record(_)) {
-                let mut vals = vec![ArgV { name: None, ty: b, span: base.span }];
+                let mut vals = vec![ArgV {
+                    name: None,
+                    ty: b,
+                    span: base.span,
+                }];
                 vals.extend(self.eval_args(args, env));
                 let f = self.name(&name.name, name.span, env);
                 return self.call_value(&f, vals, name.span, span, env);
@@ -1598,8 +2071,17 @@ impl<'a> Cx<'a> {
         self.call_value(&f, vals, callee.span, span, env)
     }
 
-    fn call_value(&mut self, f: &Ty, args: Vec<ArgV>, callee_span: Span, span: Span, env: &mut Env) -> Ty {
-        if args.iter().any(|a| a.ty.is_err()) && matches!(f, Ty::Item(id) if self.p.items[*id].kind == DefKind::Layer) {
+    fn call_value(
+        &mut self,
+        f: &Ty,
+        args: Vec<ArgV>,
+        callee_span: Span,
+        span: Span,
+        env: &mut Env,
+    ) -> Ty {
+        if args.iter().any(|a| a.ty.is_err())
+            && matches!(f, Ty::Item(id) if self.p.items[*id].kind == DefKind::Layer)
+        {
             return Ty::Err;
         }
         match f {
@@ -1607,21 +2089,38 @@ impl<'a> Cx<'a> {
                 DefKind::Layer => {
                     // `layernorm(x)`: a layer given just its input, all arguments defaulted.
                     if let [one] = args.as_slice()
-                        && one.name.is_none() && matches!(one.ty, Ty::Tensor(..)) && self.layer_first_arg_not_tensor(*id) {
-                            let lv = LayerValue { item: *id, args: vec![] };
-                            return self.apply_layer(&lv, one.ty.clone(), one.span, span, env);
-                        }
-                    Ty::Layer(Rc::new(LayerValue { item: *id, args: args.into_iter().map(|a| (a.name, a.ty, a.span)).collect() }))
+                        && one.name.is_none()
+                        && matches!(one.ty, Ty::Tensor(..))
+                        && self.layer_first_arg_not_tensor(*id)
+                    {
+                        let lv = LayerValue {
+                            item: *id,
+                            args: vec![],
+                        };
+                        return self.apply_layer(&lv, one.ty.clone(), one.span, span, env);
+                    }
+                    Ty::Layer(Rc::new(LayerValue {
+                        item: *id,
+                        args: args.into_iter().map(|a| (a.name, a.ty, a.span)).collect(),
+                    }))
                 }
                 DefKind::Fn | DefKind::ExternFn => self.call_fn(*id, &args, span, env),
                 _ => self.not_callable(f, callee_span),
             },
             Ty::Layer(lv) => match args.as_slice() {
-                [one] if one.name.is_none() => self.apply_layer(lv, one.ty.clone(), one.span, span, env),
+                [one] if one.name.is_none() => {
+                    self.apply_layer(lv, one.ty.clone(), one.span, span, env)
+                }
                 _ => {
                     self.report(
-                        Diagnostic::error("E0202", format!("a configured layer takes exactly one input, given {}", args.len()))
-                            .primary(span, "here"),
+                        Diagnostic::error(
+                            "E0202",
+                            format!(
+                                "a configured layer takes exactly one input, given {}",
+                                args.len()
+                            ),
+                        )
+                        .primary(span, "here"),
                     );
                     Ty::Err
                 }
@@ -1640,7 +2139,8 @@ impl<'a> Cx<'a> {
 
     fn not_callable(&mut self, f: &Ty, span: Span) -> Ty {
         let shown = self.show(f);
-        let mut d = Diagnostic::error("E0109", format!("{shown} is not callable")).primary(span, "called here");
+        let mut d = Diagnostic::error("E0109", format!("{shown} is not callable"))
+            .primary(span, "called here");
         if matches!(f, Ty::Net(_)) {
             d = d.with_help("a net is trained or evaluated as a whole: `train(Net, data, cfg)`");
         }
@@ -1650,7 +2150,13 @@ impl<'a> Cx<'a> {
 
     /// Matches arguments to parameters by position and name. Returns, per parameter, the
     /// argument given for it (if any).
-    fn bind_args(&mut self, name: &str, params: &[Param], args: &[ArgV], span: Span) -> Option<Vec<Option<ArgV>>> {
+    fn bind_args(
+        &mut self,
+        name: &str,
+        params: &[Param],
+        args: &[ArgV],
+        span: Span,
+    ) -> Option<Vec<Option<ArgV>>> {
         let mut out: Vec<Option<ArgV>> = vec![None; params.len()];
         let mut ok = true;
         let mut next = 0;
@@ -1659,8 +2165,16 @@ impl<'a> Cx<'a> {
                 None => {
                     if next >= params.len() {
                         self.report(
-                            Diagnostic::error("E0202", format!("`{name}` takes {} argument{}, but {} were given", params.len(), if params.len() == 1 { "" } else { "s" }, args.len()))
-                                .primary(a.span, "unexpected argument"),
+                            Diagnostic::error(
+                                "E0202",
+                                format!(
+                                    "`{name}` takes {} argument{}, but {} were given",
+                                    params.len(),
+                                    if params.len() == 1 { "" } else { "s" },
+                                    args.len()
+                                ),
+                            )
+                            .primary(a.span, "unexpected argument"),
                         );
                         return None;
                     }
@@ -1669,16 +2183,24 @@ impl<'a> Cx<'a> {
                 }
                 Some(n) => match params.iter().position(|p| &p.name.name == n) {
                     Some(i) if out[i].is_some() => {
-                        self.report(Diagnostic::error("E0205", format!("argument `{n}` is given twice")).primary(a.span, "given again here"));
+                        self.report(
+                            Diagnostic::error("E0205", format!("argument `{n}` is given twice"))
+                                .primary(a.span, "given again here"),
+                        );
                         ok = false;
                     }
                     Some(i) => out[i] = Some(a.clone()),
                     None => {
-                        let mut d = Diagnostic::error("E0204", format!("`{name}` has no parameter named `{n}`")).primary(a.span, "unknown argument");
+                        let mut d = Diagnostic::error(
+                            "E0204",
+                            format!("`{name}` has no parameter named `{n}`"),
+                        )
+                        .primary(a.span, "unknown argument");
                         if let Some(s) = closest(n, params.iter().map(|p| p.name.name.as_str())) {
                             d = d.with_help(format!("did you mean `{s}`?"));
                         } else {
-                            let all: Vec<&str> = params.iter().map(|p| p.name.name.as_str()).collect();
+                            let all: Vec<&str> =
+                                params.iter().map(|p| p.name.name.as_str()).collect();
                             d = d.with_help(format!("its parameters are: {}", all.join(", ")));
                         }
                         self.report(d);
@@ -1687,13 +2209,28 @@ impl<'a> Cx<'a> {
                 },
             }
         }
-        let missing: Vec<&Param> = params.iter().zip(&out).filter(|(p, a)| a.is_none() && p.default.is_none()).map(|(p, _)| p).collect();
+        let missing: Vec<&Param> = params
+            .iter()
+            .zip(&out)
+            .filter(|(p, a)| a.is_none() && p.default.is_none())
+            .map(|(p, _)| p)
+            .collect();
         if !missing.is_empty() {
-            let names: Vec<String> = missing.iter().map(|p| format!("`{}`", p.name.name)).collect();
+            let names: Vec<String> = missing
+                .iter()
+                .map(|p| format!("`{}`", p.name.name))
+                .collect();
             self.report(
-                Diagnostic::error("E0203", format!("`{name}` is missing argument{} {}", if names.len() > 1 { "s" } else { "" }, names.join(", ")))
-                    .primary(span, "in this call")
-                    .secondary(missing[0].span, "parameter declared here"),
+                Diagnostic::error(
+                    "E0203",
+                    format!(
+                        "`{name}` is missing argument{} {}",
+                        if names.len() > 1 { "s" } else { "" },
+                        names.join(", ")
+                    ),
+                )
+                .primary(span, "in this call")
+                .secondary(missing[0].span, "parameter declared here"),
             );
             return None;
         }
@@ -1704,20 +2241,37 @@ impl<'a> Cx<'a> {
     /// declared type; tensor types bind their dim variables. Dims written as expressions
     /// are checked after all parameters are bound (`deferred`).
     #[allow(clippy::too_many_arguments)]
-    fn bind_param(&mut self, callee: &str, env: &mut Env, p: &Param, v: Ty, vspan: Span, origin: Option<Span>, deferred: &mut Vec<(Dim, DimExpr, Span, Ty, Span)>) -> bool {
+    fn bind_param(
+        &mut self,
+        callee: &str,
+        env: &mut Env,
+        p: &Param,
+        v: Ty,
+        vspan: Span,
+        origin: Option<Span>,
+        deferred: &mut Vec<(Dim, DimExpr, Span, Ty, Span)>,
+    ) -> bool {
         let Some(t) = &p.ty else {
             env.bind(&p.name.name, v, p.name.span, false);
             return true;
         };
         let ok = match (&t.kind, &v) {
             (_, Ty::Err) => true,
-            (TypeKind::Tensor { dtype, dims }, Ty::Tensor(dt, actual, _)) => self.match_tensor(callee, env, t, dtype, dims, *dt, actual, vspan, origin, deferred),
+            (TypeKind::Tensor { dtype, dims }, Ty::Tensor(dt, actual, _)) => self.match_tensor(
+                callee, env, t, dtype, dims, *dt, actual, vspan, origin, deferred,
+            ),
             (TypeKind::Tensor { .. }, other) => {
                 let shown = self.show(other);
                 let want = self.text(t.span).to_string();
                 self.report(
-                    Diagnostic::error("E0201", format!("`{callee}` expects a tensor {want} for `{}`, found {shown}", p.name.name))
-                        .primary(vspan, format!("this is {shown}")),
+                    Diagnostic::error(
+                        "E0201",
+                        format!(
+                            "`{callee}` expects a tensor {want} for `{}`, found {shown}",
+                            p.name.name
+                        ),
+                    )
+                    .primary(vspan, format!("this is {shown}")),
                 );
                 false
             }
@@ -1725,8 +2279,14 @@ impl<'a> Cx<'a> {
                 if !matches!(v, Ty::Item(_) | Ty::Layer(_)) {
                     let shown = self.show(&v);
                     self.report(
-                        Diagnostic::error("E0201", format!("`{}` of `{callee}` must be a function, found {shown}", p.name.name))
-                            .primary(vspan, "not a function"),
+                        Diagnostic::error(
+                            "E0201",
+                            format!(
+                                "`{}` of `{callee}` must be a function, found {shown}",
+                                p.name.name
+                            ),
+                        )
+                        .primary(vspan, "not a function"),
                     );
                     false
                 } else {
@@ -1738,8 +2298,14 @@ impl<'a> Cx<'a> {
                 if !matches!(v, Ty::Net(_) | Ty::Any) {
                     let shown = self.show(&v);
                     self.report(
-                        Diagnostic::error("E0201", format!("`{}` of `{callee}` must be a net, found {shown}", p.name.name))
-                            .primary(vspan, "not a net"),
+                        Diagnostic::error(
+                            "E0201",
+                            format!(
+                                "`{}` of `{callee}` must be a net, found {shown}",
+                                p.name.name
+                            ),
+                        )
+                        .primary(vspan, "not a net"),
                     );
                     false
                 } else {
@@ -1755,7 +2321,12 @@ impl<'a> Cx<'a> {
             (TypeKind::Named(n), v @ Ty::Int(_)) if n.name == "float" => Ty::Float(v.scalar()),
             (_, v) => v,
         };
-        env.bind(&p.name.name, if ok { v } else { Ty::Err }, p.name.span, false);
+        env.bind(
+            &p.name.name,
+            if ok { v } else { Ty::Err },
+            p.name.span,
+            false,
+        );
         ok
     }
 
@@ -1780,18 +2351,31 @@ impl<'a> Cx<'a> {
             _ => d,
         };
         if DType::parse(&dtype.name).is_some_and(|w| w != dt) {
-            let d = Diagnostic::error("E0302", format!("`{callee}` expects {want_text}, got {got}"))
-                .primary(vspan, format!("this is {got}"))
-                .with_help(format!("convert with `cast(x, \"{}\")`", dtype.name));
+            let d = Diagnostic::error(
+                "E0302",
+                format!("`{callee}` expects {want_text}, got {got}"),
+            )
+            .primary(vspan, format!("this is {got}"))
+            .with_help(format!("convert with `cast(x, \"{}\")`", dtype.name));
             self.report(with_origin(d));
             return false;
         }
-        let packs = dims.iter().filter(|d| matches!(d.kind, DimKind::Pack(_))).count();
+        let packs = dims
+            .iter()
+            .filter(|d| matches!(d.kind, DimKind::Pack(_)))
+            .count();
         let fixed = dims.len() - packs;
         if (packs == 0 && actual.len() != fixed) || actual.len() < fixed {
-            let rank = if packs == 0 { format!("rank-{fixed}") } else { format!("rank-{fixed}-or-more") };
-            let mut d = Diagnostic::error("E0301", format!("`{callee}` expects a {rank} input {want_text}, got {got}"))
-                .primary(vspan, format!("this is {got}"));
+            let rank = if packs == 0 {
+                format!("rank-{fixed}")
+            } else {
+                format!("rank-{fixed}-or-more")
+            };
+            let mut d = Diagnostic::error(
+                "E0301",
+                format!("`{callee}` expects a {rank} input {want_text}, got {got}"),
+            )
+            .primary(vspan, format!("this is {got}"));
             if packs == 0 && fixed == 2 && actual.len() > 2 {
                 d = d.with_help(format!("insert `flatten` before `{callee}`"));
             } else if packs == 0 && fixed == 4 && actual.len() == 2 {
@@ -1805,7 +2389,8 @@ impl<'a> Cx<'a> {
         for d in dims {
             match &d.kind {
                 DimKind::Pack(s) => {
-                    env.packs.insert(s.clone(), actual[i..i + pack_len].to_vec());
+                    env.packs
+                        .insert(s.clone(), actual[i..i + pack_len].to_vec());
                     i += pack_len;
                 }
                 DimKind::Name(v) if env.get(v).is_none() => {
@@ -1813,7 +2398,13 @@ impl<'a> Cx<'a> {
                     i += 1;
                 }
                 _ => {
-                    deferred.push((actual[i].clone(), d.clone(), vspan, Ty::Tensor(dt, actual.to_vec(), None), origin.unwrap_or(vspan)));
+                    deferred.push((
+                        actual[i].clone(),
+                        d.clone(),
+                        vspan,
+                        Ty::Tensor(dt, actual.to_vec(), None),
+                        origin.unwrap_or(vspan),
+                    ));
                     i += 1;
                 }
             }
@@ -1822,7 +2413,12 @@ impl<'a> Cx<'a> {
     }
 
     /// Checks the dims written as expressions, now that every variable is bound.
-    fn check_deferred(&mut self, callee: &str, env: &mut Env, deferred: Vec<(Dim, DimExpr, Span, Ty, Span)>) -> bool {
+    fn check_deferred(
+        &mut self,
+        callee: &str,
+        env: &mut Env,
+        deferred: Vec<(Dim, DimExpr, Span, Ty, Span)>,
+    ) -> bool {
         let mut ok = true;
         for (actual, expr, vspan, whole, origin) in deferred {
             let Some(want) = self.eval_dim(env, &expr) else {
@@ -1834,10 +2430,17 @@ impl<'a> Cx<'a> {
             }
             let got = self.show(&whole);
             let written = self.text(expr.span).to_string();
-            let shown_want = if written == want.to_string() { written } else { format!("{written} = {want}") };
-            let mut d = Diagnostic::error("E0303", format!("`{callee}` expects a dimension of {shown_want}, got {actual} (in {got})"))
-                .primary(vspan, format!("this is {got}"))
-                .secondary(expr.span, "expected by this dimension");
+            let shown_want = if written == want.to_string() {
+                written
+            } else {
+                format!("{written} = {want}")
+            };
+            let mut d = Diagnostic::error(
+                "E0303",
+                format!("`{callee}` expects a dimension of {shown_want}, got {actual} (in {got})"),
+            )
+            .primary(vspan, format!("this is {got}"))
+            .secondary(expr.span, "expected by this dimension");
             if origin != vspan {
                 d = d.secondary(origin, "this shape comes from here");
             }
@@ -1854,12 +2457,19 @@ impl<'a> Cx<'a> {
                 collect_names(w, &mut names);
                 let values: Vec<String> = names
                     .iter()
-                    .filter_map(|n| env.get(n).and_then(|l| l.ty.dim()).map(|d| format!("{n} = {d}")))
+                    .filter_map(|n| {
+                        env.get(n)
+                            .and_then(|l| l.ty.dim())
+                            .map(|d| format!("{n} = {d}"))
+                    })
                     .collect();
                 let text = self.text(w.span).to_string();
-                let mut d = Diagnostic::error("E0305", format!("`{callee}` requires `{text}`, but {}", values.join(", ")))
-                    .primary(span, "this use")
-                    .secondary(w.span, "required here");
+                let mut d = Diagnostic::error(
+                    "E0305",
+                    format!("`{callee}` requires `{text}`, but {}", values.join(", ")),
+                )
+                .primary(span, "this use")
+                .secondary(w.span, "required here");
                 if text.contains('%') {
                     d = d.with_help("choose values so that the dimension divides evenly");
                 }
@@ -1872,17 +2482,25 @@ impl<'a> Cx<'a> {
 
     fn call_fn(&mut self, id: ItemId, args: &[ArgV], span: Span, env: &mut Env) -> Ty {
         let p = self.p;
-        let Some(Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(id) else { return Ty::Err };
+        let Some(Item {
+            kind: ItemKind::Fn(f),
+            ..
+        }) = p.item_ast(id)
+        else {
+            return Ty::Err;
+        };
         let name = f.name.name.clone();
         let Some(bound) = self.bind_args(&name, &f.params, args, span) else {
             return self.fallback_result(f, env);
         };
         let module = p.items[id].module;
         let tensor = self.is_tensor_fn(f);
-        if f.body.is_none() && p.modules[module].is_std
-            && let Some(t) = prims::apply(self, &name, &f.params, &bound, span, env) {
-                return t;
-            }
+        if f.body.is_none()
+            && p.modules[module].is_std
+            && let Some(t) = prims::apply(self, &name, &f.params, &bound, span, env)
+        {
+            return t;
+        }
         let mut callee = Env::new(module, tensor || env.tensor, env.strict);
         let mut deferred = Vec::new();
         let mut ok = true;
@@ -1903,7 +2521,11 @@ impl<'a> Cx<'a> {
         let declared = f.ret.as_ref().map(|t| self.eval_type(&mut callee, t));
         match (&f.body, tensor) {
             (Some(body), true) => {
-                let key = format!("fn{id}|{}|{}", callee.strict, self.env_key(&callee, f.params.iter().map(|p| p.name.name.as_str())));
+                let key = format!(
+                    "fn{id}|{}|{}",
+                    callee.strict,
+                    self.env_key(&callee, f.params.iter().map(|p| p.name.name.as_str()))
+                );
                 let start = self.lower.as_ref().map(|l| l.graph.nodes.len());
                 let inputs: Vec<Val> = bound
                     .iter()
@@ -1926,7 +2548,11 @@ impl<'a> Cx<'a> {
                 let attrs: Vec<(String, Ty)> = f
                     .params
                     .iter()
-                    .filter_map(|p| callee.get(&p.name.name).map(|l| (p.name.name.clone(), l.ty.clone())))
+                    .filter_map(|p| {
+                        callee
+                            .get(&p.name.name)
+                            .map(|l| (p.name.name.clone(), l.ty.clone()))
+                    })
                     .collect();
                 self.mark_composite(&name, start, &inputs, &attrs, &out);
                 out
@@ -1952,10 +2578,24 @@ impl<'a> Cx<'a> {
 
     fn fallback_result(&mut self, f: &FnDecl, env: &Env) -> Ty {
         match &f.ret {
-            Some(TypeExpr { kind: TypeKind::Named(n), .. }) if !matches!(n.name.as_str(), "int" | "dim") => {
+            Some(TypeExpr {
+                kind: TypeKind::Named(n),
+                ..
+            }) if !matches!(n.name.as_str(), "int" | "dim") => {
                 let mut e = Env::new(env.module, false, false);
-                let t = f.ret.as_ref().map(|t| self.eval_type(&mut e, t)).unwrap_or(Ty::Err);
-                if matches!(t, Ty::Record(_) | Ty::Opaque(_) | Ty::Float(_) | Ty::Str | Ty::Bool(_)) { t } else { Ty::Err }
+                let t = f
+                    .ret
+                    .as_ref()
+                    .map(|t| self.eval_type(&mut e, t))
+                    .unwrap_or(Ty::Err);
+                if matches!(
+                    t,
+                    Ty::Record(_) | Ty::Opaque(_) | Ty::Float(_) | Ty::Str | Ty::Bool(_)
+                ) {
+                    t
+                } else {
+                    Ty::Err
+                }
             }
             _ => Ty::Err,
         }
@@ -1967,7 +2607,14 @@ impl<'a> Cx<'a> {
         for n in names {
             let shown = env.get(n).map(|l| match &l.ty {
                 Ty::Item(id) => format!("item{id}"),
-                Ty::Layer(lv) => format!("layer{}({:?})", lv.item, lv.args.iter().map(|a| (a.0.clone(), self.show(&a.1))).collect::<Vec<_>>()),
+                Ty::Layer(lv) => format!(
+                    "layer{}({:?})",
+                    lv.item,
+                    lv.args
+                        .iter()
+                        .map(|a| (a.0.clone(), self.show(&a.1)))
+                        .collect::<Vec<_>>()
+                ),
                 t => self.show(t),
             });
             key.push_str(&format!("{n}={shown:?};"));
@@ -1977,14 +2624,30 @@ impl<'a> Cx<'a> {
 
     /// Runs `body` as an instantiation of item `id`, with cycle detection and a cache, and
     /// adds the parameters and work it collects to the enclosing collector.
-    fn instantiate(&mut self, id: ItemId, key: String, span: Span, body: impl FnOnce(&mut Self) -> Ty) -> Ty {
+    fn instantiate(
+        &mut self,
+        id: ItemId,
+        key: String,
+        span: Span,
+        body: impl FnOnce(&mut Self) -> Ty,
+    ) -> Ty {
         let inst = match self.cache.get(&key) {
             Some(i) => i.clone(),
             None => {
                 if self.stack.contains(&id) {
                     let name = self.p.items[id].name.clone();
-                    let chain: Vec<String> = self.stack.iter().skip_while(|s| **s != id).map(|s| self.p.items[*s].name.clone()).collect();
-                    let mut members: Vec<ItemId> = self.stack.iter().skip_while(|s| **s != id).copied().collect();
+                    let chain: Vec<String> = self
+                        .stack
+                        .iter()
+                        .skip_while(|s| **s != id)
+                        .map(|s| self.p.items[*s].name.clone())
+                        .collect();
+                    let mut members: Vec<ItemId> = self
+                        .stack
+                        .iter()
+                        .skip_while(|s| **s != id)
+                        .copied()
+                        .collect();
                     members.sort();
                     if !self.cycles.insert(members) {
                         return Ty::Err;
@@ -2007,7 +2670,12 @@ impl<'a> Cx<'a> {
                 let c = self.collectors.pop().unwrap_or_default();
                 self.use_sites.pop();
                 self.stack.pop();
-                let inst = Inst { out, params: c.params, states: c.states, macs: c.macs };
+                let inst = Inst {
+                    out,
+                    params: c.params,
+                    states: c.states,
+                    macs: c.macs,
+                };
                 if !self.lowering() {
                     self.cache.insert(key, inst.clone());
                 }
@@ -2016,16 +2684,34 @@ impl<'a> Cx<'a> {
         };
         let name = self.p.items[id].name.clone();
         if let Some(parent) = self.collectors.last_mut() {
-            let prefix = if inst.params.is_empty() && inst.states.is_empty() { String::new() } else {
+            let prefix = if inst.params.is_empty() && inst.states.is_empty() {
+                String::new()
+            } else {
                 let p = format!("{name}{}", parent.sub);
                 parent.sub += 1;
                 p
             };
             for (n, d, v) in inst.params.iter() {
-                parent.params.push((if prefix.is_empty() { n.clone() } else { format!("{prefix}.{n}") }, d.clone(), *v));
+                parent.params.push((
+                    if prefix.is_empty() {
+                        n.clone()
+                    } else {
+                        format!("{prefix}.{n}")
+                    },
+                    d.clone(),
+                    *v,
+                ));
             }
             for (n, d, v) in inst.states.iter() {
-                parent.states.push((if prefix.is_empty() { n.clone() } else { format!("{prefix}.{n}") }, d.clone(), *v));
+                parent.states.push((
+                    if prefix.is_empty() {
+                        n.clone()
+                    } else {
+                        format!("{prefix}.{n}")
+                    },
+                    d.clone(),
+                    *v,
+                ));
             }
             parent.macs = parent.macs.add(&inst.macs);
         }
@@ -2039,12 +2725,35 @@ impl<'a> Cx<'a> {
     }
 
     /// Applies a configured layer to its input.
-    fn apply_layer(&mut self, lv: &LayerValue, input: Ty, origin: Span, span: Span, env: &mut Env) -> Ty {
+    fn apply_layer(
+        &mut self,
+        lv: &LayerValue,
+        input: Ty,
+        origin: Span,
+        span: Span,
+        env: &mut Env,
+    ) -> Ty {
         let p = self.p;
-        let Some(Item { kind: ItemKind::Layer(l), .. }) = p.item_ast(lv.item) else { return Ty::Err };
+        let Some(Item {
+            kind: ItemKind::Layer(l),
+            ..
+        }) = p.item_ast(lv.item)
+        else {
+            return Ty::Err;
+        };
         let name = l.name.name.clone();
-        let args: Vec<ArgV> = lv.args.iter().map(|(n, t, s)| ArgV { name: n.clone(), ty: t.clone(), span: *s }).collect();
-        let Some(bound) = self.bind_args(&name, &l.args, &args, span) else { return Ty::Err };
+        let args: Vec<ArgV> = lv
+            .args
+            .iter()
+            .map(|(n, t, s)| ArgV {
+                name: n.clone(),
+                ty: t.clone(),
+                span: *s,
+            })
+            .collect();
+        let Some(bound) = self.bind_args(&name, &l.args, &args, span) else {
+            return Ty::Err;
+        };
         let mut callee = Env::new(p.items[lv.item].module, true, env.strict);
         callee.layer = true;
         let mut deferred = Vec::new();
@@ -2059,13 +2768,31 @@ impl<'a> Cx<'a> {
             };
             ok &= self.bind_param(&name, &mut callee, param, v, vspan, None, &mut deferred);
         }
-        ok &= self.bind_param(&name, &mut callee, &l.input, input, span, Some(origin), &mut deferred);
+        ok &= self.bind_param(
+            &name,
+            &mut callee,
+            &l.input,
+            input,
+            span,
+            Some(origin),
+            &mut deferred,
+        );
         ok &= self.check_deferred(&name, &mut callee, deferred);
         if !ok || !self.where_clauses(&name, &l.wheres, &mut callee, span) {
             return Ty::Err;
         }
-        let names: Vec<&str> = l.args.iter().map(|p| p.name.name.as_str()).chain([l.input.name.name.as_str()]).collect();
-        let key = format!("layer{}|{}|{}", lv.item, callee.strict, self.env_key(&callee, names.into_iter()));
+        let names: Vec<&str> = l
+            .args
+            .iter()
+            .map(|p| p.name.name.as_str())
+            .chain([l.input.name.name.as_str()])
+            .collect();
+        let key = format!(
+            "layer{}|{}|{}",
+            lv.item,
+            callee.strict,
+            self.env_key(&callee, names.into_iter())
+        );
         let declared = l.ret.as_ref().map(|t| self.eval_type(&mut callee, t));
         self.instantiate(lv.item, key, span, |cx| {
             let got = match cx.block(&l.body, &mut callee) {
@@ -2076,7 +2803,11 @@ impl<'a> Cx<'a> {
                 Some(want) => {
                     let tail = l.body.tail().map(|e| e.span).unwrap_or(l.body.span);
                     cx.expect_result(&want, &got, tail, l.ret.as_ref().map(|t| t.span), &callee);
-                    if got.is_err() { got } else { with_value(&want, &got) }
+                    if got.is_err() {
+                        got
+                    } else {
+                        with_value(&want, &got)
+                    }
                 }
                 None => got,
             }
@@ -2099,7 +2830,11 @@ impl<'a> Cx<'a> {
             }
             return Ty::Err;
         }
-        let input = ArgV { name: None, ty: x.clone(), span: origin };
+        let input = ArgV {
+            name: None,
+            ty: x.clone(),
+            span: origin,
+        };
         match &f.kind {
             ExprKind::Call { callee, args } => {
                 let c = self.expr(callee, env);
@@ -2109,7 +2844,10 @@ impl<'a> Cx<'a> {
                         if vals.iter().any(|a| a.ty.is_err()) {
                             return Ty::Err;
                         }
-                        let lv = LayerValue { item: id, args: vals.into_iter().map(|a| (a.name, a.ty, a.span)).collect() };
+                        let lv = LayerValue {
+                            item: id,
+                            args: vals.into_iter().map(|a| (a.name, a.ty, a.span)).collect(),
+                        };
                         self.apply_layer(&lv, x, origin, f.span, env)
                     }
                     Ty::Item(_) => {
@@ -2132,7 +2870,10 @@ impl<'a> Cx<'a> {
     fn apply_value(&mut self, v: &Ty, input: ArgV, span: Span, env: &mut Env) -> Ty {
         match v {
             Ty::Item(id) if self.p.items[*id].kind == DefKind::Layer => {
-                let lv = LayerValue { item: *id, args: vec![] };
+                let lv = LayerValue {
+                    item: *id,
+                    args: vec![],
+                };
                 self.apply_layer(&lv, input.ty, input.span, span, env)
             }
             Ty::Layer(lv) => self.apply_layer(lv, input.ty, input.span, span, env),
@@ -2166,7 +2907,13 @@ impl<'a> Cx<'a> {
                 Ty::Err => Ty::Err,
                 other => {
                     let shown = cx.show(&other);
-                    cx.report(Diagnostic::error("E0201", format!("a net's input and output are tensors, found {shown}")).primary(t.span, "not a tensor type"));
+                    cx.report(
+                        Diagnostic::error(
+                            "E0201",
+                            format!("a net's input and output are tensors, found {shown}"),
+                        )
+                        .primary(t.span, "not a tensor type"),
+                    );
                     Ty::Err
                 }
             }
@@ -2177,7 +2924,15 @@ impl<'a> Cx<'a> {
                     dims.truncate(1);
                     dims.extend(shape.iter().map(|d| Dim::konst(*d as i64)));
                 }
-                let v = self.emit(Op::Input { name: "x".into(), kind: crate::ir::InputKind::Data }, &[], dt, &dims);
+                let v = self.emit(
+                    Op::Input {
+                        name: "x".into(),
+                        kind: crate::ir::InputKind::Data,
+                    },
+                    &[],
+                    dt,
+                    &dims,
+                );
                 Ty::Tensor(dt, dims, v)
             }
             other => other,
@@ -2199,39 +2954,70 @@ impl<'a> Cx<'a> {
         let mut origin = n.input.span;
         let mut names = Vec::new();
         for (i, stage) in n.stages.iter().enumerate() {
-            let label = stage.label.as_ref().map(|l| l.name.clone()).unwrap_or_else(|| format!("layers.{i}"));
+            let label = stage
+                .label
+                .as_ref()
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| format!("layers.{i}"));
             self.collectors.push(Collector::default());
             x = self.stage(stage, x, origin, &mut env);
             let c = strip_single(self.collectors.pop().unwrap_or_default());
-            let count = |list: &[(String, Vec<Dim>, Val)]| list.iter().map(|(_, d, _)| per_example(&numel(d))).sum::<u64>();
+            let count = |list: &[(String, Vec<Dim>, Val)]| {
+                list.iter()
+                    .map(|(_, d, _)| per_example(&numel(d)))
+                    .sum::<u64>()
+            };
             let (params, state) = (count(&c.params), count(&c.states));
             for (pn, d, _) in &c.params {
-                names.push((format!("{label}.{pn}"), d.iter().map(|x| x.as_const().unwrap_or(0).max(0) as u64).collect()));
+                names.push((
+                    format!("{label}.{pn}"),
+                    d.iter()
+                        .map(|x| x.as_const().unwrap_or(0).max(0) as u64)
+                        .collect(),
+                ));
             }
             self.name_inputs(&label, &c.params, &c.states);
             let macs = per_example(&c.macs);
             info.params += params;
             info.state += state;
             info.macs += macs;
-            info.stages.push(StageInfo { span: stage.span, output: self.show(&x), params, state, macs });
+            info.stages.push(StageInfo {
+                span: stage.span,
+                output: self.show(&x),
+                params,
+                state,
+                macs,
+            });
             origin = stage.span;
         }
         info.param_names = names;
         self.last_net_output = Some(x.clone());
         match (&x, &output) {
             (Ty::Err, _) | (_, Ty::Err) => info.ok = false,
-            (Ty::Tensor(da, a, _), Ty::Tensor(db, b, _)) if da == db && self.shapes_equal(a, b, true) => {}
+            (Ty::Tensor(da, a, _), Ty::Tensor(db, b, _))
+                if da == db && self.shapes_equal(a, b, true) => {}
             _ => {
                 info.ok = false;
                 let (got, want) = (self.show(&x), self.show(&output));
-                let mut d = Diagnostic::error("E0308", format!("`{}` must output {want}, but its last stage gives {got}", n.name.name))
-                    .primary(origin, format!("this gives {got}"))
-                    .secondary(n.output.span, "declared output");
+                let mut d = Diagnostic::error(
+                    "E0308",
+                    format!(
+                        "`{}` must output {want}, but its last stage gives {got}",
+                        n.name.name
+                    ),
+                )
+                .primary(origin, format!("this gives {got}"))
+                .secondary(n.output.span, "declared output");
                 if let (Ty::Tensor(_, a, _), Ty::Tensor(_, b, _)) = (&x, &output) {
                     if a.len() > b.len() && b.len() == 2 {
-                        d = d.with_help("end with `global_avg_pool` or `flatten` and a `dense` layer");
+                        d = d.with_help(
+                            "end with `global_avg_pool` or `flatten` and a `dense` layer",
+                        );
                     } else if a.len() == b.len() {
-                        d = d.with_help(format!("end with `dense({})`", b.last().map(|d| d.to_string()).unwrap_or_default()));
+                        d = d.with_help(format!(
+                            "end with `dense({})`",
+                            b.last().map(|d| d.to_string()).unwrap_or_default()
+                        ));
                     }
                 }
                 self.report(d);
@@ -2248,14 +3034,26 @@ impl<'a> Cx<'a> {
                     Ty::Int(Some(d)) => match d.as_const() {
                         Some(n) if n >= 0 => n,
                         _ => {
-                            self.report(Diagnostic::error("E0310", format!("`repeat` needs a known non-negative count, found {d}")).primary(count.span, "here"));
+                            self.report(
+                                Diagnostic::error(
+                                    "E0310",
+                                    format!("`repeat` needs a known non-negative count, found {d}"),
+                                )
+                                .primary(count.span, "here"),
+                            );
                             return Ty::Err;
                         }
                     },
                     Ty::Err => return Ty::Err,
                     other => {
                         let shown = self.show(&other);
-                        self.report(Diagnostic::error("E0201", format!("`repeat` needs an int count, found {shown}")).primary(count.span, "here"));
+                        self.report(
+                            Diagnostic::error(
+                                "E0201",
+                                format!("`repeat` needs an int count, found {shown}"),
+                            )
+                            .primary(count.span, "here"),
+                        );
                         return Ty::Err;
                     }
                 };
@@ -2269,10 +3067,22 @@ impl<'a> Cx<'a> {
                         self.collectors.push(Collector::default());
                         x = self.stage(st, x, origin, env);
                         let c = strip_single(self.collectors.pop().unwrap_or_default());
-                        let prefix = if body.len() == 1 { format!("{r}") } else { format!("{r}.{j}") };
+                        let prefix = if body.len() == 1 {
+                            format!("{r}")
+                        } else {
+                            format!("{r}.{j}")
+                        };
                         if let Some(parent) = self.collectors.last_mut() {
-                            parent.params.extend(c.params.into_iter().map(|(n, d, v)| (format!("{prefix}.{n}"), d, v)));
-                            parent.states.extend(c.states.into_iter().map(|(n, d, v)| (format!("{prefix}.{n}"), d, v)));
+                            parent.params.extend(
+                                c.params
+                                    .into_iter()
+                                    .map(|(n, d, v)| (format!("{prefix}.{n}"), d, v)),
+                            );
+                            parent.states.extend(
+                                c.states
+                                    .into_iter()
+                                    .map(|(n, d, v)| (format!("{prefix}.{n}"), d, v)),
+                            );
                             parent.macs = parent.macs.add(&c.macs);
                         }
                         origin = st.span;
@@ -2290,28 +3100,60 @@ impl<'a> Cx<'a> {
     /// primal's parameters to `inputs` (tensor parameters, in order) and `attrs`, the
     /// rule's names to them, `dy` to the cotangent, and evaluates the rule's body. Returns
     /// the gradient of each tensor input, `None` where the rule gives none.
-    pub(super) fn instantiate_rule(&mut self, primal: &str, inputs: &[Ty], attrs: &[(String, Ty)], y: Ty, dy: Ty) -> Result<Vec<Option<Val>>, String> {
+    pub(super) fn instantiate_rule(
+        &mut self,
+        primal: &str,
+        inputs: &[Ty],
+        attrs: &[(String, Ty)],
+        y: Ty,
+        dy: Ty,
+    ) -> Result<Vec<Option<Val>>, String> {
         let p = self.p;
-        let rid = self.rule_for(primal).ok_or_else(|| format!("no derivative rule for `{primal}`"))?;
+        let rid = self
+            .rule_for(primal)
+            .ok_or_else(|| format!("no derivative rule for `{primal}`"))?;
         let m = p.items[rid].module;
-        let Some(Item { kind: ItemKind::Rule(rule), .. }) = p.item_ast(rid) else { return Err("not a rule".into()) };
-        let fid = p.lookup(m, primal).ok_or_else(|| format!("no function `{primal}`"))?;
-        let Some(Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(fid) else { return Err(format!("`{primal}` is not a function")) };
+        let Some(Item {
+            kind: ItemKind::Rule(rule),
+            ..
+        }) = p.item_ast(rid)
+        else {
+            return Err("not a rule".into());
+        };
+        let fid = p
+            .lookup(m, primal)
+            .ok_or_else(|| format!("no function `{primal}`"))?;
+        let Some(Item {
+            kind: ItemKind::Fn(f),
+            ..
+        }) = p.item_ast(fid)
+        else {
+            return Err(format!("`{primal}` is not a function"));
+        };
         let mut env = Env::new(m, true, true);
         let mut deferred = Vec::new();
         let mut next = 0;
         let span = p.items[rid].span;
         for prm in &f.params {
-            let is_tensor = matches!(prm.ty.as_ref().map(|t| &t.kind), Some(TypeKind::Tensor { .. }));
+            let is_tensor = matches!(
+                prm.ty.as_ref().map(|t| &t.kind),
+                Some(TypeKind::Tensor { .. })
+            );
             let v = if is_tensor {
                 next += 1;
-                inputs.get(next - 1).cloned().ok_or("too few inputs for the rule")?
+                inputs
+                    .get(next - 1)
+                    .cloned()
+                    .ok_or("too few inputs for the rule")?
             } else if let Some((_, t)) = attrs.iter().find(|(n, _)| *n == prm.name.name) {
                 t.clone()
             } else if let Some(d) = &prm.default {
                 self.expr(d, &mut env)
             } else {
-                return Err(format!("attribute `{}` of `{primal}` is not given", prm.name.name));
+                return Err(format!(
+                    "attribute `{}` of `{primal}` is not given",
+                    prm.name.name
+                ));
             };
             self.bind_param(primal, &mut env, prm, v, span, None, &mut deferred);
         }
@@ -2327,7 +3169,15 @@ impl<'a> Cx<'a> {
         self.collectors.push(Collector::default());
         for s in &rule.body.stmts {
             match &s.kind {
-                StmtKind::Assign { target: Expr { kind: ExprKind::Name(dn), .. }, op: None, value } => {
+                StmtKind::Assign {
+                    target:
+                        Expr {
+                            kind: ExprKind::Name(dn),
+                            ..
+                        },
+                    op: None,
+                    value,
+                } => {
                     let v = self.expr(value, &mut env);
                     grads.insert(dn.clone(), v);
                 }
@@ -2336,7 +3186,10 @@ impl<'a> Cx<'a> {
         }
         self.collectors.pop();
         if let Some(d) = self.diags.iter().find(|d| d.is_error()) {
-            return Err(format!("the rule for `{primal}` does not apply here: {}", d.message));
+            return Err(format!(
+                "the rule for `{primal}` does not apply here: {}",
+                d.message
+            ));
         }
         Ok(rule
             .inputs
@@ -2360,7 +3213,13 @@ impl<'a> Cx<'a> {
         env.get(name).map(|l| l.ty.clone())
     }
 
-    pub(super) fn call_for_rule(&mut self, id: ItemId, args: &[ArgV], span: Span, env: &mut Env) -> Ty {
+    pub(super) fn call_for_rule(
+        &mut self,
+        id: ItemId,
+        args: &[ArgV],
+        span: Span,
+        env: &mut Env,
+    ) -> Ty {
         self.collectors.push(Collector::default());
         let out = self.call_fn(id, args, span, env);
         self.collectors.pop();
@@ -2400,10 +3259,9 @@ fn strip_single(mut c: Collector) -> Collector {
 
 fn collect_names(e: &Expr, out: &mut Vec<String>) {
     match &e.kind {
-        ExprKind::Name(n)
-            if !out.contains(n) => {
-                out.push(n.clone());
-            }
+        ExprKind::Name(n) if !out.contains(n) => {
+            out.push(n.clone());
+        }
         ExprKind::Binary(_, a, b) => {
             collect_names(a, out);
             collect_names(b, out);
@@ -2413,4 +3271,3 @@ fn collect_names(e: &Expr, out: &mut Vec<String>) {
         _ => {}
     }
 }
-

@@ -54,27 +54,49 @@ pub struct Facts {
 impl Facts {
     pub(super) fn finish(&mut self) {
         let key = |s: &Span| (s.file, s.start, s.end);
-        self.refs.sort_by(|a, b| key(&a.span).cmp(&key(&b.span)).then(a.target.cmp(&b.target)));
+        self.refs.sort_by(|a, b| {
+            key(&a.span)
+                .cmp(&key(&b.span))
+                .then(a.target.cmp(&b.target))
+        });
         self.refs.dedup();
-        self.types.sort_by(|a, b| key(&a.0).cmp(&key(&b.0)).then_with(|| a.1.cmp(&b.1)));
+        self.types
+            .sort_by(|a, b| key(&a.0).cmp(&key(&b.0)).then_with(|| a.1.cmp(&b.1)));
         self.types.dedup();
         let mut seen = std::collections::HashSet::new();
-        self.bindings.retain(|b| seen.insert((b.span, b.ty.clone())));
+        self.bindings
+            .retain(|b| seen.insert((b.span, b.ty.clone())));
     }
 
     /// The recorded name use at byte `offset` of a file. Name spans do not nest, and refs
     /// are sorted by position, so this is a binary search (semantic tokens ask once per
     /// token).
     pub fn ref_at(&self, file: crate::span::FileId, offset: usize) -> Option<&Ref> {
-        let after = self.refs.partition_point(|r| (r.span.file, r.span.start) <= (file, offset));
-        self.refs[..after].last().filter(|r| r.span.file == file && r.span.contains(offset))
+        let after = self
+            .refs
+            .partition_point(|r| (r.span.file, r.span.start) <= (file, offset));
+        self.refs[..after]
+            .last()
+            .filter(|r| r.span.file == file && r.span.contains(offset))
     }
 
     /// The types recorded for the innermost expression containing `offset` (several for a
     /// layer's body: one per distinct use).
     pub fn types_at(&self, file: crate::span::FileId, offset: usize) -> Option<(Span, Vec<&str>)> {
-        let best = self.types.iter().filter(|(s, _)| s.file == file && s.contains(offset)).map(|(s, _)| *s).min_by_key(|s| s.end - s.start)?;
-        Some((best, self.types.iter().filter(|(s, _)| *s == best).map(|(_, t)| t.as_str()).collect()))
+        let best = self
+            .types
+            .iter()
+            .filter(|(s, _)| s.file == file && s.contains(offset))
+            .map(|(s, _)| *s)
+            .min_by_key(|s| s.end - s.start)?;
+        Some((
+            best,
+            self.types
+                .iter()
+                .filter(|(s, _)| *s == best)
+                .map(|(_, t)| t.as_str())
+                .collect(),
+        ))
     }
 
     /// Every use of `target` (not its definition).

@@ -61,7 +61,8 @@ impl Cx<'_> {
         let span = self.cur_span;
         if let Some(l) = self.lower.as_mut() {
             l.failure.get_or_insert_with(|| {
-                let d = lower_error(why).with_help("this checks, but the compiler cannot run it yet");
+                let d =
+                    lower_error(why).with_help("this checks, but the compiler cannot run it yet");
                 match span {
                     Some(s) => d.primary(s, "cannot be lowered"),
                     None => d,
@@ -71,7 +72,10 @@ impl Cx<'_> {
     }
 
     fn concrete(&mut self, dims: &[Dim]) -> Option<Vec<usize>> {
-        let out: Option<Vec<usize>> = dims.iter().map(|d| d.as_const().and_then(|n| usize::try_from(n).ok())).collect();
+        let out: Option<Vec<usize>> = dims
+            .iter()
+            .map(|d| d.as_const().and_then(|n| usize::try_from(n).ok()))
+            .collect();
         if out.is_none() {
             self.lower_fail(format!("a shape is not known when lowering: {dims:?}"));
         }
@@ -84,13 +88,19 @@ impl Cx<'_> {
         let args: Vec<ValueId> = args.iter().copied().collect::<Option<_>>()?;
         let shape = self.concrete(dims)?;
         let span = self.cur_span;
-        self.lower.as_mut().map(|l| l.graph.push_at(op, args, dt, shape, span))
+        self.lower
+            .as_mut()
+            .map(|l| l.graph.push_at(op, args, dt, shape, span))
     }
 
     /// A scalar constant broadcast to `dims`.
     pub(super) fn constant(&mut self, x: f64, dt: DType, dims: &[Dim]) -> Val {
         let c = self.emit(Op::Const(x), &[], dt, &[]);
-        if dims.is_empty() { c } else { self.emit(Op::Broadcast, &[c], dt, dims) }
+        if dims.is_empty() {
+            c
+        } else {
+            self.emit(Op::Broadcast, &[c], dt, dims)
+        }
     }
 
     /// The IR value of `t` stretched to `dims` (scalars become constants).
@@ -113,7 +123,14 @@ impl Cx<'_> {
     }
 
     /// An elementwise binary op with broadcasting, lowered.
-    pub(super) fn emit_binary(&mut self, op: Binary, x: &Ty, y: &Ty, dt: DType, dims: &[Dim]) -> Val {
+    pub(super) fn emit_binary(
+        &mut self,
+        op: Binary,
+        x: &Ty,
+        y: &Ty,
+        dt: DType,
+        dims: &[Dim],
+    ) -> Val {
         if !self.lowering() {
             return None;
         }
@@ -122,7 +139,14 @@ impl Cx<'_> {
         self.emit(Op::Binary(op), &[a, b], dt, dims)
     }
 
-    pub(super) fn emit_compare(&mut self, op: Compare, x: &Ty, y: &Ty, operand: DType, dims: &[Dim]) -> Val {
+    pub(super) fn emit_compare(
+        &mut self,
+        op: Compare,
+        x: &Ty,
+        y: &Ty,
+        operand: DType,
+        dims: &[Dim],
+    ) -> Val {
         if !self.lowering() {
             return None;
         }
@@ -136,37 +160,109 @@ impl Cx<'_> {
     }
 
     /// A reduction over `axes`, lowered; `mean` divides by the count.
-    pub(super) fn emit_reduce(&mut self, name: &str, x: Val, dt: DType, in_dims: &[Dim], axes: &[usize], keep: bool, out: &[Dim]) -> Val {
+    pub(super) fn emit_reduce(
+        &mut self,
+        name: &str,
+        x: Val,
+        dt: DType,
+        in_dims: &[Dim],
+        axes: &[usize],
+        keep: bool,
+        out: &[Dim],
+    ) -> Val {
         if !self.lowering() {
             return None;
         }
-        let op = if name == "max" { Reduce::Max } else { Reduce::Sum };
+        let op = if name == "max" {
+            Reduce::Max
+        } else {
+            Reduce::Sum
+        };
         match name {
-            "sum" | "max" => self.emit(Op::Reduce { op, axes: axes.to_vec(), keepdim: keep }, &[x], dt, out),
+            "sum" | "max" => self.emit(
+                Op::Reduce {
+                    op,
+                    axes: axes.to_vec(),
+                    keepdim: keep,
+                },
+                &[x],
+                dt,
+                out,
+            ),
             "min" => {
                 // min(x) = -max(-x)
                 let n = self.emit(Op::Unary(Unary::Neg), &[x], dt, in_dims);
-                let m = self.emit(Op::Reduce { op: Reduce::Max, axes: axes.to_vec(), keepdim: keep }, &[n], dt, out);
+                let m = self.emit(
+                    Op::Reduce {
+                        op: Reduce::Max,
+                        axes: axes.to_vec(),
+                        keepdim: keep,
+                    },
+                    &[n],
+                    dt,
+                    out,
+                );
                 self.emit(Op::Unary(Unary::Neg), &[m], dt, out)
             }
             "mean" => {
-                let s = self.emit(Op::Reduce { op, axes: axes.to_vec(), keepdim: keep }, &[x], dt, out);
+                let s = self.emit(
+                    Op::Reduce {
+                        op,
+                        axes: axes.to_vec(),
+                        keepdim: keep,
+                    },
+                    &[x],
+                    dt,
+                    out,
+                );
                 let count: i64 = axes.iter().filter_map(|a| in_dims[*a].as_const()).product();
                 let c = self.constant(count as f64, dt, out);
                 self.emit(Op::Binary(Binary::Div), &[s, c], dt, out)
             }
             "logsumexp" => {
                 // m + log(sum(exp(x - m))), with m the max kept as a broadcastable dim.
-                let kept: Vec<Dim> = in_dims.iter().enumerate().map(|(i, d)| if axes.contains(&i) { Dim::konst(1) } else { d.clone() }).collect();
-                let m = self.emit(Op::Reduce { op: Reduce::Max, axes: axes.to_vec(), keepdim: true }, &[x], dt, &kept);
+                let kept: Vec<Dim> = in_dims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        if axes.contains(&i) {
+                            Dim::konst(1)
+                        } else {
+                            d.clone()
+                        }
+                    })
+                    .collect();
+                let m = self.emit(
+                    Op::Reduce {
+                        op: Reduce::Max,
+                        axes: axes.to_vec(),
+                        keepdim: true,
+                    },
+                    &[x],
+                    dt,
+                    &kept,
+                );
                 let m = self.emit(Op::StopGradient, &[m], dt, &kept);
                 let mb = self.emit(Op::Broadcast, &[m], dt, in_dims);
                 let d = self.emit(Op::Binary(Binary::Sub), &[x, mb], dt, in_dims);
                 let e = self.emit(Op::Unary(Unary::Exp), &[d], dt, in_dims);
-                let s = self.emit(Op::Reduce { op: Reduce::Sum, axes: axes.to_vec(), keepdim: true }, &[e], dt, &kept);
+                let s = self.emit(
+                    Op::Reduce {
+                        op: Reduce::Sum,
+                        axes: axes.to_vec(),
+                        keepdim: true,
+                    },
+                    &[e],
+                    dt,
+                    &kept,
+                );
                 let l = self.emit(Op::Unary(Unary::Log), &[s], dt, &kept);
                 let r = self.emit(Op::Binary(Binary::Add), &[l, m], dt, &kept);
-                if keep { r } else { self.emit(Op::Reshape, &[r], dt, out) }
+                if keep {
+                    r
+                } else {
+                    self.emit(Op::Reshape, &[r], dt, out)
+                }
             }
             _ => {
                 self.lower_fail(format!("`{name}` cannot be lowered yet"));
@@ -192,22 +288,39 @@ impl Cx<'_> {
     }
 
     /// Gives the parameters and state of net stage `label` their structural names.
-    pub(super) fn name_inputs(&mut self, label: &str, params: &[(String, Vec<Dim>, Val)], states: &[(String, Vec<Dim>, Val)]) {
+    pub(super) fn name_inputs(
+        &mut self,
+        label: &str,
+        params: &[(String, Vec<Dim>, Val)],
+        states: &[(String, Vec<Dim>, Val)],
+    ) {
         let Some(l) = self.lower.as_mut() else { return };
         for (n, _, v) in params.iter().chain(states) {
             if let Some(v) = v
-                && let Op::Input { name, .. } = &mut l.graph.nodes[v.index()].op {
-                    *name = format!("{label}.{n}");
-                }
+                && let Op::Input { name, .. } = &mut l.graph.nodes[v.index()].op
+            {
+                *name = format!("{label}.{n}");
+            }
         }
     }
 
     /// Records a lowered call of a function that has its own rule (see [`Composite`]).
     ///
     /// [`Composite`]: crate::ir::Composite
-    pub(super) fn mark_composite(&mut self, name: &str, start: Option<usize>, inputs: &[Val], attrs: &[(String, Ty)], out: &Ty) {
-        let (Some(start), Ty::Tensor(_, _, Some(output))) = (start, out) else { return };
-        let Some(inputs) = inputs.iter().copied().collect::<Option<Vec<ValueId>>>() else { return };
+    pub(super) fn mark_composite(
+        &mut self,
+        name: &str,
+        start: Option<usize>,
+        inputs: &[Val],
+        attrs: &[(String, Ty)],
+        out: &Ty,
+    ) {
+        let (Some(start), Ty::Tensor(_, _, Some(output))) = (start, out) else {
+            return;
+        };
+        let Some(inputs) = inputs.iter().copied().collect::<Option<Vec<ValueId>>>() else {
+            return;
+        };
         if self.rule_for(name).is_none() {
             return;
         }
@@ -225,20 +338,35 @@ impl Cx<'_> {
                     Some((n.clone(), a))
                 })
                 .collect();
-            l.graph.composites.push(crate::ir::Composite { rule: name.to_string(), inputs, attrs, output: *output, start, end });
+            l.graph.composites.push(crate::ir::Composite {
+                rule: name.to_string(),
+                inputs,
+                attrs,
+                output: *output,
+                start,
+                end,
+            });
         }
     }
 
     /// The derivative rule for function `name`, anywhere in the program.
     pub(super) fn rule_for(&self, name: &str) -> Option<super::names::ItemId> {
-        self.p.modules.iter().flat_map(|m| m.rules.iter()).copied().find(|r| self.p.items[*r].name == name)
+        self.p
+            .modules
+            .iter()
+            .flat_map(|m| m.rules.iter())
+            .copied()
+            .find(|r| self.p.items[*r].name == name)
     }
 
     pub(super) fn next_seed(&mut self) -> u64 {
-        self.lower.as_mut().map(|l| {
-            l.rng += 1;
-            l.rng
-        }).unwrap_or(0)
+        self.lower
+            .as_mut()
+            .map(|l| {
+                l.rng += 1;
+                l.rng
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -271,60 +399,125 @@ fn finish(cx: &mut Cx) -> Result<Lowering, Diagnostic> {
 /// (the name of a function `loss(logits, labels: i32[B])`), appends the loss of a batch of
 /// integer labels, named input `y`. Outputs: `logits`, `loss`, and `state.<name>` for every
 /// updated state.
-pub fn lower_net(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>) -> Result<Lowered, Diagnostic> {
+pub fn lower_net(
+    p: &super::Program,
+    module: usize,
+    net: &str,
+    batch: usize,
+    mode: Mode,
+    loss: Option<&str>,
+) -> Result<Lowered, Diagnostic> {
     lower_net_at(p, module, net, batch, mode, loss, None)
 }
 
 /// [`lower_net`] with the per-example input shape replaced (a smaller image, for
 /// gradient checks of nets whose layers allow it).
-pub fn lower_net_at(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<&str>, input: Option<&[usize]>) -> Result<Lowered, Diagnostic> {
-    lower_net_loss(p, module, net, batch, mode, loss.map(|l| (l, &[][..])), input)
+pub fn lower_net_at(
+    p: &super::Program,
+    module: usize,
+    net: &str,
+    batch: usize,
+    mode: Mode,
+    loss: Option<&str>,
+    input: Option<&[usize]>,
+) -> Result<Lowered, Diagnostic> {
+    lower_net_loss(
+        p,
+        module,
+        net,
+        batch,
+        mode,
+        loss.map(|l| (l, &[][..])),
+        input,
+    )
 }
 
 /// [`lower_net_at`] with scalar arguments for the loss, passed by name after the logits
 /// and labels (`smoothed_cross_entropy` with `eps`).
-pub fn lower_net_loss(p: &super::Program, module: usize, net: &str, batch: usize, mode: Mode, loss: Option<(&str, &[(&str, f64)])>, input: Option<&[usize]>) -> Result<Lowered, Diagnostic> {
-    let id = p.lookup(module, net).ok_or_else(|| lower_error(format!("no net `{net}`")))?;
-    let Some(crate::syntax::ast::Item { kind: crate::syntax::ast::ItemKind::Net(decl), .. }) = p.item_ast(id) else {
-        return Err(lower_error(format!("`{net}` is not a net")).primary(p.items[id].span, "defined here"));
+pub fn lower_net_loss(
+    p: &super::Program,
+    module: usize,
+    net: &str,
+    batch: usize,
+    mode: Mode,
+    loss: Option<(&str, &[(&str, f64)])>,
+    input: Option<&[usize]>,
+) -> Result<Lowered, Diagnostic> {
+    let id = p
+        .lookup(module, net)
+        .ok_or_else(|| lower_error(format!("no net `{net}`")))?;
+    let Some(crate::syntax::ast::Item {
+        kind: crate::syntax::ast::ItemKind::Net(decl),
+        ..
+    }) = p.item_ast(id)
+    else {
+        return Err(
+            lower_error(format!("`{net}` is not a net")).primary(p.items[id].span, "defined here")
+        );
     };
     let mut diags = Vec::new();
     let mut cx = Cx::new(p, &mut diags);
-    let mut lowering = Lowering { batch: Some(batch as i64), input: input.map(|s| s.to_vec()), ..Lowering::default() };
+    let mut lowering = Lowering {
+        batch: Some(batch as i64),
+        input: input.map(|s| s.to_vec()),
+        ..Lowering::default()
+    };
     lowering.graph.mode = mode;
     cx.lower = Some(lowering);
     let (info, out) = cx.check_net_lowered(p.items[id].module, decl);
     let mut loss_val = None;
     if let (Some((loss, loss_args)), Ty::Tensor(_, dims, Some(_))) = (loss, &out) {
         let y_dims = vec![dims[0].clone()];
-        let y = cx.emit(Op::Input { name: "y".into(), kind: crate::ir::InputKind::Label }, &[], DType::I32, &y_dims);
+        let y = cx.emit(
+            Op::Input {
+                name: "y".into(),
+                kind: crate::ir::InputKind::Label,
+            },
+            &[],
+            DType::I32,
+            &y_dims,
+        );
         let labels = Ty::Tensor(DType::I32, y_dims, y);
         let l = if loss_args.is_empty() {
             cx.call_named(p.items[id].module, loss, vec![out.clone(), labels])
         } else {
             let m = p.items[id].module;
-            let Some(fid) = p.lookup(m, loss).or_else(|| p.module_by_path("std.nn").and_then(|n| p.modules[n].defs.get(loss).copied())) else {
+            let Some(fid) = p.lookup(m, loss).or_else(|| {
+                p.module_by_path("std.nn")
+                    .and_then(|n| p.modules[n].defs.get(loss).copied())
+            }) else {
                 return Err(lower_error(format!("no loss function `{loss}`")));
             };
             let mut args = vec![(None, out.clone()), (None, labels)];
-            args.extend(loss_args.iter().map(|(n, v)| (Some(n.to_string()), Ty::Float(Some(*v)))));
+            args.extend(
+                loss_args
+                    .iter()
+                    .map(|(n, v)| (Some(n.to_string()), Ty::Float(Some(*v)))),
+            );
             cx.call_with(fid, args)
         };
         match l {
             Ty::Tensor(_, d, Some(v)) if d.is_empty() => loss_val = Some(v),
             other => {
                 let shown = cx.show(&other);
-                return Err(lower_error(format!("the loss `{loss}` must give a scalar f32[], but it gives {shown}")).primary(decl.output.span, "the net's output"));
+                return Err(lower_error(format!(
+                    "the loss `{loss}` must give a scalar f32[], but it gives {shown}"
+                ))
+                .primary(decl.output.span, "the net's output"));
             }
         }
     }
     // A net that does not check says why, with the checker's own diagnostic.
     let mut lowering = finish(&mut cx)?;
     let Ty::Tensor(_, _, Some(output)) = out else {
-        return Err(lower_error(format!("`{net}` gave no value")).primary(p.items[id].span, "this net"));
+        return Err(
+            lower_error(format!("`{net}` gave no value")).primary(p.items[id].span, "this net")
+        );
     };
     if !info.ok {
-        return Err(lower_error(format!("`{net}` does not check")).primary(p.items[id].span, "this net"));
+        return Err(
+            lower_error(format!("`{net}` does not check")).primary(p.items[id].span, "this net")
+        );
     }
     lowering.graph.outputs.push(("logits".into(), output));
     if let Some(l) = loss_val {
@@ -345,22 +538,42 @@ pub fn lower_net_loss(p: &super::Program, module: usize, net: &str, batch: usize
             _ => None,
         })
         .collect();
-    Ok(Lowered { graph: lowering.graph, output, loss: loss_val, inits })
+    Ok(Lowered {
+        graph: lowering.graph,
+        output,
+        loss: loss_val,
+        inits,
+    })
 }
 
 /// Appends to `graph` the nodes of `primal`'s derivative rule at concrete values: the
 /// tensor inputs `inputs`, attributes `attrs`, result `y` and its cotangent `dy`. Returns
 /// each input's gradient (`None` where the rule gives none).
-pub fn apply_rule(p: &super::Program, graph: &mut Graph, primal: &str, inputs: &[ValueId], attrs: &[(String, Ty)], y: ValueId, dy: ValueId) -> Result<Vec<Option<ValueId>>, String> {
+pub fn apply_rule(
+    p: &super::Program,
+    graph: &mut Graph,
+    primal: &str,
+    inputs: &[ValueId],
+    attrs: &[(String, Ty)],
+    y: ValueId,
+    dy: ValueId,
+) -> Result<Vec<Option<ValueId>>, String> {
     let mut diags = Vec::new();
     let mut cx = Cx::new(p, &mut diags);
     let tensor = |g: &Graph, v: ValueId| {
         let n = g.node(v);
-        Ty::Tensor(n.dtype, n.shape.iter().map(|d| Dim::konst(*d as i64)).collect(), Some(v))
+        Ty::Tensor(
+            n.dtype,
+            n.shape.iter().map(|d| Dim::konst(*d as i64)).collect(),
+            Some(v),
+        )
     };
     let ins: Vec<Ty> = inputs.iter().map(|v| tensor(graph, *v)).collect();
     let (yt, dyt) = (tensor(graph, y), tensor(graph, dy));
-    cx.lower = Some(Lowering { graph: std::mem::take(graph), ..Lowering::default() });
+    cx.lower = Some(Lowering {
+        graph: std::mem::take(graph),
+        ..Lowering::default()
+    });
     let result = cx.instantiate_rule(primal, &ins, attrs, yt, dyt);
     let lowering = cx.lower.take().unwrap_or_default();
     *graph = lowering.graph;
@@ -386,8 +599,17 @@ pub struct CallInput {
 /// Lowers one call of function `name` (seen from `module`): each of `inputs` becomes a
 /// graph input passed positionally, `attrs` are passed by name. The result is output
 /// `y`.
-pub fn lower_call(p: &super::Program, module: usize, name: &str, inputs: &[CallInput], attrs: &[(String, Ty)], mode: Mode) -> Result<Lowered, Diagnostic> {
-    let id = p.lookup(module, name).ok_or_else(|| lower_error(format!("no function `{name}`")))?;
+pub fn lower_call(
+    p: &super::Program,
+    module: usize,
+    name: &str,
+    inputs: &[CallInput],
+    attrs: &[(String, Ty)],
+    mode: Mode,
+) -> Result<Lowered, Diagnostic> {
+    let id = p
+        .lookup(module, name)
+        .ok_or_else(|| lower_error(format!("no function `{name}`")))?;
     let mut diags = Vec::new();
     let mut cx = Cx::new(p, &mut diags);
     let mut lowering = Lowering::default();
@@ -396,15 +618,29 @@ pub fn lower_call(p: &super::Program, module: usize, name: &str, inputs: &[CallI
     let mut args = Vec::new();
     for i in inputs {
         let dims: Vec<Dim> = i.shape.iter().map(|d| Dim::konst(*d as i64)).collect();
-        let v = cx.emit(Op::Input { name: i.name.clone(), kind: i.kind }, &[], i.dtype, &dims);
+        let v = cx.emit(
+            Op::Input {
+                name: i.name.clone(),
+                kind: i.kind,
+            },
+            &[],
+            i.dtype,
+            &dims,
+        );
         args.push((None, Ty::Tensor(i.dtype, dims, v)));
     }
     args.extend(attrs.iter().map(|(n, t)| (Some(n.clone()), t.clone())));
     let out = cx.call_with(id, args);
     let mut lowering = finish(&mut cx)?;
     let Ty::Tensor(_, _, Some(output)) = out else {
-        return Err(lower_error(format!("`{name}` gave no tensor")).primary(p.items[id].span, "this function"));
+        return Err(lower_error(format!("`{name}` gave no tensor"))
+            .primary(p.items[id].span, "this function"));
     };
     lowering.graph.outputs.push(("y".into(), output));
-    Ok(Lowered { graph: lowering.graph, output, loss: None, inits: vec![] })
+    Ok(Lowered {
+        graph: lowering.graph,
+        output,
+        loss: None,
+        inits: vec![],
+    })
 }

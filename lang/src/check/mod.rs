@@ -10,9 +10,9 @@
 //! its values' types in place of shapes.
 
 pub mod dim;
-pub mod lower;
 mod eval;
 pub mod facts;
+pub mod lower;
 mod names;
 mod prims;
 mod rules;
@@ -85,7 +85,12 @@ fn check(roots: &[(String, String)], loader: &dyn Loader, record: bool) -> Check
         check_closed_forms(&program, &root_ids, &mut diags);
     }
     crate::diag::normalize(&mut diags);
-    Checked { program, diagnostics: diags, nets, facts }
+    Checked {
+        program,
+        diagnostics: diags,
+        nets,
+        facts,
+    }
 }
 
 /// The largest relative discrepancy a closed-form rule may have from the derived VJP.

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Loader, ALWAYS, PRELUDE};
+use super::{ALWAYS, Loader, PRELUDE};
 use crate::diag::Diagnostic;
 use crate::span::{FileId, SourceMap, Span};
 use crate::syntax::ast::{Item, ItemKind, Module};
@@ -109,21 +109,37 @@ impl Program {
         PRELUDE
             .iter()
             .filter_map(|p| self.module_by_path(p))
-            .find_map(|p| self.modules.get(p).and_then(|pm| pm.defs.get(name)).copied())
+            .find_map(|p| {
+                self.modules
+                    .get(p)
+                    .and_then(|pm| pm.defs.get(name))
+                    .copied()
+            })
     }
 
     /// Every global name visible from `module` (for "did you mean" and completion).
     pub fn visible_names(&self, module: usize) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        let Some(m) = self.modules.get(module) else { return out };
+        let Some(m) = self.modules.get(module) else {
+            return out;
+        };
         out.extend(m.defs.keys().cloned());
         out.extend(m.imported.keys().cloned());
-        for g in m.globs.iter().chain(PRELUDE.iter().filter_map(|p| self.module_by_path(p)).collect::<Vec<_>>().iter()) {
+        for g in m.globs.iter().chain(
+            PRELUDE
+                .iter()
+                .filter_map(|p| self.module_by_path(p))
+                .collect::<Vec<_>>()
+                .iter(),
+        ) {
             if let Some(gm) = self.modules.get(*g) {
                 out.extend(gm.defs.keys().cloned());
             }
         }
-        out.retain(|n| self.lookup(module, n).is_some_and(|id| self.items[id].kind != DefKind::Rule));
+        out.retain(|n| {
+            self.lookup(module, n)
+                .is_some_and(|id| self.items[id].kind != DefKind::Rule)
+        });
         out.sort();
         out.dedup();
         out
@@ -132,7 +148,14 @@ impl Program {
 
 fn item_name(item: &Item) -> Option<(&crate::syntax::ast::Ident, DefKind)> {
     Some(match &item.kind {
-        ItemKind::Fn(f) => (&f.name, if f.body.is_some() { DefKind::Fn } else { DefKind::ExternFn }),
+        ItemKind::Fn(f) => (
+            &f.name,
+            if f.body.is_some() {
+                DefKind::Fn
+            } else {
+                DefKind::ExternFn
+            },
+        ),
         ItemKind::Layer(l) => (&l.name, DefKind::Layer),
         ItemKind::Net(n) => (&n.name, DefKind::Net),
         ItemKind::Rule(r) => (&r.name, DefKind::Rule),
@@ -147,18 +170,32 @@ fn register_items(p: &mut Program, m: usize, diags: &mut Vec<Diagnostic>) {
     let mut found = Vec::new();
     for (index, item) in p.modules[m].ast.items.iter().enumerate() {
         if let Some((name, kind)) = item_name(item) {
-            found.push(ItemDef { name: name.name.clone(), module: m, index, kind, span: name.span, doc: item.doc.clone() });
+            found.push(ItemDef {
+                name: name.name.clone(),
+                module: m,
+                index,
+                kind,
+                span: name.span,
+                doc: item.doc.clone(),
+            });
         }
     }
     for def in found {
         let id = p.items.len();
         if def.kind == DefKind::Rule {
-            if let Some(prev) = p.modules[m].rules.iter().find(|r| p.items[**r].name == def.name) {
+            if let Some(prev) = p.modules[m]
+                .rules
+                .iter()
+                .find(|r| p.items[**r].name == def.name)
+            {
                 diags.push(
-                    Diagnostic::error("E0407", format!("a second derivative rule for `{}`", def.name))
-                        .primary(def.span, "second rule")
-                        .secondary(p.items[*prev].span, "first rule here")
-                        .with_help("a primitive has exactly one rule: remove one of them"),
+                    Diagnostic::error(
+                        "E0407",
+                        format!("a second derivative rule for `{}`", def.name),
+                    )
+                    .primary(def.span, "second rule")
+                    .secondary(p.items[*prev].span, "first rule here")
+                    .with_help("a primitive has exactly one rule: remove one of them"),
                 );
             }
             p.items.push(def);
@@ -197,7 +234,13 @@ pub fn load_all(p: &mut Program, loader: &dyn Loader, diags: &mut Vec<Diagnostic
     let mut queue: Vec<(Vec<String>, String, Option<Span>)> = PRELUDE
         .iter()
         .chain(ALWAYS.iter())
-        .map(|s| (s.split('.').map(str::to_string).collect(), String::new(), None))
+        .map(|s| {
+            (
+                s.split('.').map(str::to_string).collect(),
+                String::new(),
+                None,
+            )
+        })
         .collect();
     let mut tried: HashSet<String> = HashSet::new();
     let mut next_module = 0;
@@ -216,7 +259,9 @@ pub fn load_all(p: &mut Program, loader: &dyn Loader, diags: &mut Vec<Diagnostic
             }
             next_module += 1;
         }
-        let Some((path, from, _span)) = queue.pop() else { break };
+        let Some((path, from, _span)) = queue.pop() else {
+            break;
+        };
         let key = path.join(".");
         if p.module_by_path(&key).is_some() || !tried.insert(key.clone()) {
             continue;
@@ -236,9 +281,13 @@ pub fn resolve_imports(p: &mut Program, diags: &mut Vec<Diagnostic>) {
         let mut imported = HashMap::new();
         let mut globs = Vec::new();
         for item in &p.modules[m].ast.items {
-            let ItemKind::Import(imp) = &item.kind else { continue };
+            let ItemKind::Import(imp) = &item.kind else {
+                continue;
+            };
             let path: Vec<String> = imp.path.iter().map(|i| i.name.clone()).collect();
-            let Some(last) = imp.path.last() else { continue };
+            let Some(last) = imp.path.last() else {
+                continue;
+            };
             let whole = path.join(".");
             if let Some(target) = p.module_by_path(&whole) {
                 if imp.glob {
@@ -259,9 +308,14 @@ pub fn resolve_imports(p: &mut Program, diags: &mut Vec<Diagnostic>) {
                         }
                         None => {
                             let names: Vec<String> = p.modules[pm].defs.keys().cloned().collect();
-                            let mut d = Diagnostic::error("E0106", format!("module `{parent}` has no item `{}`", last.name))
-                                .primary(last.span, "not found in this module");
-                            if let Some(s) = super::eval::closest(&last.name, names.iter().map(String::as_str)) {
+                            let mut d = Diagnostic::error(
+                                "E0106",
+                                format!("module `{parent}` has no item `{}`", last.name),
+                            )
+                            .primary(last.span, "not found in this module");
+                            if let Some(s) =
+                                super::eval::closest(&last.name, names.iter().map(String::as_str))
+                            {
                                 d = d.with_help(format!("did you mean `{parent}.{s}`?"));
                             }
                             diags.push(d);
@@ -270,9 +324,19 @@ pub fn resolve_imports(p: &mut Program, diags: &mut Vec<Diagnostic>) {
                     continue;
                 }
             }
-            let span = imp.path.first().map(|f| f.span.to(last.span)).unwrap_or(item.span);
-            let known: Vec<String> = p.modules.iter().filter(|m| m.is_std).map(|m| m.name.clone()).collect();
-            let mut d = Diagnostic::error("E0105", format!("cannot find module `{whole}`")).primary(span, "no such module");
+            let span = imp
+                .path
+                .first()
+                .map(|f| f.span.to(last.span))
+                .unwrap_or(item.span);
+            let known: Vec<String> = p
+                .modules
+                .iter()
+                .filter(|m| m.is_std)
+                .map(|m| m.name.clone())
+                .collect();
+            let mut d = Diagnostic::error("E0105", format!("cannot find module `{whole}`"))
+                .primary(span, "no such module");
             if let Some(s) = super::eval::closest(&whole, known.iter().map(String::as_str)) {
                 d = d.with_help(format!("did you mean `{s}`?"));
             } else {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::eval::{closest, ArgV, Cx};
+use super::eval::{ArgV, Cx, closest};
 use super::names::DefKind;
 use super::ty::{ShapeFmt, Ty};
 use crate::diag::Diagnostic;
@@ -18,9 +18,15 @@ impl Cx<'_> {
     pub(super) fn check_rule(&mut self, m: usize, r: &RuleDecl) {
         let p = self.p;
         let name = &r.name.name;
-        let Some(id) = p.lookup(m, name).filter(|id| matches!(p.items[*id].kind, DefKind::Fn | DefKind::ExternFn)) else {
-            let mut d = Diagnostic::error("E0401", format!("a derivative rule for `{name}`, which is not a function"))
-                .primary(r.name.span, "no function of this name");
+        let Some(id) = p
+            .lookup(m, name)
+            .filter(|id| matches!(p.items[*id].kind, DefKind::Fn | DefKind::ExternFn))
+        else {
+            let mut d = Diagnostic::error(
+                "E0401",
+                format!("a derivative rule for `{name}`, which is not a function"),
+            )
+            .primary(r.name.span, "no function of this name");
             let names = p.visible_names(m);
             if let Some(s) = closest(name, names.iter().map(String::as_str)) {
                 d = d.with_help(format!("did you mean `{s}`?"));
@@ -28,15 +34,40 @@ impl Cx<'_> {
             self.report(d);
             return;
         };
-        let Some(Item { kind: ItemKind::Fn(f), .. }) = p.item_ast(id) else { return };
-        let is_tensor = |p: &Param| matches!(p.ty.as_ref().map(|t| &t.kind), Some(TypeKind::Tensor { .. }));
+        let Some(Item {
+            kind: ItemKind::Fn(f),
+            ..
+        }) = p.item_ast(id)
+        else {
+            return;
+        };
+        let is_tensor = |p: &Param| {
+            matches!(
+                p.ty.as_ref().map(|t| &t.kind),
+                Some(TypeKind::Tensor { .. })
+            )
+        };
         let inputs: Vec<&Param> = f.params.iter().filter(|p| is_tensor(p)).collect();
         if inputs.len() != r.inputs.len() {
             let names: Vec<&str> = inputs.iter().map(|p| p.name.name.as_str()).collect();
             self.report(
-                Diagnostic::error("E0402", format!("`{name}` has {} tensor input{} ({}), but the rule names {}", inputs.len(), if inputs.len() == 1 { "" } else { "s" }, names.join(", "), r.inputs.len()))
-                    .primary(r.name.span.to(r.inputs.last().map(|i| i.span).unwrap_or(r.name.span)), "this rule's inputs")
-                    .secondary(p.items[id].span, "primal declared here"),
+                Diagnostic::error(
+                    "E0402",
+                    format!(
+                        "`{name}` has {} tensor input{} ({}), but the rule names {}",
+                        inputs.len(),
+                        if inputs.len() == 1 { "" } else { "s" },
+                        names.join(", "),
+                        r.inputs.len()
+                    ),
+                )
+                .primary(
+                    r.name
+                        .span
+                        .to(r.inputs.last().map(|i| i.span).unwrap_or(r.name.span)),
+                    "this rule's inputs",
+                )
+                .secondary(p.items[id].span, "primal declared here"),
             );
             return;
         }
@@ -46,15 +77,32 @@ impl Cx<'_> {
         let args: Vec<ArgV> = f
             .params
             .iter()
-            .map(|prm| ArgV { name: Some(prm.name.name.clone()), ty: self.local_ty(&env, &prm.name.name).unwrap_or(Ty::Err), span: prm.span })
+            .map(|prm| ArgV {
+                name: Some(prm.name.name.clone()),
+                ty: self.local_ty(&env, &prm.name.name).unwrap_or(Ty::Err),
+                span: prm.span,
+            })
             .collect();
         for a in &r.attrs {
             match f.params.iter().find(|p| p.name.name == a.name) {
                 Some(prm) if !is_tensor(prm) => {}
                 _ => {
-                    let attrs: Vec<&str> = f.params.iter().filter(|p| !is_tensor(p)).map(|p| p.name.name.as_str()).collect();
-                    let mut d = Diagnostic::error("E0403", format!("`{}` is not an attribute of `{name}`", a.name)).primary(a.span, "unknown attribute");
-                    d = if attrs.is_empty() { d.with_help(format!("`{name}` has no attributes")) } else { d.with_help(format!("its attributes are: {}", attrs.join(", "))) };
+                    let attrs: Vec<&str> = f
+                        .params
+                        .iter()
+                        .filter(|p| !is_tensor(p))
+                        .map(|p| p.name.name.as_str())
+                        .collect();
+                    let mut d = Diagnostic::error(
+                        "E0403",
+                        format!("`{}` is not an attribute of `{name}`", a.name),
+                    )
+                    .primary(a.span, "unknown attribute");
+                    d = if attrs.is_empty() {
+                        d.with_help(format!("`{name}` has no attributes"))
+                    } else {
+                        d.with_help(format!("its attributes are: {}", attrs.join(", ")))
+                    };
                     self.report(d);
                 }
             }
@@ -126,10 +174,19 @@ impl Cx<'_> {
             let needs = matches!(t, Ty::Tensor(dt, _, _) if dt.is_float());
             if needs && !given.contains_key(&format!("d{}", local.name)) {
                 self.report(
-                    Diagnostic::error("E0405", format!("the rule for `{name}` gives no gradient for `{}`", local.name))
-                        .primary(r.name.span, "in this rule")
-                        .secondary(local.span, "this input")
-                        .with_help(format!("assign `d{} = ...`, or `d{} = zeros_like({})` if it truly has none", local.name, local.name, local.name)),
+                    Diagnostic::error(
+                        "E0405",
+                        format!(
+                            "the rule for `{name}` gives no gradient for `{}`",
+                            local.name
+                        ),
+                    )
+                    .primary(r.name.span, "in this rule")
+                    .secondary(local.span, "this input")
+                    .with_help(format!(
+                        "assign `d{} = ...`, or `d{} = zeros_like({})` if it truly has none",
+                        local.name, local.name, local.name
+                    )),
                 );
             }
         }

@@ -35,10 +35,18 @@ impl Heap {
         self.objects.len() as Word
     }
     pub fn get(&self, h: Word) -> Result<&Object, String> {
-        usize::try_from(h).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.objects.get(i)).ok_or_else(|| format!("bad handle {h}"))
+        usize::try_from(h)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| self.objects.get(i))
+            .ok_or_else(|| format!("bad handle {h}"))
     }
     pub fn get_mut(&mut self, h: Word) -> Result<&mut Object, String> {
-        usize::try_from(h).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.objects.get_mut(i)).ok_or_else(|| format!("bad handle {h}"))
+        usize::try_from(h)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| self.objects.get_mut(i))
+            .ok_or_else(|| format!("bad handle {h}"))
     }
     pub fn str(&self, h: Word) -> Result<&str, String> {
         match self.get(h)? {
@@ -69,13 +77,17 @@ impl Heap {
     }
     pub fn native<T: 'static>(&self, h: Word) -> Result<&T, String> {
         match self.get(h)? {
-            Object::Native(b) => b.downcast_ref().ok_or_else(|| "a runtime object of another kind".into()),
+            Object::Native(b) => b
+                .downcast_ref()
+                .ok_or_else(|| "a runtime object of another kind".into()),
             _ => Err("expected a runtime object".into()),
         }
     }
     pub fn native_mut<T: 'static>(&mut self, h: Word) -> Result<&mut T, String> {
         match self.get_mut(h)? {
-            Object::Native(b) => b.downcast_mut().ok_or_else(|| "a runtime object of another kind".into()),
+            Object::Native(b) => b
+                .downcast_mut()
+                .ok_or_else(|| "a runtime object of another kind".into()),
             _ => Err("expected a runtime object".into()),
         }
     }
@@ -92,13 +104,25 @@ impl Heap {
             HTy::Net => self.net(w).map(|n| format!("net {n}")).unwrap_or_default(),
             HTy::Opaque(_) => "<runtime object>".into(),
             HTy::List(t) => {
-                let items: Vec<String> = self.list(w).unwrap_or(&[]).iter().map(|x| self.show(prog, t, *x)).collect();
+                let items: Vec<String> = self
+                    .list(w)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|x| self.show(prog, t, *x))
+                    .collect();
                 format!("[{}]", items.join(", "))
             }
             HTy::Record(id) => {
-                let Some(layout) = prog.records.get(id) else { return "<record>".into() };
+                let Some(layout) = prog.records.get(id) else {
+                    return "<record>".into();
+                };
                 let words = self.record(w).unwrap_or(&[]);
-                let fields: Vec<String> = layout.fields.iter().zip(words).map(|((n, t), x)| format!("{n}: {}", self.show(prog, t, *x))).collect();
+                let fields: Vec<String> = layout
+                    .fields
+                    .iter()
+                    .zip(words)
+                    .map(|((n, t), x)| format!("{n}: {}", self.show(prog, t, *x)))
+                    .collect();
                 format!("{} {{ {} }}", layout.name, fields.join(", "))
             }
         }
@@ -108,12 +132,21 @@ impl Heap {
 /// A float as written in source: always with a point or exponent.
 pub fn show_float(x: f64) -> String {
     let s = format!("{x}");
-    if x.is_finite() && !s.contains(['.', 'e', 'E']) { format!("{s}.0") } else { s }
+    if x.is_finite() && !s.contains(['.', 'e', 'E']) {
+        format!("{s}.0")
+    } else {
+        s
+    }
 }
 
 /// The native side of `extern fn`s: the runtime calls `call` with the builtin's id in
 /// [`HostProgram::builtins`] and its arguments as words; an `Err` stops the program with
 /// that message at the call's span.
 pub trait Builtins {
-    fn call(&mut self, id: super::BuiltinId, heap: &mut Heap, args: &[Word]) -> Result<Word, String>;
+    fn call(
+        &mut self,
+        id: super::BuiltinId,
+        heap: &mut Heap,
+        args: &[Word],
+    ) -> Result<Word, String>;
 }

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use super::*;
 use crate::check::{DefKind, Program};
 use crate::diag::Diagnostic;
-use crate::syntax::ast::{self, Block, Expr, ExprKind, ItemKind, Param, StmtKind, StrPart, TypeExpr, TypeKind};
+use crate::syntax::ast::{
+    self, Block, Expr, ExprKind, ItemKind, Param, StmtKind, StrPart, TypeExpr, TypeKind,
+};
 
 /// Lowers the host code of the program: the top-level statements of module `root` become
 /// `main`, and every host function they reach is lowered once.
@@ -25,8 +27,19 @@ pub fn lower_program(p: &Program, root: usize) -> Result<HostProgram, Vec<Diagno
 /// run; every top-level binding is stored back (see [`HostProgram::globals`]). When the
 /// input ends with an expression of a type other than `()`, its value is shown (the
 /// second result says so).
-pub fn lower_session(p: &Program, root: usize, done: usize, globals: &[String], repl: bool) -> Result<(HostProgram, bool), Vec<Diagnostic>> {
-    let mut l = Lowerer { p, prog: HostProgram::default(), fn_ids: HashMap::new(), diags: vec![] };
+pub fn lower_session(
+    p: &Program,
+    root: usize,
+    done: usize,
+    globals: &[String],
+    repl: bool,
+) -> Result<(HostProgram, bool), Vec<Diagnostic>> {
+    let mut l = Lowerer {
+        p,
+        prog: HostProgram::default(),
+        fn_ids: HashMap::new(),
+        diags: vec![],
+    };
     let stmts: Vec<&ast::Stmt> = p.modules[root]
         .ast
         .items
@@ -45,13 +58,26 @@ pub fn lower_session(p: &Program, root: usize, done: usize, globals: &[String], 
         if k < done {
             // Already run: only its binding's type matters; the value is the global's.
             if let StmtKind::Let { name, .. } = &s.kind {
-                let HExpr { kind: HKind::Set(slot, value), .. } = l.stmt(&mut cx, s) else { continue };
-                let g = names.iter().position(|n| *n == name.name).unwrap_or_else(|| {
-                    names.push(name.name.clone());
-                    names.len() - 1
-                });
+                let HExpr {
+                    kind: HKind::Set(slot, value),
+                    ..
+                } = l.stmt(&mut cx, s)
+                else {
+                    continue;
+                };
+                let g = names
+                    .iter()
+                    .position(|n| *n == name.name)
+                    .unwrap_or_else(|| {
+                        names.push(name.name.clone());
+                        names.len() - 1
+                    });
                 let load = HExpr::new(HKind::Global(g), value.ty.clone(), s.span);
-                items.push(HExpr::new(HKind::Set(slot, Box::new(load)), HTy::Unit, s.span));
+                items.push(HExpr::new(
+                    HKind::Set(slot, Box::new(load)),
+                    HTy::Unit,
+                    s.span,
+                ));
             }
             continue;
         }
@@ -59,7 +85,11 @@ pub fn lower_session(p: &Program, root: usize, done: usize, globals: &[String], 
         if repl && k + 1 == stmts.len() {
             if matches!(s.kind, StmtKind::Expr(_)) && !matches!(e.ty, HTy::Unit) {
                 let span = e.span;
-                e = HExpr::new(HKind::Format(vec![Piece::Value(e, FormatSpec::default())]), HTy::Str, span);
+                e = HExpr::new(
+                    HKind::Format(vec![Piece::Value(e, FormatSpec::default())]),
+                    HTy::Str,
+                    span,
+                );
                 e = l.builtin_call("__echo", vec![HTy::Str], HTy::Unit, vec![e], span);
                 shown = true;
             }
@@ -77,18 +107,43 @@ pub fn lower_session(p: &Program, root: usize, done: usize, globals: &[String], 
             });
             let ty = cx.locals[slot].clone();
             let v = HExpr::new(HKind::Local(slot), ty, span);
-            items.push(HExpr::new(HKind::SetGlobal(g, Box::new(v)), HTy::Unit, span));
+            items.push(HExpr::new(
+                HKind::SetGlobal(g, Box::new(v)),
+                HTy::Unit,
+                span,
+            ));
         }
     }
-    l.prog.globals = names.iter().map(|n| (n.clone(), cx.get(n).map(|s| cx.locals[s].clone()).unwrap_or(HTy::Unit))).collect();
+    l.prog.globals = names
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                cx.get(n).map(|s| cx.locals[s].clone()).unwrap_or(HTy::Unit),
+            )
+        })
+        .collect();
     let body = HExpr::new(HKind::Block(items), HTy::Unit, span);
-    l.prog.funcs.push(HFunc { name: "main".into(), params: 0, locals: cx.locals, ret: HTy::Unit, body, span });
+    l.prog.funcs.push(HFunc {
+        name: "main".into(),
+        params: 0,
+        locals: cx.locals,
+        ret: HTy::Unit,
+        body,
+        span,
+    });
     l.prog.main = l.prog.funcs.len() - 1;
-    if l.diags.is_empty() { Ok((l.prog, shown)) } else { Err(l.diags) }
+    if l.diags.is_empty() {
+        Ok((l.prog, shown))
+    } else {
+        Err(l.diags)
+    }
 }
 
 /// The primitives host code may apply to numbers (as `f64` math).
-const MATH: &[&str] = &["exp", "log", "sqrt", "sin", "cos", "tanh", "abs", "pow", "maximum", "minimum"];
+const MATH: &[&str] = &[
+    "exp", "log", "sqrt", "sin", "cos", "tanh", "abs", "pow", "maximum", "minimum",
+];
 
 struct Lowerer<'p> {
     p: &'p Program,
@@ -108,7 +163,12 @@ struct FnCx {
 
 impl FnCx {
     fn new(module: usize, ret: HTy) -> FnCx {
-        FnCx { module, locals: vec![], scopes: vec![HashMap::new()], ret }
+        FnCx {
+            module,
+            locals: vec![],
+            scopes: vec![HashMap::new()],
+            ret,
+        }
     }
     fn slot(&mut self, ty: HTy) -> LocalId {
         self.locals.push(ty);
@@ -155,7 +215,11 @@ impl Lowerer<'_> {
                 "bool" => HTy::Bool,
                 "str" | "any" => HTy::Str,
                 "net" => HTy::Net,
-                other => match self.p.lookup(module, other).map(|id| (id, self.p.items[id].kind)) {
+                other => match self
+                    .p
+                    .lookup(module, other)
+                    .map(|id| (id, self.p.items[id].kind))
+                {
                     Some((id, DefKind::Record)) => {
                         self.layout(id);
                         HTy::Record(id)
@@ -171,15 +235,34 @@ impl Lowerer<'_> {
 
     /// Registers a record's layout (once) and returns its fields.
     fn layout(&mut self, id: ItemId) -> Vec<Param> {
-        let Some(ast::Item { kind: ItemKind::Record(r), .. }) = self.p.item_ast(id) else { return vec![] };
+        let Some(ast::Item {
+            kind: ItemKind::Record(r),
+            ..
+        }) = self.p.item_ast(id)
+        else {
+            return vec![];
+        };
         if !self.prog.records.contains_key(&id) {
             // Insert first: a record may mention itself through a list.
-            self.prog.records.insert(id, RecordLayout { name: r.name.name.clone(), fields: vec![] });
+            self.prog.records.insert(
+                id,
+                RecordLayout {
+                    name: r.name.name.clone(),
+                    fields: vec![],
+                },
+            );
             let module = self.p.items[id].module;
             let fields: Vec<(String, HTy)> = r
                 .fields
                 .iter()
-                .map(|f| (f.name.name.clone(), f.ty.as_ref().and_then(|t| self.ty(module, t)).unwrap_or(HTy::Unit)))
+                .map(|f| {
+                    (
+                        f.name.name.clone(),
+                        f.ty.as_ref()
+                            .and_then(|t| self.ty(module, t))
+                            .unwrap_or(HTy::Unit),
+                    )
+                })
                 .collect();
             if let Some(l) = self.prog.records.get_mut(&id) {
                 l.fields = fields;
@@ -198,7 +281,11 @@ impl Lowerer<'_> {
             }
             (t, HTy::Str) if *t != HTy::Str => {
                 let span = e.span;
-                HExpr::new(HKind::Format(vec![Piece::Value(e, FormatSpec::default())]), HTy::Str, span)
+                HExpr::new(
+                    HKind::Format(vec![Piece::Value(e, FormatSpec::default())]),
+                    HTy::Str,
+                    span,
+                )
             }
             (HTy::List(a), HTy::List(b)) if a != b => {
                 if let HKind::List(items) = e.kind {
@@ -229,7 +316,9 @@ impl Lowerer<'_> {
     fn stmt(&mut self, cx: &mut FnCx, s: &ast::Stmt) -> HExpr {
         let span = s.span;
         match &s.kind {
-            StmtKind::Let { name, ty, value, .. } => {
+            StmtKind::Let {
+                name, ty, value, ..
+            } => {
                 let mut v = self.expr(cx, value);
                 let t = match ty.as_ref().map(|t| self.ty(cx.module, t)) {
                     Some(Some(t)) => {
@@ -246,7 +335,9 @@ impl Lowerer<'_> {
                 let ExprKind::Name(n) = &target.kind else {
                     return self.unsupported(target.span, "assigning to a field or element");
                 };
-                let Some(slot) = cx.get(n) else { return self.unsupported(target.span, format!("assigning to `{n}`")) };
+                let Some(slot) = cx.get(n) else {
+                    return self.unsupported(target.span, format!("assigning to `{n}`"));
+                };
                 let t = cx.locals[slot].clone();
                 let mut v = self.expr(cx, value);
                 if let Some(op) = op {
@@ -273,12 +364,21 @@ impl Lowerer<'_> {
             StmtKind::Break => HExpr::new(HKind::Break, HTy::Unit, span),
             StmtKind::Continue => HExpr::new(HKind::Continue, HTy::Unit, span),
             StmtKind::Expr(e) => self.expr(cx, e),
-            StmtKind::Param { .. } | StmtKind::State { .. } => self.unsupported(span, "`param`/`state`"),
+            StmtKind::Param { .. } | StmtKind::State { .. } => {
+                self.unsupported(span, "`param`/`state`")
+            }
             StmtKind::Error => unit(span),
         }
     }
 
-    fn for_loop(&mut self, cx: &mut FnCx, var: &ast::Ident, iter: &Expr, body: &Block, span: crate::span::Span) -> HExpr {
+    fn for_loop(
+        &mut self,
+        cx: &mut FnCx,
+        var: &ast::Ident,
+        iter: &Expr,
+        body: &Block,
+        span: crate::span::Span,
+    ) -> HExpr {
         if let ExprKind::Range(a, b) = &iter.kind {
             let start = self.expr(cx, a);
             let end = self.expr(cx, b);
@@ -290,11 +390,24 @@ impl Lowerer<'_> {
             let v = cx.bind(&var.name, HTy::Int);
             let b = self.block(cx, body);
             cx.scopes.pop();
-            return HExpr::new(HKind::ForRange { var: v, end_slot, start: Box::new(start), end: Box::new(end), body: Box::new(b) }, HTy::Unit, span);
+            return HExpr::new(
+                HKind::ForRange {
+                    var: v,
+                    end_slot,
+                    start: Box::new(start),
+                    end: Box::new(end),
+                    body: Box::new(b),
+                },
+                HTy::Unit,
+                span,
+            );
         }
         let list = self.expr(cx, iter);
         let HTy::List(elem) = list.ty.clone() else {
-            return self.unsupported(iter.span, "a `for` over something other than a range or a list");
+            return self.unsupported(
+                iter.span,
+                "a `for` over something other than a range or a list",
+            );
         };
         let list_slot = cx.slot(list.ty.clone());
         let index_slot = cx.slot(HTy::Int);
@@ -304,7 +417,19 @@ impl Lowerer<'_> {
         let b = self.block(cx, body);
         cx.scopes.pop();
         let site = self.site(iter.span);
-        HExpr::new(HKind::ForList { var: v, list_slot, index_slot, end_slot, list: Box::new(list), body: Box::new(b), site }, HTy::Unit, span)
+        HExpr::new(
+            HKind::ForList {
+                var: v,
+                list_slot,
+                index_slot,
+                end_slot,
+                list: Box::new(list),
+                body: Box::new(b),
+                site,
+            },
+            HTy::Unit,
+            span,
+        )
     }
 
     // ------------------------------------------------------------------ expressions
@@ -326,24 +451,41 @@ impl Lowerer<'_> {
                 }
             }
             ExprKind::Call { callee, args } => {
-                let ExprKind::Name(n) = &callee.kind else { return self.unsupported(callee.span, "calling a computed function") };
-                let args: Vec<(Option<String>, &Expr)> = args.iter().map(|a| (a.name.as_ref().map(|i| i.name.clone()), &a.value)).collect();
+                let ExprKind::Name(n) = &callee.kind else {
+                    return self.unsupported(callee.span, "calling a computed function");
+                };
+                let args: Vec<(Option<String>, &Expr)> = args
+                    .iter()
+                    .map(|a| (a.name.as_ref().map(|i| i.name.clone()), &a.value))
+                    .collect();
                 self.call(cx, n, callee.span, &args, span)
             }
             ExprKind::Pipe(x, f) => match &f.kind {
                 ExprKind::Name(n) => self.call(cx, n, f.span, &[(None, x)], span),
                 ExprKind::Call { callee, args } => {
-                    let ExprKind::Name(n) = &callee.kind else { return self.unsupported(f.span, "piping into a computed function") };
+                    let ExprKind::Name(n) = &callee.kind else {
+                        return self.unsupported(f.span, "piping into a computed function");
+                    };
                     let mut all: Vec<(Option<String>, &Expr)> = vec![(None, x)];
-                    all.extend(args.iter().map(|a| (a.name.as_ref().map(|i| i.name.clone()), &a.value)));
+                    all.extend(
+                        args.iter()
+                            .map(|a| (a.name.as_ref().map(|i| i.name.clone()), &a.value)),
+                    );
                     self.call(cx, n, callee.span, &all, span)
                 }
                 _ => self.unsupported(f.span, "piping into this"),
             },
             ExprKind::Field { base, name } => {
                 let b = self.expr(cx, base);
-                let HTy::Record(id) = b.ty else { return self.unsupported(span, "a field of a non-record") };
-                let fields = self.prog.records.get(&id).map(|l| l.fields.clone()).unwrap_or_default();
+                let HTy::Record(id) = b.ty else {
+                    return self.unsupported(span, "a field of a non-record");
+                };
+                let fields = self
+                    .prog
+                    .records
+                    .get(&id)
+                    .map(|l| l.fields.clone())
+                    .unwrap_or_default();
                 let Some(i) = fields.iter().position(|(f, _)| *f == name.name) else {
                     return self.unsupported(name.span, format!("field `{}`", name.name));
                 };
@@ -351,7 +493,8 @@ impl Lowerer<'_> {
             }
             ExprKind::Index { base, items } => {
                 let b = self.expr(cx, base);
-                let (HTy::List(elem), [ast::IndexItem::At(i)]) = (b.ty.clone(), items.as_slice()) else {
+                let (HTy::List(elem), [ast::IndexItem::At(i)]) = (b.ty.clone(), items.as_slice())
+                else {
                     return self.unsupported(span, "this indexing");
                 };
                 let i = self.expr(cx, i);
@@ -385,7 +528,11 @@ impl Lowerer<'_> {
             ExprKind::Record { name, fields } => self.record(cx, name, fields, span),
             ExprKind::List(items) => {
                 let items: Vec<HExpr> = items.iter().map(|i| self.expr(cx, i)).collect();
-                let elem = if items.iter().any(|i| i.ty == HTy::Float) { HTy::Float } else { items.first().map(|i| i.ty.clone()).unwrap_or(HTy::Unit) };
+                let elem = if items.iter().any(|i| i.ty == HTy::Float) {
+                    HTy::Float
+                } else {
+                    items.first().map(|i| i.ty.clone()).unwrap_or(HTy::Unit)
+                };
                 let items: Vec<HExpr> = items.into_iter().map(|i| self.coerce(i, &elem)).collect();
                 HExpr::new(HKind::List(items), HTy::List(Box::new(elem)), span)
             }
@@ -432,9 +579,23 @@ impl Lowerer<'_> {
     fn binary(&mut self, op: ast::BinOp, a: HExpr, b: HExpr, span: crate::span::Span) -> HExpr {
         use ast::BinOp::*;
         if a.ty == HTy::Str && b.ty == HTy::Str {
-            let eq = |l: &mut Self, a, b| l.builtin_call("__str_eq", vec![HTy::Str, HTy::Str], HTy::Bool, vec![a, b], span);
+            let eq = |l: &mut Self, a, b| {
+                l.builtin_call(
+                    "__str_eq",
+                    vec![HTy::Str, HTy::Str],
+                    HTy::Bool,
+                    vec![a, b],
+                    span,
+                )
+            };
             return match op {
-                Add => self.builtin_call("__str_concat", vec![HTy::Str, HTy::Str], HTy::Str, vec![a, b], span),
+                Add => self.builtin_call(
+                    "__str_concat",
+                    vec![HTy::Str, HTy::Str],
+                    HTy::Str,
+                    vec![a, b],
+                    span,
+                ),
                 Eq => eq(self, a, b),
                 Ne => {
                     let e = eq(self, a, b);
@@ -449,7 +610,11 @@ impl Lowerer<'_> {
         if !matches!(operand, HTy::Int | HTy::Float | HTy::Bool) {
             return self.unsupported(span, format!("`{}` on these values", op.symbol()));
         }
-        let ty = if op.is_comparison() || matches!(op, And | Or) { HTy::Bool } else { operand };
+        let ty = if op.is_comparison() || matches!(op, And | Or) {
+            HTy::Bool
+        } else {
+            operand
+        };
         if op == MatMul {
             return self.unsupported(span, "`@` on scalars");
         }
@@ -457,12 +622,27 @@ impl Lowerer<'_> {
         HExpr::new(HKind::Binary(op, Box::new(a), Box::new(b), site), ty, span)
     }
 
-    fn record(&mut self, cx: &mut FnCx, name: &ast::Ident, fields: &[(ast::Ident, Expr)], span: crate::span::Span) -> HExpr {
-        let Some(id) = self.p.lookup(cx.module, &name.name).filter(|id| self.p.items[*id].kind == DefKind::Record) else {
+    fn record(
+        &mut self,
+        cx: &mut FnCx,
+        name: &ast::Ident,
+        fields: &[(ast::Ident, Expr)],
+        span: crate::span::Span,
+    ) -> HExpr {
+        let Some(id) = self
+            .p
+            .lookup(cx.module, &name.name)
+            .filter(|id| self.p.items[*id].kind == DefKind::Record)
+        else {
             return self.unsupported(name.span, format!("record `{}`", name.name));
         };
         let decls = self.layout(id);
-        let types: Vec<HTy> = self.prog.records.get(&id).map(|l| l.fields.iter().map(|(_, t)| t.clone()).collect()).unwrap_or_default();
+        let types: Vec<HTy> = self
+            .prog
+            .records
+            .get(&id)
+            .map(|l| l.fields.iter().map(|(_, t)| t.clone()).collect())
+            .unwrap_or_default();
         let module = self.p.items[id].module;
         let mut values = Vec::new();
         for (decl, ty) in decls.iter().zip(&types) {
@@ -470,7 +650,12 @@ impl Lowerer<'_> {
                 Some((_, e)) => self.expr(cx, e),
                 None => match &decl.default {
                     Some(d) => self.in_module(cx, module, |l, cx| l.expr(cx, d)),
-                    None => return self.unsupported(span, format!("record `{}` without field `{}`", name.name, decl.name.name)),
+                    None => {
+                        return self.unsupported(
+                            span,
+                            format!("record `{}` without field `{}`", name.name, decl.name.name),
+                        );
+                    }
                 },
             };
             let v = self.coerce_or_empty(v, ty);
@@ -482,14 +667,24 @@ impl Lowerer<'_> {
     /// Like `coerce`, and gives an empty list literal its wanted element type.
     fn coerce_or_empty(&mut self, v: HExpr, want: &HTy) -> HExpr {
         match (&v.kind, want) {
-            (HKind::List(items), HTy::List(_)) if items.is_empty() => HExpr::new(HKind::List(vec![]), want.clone(), v.span),
+            (HKind::List(items), HTy::List(_)) if items.is_empty() => {
+                HExpr::new(HKind::List(vec![]), want.clone(), v.span)
+            }
             _ => self.coerce(v, want),
         }
     }
 
     /// Lowers `f` with the names of `module` in scope and no locals (default values).
-    fn in_module(&mut self, cx: &mut FnCx, module: usize, f: impl FnOnce(&mut Self, &mut FnCx) -> HExpr) -> HExpr {
-        let saved = (cx.module, std::mem::replace(&mut cx.scopes, vec![HashMap::new()]));
+    fn in_module(
+        &mut self,
+        cx: &mut FnCx,
+        module: usize,
+        f: impl FnOnce(&mut Self, &mut FnCx) -> HExpr,
+    ) -> HExpr {
+        let saved = (
+            cx.module,
+            std::mem::replace(&mut cx.scopes, vec![HashMap::new()]),
+        );
         cx.module = module;
         let out = f(self, cx);
         cx.module = saved.0;
@@ -499,10 +694,29 @@ impl Lowerer<'_> {
 
     // ------------------------------------------------------------------ calls
 
-    fn call(&mut self, cx: &mut FnCx, name: &str, name_span: crate::span::Span, args: &[(Option<String>, &Expr)], span: crate::span::Span) -> HExpr {
-        let Some(id) = self.p.lookup(cx.module, name) else { return self.unsupported(name_span, format!("`{name}`")) };
-        let Some(ast::Item { kind: ItemKind::Fn(f), .. }) = self.p.item_ast(id) else {
-            return self.unsupported(name_span, format!("calling {} `{name}` from host code", self.p.items[id].kind.word()));
+    fn call(
+        &mut self,
+        cx: &mut FnCx,
+        name: &str,
+        name_span: crate::span::Span,
+        args: &[(Option<String>, &Expr)],
+        span: crate::span::Span,
+    ) -> HExpr {
+        let Some(id) = self.p.lookup(cx.module, name) else {
+            return self.unsupported(name_span, format!("`{name}`"));
+        };
+        let Some(ast::Item {
+            kind: ItemKind::Fn(f),
+            ..
+        }) = self.p.item_ast(id)
+        else {
+            return self.unsupported(
+                name_span,
+                format!(
+                    "calling {} `{name}` from host code",
+                    self.p.items[id].kind.word()
+                ),
+            );
         };
         let module = self.p.items[id].module;
         if f.body.is_none() && self.p.modules[module].name == "std.core" && MATH.contains(&name) {
@@ -512,7 +726,12 @@ impl Lowerer<'_> {
         for prm in &f.params {
             match prm.ty.as_ref().and_then(|t| self.ty(module, t)) {
                 Some(t) => param_tys.push(t),
-                None => return self.unsupported(name_span, format!("calling tensor function `{name}` from host code")),
+                None => {
+                    return self.unsupported(
+                        name_span,
+                        format!("calling tensor function `{name}` from host code"),
+                    );
+                }
             }
         }
         // Place the arguments: positional first, then by name, then defaults.
@@ -527,7 +746,9 @@ impl Lowerer<'_> {
                     Some(i)
                 }
             };
-            let Some(i) = i.filter(|i| *i < placed.len()) else { return self.unsupported(e.span, "this argument") };
+            let Some(i) = i.filter(|i| *i < placed.len()) else {
+                return self.unsupported(e.span, "this argument");
+            };
             let v = self.expr(cx, e);
             placed[i] = Some(self.coerce_or_empty(v, &param_tys[i]));
         }
@@ -539,13 +760,23 @@ impl Lowerer<'_> {
                     let v = self.in_module(cx, module, |l, cx| l.expr(cx, d));
                     self.coerce_or_empty(v, ty)
                 }
-                (None, None) => return self.unsupported(span, format!("a call of `{name}` without `{}`", prm.name.name)),
+                (None, None) => {
+                    return self.unsupported(
+                        span,
+                        format!("a call of `{name}` without `{}`", prm.name.name),
+                    );
+                }
             };
             values.push(v);
         }
         let ret = match f.ret.as_ref().map(|t| self.ty(module, t)) {
             Some(Some(t)) => t,
-            Some(None) => return self.unsupported(name_span, format!("calling tensor function `{name}` from host code")),
+            Some(None) => {
+                return self.unsupported(
+                    name_span,
+                    format!("calling tensor function `{name}` from host code"),
+                );
+            }
             None => HTy::Unit,
         };
         match &f.body {
@@ -571,12 +802,22 @@ impl Lowerer<'_> {
 
     /// A primitive of tensor code applied to host numbers: `cos(x)` on a float is the
     /// runtime's `__math_cos`.
-    fn math(&mut self, cx: &mut FnCx, name: &str, name_span: crate::span::Span, args: &[(Option<String>, &Expr)], span: crate::span::Span) -> HExpr {
+    fn math(
+        &mut self,
+        cx: &mut FnCx,
+        name: &str,
+        name_span: crate::span::Span,
+        args: &[(Option<String>, &Expr)],
+        span: crate::span::Span,
+    ) -> HExpr {
         let mut values = Vec::new();
         for (n, e) in args {
             let v = self.expr(cx, e);
             if n.is_some() || !matches!(v.ty, HTy::Int | HTy::Float) {
-                return self.unsupported(name_span, format!("calling tensor function `{name}` from host code"));
+                return self.unsupported(
+                    name_span,
+                    format!("calling tensor function `{name}` from host code"),
+                );
             }
             values.push(self.coerce(v, &HTy::Float));
         }
@@ -584,11 +825,23 @@ impl Lowerer<'_> {
         self.builtin_call(&format!("__math_{name}"), params, HTy::Float, values, span)
     }
 
-    fn builtin_call(&mut self, name: &str, params: Vec<HTy>, ret: HTy, args: Vec<HExpr>, span: crate::span::Span) -> HExpr {
+    fn builtin_call(
+        &mut self,
+        name: &str,
+        params: Vec<HTy>,
+        ret: HTy,
+        args: Vec<HExpr>,
+        span: crate::span::Span,
+    ) -> HExpr {
         let id = match self.prog.builtin(name) {
             Some(id) => id,
             None => {
-                self.prog.builtins.push(BuiltinDecl { name: name.to_string(), params, ret: ret.clone(), span });
+                self.prog.builtins.push(BuiltinDecl {
+                    name: name.to_string(),
+                    params,
+                    ret: ret.clone(),
+                    span,
+                });
                 self.prog.builtins.len() - 1
             }
         };
@@ -597,20 +850,39 @@ impl Lowerer<'_> {
     }
 
     /// The id of host function `id`, lowering its body the first time.
-    fn function(&mut self, id: ItemId, f: &ast::FnDecl, module: usize, params: &[HTy], ret: HTy, body: &Block) -> FuncId {
+    fn function(
+        &mut self,
+        id: ItemId,
+        f: &ast::FnDecl,
+        module: usize,
+        params: &[HTy],
+        ret: HTy,
+        body: &Block,
+    ) -> FuncId {
         if let Some(fid) = self.fn_ids.get(&id) {
             return *fid;
         }
         let fid = self.prog.funcs.len();
         let span = self.p.items[id].span;
-        self.prog.funcs.push(HFunc { name: f.name.name.clone(), params: params.len(), locals: vec![], ret: ret.clone(), body: unit(span), span });
+        self.prog.funcs.push(HFunc {
+            name: f.name.name.clone(),
+            params: params.len(),
+            locals: vec![],
+            ret: ret.clone(),
+            body: unit(span),
+            span,
+        });
         self.fn_ids.insert(id, fid);
         let mut cx = FnCx::new(module, ret.clone());
         for (prm, t) in f.params.iter().zip(params) {
             cx.bind(&prm.name.name, t.clone());
         }
         let b = self.block(&mut cx, body);
-        let b = if ret == HTy::Unit { b } else { self.coerce(b, &ret) };
+        let b = if ret == HTy::Unit {
+            b
+        } else {
+            self.coerce(b, &ret)
+        };
         if let Some(func) = self.prog.funcs.get_mut(fid) {
             func.locals = cx.locals;
             func.body = b;

@@ -150,10 +150,24 @@ pub enum HKind {
     If(Box<HExpr>, Box<HExpr>, Option<Box<HExpr>>),
     While(Box<HExpr>, Box<HExpr>),
     /// `for var in start..end { body }`; `end` is evaluated once.
-    ForRange { var: LocalId, end_slot: LocalId, start: Box<HExpr>, end: Box<HExpr>, body: Box<HExpr> },
+    ForRange {
+        var: LocalId,
+        end_slot: LocalId,
+        start: Box<HExpr>,
+        end: Box<HExpr>,
+        body: Box<HExpr>,
+    },
     /// `for var in list { body }`, with hidden slots for the list, the position and the
     /// length (read once: lists are immutable).
-    ForList { var: LocalId, list_slot: LocalId, index_slot: LocalId, end_slot: LocalId, list: Box<HExpr>, body: Box<HExpr>, site: SiteId },
+    ForList {
+        var: LocalId,
+        list_slot: LocalId,
+        index_slot: LocalId,
+        end_slot: LocalId,
+        list: Box<HExpr>,
+        body: Box<HExpr>,
+        site: SiteId,
+    },
     /// Statements; the value is the last one's (or `()` when the type is `()`).
     Block(Vec<HExpr>),
     Return(Option<Box<HExpr>>),

@@ -40,7 +40,13 @@ pub struct Completion {
 /// Completions at byte `offset` of `text`, the current content of root file `file` of the
 /// last check `c`. `importable` names the modules that exist (the standard library's and
 /// files beside this one): `lang` reads no directories and embeds no library.
-pub fn completions(c: &Checked, file: FileId, text: &str, offset: usize, importable: &[String]) -> Vec<Completion> {
+pub fn completions(
+    c: &Checked,
+    file: FileId,
+    text: &str,
+    offset: usize,
+    importable: &[String],
+) -> Vec<Completion> {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or("");
     let line = before.rsplit('\n').next().unwrap_or("");
@@ -50,10 +56,14 @@ pub fn completions(c: &Checked, file: FileId, text: &str, offset: usize, importa
         return import_completions(p, rest.trim(), importable);
     }
     // `base.` or `base.fi`: fields of the record `base` is bound to.
-    let word_start = before.rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_')).map_or(0, |i| i + 1);
+    let word_start = before
+        .rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+        .map_or(0, |i| i + 1);
     if before[..word_start].ends_with('.') {
         let base_end = word_start - 1;
-        let base_start = before[..base_end].rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_')).map_or(0, |i| i + 1);
+        let base_start = before[..base_end]
+            .rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+            .map_or(0, |i| i + 1);
         let base = &before[base_start..base_end];
         return field_completions(c, file, base, module);
     }
@@ -61,7 +71,13 @@ pub fn completions(c: &Checked, file: FileId, text: &str, offset: usize, importa
     let mut seen = std::collections::HashSet::new();
     for b in c.facts.bindings.iter().filter(|b| b.span.file == file) {
         if seen.insert(b.name.clone()) {
-            out.push(Completion { label: b.name.clone(), kind: CompletionKind::Variable, detail: b.ty.clone(), doc: None, snippet: None });
+            out.push(Completion {
+                label: b.name.clone(),
+                kind: CompletionKind::Variable,
+                detail: b.ty.clone(),
+                doc: None,
+                snippet: None,
+            });
         }
     }
     if let Some(m) = module {
@@ -73,8 +89,17 @@ pub fn completions(c: &Checked, file: FileId, text: &str, offset: usize, importa
             }
         }
     }
-    for k in ["let", "var", "fn", "layer", "net", "rule", "record", "import", "if", "else", "for", "in", "while", "return", "repeat", "param", "state", "where", "true", "false"] {
-        out.push(Completion { label: k.into(), kind: CompletionKind::Keyword, detail: "keyword".into(), doc: None, snippet: None });
+    for k in [
+        "let", "var", "fn", "layer", "net", "rule", "record", "import", "if", "else", "for", "in",
+        "while", "return", "repeat", "param", "state", "where", "true", "false",
+    ] {
+        out.push(Completion {
+            label: k.into(),
+            kind: CompletionKind::Keyword,
+            detail: "keyword".into(),
+            doc: None,
+            snippet: None,
+        });
     }
     out
 }
@@ -94,38 +119,82 @@ fn item_completion(p: &Program, id: ItemId) -> Completion {
         Some(ItemKind::Record(_)) => Some(format!("{} {{ $1 }}", def.name)),
         _ => None,
     };
-    Completion { label: def.name.clone(), kind, detail: signature(p, id), doc: def.doc.clone(), snippet }
+    Completion {
+        label: def.name.clone(),
+        kind,
+        detail: signature(p, id),
+        doc: def.doc.clone(),
+        snippet,
+    }
 }
 
 /// `name(${1:a}, ${2:b})` over the parameters without defaults; a layer whose arguments
 /// all have defaults is written bare (`relu`, `flatten`).
 fn call_snippet(name: &str, params: &[Param], layer: bool) -> String {
-    let required: Vec<String> = params.iter().filter(|p| p.default.is_none()).enumerate().map(|(i, p)| format!("${{{}:{}}}", i + 1, p.name.name)).collect();
+    let required: Vec<String> = params
+        .iter()
+        .filter(|p| p.default.is_none())
+        .enumerate()
+        .map(|(i, p)| format!("${{{}:{}}}", i + 1, p.name.name))
+        .collect();
     if required.is_empty() {
-        if layer { name.to_string() } else { format!("{name}()") }
+        if layer {
+            name.to_string()
+        } else {
+            format!("{name}()")
+        }
     } else {
         format!("{name}({})", required.join(", "))
     }
 }
 
-fn field_completions(c: &Checked, file: FileId, base: &str, module: Option<usize>) -> Vec<Completion> {
+fn field_completions(
+    c: &Checked,
+    file: FileId,
+    base: &str,
+    module: Option<usize>,
+) -> Vec<Completion> {
     let p = &c.program;
     // The record the name is bound to: a local binding of this file, or a record type
     // named directly (a record's fields are also its defaults' names).
-    let record = c.facts.bindings.iter().rev().find(|b| b.span.file == file && b.name == base).and_then(|b| b.record).or_else(|| {
-        let id = module.and_then(|m| p.lookup(m, base))?;
-        (p.items[id].kind == DefKind::Record).then_some(id)
-    });
+    let record = c
+        .facts
+        .bindings
+        .iter()
+        .rev()
+        .find(|b| b.span.file == file && b.name == base)
+        .and_then(|b| b.record)
+        .or_else(|| {
+            let id = module.and_then(|m| p.lookup(m, base))?;
+            (p.items[id].kind == DefKind::Record).then_some(id)
+        });
     let Some(id) = record else { return vec![] };
-    let Some(Item { kind: ItemKind::Record(r), .. }) = p.item_ast(id) else { return vec![] };
+    let Some(Item {
+        kind: ItemKind::Record(r),
+        ..
+    }) = p.item_ast(id)
+    else {
+        return vec![];
+    };
     r.fields
         .iter()
-        .map(|f| Completion { label: f.name.name.clone(), kind: CompletionKind::Field, detail: param_text(p, f), doc: field_doc(p, id, &f.name.name), snippet: None })
+        .map(|f| Completion {
+            label: f.name.name.clone(),
+            kind: CompletionKind::Field,
+            detail: param_text(p, f),
+            doc: field_doc(p, id, &f.name.name),
+            snippet: None,
+        })
         .collect()
 }
 
 fn import_completions(p: &Program, typed: &str, extra: &[String]) -> Vec<Completion> {
-    let mut paths: Vec<String> = p.modules.iter().filter(|m| m.is_std).map(|m| m.name.clone()).collect();
+    let mut paths: Vec<String> = p
+        .modules
+        .iter()
+        .filter(|m| m.is_std)
+        .map(|m| m.name.clone())
+        .collect();
     paths.extend(extra.iter().cloned());
     paths.sort();
     paths.dedup();
@@ -133,16 +202,33 @@ fn import_completions(p: &Program, typed: &str, extra: &[String]) -> Vec<Complet
     if let Some(dot) = typed.rfind('.') {
         let prefix = &typed[..dot];
         if let Some(m) = p.module_by_path(prefix) {
-            let mut out = vec![Completion { label: "*".into(), kind: CompletionKind::Keyword, detail: format!("everything in {prefix}"), doc: None, snippet: None }];
+            let mut out = vec![Completion {
+                label: "*".into(),
+                kind: CompletionKind::Keyword,
+                detail: format!("everything in {prefix}"),
+                doc: None,
+                snippet: None,
+            }];
             let mut names: Vec<(&String, &ItemId)> = p.modules[m].defs.iter().collect();
             names.sort();
-            out.extend(names.into_iter().filter(|(_, id)| p.items[**id].kind != DefKind::Rule).map(|(_, id)| item_completion(p, *id)));
+            out.extend(
+                names
+                    .into_iter()
+                    .filter(|(_, id)| p.items[**id].kind != DefKind::Rule)
+                    .map(|(_, id)| item_completion(p, *id)),
+            );
             return out;
         }
     }
     paths
         .into_iter()
         .filter(|path| path.starts_with(typed.trim_end_matches('*')))
-        .map(|path| Completion { label: path.clone(), kind: CompletionKind::Module, detail: "module".into(), doc: None, snippet: None })
+        .map(|path| Completion {
+            label: path.clone(),
+            kind: CompletionKind::Module,
+            detail: "module".into(),
+            doc: None,
+            snippet: None,
+        })
         .collect()
 }

@@ -12,7 +12,7 @@ use crate::span::{FileId, Span};
 use crate::syntax::ast::{Item, ItemKind, Param, Stage, StageKind};
 
 mod complete;
-pub use complete::{completions, Completion, CompletionKind};
+pub use complete::{Completion, CompletionKind, completions};
 
 /// Hover text (Markdown) for the range it describes.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,8 +28,14 @@ fn module_of_file(p: &Program, file: FileId) -> Option<usize> {
 /// The source of an item's header: from its start to the `{` that opens its body (or the
 /// whole item when it has none), on one line.
 pub fn signature(p: &Program, id: ItemId) -> String {
-    let Some(item) = p.item_ast(id) else { return p.items[id].name.clone() };
-    let text = p.sources.text(item.span.file).get(item.span.start..item.span.end).unwrap_or("");
+    let Some(item) = p.item_ast(id) else {
+        return p.items[id].name.clone();
+    };
+    let text = p
+        .sources
+        .text(item.span.file)
+        .get(item.span.start..item.span.end)
+        .unwrap_or("");
     let mut depth = 0i32;
     let mut end = text.len();
     for (i, ch) in text.char_indices() {
@@ -44,7 +50,11 @@ pub fn signature(p: &Program, id: ItemId) -> String {
         }
     }
     let head = text.get(..end).unwrap_or(text);
-    let lines: Vec<&str> = head.lines().map(str::trim).filter(|l| !l.starts_with("///") && !l.starts_with("//")).collect();
+    let lines: Vec<&str> = head
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("///") && !l.starts_with("//"))
+        .collect();
     lines.join(" ").trim().to_string()
 }
 
@@ -54,7 +64,12 @@ pub fn derivative_status(p: &Program, id: ItemId) -> Option<String> {
     if !matches!(def.kind, DefKind::Fn | DefKind::ExternFn) {
         return None;
     }
-    let rule = p.modules.iter().flat_map(|m| m.rules.iter()).copied().find(|r| p.items[*r].name == def.name);
+    let rule = p
+        .modules
+        .iter()
+        .flat_map(|m| m.rules.iter())
+        .copied()
+        .find(|r| p.items[*r].name == def.name);
     Some(match (rule, def.kind) {
         (Some(r), _) => {
             let rm = &p.modules[p.items[r].module];
@@ -75,7 +90,12 @@ pub fn derivative_status(p: &Program, id: ItemId) -> Option<String> {
 /// Whether a function has a tensor parameter (a primitive, as opposed to a host builtin).
 fn takes_tensors(p: &Program, id: ItemId) -> bool {
     match p.item_ast(id).map(|i| &i.kind) {
-        Some(ItemKind::Fn(f)) => f.params.iter().any(|prm| matches!(prm.ty.as_ref().map(|t| &t.kind), Some(crate::syntax::ast::TypeKind::Tensor { .. }))),
+        Some(ItemKind::Fn(f)) => f.params.iter().any(|prm| {
+            matches!(
+                prm.ty.as_ref().map(|t| &t.kind),
+                Some(crate::syntax::ast::TypeKind::Tensor { .. })
+            )
+        }),
         _ => false,
     }
 }
@@ -96,7 +116,14 @@ pub fn target_span(p: &Program, t: &Target) -> Option<Span> {
         Target::Item(id) => Some(p.items[*id].span),
         Target::Local(s) => Some(*s),
         Target::Field(id, name) => match p.item_ast(*id) {
-            Some(Item { kind: ItemKind::Record(r), .. }) => r.fields.iter().find(|f| f.name.name == *name).map(|f| f.name.span),
+            Some(Item {
+                kind: ItemKind::Record(r),
+                ..
+            }) => r
+                .fields
+                .iter()
+                .find(|f| f.name.name == *name)
+                .map(|f| f.name.span),
             _ => None,
         },
     }
@@ -109,9 +136,17 @@ fn import_at(c: &Checked, file: FileId, offset: usize) -> Option<usize> {
         if let ItemKind::Import(imp) = &item.kind
             && item.span.contains(offset)
         {
-            let upto: Vec<&str> = imp.path.iter().take_while(|i| i.span.start <= offset).map(|i| i.name.as_str()).collect();
+            let upto: Vec<&str> = imp
+                .path
+                .iter()
+                .take_while(|i| i.span.start <= offset)
+                .map(|i| i.name.as_str())
+                .collect();
             let full: Vec<&str> = imp.path.iter().map(|i| i.name.as_str()).collect();
-            return c.program.module_by_path(&full.join(".")).or_else(|| c.program.module_by_path(&upto.join(".")));
+            return c
+                .program
+                .module_by_path(&full.join("."))
+                .or_else(|| c.program.module_by_path(&upto.join(".")));
         }
     }
     None
@@ -122,21 +157,42 @@ pub fn target_at(c: &Checked, file: FileId, offset: usize) -> Option<Target> {
     if let Some(r) = c.facts.ref_at(file, offset) {
         return Some(r.target.clone());
     }
-    if let Some(id) = c.program.items.iter().position(|d| d.span.file == file && d.span.contains(offset) && d.kind != DefKind::Rule) {
+    if let Some(id) = c
+        .program
+        .items
+        .iter()
+        .position(|d| d.span.file == file && d.span.contains(offset) && d.kind != DefKind::Rule)
+    {
         return Some(Target::Item(id));
     }
-    if let Some(b) = c.facts.bindings.iter().find(|b| b.span.file == file && b.span.contains(offset)) {
+    if let Some(b) = c
+        .facts
+        .bindings
+        .iter()
+        .find(|b| b.span.file == file && b.span.contains(offset))
+    {
         return Some(Target::Local(b.span));
     }
     // A local that is used somewhere (a parameter, a loop variable).
-    if let Some(r) = c.facts.refs.iter().find(|r| matches!(r.target, Target::Local(s) if s.file == file && s.contains(offset))) {
+    if let Some(r) = c
+        .facts
+        .refs
+        .iter()
+        .find(|r| matches!(r.target, Target::Local(s) if s.file == file && s.contains(offset)))
+    {
         return Some(r.target.clone());
     }
     // A record field's declaration.
     for (id, d) in c.program.items.iter().enumerate() {
         if d.kind == DefKind::Record
-            && let Some(Item { kind: ItemKind::Record(r), .. }) = c.program.item_ast(id)
-            && let Some(f) = r.fields.iter().find(|f| f.name.span.file == file && f.name.span.contains(offset))
+            && let Some(Item {
+                kind: ItemKind::Record(r),
+                ..
+            }) = c.program.item_ast(id)
+            && let Some(f) = r
+                .fields
+                .iter()
+                .find(|f| f.name.span.file == file && f.name.span.contains(offset))
         {
             return Some(Target::Field(id, f.name.name.clone()));
         }
@@ -158,8 +214,16 @@ pub fn references(c: &Checked, target: &Target, declaration: bool) -> Vec<Span> 
 /// The edits renaming what is at `offset` to `new_name`, within its file. Refused for
 /// names defined in another file (the standard library included) and for a new name
 /// that is not an identifier.
-pub fn rename(c: &Checked, file: FileId, offset: usize, new_name: &str) -> Result<Vec<Span>, String> {
-    let valid = new_name.chars().next().is_some_and(|ch| ch.is_alphabetic() || ch == '_')
+pub fn rename(
+    c: &Checked,
+    file: FileId,
+    offset: usize,
+    new_name: &str,
+) -> Result<Vec<Span>, String> {
+    let valid = new_name
+        .chars()
+        .next()
+        .is_some_and(|ch| ch.is_alphabetic() || ch == '_')
         && new_name.chars().all(|ch| ch.is_alphanumeric() || ch == '_')
         && !crate::syntax::token::KEYWORDS.contains(&new_name);
     if !valid {
@@ -168,9 +232,20 @@ pub fn rename(c: &Checked, file: FileId, offset: usize, new_name: &str) -> Resul
     let t = target_at(c, file, offset).ok_or("nothing to rename here")?;
     let def = target_span(&c.program, &t).ok_or("its definition is not known")?;
     if def.file != file {
-        return Err(format!("`{}` is defined in {}; rename it there", c.program.sources.text(def.file).get(def.start..def.end).unwrap_or("it"), c.program.sources.name(def.file)));
+        return Err(format!(
+            "`{}` is defined in {}; rename it there",
+            c.program
+                .sources
+                .text(def.file)
+                .get(def.start..def.end)
+                .unwrap_or("it"),
+            c.program.sources.name(def.file)
+        ));
     }
-    Ok(references(c, &t, true).into_iter().filter(|s| s.file == file).collect())
+    Ok(references(c, &t, true)
+        .into_iter()
+        .filter(|s| s.file == file)
+        .collect())
 }
 
 /// Hover at `offset`: the definition's signature, doc and derivative status for a name,
@@ -195,8 +270,16 @@ pub fn hover(c: &Checked, file: FileId, offset: usize) -> Option<Hover> {
     {
         span.get_or_insert(s);
         let shown: Vec<String> = types.iter().take(4).map(|t| format!("`{t}`")).collect();
-        let more = if types.len() > 4 { format!(" (and {} more uses)", types.len() - 4) } else { String::new() };
-        let line = if types.len() > 1 { format!("type, per use: {}{more}", shown.join(", ")) } else { format!("type: {}", shown.join("")) };
+        let more = if types.len() > 4 {
+            format!(" (and {} more uses)", types.len() - 4)
+        } else {
+            String::new()
+        };
+        let line = if types.len() > 1 {
+            format!("type, per use: {}{more}", shown.join(", "))
+        } else {
+            format!("type: {}", shown.join(""))
+        };
         if !parts.iter().any(|x| x.contains(&line)) {
             parts.push(line);
         }
@@ -204,17 +287,28 @@ pub fn hover(c: &Checked, file: FileId, offset: usize) -> Option<Hover> {
     if parts.is_empty() {
         return None;
     }
-    Some(Hover { span: span.unwrap_or(Span::new(file, offset, offset)), markdown: parts.join("\n\n---\n\n") })
+    Some(Hover {
+        span: span.unwrap_or(Span::new(file, offset, offset)),
+        markdown: parts.join("\n\n---\n\n"),
+    })
 }
 
 fn describe(c: &Checked, t: &Target, file: FileId, offset: usize) -> Option<(Span, String)> {
     let p = &c.program;
-    let here = c.facts.ref_at(file, offset).map(|r| r.span).or_else(|| target_span(p, t))?;
+    let here = c
+        .facts
+        .ref_at(file, offset)
+        .map(|r| r.span)
+        .or_else(|| target_span(p, t))?;
     Some(match t {
         Target::Item(id) => {
             let def = &p.items[*id];
             let mut s = format!("```nabla\n{}\n```", signature(p, *id));
-            s.push_str(&format!("\n{} in `{}`", def.kind.word(), module_label(p, def.module)));
+            s.push_str(&format!(
+                "\n{} in `{}`",
+                def.kind.word(),
+                module_label(p, def.module)
+            ));
             if let Some(doc) = &def.doc {
                 s.push_str(&format!("\n\n{}", doc.trim()));
             }
@@ -224,20 +318,37 @@ fn describe(c: &Checked, t: &Target, file: FileId, offset: usize) -> Option<(Spa
             if def.kind == DefKind::Net
                 && let Some(n) = c.nets.iter().find(|n| n.span == def.span)
             {
-                s.push_str(&format!("\n\n`{}` → `{}` · {} parameters · {} multiply-adds per example", n.input, n.output, n.params, n.macs));
+                s.push_str(&format!(
+                    "\n\n`{}` → `{}` · {} parameters · {} multiply-adds per example",
+                    n.input, n.output, n.params, n.macs
+                ));
             }
             (here, s)
         }
         Target::Local(def) => {
-            let name = p.sources.text(def.file).get(def.start..def.end).unwrap_or("");
-            let ty = binding_type(c, *def).or_else(|| c.facts.types_at(file, offset).and_then(|(_, t)| t.first().map(|s| s.to_string())));
+            let name = p
+                .sources
+                .text(def.file)
+                .get(def.start..def.end)
+                .unwrap_or("");
+            let ty = binding_type(c, *def).or_else(|| {
+                c.facts
+                    .types_at(file, offset)
+                    .and_then(|(_, t)| t.first().map(|s| s.to_string()))
+            });
             match ty {
                 Some(ty) => (here, format!("```nabla\n{name}: {ty}\n```")),
                 None => (here, format!("```nabla\n{name}\n```\nlocal")),
             }
         }
         Target::Field(id, name) => {
-            let Some(Item { kind: ItemKind::Record(r), .. }) = p.item_ast(*id) else { return None };
+            let Some(Item {
+                kind: ItemKind::Record(r),
+                ..
+            }) = p.item_ast(*id)
+            else {
+                return None;
+            };
             let f = r.fields.iter().find(|f| f.name.name == *name)?;
             let mut s = format!("```nabla\n{}.{}\n```", p.items[*id].name, param_text(p, f));
             if let Some(doc) = field_doc(p, *id, name) {
@@ -251,26 +362,50 @@ fn describe(c: &Checked, t: &Target, file: FileId, offset: usize) -> Option<(Spa
 /// A module as people name it: `std.nn`, or a user file's name without its directory.
 fn module_label(p: &Program, m: usize) -> String {
     let name = &p.modules[m].name;
-    if p.modules[m].is_std { name.clone() } else { name.rsplit(['/', '\\']).next().unwrap_or(name).to_string() }
+    if p.modules[m].is_std {
+        name.clone()
+    } else {
+        name.rsplit(['/', '\\']).next().unwrap_or(name).to_string()
+    }
 }
 
 fn binding_type(c: &Checked, def: Span) -> Option<String> {
-    c.facts.bindings.iter().find(|b| b.span == def).map(|b| b.ty.clone())
+    c.facts
+        .bindings
+        .iter()
+        .find(|b| b.span == def)
+        .map(|b| b.ty.clone())
 }
 
 /// A parameter or field as written (`lr: float = 0.01`).
 pub fn param_text(p: &Program, prm: &Param) -> String {
-    let t = p.sources.text(prm.span.file).get(prm.span.start..prm.span.end).unwrap_or(&prm.name.name);
+    let t = p
+        .sources
+        .text(prm.span.file)
+        .get(prm.span.start..prm.span.end)
+        .unwrap_or(&prm.name.name);
     t.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The `///` lines right above a record field.
 fn field_doc(p: &Program, record: ItemId, field: &str) -> Option<String> {
-    let Some(Item { kind: ItemKind::Record(r), .. }) = p.item_ast(record) else { return None };
+    let Some(Item {
+        kind: ItemKind::Record(r),
+        ..
+    }) = p.item_ast(record)
+    else {
+        return None;
+    };
     let f = r.fields.iter().find(|f| f.name.name == field)?;
     let text = p.sources.text(f.span.file);
     let before = text.get(..f.span.start)?;
-    let mut lines: Vec<&str> = before.lines().rev().skip(1).take_while(|l| l.trim_start().starts_with("///")).map(|l| l.trim_start().trim_start_matches("///").trim()).collect();
+    let mut lines: Vec<&str> = before
+        .lines()
+        .rev()
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("///"))
+        .map(|l| l.trim_start().trim_start_matches("///").trim())
+        .collect();
     lines.reverse();
     (!lines.is_empty()).then(|| lines.join(" "))
 }
@@ -281,7 +416,11 @@ fn stage_at(c: &Checked, file: FileId, offset: usize) -> Option<String> {
         if n.span.file != file {
             continue;
         }
-        if let Some(s) = n.stages.iter().find(|s| s.span.file == file && s.span.contains(offset)) {
+        if let Some(s) = n
+            .stages
+            .iter()
+            .find(|s| s.span.file == file && s.span.contains(offset))
+        {
             let mut out = format!("stage of `{}`: output `{}`", n.name, s.output);
             if s.params > 0 {
                 out.push_str(&format!(" · {} parameters", s.params));
@@ -308,14 +447,25 @@ pub fn inlay_hints(c: &Checked, file: FileId) -> Vec<InlayHint> {
     let mut out = Vec::new();
     for n in c.nets.iter().filter(|n| n.span.file == file) {
         for s in &n.stages {
-            out.push(InlayHint { offset: s.span.end, label: format!(" → {}", s.output) });
+            out.push(InlayHint {
+                offset: s.span.end,
+                label: format!(" → {}", s.output),
+            });
         }
     }
     let mut seen = std::collections::HashSet::new();
-    for b in c.facts.bindings.iter().filter(|b: &&Binding| b.span.file == file && b.tensor) {
+    for b in c
+        .facts
+        .bindings
+        .iter()
+        .filter(|b: &&Binding| b.span.file == file && b.tensor)
+    {
         // One hint per binding: a layer's body checked at several uses keeps the first.
         if seen.insert(b.span) {
-            out.push(InlayHint { offset: b.span.end, label: format!(": {}", b.ty) });
+            out.push(InlayHint {
+                offset: b.span.end,
+                label: format!(": {}", b.ty),
+            });
         }
     }
     out.sort_by_key(|h| h.offset);
@@ -352,30 +502,64 @@ pub struct Symbol {
 /// The outline of a file: its items, a record's fields, a net's stages.
 pub fn symbols(c: &Checked, file: FileId) -> Vec<Symbol> {
     let p = &c.program;
-    let Some(m) = module_of_file(p, file) else { return vec![] };
+    let Some(m) = module_of_file(p, file) else {
+        return vec![];
+    };
     let mut out = Vec::new();
     for (index, item) in p.modules[m].ast.items.iter().enumerate() {
-        let id = p.items.iter().position(|d| d.module == m && d.index == index);
+        let id = p
+            .items
+            .iter()
+            .position(|d| d.module == m && d.index == index);
         let sig = id.map(|id| signature(p, id)).unwrap_or_default();
-        let sym = |name: &crate::syntax::ast::Ident, kind, children| Symbol { name: name.name.clone(), detail: sig.clone(), kind, span: item.span, selection: name.span, children };
+        let sym = |name: &crate::syntax::ast::Ident, kind, children| Symbol {
+            name: name.name.clone(),
+            detail: sig.clone(),
+            kind,
+            span: item.span,
+            selection: name.span,
+            children,
+        };
         match &item.kind {
             ItemKind::Fn(f) => out.push(sym(&f.name, SymbolKind::Function, vec![])),
             ItemKind::Layer(l) => out.push(sym(&l.name, SymbolKind::Layer, vec![])),
             ItemKind::Rule(r) => out.push(sym(&r.name, SymbolKind::Rule, vec![])),
             ItemKind::ExternType(n) => out.push(sym(n, SymbolKind::Type, vec![])),
             ItemKind::Record(r) => {
-                let fields = r.fields.iter().map(|f| Symbol { name: f.name.name.clone(), detail: param_text(p, f), kind: SymbolKind::Field, span: f.span, selection: f.name.span, children: vec![] }).collect();
+                let fields = r
+                    .fields
+                    .iter()
+                    .map(|f| Symbol {
+                        name: f.name.name.clone(),
+                        detail: param_text(p, f),
+                        kind: SymbolKind::Field,
+                        span: f.span,
+                        selection: f.name.span,
+                        children: vec![],
+                    })
+                    .collect();
                 out.push(sym(&r.name, SymbolKind::Record, fields));
             }
             ItemKind::Net(n) => {
                 let info = c.nets.iter().find(|i| i.span == n.name.span);
-                let stages = stage_symbols(p, &n.stages, info.map(|i| i.stages.as_slice()).unwrap_or(&[]));
+                let stages = stage_symbols(
+                    p,
+                    &n.stages,
+                    info.map(|i| i.stages.as_slice()).unwrap_or(&[]),
+                );
                 out.push(sym(&n.name, SymbolKind::Net, stages));
             }
             ItemKind::Stmt(s) => {
                 if let crate::syntax::ast::StmtKind::Let { name, .. } = &s.kind {
                     let detail = binding_type(c, name.span).unwrap_or_default();
-                    out.push(Symbol { name: name.name.clone(), detail, kind: SymbolKind::Variable, span: item.span, selection: name.span, children: vec![] });
+                    out.push(Symbol {
+                        name: name.name.clone(),
+                        detail,
+                        kind: SymbolKind::Variable,
+                        span: item.span,
+                        selection: name.span,
+                        children: vec![],
+                    });
                 }
             }
             ItemKind::Import(_) | ItemKind::Error => {}
@@ -388,14 +572,29 @@ fn stage_symbols(p: &Program, stages: &[Stage], info: &[crate::check::StageInfo]
     stages
         .iter()
         .map(|s| {
-            let text = p.sources.text(s.span.file).get(s.span.start..s.span.end).unwrap_or("");
+            let text = p
+                .sources
+                .text(s.span.file)
+                .get(s.span.start..s.span.end)
+                .unwrap_or("");
             let name = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            let detail = info.iter().find(|i| i.span == s.span).map(|i| i.output.clone()).unwrap_or_default();
+            let detail = info
+                .iter()
+                .find(|i| i.span == s.span)
+                .map(|i| i.output.clone())
+                .unwrap_or_default();
             let children = match &s.kind {
                 StageKind::Repeat { body, .. } => stage_symbols(p, body, info),
                 _ => vec![],
             };
-            Symbol { name, detail, kind: SymbolKind::Stage, span: s.span, selection: s.label.as_ref().map_or(s.span, |l| l.span), children }
+            Symbol {
+                name,
+                detail,
+                kind: SymbolKind::Stage,
+                span: s.span,
+                selection: s.label.as_ref().map_or(s.span, |l| l.span),
+                children,
+            }
         })
         .collect()
 }
@@ -439,15 +638,38 @@ pub fn semantic_tokens(c: &Checked, file: FileId, text: &str) -> Vec<(usize, usi
             Token::Str(_) => Some(TokenClass::String),
             Token::Doc(_) => Some(TokenClass::Comment),
             Token::Sym("|>" | "->" | "@") => Some(TokenClass::Operator),
-            Token::Ident(name) => match c.facts.ref_at(file, r.start).filter(|x| x.span.start == r.start) {
+            Token::Ident(name) => match c
+                .facts
+                .ref_at(file, r.start)
+                .filter(|x| x.span.start == r.start)
+            {
                 Some(x) => Some(match &x.target {
                     Target::Item(id) => item_class(c.program.items[*id].kind),
                     Target::Local(_) => TokenClass::Variable,
                     Target::Field(..) => TokenClass::Property,
                 }),
-                None if let Some(d) = c.program.items.iter().find(|d| d.span.file == file && d.span.start == r.start && d.span.end == r.end) => Some(item_class(d.kind)),
-                None if c.facts.bindings.iter().any(|b| b.span.file == file && b.span.start == r.start) => Some(TokenClass::Variable),
-                None if crate::check::ty::DType::parse(name).is_some() || ["int", "float", "bool", "str", "dim", "net", "fn", "any", "axis"].contains(&name.as_str()) => Some(TokenClass::Type),
+                None if let Some(d) = c.program.items.iter().find(|d| {
+                    d.span.file == file && d.span.start == r.start && d.span.end == r.end
+                }) =>
+                {
+                    Some(item_class(d.kind))
+                }
+                None if c
+                    .facts
+                    .bindings
+                    .iter()
+                    .any(|b| b.span.file == file && b.span.start == r.start) =>
+                {
+                    Some(TokenClass::Variable)
+                }
+                None if crate::check::ty::DType::parse(name).is_some()
+                    || [
+                        "int", "float", "bool", "str", "dim", "net", "fn", "any", "axis",
+                    ]
+                    .contains(&name.as_str()) =>
+                {
+                    Some(TokenClass::Type)
+                }
                 None => None,
             },
             _ => None,
@@ -458,7 +680,10 @@ pub fn semantic_tokens(c: &Checked, file: FileId, text: &str) -> Vec<(usize, usi
     }
     // Plain comments: the lexer skips them; find them between tokens.
     let mut prev = 0;
-    for (_, r) in tokens.iter().chain(std::iter::once(&(Token::Error(' '), text.len()..text.len()))) {
+    for (_, r) in tokens.iter().chain(std::iter::once(&(
+        Token::Error(' '),
+        text.len()..text.len(),
+    ))) {
         if let Some(gap) = text.get(prev..r.start) {
             let mut at = 0;
             while let Some(i) = gap[at..].find("//") {

@@ -22,10 +22,18 @@ impl Tensor {
         Tensor { dtype, shape, data }
     }
     pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
-        Tensor { dtype, shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+        Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
     }
     pub fn scalar(x: f64) -> Tensor {
-        Tensor { dtype: DType::F64, shape: vec![], data: vec![x] }
+        Tensor {
+            dtype: DType::F64,
+            shape: vec![],
+            data: vec![x],
+        }
     }
     pub fn numel(&self) -> usize {
         self.data.len()
@@ -51,7 +59,9 @@ impl std::fmt::Display for RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
             RunError::MissingInput(n) => write!(f, "no value given for input `{n}`"),
-            RunError::BadShape(n, want, got) => write!(f, "input `{n}` should have shape {want:?}, got {got:?}"),
+            RunError::BadShape(n, want, got) => {
+                write!(f, "input `{n}` should have shape {want:?}, got {got:?}")
+            }
         }
     }
 }
@@ -72,12 +82,20 @@ fn unravel(mut i: usize, shape: &[usize], out: &mut [usize]) {
 }
 
 /// Runs `g` with the given inputs (by name) and returns every node's value.
-pub fn run(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>, precision: Precision) -> Result<Vec<Tensor>, RunError> {
+pub fn run(
+    g: &Graph,
+    inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>,
+    precision: Precision,
+) -> Result<Vec<Tensor>, RunError> {
     let mut vals: Vec<Tensor> = Vec::with_capacity(g.nodes.len());
     for n in &g.nodes {
         let t = match &n.op {
             Op::Input { name, kind } => input(n, name, inputs(name, *kind))?,
-            _ => node(n, &n.args.iter().map(|v| &vals[v.index()]).collect::<Vec<_>>(), precision),
+            _ => node(
+                n,
+                &n.args.iter().map(|v| &vals[v.index()]).collect::<Vec<_>>(),
+                precision,
+            ),
         };
         vals.push(t);
     }
@@ -88,7 +106,11 @@ pub fn run(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>, precis
 /// arguments are finite (or an input that holds one), and returns it; `None` when every
 /// value is finite. Values are dropped after their last use, so a whole train step fits
 /// in memory.
-pub fn first_non_finite(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>, precision: Precision) -> Result<Option<ValueId>, RunError> {
+pub fn first_non_finite(
+    g: &Graph,
+    inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>,
+    precision: Precision,
+) -> Result<Option<ValueId>, RunError> {
     let mut last_use = vec![0usize; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         for a in &n.args {
@@ -102,7 +124,11 @@ pub fn first_non_finite(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Te
             Op::Input { name, kind } => input(n, name, inputs(name, *kind))?,
             _ => {
                 let empty = Tensor::zeros(n.dtype, &[]);
-                let args: Vec<&Tensor> = n.args.iter().map(|v| vals[v.index()].as_ref().unwrap_or(&empty)).collect();
+                let args: Vec<&Tensor> = n
+                    .args
+                    .iter()
+                    .map(|v| vals[v.index()].as_ref().unwrap_or(&empty))
+                    .collect();
                 node(n, &args, precision)
             }
         };
@@ -123,29 +149,49 @@ pub fn first_non_finite(g: &Graph, inputs: &dyn Fn(&str, InputKind) -> Option<Te
 /// only the nodes that depend on it are computed again (a gradient check perturbs one
 /// tensor at a time, and most of a deep net lies before or beside it). Returns the value
 /// of `want`.
-pub fn rerun(g: &Graph, base: &[Tensor], changed: ValueId, x: Tensor, want: ValueId, precision: Precision) -> Result<Tensor, RunError> {
+pub fn rerun(
+    g: &Graph,
+    base: &[Tensor],
+    changed: ValueId,
+    x: Tensor,
+    want: ValueId,
+    precision: Precision,
+) -> Result<Tensor, RunError> {
     let n0 = g.node(changed);
     let name = g.input_name(changed).unwrap_or("?").to_string();
     let mut fresh: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
     fresh[changed.index()] = Some(input(n0, &name, Some(x))?);
     for (i, n) in g.nodes.iter().enumerate().skip(changed.index() + 1) {
         if n.args.iter().any(|a| fresh[a.index()].is_some()) {
-            let args: Vec<&Tensor> = n.args.iter().map(|a| fresh[a.index()].as_ref().unwrap_or(&base[a.index()])).collect();
+            let args: Vec<&Tensor> = n
+                .args
+                .iter()
+                .map(|a| fresh[a.index()].as_ref().unwrap_or(&base[a.index()]))
+                .collect();
             fresh[i] = Some(node(n, &args, precision));
         }
         if i == want.index() {
             break;
         }
     }
-    Ok(fresh[want.index()].take().unwrap_or_else(|| base[want.index()].clone()))
+    Ok(fresh[want.index()]
+        .take()
+        .unwrap_or_else(|| base[want.index()].clone()))
 }
 
 fn input(n: &crate::ir::Node, name: &str, given: Option<Tensor>) -> Result<Tensor, RunError> {
     let t = given.ok_or_else(|| RunError::MissingInput(name.to_string()))?;
     if t.shape != n.shape {
-        return Err(RunError::BadShape(name.to_string(), n.shape.clone(), t.shape));
+        return Err(RunError::BadShape(
+            name.to_string(),
+            n.shape.clone(),
+            t.shape,
+        ));
     }
-    Ok(Tensor { dtype: n.dtype, ..t })
+    Ok(Tensor {
+        dtype: n.dtype,
+        ..t
+    })
 }
 
 /// The value of one (non-input) node from its arguments' values.
@@ -157,17 +203,31 @@ fn node(n: &crate::ir::Node, args: &[&Tensor], precision: Precision) -> Tensor {
         Op::Unary(u) => map(a(0), n.dtype, |x| unary(*u, x)),
         Op::StopGradient => a(0).clone(),
         Op::Binary(b) => zip(a(0), a(1), n.dtype, |x, y| binary(*b, x, y)),
-        Op::Compare(c) => zip(a(0), a(1), DType::Bool, |x, y| f64::from(u8::from(compare(*c, x, y)))),
+        Op::Compare(c) => zip(a(0), a(1), DType::Bool, |x, y| {
+            f64::from(u8::from(compare(*c, x, y)))
+        }),
         Op::Select => {
             let (c, x, y) = (a(0), a(1), a(2));
-            let data = (0..c.numel()).map(|i| if c.data[i] != 0.0 { x.data[i] } else { y.data[i] }).collect();
+            let data = (0..c.numel())
+                .map(|i| {
+                    if c.data[i] != 0.0 {
+                        x.data[i]
+                    } else {
+                        y.data[i]
+                    }
+                })
+                .collect();
             Tensor::new(n.dtype, n.shape.clone(), data)
         }
         Op::Reduce { op, axes, .. } => reduce(a(0), *op, axes, n),
         Op::ArgMax { axis } => argmax(a(0), *axis, n),
         Op::MatMul => matmul(a(0), a(1), n),
         Op::Transpose { perm } => transpose(a(0), perm, n),
-        Op::Reshape | Op::Cast => Tensor::new(n.dtype, n.shape.clone(), a(0).data.iter().map(|x| cast(*x, n.dtype)).collect()),
+        Op::Reshape | Op::Cast => Tensor::new(
+            n.dtype,
+            n.shape.clone(),
+            a(0).data.iter().map(|x| cast(*x, n.dtype)).collect(),
+        ),
         Op::Broadcast => broadcast(a(0), n),
         Op::Slice { axis, start, .. } => slice(a(0), *axis, *start, n),
         Op::Pad { axis, before, .. } => pad(a(0), *axis, *before, n),
@@ -217,7 +277,10 @@ fn cast(x: f64, dt: DType) -> f64 {
 /// splitmix64 of (seed, counter): a counter-based generator, so any element can be
 /// computed independently (and identically on every backend).
 pub fn uniform(seed: u64, i: u64) -> f64 {
-    let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = seed
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(i)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
@@ -280,12 +343,20 @@ fn map(x: &Tensor, dt: DType, f: impl Fn(f64) -> f64) -> Tensor {
 }
 
 fn zip(x: &Tensor, y: &Tensor, dt: DType, f: impl Fn(f64, f64) -> f64) -> Tensor {
-    Tensor::new(dt, x.shape.clone(), x.data.iter().zip(&y.data).map(|(a, b)| f(*a, *b)).collect())
+    Tensor::new(
+        dt,
+        x.shape.clone(),
+        x.data.iter().zip(&y.data).map(|(a, b)| f(*a, *b)).collect(),
+    )
 }
 
 fn reduce(x: &Tensor, op: Reduce, axes: &[usize], n: &crate::ir::Node) -> Tensor {
     // Output index = input index with reduced axes dropped (or set to 0 with keepdim).
-    let init = if op == Reduce::Sum { 0.0 } else { f64::NEG_INFINITY };
+    let init = if op == Reduce::Sum {
+        0.0
+    } else {
+        f64::NEG_INFINITY
+    };
     let mut out = Tensor::new(n.dtype, n.shape.clone(), vec![init; n.numel()]);
     let kept: Vec<usize> = (0..x.shape.len()).filter(|a| !axes.contains(a)).collect();
     let kept_shape: Vec<usize> = kept.iter().map(|a| x.shape[*a]).collect();
@@ -310,7 +381,11 @@ fn argmax(x: &Tensor, axis: usize, n: &crate::ir::Node) -> Tensor {
     let mut idx = vec![0; x.shape.len()];
     for (i, v) in x.data.iter().enumerate() {
         unravel(i, &x.shape, &mut idx);
-        let o: usize = (0..x.shape.len()).filter(|a| *a != axis).zip(&ks).map(|(a, s)| idx[a] * s).sum();
+        let o: usize = (0..x.shape.len())
+            .filter(|a| *a != axis)
+            .zip(&ks)
+            .map(|(a, s)| idx[a] * s)
+            .sum();
         // Strictly greater: ties keep the first index.
         if *v > best[o] {
             best[o] = *v;
@@ -358,7 +433,15 @@ fn broadcast(x: &Tensor, n: &crate::ir::Node) -> Tensor {
     let mut idx = vec![0; n.shape.len()];
     for (i, o) in out.data.iter_mut().enumerate() {
         unravel(i, &n.shape, &mut idx);
-        let src: usize = (0..x.shape.len()).map(|k| if x.shape[k] == 1 { 0 } else { idx[k + off] * xs[k] }).sum();
+        let src: usize = (0..x.shape.len())
+            .map(|k| {
+                if x.shape[k] == 1 {
+                    0
+                } else {
+                    idx[k + off] * xs[k]
+                }
+            })
+            .sum();
         *o = x.data[src];
     }
     out
@@ -370,7 +453,11 @@ fn slice(x: &Tensor, axis: usize, start: usize, n: &crate::ir::Node) -> Tensor {
     let mut idx = vec![0; n.shape.len()];
     for (i, o) in out.data.iter_mut().enumerate() {
         unravel(i, &n.shape, &mut idx);
-        let src: usize = idx.iter().enumerate().map(|(k, v)| (if k == axis { v + start } else { *v }) * xs[k]).sum();
+        let src: usize = idx
+            .iter()
+            .enumerate()
+            .map(|(k, v)| (if k == axis { v + start } else { *v }) * xs[k])
+            .sum();
         *o = x.data[src];
     }
     out
@@ -382,7 +469,11 @@ fn pad(x: &Tensor, axis: usize, before: usize, n: &crate::ir::Node) -> Tensor {
     let mut idx = vec![0; x.shape.len()];
     for (i, v) in x.data.iter().enumerate() {
         unravel(i, &x.shape, &mut idx);
-        let dst: usize = idx.iter().enumerate().map(|(k, p)| (if k == axis { p + before } else { *p }) * os[k]).sum();
+        let dst: usize = idx
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (if k == axis { p + before } else { *p }) * os[k])
+            .sum();
         out.data[dst] = *v;
     }
     out
@@ -396,7 +487,11 @@ fn concat(parts: &[&Tensor], axis: usize, n: &crate::ir::Node) -> Tensor {
         let mut idx = vec![0; p.shape.len()];
         for (i, v) in p.data.iter().enumerate() {
             unravel(i, &p.shape, &mut idx);
-            let dst: usize = idx.iter().enumerate().map(|(k, x)| (if k == axis { x + offset } else { *x }) * os[k]).sum();
+            let dst: usize = idx
+                .iter()
+                .enumerate()
+                .map(|(k, x)| (if k == axis { x + offset } else { *x }) * os[k])
+                .sum();
             out.data[dst] = *v;
         }
         offset += p.shape[axis];
@@ -423,7 +518,13 @@ fn tap(o: usize, k: usize, w: &Window, size: usize) -> Option<usize> {
 /// Visits every (input, weight, output) index triple of a convolution with input shape
 /// `xs`, weight shape `ks` and output shape `ys`. The convolution and both its gradients
 /// are this one walk with a different update.
-fn conv_taps(xs: &[usize], ks: &[usize], ys: &[usize], w: &Window, mut f: impl FnMut(usize, usize, usize)) {
+fn conv_taps(
+    xs: &[usize],
+    ks: &[usize],
+    ys: &[usize],
+    w: &Window,
+    mut f: impl FnMut(usize, usize, usize),
+) {
     let (b, c, h, wd) = (xs[0], xs[1], xs[2], xs[3]);
     let (o, cg, kh, kw) = (ks[0], ks[1], ks[2], ks[3]);
     let (oh, ow) = (ys[2], ys[3]);
@@ -439,7 +540,8 @@ fn conv_taps(xs: &[usize], ks: &[usize], ys: &[usize], w: &Window, mut f: impl F
                         let ki = ((oc * cg + ci) * kh + ky) * kw + kx;
                         for y in 0..oh {
                             let Some(iy) = tap(y, ky, w, h) else { continue };
-                            let (xrow, yrow) = (((bi * c + ic) * h + iy) * wd, ((bi * o + oc) * oh + y) * ow);
+                            let (xrow, yrow) =
+                                (((bi * c + ic) * h + iy) * wd, ((bi * o + oc) * oh + y) * ow);
                             for xx in ranges[kx].clone() {
                                 // In range by construction of `ranges`.
                                 let ix = xx * w.stride + kx * w.dilation - w.pad;
@@ -480,7 +582,10 @@ fn conv2d(x: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
                         let xrow = &xplane[iy * wd..][..wd];
                         let orow = &mut out[y * ow..][..ow];
                         let first = cols.start * w.stride + kx * w.dilation - w.pad;
-                        for (o, xv) in orow[cols.clone()].iter_mut().zip(xrow[first..].iter().step_by(w.stride)) {
+                        for (o, xv) in orow[cols.clone()]
+                            .iter_mut()
+                            .zip(xrow[first..].iter().step_by(w.stride))
+                        {
                             *o += kv * xv;
                         }
                     }
@@ -489,7 +594,10 @@ fn conv2d(x: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
         }
     };
     let area = (oh * ow).max(1);
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(out.data.len() / area).max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(out.data.len() / area)
+        .max(1);
     let per = out.data.len().div_ceil(area).div_ceil(threads) * area;
     std::thread::scope(|s| {
         for (t, chunk) in out.data.chunks_mut(per.max(1)).enumerate() {
@@ -507,20 +615,28 @@ fn conv2d(x: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
 /// The output columns whose tap `kx` lands inside the input (`ix = xx*stride + kx*dil - pad`
 /// in `0..wd`): a contiguous range, since `ix` grows with `xx`.
 fn columns(kx: usize, w: &Window, wd: usize, ow: usize) -> std::ops::Range<usize> {
-    let first = (0..ow).find(|xx| tap(*xx, kx, w, wd).is_some()).unwrap_or(ow);
-    let end = (first..ow).find(|xx| tap(*xx, kx, w, wd).is_none()).unwrap_or(ow);
+    let first = (0..ow)
+        .find(|xx| tap(*xx, kx, w, wd).is_some())
+        .unwrap_or(ow);
+    let end = (first..ow)
+        .find(|xx| tap(*xx, kx, w, wd).is_none())
+        .unwrap_or(ow);
     first..end
 }
 
 fn conv2d_input_grad(dy: &Tensor, k: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
     let mut dx = Tensor::zeros(n.dtype, &n.shape);
-    conv_taps(&n.shape, &k.shape, &dy.shape, w, |xi, ki, yi| dx.data[xi] += dy.data[yi] * k.data[ki]);
+    conv_taps(&n.shape, &k.shape, &dy.shape, w, |xi, ki, yi| {
+        dx.data[xi] += dy.data[yi] * k.data[ki]
+    });
     dx
 }
 
 fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
     let mut dk = Tensor::zeros(n.dtype, &n.shape);
-    conv_taps(&x.shape, &n.shape, &dy.shape, w, |xi, ki, yi| dk.data[ki] += dy.data[yi] * x.data[xi]);
+    conv_taps(&x.shape, &n.shape, &dy.shape, w, |xi, ki, yi| {
+        dk.data[ki] += dy.data[yi] * x.data[xi]
+    });
     dk
 }
 

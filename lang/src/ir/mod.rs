@@ -108,7 +108,10 @@ pub struct Window {
 /// then it is not differentiable and AD says so).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    Input { name: String, kind: InputKind },
+    Input {
+        name: String,
+        kind: InputKind,
+    },
     /// A scalar constant (shape `[]`); broadcast it to use it with a tensor.
     Const(f64),
     Unary(Unary),
@@ -117,22 +120,42 @@ pub enum Op {
     Compare(Compare),
     /// `select(cond, a, b)`: `a` where `cond`, else `b`.
     Select,
-    Reduce { op: Reduce, axes: Vec<usize>, keepdim: bool },
-    ArgMax { axis: usize },
+    Reduce {
+        op: Reduce,
+        axes: Vec<usize>,
+        keepdim: bool,
+    },
+    ArgMax {
+        axis: usize,
+    },
     /// `[..., m, k] @ [..., k, n]` with equal leading dims.
     MatMul,
-    Transpose { perm: Vec<usize> },
+    Transpose {
+        perm: Vec<usize>,
+    },
     /// Same elements, the node's shape.
     Reshape,
     /// Stretches 1-sized or missing (leading) dims to the node's shape.
     Broadcast,
-    Slice { axis: usize, start: usize, end: usize },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
     /// Zeros before and after one axis.
-    Pad { axis: usize, before: usize, after: usize },
-    Concat { axis: usize },
+    Pad {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
+    Concat {
+        axis: usize,
+    },
     /// `gather(table [V, D], idx [...]) -> [..., D]`.
     Gather,
-    OneHot { classes: usize },
+    OneHot {
+        classes: usize,
+    },
     Conv2d(Window),
     /// Gradient of conv2d for its input (args: dy, w).
     Conv2dInputGrad(Window),
@@ -145,7 +168,9 @@ pub enum Op {
     /// args: dy.
     AvgPool2dGrad(Window),
     /// Uniform [0, 1) numbers from a counter-based generator: `seed` and the element index.
-    RandomUniform { seed: u64 },
+    RandomUniform {
+        seed: u64,
+    },
     Cast,
     /// The identity forward; AD stops here.
     StopGradient,
@@ -153,20 +178,43 @@ pub enum Op {
 
 impl Unary {
     pub const ALL: [Unary; 13] = [
-        Unary::Neg, Unary::Exp, Unary::Log, Unary::Tanh, Unary::Sigmoid, Unary::Relu, Unary::Sqrt,
-        Unary::Rsqrt, Unary::Abs, Unary::Erf, Unary::Sin, Unary::Cos, Unary::Sign,
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Tanh,
+        Unary::Sigmoid,
+        Unary::Relu,
+        Unary::Sqrt,
+        Unary::Rsqrt,
+        Unary::Abs,
+        Unary::Erf,
+        Unary::Sin,
+        Unary::Cos,
+        Unary::Sign,
     ];
     /// The op of a primitive's name (`"exp"`), the inverse of [`Op::name`].
     pub fn from_name(name: &str) -> Option<Unary> {
-        Unary::ALL.into_iter().find(|u| Op::Unary(*u).name() == name)
+        Unary::ALL
+            .into_iter()
+            .find(|u| Op::Unary(*u).name() == name)
     }
 }
 
 impl Binary {
-    pub const ALL: [Binary; 7] = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Max, Binary::Min, Binary::Pow];
+    pub const ALL: [Binary; 7] = [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+        Binary::Min,
+        Binary::Pow,
+    ];
     /// The op of a primitive's name (`"add"`, `"maximum"`), the inverse of [`Op::name`].
     pub fn from_name(name: &str) -> Option<Binary> {
-        Binary::ALL.into_iter().find(|b| Op::Binary(*b).name() == name)
+        Binary::ALL
+            .into_iter()
+            .find(|b| Op::Binary(*b).name() == name)
     }
 }
 
@@ -209,8 +257,12 @@ impl Op {
                 Compare::Ge => "ge",
             },
             Op::Select => "select",
-            Op::Reduce { op: Reduce::Sum, .. } => "sum",
-            Op::Reduce { op: Reduce::Max, .. } => "max",
+            Op::Reduce {
+                op: Reduce::Sum, ..
+            } => "sum",
+            Op::Reduce {
+                op: Reduce::Max, ..
+            } => "max",
             Op::ArgMax { .. } => "argmax",
             Op::MatMul => "matmul",
             Op::Transpose { .. } => "transpose",
@@ -302,17 +354,33 @@ impl Graph {
     }
 
     /// [`Graph::push`] with the source span the node comes from.
-    pub fn push_at(&mut self, op: Op, args: Vec<ValueId>, dtype: DType, shape: Vec<usize>, span: Option<crate::span::Span>) -> ValueId {
-        self.nodes.push(Node { op, args, dtype, shape, span });
+    pub fn push_at(
+        &mut self,
+        op: Op,
+        args: Vec<ValueId>,
+        dtype: DType,
+        shape: Vec<usize>,
+        span: Option<crate::span::Span>,
+    ) -> ValueId {
+        self.nodes.push(Node {
+            op,
+            args,
+            dtype,
+            shape,
+            span,
+        });
         ValueId(self.nodes.len() as u32 - 1)
     }
 
     /// The graph's inputs, in order.
     pub fn inputs(&self) -> impl Iterator<Item = (ValueId, &str, InputKind)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| match &n.op {
-            Op::Input { name, kind } => Some((ValueId(i as u32), name.as_str(), *kind)),
-            _ => None,
-        })
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.op {
+                Op::Input { name, kind } => Some((ValueId(i as u32), name.as_str(), *kind)),
+                _ => None,
+            })
     }
 
     /// The name of input `v` (`None` when `v` is not an input).
@@ -324,7 +392,10 @@ impl Graph {
     }
 
     pub fn output(&self, name: &str) -> Option<ValueId> {
-        self.outputs.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -344,8 +415,12 @@ pub fn flops(g: &Graph) -> u64 {
                 }
                 // Output elements × taps per output (weights' [_, C/groups, KH, KW]).
                 Op::Conv2d(_) => 2 * out * arg(1).shape[1..].iter().product::<usize>() as u64,
-                Op::Conv2dInputGrad(_) => 2 * arg(0).numel() as u64 * arg(1).shape[1..].iter().product::<usize>() as u64,
-                Op::Conv2dWeightGrad(_) => 2 * arg(1).numel() as u64 * n.shape[1..].iter().product::<usize>() as u64,
+                Op::Conv2dInputGrad(_) => {
+                    2 * arg(0).numel() as u64 * arg(1).shape[1..].iter().product::<usize>() as u64
+                }
+                Op::Conv2dWeightGrad(_) => {
+                    2 * arg(1).numel() as u64 * n.shape[1..].iter().product::<usize>() as u64
+                }
                 Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => out,
                 Op::Reduce { .. } => arg(0).numel() as u64,
                 _ => 0,

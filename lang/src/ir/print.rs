@@ -17,7 +17,12 @@ use std::fmt::Write as _;
 use super::*;
 
 fn attrs(op: &Op) -> String {
-    let w = |w: &Window| format!("{{k={}, stride={}, pad={}, dilation={}, groups={}}}", w.kernel, w.stride, w.pad, w.dilation, w.groups);
+    let w = |w: &Window| {
+        format!(
+            "{{k={}, stride={}, pad={}, dilation={}, groups={}}}",
+            w.kernel, w.stride, w.pad, w.dilation, w.groups
+        )
+    };
     match op {
         Op::Input { name, kind } => format!(" {name:?} {}", kind_name(*kind)),
         Op::Const(c) => format!(" {c:?}"),
@@ -25,11 +30,21 @@ fn attrs(op: &Op) -> String {
         Op::ArgMax { axis } => format!("{{axis={axis}}}"),
         Op::Transpose { perm } => format!("{{perm={perm:?}}}"),
         Op::Slice { axis, start, end } => format!("{{axis={axis}, start={start}, end={end}}}"),
-        Op::Pad { axis, before, after } => format!("{{axis={axis}, before={before}, after={after}}}"),
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => format!("{{axis={axis}, before={before}, after={after}}}"),
         Op::Concat { axis } => format!("{{axis={axis}}}"),
         Op::OneHot { classes } => format!("{{classes={classes}}}"),
         Op::RandomUniform { seed } => format!("{{seed={seed}}}"),
-        Op::Conv2d(x) | Op::Conv2dInputGrad(x) | Op::Conv2dWeightGrad(x) | Op::MaxPool2d(x) | Op::MaxPool2dGrad(x) | Op::AvgPool2d(x) | Op::AvgPool2dGrad(x) => w(x),
+        Op::Conv2d(x)
+        | Op::Conv2dInputGrad(x)
+        | Op::Conv2dWeightGrad(x)
+        | Op::MaxPool2d(x)
+        | Op::MaxPool2dGrad(x)
+        | Op::AvgPool2d(x)
+        | Op::AvgPool2dGrad(x) => w(x),
         _ => String::new(),
     }
 }
@@ -46,12 +61,28 @@ fn kind_name(k: InputKind) -> &'static str {
 
 pub fn print_graph(g: &Graph) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "graph {} {{", if g.mode == Mode::Train { "train" } else { "eval" });
+    let _ = writeln!(
+        s,
+        "graph {} {{",
+        if g.mode == Mode::Train {
+            "train"
+        } else {
+            "eval"
+        }
+    );
     for (i, n) in g.nodes.iter().enumerate() {
         let args: Vec<String> = n.args.iter().map(|a| a.to_string()).collect();
         let sep = if args.is_empty() { "" } else { " " };
         let dims: Vec<String> = n.shape.iter().map(|d| d.to_string()).collect();
-        let _ = writeln!(s, "  %{i} = {}{}{sep}{} : {}[{}]", n.op.name(), attrs(&n.op), args.join(", "), n.dtype.name(), dims.join(", "));
+        let _ = writeln!(
+            s,
+            "  %{i} = {}{}{sep}{} : {}[{}]",
+            n.op.name(),
+            attrs(&n.op),
+            args.join(", "),
+            n.dtype.name(),
+            dims.join(", ")
+        );
     }
     for (name, v) in &g.outputs {
         let _ = writeln!(s, "  out {name:?} = {v}");
@@ -63,11 +94,19 @@ pub fn print_graph(g: &Graph) -> String {
 /// Parses the textual form. Errors name the line.
 pub fn parse_graph(text: &str) -> Result<Graph, String> {
     let mut g = Graph::default();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate();
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate();
     match lines.next() {
         Some((_, "graph train {")) => g.mode = Mode::Train,
         Some((_, "graph eval {")) => g.mode = Mode::Eval,
-        other => return Err(format!("line 1: expected `graph train {{` or `graph eval {{`, found {other:?}")),
+        other => {
+            return Err(format!(
+                "line 1: expected `graph train {{` or `graph eval {{`, found {other:?}"
+            ));
+        }
     }
     for (i, line) in lines {
         let at = |m: &str| format!("line {}: {m}: {line}", i + 1);
@@ -75,17 +114,28 @@ pub fn parse_graph(text: &str) -> Result<Graph, String> {
             return Ok(g);
         }
         if let Some(rest) = line.strip_prefix("out ") {
-            let (name, v) = rest.split_once(" = ").ok_or_else(|| at("expected `out \"name\" = %n`"))?;
-            g.outputs.push((unquote(name).ok_or_else(|| at("bad output name"))?, value(v).ok_or_else(|| at("bad value"))?));
+            let (name, v) = rest
+                .split_once(" = ")
+                .ok_or_else(|| at("expected `out \"name\" = %n`"))?;
+            g.outputs.push((
+                unquote(name).ok_or_else(|| at("bad output name"))?,
+                value(v).ok_or_else(|| at("bad value"))?,
+            ));
             continue;
         }
-        let (lhs, rhs) = line.split_once(" = ").ok_or_else(|| at("expected `%n = op ...`"))?;
+        let (lhs, rhs) = line
+            .split_once(" = ")
+            .ok_or_else(|| at("expected `%n = op ...`"))?;
         if value(lhs) != Some(ValueId(g.nodes.len() as u32)) {
             return Err(at("nodes must be numbered in order"));
         }
-        let (body, ty) = rhs.rsplit_once(" : ").ok_or_else(|| at("missing ` : type`"))?;
+        let (body, ty) = rhs
+            .rsplit_once(" : ")
+            .ok_or_else(|| at("missing ` : type`"))?;
         let (dtype, shape) = parse_type(ty).ok_or_else(|| at("bad type"))?;
-        let name_end = body.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(body.len());
+        let name_end = body
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(body.len());
         let (name, rest) = body.split_at(name_end);
         let (attr, args) = if let Some(r) = rest.strip_prefix('{') {
             let close = r.find('}').ok_or_else(|| at("unclosed attributes"))?;
@@ -94,7 +144,13 @@ pub fn parse_graph(text: &str) -> Result<Graph, String> {
             (None, rest.trim())
         };
         let (op, args) = parse_op(name, attr, args).ok_or_else(|| at("bad op"))?;
-        g.nodes.push(Node { op, args, dtype, shape, span: None });
+        g.nodes.push(Node {
+            op,
+            args,
+            dtype,
+            shape,
+            span: None,
+        });
     }
     Err("missing closing `}`".into())
 }
@@ -110,7 +166,13 @@ fn value(s: &str) -> Option<ValueId> {
 fn parse_type(s: &str) -> Option<(DType, Vec<usize>)> {
     let (dt, rest) = s.trim().split_once('[')?;
     let dims = rest.strip_suffix(']')?;
-    let shape = if dims.trim().is_empty() { vec![] } else { dims.split(',').map(|d| d.trim().parse().ok()).collect::<Option<Vec<_>>>()? };
+    let shape = if dims.trim().is_empty() {
+        vec![]
+    } else {
+        dims.split(',')
+            .map(|d| d.trim().parse().ok())
+            .collect::<Option<Vec<_>>>()?
+    };
     Some((DType::parse(dt)?, shape))
 }
 
@@ -152,7 +214,15 @@ fn list(s: &str) -> Option<Vec<usize>> {
 fn parse_op(name: &str, attr: Option<&str>, rest: &str) -> Option<(Op, Vec<ValueId>)> {
     let a = kv(attr);
     let num = |k: &str| a.get(k).and_then(|v| v.parse::<usize>().ok());
-    let window = || Some(Window { kernel: num("k")?, stride: num("stride")?, pad: num("pad")?, dilation: num("dilation")?, groups: num("groups")? });
+    let window = || {
+        Some(Window {
+            kernel: num("k")?,
+            stride: num("stride")?,
+            pad: num("pad")?,
+            dilation: num("dilation")?,
+            groups: num("groups")?,
+        })
+    };
     if name == "input" {
         let (q, kind) = rest.rsplit_once(' ')?;
         let kind = match kind {
@@ -163,12 +233,22 @@ fn parse_op(name: &str, attr: Option<&str>, rest: &str) -> Option<(Op, Vec<Value
             "cotangent" => InputKind::Cotangent,
             _ => return None,
         };
-        return Some((Op::Input { name: unquote(q)?, kind }, vec![]));
+        return Some((
+            Op::Input {
+                name: unquote(q)?,
+                kind,
+            },
+            vec![],
+        ));
     }
     if name == "const" {
         return Some((Op::Const(rest.trim().parse().ok()?), vec![]));
     }
-    let args: Vec<ValueId> = if rest.is_empty() { vec![] } else { rest.split(',').map(value).collect::<Option<_>>()? };
+    let args: Vec<ValueId> = if rest.is_empty() {
+        vec![]
+    } else {
+        rest.split(',').map(value).collect::<Option<_>>()?
+    };
     if let Some(u) = Unary::from_name(name) {
         return Some((Op::Unary(u), args));
     }
@@ -184,20 +264,36 @@ fn parse_op(name: &str, attr: Option<&str>, rest: &str) -> Option<(Op, Vec<Value
         "ge" => Some(Op::Compare(Compare::Ge)),
         "select" => Some(Op::Select),
         "sum" | "max" => Some(Op::Reduce {
-            op: if name == "sum" { Reduce::Sum } else { Reduce::Max },
+            op: if name == "sum" {
+                Reduce::Sum
+            } else {
+                Reduce::Max
+            },
             axes: list(a.get("axes")?)?,
             keepdim: a.get("keepdim")? == "true",
         }),
         "argmax" => Some(Op::ArgMax { axis: num("axis")? }),
         "matmul" => Some(Op::MatMul),
-        "transpose" => Some(Op::Transpose { perm: list(a.get("perm")?)? }),
+        "transpose" => Some(Op::Transpose {
+            perm: list(a.get("perm")?)?,
+        }),
         "reshape" => Some(Op::Reshape),
         "broadcast" => Some(Op::Broadcast),
-        "slice" => Some(Op::Slice { axis: num("axis")?, start: num("start")?, end: num("end")? }),
+        "slice" => Some(Op::Slice {
+            axis: num("axis")?,
+            start: num("start")?,
+            end: num("end")?,
+        }),
         "concat" => Some(Op::Concat { axis: num("axis")? }),
-        "pad" => Some(Op::Pad { axis: num("axis")?, before: num("before")?, after: num("after")? }),
+        "pad" => Some(Op::Pad {
+            axis: num("axis")?,
+            before: num("before")?,
+            after: num("after")?,
+        }),
         "gather" => Some(Op::Gather),
-        "one_hot" => Some(Op::OneHot { classes: num("classes")? }),
+        "one_hot" => Some(Op::OneHot {
+            classes: num("classes")?,
+        }),
         "conv2d" => Some(Op::Conv2d(window()?)),
         "conv2d_input_grad" => Some(Op::Conv2dInputGrad(window()?)),
         "conv2d_weight_grad" => Some(Op::Conv2dWeightGrad(window()?)),
@@ -205,7 +301,9 @@ fn parse_op(name: &str, attr: Option<&str>, rest: &str) -> Option<(Op, Vec<Value
         "max_pool2d_grad" => Some(Op::MaxPool2dGrad(window()?)),
         "avg_pool2d" => Some(Op::AvgPool2d(window()?)),
         "avg_pool2d_grad" => Some(Op::AvgPool2dGrad(window()?)),
-        "random_uniform" => Some(Op::RandomUniform { seed: a.get("seed")?.parse().ok()? }),
+        "random_uniform" => Some(Op::RandomUniform {
+            seed: a.get("seed")?.parse().ok()?,
+        }),
         "cast" => Some(Op::Cast),
         "stop_gradient" => Some(Op::StopGradient),
         _ => None,
@@ -231,13 +329,27 @@ mod tests {
         assert_eq!(verify(&ok), Ok(()));
         let bad = parse_graph("graph train {\n %0 = input \"x\" data : f32[2, 3]\n %1 = input \"w\" param : f32[4, 3]\n %2 = matmul %0, %1 : f32[2, 4]\n}").expect("parses");
         let e = verify(&bad).expect_err("inner dims differ");
-        assert!(e.message.contains("cannot multiply [2, 3] @ [4, 3]"), "{}", e.message);
+        assert!(
+            e.message.contains("cannot multiply [2, 3] @ [4, 3]"),
+            "{}",
+            e.message
+        );
         let fwd = parse_graph("graph train {\n %0 = input \"x\" data : f32[2]\n %1 = exp %2 : f32[2]\n %2 = exp %0 : f32[2]\n}").expect("parses");
-        assert!(verify(&fwd).expect_err("use before def").message.contains("not defined before its use"));
-        let wrong = parse_graph("graph train {\n %0 = input \"x\" data : f32[2]\n %1 = exp %0 : f32[3]\n}").expect("parses");
+        assert!(
+            verify(&fwd)
+                .expect_err("use before def")
+                .message
+                .contains("not defined before its use")
+        );
+        let wrong =
+            parse_graph("graph train {\n %0 = input \"x\" data : f32[2]\n %1 = exp %0 : f32[3]\n}")
+                .expect("parses");
         assert!(verify(&wrong).is_err());
         let state = "graph train {\n %0 = input \"w\" param : f32[2]\n %1 = sum{axes=[0], keepdim=false} %0 : f32[]\n out \"state.w\" = %1\n}";
         let e = verify(&parse_graph(state).expect("parses")).expect_err("state shape");
-        assert_eq!(e.message, "output `state.w` is f32[], but input `w` is f32[2]");
+        assert_eq!(
+            e.message,
+            "output `state.w` is f32[], but input `w` is f32[2]"
+        );
     }
 }

@@ -19,7 +19,8 @@ fn prec(op: &Op) -> u8 {
 
 /// The graph's outputs (those `keep` accepts) as nabla source.
 pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
-    let outputs: Vec<(String, ValueId)> = g.outputs.iter().filter(|(n, _)| keep(n)).cloned().collect();
+    let outputs: Vec<(String, ValueId)> =
+        g.outputs.iter().filter(|(n, _)| keep(n)).cloned().collect();
     // Count uses among the nodes the kept outputs need.
     let mut live = vec![false; g.nodes.len()];
     for (_, v) in &outputs {
@@ -95,7 +96,14 @@ pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
             }
             Op::Select => format!("select({}, {}, {})", arg(0, 0), arg(1, 0), arg(2, 0)),
             Op::MatMul => format!("{} @ {}", arg(0, 3), arg(1, 4)),
-            Op::Transpose { perm } if perm.len() >= 2 && perm[..perm.len() - 2].iter().enumerate().all(|(i, p)| i == *p) && perm[perm.len() - 1] == perm.len() - 2 => {
+            Op::Transpose { perm }
+                if perm.len() >= 2
+                    && perm[..perm.len() - 2]
+                        .iter()
+                        .enumerate()
+                        .all(|(i, p)| i == *p)
+                    && perm[perm.len() - 1] == perm.len() - 2 =>
+            {
                 format!("{}.T", arg(0, 5))
             }
             Op::Transpose { perm } => format!("permute({}, {perm:?})", arg(0, 0)),
@@ -105,14 +113,35 @@ pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
             }
             Op::ArgMax { axis } => format!("argmax({}, axis: {axis})", arg(0, 0)),
             Op::Reshape => format!("reshape({}, {:?})", arg(0, 0), n.shape),
-            Op::Slice { axis, start, end } => format!("slice({}, {axis}, {start}, {end})", arg(0, 0)),
-            Op::Pad { axis, before, after } => format!("pad({}, {axis}, {before}, {after})", arg(0, 0)),
+            Op::Slice { axis, start, end } => {
+                format!("slice({}, {axis}, {start}, {end})", arg(0, 0))
+            }
+            Op::Pad {
+                axis,
+                before,
+                after,
+            } => format!("pad({}, {axis}, {before}, {after})", arg(0, 0)),
             Op::OneHot { classes } => format!("one_hot({}, {classes})", arg(0, 0)),
             Op::Cast => format!("to_f32({})", arg(0, 0)),
             Op::RandomUniform { seed } => format!("random_uniform(seed: {seed})"),
-            Op::Conv2d(w) | Op::Conv2dInputGrad(w) | Op::Conv2dWeightGrad(w) | Op::MaxPool2d(w) | Op::MaxPool2dGrad(w) | Op::AvgPool2d(w) | Op::AvgPool2dGrad(w) => {
+            Op::Conv2d(w)
+            | Op::Conv2dInputGrad(w)
+            | Op::Conv2dWeightGrad(w)
+            | Op::MaxPool2d(w)
+            | Op::MaxPool2dGrad(w)
+            | Op::AvgPool2d(w)
+            | Op::AvgPool2dGrad(w) => {
                 let args: Vec<String> = (0..n.args.len()).map(|k| arg(k, 0)).collect();
-                format!("{}({}; k: {}, stride: {}, pad: {}, dilation: {}, groups: {})", n.op.name(), args.join(", "), w.kernel, w.stride, w.pad, w.dilation, w.groups)
+                format!(
+                    "{}({}; k: {}, stride: {}, pad: {}, dilation: {}, groups: {})",
+                    n.op.name(),
+                    args.join(", "),
+                    w.kernel,
+                    w.stride,
+                    w.pad,
+                    w.dilation,
+                    w.groups
+                )
             }
             Op::Gather | Op::Concat { .. } => {
                 let args: Vec<String> = (0..n.args.len()).map(|k| arg(k, 0)).collect();
@@ -120,7 +149,8 @@ pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
             }
         };
         // Constants (broadcast or not) are as short as a name: always inline them.
-        let constant = matches!(n.op, Op::Const(_)) || (matches!(n.op, Op::Broadcast) && matches!(g.node(n.args[0]).op, Op::Const(_)));
+        let constant = matches!(n.op, Op::Const(_))
+            || (matches!(n.op, Op::Broadcast) && matches!(g.node(n.args[0]).op, Op::Const(_)));
         if uses[i] > 1 && !constant {
             let name = format!("t{next}");
             next += 1;
@@ -131,7 +161,11 @@ pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
         }
     }
     for (name, v) in outputs {
-        let e = names.get(&v).cloned().or_else(|| exprs.get(&v).map(|x| x.0.clone())).unwrap_or_else(|| format!("{v}"));
+        let e = names
+            .get(&v)
+            .cloned()
+            .or_else(|| exprs.get(&v).map(|x| x.0.clone()))
+            .unwrap_or_else(|| format!("{v}"));
         lines.push(format!("{name} = {e}"));
     }
     lines.join("\n") + "\n"

@@ -29,39 +29,55 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
     let mut names = HashSet::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let id = ValueId(i as u32);
-        let err = |m: String| VerifyError { node: Some(id), message: format!("{id} = {}: {m}", n.op.name()) };
+        let err = |m: String| VerifyError {
+            node: Some(id),
+            message: format!("{id} = {}: {m}", n.op.name()),
+        };
         for a in &n.args {
             if a.index() >= i {
                 return Err(err(format!("argument {a} is not defined before its use")));
             }
         }
         if let Op::Input { name, .. } = &n.op
-            && !names.insert(name.clone()) {
-                return Err(err(format!("input `{name}` is defined twice")));
-            }
+            && !names.insert(name.clone())
+        {
+            return Err(err(format!("input `{name}` is defined twice")));
+        }
         let want = expected(g, n.op.clone(), &n.args).map_err(&err)?;
         if let Some((dt, shape)) = want
-            && (dt != n.dtype || shape != n.shape) {
-                return Err(err(format!(
-                    "declared {}{:?}, but its arguments give {}{:?}",
-                    n.dtype.name(),
-                    n.shape,
-                    dt.name(),
-                    shape
-                )));
-            }
+            && (dt != n.dtype || shape != n.shape)
+        {
+            return Err(err(format!(
+                "declared {}{:?}, but its arguments give {}{:?}",
+                n.dtype.name(),
+                n.shape,
+                dt.name(),
+                shape
+            )));
+        }
     }
     for (name, v) in &g.outputs {
         if v.index() >= g.nodes.len() {
-            return Err(VerifyError { node: None, message: format!("output `{name}` refers to missing {v}") });
+            return Err(VerifyError {
+                node: None,
+                message: format!("output `{name}` refers to missing {v}"),
+            });
         }
-        let Some(target) = name.strip_prefix("state.") else { continue };
+        let Some(target) = name.strip_prefix("state.") else {
+            continue;
+        };
         if let Some((i, _, _)) = g.inputs().find(|(_, n, _)| *n == target) {
             let (a, b) = (g.node(*v), g.node(i));
             if a.dtype != b.dtype || a.shape != b.shape {
                 return Err(VerifyError {
                     node: Some(*v),
-                    message: format!("output `{name}` is {}{:?}, but input `{target}` is {}{:?}", a.dtype.name(), a.shape, b.dtype.name(), b.shape),
+                    message: format!(
+                        "output `{name}` is {}{:?}, but input `{target}` is {}{:?}",
+                        a.dtype.name(),
+                        a.shape,
+                        b.dtype.name(),
+                        b.shape
+                    ),
                 });
             }
         }
@@ -73,7 +89,9 @@ fn arity(op: &Op) -> usize {
     match op {
         Op::Input { .. } | Op::Const(_) | Op::RandomUniform { .. } => 0,
         Op::Binary(_) | Op::Compare(_) | Op::MatMul | Op::Gather => 2,
-        Op::Conv2d(_) | Op::Conv2dInputGrad(_) | Op::Conv2dWeightGrad(_) | Op::MaxPool2dGrad(_) => 2,
+        Op::Conv2d(_) | Op::Conv2dInputGrad(_) | Op::Conv2dWeightGrad(_) | Op::MaxPool2dGrad(_) => {
+            2
+        }
         Op::Select => 3,
         Op::Concat { .. } => usize::MAX,
         _ => 1,
@@ -82,7 +100,9 @@ fn arity(op: &Op) -> usize {
 
 fn conv_out(size: usize, w: &Window) -> Option<usize> {
     let span = w.dilation * (w.kernel.checked_sub(1)?) + 1;
-    (size + 2 * w.pad).checked_sub(span).map(|x| x / w.stride.max(1) + 1)
+    (size + 2 * w.pad)
+        .checked_sub(span)
+        .map(|x| x / w.stride.max(1) + 1)
 }
 
 /// The (dtype, shape) an op gives, or `None` when the node's own type is authoritative
@@ -96,18 +116,28 @@ fn expected(g: &Graph, op: Op, args: &[ValueId]) -> Result<Option<(DType, Vec<us
     }
     let a = |i: usize| g.node(args[i]);
     Ok(match op {
-        Op::Input { .. } | Op::Reshape | Op::Broadcast | Op::Cast | Op::RandomUniform { .. } => None,
+        Op::Input { .. } | Op::Reshape | Op::Broadcast | Op::Cast | Op::RandomUniform { .. } => {
+            None
+        }
         Op::Const(_) => None,
         Op::Unary(_) | Op::StopGradient => Some((a(0).dtype, a(0).shape.clone())),
         Op::Binary(_) => {
             if a(0).shape != a(1).shape || a(0).dtype != a(1).dtype {
-                return Err(format!("operands differ: {:?} and {:?} (broadcast explicitly)", a(0).shape, a(1).shape));
+                return Err(format!(
+                    "operands differ: {:?} and {:?} (broadcast explicitly)",
+                    a(0).shape,
+                    a(1).shape
+                ));
             }
             Some((a(0).dtype, a(0).shape.clone()))
         }
         Op::Compare(_) => {
             if a(0).shape != a(1).shape {
-                return Err(format!("operands differ: {:?} and {:?}", a(0).shape, a(1).shape));
+                return Err(format!(
+                    "operands differ: {:?} and {:?}",
+                    a(0).shape,
+                    a(1).shape
+                ));
             }
             Some((DType::Bool, a(0).shape.clone()))
         }
@@ -120,13 +150,22 @@ fn expected(g: &Graph, op: Op, args: &[ValueId]) -> Result<Option<(DType, Vec<us
         Op::Reduce { axes, keepdim, .. } => {
             let x = a(0);
             if axes.iter().any(|ax| *ax >= x.shape.len()) {
-                return Err(format!("axes {axes:?} out of range for rank {}", x.shape.len()));
+                return Err(format!(
+                    "axes {axes:?} out of range for rank {}",
+                    x.shape.len()
+                ));
             }
             let shape = x
                 .shape
                 .iter()
                 .enumerate()
-                .filter_map(|(i, d)| if axes.contains(&i) { keepdim.then_some(1) } else { Some(*d) })
+                .filter_map(|(i, d)| {
+                    if axes.contains(&i) {
+                        keepdim.then_some(1)
+                    } else {
+                        Some(*d)
+                    }
+                })
                 .collect();
             Some((x.dtype, shape))
         }
@@ -142,7 +181,11 @@ fn expected(g: &Graph, op: Op, args: &[ValueId]) -> Result<Option<(DType, Vec<us
         Op::MatMul => {
             let (x, y) = (a(0), a(1));
             let (r, q) = (x.shape.len(), y.shape.len());
-            if r < 2 || r != q || x.shape[..r - 2] != y.shape[..q - 2] || x.shape[r - 1] != y.shape[q - 2] {
+            if r < 2
+                || r != q
+                || x.shape[..r - 2] != y.shape[..q - 2]
+                || x.shape[r - 1] != y.shape[q - 2]
+            {
                 return Err(format!("cannot multiply {:?} @ {:?}", x.shape, y.shape));
             }
             let mut s = x.shape[..r - 1].to_vec();
@@ -154,20 +197,30 @@ fn expected(g: &Graph, op: Op, args: &[ValueId]) -> Result<Option<(DType, Vec<us
             let mut sorted = perm.clone();
             sorted.sort();
             if sorted != (0..x.shape.len()).collect::<Vec<_>>() {
-                return Err(format!("{perm:?} is not a permutation of {} axes", x.shape.len()));
+                return Err(format!(
+                    "{perm:?} is not a permutation of {} axes",
+                    x.shape.len()
+                ));
             }
             Some((x.dtype, perm.iter().map(|p| x.shape[*p]).collect()))
         }
         Op::Slice { axis, start, end } => {
             let x = a(0);
             if axis >= x.shape.len() || start > end || end > x.shape[axis] {
-                return Err(format!("slice {start}..{end} of axis {axis} out of range for {:?}", x.shape));
+                return Err(format!(
+                    "slice {start}..{end} of axis {axis} out of range for {:?}",
+                    x.shape
+                ));
             }
             let mut s = x.shape.clone();
             s[axis] = end - start;
             Some((x.dtype, s))
         }
-        Op::Pad { axis, before, after } => {
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => {
             let x = a(0);
             if axis >= x.shape.len() {
                 return Err("axis out of range".into());
@@ -208,8 +261,15 @@ fn expected(g: &Graph, op: Op, args: &[ValueId]) -> Result<Option<(DType, Vec<us
         }
         Op::Conv2d(w) => {
             let (x, k) = (a(0), a(1));
-            if x.shape.len() != 4 || k.shape.len() != 4 || x.shape[1] != k.shape[1] * w.groups || k.shape[2] != w.kernel {
-                return Err(format!("conv2d of {:?} with weights {:?}, groups {}", x.shape, k.shape, w.groups));
+            if x.shape.len() != 4
+                || k.shape.len() != 4
+                || x.shape[1] != k.shape[1] * w.groups
+                || k.shape[2] != w.kernel
+            {
+                return Err(format!(
+                    "conv2d of {:?} with weights {:?}, groups {}",
+                    x.shape, k.shape, w.groups
+                ));
             }
             let oh = conv_out(x.shape[2], &w).ok_or("window larger than the padded input")?;
             let ow = conv_out(x.shape[3], &w).ok_or("window larger than the padded input")?;
@@ -224,6 +284,9 @@ fn expected(g: &Graph, op: Op, args: &[ValueId]) -> Result<Option<(DType, Vec<us
             let ow = conv_out(x.shape[3], &w).ok_or("window larger than the padded input")?;
             Some((x.dtype, vec![x.shape[0], x.shape[1], oh, ow]))
         }
-        Op::Conv2dInputGrad(_) | Op::Conv2dWeightGrad(_) | Op::MaxPool2dGrad(_) | Op::AvgPool2dGrad(_) => None,
+        Op::Conv2dInputGrad(_)
+        | Op::Conv2dWeightGrad(_)
+        | Op::MaxPool2dGrad(_)
+        | Op::AvgPool2dGrad(_) => None,
     })
 }

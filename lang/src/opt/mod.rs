@@ -38,21 +38,31 @@ fn constant(g: &Graph, v: ValueId) -> Option<f64> {
 /// Rewrites each node to a simpler equivalent, recording replacements; uses are
 /// redirected through `map` so later nodes see the simplified values.
 pub fn simplify(g: &Graph) -> Graph {
-    let mut out = Graph { mode: g.mode, ..Graph::default() };
+    let mut out = Graph {
+        mode: g.mode,
+        ..Graph::default()
+    };
     let mut map: Vec<ValueId> = Vec::with_capacity(g.nodes.len());
     for n in &g.nodes {
         let args: Vec<ValueId> = n.args.iter().map(|a| map[a.index()]).collect();
         let v = rewrite(&mut out, n, args);
         map.push(v);
     }
-    out.outputs = g.outputs.iter().map(|(name, v)| (name.clone(), map[v.index()])).collect();
+    out.outputs = g
+        .outputs
+        .iter()
+        .map(|(name, v)| (name.clone(), map[v.index()]))
+        .collect();
     out
 }
 
 fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
-    let same_shape = |out: &Graph, v: ValueId| out.node(v).shape == n.shape && out.node(v).dtype == n.dtype;
+    let same_shape =
+        |out: &Graph, v: ValueId| out.node(v).shape == n.shape && out.node(v).dtype == n.dtype;
     // Rewritten nodes keep the span of the node they replace (errors at run time point there).
-    let push = |out: &mut Graph, op: Op, args: Vec<ValueId>| out.push_at(op, args, n.dtype, n.shape.clone(), n.span);
+    let push = |out: &mut Graph, op: Op, args: Vec<ValueId>| {
+        out.push_at(op, args, n.dtype, n.shape.clone(), n.span)
+    };
     let c = |out: &Graph, i: usize| args.get(i).and_then(|a| constant(out, *a));
     match &n.op {
         Op::Binary(b) => {
@@ -65,12 +75,20 @@ fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
                 (Binary::Add, _, Some(z)) if z == 0.0 && same_shape(out, x) => return x,
                 (Binary::Add, Some(z), _) if z == 0.0 && same_shape(out, y) => return y,
                 (Binary::Sub, _, Some(z)) if z == 0.0 && same_shape(out, x) => return x,
-                (Binary::Sub, Some(z), _) if z == 0.0 => return push(out, Op::Unary(Unary::Neg), vec![y]),
+                (Binary::Sub, Some(z), _) if z == 0.0 => {
+                    return push(out, Op::Unary(Unary::Neg), vec![y]);
+                }
                 (Binary::Mul, _, Some(o)) if o == 1.0 && same_shape(out, x) => return x,
                 (Binary::Mul, Some(o), _) if o == 1.0 && same_shape(out, y) => return y,
-                (Binary::Mul, _, Some(m)) if m == -1.0 => return push(out, Op::Unary(Unary::Neg), vec![x]),
-                (Binary::Mul, Some(m), _) if m == -1.0 => return push(out, Op::Unary(Unary::Neg), vec![y]),
-                (Binary::Mul, _, Some(z)) | (Binary::Mul, Some(z), _) if z == 0.0 => return splat(out, 0.0, n),
+                (Binary::Mul, _, Some(m)) if m == -1.0 => {
+                    return push(out, Op::Unary(Unary::Neg), vec![x]);
+                }
+                (Binary::Mul, Some(m), _) if m == -1.0 => {
+                    return push(out, Op::Unary(Unary::Neg), vec![y]);
+                }
+                (Binary::Mul, _, Some(z)) | (Binary::Mul, Some(z), _) if z == 0.0 => {
+                    return splat(out, 0.0, n);
+                }
                 (Binary::Div, _, Some(o)) if o == 1.0 && same_shape(out, x) => return x,
                 _ => {}
             }
@@ -104,7 +122,11 @@ fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
         Op::Reshape => match &out.node(args[0]).op {
             Op::Reshape => {
                 let inner = out.node(args[0]).args[0];
-                if same_shape(out, inner) { inner } else { push(out, Op::Reshape, vec![inner]) }
+                if same_shape(out, inner) {
+                    inner
+                } else {
+                    push(out, Op::Reshape, vec![inner])
+                }
             }
             _ => push(out, n.op.clone(), args),
         },
@@ -141,22 +163,35 @@ fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
 fn transpose2(out: &mut Graph, v: ValueId) -> ValueId {
     let node = out.node(v).clone();
     if let Op::Transpose { perm } = &node.op
-        && perm == &[1, 0] {
-            return node.args[0];
-        }
+        && perm == &[1, 0]
+    {
+        return node.args[0];
+    }
     let shape = vec![node.shape[1], node.shape[0]];
-    out.push(Op::Transpose { perm: vec![1, 0] }, vec![v], node.dtype, shape)
+    out.push(
+        Op::Transpose { perm: vec![1, 0] },
+        vec![v],
+        node.dtype,
+        shape,
+    )
 }
 
 /// A constant `v` of `n`'s type.
 fn splat(out: &mut Graph, v: f64, n: &Node) -> ValueId {
     let c = out.push_at(Op::Const(v), vec![], n.dtype, vec![], n.span);
-    if n.shape.is_empty() { c } else { out.push_at(Op::Broadcast, vec![c], n.dtype, n.shape.clone(), n.span) }
+    if n.shape.is_empty() {
+        c
+    } else {
+        out.push_at(Op::Broadcast, vec![c], n.dtype, n.shape.clone(), n.span)
+    }
 }
 
 /// Merges nodes with the same op, arguments and type.
 pub fn cse(g: &Graph) -> Graph {
-    let mut out = Graph { mode: g.mode, ..Graph::default() };
+    let mut out = Graph {
+        mode: g.mode,
+        ..Graph::default()
+    };
     let mut map: Vec<ValueId> = Vec::with_capacity(g.nodes.len());
     let mut seen: HashMap<String, ValueId> = HashMap::new();
     for n in &g.nodes {
@@ -173,7 +208,11 @@ pub fn cse(g: &Graph) -> Graph {
         };
         map.push(v);
     }
-    out.outputs = g.outputs.iter().map(|(name, v)| (name.clone(), map[v.index()])).collect();
+    out.outputs = g
+        .outputs
+        .iter()
+        .map(|(name, v)| (name.clone(), map[v.index()]))
+        .collect();
     out
 }
 
@@ -193,7 +232,10 @@ pub fn dce(g: &Graph) -> Graph {
             }
         }
     }
-    let mut out = Graph { mode: g.mode, ..Graph::default() };
+    let mut out = Graph {
+        mode: g.mode,
+        ..Graph::default()
+    };
     let mut map: Vec<Option<ValueId>> = vec![None; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         if live[i] {
@@ -201,6 +243,10 @@ pub fn dce(g: &Graph) -> Graph {
             map[i] = Some(out.push_at(n.op.clone(), args, n.dtype, n.shape.clone(), n.span));
         }
     }
-    out.outputs = g.outputs.iter().filter_map(|(name, v)| map[v.index()].map(|m| (name.clone(), m))).collect();
+    out.outputs = g
+        .outputs
+        .iter()
+        .filter_map(|(name, v)| map[v.index()].map(|m| (name.clone(), m)))
+        .collect();
     out
 }

@@ -94,7 +94,10 @@ pub enum StageKind {
     /// A layer or fn application, a bare name, or any other expression of the running value.
     Apply(Expr),
     /// `repeat n { stages }`.
-    Repeat { count: Expr, body: Vec<Stage> },
+    Repeat {
+        count: Expr,
+        body: Vec<Stage>,
+    },
     Error,
 }
 
@@ -126,7 +129,10 @@ pub enum TypeKind {
     /// `int`, `float`, `Dataset`, ...
     Named(Ident),
     /// `f32[B, 784]`.
-    Tensor { dtype: Ident, dims: Vec<DimExpr> },
+    Tensor {
+        dtype: Ident,
+        dims: Vec<DimExpr>,
+    },
     /// `[T]`.
     List(Box<TypeExpr>),
     Error,
@@ -172,14 +178,39 @@ pub struct Stmt {
 
 #[derive(Clone, Debug)]
 pub enum StmtKind {
-    Let { name: Ident, ty: Option<TypeExpr>, value: Expr, mutable: bool },
-    Assign { target: Expr, op: Option<BinOp>, value: Expr },
+    Let {
+        name: Ident,
+        ty: Option<TypeExpr>,
+        value: Expr,
+        mutable: bool,
+    },
+    Assign {
+        target: Expr,
+        op: Option<BinOp>,
+        value: Expr,
+    },
     /// `param w: f32[out, in] = init if cond`.
-    Param { name: Ident, ty: TypeExpr, init: Option<Expr>, cond: Option<Expr> },
+    Param {
+        name: Ident,
+        ty: TypeExpr,
+        init: Option<Expr>,
+        cond: Option<Expr>,
+    },
     /// `state mean: f32[c] = zeros`.
-    State { name: Ident, ty: TypeExpr, init: Option<Expr> },
-    For { var: Ident, iter: Expr, body: Block },
-    While { cond: Expr, body: Block },
+    State {
+        name: Ident,
+        ty: TypeExpr,
+        init: Option<Expr>,
+    },
+    For {
+        var: Ident,
+        iter: Expr,
+        body: Block,
+    },
+    While {
+        cond: Expr,
+        body: Block,
+    },
     Return(Option<Expr>),
     Break,
     Continue,
@@ -232,7 +263,10 @@ impl BinOp {
     }
 
     pub fn is_comparison(self) -> bool {
-        matches!(self, BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge)
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        )
     }
 }
 
@@ -270,18 +304,34 @@ pub enum ExprKind {
     Bool(bool),
     Str(Vec<StrPart>),
     Name(String),
-    Call { callee: Box<Expr>, args: Vec<Arg> },
-    Field { base: Box<Expr>, name: Ident },
-    Index { base: Box<Expr>, items: Vec<IndexItem> },
+    Call {
+        callee: Box<Expr>,
+        args: Vec<Arg>,
+    },
+    Field {
+        base: Box<Expr>,
+        name: Ident,
+    },
+    Index {
+        base: Box<Expr>,
+        items: Vec<IndexItem>,
+    },
     /// `x.T`: swap the last two axes.
     Transpose(Box<Expr>),
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `x |> f`: apply `f` to `x`.
     Pipe(Box<Expr>, Box<Expr>),
-    If { cond: Box<Expr>, then: Block, els: Option<Box<Expr>> },
+    If {
+        cond: Box<Expr>,
+        then: Block,
+        els: Option<Box<Expr>>,
+    },
     Block(Block),
-    Record { name: Ident, fields: Vec<(Ident, Expr)> },
+    Record {
+        name: Ident,
+        fields: Vec<(Ident, Expr)>,
+    },
     List(Vec<Expr>),
     Range(Box<Expr>, Box<Expr>),
     Error,
@@ -289,6 +339,9 @@ pub enum ExprKind {
 
 impl Expr {
     pub fn error(span: Span) -> Expr {
-        Expr { kind: ExprKind::Error, span }
+        Expr {
+            kind: ExprKind::Error,
+            span,
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! after formatting must be the tokens before, or it is an error, never a changed program.
 //! Formatting is idempotent (tested over `examples/` and the standard library).
 
-use super::token::{lex, Token};
+use super::token::{Token, lex};
 use crate::span::FileId;
 
 /// The formatted text of `src`, or why it cannot be formatted.
@@ -49,17 +49,25 @@ fn is_close(t: &Token) -> bool {
     matches!(t, Token::Sym(")" | "]" | "}"))
 }
 
-const BINARY: &[&str] = &["+", "-", "*", "/", "%", "@", "==", "!=", "<=", ">=", "<", ">", "&&", "||", "=", "+=", "-=", "*=", "/=", "->", "|>", "?"];
+const BINARY: &[&str] = &[
+    "+", "-", "*", "/", "%", "@", "==", "!=", "<=", ">=", "<", ">", "&&", "||", "=", "+=", "-=",
+    "*=", "/=", "->", "|>", "?",
+];
 
 fn layout(src: &str, tokens: &[Tok]) -> String {
-    let line_starts: Vec<usize> = std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
     let line_of = |off: usize| line_starts.partition_point(|s| *s <= off) - 1;
     let nlines = line_starts.len();
     // Tokens per line, and lines that lie inside a multi-line token (kept verbatim).
     let mut per_line: Vec<Vec<usize>> = vec![vec![]; nlines];
     let mut verbatim = vec![false; nlines];
     for (i, (_, r)) in tokens.iter().enumerate() {
-        let (a, b) = (line_of(r.start), line_of(r.end.saturating_sub(1).max(r.start)));
+        let (a, b) = (
+            line_of(r.start),
+            line_of(r.end.saturating_sub(1).max(r.start)),
+        );
         per_line[a].push(i);
         for v in verbatim.iter_mut().take(b + 1).skip(a) {
             if b > a {
@@ -103,7 +111,10 @@ fn layout(src: &str, tokens: &[Tok]) -> String {
             lines.len()
         };
         if let Some(first) = ids.first()
-            && matches!(tokens[*first].0, Token::Sym("|>" | ".") | Token::Kw("where"))
+            && matches!(
+                tokens[*first].0,
+                Token::Sym("|>" | ".") | Token::Kw("where")
+            )
             && prev_line_tokens
         {
             level += 1;
@@ -162,7 +173,15 @@ fn track(stack: &mut Vec<usize>, t: &Token, l: usize) {
 
 /// Whether a token that ends an operand: after it, `-` is binary.
 fn ends_operand(t: &Token) -> bool {
-    matches!(t, Token::Ident(_) | Token::Int(_) | Token::Float(_) | Token::Str(_) | Token::Kw("true" | "false") | Token::Sym(")" | "]" | "}"))
+    matches!(
+        t,
+        Token::Ident(_)
+            | Token::Int(_)
+            | Token::Float(_)
+            | Token::Str(_)
+            | Token::Kw("true" | "false")
+            | Token::Sym(")" | "]" | "}")
+    )
 }
 
 /// Whether a space goes between `a` and `b` (`z` came before `a`; `had` says whether the
@@ -170,7 +189,9 @@ fn ends_operand(t: &Token) -> bool {
 fn spaced(z: Option<&Token>, a: &Token, b: &Token, had: bool) -> bool {
     use Token::*;
     // A prefix `-` or `!` sticks to its operand.
-    let prefix = |t: &Token, before: Option<&Token>| matches!(t, Sym("!")) || (matches!(t, Sym("-")) && !before.is_some_and(ends_operand));
+    let prefix = |t: &Token, before: Option<&Token>| {
+        matches!(t, Sym("!")) || (matches!(t, Sym("-")) && !before.is_some_and(ends_operand))
+    };
     if prefix(a, z) {
         return false;
     }
@@ -189,7 +210,10 @@ fn spaced(z: Option<&Token>, a: &Token, b: &Token, had: bool) -> bool {
         (_, Sym("!")) => true,
         (_, Sym(op)) if BINARY.contains(op) => *op != "-" || ends_operand(a) || had,
         (Doc(_), _) | (_, Doc(_)) => true,
-        (Ident(_) | Int(_) | Float(_) | Str(_) | Kw(_) | Sym(")" | "]" | "}"), Ident(_) | Int(_) | Float(_) | Str(_) | Kw(_)) => true,
+        (
+            Ident(_) | Int(_) | Float(_) | Str(_) | Kw(_) | Sym(")" | "]" | "}"),
+            Ident(_) | Int(_) | Float(_) | Str(_) | Kw(_),
+        ) => true,
         _ => had,
     }
 }
@@ -216,7 +240,11 @@ mod tests {
 
     #[test]
     fn a_file_with_errors_is_refused() {
-        assert!(format("net N: f32[1] -> f32[1] {\n  dense(\n").expect_err("refused").contains("cannot format"));
+        assert!(
+            format("net N: f32[1] -> f32[1] {\n  dense(\n")
+                .expect_err("refused")
+                .contains("cannot format")
+        );
         assert!(format("let x = 1 $ 2\n").is_err());
     }
 

@@ -7,7 +7,7 @@ use chumsky::input::{Input as _, ValueInput};
 use chumsky::prelude::*;
 
 use super::ast::*;
-use super::token::{lex, Token};
+use super::token::{Token, lex};
 use crate::diag::{Diagnostic, Label};
 use crate::span::{FileId, Span};
 
@@ -45,8 +45,10 @@ pub fn parse_expr(src: &str, file: FileId, offset: usize) -> (Expr, Vec<Diagnost
     let mut diags: Vec<Diagnostic> = lex_errors
         .into_iter()
         .map(|e| {
-            Diagnostic::error("E0001", e.message.clone())
-                .with_label(Label::primary(Span::new(file, shift(e.start), shift(e.end)), e.message))
+            Diagnostic::error("E0001", e.message.clone()).with_label(Label::primary(
+                Span::new(file, shift(e.start), shift(e.end)),
+                e.message,
+            ))
         })
         .collect();
     let tokens: Vec<(Token, SimpleSpan)> = tokens
@@ -67,7 +69,10 @@ pub fn parse_expr(src: &str, file: FileId, offset: usize) -> (Expr, Vec<Diagnost
 
 fn rich_to_diag(e: Rich<'_, Token, SimpleSpan>, file: FileId) -> Diagnostic {
     let span = sp(file, *e.span());
-    let found = e.found().map(|t| format!("`{t}`")).unwrap_or_else(|| "end of file".into());
+    let found = e
+        .found()
+        .map(|t| format!("`{t}`"))
+        .unwrap_or_else(|| "end of file".into());
     let message = match e.reason() {
         chumsky::error::RichReason::Custom(msg) => msg.clone(),
         _ => {
@@ -77,7 +82,8 @@ fn rich_to_diag(e: Rich<'_, Token, SimpleSpan>, file: FileId) -> Diagnostic {
                     chumsky::error::RichPattern::Token(t) => format!("`{}`", &**t),
                     chumsky::error::RichPattern::Label(l) => l.to_string(),
                     chumsky::error::RichPattern::EndOfInput => "end of file".into(),
-                    chumsky::error::RichPattern::SomethingElse | chumsky::error::RichPattern::Any => String::new(),
+                    chumsky::error::RichPattern::SomethingElse
+                    | chumsky::error::RichPattern::Any => String::new(),
                     other => format!("{other:?}").to_lowercase(),
                 })
                 .collect();
@@ -93,7 +99,10 @@ fn rich_to_diag(e: Rich<'_, Token, SimpleSpan>, file: FileId) -> Diagnostic {
                 1 => format!("expected {}, found {found}", expected[0]),
                 // A long list of alternatives helps no one; an unclosed bracket is the
                 // likely story when a closer is among them.
-                _ if expected.len() > 6 => match ["`)`", "`]`", "`}`"].iter().find(|c| expected.iter().any(|e| e == *c)) {
+                _ if expected.len() > 6 => match ["`)`", "`]`", "`}`"]
+                    .iter()
+                    .find(|c| expected.iter().any(|e| e == *c))
+                {
                     Some(c) => format!("unexpected {found}: expected {c}"),
                     None => format!("unexpected {found}"),
                 },
@@ -144,7 +153,10 @@ fn close<'t, I>(s: &'static str) -> impl Parser<'t, I, Token, Ex<'t>> + Clone
 where
     I: ValueInput<'t, Token = Token, Span = SimpleSpan>,
 {
-    let outer = one_of([Token::Sym(")"), Token::Sym("]"), Token::Sym("}")]).rewind().ignored().or(end());
+    let outer = one_of([Token::Sym(")"), Token::Sym("]"), Token::Sym("}")])
+        .rewind()
+        .ignored()
+        .or(end());
     sym(s).recover_with(via_parser(outer.to(Token::Error('}'))))
 }
 
@@ -183,19 +195,29 @@ where
 {
     recursive(|tt| {
         let group = |o: &'static str, c: &'static str| {
-            open(o).ignore_then(tt.clone().repeated()).then_ignore(sym(c).or_not()).ignored()
+            open(o)
+                .ignore_then(tt.clone().repeated())
+                .then_ignore(sym(c).or_not())
+                .ignored()
         };
         choice((
             group("(", ")"),
             group("[", "]"),
-            sym("{").ignore_then(tt.clone().repeated()).then_ignore(sym("}").or_not()).ignored(),
+            sym("{")
+                .ignore_then(tt.clone().repeated())
+                .then_ignore(sym("}").or_not())
+                .ignored(),
             none_of([Token::Sym(")"), Token::Sym("]"), Token::Sym("}")]).ignored(),
         ))
     })
 }
 
-const STMT_START: &[&str] = &["let", "var", "for", "while", "return", "param", "state", "break", "continue"];
-const ITEM_START: &[&str] = &["fn", "layer", "net", "rule", "import", "record", "extern", "let", "var"];
+const STMT_START: &[&str] = &[
+    "let", "var", "for", "while", "return", "param", "state", "break", "continue",
+];
+const ITEM_START: &[&str] = &[
+    "fn", "layer", "net", "rule", "import", "record", "extern", "let", "var",
+];
 
 fn kws(list: &[&'static str]) -> Vec<Token> {
     list.iter().map(|k| Token::Kw(k)).collect()
@@ -225,15 +247,24 @@ where
         Token::Kw("true") => ExprKind::Bool(true),
         Token::Kw("false") => ExprKind::Bool(false),
     };
-    let string = select! { Token::Str(s) = e => (s, e.span()) }.validate(move |(s, span): (String, SimpleSpan), _, emitter| {
-        let (parts, errors) = interpolate(&s, file, span.start + 1);
-        for err in errors {
-            let at = err.labels.first().map(|l| l.span).unwrap_or(sp(file, span));
-            emitter.emit(Rich::custom(SimpleSpan::from(at.start..at.end), format!("in string interpolation: {}", err.message)));
-        }
-        ExprKind::Str(parts)
-    });
-    let items = expr.clone().separated_by(sym(",")).allow_trailing().collect::<Vec<Expr>>();
+    let string = select! { Token::Str(s) = e => (s, e.span()) }.validate(
+        move |(s, span): (String, SimpleSpan), _, emitter| {
+            let (parts, errors) = interpolate(&s, file, span.start + 1);
+            for err in errors {
+                let at = err.labels.first().map(|l| l.span).unwrap_or(sp(file, span));
+                emitter.emit(Rich::custom(
+                    SimpleSpan::from(at.start..at.end),
+                    format!("in string interpolation: {}", err.message),
+                ));
+            }
+            ExprKind::Str(parts)
+        },
+    );
+    let items = expr
+        .clone()
+        .separated_by(sym(","))
+        .allow_trailing()
+        .collect::<Vec<Expr>>();
     let list = items
         .clone()
         .delimited_by(open("["), close("]"))
@@ -258,17 +289,25 @@ where
             .then(
                 kw("else")
                     .ignore_then(
-                        if_expr.map_with(move |k, e| Expr { kind: k, span: sp(file, e.span()) }).or(block
-                            .clone()
-                            .map_with(move |b, e| Expr { kind: ExprKind::Block(b), span: sp(file, e.span()) })),
+                        if_expr
+                            .map_with(move |k, e| Expr {
+                                kind: k,
+                                span: sp(file, e.span()),
+                            })
+                            .or(block.clone().map_with(move |b, e| Expr {
+                                kind: ExprKind::Block(b),
+                                span: sp(file, e.span()),
+                            })),
                     )
                     .or_not(),
             )
-            .map(|((cond, then), els): ((Expr, Block), Option<Expr>)| ExprKind::If {
-                cond: Box::new(cond),
-                then,
-                els: els.map(Box::new),
-            })
+            .map(
+                |((cond, then), els): ((Expr, Block), Option<Expr>)| ExprKind::If {
+                    cond: Box::new(cond),
+                    then,
+                    els: els.map(Box::new),
+                },
+            )
     });
     let group = expr
         .clone()
@@ -284,11 +323,17 @@ where
         block.clone().map(ExprKind::Block),
         group,
     ))
-    .map_with(move |kind, e| Expr { kind, span: sp(file, e.span()) })
+    .map_with(move |kind, e| Expr {
+        kind,
+        span: sp(file, e.span()),
+    })
     .recover_with(via_parser(nested_delimiters(
         Token::Sym("("),
         Token::Sym(")"),
-        [(Token::Sym("["), Token::Sym("]")), (Token::Sym("{"), Token::Sym("}"))],
+        [
+            (Token::Sym("["), Token::Sym("]")),
+            (Token::Sym("{"), Token::Sym("}")),
+        ],
         move |s| Expr::error(sp(file, s)),
     )))
     .labelled("expression")
@@ -299,15 +344,30 @@ where
         .clone()
         .then_ignore(sym(":"))
         .then(expr.clone())
-        .map(|(name, value)| Arg { name: Some(name), value })
+        .map(|(name, value)| Arg {
+            name: Some(name),
+            value,
+        })
         .or(expr.clone().map(|value| Arg { name: None, value }));
     // `f(dy, w; stride, pad)` forwards attributes by name: `f(dy, w, stride: stride, pad: pad)`.
-    let attr = ident(file).then(sym(":").ignore_then(expr.clone()).or_not()).map(|(n, v): (Ident, Option<Expr>)| {
-        let value = v.unwrap_or_else(|| Expr { kind: ExprKind::Name(n.name.clone()), span: n.span });
-        Arg { name: Some(n), value }
-    });
+    let attr = ident(file)
+        .then(sym(":").ignore_then(expr.clone()).or_not())
+        .map(|(n, v): (Ident, Option<Expr>)| {
+            let value = v.unwrap_or_else(|| Expr {
+                kind: ExprKind::Name(n.name.clone()),
+                span: n.span,
+            });
+            Arg {
+                name: Some(n),
+                value,
+            }
+        });
     let forwarded = sym(";")
-        .ignore_then(attr.separated_by(sym(",")).allow_trailing().collect::<Vec<_>>())
+        .ignore_then(
+            attr.separated_by(sym(","))
+                .allow_trailing()
+                .collect::<Vec<_>>(),
+        )
         .or_not()
         .map(Option::unwrap_or_default);
     let args = arg
@@ -323,9 +383,17 @@ where
         .recover_with(via_parser(nested_delimiters(
             Token::Sym("("),
             Token::Sym(")"),
-            [(Token::Sym("["), Token::Sym("]")), (Token::Sym("{"), Token::Sym("}"))],
+            [
+                (Token::Sym("["), Token::Sym("]")),
+                (Token::Sym("{"), Token::Sym("}")),
+            ],
             // One error argument, so the call is not also reported as missing arguments.
-            move |s| vec![Arg { name: None, value: Expr::error(sp(file, s)) }],
+            move |s| {
+                vec![Arg {
+                    name: None,
+                    value: Expr::error(sp(file, s)),
+                }]
+            },
         )));
     let index_item = expr
         .clone()
@@ -355,10 +423,19 @@ where
     let call = atom.foldl_with(postfix.repeated(), move |base, post, e| {
         let span = sp(file, e.span());
         let kind = match post {
-            Post::Call(args) => ExprKind::Call { callee: Box::new(base), args },
+            Post::Call(args) => ExprKind::Call {
+                callee: Box::new(base),
+                args,
+            },
             Post::Field(name) if name.name == "T" => ExprKind::Transpose(Box::new(base)),
-            Post::Field(name) => ExprKind::Field { base: Box::new(base), name },
-            Post::Index(items) => ExprKind::Index { base: Box::new(base), items },
+            Post::Field(name) => ExprKind::Field {
+                base: Box::new(base),
+                name,
+            },
+            Post::Index(items) => ExprKind::Index {
+                base: Box::new(base),
+                items,
+            },
         };
         Expr { kind, span }
     });
@@ -369,20 +446,37 @@ where
         .repeated()
         .foldr(call, |(op, span), rhs: Expr| {
             let span = span.to(rhs.span);
-            Expr { kind: ExprKind::Unary(op, Box::new(rhs)), span }
+            Expr {
+                kind: ExprKind::Unary(op, Box::new(rhs)),
+                span,
+            }
         })
         .boxed();
     let binary = |lower: Boxed<'t, 't, I, Expr, Ex<'t>>, ops: &'static [(&'static str, BinOp)]| {
         let op = choice(ops.iter().map(|(s, op)| sym(s).to(*op)).collect::<Vec<_>>());
         lower
             .clone()
-            .foldl(op.then(lower).repeated(), |a: Expr, (op, b): (BinOp, Expr)| {
-                let span = a.span.to(b.span);
-                Expr { kind: ExprKind::Binary(op, Box::new(a), Box::new(b)), span }
-            })
+            .foldl(
+                op.then(lower).repeated(),
+                |a: Expr, (op, b): (BinOp, Expr)| {
+                    let span = a.span.to(b.span);
+                    Expr {
+                        kind: ExprKind::Binary(op, Box::new(a), Box::new(b)),
+                        span,
+                    }
+                },
+            )
             .boxed()
     };
-    let product = binary(unary, &[("*", BinOp::Mul), ("/", BinOp::Div), ("%", BinOp::Rem), ("@", BinOp::MatMul)]);
+    let product = binary(
+        unary,
+        &[
+            ("*", BinOp::Mul),
+            ("/", BinOp::Div),
+            ("%", BinOp::Rem),
+            ("@", BinOp::MatMul),
+        ],
+    );
     let sum = binary(product, &[("+", BinOp::Add), ("-", BinOp::Sub)]);
     let range = sum
         .clone()
@@ -390,14 +484,24 @@ where
         .map(|(a, b)| match b {
             Some(b) => {
                 let span = a.span.to(b.span);
-                Expr { kind: ExprKind::Range(Box::new(a), Box::new(b)), span }
+                Expr {
+                    kind: ExprKind::Range(Box::new(a), Box::new(b)),
+                    span,
+                }
             }
             None => a,
         })
         .boxed();
     let compare = binary(
         range,
-        &[("==", BinOp::Eq), ("!=", BinOp::Ne), ("<=", BinOp::Le), (">=", BinOp::Ge), ("<", BinOp::Lt), (">", BinOp::Gt)],
+        &[
+            ("==", BinOp::Eq),
+            ("!=", BinOp::Ne),
+            ("<=", BinOp::Le),
+            (">=", BinOp::Ge),
+            ("<", BinOp::Lt),
+            (">", BinOp::Gt),
+        ],
     );
     let and = binary(compare, &[("&&", BinOp::And)]);
     let or = binary(and, &[("||", BinOp::Or)]);
@@ -405,18 +509,32 @@ where
         .clone()
         .foldl(sym("|>").ignore_then(or).repeated(), |a: Expr, b: Expr| {
             let span = a.span.to(b.span);
-            Expr { kind: ExprKind::Pipe(Box::new(a), Box::new(b)), span }
+            Expr {
+                kind: ExprKind::Pipe(Box::new(a), Box::new(b)),
+                span,
+            }
         });
     expr.define(pipe);
 
     // ---- statements and blocks ----
-    let stmt = stmt_parser(file, expr.clone().boxed(), block.clone().boxed(), ty.clone());
-    let stop: Vec<Token> = kws(STMT_START).into_iter().chain([Token::Sym(";")]).collect();
+    let stmt = stmt_parser(
+        file,
+        expr.clone().boxed(),
+        block.clone().boxed(),
+        ty.clone(),
+    );
+    let stop: Vec<Token> = kws(STMT_START)
+        .into_iter()
+        .chain([Token::Sym(";")])
+        .collect();
     let stray = one_of([Token::Sym(")"), Token::Sym("]")]).ignored();
     let stmt_recovery = token_tree()
         .or(stray)
         .then(none_of(stop).rewind().ignore_then(token_tree()).repeated())
-        .map_with(move |_, e| Stmt { kind: StmtKind::Error, span: sp(file, e.span()) });
+        .map_with(move |_, e| Stmt {
+            kind: StmtKind::Error,
+            span: sp(file, e.span()),
+        });
     let docs = select! { Token::Doc(_) => () }.repeated();
     block.define(
         docs.ignore_then(stmt.recover_with(via_parser(stmt_recovery)))
@@ -428,9 +546,15 @@ where
             .map_with(move |(mut stmts, closer), e| {
                 // An unclosed block lost its end: mark it, so its value is not checked.
                 if closer == Token::Error('}') {
-                    stmts.push(Stmt { kind: StmtKind::Error, span: sp(file, e.span()) });
+                    stmts.push(Stmt {
+                        kind: StmtKind::Error,
+                        span: sp(file, e.span()),
+                    });
                 }
-                Block { stmts, span: sp(file, e.span()) }
+                Block {
+                    stmts,
+                    span: sp(file, e.span()),
+                }
             }),
     );
     (expr.boxed(), block.boxed(), ty)
@@ -453,14 +577,24 @@ where
         .then(sym(":").ignore_then(ty.clone()).or_not())
         .then_ignore(sym("="))
         .then(expr.clone())
-        .map(|(((mutable, name), ty), value)| StmtKind::Let { name, ty, value, mutable });
+        .map(|(((mutable, name), ty), value)| StmtKind::Let {
+            name,
+            ty,
+            value,
+            mutable,
+        });
     let param = kw("param")
         .ignore_then(id.clone())
         .then_ignore(sym(":"))
         .then(ty.clone())
         .then(sym("=").ignore_then(expr.clone()).or_not())
         .then(kw("if").ignore_then(expr.clone()).or_not())
-        .map(|(((name, ty), init), cond)| StmtKind::Param { name, ty, init, cond });
+        .map(|(((name, ty), init), cond)| StmtKind::Param {
+            name,
+            ty,
+            init,
+            cond,
+        });
     let state = kw("state")
         .ignore_then(id.clone())
         .then_ignore(sym(":"))
@@ -477,7 +611,9 @@ where
         .ignore_then(expr.clone())
         .then(block)
         .map(|(cond, body)| StmtKind::While { cond, body });
-    let ret = kw("return").ignore_then(expr.clone().or_not()).map(StmtKind::Return);
+    let ret = kw("return")
+        .ignore_then(expr.clone().or_not())
+        .map(StmtKind::Return);
     let assign_op = choice((
         sym("=").to(None),
         sym("+=").to(Some(BinOp::Add)),
@@ -503,7 +639,10 @@ where
         kw("continue").to(StmtKind::Continue),
         expr_or_assign,
     ))
-    .map_with(move |kind, e| Stmt { kind, span: sp(file, e.span()) })
+    .map_with(move |kind, e| Stmt {
+        kind,
+        span: sp(file, e.span()),
+    })
     .labelled("statement")
     .boxed()
 }
@@ -515,17 +654,30 @@ where
     let dim = recursive(|dim| {
         let atom = choice((
             select! { Token::Int(n) => DimKind::Int(n) },
-            sym("...").ignore_then(ident(file)).map(|i| DimKind::Pack(i.name)),
+            sym("...")
+                .ignore_then(ident(file))
+                .map(|i| DimKind::Pack(i.name)),
             ident(file).map(|i| DimKind::Name(i.name)),
-            dim.delimited_by(open("("), sym(")")).map(|d: DimExpr| d.kind),
+            dim.delimited_by(open("("), sym(")"))
+                .map(|d: DimExpr| d.kind),
         ))
-        .map_with(move |kind, e| DimExpr { kind, span: sp(file, e.span()) })
+        .map_with(move |kind, e| DimExpr {
+            kind,
+            span: sp(file, e.span()),
+        })
         .labelled("dimension");
         let fold = |a: DimExpr, (op, b): (BinOp, DimExpr)| {
             let span = a.span.to(b.span);
-            DimExpr { kind: DimKind::Bin(op, Box::new(a), Box::new(b)), span }
+            DimExpr {
+                kind: DimKind::Bin(op, Box::new(a), Box::new(b)),
+                span,
+            }
         };
-        let mul_op = choice((sym("*").to(BinOp::Mul), sym("/").to(BinOp::Div), sym("%").to(BinOp::Rem)));
+        let mul_op = choice((
+            sym("*").to(BinOp::Mul),
+            sym("/").to(BinOp::Div),
+            sym("%").to(BinOp::Rem),
+        ));
         let product = atom.clone().foldl(mul_op.then(atom).repeated(), fold);
         let add_op = choice((sym("+").to(BinOp::Add), sym("-").to(BinOp::Sub)));
         product.clone().foldl(add_op.then(product).repeated(), fold)
@@ -539,18 +691,38 @@ where
             Token::Sym("["),
             Token::Sym("]"),
             [(Token::Sym("("), Token::Sym(")"))],
-            move |s| vec![DimExpr { kind: DimKind::Error, span: sp(file, s) }],
+            move |s| {
+                vec![DimExpr {
+                    kind: DimKind::Error,
+                    span: sp(file, s),
+                }]
+            },
         )));
     recursive(|ty| {
-        let named = ident(file).then(dims.or_not()).map(|(name, dims)| match dims {
-            Some(dims) => TypeKind::Tensor { dtype: name, dims },
-            None => TypeKind::Named(name),
-        });
-        let list = ty.delimited_by(open("["), sym("]")).map(|t| TypeKind::List(Box::new(t)));
+        let named = ident(file)
+            .then(dims.or_not())
+            .map(|(name, dims)| match dims {
+                Some(dims) => TypeKind::Tensor { dtype: name, dims },
+                None => TypeKind::Named(name),
+            });
+        let list = ty
+            .delimited_by(open("["), sym("]"))
+            .map(|t| TypeKind::List(Box::new(t)));
         // `fn` as a type: a function value, such as a layer's activation argument.
-        let func = kw("fn").to("fn").or(kw("net").to("net")).map_with(move |k: &str, e| TypeKind::Named(Ident { name: k.into(), span: sp(file, e.span()) }));
+        let func = kw("fn")
+            .to("fn")
+            .or(kw("net").to("net"))
+            .map_with(move |k: &str, e| {
+                TypeKind::Named(Ident {
+                    name: k.into(),
+                    span: sp(file, e.span()),
+                })
+            });
         choice((named, list, func))
-            .map_with(move |kind, e| TypeExpr { kind, span: sp(file, e.span()) })
+            .map_with(move |kind, e| TypeExpr {
+                kind,
+                span: sp(file, e.span()),
+            })
             .labelled("type")
     })
     .boxed()
@@ -566,7 +738,12 @@ where
         .clone()
         .then(sym(":").ignore_then(ty.clone()).or_not())
         .then(sym("=").ignore_then(expr.clone()).or_not())
-        .map_with(move |((name, ty), default), e| Param { name, ty, default, span: sp(file, e.span()) });
+        .map_with(move |((name, ty), default), e| Param {
+            name,
+            ty,
+            default,
+            span: sp(file, e.span()),
+        });
     let params = param
         .clone()
         .separated_by(sym(","))
@@ -576,9 +753,19 @@ where
     let ret = sym("->").ignore_then(ty.clone()).or_not();
 
     let import = kw("import")
-        .ignore_then(id.clone().separated_by(sym(".")).at_least(1).collect::<Vec<_>>())
+        .ignore_then(
+            id.clone()
+                .separated_by(sym("."))
+                .at_least(1)
+                .collect::<Vec<_>>(),
+        )
         .then(sym(".").then(sym("*")).or_not())
-        .map(|(path, glob)| ItemKind::Import(Import { path, glob: glob.is_some() }));
+        .map(|(path, glob)| {
+            ItemKind::Import(Import {
+                path,
+                glob: glob.is_some(),
+            })
+        });
     let func = kw("extern")
         .or_not()
         .then_ignore(kw("fn"))
@@ -588,19 +775,48 @@ where
         .then(block.clone().map_with(|b, e| (b, e.span())).or_not())
         .validate(move |((((ext, name), params), ret), body), e, emitter| {
             match (ext.is_some(), &body) {
-                (true, Some((_, span))) => emitter.emit(Rich::custom(*span, "an `extern fn` is provided by the runtime and has no body")),
-                (false, None) => emitter.emit(Rich::custom(e.span(), format!("expected a body `{{ ... }}` for fn `{}`", name.name))),
+                (true, Some((_, span))) => emitter.emit(Rich::custom(
+                    *span,
+                    "an `extern fn` is provided by the runtime and has no body",
+                )),
+                (false, None) => emitter.emit(Rich::custom(
+                    e.span(),
+                    format!("expected a body `{{ ... }}` for fn `{}`", name.name),
+                )),
                 _ => {}
             }
             // A missing body becomes an error statement, so the fn is not also reported as
             // returning nothing.
-            let missing = move || Block { stmts: vec![Stmt { kind: StmtKind::Error, span: sp(file, e.span()) }], span: sp(file, e.span()) };
-            let body = if ext.is_some() { None } else { Some(body.map(|b| b.0).unwrap_or_else(missing)) };
-            ItemKind::Fn(FnDecl { name, params, ret, body })
+            let missing = move || Block {
+                stmts: vec![Stmt {
+                    kind: StmtKind::Error,
+                    span: sp(file, e.span()),
+                }],
+                span: sp(file, e.span()),
+            };
+            let body = if ext.is_some() {
+                None
+            } else {
+                Some(body.map(|b| b.0).unwrap_or_else(missing))
+            };
+            ItemKind::Fn(FnDecl {
+                name,
+                params,
+                ret,
+                body,
+            })
         });
-    let extern_type = kw("extern").ignore_then(kw("type")).ignore_then(id.clone()).map(ItemKind::ExternType);
+    let extern_type = kw("extern")
+        .ignore_then(kw("type"))
+        .ignore_then(id.clone())
+        .map(ItemKind::ExternType);
     let where_ = kw("where")
-        .ignore_then(expr.clone().separated_by(sym(",")).at_least(1).collect::<Vec<_>>())
+        .ignore_then(
+            expr.clone()
+                .separated_by(sym(","))
+                .at_least(1)
+                .collect::<Vec<_>>(),
+        )
         .or_not()
         .map(Option::unwrap_or_default);
     let layer = kw("layer")
@@ -611,7 +827,14 @@ where
         .then(where_)
         .then(block.clone())
         .map(|(((((name, args), input), ret), wheres), body)| {
-            ItemKind::Layer(LayerDecl { name, args, input, ret, wheres, body })
+            ItemKind::Layer(LayerDecl {
+                name,
+                args,
+                input,
+                ret,
+                wheres,
+                body,
+            })
         });
 
     let stage = recursive(|stage| {
@@ -628,12 +851,20 @@ where
             .then_ignore(sym(":"))
             .or_not()
             .then(repeat.or(expr.clone().map(StageKind::Apply)))
-            .map_with(move |(label, kind), e| Stage { kind, label, span: sp(file, e.span()) })
+            .map_with(move |(label, kind), e| Stage {
+                kind,
+                label,
+                span: sp(file, e.span()),
+            })
             .labelled("net stage")
     });
     let stage_recovery = token_tree()
         .or(one_of([Token::Sym(")"), Token::Sym("]")]).ignored())
-        .map_with(move |_, e| Stage { kind: StageKind::Error, label: None, span: sp(file, e.span()) });
+        .map_with(move |_, e| Stage {
+            kind: StageKind::Error,
+            label: None,
+            span: sp(file, e.span()),
+        });
     let net = kw("net")
         .ignore_then(id.clone())
         .then_ignore(sym(":"))
@@ -648,7 +879,14 @@ where
                 .collect::<Vec<_>>()
                 .delimited_by(sym("{"), close("}")),
         )
-        .map(|(((name, input), output), stages)| ItemKind::Net(NetDecl { name, input, output, stages }));
+        .map(|(((name, input), output), stages)| {
+            ItemKind::Net(NetDecl {
+                name,
+                input,
+                output,
+                stages,
+            })
+        });
 
     let rule = kw("rule")
         .ignore_then(id.clone())
@@ -657,13 +895,28 @@ where
                 .separated_by(sym(","))
                 .allow_trailing()
                 .collect::<Vec<_>>()
-                .then(sym(";").ignore_then(id.clone().separated_by(sym(",")).allow_trailing().collect::<Vec<_>>()).or_not())
+                .then(
+                    sym(";")
+                        .ignore_then(
+                            id.clone()
+                                .separated_by(sym(","))
+                                .allow_trailing()
+                                .collect::<Vec<_>>(),
+                        )
+                        .or_not(),
+                )
                 .delimited_by(open("("), sym(")")),
         )
         .then(sym("->").ignore_then(id.clone()).or_not())
         .then(block.clone())
         .map(|(((name, (inputs, attrs)), output), body)| {
-            ItemKind::Rule(RuleDecl { name, inputs, attrs: attrs.unwrap_or_default(), output, body })
+            ItemKind::Rule(RuleDecl {
+                name,
+                inputs,
+                attrs: attrs.unwrap_or_default(),
+                output,
+                body,
+            })
         });
     let record = kw("record")
         .ignore_then(id.clone())
@@ -679,12 +932,27 @@ where
         .map(|(name, fields)| ItemKind::Record(RecordDecl { name, fields }));
     let stmt = stmt_parser(file, expr, block, ty).map(ItemKind::Stmt);
 
-    let docs = select! { Token::Doc(s) => s }.repeated().collect::<Vec<String>>();
+    let docs = select! { Token::Doc(s) => s }
+        .repeated()
+        .collect::<Vec<String>>();
     let item = docs
-        .then(choice((import, extern_type, func, layer, net, rule, record, stmt)))
+        .then(choice((
+            import,
+            extern_type,
+            func,
+            layer,
+            net,
+            rule,
+            record,
+            stmt,
+        )))
         .map_with(move |(docs, kind), e| Item {
             kind,
-            doc: if docs.is_empty() { None } else { Some(docs.join("\n")) },
+            doc: if docs.is_empty() {
+                None
+            } else {
+                Some(docs.join("\n"))
+            },
             span: sp(file, e.span()),
         });
     let item_stop: Vec<Token> = kws(ITEM_START);
@@ -693,10 +961,17 @@ where
             none_of(item_stop)
                 .and_is(select! { Token::Doc(_) => () }.not())
                 .rewind()
-                .ignore_then(token_tree().or(one_of([Token::Sym(")"), Token::Sym("]"), Token::Sym("}")]).ignored()))
+                .ignore_then(
+                    token_tree()
+                        .or(one_of([Token::Sym(")"), Token::Sym("]"), Token::Sym("}")]).ignored()),
+                )
                 .repeated(),
         )
-        .map_with(move |_, e| Item { kind: ItemKind::Error, doc: None, span: sp(file, e.span()) });
+        .map_with(move |_, e| Item {
+            kind: ItemKind::Error,
+            doc: None,
+            span: sp(file, e.span()),
+        });
     item.recover_with(via_parser(item_recovery))
         .then_ignore(sym(";").repeated())
         .repeated()

@@ -32,9 +32,8 @@ pub const KEYWORDS: &[&str] = &[
 
 /// Longest first, so that `...` wins over `..` and `.`.
 const SYMBOLS: &[&str] = &[
-    "...", "..", "->", "|>", "==", "!=", "<=", ">=", "&&", "||", "+=", "-=", "*=", "/=", "(",
-    ")", "[", "]", "{", "}", ",", ";", ":", ".", "@", "+", "-", "*", "/", "%", "<", ">", "!",
-    "=", "?",
+    "...", "..", "->", "|>", "==", "!=", "<=", ">=", "&&", "||", "+=", "-=", "*=", "/=", "(", ")",
+    "[", "]", "{", "}", ",", ";", ":", ".", "@", "+", "-", "*", "/", "%", "<", ">", "!", "=", "?",
 ];
 
 impl fmt::Display for Token {
@@ -81,7 +80,9 @@ pub fn lex(src: &str) -> (Vec<(Token, std::ops::Range<usize>)>, Vec<LexError>) {
         let start = i;
         if src[i..].starts_with("///") && !src[i..].starts_with("////") {
             let end = src[i..].find('\n').map(|n| i + n).unwrap_or(src.len());
-            let text = src[i + 3..end].strip_prefix(' ').unwrap_or(&src[i + 3..end]);
+            let text = src[i + 3..end]
+                .strip_prefix(' ')
+                .unwrap_or(&src[i + 3..end]);
             out.push((Token::Doc(text.to_string()), start..end));
             i = end;
             continue;
@@ -94,7 +95,11 @@ pub fn lex(src: &str) -> (Vec<(Token, std::ops::Range<usize>)>, Vec<LexError>) {
             match src[i + 2..].find("*/") {
                 Some(n) => i = i + 2 + n + 2,
                 None => {
-                    errors.push(LexError { start, end: src.len(), message: "unterminated block comment".into() });
+                    errors.push(LexError {
+                        start,
+                        end: src.len(),
+                        message: "unterminated block comment".into(),
+                    });
                     i = src.len();
                 }
             }
@@ -103,7 +108,11 @@ pub fn lex(src: &str) -> (Vec<(Token, std::ops::Range<usize>)>, Vec<LexError>) {
         let tok = if c.is_ascii_digit() {
             let (tok, end) = lex_number(src, i);
             if let Token::Error(_) = tok {
-                errors.push(LexError { start, end, message: "number literal out of range".into() });
+                errors.push(LexError {
+                    start,
+                    end,
+                    message: "number literal out of range".into(),
+                });
             }
             i = end;
             tok
@@ -121,18 +130,30 @@ pub fn lex(src: &str) -> (Vec<(Token, std::ops::Range<usize>)>, Vec<LexError>) {
         } else if c == b'"' {
             let (end, closed) = scan_string(src, i);
             if !closed {
-                errors.push(LexError { start, end, message: "unterminated string literal".into() });
+                errors.push(LexError {
+                    start,
+                    end,
+                    message: "unterminated string literal".into(),
+                });
             }
             let inner_end = if closed { end - 1 } else { end };
             i = end;
             Token::Str(src[start + 1..inner_end.max(start + 1)].to_string())
         } else if let Some(sym) = SYMBOLS.iter().find(|s| src[i..].starts_with(**s)) {
             i += sym.len();
-            if line_start && (*sym == "(" || *sym == "[") { Token::LineOpen(sym) } else { Token::Sym(sym) }
+            if line_start && (*sym == "(" || *sym == "[") {
+                Token::LineOpen(sym)
+            } else {
+                Token::Sym(sym)
+            }
         } else {
             let ch = src[i..].chars().next().unwrap_or('?');
             i += ch.len_utf8();
-            errors.push(LexError { start, end: i, message: format!("unexpected character {ch:?}") });
+            errors.push(LexError {
+                start,
+                end: i,
+                message: format!("unexpected character {ch:?}"),
+            });
             Token::Error(ch)
         };
         line_start = false;
@@ -188,7 +209,11 @@ fn scan_string(src: &str, start: usize) -> (usize, bool) {
         match bytes[i] {
             b'\\' => {
                 i += 1;
-                i += src.get(i..).and_then(|r| r.chars().next()).map(char::len_utf8).unwrap_or(0);
+                i += src
+                    .get(i..)
+                    .and_then(|r| r.chars().next())
+                    .map(char::len_utf8)
+                    .unwrap_or(0);
             }
             b'\n' if depth == 0 => return (i, false),
             b'{' => {
@@ -224,21 +249,43 @@ mod tests {
 
     #[test]
     fn numbers_and_ranges() {
-        assert_eq!(toks("1.5 2 3e-2 1_000"), vec![Token::Float(1.5), Token::Int(2), Token::Float(0.03), Token::Int(1000)]);
-        assert_eq!(toks("0..3"), vec![Token::Int(0), Token::Sym(".."), Token::Int(3)]);
+        assert_eq!(
+            toks("1.5 2 3e-2 1_000"),
+            vec![
+                Token::Float(1.5),
+                Token::Int(2),
+                Token::Float(0.03),
+                Token::Int(1000)
+            ]
+        );
+        assert_eq!(
+            toks("0..3"),
+            vec![Token::Int(0), Token::Sym(".."), Token::Int(3)]
+        );
     }
 
     #[test]
     fn line_open_paren() {
-        assert_eq!(toks("f(x)\n(y)"), vec![
-            Token::Ident("f".into()), Token::Sym("("), Token::Ident("x".into()), Token::Sym(")"),
-            Token::LineOpen("("), Token::Ident("y".into()), Token::Sym(")"),
-        ]);
+        assert_eq!(
+            toks("f(x)\n(y)"),
+            vec![
+                Token::Ident("f".into()),
+                Token::Sym("("),
+                Token::Ident("x".into()),
+                Token::Sym(")"),
+                Token::LineOpen("("),
+                Token::Ident("y".into()),
+                Token::Sym(")"),
+            ]
+        );
     }
 
     #[test]
     fn strings_nest_interpolation() {
-        assert_eq!(toks(r#""a {f("b")} c""#), vec![Token::Str(r#"a {f("b")} c"#.into())]);
+        assert_eq!(
+            toks(r#""a {f("b")} c""#),
+            vec![Token::Str(r#"a {f("b")} c"#.into())]
+        );
         let (_, errs) = lex("\"open");
         assert_eq!(errs.len(), 1);
     }

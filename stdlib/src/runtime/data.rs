@@ -33,16 +33,30 @@ impl Split {
 /// The bundled MNIST subset (7,996 train / 2,004 test), compiled into the binary so a
 /// fresh clone and an installed binary both train out of the box.
 const BUNDLED: [(&str, &[u8]); 4] = [
-    ("train-images-idx3-ubyte.gz", include_bytes!("../../../data/mnist-10k/train-images-idx3-ubyte.gz")),
-    ("train-labels-idx1-ubyte.gz", include_bytes!("../../../data/mnist-10k/train-labels-idx1-ubyte.gz")),
-    ("t10k-images-idx3-ubyte.gz", include_bytes!("../../../data/mnist-10k/t10k-images-idx3-ubyte.gz")),
-    ("t10k-labels-idx1-ubyte.gz", include_bytes!("../../../data/mnist-10k/t10k-labels-idx1-ubyte.gz")),
+    (
+        "train-images-idx3-ubyte.gz",
+        include_bytes!("../../../data/mnist-10k/train-images-idx3-ubyte.gz"),
+    ),
+    (
+        "train-labels-idx1-ubyte.gz",
+        include_bytes!("../../../data/mnist-10k/train-labels-idx1-ubyte.gz"),
+    ),
+    (
+        "t10k-images-idx3-ubyte.gz",
+        include_bytes!("../../../data/mnist-10k/t10k-images-idx3-ubyte.gz"),
+    ),
+    (
+        "t10k-labels-idx1-ubyte.gz",
+        include_bytes!("../../../data/mnist-10k/t10k-labels-idx1-ubyte.gz"),
+    ),
 ];
 
 fn gunzip_if_needed(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, String> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| format!("{what}: not a valid gzip file ({e})"))?;
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(|e| format!("{what}: not a valid gzip file ({e})"))?;
         Ok(out)
     } else {
         Ok(bytes)
@@ -57,18 +71,28 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 /// 3 (images).
 pub fn parse_idx(bytes: &[u8], rank: usize, what: &str) -> Result<(Vec<usize>, Vec<u8>), String> {
     if bytes.len() < 4 + 4 * rank {
-        return Err(format!("{what}: too short for an IDX header ({} bytes)", bytes.len()));
+        return Err(format!(
+            "{what}: too short for an IDX header ({} bytes)",
+            bytes.len()
+        ));
     }
     let magic = be_u32(bytes, 0);
     let want = 0x0800 + rank as u32;
     if magic != want {
-        return Err(format!("{what}: wrong magic number {magic:#010x}; an IDX file of {rank}-d unsigned bytes starts with {want:#010x}"));
+        return Err(format!(
+            "{what}: wrong magic number {magic:#010x}; an IDX file of {rank}-d unsigned bytes starts with {want:#010x}"
+        ));
     }
-    let dims: Vec<usize> = (0..rank).map(|i| be_u32(bytes, 4 + 4 * i) as usize).collect();
+    let dims: Vec<usize> = (0..rank)
+        .map(|i| be_u32(bytes, 4 + 4 * i) as usize)
+        .collect();
     let n: usize = dims.iter().product();
     let data = &bytes[4 + 4 * rank..];
     if data.len() != n {
-        return Err(format!("{what}: the header promises {n} bytes of data ({dims:?}) but the file has {} (truncated or corrupt)", data.len()));
+        return Err(format!(
+            "{what}: the header promises {n} bytes of data ({dims:?}) but the file has {} (truncated or corrupt)",
+            data.len()
+        ));
     }
     Ok((dims, data.to_vec()))
 }
@@ -79,17 +103,28 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
 
 /// The IDX file `stem` in `dir`, gzipped or raw.
 fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [format!("{stem}.gz"), stem.to_string()].into_iter().map(|f| dir.join(f)).find(|p| p.exists())
+    [format!("{stem}.gz"), stem.to_string()]
+        .into_iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
 }
 
 /// One split from images and labels IDX bytes.
-pub fn idx_split(name: &str, images: (&[u8], &str), labels: (&[u8], &str), classes: usize) -> Result<Split, String> {
+pub fn idx_split(
+    name: &str,
+    images: (&[u8], &str),
+    labels: (&[u8], &str),
+    classes: usize,
+) -> Result<Split, String> {
     let img = gunzip_if_needed(images.0.to_vec(), images.1)?;
     let lab = gunzip_if_needed(labels.0.to_vec(), labels.1)?;
     let (dims, pixels) = parse_idx(&img, 3, images.1)?;
     let (ldims, labs) = parse_idx(&lab, 1, labels.1)?;
     if dims[0] != ldims[0] {
-        return Err(format!("{} has {} images but {} has {} labels", images.1, dims[0], labels.1, ldims[0]));
+        return Err(format!(
+            "{} has {} images but {} has {} labels",
+            images.1, dims[0], labels.1, ldims[0]
+        ));
     }
     if let Some(bad) = labs.iter().find(|l| usize::from(**l) >= classes) {
         return Err(format!("{}: label {bad} is not below {classes}", labels.1));
@@ -107,10 +142,17 @@ pub fn idx_split(name: &str, images: (&[u8], &str), labels: (&[u8], &str), class
 pub fn idx_dir(dir: &Path, name: &str, classes: usize) -> Result<(Split, Split), String> {
     let mut out = Vec::new();
     for (split, prefix) in [("train", "train"), ("test", "t10k")] {
-        let images = find_idx(dir, &format!("{prefix}-images-idx3-ubyte")).ok_or_else(|| format!("no {prefix}-images-idx3-ubyte[.gz] in {}", dir.display()))?;
-        let labels = find_idx(dir, &format!("{prefix}-labels-idx1-ubyte")).ok_or_else(|| format!("no {prefix}-labels-idx1-ubyte[.gz] in {}", dir.display()))?;
+        let images = find_idx(dir, &format!("{prefix}-images-idx3-ubyte"))
+            .ok_or_else(|| format!("no {prefix}-images-idx3-ubyte[.gz] in {}", dir.display()))?;
+        let labels = find_idx(dir, &format!("{prefix}-labels-idx1-ubyte"))
+            .ok_or_else(|| format!("no {prefix}-labels-idx1-ubyte[.gz] in {}", dir.display()))?;
         let (ib, lb) = (read_file(&images)?, read_file(&labels)?);
-        out.push(idx_split(&format!("{name} {split}"), (&ib, &images.display().to_string()), (&lb, &labels.display().to_string()), classes)?);
+        out.push(idx_split(
+            &format!("{name} {split}"),
+            (&ib, &images.display().to_string()),
+            (&lb, &labels.display().to_string()),
+            classes,
+        )?);
     }
     let test = out.pop().ok_or("no test split")?;
     let train = out.pop().ok_or("no train split")?;
@@ -119,9 +161,25 @@ pub fn idx_dir(dir: &Path, name: &str, classes: usize) -> Result<(Split, Split),
 
 /// The bundled MNIST subset.
 pub fn bundled_mnist() -> Result<(Split, Split), String> {
-    let get = |n: &str| BUNDLED.iter().find(|(f, _)| *f == n).map(|(_, b)| *b).unwrap_or(&[]);
-    let train = idx_split("MNIST train", (get("train-images-idx3-ubyte.gz"), "bundled train images"), (get("train-labels-idx1-ubyte.gz"), "bundled train labels"), 10)?;
-    let test = idx_split("MNIST test", (get("t10k-images-idx3-ubyte.gz"), "bundled test images"), (get("t10k-labels-idx1-ubyte.gz"), "bundled test labels"), 10)?;
+    let get = |n: &str| {
+        BUNDLED
+            .iter()
+            .find(|(f, _)| *f == n)
+            .map(|(_, b)| *b)
+            .unwrap_or(&[])
+    };
+    let train = idx_split(
+        "MNIST train",
+        (get("train-images-idx3-ubyte.gz"), "bundled train images"),
+        (get("train-labels-idx1-ubyte.gz"), "bundled train labels"),
+        10,
+    )?;
+    let test = idx_split(
+        "MNIST test",
+        (get("t10k-images-idx3-ubyte.gz"), "bundled test images"),
+        (get("t10k-labels-idx1-ubyte.gz"), "bundled test labels"),
+        10,
+    )?;
     Ok((train, test))
 }
 
@@ -135,20 +193,37 @@ pub fn cifar10(dir: &Path) -> Result<(Split, Split), String> {
             let path = dir.join(f);
             let bytes = read_file(&path)?;
             if bytes.is_empty() || bytes.len() % 3073 != 0 {
-                return Err(format!("{}: {} bytes is not a whole number of CIFAR-10 records (3,073 bytes each): truncated or not CIFAR-10", path.display(), bytes.len()));
+                return Err(format!(
+                    "{}: {} bytes is not a whole number of CIFAR-10 records (3,073 bytes each): truncated or not CIFAR-10",
+                    path.display(),
+                    bytes.len()
+                ));
             }
             for rec in bytes.chunks_exact(3073) {
                 if rec[0] > 9 {
-                    return Err(format!("{}: label {} is not below 10 (not the CIFAR-10 binary format?)", path.display(), rec[0]));
+                    return Err(format!(
+                        "{}: label {} is not below 10 (not the CIFAR-10 binary format?)",
+                        path.display(),
+                        rec[0]
+                    ));
                 }
                 labels.push(i32::from(rec[0]));
                 images.extend(rec[1..].iter().map(|p| f32::from(*p) / 255.0));
             }
         }
-        Ok(Split { name: name.into(), shape: [3, 32, 32], images, labels, classes: 10 })
+        Ok(Split {
+            name: name.into(),
+            shape: [3, 32, 32],
+            images,
+            labels,
+            classes: 10,
+        })
     };
     let train: Vec<String> = (1..=5).map(|i| format!("data_batch_{i}.bin")).collect();
-    Ok((read(&train, "CIFAR-10 train")?, read(&["test_batch.bin".to_string()], "CIFAR-10 test")?))
+    Ok((
+        read(&train, "CIFAR-10 train")?,
+        read(&["test_batch.bin".to_string()], "CIFAR-10 test")?,
+    ))
 }
 
 /// An image folder: `root/train/<class>/*` and `root/val/<class>/*` (or `test`), PNG or
@@ -156,7 +231,12 @@ pub fn cifar10(dir: &Path) -> Result<(Split, Split), String> {
 pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> {
     let classes_dir = root.join("train");
     let mut classes: Vec<String> = std::fs::read_dir(&classes_dir)
-        .map_err(|e| format!("cannot read {}: {e} (an image folder has train/<class>/*.png or *.jpg)", classes_dir.display()))?
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {e} (an image folder has train/<class>/*.png or *.jpg)",
+                classes_dir.display()
+            )
+        })?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -165,27 +245,52 @@ pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> 
     if classes.is_empty() {
         return Err(format!("{}: no class folders", classes_dir.display()));
     }
-    let val = ["val", "test"].iter().map(|d| root.join(d)).find(|p| p.is_dir()).ok_or_else(|| format!("{}: no val/ or test/ folder", root.display()))?;
+    let val = ["val", "test"]
+        .iter()
+        .map(|d| root.join(d))
+        .find(|p| p.is_dir())
+        .ok_or_else(|| format!("{}: no val/ or test/ folder", root.display()))?;
     let load = |dir: &Path, name: &str| -> Result<Split, String> {
         let mut images = Vec::new();
         let mut labels = Vec::new();
         for (c, class) in classes.iter().enumerate() {
             let cdir = dir.join(class);
-            let Ok(entries) = std::fs::read_dir(&cdir) else { continue };
-            let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect();
+            let Ok(entries) = std::fs::read_dir(&cdir) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
             files.sort();
             for f in files {
-                let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+                let ext = f
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
                 let pixels = match ext.as_str() {
                     "png" => decode_png(&f)?,
                     "jpg" | "jpeg" => decode_jpeg(&f)?,
-                    _ => return Err(format!("{}: image folders hold PNG and JPEG images (.png, .jpg, .jpeg)", f.display())),
+                    _ => {
+                        return Err(format!(
+                            "{}: image folders hold PNG and JPEG images (.png, .jpg, .jpeg)",
+                            f.display()
+                        ));
+                    }
                 };
                 images.extend(resize(&pixels, size));
                 labels.push(c as i32);
             }
         }
-        Ok(Split { name: name.into(), shape: [3, size, size], images, labels, classes: classes.len() })
+        Ok(Split {
+            name: name.into(),
+            shape: [3, size, size],
+            images,
+            labels,
+            classes: classes.len(),
+        })
     };
     Ok((load(&classes_dir, "train")?, load(&val, "val")?))
 }
@@ -201,13 +306,24 @@ struct Pixels {
 /// A PNG's pixels (palettes expanded, 16-bit samples reduced to 8).
 fn decode_png(path: &Path) -> Result<Pixels, String> {
     let bad = |e: &dyn std::fmt::Display| format!("{}: not a readable PNG ({e})", path.display());
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
-    let mut data = vec![0; reader.output_buffer_size().ok_or_else(|| bad(&"image too large"))?];
+    let mut data = vec![
+        0;
+        reader
+            .output_buffer_size()
+            .ok_or_else(|| bad(&"image too large"))?
+    ];
     let info = reader.next_frame(&mut data).map_err(|e| bad(&e))?;
-    Ok(Pixels { w: info.width as usize, h: info.height as usize, channels: info.color_type.samples(), data })
+    Ok(Pixels {
+        w: info.width as usize,
+        h: info.height as usize,
+        channels: info.color_type.samples(),
+        data,
+    })
 }
 
 /// A JPEG's pixels, as RGB (or one channel for a grayscale JPEG).
@@ -217,16 +333,27 @@ fn decode_jpeg(path: &Path) -> Result<Pixels, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&bytes), options);
-    decoder.decode_headers().map_err(|e| bad(&format!("{e:?}")))?;
+    decoder
+        .decode_headers()
+        .map_err(|e| bad(&format!("{e:?}")))?;
     let (w, h) = decoder.dimensions().ok_or_else(|| bad(&"no image size"))?;
-    let len = decoder.output_buffer_size().ok_or_else(|| bad(&"image too large"))?;
+    let len = decoder
+        .output_buffer_size()
+        .ok_or_else(|| bad(&"image too large"))?;
     let mut data = vec![0; len];
-    decoder.decode_into(&mut data).map_err(|e| bad(&format!("{e:?}")))?;
+    decoder
+        .decode_into(&mut data)
+        .map_err(|e| bad(&format!("{e:?}")))?;
     let channels = len / (w * h).max(1);
     if w == 0 || h == 0 || !(1..=4).contains(&channels) {
         return Err(bad(&format!("{w}×{h} pixels with {len} bytes")));
     }
-    Ok(Pixels { w, h, channels, data })
+    Ok(Pixels {
+        w,
+        h,
+        channels,
+        data,
+    })
 }
 
 /// Pixels as 3×size×size floats in [0, 1], resized bilinearly (gray copied to all three
@@ -245,7 +372,8 @@ fn resize(p: &Pixels, size: usize) -> Vec<f32> {
             let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
             let y1 = (y0 + 1).min(h - 1);
             for ox in 0..size {
-                let fx = ((ox as f32 + 0.5) * w as f32 / size as f32 - 0.5).clamp(0.0, (w - 1) as f32);
+                let fx =
+                    ((ox as f32 + 0.5) * w as f32 / size as f32 - 0.5).clamp(0.0, (w - 1) as f32);
                 let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
                 let x1 = (x0 + 1).min(w - 1);
                 let top = px(x0, y0, c) * (1.0 - tx) + px(x1, y0, c) * tx;
@@ -288,7 +416,11 @@ mod tests {
     #[test]
     fn cifar_records_are_read_and_checked() {
         let d = scratch("cifar");
-        let record = |label: u8, v: u8| -> Vec<u8> { std::iter::once(label).chain(std::iter::repeat_n(v, 3072)).collect() };
+        let record = |label: u8, v: u8| -> Vec<u8> {
+            std::iter::once(label)
+                .chain(std::iter::repeat_n(v, 3072))
+                .collect()
+        };
         for i in 1..=5 {
             let bytes: Vec<u8> = [record(i, 255), record(0, 0)].concat();
             std::fs::write(d.join(format!("data_batch_{i}.bin")), bytes).expect("write");
@@ -297,10 +429,16 @@ mod tests {
         let (train, test) = cifar10(&d).expect("cifar");
         assert_eq!((train.len(), test.len(), train.shape), (10, 1, [3, 32, 32]));
         assert_eq!(&train.labels[..4], &[1, 0, 2, 0]);
-        assert_eq!((train.images[0], train.images[3072], test.images[5]), (1.0, 0.0, 0.2));
+        assert_eq!(
+            (train.images[0], train.images[3072], test.images[5]),
+            (1.0, 0.0, 0.2)
+        );
         std::fs::write(d.join("test_batch.bin"), &record(9, 51)[..100]).expect("write");
         let e = cifar10(&d).expect_err("truncated");
-        assert!(e.contains("test_batch.bin: 100 bytes is not a whole number of CIFAR-10 records"), "{e}");
+        assert!(
+            e.contains("test_batch.bin: 100 bytes is not a whole number of CIFAR-10 records"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -319,28 +457,51 @@ mod tests {
         png(&d.join("train/cat/b.png"), [0, 255, 0]);
         png(&d.join("val/dog/c.png"), [0, 0, 255]);
         let (train, val) = image_folder(&d, 4).expect("folder");
-        assert_eq!((train.len(), val.len(), train.shape, train.classes), (2, 1, [3, 4, 4], 2));
+        assert_eq!(
+            (train.len(), val.len(), train.shape, train.classes),
+            (2, 1, [3, 4, 4], 2)
+        );
         // Classes in sorted order: cat = 0, dog = 1.
         assert_eq!(train.labels, vec![0, 1]);
         // The cat image is green everywhere after resizing: channel 1 is 1.0, others 0.
-        assert!(train.images[..16].iter().all(|v| *v == 0.0) && train.images[16..32].iter().all(|v| *v == 1.0));
+        assert!(
+            train.images[..16].iter().all(|v| *v == 0.0)
+                && train.images[16..32].iter().all(|v| *v == 1.0)
+        );
         // JPEG too (made by Pillow): an RGB one and a grayscale one.
-        std::fs::write(d.join("train/dog/e.jpg"), include_bytes!("../../testdata/red-8x8.jpg")).expect("write");
-        std::fs::write(d.join("train/cat/f.jpeg"), include_bytes!("../../testdata/gray-6x6.jpg")).expect("write");
+        std::fs::write(
+            d.join("train/dog/e.jpg"),
+            include_bytes!("../../testdata/red-8x8.jpg"),
+        )
+        .expect("write");
+        std::fs::write(
+            d.join("train/cat/f.jpeg"),
+            include_bytes!("../../testdata/gray-6x6.jpg"),
+        )
+        .expect("write");
         let (train, _) = image_folder(&d, 4).expect("folder with JPEGs");
         assert_eq!((train.len(), train.labels.clone()), (4, vec![0, 0, 1, 1]));
         // f.jpeg (cat's second image): mid-gray in every channel, within JPEG's rounding.
         let gray = &train.images[48..96];
-        assert!(gray.iter().all(|v| (v - 128.0 / 255.0).abs() < 2.0 / 255.0), "{gray:?}");
+        assert!(
+            gray.iter().all(|v| (v - 128.0 / 255.0).abs() < 2.0 / 255.0),
+            "{gray:?}"
+        );
         // e.jpg (dog's second): red.
         let red = &train.images[144..192];
-        assert!(red[..16].iter().all(|v| *v > 0.98) && red[16..].iter().all(|v| *v < 0.02), "{red:?}");
+        assert!(
+            red[..16].iter().all(|v| *v > 0.98) && red[16..].iter().all(|v| *v < 0.02),
+            "{red:?}"
+        );
         std::fs::write(d.join("val/dog/d.jpg"), b"not a jpeg").expect("write");
         let e = image_folder(&d, 4).expect_err("bad jpeg");
         assert!(e.contains("d.jpg: not a readable JPEG"), "{e}");
         std::fs::remove_file(d.join("val/dog/d.jpg")).expect("rm");
         std::fs::write(d.join("val/dog/g.gif"), b"GIF89a").expect("write");
         let e = image_folder(&d, 4).expect_err("gif");
-        assert!(e.contains("g.gif: image folders hold PNG and JPEG images"), "{e}");
+        assert!(
+            e.contains("g.gif: image folders hold PNG and JPEG images"),
+            "{e}"
+        );
     }
 }

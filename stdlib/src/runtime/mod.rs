@@ -143,7 +143,12 @@ fn float(w: Word) -> f64 {
 impl<'a, B: Backend + 'static> Runtime<'a, B> {
     /// Binds the program's builtins; a builtin without an implementation is an error
     /// (E0702) at its first call.
-    pub fn new(p: &'a Program, prog: &'a HostProgram, backend: &'a B, options: Options) -> Result<Runtime<'a, B>, nabla_lang::Diagnostic> {
+    pub fn new(
+        p: &'a Program,
+        prog: &'a HostProgram,
+        backend: &'a B,
+        options: Options,
+    ) -> Result<Runtime<'a, B>, nabla_lang::Diagnostic> {
         let mut bound = Vec::new();
         for b in &prog.builtins {
             if b.name.starts_with("__") {
@@ -156,35 +161,69 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
                     .with_help("extern functions are the standard library's builtins; define a host `fn` with a body instead")
             })?);
         }
-        Ok(Runtime { p, prog, backend, options, bound, datasets: HashMap::new(), started: Instant::now() })
+        Ok(Runtime {
+            p,
+            prog,
+            backend,
+            options,
+            bound,
+            datasets: HashMap::new(),
+            started: Instant::now(),
+        })
     }
 
     /// The index of field `name` of a record type.
     fn field_index(&self, ty: &HTy, name: &str) -> Result<usize, String> {
-        let HTy::Record(id) = ty else { return Err(format!("no field `{name}`")) };
-        self.prog.records.get(id).and_then(|l| l.fields.iter().position(|(f, _)| f == name)).ok_or_else(|| format!("no field `{name}`"))
+        let HTy::Record(id) = ty else {
+            return Err(format!("no field `{name}`"));
+        };
+        self.prog
+            .records
+            .get(id)
+            .and_then(|l| l.fields.iter().position(|(f, _)| f == name))
+            .ok_or_else(|| format!("no field `{name}`"))
     }
 
     fn record_type(&self, name: &str) -> Option<HTy> {
-        self.prog.records.iter().find(|(_, l)| l.name == name).map(|(id, _)| HTy::Record(*id))
+        self.prog
+            .records
+            .iter()
+            .find(|(_, l)| l.name == name)
+            .map(|(id, _)| HTy::Record(*id))
     }
 
     /// A record's field by name (from a record word of type `record`).
     fn field(&self, heap: &Heap, record: &str, h: Word, name: &str) -> Result<Word, String> {
-        let ty = self.record_type(record).ok_or_else(|| format!("no record `{record}`"))?;
+        let ty = self
+            .record_type(record)
+            .ok_or_else(|| format!("no record `{record}`"))?;
         let i = self.field_index(&ty, name)?;
-        heap.record(h)?.get(i).copied().ok_or_else(|| format!("record `{record}` has no field {i}"))
+        heap.record(h)?
+            .get(i)
+            .copied()
+            .ok_or_else(|| format!("record `{record}` has no field {i}"))
     }
 
-    fn dataset(&mut self, heap: &mut Heap, ret: &HTy, key: &str, load: impl FnOnce(&Options) -> Result<(Split, Split), String>) -> Result<Word, String> {
+    fn dataset(
+        &mut self,
+        heap: &mut Heap,
+        ret: &HTy,
+        key: &str,
+        load: impl FnOnce(&Options) -> Result<(Split, Split), String>,
+    ) -> Result<Word, String> {
         if let Some(w) = self.datasets.get(key) {
             return Ok(*w);
         }
         let (train, test) = load(&self.options)?;
         let classes = train.classes;
-        let HTy::Record(id) = ret else { return Err("a dataset builtin must return a Dataset".into()) };
+        let HTy::Record(id) = ret else {
+            return Err("a dataset builtin must return a Dataset".into());
+        };
         let layout = self.prog.records.get(id).ok_or("no Dataset layout")?;
-        let (tr, te) = (heap.alloc(Object::Native(Box::new(Rc::new(train)))), heap.alloc(Object::Native(Box::new(Rc::new(test)))));
+        let (tr, te) = (
+            heap.alloc(Object::Native(Box::new(Rc::new(train)))),
+            heap.alloc(Object::Native(Box::new(Rc::new(test)))),
+        );
         let words = layout
             .fields
             .iter()
@@ -201,13 +240,26 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
     }
 
     /// A record of type `ret` with fields given by name.
-    fn make_record(&self, heap: &mut Heap, ret: &HTy, fields: &[(&str, Word)]) -> Result<Word, String> {
-        let HTy::Record(id) = ret else { return Err("this builtin must return a record".into()) };
+    fn make_record(
+        &self,
+        heap: &mut Heap,
+        ret: &HTy,
+        fields: &[(&str, Word)],
+    ) -> Result<Word, String> {
+        let HTy::Record(id) = ret else {
+            return Err("this builtin must return a record".into());
+        };
         let layout = self.prog.records.get(id).ok_or("no record layout")?;
         let words = layout
             .fields
             .iter()
-            .map(|(f, _)| fields.iter().find(|(n, _)| n == f).map(|(_, w)| *w).ok_or_else(|| format!("unknown field `{f}` of `{}`", layout.name)))
+            .map(|(f, _)| {
+                fields
+                    .iter()
+                    .find(|(n, _)| n == f)
+                    .map(|(_, w)| *w)
+                    .ok_or_else(|| format!("unknown field `{f}` of `{}`", layout.name))
+            })
             .collect::<Result<Vec<Word>, String>>()?;
         Ok(heap.alloc(Object::Record(*id, words)))
     }
@@ -216,11 +268,18 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
     fn range(split: &Split, start: Word, batch: Word) -> Result<Vec<usize>, String> {
         let (start, batch) = (start as i64, batch as i64);
         if start < 0 || batch <= 0 {
-            return Err(format!("a batch needs start ≥ 0 and size > 0, not start {start} and size {batch}"));
+            return Err(format!(
+                "a batch needs start ≥ 0 and size > 0, not start {start} and size {batch}"
+            ));
         }
         let end = (start + batch).min(split.len() as i64);
         if start >= end {
-            return Err(format!("no examples in [{start}, {}) of {} ({} examples)", start + batch, split.name, split.len()));
+            return Err(format!(
+                "no examples in [{start}, {}) of {} ({} examples)",
+                start + batch,
+                split.name,
+                split.len()
+            ));
         }
         Ok((start as usize..end as usize).collect())
     }
@@ -244,13 +303,26 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
         let o = |name: &str| self.field(heap, "Optimizer", opt, name);
         let kind = heap.str(o("kind")?)?.to_string();
         if float(o("clip_norm")?) != 0.0 {
-            return Err("gradient clipping (`clip_norm`) is not supported by the compiled step yet".into());
+            return Err(
+                "gradient clipping (`clip_norm`) is not supported by the compiled step yet".into(),
+            );
         }
         let smoothing = float(f("label_smoothing")?);
         if !(0.0..1.0).contains(&smoothing) {
-            return Err(format!("label_smoothing must be in [0, 1), not {smoothing}"));
+            return Err(format!(
+                "label_smoothing must be in [0, 1), not {smoothing}"
+            ));
         }
-        let optimizer = model::optimizer(&kind, float(o("momentum")?), o("nesterov")? != 0, float(o("beta1")?), float(o("beta2")?), float(o("eps")?), float(o("weight_decay")?), o("decoupled")? != 0)?;
+        let optimizer = model::optimizer(
+            &kind,
+            float(o("momentum")?),
+            o("nesterov")? != 0,
+            float(o("beta1")?),
+            float(o("beta2")?),
+            float(o("eps")?),
+            float(o("weight_decay")?),
+            o("decoupled")? != 0,
+        )?;
         let mut augment = Vec::new();
         for a in heap.list(f("augment")?)?.to_vec() {
             let g = |name: &str| self.field(heap, "Augment", a, name);
@@ -260,16 +332,27 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
                 other => return Err(format!("unknown augmentation `{other}`")),
             }
         }
-        let floats = |h: Word| -> Result<Vec<f32>, String> { Ok(heap.list(h)?.iter().map(|w| float(*w) as f32).collect()) };
+        let floats = |h: Word| -> Result<Vec<f32>, String> {
+            Ok(heap.list(h)?.iter().map(|w| float(*w) as f32).collect())
+        };
         let (mean, std) = (floats(f("normalize_mean")?)?, floats(f("normalize_std")?)?);
         if mean.len() != std.len() || std.iter().any(|s| *s <= 0.0) {
-            return Err(format!("normalize_mean has {} values and normalize_std {}; they must match, and every std must be positive", mean.len(), std.len()));
+            return Err(format!(
+                "normalize_mean has {} values and normalize_std {}; they must match, and every std must be positive",
+                mean.len(),
+                std.len()
+            ));
         }
         let seed = f("seed")?;
         let m = Self::model(heap, model)?;
         m.mean = mean;
         m.std = std;
-        m.set_recipe(Recipe { optimizer, smoothing, augment, seed });
+        m.set_recipe(Recipe {
+            optimizer,
+            smoothing,
+            augment,
+            seed,
+        });
         Ok(())
     }
 }
@@ -296,32 +379,69 @@ pub fn shuffle(n: usize, seed: u64) -> Vec<usize> {
 
 fn data_dir(o: &Options, sub: &str, what: &str, files: &str) -> Result<PathBuf, String> {
     let Some(root) = &o.data else {
-        return Err(format!("{what} is not bundled: pass `--data DIR` or set $NABLA_DATA to a directory holding {sub}/ ({files})"));
+        return Err(format!(
+            "{what} is not bundled: pass `--data DIR` or set $NABLA_DATA to a directory holding {sub}/ ({files})"
+        ));
     };
     let nested = root.join(sub);
-    Ok(if nested.is_dir() { nested } else { root.clone() })
+    Ok(if nested.is_dir() {
+        nested
+    } else {
+        root.clone()
+    })
 }
 
 impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
     fn call(&mut self, id: BuiltinId, heap: &mut Heap, a: &[Word]) -> Result<Word, String> {
         let native = *self.bound.get(id).ok_or("unbound builtin")?;
-        let ret = self.prog.builtins.get(id).map(|b| b.ret.clone()).unwrap_or(HTy::Unit);
+        let ret = self
+            .prog
+            .builtins
+            .get(id)
+            .map(|b| b.ret.clone())
+            .unwrap_or(HTy::Unit);
         use Native::*;
         match native {
-            Core => Err(format!("`{}` belongs to the host runtime", self.prog.builtins.get(id).map_or("", |b| b.name.as_str()))),
+            Core => Err(format!(
+                "`{}` belongs to the host runtime",
+                self.prog.builtins.get(id).map_or("", |b| b.name.as_str())
+            )),
             Print => {
                 println!("{}", heap.str(a[0])?);
                 Ok(0)
             }
             Mnist => self.dataset(heap, &ret, "mnist", |o| match &o.data {
                 None => data::bundled_mnist(),
-                Some(_) => data::idx_dir(&data_dir(o, "mnist", "MNIST", "train-images-idx3-ubyte.gz ...")?, "MNIST", 10),
+                Some(_) => data::idx_dir(
+                    &data_dir(o, "mnist", "MNIST", "train-images-idx3-ubyte.gz ...")?,
+                    "MNIST",
+                    10,
+                ),
             }),
-            FashionMnist => self.dataset(heap, &ret, "fashion", |o| data::idx_dir(&data_dir(o, "fashion-mnist", "Fashion-MNIST", "train-images-idx3-ubyte.gz ...")?, "Fashion-MNIST", 10)),
-            Cifar10 => self.dataset(heap, &ret, "cifar10", |o| data::cifar10(&data_dir(o, "cifar-10-batches-bin", "CIFAR-10", "data_batch_1.bin ... test_batch.bin")?)),
+            FashionMnist => self.dataset(heap, &ret, "fashion", |o| {
+                data::idx_dir(
+                    &data_dir(
+                        o,
+                        "fashion-mnist",
+                        "Fashion-MNIST",
+                        "train-images-idx3-ubyte.gz ...",
+                    )?,
+                    "Fashion-MNIST",
+                    10,
+                )
+            }),
+            Cifar10 => self.dataset(heap, &ret, "cifar10", |o| {
+                data::cifar10(&data_dir(
+                    o,
+                    "cifar-10-batches-bin",
+                    "CIFAR-10",
+                    "data_batch_1.bin ... test_batch.bin",
+                )?)
+            }),
             ImageFolder => {
                 let root = PathBuf::from(heap.str(a[0])?);
-                let size = usize::try_from(a[1] as i64).map_err(|_| "image size must be positive")?;
+                let size =
+                    usize::try_from(a[1] as i64).map_err(|_| "image size must be positive")?;
                 let key = format!("folder:{}:{size}", root.display());
                 self.dataset(heap, &ret, &key, |_| data::image_folder(&root, size))
             }
@@ -342,7 +462,11 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let start = usize::try_from(a[3] as i64).map_err(|_| "negative batch start")?;
                 let end = start.saturating_add(batch).min(order.len());
                 if start >= end || batch == 0 {
-                    return Err(format!("no examples in batch [{start}, {}) of {}", start + batch, order.len()));
+                    return Err(format!(
+                        "no examples in batch [{start}, {}) of {}",
+                        start + batch,
+                        order.len()
+                    ));
                 }
                 let idx: Vec<usize> = order[start..end].iter().map(|w| *w as usize).collect();
                 let lr = float(a[4]);
@@ -351,9 +475,15 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let loss = m.train_step(p, backend, &split, &idx, lr)?;
                 if !loss.is_finite() {
                     // After finite steps, a non-finite one is usually a step too long.
-                    let hint = if m.steps > 1 { " (the step diverged: try a lower learning rate)" } else { "" };
+                    let hint = if m.steps > 1 {
+                        " (the step diverged: try a lower learning rate)"
+                    } else {
+                        ""
+                    };
                     let diverged = match m.non_finite(backend) {
-                        Some(t) => format!("; parameter `{t}` is no longer finite after the update{hint}"),
+                        Some(t) => {
+                            format!("; parameter `{t}` is no longer finite after the update{hint}")
+                        }
                         None => String::new(),
                     };
                     let step = (m.steps, m.epoch + 1);
@@ -363,8 +493,15 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                         Some(at) => format!("; the first value that is not finite comes from {at}"),
                         None => String::new(),
                     };
-                    let lr = if lr != 0.0 && !(1e-4..1e6).contains(&lr.abs()) { format!("{lr:e}") } else { format!("{lr}") };
-                    return Err(format!("the loss is {loss} at optimizer step {} (epoch {}, learning rate {lr}){first}{diverged}", step.0, step.1));
+                    let lr = if lr != 0.0 && !(1e-4..1e6).contains(&lr.abs()) {
+                        format!("{lr:e}")
+                    } else {
+                        format!("{lr}")
+                    };
+                    return Err(format!(
+                        "the loss is {loss} at optimizer step {} (epoch {}, learning rate {lr}){first}{diverged}",
+                        step.0, step.1
+                    ));
                 }
                 Ok(loss.to_bits())
             }
@@ -382,7 +519,9 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             }
             Shuffle => {
                 let n = usize::try_from(a[0] as i64).map_err(|_| "shuffle of a negative count")?;
-                Ok(heap.alloc(Object::List(shuffle(n, a[1]).into_iter().map(|i| i as Word).collect())))
+                Ok(heap.alloc(Object::List(
+                    shuffle(n, a[1]).into_iter().map(|i| i as Word).collect(),
+                )))
             }
             NowMs => Ok(self.started.elapsed().as_millis() as Word),
             ParamCount => Ok(Self::model(heap, a[0])?.params),
@@ -392,13 +531,24 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             }
             Progress => {
                 let label = heap.str(a[1])?.to_string();
-                let bar = if self.options.progress { ProgressBar::new(a[0]) } else { ProgressBar::with_draw_target(Some(a[0]), ProgressDrawTarget::hidden()) };
-                if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}") {
+                let bar = if self.options.progress {
+                    ProgressBar::new(a[0])
+                } else {
+                    ProgressBar::with_draw_target(Some(a[0]), ProgressDrawTarget::hidden())
+                };
+                if let Ok(style) = ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+                ) {
                     bar.set_style(style.progress_chars("=> "));
                 }
                 bar.set_message(label.clone());
 
-                Ok(heap.alloc(Object::Native(Box::new(Bar { bar, label, loss: 0.0, n: 0 }))))
+                Ok(heap.alloc(Object::Native(Box::new(Bar {
+                    bar,
+                    label,
+                    loss: 0.0,
+                    n: 0,
+                }))))
             }
             Tick => {
                 let b = heap.native_mut::<Bar>(a[0])?;
@@ -406,7 +556,8 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 b.n += 1;
                 b.bar.inc(1);
                 if !b.bar.is_hidden() {
-                    b.bar.set_message(format!("{} loss={:.4}", b.label, b.loss / b.n as f64));
+                    b.bar
+                        .set_message(format!("{} loss={:.4}", b.label, b.loss / b.n as f64));
                 }
                 Ok(0)
             }
@@ -447,7 +598,8 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let split = Self::split(heap, a[1])?;
                 let idx = Self::range(&split, a[2], a[3])?;
                 let (p, backend) = (self.p, self.backend);
-                let (loss, grads) = Self::model(heap, a[0])?.value_and_grad(p, backend, &split, &idx)?;
+                let (loss, grads) =
+                    Self::model(heap, a[0])?.value_and_grad(p, backend, &split, &idx)?;
                 let g = heap.alloc(Object::Native(Box::new(grads)));
                 if native == Grad {
                     return Ok(g);
@@ -475,13 +627,18 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 Ok(heap.alloc(Object::Native(Box::new(t))))
             }
             Compare => {
-                let (e, name) = Self::tensors(heap, a[0])?.max_rel_error(Self::tensors(heap, a[1])?)?;
+                let (e, name) =
+                    Self::tensors(heap, a[0])?.max_rel_error(Self::tensors(heap, a[1])?)?;
                 let s = heap.string(name);
                 self.make_record(heap, &ret, &[("error", e.to_bits()), ("tensor", s)])
             }
             L2Norm => Ok(Self::tensors(heap, a[0])?.l2_norm().to_bits()),
             TensorNames => {
-                let names: Vec<String> = Self::tensors(heap, a[0])?.items.iter().map(|t| t.name.clone()).collect();
+                let names: Vec<String> = Self::tensors(heap, a[0])?
+                    .items
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .collect();
                 let words = names.into_iter().map(|n| heap.string(n)).collect();
                 Ok(heap.alloc(Object::List(words)))
             }

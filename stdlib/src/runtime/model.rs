@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use nabla_lang::backend::Backend;
-use nabla_lang::check::lower::{lower_net_at, InitSpec};
 use nabla_lang::check::Program;
+use nabla_lang::check::lower::{InitSpec, lower_net_at};
 use nabla_lang::gradcheck::normal;
 use nabla_lang::interp::uniform;
 use nabla_lang::ir::{InputKind, Mode};
-use nabla_lang::step::{eval_step, grad_step, train_step_with, Optimizer, Update};
+use nabla_lang::step::{Optimizer, Update, eval_step, grad_step, train_step_with};
 
 use super::tensors::{Named, Tensors};
 
@@ -129,18 +129,25 @@ const LOCATE_MAX_FLOPS: u64 = 20_000_000_000;
 
 /// `n` values drawn by `spec` with `seed`.
 pub fn initial_values(spec: &InitSpec, n: usize, seed: u64) -> Result<Vec<f32>, String> {
-    let arg = |name: &str| spec.arg(name).ok_or_else(|| format!("initializer `{}` is missing `{name}`", spec.kind));
+    let arg = |name: &str| {
+        spec.arg(name)
+            .ok_or_else(|| format!("initializer `{}` is missing `{name}`", spec.kind))
+    };
     Ok(match spec.kind.as_str() {
         "zeros" => vec![0.0; n],
         "ones" => vec![1.0; n],
         "fill" => vec![arg("value")? as f32; n],
         "he_normal" => {
             let s = (2.0 / arg("fan_in")?.max(1.0)).sqrt();
-            (0..n as u64).map(|i| (s * normal(seed, i)) as f32).collect()
+            (0..n as u64)
+                .map(|i| (s * normal(seed, i)) as f32)
+                .collect()
         }
         "glorot_uniform" => {
             let a = (6.0 / (arg("fan_in")? + arg("fan_out")?).max(1.0)).sqrt();
-            (0..n as u64).map(|i| (a * (2.0 * uniform(seed, i) - 1.0)) as f32).collect()
+            (0..n as u64)
+                .map(|i| (a * (2.0 * uniform(seed, i) - 1.0)) as f32)
+                .collect()
         }
         "trunc_normal" => {
             let s = arg("std")?;
@@ -171,7 +178,11 @@ impl<B: Backend> Model<B> {
     pub fn init(p: &Program, backend: &B, net: &str, seed: u64) -> Result<Model<B>, String> {
         let l = lower_net_at(p, 0, net, 1, Mode::Eval, None, None).map_err(|d| d.message)?;
         let g = &l.graph;
-        let input = g.inputs().find(|(_, n, _)| *n == "x").map(|(v, _, _)| g.node(v).shape[1..].to_vec()).unwrap_or_default();
+        let input = g
+            .inputs()
+            .find(|(_, n, _)| *n == "x")
+            .map(|(v, _, _)| g.node(v).shape[1..].to_vec())
+            .unwrap_or_default();
         let mut tensors = Vec::new();
         let mut params = 0;
         for (k, (v, name, kind)) in g.inputs().enumerate() {
@@ -182,20 +193,57 @@ impl<B: Backend> Model<B> {
             };
             let shape = g.node(v).shape.clone();
             let n: usize = shape.iter().product();
-            let spec = l.inits.iter().find(|(m, _)| m == name).map(|(_, s)| s.clone()).unwrap_or(InitSpec { kind: "zeros".into(), args: vec![] });
-            let data = initial_values(&spec, n, seed.wrapping_mul(0x100_0000_01b3).wrapping_add(k as u64)).map_err(|e| format!("`{name}`: {e}"))?;
+            let spec = l
+                .inits
+                .iter()
+                .find(|(m, _)| m == name)
+                .map(|(_, s)| s.clone())
+                .unwrap_or(InitSpec {
+                    kind: "zeros".into(),
+                    args: vec![],
+                });
+            let data = initial_values(
+                &spec,
+                n,
+                seed.wrapping_mul(0x100_0000_01b3).wrapping_add(k as u64),
+            )
+            .map_err(|e| format!("`{name}`: {e}"))?;
             if role == Role::Param {
                 params += n as u64;
             }
             let buf = backend.upload(&shape, &data).map_err(err)?;
-            tensors.push(Tensor { name: name.to_string(), shape, role, buf: Some(buf) });
+            tensors.push(Tensor {
+                name: name.to_string(),
+                shape,
+                role,
+                buf: Some(buf),
+            });
         }
-        Ok(Model { net: net.into(), input, tensors, params, mean: vec![], std: vec![], recipe: None, train: HashMap::new(), eval: HashMap::new(), grad: HashMap::new(), steps: 0, epoch: 0, x: vec![], y: vec![], rng: seed, replay: Replay::default() })
+        Ok(Model {
+            net: net.into(),
+            input,
+            tensors,
+            params,
+            mean: vec![],
+            std: vec![],
+            recipe: None,
+            train: HashMap::new(),
+            eval: HashMap::new(),
+            grad: HashMap::new(),
+            steps: 0,
+            epoch: 0,
+            x: vec![],
+            y: vec![],
+            rng: seed,
+            replay: Replay::default(),
+        })
     }
 
     /// Sets the recipe for training (a new optimizer recompiles the steps).
     pub fn set_recipe(&mut self, recipe: Recipe) {
-        if self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing)) != Some((recipe.optimizer, recipe.smoothing)) {
+        if self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing))
+            != Some((recipe.optimizer, recipe.smoothing))
+        {
             self.train.clear();
             self.grad.clear();
         }
@@ -208,14 +256,27 @@ impl<B: Backend> Model<B> {
         let [c, h, w] = split.shape;
         let per = split.example_len();
         if self.input.iter().product::<usize>() != per {
-            return Err(format!("{} has examples of shape {:?}, but net {} takes {:?}", split.name, split.shape, self.net, self.input));
+            return Err(format!(
+                "{} has examples of shape {:?}, but net {} takes {:?}",
+                split.name, split.shape, self.net, self.input
+            ));
         }
         self.x.clear();
         self.y.clear();
-        let augs = if train { self.recipe.as_ref().map(|r| r.augment.clone()).unwrap_or_default() } else { vec![] };
+        let augs = if train {
+            self.recipe
+                .as_ref()
+                .map(|r| r.augment.clone())
+                .unwrap_or_default()
+        } else {
+            vec![]
+        };
         let plane = h * w;
         for &i in idx {
-            let img = split.images.get(i * per..(i + 1) * per).ok_or_else(|| format!("example {i} is out of range for {}", split.name))?;
+            let img = split
+                .images
+                .get(i * per..(i + 1) * per)
+                .ok_or_else(|| format!("example {i} is out of range for {}", split.name))?;
             let (mut dy, mut dx, mut flip) = (0i64, 0i64, false);
             for a in &augs {
                 match a {
@@ -224,11 +285,16 @@ impl<B: Backend> Model<B> {
                         dy = (self.next() % span) as i64 - *pad as i64;
                         dx = (self.next() % span) as i64 - *pad as i64;
                     }
-                    Augment::Flip(p) => flip = (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= *p,
+                    Augment::Flip(p) => {
+                        flip = (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= *p
+                    }
                 }
             }
             for ch in 0..c {
-                let (m, s) = (self.mean.get(ch).copied().unwrap_or(0.0), self.std.get(ch).copied().unwrap_or(1.0));
+                let (m, s) = (
+                    self.mean.get(ch).copied().unwrap_or(0.0),
+                    self.std.get(ch).copied().unwrap_or(1.0),
+                );
                 let src = &img[ch * plane..(ch + 1) * plane];
                 if dy == 0 && dx == 0 && !flip {
                     // The common case: the image as it is, normalized.
@@ -243,7 +309,11 @@ impl<B: Backend> Model<B> {
                     for xx in 0..w {
                         let sx = if flip { w - 1 - xx } else { xx } as i64 + dx;
                         let sy = yy as i64 + dy;
-                        let v = if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 { 0.0 } else { src[sy as usize * w + sx as usize] };
+                        let v = if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 {
+                            0.0
+                        } else {
+                            src[sy as usize * w + sx as usize]
+                        };
                         self.x.push((v - m) / s);
                     }
                 }
@@ -258,8 +328,19 @@ impl<B: Backend> Model<B> {
     }
 
     /// One optimizer step on examples `idx` of `split` at rate `lr`; returns the loss.
-    pub fn train_step(&mut self, p: &Program, backend: &B, split: &Split, idx: &[usize], lr: f64) -> Result<f64, String> {
-        let (optimizer, smoothing) = self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing)).ok_or("the model has no training recipe")?;
+    pub fn train_step(
+        &mut self,
+        p: &Program,
+        backend: &B,
+        split: &Split,
+        idx: &[usize],
+        lr: f64,
+    ) -> Result<f64, String> {
+        let (optimizer, smoothing) = self
+            .recipe
+            .as_ref()
+            .map(|r| (r.optimizer, r.smoothing))
+            .ok_or("the model has no training recipe")?;
         if !self.replay.running {
             self.record(backend, idx, lr)?;
         }
@@ -267,12 +348,25 @@ impl<B: Backend> Model<B> {
         let b = idx.len();
         if !self.train.contains_key(&b) {
             let eps = [("eps", smoothing)];
-            let step = train_step_with(p, &self.net, b, loss(&eps), &optimizer, Some(&split.shape)).map_err(|d| d.message)?;
+            let step = train_step_with(p, &self.net, b, loss(&eps), &optimizer, Some(&split.shape))
+                .map_err(|d| d.message)?;
             for slot in &step.slots {
                 if !self.tensors.iter().any(|t| t.name == *slot) {
-                    let shape = step.graph.inputs().find(|(_, n, _)| n == slot).map(|(v, _, _)| step.graph.node(v).shape.clone()).unwrap_or_default();
-                    let buf = backend.upload(&shape, &vec![0.0; shape.iter().product()]).map_err(err)?;
-                    self.tensors.push(Tensor { name: slot.clone(), shape, role: Role::Slot, buf: Some(buf) });
+                    let shape = step
+                        .graph
+                        .inputs()
+                        .find(|(_, n, _)| n == slot)
+                        .map(|(v, _, _)| step.graph.node(v).shape.clone())
+                        .unwrap_or_default();
+                    let buf = backend
+                        .upload(&shape, &vec![0.0; shape.iter().product()])
+                        .map_err(err)?;
+                    self.tensors.push(Tensor {
+                        name: slot.clone(),
+                        shape,
+                        role: Role::Slot,
+                        buf: Some(buf),
+                    });
                 }
             }
             let names: Vec<&str> = optimizer.scalars(0.0, 1).iter().map(|(n, _)| *n).collect();
@@ -280,7 +374,11 @@ impl<B: Backend> Model<B> {
             self.train.insert(b, exe);
         }
         self.steps += 1;
-        let scalars: Vec<f64> = optimizer.scalars(lr, self.steps).iter().map(|(_, v)| *v).collect();
+        let scalars: Vec<f64> = optimizer
+            .scalars(lr, self.steps)
+            .iter()
+            .map(|(_, v)| *v)
+            .collect();
         let out = self.run(backend, Which::Train, b, &scalars)?;
         first(backend, &out)
     }
@@ -313,7 +411,11 @@ impl<B: Backend> Model<B> {
         let (data, steps, rng) = self.replay.snapshot.take()?;
         let log = std::mem::take(&mut self.replay.steps);
         let ((last_idx, last_lr), before) = log.split_last()?;
-        for (t, d) in self.tensors.iter_mut().zip(data.iter().map(Some).chain(std::iter::repeat(None))) {
+        for (t, d) in self
+            .tensors
+            .iter_mut()
+            .zip(data.iter().map(Some).chain(std::iter::repeat(None)))
+        {
             let zeros;
             let d = match d {
                 Some(d) => d,
@@ -326,7 +428,10 @@ impl<B: Backend> Model<B> {
         }
         (self.steps, self.rng) = (steps, rng);
         self.replay.running = true;
-        let replayed = before.iter().all(|(idx, lr)| self.train_step(p, backend, split, idx, *lr).is_ok_and(f64::is_finite));
+        let replayed = before.iter().all(|(idx, lr)| {
+            self.train_step(p, backend, split, idx, *lr)
+                .is_ok_and(f64::is_finite)
+        });
         self.replay.running = false;
         if !replayed {
             return None;
@@ -334,7 +439,15 @@ impl<B: Backend> Model<B> {
         let (optimizer, smoothing) = self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing))?;
         self.gather(split, last_idx, true).ok()?;
         let eps = [("eps", smoothing)];
-        let step = train_step_with(p, &self.net, last_idx.len(), loss(&eps), &optimizer, Some(&split.shape)).ok()?;
+        let step = train_step_with(
+            p,
+            &self.net,
+            last_idx.len(),
+            loss(&eps),
+            &optimizer,
+            Some(&split.shape),
+        )
+        .ok()?;
         let g = &step.graph;
         if nabla_lang::ir::flops(g) > LOCATE_MAX_FLOPS {
             return None;
@@ -356,14 +469,24 @@ impl<B: Backend> Model<B> {
                     None => values.get(name)?.iter().map(|v| f64::from(*v)).collect(),
                 },
             };
-            Some(nabla_lang::interp::Tensor::new(n.dtype, n.shape.clone(), data))
+            Some(nabla_lang::interp::Tensor::new(
+                n.dtype,
+                n.shape.clone(),
+                data,
+            ))
         };
-        let v = nabla_lang::interp::first_non_finite(g, &input, nabla_lang::interp::Precision::F32).ok()??;
+        let v = nabla_lang::interp::first_non_finite(g, &input, nabla_lang::interp::Precision::F32)
+            .ok()??;
         Some(describe_node(p, g, v))
     }
 
     /// Compiles `g` and resolves where each of its inputs comes from.
-    fn prepare_exe(&self, backend: &B, g: &nabla_lang::ir::Graph, scalars: &[&str]) -> Result<Exe<B>, String> {
+    fn prepare_exe(
+        &self,
+        backend: &B,
+        g: &nabla_lang::ir::Graph,
+        scalars: &[&str],
+    ) -> Result<Exe<B>, String> {
         let mut inputs = Vec::new();
         for (v, name, _) in g.inputs() {
             let feed = match name {
@@ -371,21 +494,49 @@ impl<B: Backend> Model<B> {
                 "y" => Feed::Labels,
                 n => match scalars.iter().position(|s| *s == n) {
                     Some(k) => Feed::Scalar(k),
-                    None => Feed::Tensor(self.tensors.iter().position(|t| t.name == n).ok_or_else(|| format!("the step needs `{n}`, which the model lacks"))?),
+                    None => {
+                        Feed::Tensor(self.tensors.iter().position(|t| t.name == n).ok_or_else(
+                            || format!("the step needs `{n}`, which the model lacks"),
+                        )?)
+                    }
                 },
             };
             inputs.push((feed, g.node(v).shape.clone()));
         }
         let exe = backend.compile(g).map_err(err)?;
         let staged = inputs.iter().map(|_| None).collect();
-        let outputs = g.outputs.iter().filter(|(n, _)| !n.starts_with("state.")).map(|(n, _)| n.clone()).collect();
-        Ok(Exe { exe, inputs, staged, outputs })
+        let outputs = g
+            .outputs
+            .iter()
+            .filter(|(n, _)| !n.starts_with("state."))
+            .map(|(n, _)| n.clone())
+            .collect();
+        Ok(Exe {
+            exe,
+            inputs,
+            staged,
+            outputs,
+        })
     }
 
     /// Runs the train, eval or gradient step for batch `b` on the gathered batch; returns
     /// its non-state outputs.
-    fn run(&mut self, backend: &B, which: Which, b: usize, scalars: &[f64]) -> Result<Vec<B::Buffer>, String> {
-        let Model { train, eval, grad, tensors, x, y, .. } = self;
+    fn run(
+        &mut self,
+        backend: &B,
+        which: Which,
+        b: usize,
+        scalars: &[f64],
+    ) -> Result<Vec<B::Buffer>, String> {
+        let Model {
+            train,
+            eval,
+            grad,
+            tensors,
+            x,
+            y,
+            ..
+        } = self;
         let exes = match which {
             Which::Train => train,
             Which::Eval => eval,
@@ -445,24 +596,44 @@ impl<B: Backend> Model<B> {
     /// and its gradient with respect to every parameter, named as the parameters. The
     /// loss is the recipe's (label smoothing included) or plain cross-entropy; nothing of
     /// the model changes.
-    pub fn value_and_grad(&mut self, p: &Program, backend: &B, split: &Split, idx: &[usize]) -> Result<(f64, Tensors), String> {
+    pub fn value_and_grad(
+        &mut self,
+        p: &Program,
+        backend: &B,
+        split: &Split,
+        idx: &[usize],
+    ) -> Result<(f64, Tensors), String> {
         let smoothing = self.recipe.as_ref().map_or(0.0, |r| r.smoothing);
         self.gather(split, idx, false)?;
         let b = idx.len();
         if !self.grad.contains_key(&b) {
             let eps = [("eps", smoothing)];
-            let step = grad_step(p, &self.net, b, loss(&eps), Some(&split.shape)).map_err(|d| d.message)?;
+            let step = grad_step(p, &self.net, b, loss(&eps), Some(&split.shape))
+                .map_err(|d| d.message)?;
             let exe = self.prepare_exe(backend, &step.graph, &[])?;
             self.grad.insert(b, exe);
         }
         let out = self.run(backend, Which::Grad, b, &[])?;
         let loss = first(backend, &out)?;
-        let names = self.grad.get(&b).map(|e| e.outputs.clone()).unwrap_or_default();
+        let names = self
+            .grad
+            .get(&b)
+            .map(|e| e.outputs.clone())
+            .unwrap_or_default();
         let mut items = Vec::new();
         for t in self.tensors.iter().filter(|t| t.role == Role::Param) {
-            let k = names.iter().position(|n| n.strip_prefix("grad.") == Some(t.name.as_str())).ok_or_else(|| format!("the gradient step has no gradient for `{}`", t.name))?;
-            let buf = out.get(k).ok_or("the gradient step returned too few outputs")?;
-            items.push(Named { name: t.name.clone(), shape: t.shape.clone(), data: backend.download(buf).map_err(err)? });
+            let k = names
+                .iter()
+                .position(|n| n.strip_prefix("grad.") == Some(t.name.as_str()))
+                .ok_or_else(|| format!("the gradient step has no gradient for `{}`", t.name))?;
+            let buf = out
+                .get(k)
+                .ok_or("the gradient step returned too few outputs")?;
+            items.push(Named {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: backend.download(buf).map_err(err)?,
+            });
         }
         Ok((loss, Tensors { items }))
     }
@@ -471,8 +642,15 @@ impl<B: Backend> Model<B> {
     pub fn tensors(&self, backend: &B) -> Result<Tensors, String> {
         let mut items = Vec::new();
         for t in self.tensors.iter().filter(|t| t.role != Role::Slot) {
-            let buf = t.buf.as_ref().ok_or_else(|| format!("`{}` is missing", t.name))?;
-            items.push(Named { name: t.name.clone(), shape: t.shape.clone(), data: backend.download(buf).map_err(err)? });
+            let buf = t
+                .buf
+                .as_ref()
+                .ok_or_else(|| format!("`{}` is missing", t.name))?;
+            items.push(Named {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: backend.download(buf).map_err(err)?,
+            });
         }
         Ok(Tensors { items })
     }
@@ -483,14 +661,35 @@ impl<B: Backend> Model<B> {
     /// changes unless all of it fits.
     pub fn set_tensors(&mut self, backend: &B, set: &Tensors) -> Result<(), String> {
         for n in &set.items {
-            match self.tensors.iter().find(|t| t.name == n.name && t.role != Role::Slot) {
-                None => return Err(format!("net `{}` has no parameter or state named `{}`", self.net, n.name)),
-                Some(t) if t.shape != n.shape => return Err(format!("`{}` has shape {:?}, but the net's is {:?}", n.name, n.shape, t.shape)),
+            match self
+                .tensors
+                .iter()
+                .find(|t| t.name == n.name && t.role != Role::Slot)
+            {
+                None => {
+                    return Err(format!(
+                        "net `{}` has no parameter or state named `{}`",
+                        self.net, n.name
+                    ));
+                }
+                Some(t) if t.shape != n.shape => {
+                    return Err(format!(
+                        "`{}` has shape {:?}, but the net's is {:?}",
+                        n.name, n.shape, t.shape
+                    ));
+                }
                 Some(_) => {}
             }
         }
-        if let Some(t) = self.tensors.iter().find(|t| t.role == Role::Param && set.get(&t.name).is_none()) {
-            return Err(format!("the set has no parameter `{}` of net `{}`", t.name, self.net));
+        if let Some(t) = self
+            .tensors
+            .iter()
+            .find(|t| t.role == Role::Param && set.get(&t.name).is_none())
+        {
+            return Err(format!(
+                "the set has no parameter `{}` of net `{}`",
+                t.name, self.net
+            ));
         }
         let mut bufs = Vec::new();
         for n in &set.items {
@@ -507,7 +706,13 @@ impl<B: Backend> Model<B> {
     }
 
     /// (summed loss, correct predictions) over `split`, in batches of `batch`.
-    pub fn evaluate(&mut self, p: &Program, backend: &B, split: &Split, batch: usize) -> Result<(f64, u64), String> {
+    pub fn evaluate(
+        &mut self,
+        p: &Program,
+        backend: &B,
+        split: &Split,
+        batch: usize,
+    ) -> Result<(f64, u64), String> {
         let (mut loss, mut correct) = (0.0, 0u64);
         let n = split.len();
         let mut start = 0;
@@ -516,12 +721,16 @@ impl<B: Backend> Model<B> {
             let idx: Vec<usize> = (start..start + b).collect();
             self.gather(split, &idx, false)?;
             if !self.eval.contains_key(&b) {
-                let g = eval_step(p, &self.net, b, LOSS, Some(&split.shape)).map_err(|d| d.message)?;
+                let g =
+                    eval_step(p, &self.net, b, LOSS, Some(&split.shape)).map_err(|d| d.message)?;
                 let exe = self.prepare_exe(backend, &g, &[])?;
                 self.eval.insert(b, exe);
             }
             let out = self.run(backend, Which::Eval, b, &[])?;
-            let values: Vec<f64> = out.iter().map(|o| first(backend, std::slice::from_ref(o))).collect::<Result<_, _>>()?;
+            let values: Vec<f64> = out
+                .iter()
+                .map(|o| first(backend, std::slice::from_ref(o)))
+                .collect::<Result<_, _>>()?;
             loss += values[0] * b as f64;
             correct += values[1].round() as u64;
             start += b;
@@ -531,10 +740,13 @@ impl<B: Backend> Model<B> {
 
     /// The first parameter or state tensor holding a NaN or infinity, if any.
     pub fn non_finite(&self, backend: &B) -> Option<String> {
-        self.tensors.iter().filter(|t| t.role != Role::Slot).find_map(|t| {
-            let data = backend.download(t.buf.as_ref()?).ok()?;
-            data.iter().any(|v| !v.is_finite()).then(|| t.name.clone())
-        })
+        self.tensors
+            .iter()
+            .filter(|t| t.role != Role::Slot)
+            .find_map(|t| {
+                let data = backend.download(t.buf.as_ref()?).ok()?;
+                data.iter().any(|v| !v.is_finite()).then(|| t.name.clone())
+            })
     }
 
     /// Writes params, state, optimizer slots and progress to `path` as safetensors,
@@ -542,8 +754,15 @@ impl<B: Backend> Model<B> {
     pub fn save(&self, backend: &B, path: &Path) -> Result<(), String> {
         let mut items = Vec::new();
         for t in &self.tensors {
-            let buf = t.buf.as_ref().ok_or_else(|| format!("`{}` is missing", t.name))?;
-            items.push(Named { name: t.name.clone(), shape: t.shape.clone(), data: backend.download(buf).map_err(err)? });
+            let buf = t
+                .buf
+                .as_ref()
+                .ok_or_else(|| format!("`{}` is missing", t.name))?;
+            items.push(Named {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: backend.download(buf).map_err(err)?,
+            });
         }
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "nabla-checkpoint-1".to_string());
@@ -559,24 +778,42 @@ impl<B: Backend> Model<B> {
     pub fn load(&mut self, backend: &B, path: &Path) -> Result<(), String> {
         self.replay = Replay::default();
         let shown = path.display();
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read checkpoint {shown}: {e}"))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{shown} is not a valid safetensors file (truncated or corrupt): {e}"))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("{shown}: {e}"))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read checkpoint {shown}: {e}"))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            format!("{shown} is not a valid safetensors file (truncated or corrupt): {e}")
+        })?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("{shown}: {e}"))?;
         let meta = meta.metadata().clone().unwrap_or_default();
         if let Some(net) = meta.get("net")
             && *net != self.net
         {
-            return Err(format!("{shown} is a checkpoint of net `{net}`, not `{}`", self.net));
+            return Err(format!(
+                "{shown} is a checkpoint of net `{net}`, not `{}`",
+                self.net
+            ));
         }
         let mut loaded = Vec::new();
         for t in &self.tensors {
             let view = match st.tensor(&t.name) {
                 Ok(v) => v,
                 Err(_) if t.role == Role::Slot => continue,
-                Err(_) => return Err(format!("{shown} has no tensor `{}`: it is not a checkpoint of net `{}`", t.name, self.net)),
+                Err(_) => {
+                    return Err(format!(
+                        "{shown} has no tensor `{}`: it is not a checkpoint of net `{}`",
+                        t.name, self.net
+                    ));
+                }
             };
             if view.dtype() != safetensors::Dtype::F32 || view.shape() != t.shape.as_slice() {
-                return Err(format!("{shown}: `{}` is {:?}{:?}, but the net's is F32{:?}", t.name, view.dtype(), view.shape(), t.shape));
+                return Err(format!(
+                    "{shown}: `{}` is {:?}{:?}, but the net's is F32{:?}",
+                    t.name,
+                    view.dtype(),
+                    view.shape(),
+                    t.shape
+                ));
             }
             let v = f32s(view.data());
             loaded.push(v);
@@ -597,7 +834,12 @@ impl<B: Backend> Model<B> {
                 let v = f32s(view.data());
                 let shape = view.shape().to_vec();
                 let buf = backend.upload(&shape, &v).map_err(err)?;
-                self.tensors.push(Tensor { name, shape, role: Role::Slot, buf: Some(buf) });
+                self.tensors.push(Tensor {
+                    name,
+                    shape,
+                    role: Role::Slot,
+                    buf: Some(buf),
+                });
             }
         }
         self.epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
@@ -614,21 +856,40 @@ fn describe_node(p: &Program, g: &nabla_lang::ir::Graph, v: nabla_lang::ir::Valu
     if let Some(name) = g.input_name(v) {
         return format!("input `{name}`");
     }
-    let Some(span) = n.span else { return format!("`{}`", n.op.name()) };
+    let Some(span) = n.span else {
+        return format!("`{}`", n.op.name());
+    };
     let (line, col) = p.sources.line_col(span.file, span.start);
     let file = p.sources.name(span.file);
-    let text: String = p.sources.text(span.file).get(span.start..span.end).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
-    let text = if text.chars().count() > 60 { format!("{}…", text.chars().take(60).collect::<String>()) } else { text };
+    let text: String = p
+        .sources
+        .text(span.file)
+        .get(span.start..span.end)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    };
     format!("`{}` at {file}:{line}:{col} (`{text}`)", n.op.name())
 }
 
 fn loss<'e>(eps: &'e [(&'e str, f64)]) -> (&'static str, &'e [(&'e str, f64)]) {
-    if eps.first().is_some_and(|(_, e)| *e > 0.0) { ("smoothed_cross_entropy", eps) } else { (LOSS, &[]) }
+    if eps.first().is_some_and(|(_, e)| *e > 0.0) {
+        ("smoothed_cross_entropy", eps)
+    } else {
+        (LOSS, &[])
+    }
 }
 
 /// Little-endian f32s.
 pub(super) fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// Which of a model's compiled steps.
@@ -642,15 +903,29 @@ enum Which {
 /// The first number of the first buffer (a step's loss).
 fn first<B: Backend>(backend: &B, out: &[B::Buffer]) -> Result<f64, String> {
     let o = out.first().ok_or("the step returned nothing")?;
-    Ok(backend.download(o).map_err(err)?.first().copied().unwrap_or(f32::NAN) as f64)
+    Ok(backend
+        .download(o)
+        .map_err(err)?
+        .first()
+        .copied()
+        .unwrap_or(f32::NAN) as f64)
 }
 
 /// Writes `bytes` to `path` so that `path` is either its old content or all of the new.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| format!("{} is not a file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{} is not a file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -668,11 +943,28 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// The optimizer a recipe's `Optimizer` record describes.
-pub fn optimizer(kind: &str, momentum: f64, nesterov: bool, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool) -> Result<Optimizer, String> {
+pub fn optimizer(
+    kind: &str,
+    momentum: f64,
+    nesterov: bool,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    decoupled: bool,
+) -> Result<Optimizer, String> {
     let update = match kind {
         "sgd" => Update::Sgd { momentum, nesterov },
-        "adam" => Update::Adam { beta1, beta2, eps, decoupled },
+        "adam" => Update::Adam {
+            beta1,
+            beta2,
+            eps,
+            decoupled,
+        },
         other => return Err(format!("unknown optimizer kind `{other}` (sgd or adam)")),
     };
-    Ok(Optimizer { update, weight_decay })
+    Ok(Optimizer {
+        update,
+        weight_decay,
+    })
 }

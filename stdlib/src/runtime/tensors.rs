@@ -28,7 +28,12 @@ impl Tensors {
 
     /// The L2 norm of all the tensors together (the global gradient norm of clipping).
     pub fn l2_norm(&self) -> f64 {
-        self.items.iter().flat_map(|t| &t.data).map(|v| f64::from(*v) * f64::from(*v)).sum::<f64>().sqrt()
+        self.items
+            .iter()
+            .flat_map(|t| &t.data)
+            .map(|v| f64::from(*v) * f64::from(*v))
+            .sum::<f64>()
+            .sqrt()
     }
 
     /// The worst, over tensors, of `max|a − b| / max|b|` (the error relative to the largest
@@ -38,16 +43,33 @@ impl Tensors {
         let mut worst = (0.0, String::new());
         for r in &reference.items {
             if self.get(&r.name).is_none() {
-                return Err(format!("`{}` is in the reference set but not in the other", r.name));
+                return Err(format!(
+                    "`{}` is in the reference set but not in the other",
+                    r.name
+                ));
             }
         }
         for a in &self.items {
-            let b = reference.get(&a.name).ok_or_else(|| format!("`{}` is not in the reference set", a.name))?;
+            let b = reference
+                .get(&a.name)
+                .ok_or_else(|| format!("`{}` is not in the reference set", a.name))?;
             if a.shape != b.shape {
-                return Err(format!("`{}` has shape {:?} here and {:?} in the reference set", a.name, a.shape, b.shape));
+                return Err(format!(
+                    "`{}` has shape {:?} here and {:?} in the reference set",
+                    a.name, a.shape, b.shape
+                ));
             }
-            let diff = a.data.iter().zip(&b.data).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs()).fold(0.0, f64::max);
-            let scale = b.data.iter().map(|y| f64::from(*y).abs()).fold(0.0, f64::max);
+            let diff = a
+                .data
+                .iter()
+                .zip(&b.data)
+                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+                .fold(0.0, f64::max);
+            let scale = b
+                .data
+                .iter()
+                .map(|y| f64::from(*y).abs())
+                .fold(0.0, f64::max);
             let e = if diff == 0.0 {
                 0.0
             } else if scale == 0.0 {
@@ -65,12 +87,19 @@ impl Tensors {
     /// Writes the set to `path` as safetensors (f32, row-major), atomically, with
     /// `metadata`.
     pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<(), String> {
-        let bytes: Vec<Vec<u8>> = self.items.iter().map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let bytes: Vec<Vec<u8>> = self
+            .items
+            .iter()
+            .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
         let views = self
             .items
             .iter()
             .zip(&bytes)
-            .map(|(t, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b).map(|v| (t.name.clone(), v)))
+            .map(|(t, b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b)
+                    .map(|v| (t.name.clone(), v))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let out = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
@@ -82,14 +111,27 @@ impl Tensors {
     pub fn load(path: &Path) -> Result<Tensors, String> {
         let shown = path.display();
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{shown} is not a valid safetensors file (truncated or corrupt): {e}"))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            format!("{shown} is not a valid safetensors file (truncated or corrupt): {e}")
+        })?;
         let mut items = Vec::new();
         let mut names = st.names();
         names.sort();
         for name in names {
-            let view = st.tensor(name).map_err(|e| format!("{shown}: `{name}`: {e}"))?;
-            let data = to_f32(view.dtype(), view.data()).ok_or_else(|| format!("{shown}: `{name}` is {:?}; nabla reads F32, F64, F16 and BF16 tensors", view.dtype()))?;
-            items.push(Named { name: name.to_string(), shape: view.shape().to_vec(), data });
+            let view = st
+                .tensor(name)
+                .map_err(|e| format!("{shown}: `{name}`: {e}"))?;
+            let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+                format!(
+                    "{shown}: `{name}` is {:?}; nabla reads F32, F64, F16 and BF16 tensors",
+                    view.dtype()
+                )
+            })?;
+            items.push(Named {
+                name: name.to_string(),
+                shape: view.shape().to_vec(),
+                data,
+            });
         }
         Ok(Tensors { items })
     }
@@ -100,9 +142,18 @@ fn to_f32(dtype: safetensors::Dtype, b: &[u8]) -> Option<Vec<f32>> {
     use safetensors::Dtype::*;
     Some(match dtype {
         F32 => super::model::f32s(b),
-        F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect(),
-        BF16 => b.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect(),
-        F16 => b.chunks_exact(2).map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        BF16 => b
+            .chunks_exact(2)
+            .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+            .collect(),
+        F16 => b
+            .chunks_exact(2)
+            .map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
         _ => return None,
     })
 }
@@ -125,7 +176,16 @@ mod tests {
     use super::*;
 
     fn set(items: &[(&str, &[usize], &[f32])]) -> Tensors {
-        Tensors { items: items.iter().map(|(n, s, d)| Named { name: n.to_string(), shape: s.to_vec(), data: d.to_vec() }).collect() }
+        Tensors {
+            items: items
+                .iter()
+                .map(|(n, s, d)| Named {
+                    name: n.to_string(),
+                    shape: s.to_vec(),
+                    data: d.to_vec(),
+                })
+                .collect(),
+        }
     }
 
     #[test]
@@ -156,15 +216,29 @@ mod tests {
         a.save(&path, HashMap::new()).expect("save");
         assert_eq!(Tensors::load(&path).expect("load"), a);
         // An f64 file, as numpy or torch write by default.
-        let bytes: Vec<u8> = [1.5f64, -0.25].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![2], &bytes).expect("view");
+        let bytes: Vec<u8> = [1.5f64, -0.25]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![2], &bytes)
+            .expect("view");
         let out = safetensors::serialize(vec![("x".to_string(), v)], None).expect("serialize");
         std::fs::write(dir.join("d.safetensors"), out).expect("write");
-        assert_eq!(Tensors::load(&dir.join("d.safetensors")).expect("load f64").items[0].data, vec![1.5, -0.25]);
+        assert_eq!(
+            Tensors::load(&dir.join("d.safetensors"))
+                .expect("load f64")
+                .items[0]
+                .data,
+            vec![1.5, -0.25]
+        );
         assert_eq!(half_to_f32(0x3c00), 1.0);
         assert_eq!(half_to_f32(0xc000), -2.0);
         std::fs::write(dir.join("bad.safetensors"), b"\x10\x00\x00\x00").expect("write");
-        assert!(Tensors::load(&dir.join("bad.safetensors")).expect_err("truncated").contains("truncated or corrupt"));
+        assert!(
+            Tensors::load(&dir.join("bad.safetensors"))
+                .expect_err("truncated")
+                .contains("truncated or corrupt")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
