@@ -29,8 +29,7 @@ pub struct Mat {
 /// stride `dst_rs`.
 ///
 /// # Safety
-/// The pointers must be valid for the extents the strides describe, and `dst` must not
-/// overlap `a` or `b`.
+/// As [`gemm_scaled`].
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
     m: usize,
@@ -39,6 +38,29 @@ pub unsafe fn gemm(
     dst: *mut f32,
     dst_rs: isize,
     accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: bool,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_scaled(m, n, k, dst, dst_rs, accumulate, 1.0, a, b, threads) }
+}
+
+/// `dst[m×n] = (accumulate ? dst : 0) + scale·a[m×k]·b[k×n]`; `dst` is row-major with row
+/// stride `dst_rs`.
+///
+/// # Safety
+/// The pointers must be valid for the extents the strides describe, and `dst` must not
+/// overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_scaled(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    scale: f32,
     a: Mat,
     b: Mat,
     threads: bool,
@@ -79,7 +101,7 @@ pub unsafe fn gemm(
             b.cs,
             b.rs,
             if accumulate { 1.0 } else { 0.0 },
-            1.0,
+            scale,
             false,
             false,
             false,

@@ -282,8 +282,25 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
             m,
             k,
             n,
+            update,
         } => {
             let (batch, m, k, n) = (*batch, *m, *k, *n);
+            // An update kernel starts from its base's values and accumulates −scale·a·b.
+            let scale = match update {
+                None => 1.0,
+                Some(u) => {
+                    let (from, to) = (ptrs[u.base.index()], ptrs[out.index()]);
+                    if from != to {
+                        // SAFETY: base and out are distinct regions of batch·m·n elements.
+                        unsafe { std::ptr::copy_nonoverlapping(from, to, batch * m * n) };
+                    }
+                    match u.scale {
+                        plan::Scale::Const(c) => -c,
+                        // SAFETY: a rank-0 value has one element.
+                        plan::Scale::Value(v) => -unsafe { *ptrs[v.index()] },
+                    }
+                }
+            };
             // Row-major [.., m, k] (or its transpose [.., k, m] read with swapped strides).
             let am = |p: *const f32| {
                 if *ta {
@@ -321,7 +338,8 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
                     let pa = ptrs[a.index()].add(bi * m * k);
                     let pb = ptrs[b.index()].add(bi * k * n);
                     let po = ptrs[out.index()].add(bi * m * n);
-                    kernels::gemm(m, n, k, po, n as isize, false, am(pa), bm(pb), true);
+                    let acc = update.is_some();
+                    kernels::gemm_scaled(m, n, k, po, n as isize, acc, scale, am(pa), bm(pb), true);
                 }
             }
         }

@@ -16,6 +16,10 @@
 //!    elements) is not stored at all: the reduction runs the loop run by run into a
 //!    scratch buffer in cache (batchnorm's `sum(dy * x̂)` reads `dy` and `x̂` once and
 //!    writes nothing but the result).
+//!    A group that is only `base − s·p`, `p` a matrix product read by nothing else and
+//!    `s` a scalar (SGD's `w − lr·g` for a weight gradient), is no loop at all: the GEMM
+//!    accumulates `−s·a·b` into `base`'s values ([`Update`]), so the gradient is never
+//!    stored and the weights are read and written once, in place when the plan allows.
 //! 4. **Schedule**: kernels in the order of their last node, which is topological.
 //! 5. **Memory**: every materialized value gets an offset in one arena, assigned once:
 //!    a value's space is reused after its last reader (best fit among freed blocks); a
@@ -26,7 +30,7 @@
 use std::collections::HashMap;
 
 use nabla_lang::check::ty::DType;
-use nabla_lang::ir::{Graph, Op, ValueId};
+use nabla_lang::ir::{Binary, Graph, Op, ValueId};
 
 use crate::fuse::{Access, Expr, Fused};
 
@@ -60,6 +64,9 @@ pub enum Kernel {
         m: usize,
         k: usize,
         n: usize,
+        /// `out = base − scale·(a @ b)` instead: an update such as SGD's `w − lr·g`,
+        /// accumulated by the GEMM into `base`'s values, so the product is never stored.
+        update: Option<Update>,
     },
     /// A native kernel computing node `node` from its args (as written: aliases keep
     /// their own shapes).
@@ -72,6 +79,21 @@ pub enum Kernel {
         func: usize,
         args: Vec<ValueId>,
     },
+}
+
+/// The epilogue of a matrix product that is only ever subtracted, scaled, from a value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Update {
+    /// The value the scaled product is subtracted from (read at the index it writes).
+    pub base: ValueId,
+    pub scale: Scale,
+}
+
+/// A scale known when compiling, or a rank-0 value read when the kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    Const(f32),
+    Value(ValueId),
 }
 
 /// The compiled form of a graph, independent of any run.
@@ -274,6 +296,7 @@ pub fn plan(g: &Graph) -> Plan {
     // Kernels, keyed by their last node.
     let mut at: Vec<Option<Kernel>> = vec![None; count];
     let mut fused = Vec::new();
+    let mut absorbed = vec![false; count];
     for members in groups.iter_mut() {
         members.sort();
         let Some(&last) = members.last() else {
@@ -281,6 +304,24 @@ pub fn plan(g: &Graph) -> Plan {
         };
         let (f, args) = fuse_group(g, members, &root, &is_output, &inlined);
         let n = g.node(last).numel();
+        if let Some((product, update)) = product_update(&f, &args).filter(|(pv, _)| {
+            matches!(g.node(*pv).op, Op::MatMul)
+                && !is_output[pv.index()]
+                && users[pv.index()]
+                    .iter()
+                    .all(|u| group[u.index()] == group[last.index()])
+        }) {
+            absorbed[product.index()] = true;
+            at[last.index()] = Some(matmul_kernel(
+                g,
+                product,
+                last,
+                &root,
+                &folded,
+                Some(update),
+            ));
+            continue;
+        }
         // A loop whose only use is one reduction runs inside it (see `Kernel::Reduced`).
         let reducer = match users[last.index()].as_slice() {
             [u] if f.stores.len() == 1 && !is_output[last.index()] && reducible(g, *u, &f) => {
@@ -313,6 +354,7 @@ pub fn plan(g: &Graph) -> Plan {
             || group[i].is_some()
             || folded[i]
             || inlined[i]
+            || absorbed[i]
             || at[i].is_some()
             || matches!(g.node(v).op, Op::Input { .. })
         {
@@ -326,25 +368,7 @@ pub fn plan(g: &Graph) -> Plan {
             continue; // an immediate in every loop that uses it
         }
         at[i] = Some(match n.op {
-            Op::MatMul => {
-                let (a, b) = (r(n.args[0]), r(n.args[1]));
-                let fa = swapped(g, a).filter(|_| folded[a.index()]).map(r);
-                let fb = swapped(g, b).filter(|_| folded[b.index()]).map(r);
-                let (rank, an) = (n.shape.len(), g.node(n.args[0]));
-                let k = an.shape[an.shape.len() - 1];
-                let batch = n.shape[..rank - 2].iter().product();
-                Kernel::MatMul {
-                    a: fa.unwrap_or(a),
-                    b: fb.unwrap_or(b),
-                    out: v,
-                    ta: fa.is_some(),
-                    tb: fb.is_some(),
-                    batch,
-                    m: n.shape[rank - 2],
-                    k,
-                    n: n.shape[rank - 1],
-                }
-            }
+            Op::MatMul => matmul_kernel(g, v, v, &root, &folded, None),
             _ => Kernel::Node {
                 node: v,
                 args: n.args.clone(),
@@ -375,6 +399,62 @@ pub fn plan(g: &Graph) -> Plan {
     };
     allocate(g, &mut p);
     p
+}
+
+/// The GEMM of matmul node `v`, writing `out` (`v` itself, or the update it feeds).
+fn matmul_kernel(
+    g: &Graph,
+    v: ValueId,
+    out: ValueId,
+    root: &[ValueId],
+    folded: &[bool],
+    update: Option<Update>,
+) -> Kernel {
+    let r = |v: ValueId| root[v.index()];
+    let n = g.node(v);
+    let (a, b) = (r(n.args[0]), r(n.args[1]));
+    let fa = swapped(g, a).filter(|_| folded[a.index()]).map(r);
+    let fb = swapped(g, b).filter(|_| folded[b.index()]).map(r);
+    let (rank, an) = (n.shape.len(), g.node(n.args[0]));
+    Kernel::MatMul {
+        a: fa.unwrap_or(a),
+        b: fb.unwrap_or(b),
+        out,
+        ta: fa.is_some(),
+        tb: fb.is_some(),
+        batch: n.shape[..rank - 2].iter().product(),
+        m: n.shape[rank - 2],
+        k: an.shape[an.shape.len() - 1],
+        n: n.shape[rank - 1],
+        update,
+    }
+}
+
+/// When fused loop `f` (with pointer arguments `args`) stores only `base − s·p` or
+/// `base − p·s`, with `base` and `p` read linearly and `s` a scalar: `p` and the update.
+fn product_update(f: &Fused, args: &[ValueId]) -> Option<(ValueId, Update)> {
+    let [store] = f.stores[..] else { return None };
+    let Expr::Binary(Binary::Sub, base, step) = f.exprs[store] else {
+        return None;
+    };
+    let Expr::Binary(Binary::Mul, x, y) = f.exprs[step] else {
+        return None;
+    };
+    let linear = |e: usize| match f.exprs[e] {
+        Expr::Leaf(k) if f.leaves[k] == Access::Linear => Some(args[k]),
+        _ => None,
+    };
+    let scale = |e: usize| match f.exprs[e] {
+        Expr::Const(c) => Some(Scale::Const(c)),
+        Expr::Leaf(k) if f.leaves[k] == Access::Scalar => Some(Scale::Value(args[k])),
+        _ => None,
+    };
+    let (product, s) = match (linear(x), scale(y)) {
+        (Some(p), Some(s)) => (p, s),
+        _ => (linear(y)?, scale(x)?),
+    };
+    let base = linear(base)?;
+    (base != product).then_some((product, Update { base, scale: s }))
 }
 
 /// The fused program of a group and its pointer arguments (leaves, then stores).
@@ -545,6 +625,7 @@ pub fn describe(g: &Graph, p: &Plan, k: &Kernel) -> String {
             m,
             k,
             n,
+            update,
             ..
         } => {
             let b = if *batch > 1 {
@@ -552,7 +633,12 @@ pub fn describe(g: &Graph, p: &Plan, k: &Kernel) -> String {
             } else {
                 String::new()
             };
-            format!("matmul {b}{m}×{k}{} · {k}×{n}{}", t(*ta), t(*tb))
+            let into = if update.is_some() {
+                ", subtracted from its base in place"
+            } else {
+                ""
+            };
+            format!("matmul {b}{m}×{k}{} · {k}×{n}{}{into}", t(*ta), t(*tb))
         }
         Kernel::Node { node, args } => {
             let shapes: Vec<String> = args
@@ -594,7 +680,17 @@ fn reads(p: &Plan, k: &Kernel) -> Vec<(ValueId, bool)> {
                 .map(|(a, v)| (*v, *a == Access::Linear))
                 .collect()
         }
-        Kernel::MatMul { a, b, .. } => vec![(*a, false), (*b, false)],
+        Kernel::MatMul { a, b, update, .. } => {
+            let mut r = vec![(*a, false), (*b, false)];
+            if let Some(u) = update {
+                // The base is read at the index the product's element is written.
+                r.push((u.base, true));
+                if let Scale::Value(s) = u.scale {
+                    r.push((s, false));
+                }
+            }
+            r
+        }
         Kernel::Node { args, .. } => args.iter().map(|a| (p.root[a.index()], false)).collect(),
         Kernel::Reduced { args, .. } => args.iter().map(|a| (*a, false)).collect(),
     }
@@ -655,7 +751,16 @@ fn allocate(g: &Graph, p: &mut Plan) {
             reads(p, kernel).iter().all(|(rv, linear)| {
                 *rv != input
                     || k < w
-                    || (k == w && *linear && matches!(kernel, Kernel::Fused { .. }))
+                    || (k == w
+                        && *linear
+                        && matches!(
+                            kernel,
+                            Kernel::Fused { .. }
+                                | Kernel::MatMul {
+                                    update: Some(_),
+                                    ..
+                                }
+                        ))
             })
         });
         if safe {

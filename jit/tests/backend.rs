@@ -227,6 +227,48 @@ fn reductions_of_fused_loops_are_not_stored() {
     assert!(reduced >= 16, "{reduced} fused reductions");
 }
 
+/// Plain SGD's `w − lr·g` of a dense layer is accumulated by the weight gradient's GEMM
+/// into the weights, in place: the gradient is never stored and no loop runs over it (the
+/// train-step cases above check the values).
+#[test]
+fn sgd_updates_are_accumulated_by_the_gradient_gemm() {
+    let c = checked("examples/mnist_mlp.net");
+    let step = nabla_lang::step::train_step(
+        &c.program,
+        "MnistMlp",
+        8,
+        "softmax_cross_entropy",
+        &Optimizer::sgd(),
+        None,
+    )
+    .expect("step");
+    let plan = nabla_jit::plan::plan(&step.graph);
+    let updates = plan
+        .kernels
+        .iter()
+        .filter(|k| {
+            matches!(
+                k,
+                nabla_jit::plan::Kernel::MatMul {
+                    update: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(updates, 3, "one per dense weight");
+    let weights_in_place = plan
+        .outputs
+        .iter()
+        .zip(&plan.in_place)
+        .filter(|((_, target), in_place)| target.is_some() && **in_place)
+        .count();
+    assert_eq!(
+        weights_in_place, 6,
+        "weights and biases are all updated in place"
+    );
+}
+
 /// Pooling windows that tile the plane take a fast path, also when the last row and
 /// column are left over (7×7 → 3×3); a stride-1 convolution's input gradient is computed
 /// as a convolution. Both against the interpreter, forward and backward.

@@ -121,14 +121,22 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool) -> String {
         Severity::Note => ReportKind::Advice,
     };
     let name = |s: Span| sources.name(s.file).to_string();
+    // Spans are byte offsets; ariadne gets character offsets, because with byte offsets
+    // it places the header of a second file's snippet wrongly after non-ASCII text
+    // (`<std.rules>:56:28` for a rule at 57:6).
     let clamp = |s: Span| {
-        let len = sources.text(s.file).len();
-        s.start.min(len)..s.end.min(len).max(s.start.min(len))
+        let text = sources.text(s.file);
+        let chars = |b: usize| {
+            let b = b.min(text.len());
+            text.char_indices().take_while(|(i, _)| *i < b).count()
+        };
+        let start = chars(s.start);
+        start..chars(s.end).max(start)
     };
     let mut report = Report::build(kind, (name(primary), clamp(primary)))
         .with_config(
             Config::default()
-                .with_index_type(IndexType::Byte)
+                .with_index_type(IndexType::Char)
                 .with_color(color),
         )
         .with_code(d.code)
