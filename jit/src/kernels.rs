@@ -559,6 +559,12 @@ fn max_pool_grad_tiled(s: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
                 for r in 0..k {
                     dxp[(oy * k + r) * s.w..][s.ow * k..s.w].fill(0.0);
                 }
+                if k == 2 {
+                    let (top, bottom) = dxp[2 * oy * s.w..][..2 * s.w].split_at_mut(s.w);
+                    let rows = (&xp[2 * oy * s.w..][..s.w], &xp[(2 * oy + 1) * s.w..][..s.w]);
+                    pool_grad_row_2x2(rows, &dyp[oy * s.ow..][..s.ow], top, bottom);
+                    continue;
+                }
                 for ox in 0..s.ow {
                     let mut best = (0, 0, f32::NEG_INFINITY);
                     for ky in 0..k {
@@ -574,6 +580,24 @@ fn max_pool_grad_tiled(s: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
                 }
             }
         });
+}
+
+/// One row of 2×2 windows of [`max_pool_grad_tiled`], without branches: the first of the
+/// four that is strictly largest so far (as the general loop) takes `dy`.
+fn pool_grad_row_2x2(x: (&[f32], &[f32]), dy: &[f32], top: &mut [f32], bottom: &mut [f32]) {
+    let pairs = x.0.chunks_exact(2).zip(x.1.chunks_exact(2));
+    let outs = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
+    for (((r0, r1), (t, u)), g) in pairs.zip(outs).zip(dy) {
+        let b_wins = r0[1] > r0[0];
+        let m = if b_wins { r0[1] } else { r0[0] };
+        let c_wins = r1[0] > m;
+        let d_wins = r1[1] > if c_wins { r1[0] } else { m };
+        let take = |hit: bool| if hit { *g } else { 0.0 };
+        t[0] = take(!d_wins && !c_wins && !b_wins);
+        t[1] = take(!d_wins && !c_wins && b_wins);
+        u[0] = take(!d_wins && c_wins);
+        u[1] = take(d_wins);
+    }
 }
 
 /// The gradient of max pooling: each window's first maximum takes its output gradient.
