@@ -79,6 +79,24 @@ fn incomplete(text: &str) -> bool {
     depth > 0 || in_str
 }
 
+/// Renders `d` with the input that starts at byte `offset` of the session's text as its
+/// own file, `<input>`, so line numbers count from the input's first line; spans in
+/// earlier inputs keep the session's numbering under `<repl>`.
+fn render_input(offset: usize, checked: &Checked, d: &nabla_lang::Diagnostic) -> String {
+    let mut sources = checked.program.sources.clone();
+    let session = nabla_lang::FileId(0);
+    let rest = sources.text(session).get(offset..).unwrap_or_default().to_string();
+    let input = sources.add("<input>", rest);
+    let mut d = d.clone();
+    for l in &mut d.labels {
+        if l.span.file == session && l.span.start >= offset {
+            l.span = nabla_lang::Span::new(input, l.span.start - offset, l.span.end - offset);
+        }
+    }
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    nabla_lang::diag::render(&d, &sources, color)
+}
+
 fn top_level_statements(c: &Checked) -> usize {
     c.program
         .modules
@@ -116,6 +134,10 @@ impl Session {
         s
     }
 
+    fn render(&self, checked: &Checked, d: &nabla_lang::Diagnostic) -> String {
+        render_input(self.text.len(), checked, d)
+    }
+
     /// Checks the session with `input` after it; errors are printed and give `Err`.
     fn check(&self, input: &str) -> Result<Checked, ()> {
         let text = format!("{}{input}\n", self.text);
@@ -128,7 +150,7 @@ impl Session {
                 .span()
                 .is_none_or(|s| s.file != nabla_lang::FileId(0) || s.end > offset);
             if new {
-                eprint!("{}", crate::render_diag(&checked, d));
+                eprint!("{}", self.render(&checked, d));
             }
             failed |= d.is_error();
         }
@@ -174,13 +196,14 @@ impl Session {
             Ok(p) => p,
             Err(ds) => {
                 for d in &ds {
-                    eprint!("{}", crate::render_diag(&checked, d));
+                    eprint!("{}", self.render(&checked, d));
                 }
                 return;
             }
         };
+        let offset = self.text.len();
         let result = Runtime::new(&checked.program, &prog, &self.backend, self.options.clone())
-            .map_err(|d| crate::render_diag(&checked, &d))
+            .map_err(|d| render_input(offset, &checked, &d))
             .and_then(|mut rt| {
                 let compiled = nabla_jit::host::compile(&prog, &mut self.heap)?;
                 compiled
@@ -193,7 +216,7 @@ impl Session {
                         for s in &e.trace {
                             d = d.secondary(*s, "called from here");
                         }
-                        crate::render_diag(&checked, &d)
+                        render_input(offset, &checked, &d)
                     })
             });
         match result {
@@ -246,7 +269,7 @@ impl Session {
             }
             Err(ds) => ds
                 .iter()
-                .for_each(|d| eprint!("{}", crate::render_diag(&checked, d))),
+                .for_each(|d| eprint!("{}", self.render(&checked, d))),
         }
     }
 
@@ -290,7 +313,7 @@ impl Session {
                             nabla_lang::ir::Mode::Train,
                             None,
                         )
-                        .map_err(|d| crate::render_diag(&c, &d))
+                        .map_err(|d| self.render(&c, &d))
                     }) {
                         Ok(l) => print!("{}", nabla_lang::ir::print_graph(&l.graph)),
                         Err(e) => crate::print_error(&e),

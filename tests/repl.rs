@@ -61,7 +61,9 @@ fn errors_show_their_span_and_the_session_goes_on() {
     );
     assert!(
         err.contains("[E0101] Error: cannot find `undefined_name`")
-            && err.contains("print(undefined_name)"),
+            && err.contains("print(undefined_name)")
+            // Lines count from the input's own first line, not the session's.
+            && err.contains("<input>:1:7"),
         "{err}"
     );
     assert!(
