@@ -85,7 +85,11 @@ fn incomplete(text: &str) -> bool {
 fn render_input(offset: usize, checked: &Checked, d: &nabla_lang::Diagnostic) -> String {
     let mut sources = checked.program.sources.clone();
     let session = nabla_lang::FileId(0);
-    let rest = sources.text(session).get(offset..).unwrap_or_default().to_string();
+    let rest = sources
+        .text(session)
+        .get(offset..)
+        .unwrap_or_default()
+        .to_string();
     let input = sources.add("<input>", rest);
     let mut d = d.clone();
     for l in &mut d.labels {
@@ -343,7 +347,9 @@ impl Session {
         if t.starts_with(':') {
             return self.command(t);
         }
-        self.eval(text);
+        // One line break per input in the session text (the stdin reader keeps its own),
+        // so an earlier input's `<repl>` line numbers count as the user typed them.
+        self.eval(text.trim_end());
         true
     }
 }
