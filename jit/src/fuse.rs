@@ -5,8 +5,11 @@
 //! broadcast `(i / inner) % len`), expressions over them, and the expressions stored to
 //! outputs. It compiles to `fn(ptrs: *const *mut f32, start: usize, end: usize)` looping
 //! over `start..end`: four lanes at a time with `f32x4` (and `fma` where the host has it:
-//! a multiply feeding only an add is fused), then a scalar tail. Transcendental functions
-//! are calls into Rust, so a program that uses one runs in the scalar loop.
+//! a multiply feeding only an add is fused), then a scalar tail. `exp`, `sigmoid` and
+//! `tanh` are emitted inline as polynomials (Cephes' single-precision ones, within 2 ulp;
+//! the same code in both loops, so a value does not depend on its lane); the other
+//! transcendental functions are calls into Rust, so a program that uses one of them runs
+//! in the scalar loop.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -73,16 +76,8 @@ impl Fused {
         self.exprs.iter().any(|e| {
             matches!(
                 e,
-                Expr::Unary(
-                    Unary::Exp
-                        | Unary::Log
-                        | Unary::Tanh
-                        | Unary::Sigmoid
-                        | Unary::Erf
-                        | Unary::Sin
-                        | Unary::Cos,
-                    _
-                ) | Expr::Binary(Binary::Pow, _, _)
+                Expr::Unary(Unary::Log | Unary::Erf | Unary::Sin | Unary::Cos, _)
+                    | Expr::Binary(Binary::Pow, _, _)
             )
         })
     }
@@ -95,17 +90,8 @@ impl Fused {
 /// A compiled fused loop.
 pub type LoopFn = unsafe extern "C" fn(*const *mut f32, usize, usize);
 
-extern "C" fn nb_exp(x: f32) -> f32 {
-    x.exp()
-}
 extern "C" fn nb_log(x: f32) -> f32 {
     x.ln()
-}
-extern "C" fn nb_tanh(x: f32) -> f32 {
-    x.tanh()
-}
-extern "C" fn nb_sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 extern "C" fn nb_erf(x: f32) -> f32 {
     libm::erff(x)
@@ -120,11 +106,8 @@ extern "C" fn nb_pow(x: f32, y: f32) -> f32 {
     x.powf(y)
 }
 
-const CALLS: [(&str, Unary); 7] = [
-    ("nb_exp", Unary::Exp),
+const CALLS: [(&str, Unary); 4] = [
     ("nb_log", Unary::Log),
-    ("nb_tanh", Unary::Tanh),
-    ("nb_sigmoid", Unary::Sigmoid),
     ("nb_erf", Unary::Erf),
     ("nb_sin", Unary::Sin),
     ("nb_cos", Unary::Cos),
@@ -140,8 +123,8 @@ pub struct Jit {
     pending: Vec<FuncId>,
 }
 
-fn jit_error(e: impl std::fmt::Display) -> String {
-    format!("the CPU backend could not compile a fused loop: {e}")
+fn jit_error(e: impl std::fmt::Debug) -> String {
+    format!("the CPU backend could not compile a fused loop: {e:?}")
 }
 
 /// A JIT builder for this machine's ISA (native features such as FMA on), optimizing for
@@ -168,11 +151,8 @@ pub(crate) fn native_builder() -> Result<JITBuilder, String> {
 impl Jit {
     pub fn new() -> Result<Jit, String> {
         let mut jb = native_builder().map_err(jit_error)?;
-        let fns: [(&str, *const u8); 8] = [
-            ("nb_exp", nb_exp as *const u8),
+        let fns: [(&str, *const u8); 5] = [
             ("nb_log", nb_log as *const u8),
-            ("nb_tanh", nb_tanh as *const u8),
-            ("nb_sigmoid", nb_sigmoid as *const u8),
             ("nb_erf", nb_erf as *const u8),
             ("nb_sin", nb_sin as *const u8),
             ("nb_cos", nb_cos as *const u8),
@@ -440,6 +420,16 @@ fn body(
                         b.ins().fdiv(one, r)
                     }
                     Unary::Abs => b.ins().fabs(x),
+                    Unary::Exp => exp(b, x),
+                    Unary::Sigmoid => {
+                        // 1 / (1 + e^-x): e^-x = inf gives 0, e^-x = 0 gives 1.
+                        let m = b.ins().fneg(x);
+                        let e = exp(b, m);
+                        let one = konst(b, 1.0);
+                        let d = b.ins().fadd(one, e);
+                        b.ins().fdiv(one, d)
+                    }
+                    Unary::Tanh => tanh(b, x),
                     Unary::Sign => {
                         let z = konst(b, 0.0);
                         let gt = b.ins().fcmp(FloatCC::GreaterThan, x, z);
@@ -530,4 +520,236 @@ fn feeds_add(f: &Fused, k: usize) -> bool {
     f.exprs
         .iter()
         .any(|e| matches!(*e, Expr::Binary(Binary::Add, a, c) if a == k || c == k))
+}
+
+/// A constant of `x`'s type (a float or an int; splatted for vectors).
+fn splat_const(b: &mut FunctionBuilder, ty: Type, c: f32) -> Value {
+    let s = b.ins().f32const(c);
+    if ty.is_vector() {
+        b.ins().splat(ty, s)
+    } else {
+        s
+    }
+}
+
+fn splat_int(b: &mut FunctionBuilder, ty: Type, c: i32) -> Value {
+    let s = b.ins().iconst(types::I32, i64::from(c));
+    if ty.is_vector() {
+        b.ins().splat(ty, s)
+    } else {
+        s
+    }
+}
+
+/// Reinterprets the bits of `x` as type `ty` (lane by lane for vectors).
+fn bits(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    b.ins().bitcast(
+        ty,
+        MemFlagsData::new().with_endianness(Endianness::Little),
+        x,
+    )
+}
+
+/// `e^x` for an `f32` or `f32x4` `x`, Cephes' `expf`: `x = n·ln 2 + r` with `|r| ≤ ln2/2`
+/// (ln 2 split in two so `n·C1` is exact), `e^r` by a degree-7 polynomial, times `2^n`
+/// built in the exponent bits, in two halves so that `2^n` stays normal over the whole
+/// clamped range: below −104 the result is 0, above 89 it is inf, NaN stays NaN (`fmin`
+/// and `fmax` propagate it).
+fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
+    let ty = b.func.dfg.value_type(x);
+    let ity = if ty.is_vector() {
+        types::I32X4
+    } else {
+        types::I32
+    };
+    let c = |b: &mut FunctionBuilder, v: f32| splat_const(b, ty, v);
+    let (lo, hi) = (c(b, -104.0), c(b, 89.0));
+    let x = b.ins().fmax(x, lo);
+    let x = b.ins().fmin(x, hi);
+    // n = round(x·log2 e): adding 1.5·2^23 rounds to an integer held in the low bits.
+    let log2e = c(b, std::f32::consts::LOG2_E);
+    let t = b.ins().fmul(x, log2e);
+    let magic = c(b, 12_582_912.0);
+    let shifted = b.ins().fadd(t, magic);
+    let nf = b.ins().fsub(shifted, magic);
+    let magic_bits = splat_int(b, ity, 0x4B40_0000);
+    let sb = bits(b, ity, shifted);
+    let n = b.ins().isub(sb, magic_bits);
+    let (c1, c2) = (c(b, 0.693_359_4), c(b, -2.121_944_4e-4));
+    let p1 = b.ins().fmul(nf, c1);
+    let r = b.ins().fsub(x, p1);
+    let p2 = b.ins().fmul(nf, c2);
+    let r = b.ins().fsub(r, p2);
+    let coeffs = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ];
+    let mut y = c(b, coeffs[0]);
+    for k in &coeffs[1..] {
+        let m = b.ins().fmul(y, r);
+        let kc = c(b, *k);
+        y = b.ins().fadd(m, kc);
+    }
+    let r2 = b.ins().fmul(r, r);
+    let y = b.ins().fmul(y, r2);
+    let y = b.ins().fadd(y, r);
+    let one = c(b, 1.0);
+    let y = b.ins().fadd(y, one);
+    // 2^n = 2^n1 · 2^n2 with n1 = n >> 1: each factor's exponent stays in [−75, 64].
+    // Shift amounts are scalars, for vectors too.
+    let one_i = b.ins().iconst(types::I32, 1);
+    let n1 = b.ins().sshr(n, one_i);
+    let n2 = b.ins().isub(n, n1);
+    let (bias, shift) = (splat_int(b, ity, 127), b.ins().iconst(types::I32, 23));
+    let mut out = y;
+    for h in [n1, n2] {
+        let e = b.ins().iadd(h, bias);
+        let e = b.ins().ishl(e, shift);
+        let scale = bits(b, ty, e);
+        out = b.ins().fmul(out, scale);
+    }
+    out
+}
+
+/// `tanh x`, Cephes' `tanhf`: `x + x³·P(x²)` below |x| = 0.625, where `1 − 2/(e^2|x| + 1)`
+/// would cancel, else that with the sign of `x`.
+fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
+    let ty = b.func.dfg.value_type(x);
+    let c = |b: &mut FunctionBuilder, v: f32| splat_const(b, ty, v);
+    let a = b.ins().fabs(x);
+    let two = c(b, 2.0);
+    let a2 = b.ins().fmul(a, two);
+    let e = exp(b, a2);
+    let one = c(b, 1.0);
+    let d = b.ins().fadd(e, one);
+    let q = b.ins().fdiv(two, d);
+    let big = b.ins().fsub(one, q);
+    let big = if ty.is_vector() {
+        // No vector fcopysign on x64: take the sign bit of x with a mask.
+        let sign = splat_int(b, types::I32X4, i32::MIN);
+        let sign = bits(b, ty, sign);
+        b.ins().bitselect(sign, x, big)
+    } else {
+        b.ins().fcopysign(big, x)
+    };
+    let z = b.ins().fmul(x, x);
+    let coeffs = [
+        -5.704_988_7e-3,
+        2.063_908_9e-2,
+        -5.373_971_6e-2,
+        1.333_144_2e-1,
+        -3.333_328_2e-1,
+    ];
+    let mut y = c(b, coeffs[0]);
+    for k in &coeffs[1..] {
+        let m = b.ins().fmul(y, z);
+        let kc = c(b, *k);
+        y = b.ins().fadd(m, kc);
+    }
+    let y = b.ins().fmul(y, z);
+    let y = b.ins().fmul(y, x);
+    let small = b.ins().fadd(y, x);
+    let limit = c(b, 0.625);
+    let is_small = b.ins().fcmp(FloatCC::LessThan, a, limit);
+    if ty.is_vector() {
+        let m = bits(b, ty, is_small);
+        b.ins().bitselect(m, small, big)
+    } else {
+        b.ins().select(is_small, small, big)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `u` over `xs` through a compiled loop (vector lanes and scalar tail), and the worst
+    /// error against f64 in units of the f32 spacing at the exact value (ulps).
+    /// `exact` is `None` where the value is not compared.
+    fn worst_ulps(u: Unary, xs: &[f32], exact: impl Fn(f64) -> Option<f64>) -> f64 {
+        let f = Fused {
+            leaves: vec![Access::Linear],
+            exprs: vec![Expr::Leaf(0), Expr::Unary(u, 0)],
+            stores: vec![1],
+        };
+        assert!(f.vectorizes());
+        let mut jit = Jit::new().unwrap();
+        jit.add(&f).unwrap();
+        let run = jit.finish().unwrap()[0];
+        let mut out = vec![0.0f32; xs.len()];
+        let ptrs = [xs.as_ptr() as *mut f32, out.as_mut_ptr()];
+        // SAFETY: one leaf and one output of xs.len() elements.
+        unsafe { run(ptrs.as_ptr(), 0, xs.len()) };
+        let mut worst = 0.0f64;
+        for (x, y) in xs.iter().zip(&out) {
+            let Some(e) = exact(f64::from(*x)) else {
+                continue;
+            };
+            if e.is_nan() {
+                assert!(y.is_nan(), "{u:?}({x}) = {y}, expected NaN");
+                continue;
+            }
+            let want = e as f32;
+            if want.is_infinite() || want == 0.0 {
+                assert_eq!(*y, want, "{u:?}({x})");
+                continue;
+            }
+            let ulp = f64::from(f32::from_bits(want.abs().to_bits() + 1) - want.abs());
+            worst = worst.max((f64::from(*y) - e).abs() / ulp);
+        }
+        worst
+    }
+
+    /// Inputs over the whole range, with the edges of exp's clamping, of tanh's two
+    /// branches, and 1003 elements so the scalar tail runs too.
+    fn inputs() -> Vec<f32> {
+        let mut xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.05).collect();
+        xs.extend((0..400).map(|i| (i as f32 - 200.0) * 0.9));
+        xs.extend([
+            -1e-7,
+            1e-7,
+            0.0,
+            -0.0,
+            0.6249,
+            0.625,
+            -0.625,
+            88.7,
+            88.8,
+            89.5,
+            -87.3,
+            -103.0,
+            -104.5,
+            1e30,
+            -1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1e-3,
+            2e-38,
+        ]);
+        xs.extend([0.3, -0.7, 5.0]);
+        xs
+    }
+
+    #[test]
+    fn inline_transcendentals_are_within_two_ulps() {
+        let xs = inputs();
+        // Denormal results lose relative precision by definition (and are flushed to 0
+        // where e^x overflows inside sigmoid); compare those above the smallest normal.
+        let exp = worst_ulps(Unary::Exp, &xs, |x| {
+            let e = x.exp();
+            (e == 0.0 || e >= f64::from(f32::MIN_POSITIVE)).then_some(e)
+        });
+        let sigmoid = worst_ulps(Unary::Sigmoid, &xs, |x| {
+            let e = 1.0 / (1.0 + (-x).exp());
+            (e == 0.0 || e >= f64::from(f32::MIN_POSITIVE)).then_some(e)
+        });
+        let tanh = worst_ulps(Unary::Tanh, &xs, |x| Some(x.tanh()));
+        eprintln!("exp {exp:.2} ulp, sigmoid {sigmoid:.2} ulp, tanh {tanh:.2} ulp");
+        assert!(exp <= 2.0 && sigmoid <= 2.0 && tanh <= 2.0);
+    }
 }
