@@ -586,7 +586,7 @@ fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        0.5,
     ];
     let mut y = c(b, coeffs[0]);
     for k in &coeffs[1..] {
@@ -639,10 +639,10 @@ fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
     let z = b.ins().fmul(x, x);
     let coeffs = [
         -5.704_988_7e-3,
-        2.063_908_9e-2,
+        2.063_909e-2,
         -5.373_971_6e-2,
         1.333_144_2e-1,
-        -3.333_328_2e-1,
+        -3.333_328e-1,
     ];
     let mut y = c(b, coeffs[0]);
     for k in &coeffs[1..] {
