@@ -677,9 +677,9 @@ mod tests {
             stores: vec![1],
         };
         assert!(f.vectorizes());
-        let mut jit = Jit::new().unwrap();
-        jit.add(&f).unwrap();
-        let run = jit.finish().unwrap()[0];
+        let mut jit = Jit::new().expect("a JIT for this machine");
+        jit.add(&f).expect("the loop compiles");
+        let run = jit.finish().expect("the loop links")[0];
         let mut out = vec![0.0f32; xs.len()];
         let ptrs = [xs.as_ptr() as *mut f32, out.as_mut_ptr()];
         // SAFETY: one leaf and one output of xs.len() elements.
