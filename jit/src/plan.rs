@@ -12,6 +12,9 @@
 //!    read through its pattern by each of them instead of being stored (when the
 //!    pattern reads four lanes at once). Each group is one Cranelift loop whose stores
 //!    are its root and any member that is a graph output. Constants are immediates.
+//!    A cheap node whose users are loops of several groups, and which reads at most one
+//!    full-size tensor, is recomputed in each of them instead of stored ([`recomputable`]:
+//!    batchnorm's `x − μ` and `x̂`).
 //!    A group whose only use is one sum or max (over runs of at least 16 contiguous
 //!    elements) is not stored at all: the reduction runs the loop run by run into a
 //!    scratch buffer in cache (batchnorm's `sum(dy * x̂)` reads `dy` and `x̂` once and
@@ -201,6 +204,46 @@ fn reducible(g: &Graph, u: ValueId, f: &Fused) -> bool {
     run >= MIN_RUN && aligned
 }
 
+/// Whether elementwise node `v` is recomputed inside every loop that uses it rather than
+/// stored once: when it is cheap (no transcendental function) and reads at most one
+/// full-size tensor (others are scalars, constants or broadcasts read through their
+/// pattern), each loop reads that tensor instead of the stored value, the same bytes,
+/// and the store and its own pass are saved. Batchnorm's `x − μ` and `x̂` are such
+/// values: read by the variance, the output and three backward passes.
+fn recomputable(g: &Graph, v: ValueId, root: &[ValueId]) -> bool {
+    use nabla_lang::ir::Unary;
+    let n = g.node(v);
+    let cheap = match n.op {
+        Op::Unary(u) => !matches!(
+            u,
+            Unary::Exp
+                | Unary::Log
+                | Unary::Tanh
+                | Unary::Sigmoid
+                | Unary::Erf
+                | Unary::Sin
+                | Unary::Cos
+        ),
+        Op::Binary(b) => b != Binary::Pow,
+        Op::Compare(_) | Op::Select | Op::Cast => true,
+        _ => false,
+    };
+    let streams = n
+        .args
+        .iter()
+        .filter(|a| {
+            let a = g.node(root[a.index()]);
+            match a.op {
+                Op::Const(_) => false,
+                Op::Broadcast => broadcast_access(&g.node(a.args[0]).shape, &a.shape)
+                    .is_none_or(|acc| !acc.vectorizes()),
+                _ => a.numel() == n.numel(),
+            }
+        })
+        .count();
+    cheap && streams <= 1
+}
+
 fn fusible(g: &Graph, v: ValueId) -> bool {
     let n = g.node(v);
     match n.op {
@@ -248,8 +291,9 @@ pub fn plan(g: &Graph) -> Plan {
             folded[i] = true;
         }
     }
-    // Fusion groups, in reverse order.
-    let mut group: Vec<Option<usize>> = vec![None; count];
+    // Fusion groups, in reverse order. A node is in one group, or in several when it is
+    // recomputed by each (see `recomputable`).
+    let mut group: Vec<Vec<usize>> = vec![Vec::new(); count];
     let mut inlined = vec![false; count];
     let mut groups: Vec<Vec<ValueId>> = Vec::new();
     for i in (0..count).rev() {
@@ -267,7 +311,7 @@ pub fn plan(g: &Graph) -> Plan {
             && !is_output[i]
             && !us.is_empty()
             && us.iter().all(|u| {
-                group[u.index()].is_some()
+                !group[u.index()].is_empty()
                     && !matches!(g.node(*u).op, Op::Broadcast)
                     && g.node(*u).numel() == g.node(v).numel()
             })
@@ -275,22 +319,28 @@ pub fn plan(g: &Graph) -> Plan {
             inlined[i] = true;
             continue;
         }
-        let target = us.first().and_then(|u| group[u.index()]).filter(|gid| {
-            us.iter().all(|u| {
-                group[u.index()] == Some(*gid)
+        let all_in_loops = !us.is_empty()
+            && us.iter().all(|u| {
+                !group[u.index()].is_empty()
                     && !matches!(g.node(*u).op, Op::Broadcast)
                     && g.node(*u).numel() == g.node(v).numel()
-            })
-        });
-        match target {
-            Some(gid) => {
-                group[i] = Some(gid);
-                groups[gid].push(v);
+            });
+        let mut targets: Vec<usize> = us
+            .iter()
+            .flat_map(|u| group[u.index()].iter().copied())
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let join =
+            all_in_loops && (targets.len() == 1 || (!is_output[i] && recomputable(g, v, &root)));
+        if join {
+            for gid in &targets {
+                groups[*gid].push(v);
             }
-            None => {
-                group[i] = Some(groups.len());
-                groups.push(vec![v]);
-            }
+            group[i] = targets;
+        } else {
+            group[i] = vec![groups.len()];
+            groups.push(vec![v]);
         }
     }
     // Kernels, keyed by their last node.
@@ -351,7 +401,7 @@ pub fn plan(g: &Graph) -> Plan {
     for i in 0..count {
         let v = ValueId(i as u32);
         if root[i] != v
-            || group[i].is_some()
+            || !group[i].is_empty()
             || folded[i]
             || inlined[i]
             || absorbed[i]
@@ -363,7 +413,7 @@ pub fn plan(g: &Graph) -> Plan {
         let n = g.node(v);
         if matches!(n.op, Op::Const(_))
             && !is_output[i]
-            && users[i].iter().all(|u| group[u.index()].is_some())
+            && users[i].iter().all(|u| !group[u.index()].is_empty())
         {
             continue; // an immediate in every loop that uses it
         }
