@@ -13,7 +13,7 @@
 //!    pattern reads four lanes at once). Each group is one Cranelift loop whose stores
 //!    are its root and any member that is a graph output. Constants are immediates.
 //!    A cheap node whose users are loops of several groups, and which reads at most one
-//!    full-size tensor, is recomputed in each of them instead of stored ([`recomputable`]:
+//!    full-size tensor, is recomputed in each of them instead of stored (`recomputable`:
 //!    batchnorm's `x − μ` and `x̂`).
 //!    A group whose only use is one sum or max (over runs of at least 16 contiguous
 //!    elements) is not stored at all: the reduction runs the loop run by run into a
