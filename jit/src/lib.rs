@@ -14,6 +14,7 @@ pub mod fuse;
 pub mod host;
 pub mod kernels;
 pub mod plan;
+pub mod winograd;
 
 use std::sync::{Arc, Mutex};
 
