@@ -815,34 +815,44 @@ fn collapse(shape: &[usize], axes: &[usize]) -> Vec<(usize, bool)> {
 /// Sum or max of `x` (shape `shape`) over `axes` into `out` (the kept dims in order).
 /// Sums accumulate in f64.
 pub fn reduce(x: &[f32], shape: &[usize], axes: &[usize], op: Reduce, out: &mut [f32]) {
-    reduce_from(&Source::Slice(x), shape, axes, op, out);
+    reduce_from(&Source::Slice(x), shape, axes, op, &mut [out]);
 }
 
 /// Where a reduction reads its input.
 pub enum Source<'a> {
     /// A materialized tensor.
     Slice(&'a [f32]),
-    /// A fused loop computing the input at any index, and its leaf pointers (the loop's
-    /// one store pointer is supplied per run).
-    Loop(crate::fuse::LoopFn, &'a [*mut f32]),
+    /// A fused loop computing the inputs of `count` reductions (its stores, in order) at
+    /// any index, and its leaf pointers (the store pointers are supplied per run).
+    Loop(crate::fuse::LoopFn, &'a [*mut f32], usize),
 }
 
 // SAFETY: the loop is immutable code and its leaves are only read, by any thread.
 unsafe impl Sync for Source<'_> {}
 
 impl Source<'_> {
-    /// Elements `start..start + len` of the input, computed into `scratch` if need be.
+    /// How many reductions read this source.
+    fn count(&self) -> usize {
+        match self {
+            Source::Slice(_) => 1,
+            Source::Loop(_, _, count) => *count,
+        }
+    }
+
+    /// Elements `start..start + len` of each input, one after the other, computed into
+    /// `scratch` if need be.
     fn run<'s>(&'s self, start: usize, len: usize, scratch: &'s mut Scratch) -> &'s [f32] {
         match self {
             Source::Slice(x) => &x[start..][..len],
-            Source::Loop(f, leaves) => {
-                scratch.values.resize(len, 0.0);
+            Source::Loop(f, leaves, count) => {
+                scratch.values.resize(count * len, 0.0);
                 let ps = &mut scratch.pointers;
                 ps.clear();
                 ps.extend_from_slice(leaves);
-                // The loop stores element i at `store + i`: point it so that element
-                // `start` lands at values[0]. Only i in start..start+len is written.
-                ps.push(scratch.values.as_mut_ptr().wrapping_sub(start));
+                // The loop stores element i of input j at `store_j + i`: point it so that
+                // element `start` lands at values[j·len]. Only start..start+len is written.
+                let values = scratch.values.as_mut_ptr();
+                ps.extend((0..*count).map(|j| values.wrapping_add(j * len).wrapping_sub(start)));
                 // SAFETY: leaves cover the whole iteration space; stores stay in values.
                 unsafe { f(ps.as_ptr(), start, start + len) };
                 &scratch.values
@@ -859,8 +869,16 @@ struct Scratch {
     pointers: Vec<*mut f32>,
 }
 
-/// [`reduce`] of an input read through `src`.
-pub fn reduce_from(src: &Source, shape: &[usize], axes: &[usize], op: Reduce, out: &mut [f32]) {
+/// [`reduce`] of the inputs read through `src` into `outs` (one per input, all of the
+/// same size): a loop feeding several reductions over the same axes (batchnorm's
+/// backward sums) runs once for all of them.
+pub fn reduce_from(
+    src: &Source,
+    shape: &[usize],
+    axes: &[usize],
+    op: Reduce,
+    outs: &mut [&mut [f32]],
+) {
     let dims = collapse(shape, axes);
     // Strides of the collapsed dims in x; offsets of every reduced position except the
     // innermost dim when that dim is reduced (then it is a contiguous run).
@@ -888,7 +906,7 @@ pub fn reduce_from(src: &Source, shape: &[usize], axes: &[usize], op: Reduce, ou
     };
     let roff = offsets(0);
     let kept: Vec<usize> = (0..dims.len()).filter(|d| !dims[*d].1).collect();
-    if let (Source::Slice(x), Some(&(inner, false))) = (src, dims.last())
+    if let (Source::Slice(x), Some(&(inner, false)), [out]) = (src, dims.last(), &mut *outs)
         && dims.len() > 1
     {
         return reduce_rows(x, &dims, &strides, &roff, inner, op, out);
@@ -900,6 +918,23 @@ pub fn reduce_from(src: &Source, shape: &[usize], axes: &[usize], op: Reduce, ou
             o /= dims[*d].0;
         }
         off
+    };
+    let (count, n_out) = (src.count(), outs.first().map_or(0, |o| o.len()));
+    let init = match op {
+        Reduce::Sum => 0.0,
+        Reduce::Max => f64::NEG_INFINITY,
+    };
+    // Folds the runs at `b + r`, r in `offs`, into acc[j] for each input j.
+    let fold = |scratch: &mut Scratch, b: usize, offs: &[usize], acc: &mut [f64]| {
+        for r in offs {
+            let xs = src.run(b + r, run, scratch);
+            for (a, part) in acc.iter_mut().zip(xs.chunks_exact(run)) {
+                *a = match op {
+                    Reduce::Sum => *a + sum_run(part),
+                    Reduce::Max => part.iter().fold(*a, |m, v| m.max(f64::from(*v))),
+                };
+            }
+        }
     };
     let total: usize = shape.iter().product();
     if total >= PARALLEL_MIN && run > 1 && dims.len() > 2 && dims[0].1 && dims[0].0 > 1 {
@@ -913,65 +948,63 @@ pub fn reduce_from(src: &Source, shape: &[usize], axes: &[usize], op: Reduce, ou
             .into_par_iter()
             .map(|t| {
                 let mut scratch = Scratch::default();
-                let init = match op {
-                    Reduce::Sum => 0.0,
-                    Reduce::Max => f64::NEG_INFINITY,
-                };
-                let mut acc = vec![init; out.len()];
+                let mut acc = vec![init; n_out * count];
                 for j in (t * per)..((t + 1) * per).min(dims[0].0) {
-                    for (o, a) in acc.iter_mut().enumerate() {
-                        let b = j * strides[0] + base(o);
-                        for r in &inner {
-                            let xs = src.run(b + r, run, &mut scratch);
-                            *a = match op {
-                                Reduce::Sum => *a + sum_run(xs),
-                                Reduce::Max => xs.iter().fold(*a, |m, v| m.max(f64::from(*v))),
-                            };
-                        }
+                    for (o, a) in acc.chunks_exact_mut(count).enumerate() {
+                        fold(&mut scratch, j * strides[0] + base(o), &inner, a);
                     }
                 }
                 acc
             })
             .collect();
-        for (o, y) in out.iter_mut().enumerate() {
-            let parts = partials.iter().map(|p| p[o]);
-            *y = match op {
-                Reduce::Sum => parts.sum::<f64>() as f32,
-                Reduce::Max => parts.fold(f64::NEG_INFINITY, f64::max) as f32,
-            };
+        for (j, out) in outs.iter_mut().enumerate() {
+            for (o, y) in out.iter_mut().enumerate() {
+                let parts = partials.iter().map(|p| p[o * count + j]);
+                *y = match op {
+                    Reduce::Sum => parts.sum::<f64>() as f32,
+                    Reduce::Max => parts.fold(f64::NEG_INFINITY, f64::max) as f32,
+                };
+            }
         }
         return;
     }
-    let one = |scratch: &mut Scratch, (o, y): (usize, &mut f32)| {
-        let b = base(o);
-        *y = match op {
-            Reduce::Sum => {
-                let mut acc = 0.0f64;
-                for r in &roff {
-                    acc += sum_run(src.run(b + r, run, scratch));
-                }
-                acc as f32
-            }
-            Reduce::Max => roff
-                .iter()
-                .map(|r| {
-                    src.run(b + r, run, scratch)
-                        .iter()
-                        .copied()
-                        .fold(f32::NEG_INFINITY, f32::max)
-                })
-                .fold(f32::NEG_INFINITY, f32::max),
+    let parallel = total >= PARALLEL_MIN && n_out > 1;
+    if let [out] = outs {
+        let one = |scratch: &mut Scratch, (o, y): (usize, &mut f32)| {
+            let mut acc = [init];
+            fold(scratch, base(o), &roff, &mut acc);
+            *y = acc[0] as f32;
         };
+        if parallel {
+            out.par_iter_mut()
+                .enumerate()
+                .for_each_init(Scratch::default, one);
+        } else {
+            let mut scratch = Scratch::default();
+            out.iter_mut()
+                .enumerate()
+                .for_each(|e| one(&mut scratch, e));
+        }
+        return;
+    }
+    let each = |scratch: &mut Scratch, o: usize| {
+        let mut acc = vec![init; count];
+        fold(scratch, base(o), &roff, &mut acc);
+        acc
     };
-    if total >= PARALLEL_MIN && out.len() > 1 {
-        out.par_iter_mut()
-            .enumerate()
-            .for_each_init(Scratch::default, one);
+    let results: Vec<Vec<f64>> = if parallel {
+        (0..n_out)
+            .into_par_iter()
+            .map_init(Scratch::default, each)
+            .collect()
     } else {
         let mut scratch = Scratch::default();
-        out.iter_mut()
-            .enumerate()
-            .for_each(|e| one(&mut scratch, e));
+        (0..n_out).map(|o| each(&mut scratch, o)).collect()
+    };
+    for (j, out) in outs.iter_mut().enumerate() {
+        for (y, r) in out.iter_mut().zip(&results) {
+            *y = r[j] as f32;
+        }
     }
 }
 

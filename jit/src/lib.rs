@@ -344,21 +344,30 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
                 }
             }
         }
-        Kernel::Reduced { node, func, args } => {
-            let n = g.node(*node);
+        Kernel::Reduced { nodes, func, args } => {
+            let Some(first) = nodes.first() else {
+                return;
+            };
+            let n = g.node(*first);
             let Op::Reduce { op, axes, .. } = &n.op else {
                 return;
             };
             let leaves: Vec<*mut f32> = args.iter().map(|a| ptrs[a.index()]).collect();
-            // SAFETY: the output region has numel() elements and overlaps no leaf.
-            let out = unsafe { std::slice::from_raw_parts_mut(ptrs[node.index()], n.numel()) };
+            let mut outs: Vec<&mut [f32]> = nodes
+                .iter()
+                .map(|v| {
+                    // SAFETY: each output region has numel() elements, overlapping no leaf
+                    // and no other output.
+                    unsafe { std::slice::from_raw_parts_mut(ptrs[v.index()], g.node(*v).numel()) }
+                })
+                .collect();
             let shape = &g.node(n.args[0]).shape;
             kernels::reduce_from(
-                &kernels::Source::Loop(c.loops[*func], &leaves),
+                &kernels::Source::Loop(c.loops[*func], &leaves, nodes.len()),
                 shape,
                 axes,
                 *op,
-                out,
+                &mut outs,
             );
         }
         Kernel::Node { node, args } => {

@@ -18,7 +18,9 @@
 //!    A group whose only use is one sum or max (over runs of at least 16 contiguous
 //!    elements) is not stored at all: the reduction runs the loop run by run into a
 //!    scratch buffer in cache (batchnorm's `sum(dy * x̂)` reads `dy` and `x̂` once and
-//!    writes nothing but the result).
+//!    writes nothing but the result). Such loops feeding reductions of one op over the
+//!    same axes of one shape become one loop with a store per reduction, when everything
+//!    the later ones read exists before the first (batchnorm's backward sums).
 //!    A group that is only `base − s·p`, `p` a matrix product read by nothing else and
 //!    `s` a scalar (SGD's `w − lr·g` for a weight gradient), is no loop at all: the GEMM
 //!    accumulates `−s·a·b` into `base`'s values ([`Update`]), so the gradient is never
@@ -74,11 +76,12 @@ pub enum Kernel {
     /// A native kernel computing node `node` from its args (as written: aliases keep
     /// their own shapes).
     Node { node: ValueId, args: Vec<ValueId> },
-    /// Reduction `node` of the value fused loop `func` computes, which is never stored:
-    /// the loop runs over each contiguous run of the reduced input into a small scratch
-    /// buffer that is reduced at once. `args` are the loop's leaves.
+    /// Reductions `nodes` (one op over the same axes of inputs of one shape) of the values
+    /// fused loop `func` stores, in order, which are never stored: the loop runs over each
+    /// contiguous run of the reduced inputs into a small scratch buffer that is reduced
+    /// at once. `args` are the loop's leaves.
     Reduced {
-        node: ValueId,
+        nodes: Vec<ValueId>,
         func: usize,
         args: Vec<ValueId>,
     },
@@ -347,12 +350,16 @@ pub fn plan(g: &Graph) -> Plan {
     let mut at: Vec<Option<Kernel>> = vec![None; count];
     let mut fused = Vec::new();
     let mut absorbed = vec![false; count];
+    // Loops whose only use is a reduction: (members, leaf count, args, the reduction).
+    let mut reduced: Vec<(Vec<ValueId>, usize, Vec<ValueId>, ValueId)> = Vec::new();
     for members in groups.iter_mut() {
         members.sort();
+    }
+    for members in &groups {
         let Some(&last) = members.last() else {
             continue;
         };
-        let (f, args) = fuse_group(g, members, &root, &is_output, &inlined);
+        let (f, args) = fuse_group(g, members, &[], &root, &is_output, &inlined);
         let n = g.node(last).numel();
         if let Some((product, update)) = product_update(&f, &args).filter(|(pv, _)| {
             matches!(g.node(*pv).op, Op::MatMul)
@@ -380,22 +387,84 @@ pub fn plan(g: &Graph) -> Plan {
             _ => None,
         };
         match reducer {
-            Some(u) => {
-                let leaves = args[..f.leaves.len()].to_vec();
-                at[u.index()] = Some(Kernel::Reduced {
-                    node: u,
-                    func: fused.len(),
-                    args: leaves,
-                });
-            }
+            Some(u) => reduced.push((members.clone(), f.leaves.len(), args, u)),
             None => {
                 at[last.index()] = Some(Kernel::Fused {
                     func: fused.len(),
                     args,
                     n,
-                })
+                });
+                fused.push(f);
             }
         }
+    }
+    // Reductions of loops over the same axes of one shape run as one loop when every
+    // value the later ones read exists before the first (batchnorm's backward sums).
+    let made_by = |v: ValueId| -> usize {
+        group[v.index()]
+            .iter()
+            .filter_map(|gid| groups[*gid].last())
+            .map(|l| l.index())
+            .max()
+            .unwrap_or(v.index())
+    };
+    let signature = |u: ValueId| {
+        let n = g.node(u);
+        let Op::Reduce { op, axes, .. } = &n.op else {
+            return None;
+        };
+        Some((*op, axes.clone(), g.node(n.args[0]).shape.clone()))
+    };
+    reduced.sort_by_key(|(_, _, _, u)| *u);
+    let mut sets: Vec<Vec<usize>> = Vec::new();
+    for (i, (_, leaves, args, u)) in reduced.iter().enumerate() {
+        let home = sets.iter_mut().find(|set| {
+            let first = reduced[set[0]].3;
+            set.len() < MERGED_MAX
+                && signature(first).is_some()
+                && signature(first) == signature(*u)
+                && args[..*leaves].iter().all(|a| made_by(*a) < first.index())
+        });
+        match home {
+            Some(set) => set.push(i),
+            None => sets.push(vec![i]),
+        }
+    }
+    for set in sets {
+        let mut members: Vec<ValueId> = set
+            .iter()
+            .flat_map(|i| reduced[*i].0.iter().copied())
+            .collect();
+        members.sort();
+        members.dedup();
+        let roots: Vec<ValueId> = set
+            .iter()
+            .filter_map(|i| reduced[*i].0.last().copied())
+            .collect();
+        let (f, args) = fuse_group(g, &members, &roots, &root, &is_output, &inlined);
+        let first = reduced[set[0]].3;
+        if set.len() > 1 && !reducible(g, first, &f) {
+            // The merged loop's reads would not stay aligned: keep them apart.
+            for i in set {
+                let (members, _, _, u) = &reduced[i];
+                let (f, args) = fuse_group(g, members, &[], &root, &is_output, &inlined);
+                at[u.index()] = Some(reduced_kernel(g, &[*u], &f, args, fused.len()));
+                fused.push(f);
+            }
+            continue;
+        }
+        // The loop stores its roots in member order; each feeds its own reduction.
+        let mut stored: Vec<ValueId> = roots.clone();
+        stored.sort();
+        let nodes: Vec<ValueId> = stored
+            .iter()
+            .filter_map(|r| set.iter().find(|i| reduced[**i].0.last() == Some(r)))
+            .map(|i| reduced[*i].3)
+            .collect();
+        for v in &nodes {
+            absorbed[v.index()] = true;
+        }
+        at[first.index()] = Some(reduced_kernel(g, &nodes, &f, args, fused.len()));
         fused.push(f);
     }
     for i in 0..count {
@@ -449,6 +518,25 @@ pub fn plan(g: &Graph) -> Plan {
     };
     allocate(g, &mut p);
     p
+}
+
+/// At most this many reductions share one loop.
+const MERGED_MAX: usize = 4;
+
+/// The kernel running reductions `nodes` over the stores of loop `f` (number `func`).
+fn reduced_kernel(
+    g: &Graph,
+    nodes: &[ValueId],
+    f: &Fused,
+    args: Vec<ValueId>,
+    func: usize,
+) -> Kernel {
+    debug_assert_eq!(f.stores.len(), nodes.len(), "{:?}", g.node(nodes[0]).op);
+    Kernel::Reduced {
+        nodes: nodes.to_vec(),
+        func,
+        args: args[..f.leaves.len()].to_vec(),
+    }
 }
 
 /// The GEMM of matmul node `v`, writing `out` (`v` itself, or the update it feeds).
@@ -507,10 +595,12 @@ fn product_update(f: &Fused, args: &[ValueId]) -> Option<(ValueId, Update)> {
     (base != product).then_some((product, Update { base, scale: s }))
 }
 
-/// The fused program of a group and its pointer arguments (leaves, then stores).
+/// The fused program of a group and its pointer arguments (leaves, then stores). The
+/// group's last member is stored, and so are `roots` and graph outputs.
 fn fuse_group(
     g: &Graph,
     members: &[ValueId],
+    roots: &[ValueId],
     root: &[ValueId],
     is_output: &[bool],
     inlined: &[bool],
@@ -625,14 +715,14 @@ fn fuse_group(
         };
         let k = push(&mut f, e);
         expr_of.insert(m, k);
-        if m == last || is_output[m.index()] {
+        if m == last || roots.contains(&m) || is_output[m.index()] {
             f.stores.push(k);
         }
     }
     let stored: Vec<ValueId> = members
         .iter()
         .copied()
-        .filter(|m| *m == last || is_output[m.index()])
+        .filter(|m| *m == last || roots.contains(m) || is_output[m.index()])
         .collect();
     let mut args = leaf_vals;
     args.extend(stored);
@@ -702,16 +792,25 @@ pub fn describe(g: &Graph, p: &Plan, k: &Kernel) -> String {
                 g.node(*node).shape
             )
         }
-        Kernel::Reduced { node, func, .. } => {
+        Kernel::Reduced { nodes, func, .. } => {
+            let Some(node) = nodes.first() else {
+                return String::new();
+            };
             let n = g.node(*node);
+            let many = if nodes.len() > 1 {
+                format!("{} ", nodes.len())
+            } else {
+                String::new()
+            };
             let from = n
                 .args
                 .first()
                 .map(|a| format!("{:?}", g.node(*a).shape))
                 .unwrap_or_default();
             format!(
-                "{} of a loop of {} ops {from} -> {:?}",
+                "{many}{}{} of a loop of {} ops {from} -> {:?}",
                 n.op.name(),
+                if nodes.len() > 1 { "s" } else { "" },
                 p.fused[*func].exprs.len(),
                 n.shape
             )
@@ -751,7 +850,8 @@ pub fn writes(p: &Plan, k: &Kernel) -> Vec<ValueId> {
     match k {
         Kernel::Fused { func, args, .. } => args[p.fused[*func].leaves.len()..].to_vec(),
         Kernel::MatMul { out, .. } => vec![*out],
-        Kernel::Node { node, .. } | Kernel::Reduced { node, .. } => vec![*node],
+        Kernel::Node { node, .. } => vec![*node],
+        Kernel::Reduced { nodes, .. } => nodes.clone(),
     }
 }
 

@@ -218,13 +218,23 @@ fn reductions_of_fused_loops_are_not_stored() {
     )
     .expect("step");
     let plan = nabla_jit::plan::plan(&step.graph);
-    let reduced = plan
+    let sizes: Vec<usize> = plan
         .kernels
         .iter()
-        .filter(|k| matches!(k, nabla_jit::plan::Kernel::Reduced { .. }))
-        .count();
-    // Four batchnorms, each with x², dy·x̂ and two more products summed.
+        .filter_map(|k| match k {
+            nabla_jit::plan::Kernel::Reduced { nodes, .. } => Some(nodes.len()),
+            _ => None,
+        })
+        .collect();
+    let reduced: usize = sizes.iter().sum();
+    // Four batchnorms, each with x², dy·x̂ and two more products summed; the backward
+    // sums of each read the same tensors and share one loop.
     assert!(reduced >= 16, "{reduced} fused reductions");
+    let shared = sizes.iter().filter(|n| **n > 1).count();
+    assert!(
+        shared >= 4,
+        "{shared} loops shared by several reductions: {sizes:?}"
+    );
 }
 
 /// Plain SGD's `w − lr·g` of a dense layer is accumulated by the weight gradient's GEMM
