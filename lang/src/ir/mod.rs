@@ -401,7 +401,9 @@ impl Graph {
 
 /// Floating-point operations of one run of `g`: 2 per multiply-add of matrix products and
 /// convolutions (and their gradients), 1 per element of other arithmetic; data movement
-/// counts nothing.
+/// counts nothing. Convolutions count as the direct algorithm does, whatever a backend
+/// runs (the CPU backend's Winograd kernels do 2.25× fewer multiplies), so GFLOP/s built
+/// on this number compare backends on the same work.
 pub fn flops(g: &Graph) -> u64 {
     g.nodes
         .iter()
