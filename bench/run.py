@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # all workloads
     .venv/bin/python bench/run.py mlp        # one
+    .venv/bin/python bench/run.py --rounds 3 # alternating three times, medians of rounds
 
 nabla is run as `target/release/nabla bench` (build it first: cargo build --release).
 A ratio above 1 means nabla is faster. Peak: the machine's measured SGEMM peak, given
@@ -9,6 +10,7 @@ with --peak (GFLOP/s; 185 on the 2-core AVX2 machine of docs/performance.md).
 """
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 
@@ -24,28 +26,53 @@ def json_lines(out):
     return [json.loads(l[5:]) for l in out.splitlines() if l.startswith("json ")]
 
 
+def nabla_run(file, opt, args):
+    out = subprocess.run(["target/release/nabla", "bench", file, "--batch", str(args.batch), "--optimizer", opt, "--steps", str(args.steps)],
+                         capture_output=True, text=True, check=True).stdout
+    return json_lines(out)[0]
+
+
+def anchor_runs(w, opt, only, args):
+    out = subprocess.run([sys.executable, "bench/anchors.py", w.split("-")[0], "--optimizer", opt, "--batch", str(args.batch), "--steps", str(args.steps), "--only", only],
+                         capture_output=True, text=True).stdout
+    return json_lines(out)
+
+
+def spread(xs):
+    return f" (rounds: {', '.join(f'{x:.3f}' for x in xs)})" if len(xs) > 1 else ""
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("workloads", nargs="*", default=list(WORKLOADS))
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--peak", type=float, default=185.0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate nabla and the anchors this many times and report medians of the rounds' medians "
+                        "(on a noisy machine a single run of each can land in different phases)")
     args = p.parse_args()
     for w in args.workloads:
         file, opt = WORKLOADS[w]
-        nabla = subprocess.run(["target/release/nabla", "bench", file, "--batch", str(args.batch), "--optimizer", opt, "--steps", str(args.steps)],
-                               capture_output=True, text=True, check=True).stdout
-        n = json_lines(nabla)[0]
+        runs, anchors = [], {}
+        for _ in range(args.rounds):
+            runs.append(nabla_run(file, opt, args))
+            # One process per framework, so that each peak memory is its own.
+            for only in ["torch", "compile", "jax"]:
+                for a in anchor_runs(w, opt, only, args):
+                    anchors.setdefault(a["framework"], []).append(a)
+        ms = [r["median_ms"] for r in runs]
+        n = runs[0] | {"median_ms": statistics.median(ms)}
+        gflops = statistics.median(r["gflops"] for r in runs)
         arena = n.get("arena_mib", 0.0)
-        print(f"{w} (batch {args.batch}, {opt}): nabla {n['median_ms']:.3f} ms, {n['gflops']:.1f} GFLOP/s = {n['gflops'] / args.peak:.0%} of peak, "
+        print(f"{w} (batch {args.batch}, {opt}): nabla {n['median_ms']:.3f} ms{spread(ms)}, {gflops:.1f} GFLOP/s = {gflops / args.peak:.0%} of peak, "
               f"compile {n['compile_ms']:.1f} ms, process peak {n['peak_mib']:.0f} MiB (arena {arena:.0f} MiB)")
-        # One process per framework, so that each peak memory is its own.
-        for only in ["torch", "compile", "jax"]:
-            anchors = subprocess.run([sys.executable, "bench/anchors.py", w.split("-")[0], "--optimizer", opt, "--batch", str(args.batch), "--steps", str(args.steps), "--only", only],
-                                     capture_output=True, text=True).stdout
-            for a in json_lines(anchors):
-                mem = f"process peak {a['peak_mib']:.0f} MiB ({a['growth_mib']:.0f} MiB over the imported framework)" if a.get("peak_mib") else ""
-                print(f"    {a['framework']:<14} {a['median_ms']:.3f} ms   nabla is {a['median_ms'] / n['median_ms']:.2f}x faster   {mem}")
+        for framework, rs in anchors.items():
+            a_ms = [a["median_ms"] for a in rs]
+            a = rs[0]
+            median = statistics.median(a_ms)
+            mem = f"process peak {a['peak_mib']:.0f} MiB ({a['growth_mib']:.0f} MiB over the imported framework)" if a.get("peak_mib") else ""
+            print(f"    {framework:<14} {median:.3f} ms{spread(a_ms)}   nabla is {median / n['median_ms']:.2f}x faster   {mem}")
 
 
 if __name__ == "__main__":
