@@ -128,6 +128,25 @@ fn vjp_of_a_function() {
     assert!(out.contains("dg = r * x * t0 * (1 - t0)"), "{out}");
 }
 
+/// The random labels of a net's gradient check are ones its loss takes: with labels
+/// beyond its 3 outputs the loss would ignore them while the derived gradient does not,
+/// and the check failed with errors near 1 (as it did).
+#[test]
+fn gradcheck_draws_labels_the_net_takes() {
+    let f = scratch(
+        "three.net",
+        "import std.nn.*\nnet Three: f32[2, 2, 2] -> f32[3] {\n  batchnorm\n  flatten\n  dense(3)\n}\n",
+    );
+    let (code, out, err) = nabla(&["gradcheck", &f]);
+    assert_eq!(code, 0, "{out}{err}");
+    let worst = out
+        .lines()
+        .find(|l| l.starts_with("net  Three") && l.contains("worst relative error"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(worst.is_some_and(|w| w < 1e-6), "{out}");
+}
+
 #[test]
 fn gradcheck_reports_rules_and_nets() {
     let (code, out, err) = nabla(&["gradcheck", "examples/mnist_linear.net"]);

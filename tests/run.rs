@@ -177,6 +177,34 @@ fn a_diverging_loss_names_the_step() {
     );
 }
 
+/// A net with fewer outputs than the data has classes would silently drop the examples
+/// whose labels it cannot take (their one-hot row is all zeros): an error instead, in
+/// training and in evaluation.
+#[test]
+fn labels_beyond_the_nets_outputs_are_an_error() {
+    let d = dir("labels");
+    let net = "import std.nn.*\nimport std.data.*\nnet Three: f32[1, 28, 28] -> f32[3] {\n  flatten\n  dense(3)\n}\n";
+    let train = format!(
+        "{net}let cfg = TrainConfig {{ optimizer: sgd(lr: 0.1), batch: 128, epochs: 1 }}\nlet m = train(Three, mnist(), cfg)\nprint(\"unreachable\")\n"
+    );
+    let (code, out, err) = run(&d, &train, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("unreachable"));
+    assert!(
+        err.contains("MNIST train example")
+            && err.contains("but net Three has 3 outputs (labels 0..2)")
+            && err.contains("the data has 10 classes; give the net's last layer 10 outputs"),
+        "{err}"
+    );
+    let eval = format!("{net}let m = init(Three, 1)\nprint(accuracy(m, mnist().test))\n");
+    let (code, out, err) = run(&d, &eval, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("MNIST test example") && err.contains("3 outputs"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_nan_names_the_first_op_that_made_it() {
     let d = dir("nan_op");

@@ -53,13 +53,20 @@ pub fn normal(seed: u64, i: u64) -> f64 {
 }
 
 /// Random inputs for every input of `g`: floats N(0, scale²) (params scaled by fan-in),
-/// labels uniform in `0..classes`, running variances positive.
+/// indices uniform over what reads them (a label below the classes of its `one_hot`, a
+/// token below the rows of its table: [`Graph::index_bound`]; `0..classes` when nothing
+/// bounds one), running variances positive.
 pub fn random_inputs(g: &Graph, seed: u64, classes: usize) -> HashMap<String, Tensor> {
     let mut out = HashMap::new();
     for (k, (v, name, kind)) in g.inputs().enumerate() {
         let node = g.node(v);
         let n = node.numel();
         let s = seed.wrapping_mul(1000).wrapping_add(k as u64);
+        let classes = if node.dtype.is_float() {
+            classes
+        } else {
+            g.index_bound(v).unwrap_or(classes).max(1)
+        };
         let data: Vec<f64> = match kind {
             // Integer inputs are indices (labels, tokens): valid ones.
             _ if !node.dtype.is_float() => (0..n)

@@ -344,6 +344,39 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// How many values integer input `v` may take: the fewest classes of a `one_hot` or rows
+    /// of a `gather` table reading it (through casts and reshapes), `None` if nothing bounds it.
+    pub fn index_bound(&self, v: ValueId) -> Option<usize> {
+        let mut bound: Option<usize> = None;
+        let mut seen = vec![v];
+        let mut i = 0;
+        while let Some(&u) = seen.get(i) {
+            i += 1;
+            for (w, n) in self.nodes.iter().enumerate() {
+                let w = ValueId(w as u32);
+                let Some(at) = n.args.iter().position(|a| *a == u) else {
+                    continue;
+                };
+                let here = match n.op {
+                    Op::OneHot { classes } => Some(classes),
+                    Op::Gather if at == 1 => self.node(n.args[0]).shape.first().copied(),
+                    Op::Cast | Op::Reshape | Op::StopGradient => {
+                        if !seen.contains(&w) {
+                            seen.push(w);
+                        }
+                        None
+                    }
+                    _ => None,
+                };
+                bound = match (bound, here) {
+                    (Some(b), Some(h)) => Some(b.min(h)),
+                    (b, h) => b.or(h),
+                };
+            }
+        }
+        bound
+    }
+
     pub fn node(&self, v: ValueId) -> &Node {
         &self.nodes[v.index()]
     }

@@ -103,6 +103,8 @@ pub struct Model<B: Backend> {
     /// The batch being assembled (reused: no allocation per step).
     x: Vec<f32>,
     y: Vec<f32>,
+    /// The classes the loss takes (its labels' `one_hot`), once a step is compiled.
+    classes: Option<usize>,
     rng: u64,
     /// What it takes to replay the recent steps (see [`Model::locate_non_finite`]).
     replay: Replay,
@@ -235,6 +237,7 @@ impl<B: Backend> Model<B> {
             x: vec![],
             y: vec![],
             rng: seed,
+            classes: None,
             replay: Replay::default(),
         })
     }
@@ -370,9 +373,11 @@ impl<B: Backend> Model<B> {
                 }
             }
             let names: Vec<&str> = optimizer.scalars(0.0, 1).iter().map(|(n, _)| *n).collect();
+            self.classes = self.classes.or(label_classes(&step.graph));
             let exe = self.prepare_exe(backend, &step.graph, &names)?;
             self.train.insert(b, exe);
         }
+        self.check_labels(split, idx)?;
         self.steps += 1;
         let scalars: Vec<f64> = optimizer
             .scalars(lr, self.steps)
@@ -723,9 +728,11 @@ impl<B: Backend> Model<B> {
             if !self.eval.contains_key(&b) {
                 let g =
                     eval_step(p, &self.net, b, LOSS, Some(&split.shape)).map_err(|d| d.message)?;
+                self.classes = self.classes.or(label_classes(&g));
                 let exe = self.prepare_exe(backend, &g, &[])?;
                 self.eval.insert(b, exe);
             }
+            self.check_labels(split, &idx)?;
             let out = self.run(backend, Which::Eval, b, &[])?;
             let values: Vec<f64> = out
                 .iter()
@@ -736,6 +743,36 @@ impl<B: Backend> Model<B> {
             start += b;
         }
         Ok((loss, correct))
+    }
+
+    /// An error when a label of examples `idx` is not one of the classes the net's loss
+    /// takes: `one_hot` would make it a row of zeros, and the example would be silently
+    /// left out of the loss and counted wrong.
+    fn check_labels(&self, split: &Split, idx: &[usize]) -> Result<(), String> {
+        let Some(classes) = self.classes else {
+            return Ok(());
+        };
+        let bad = idx
+            .iter()
+            .map(|i| (*i, split.labels.get(*i).copied().unwrap_or(-1)))
+            .find(|(_, l)| usize::try_from(*l).map_or(true, |l| l >= classes));
+        match bad {
+            None => Ok(()),
+            Some((i, label)) => Err(format!(
+                "{} example {i} has label {label}, but net {} has {classes} outputs (labels 0..{}){}",
+                split.name,
+                self.net,
+                classes - 1,
+                if split.classes > classes {
+                    format!(
+                        ": the data has {} classes; give the net's last layer {} outputs",
+                        split.classes, split.classes
+                    )
+                } else {
+                    String::new()
+                }
+            )),
+        }
     }
 
     /// The first parameter or state tensor holding a NaN or infinity, if any.
@@ -901,6 +938,12 @@ enum Which {
 }
 
 /// The first number of the first buffer (a step's loss).
+/// The classes of the labels input `y` of a step graph: what its `one_hot` takes.
+fn label_classes(g: &nabla_lang::ir::Graph) -> Option<usize> {
+    let (y, _, _) = g.inputs().find(|(_, n, _)| *n == "y")?;
+    g.index_bound(y)
+}
+
 fn first<B: Backend>(backend: &B, out: &[B::Buffer]) -> Result<f64, String> {
     let o = out.first().ok_or("the step returned nothing")?;
     Ok(backend
