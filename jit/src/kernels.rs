@@ -7,8 +7,31 @@
 //! Every kernel writes only its output slice, which the memory plan never overlaps with
 //! an input.
 
+use std::cell::Cell;
+use std::thread::LocalKey;
+
 use nabla_lang::ir::{Reduce, Window};
 use rayon::prelude::*;
+
+thread_local! {
+    /// Each thread's im2col band, kept from one call to the next (see [`reusing`]).
+    static COLUMNS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's value of `key`, which stays allocated between calls: scratch
+/// made per call (or per rayon job, as `for_each_init` does) was zero-filled and
+/// page-faulted in every time, 1.6 MB per batch of images for a Winograd product. The
+/// contents are stale; callers write what they read. A nested use on the same thread (a
+/// rayon steal inside `f`) finds the cell empty and starts from the default.
+pub(crate) fn reusing<T: Default, R>(
+    key: &'static LocalKey<Cell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut value = key.take();
+    let result = f(&mut value);
+    key.set(value);
+    result
+}
 
 /// Below this many elements a kernel runs on one thread.
 const PARALLEL_MIN: usize = 1 << 15;
@@ -416,9 +439,8 @@ pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
 pub(crate) fn conv2d_im2col(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
     let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
     let (xs, ys) = (s.c * s.h * s.w, s.o * area);
-    y.par_chunks_mut(ys)
-        .enumerate()
-        .for_each_init(Vec::new, |col: &mut Vec<f32>, (bi, yb)| {
+    y.par_chunks_mut(ys).enumerate().for_each(|(bi, yb)| {
+        reusing(&COLUMNS, |col| {
             let xb = &x[bi * xs..][..xs];
             for g in 0..groups {
                 for oys in bands(s) {
@@ -441,7 +463,8 @@ pub(crate) fn conv2d_im2col(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) 
                     };
                 }
             }
-        });
+        })
+    });
 }
 
 /// `dx` of `y = conv2d(x, k)` given `dy`.
@@ -463,9 +486,8 @@ pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
     }
     let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
     let (xs, ys) = (s.c * s.h * s.w, s.o * area);
-    dx.par_chunks_mut(xs)
-        .enumerate()
-        .for_each_init(Vec::new, |col: &mut Vec<f32>, (bi, dxb)| {
+    dx.par_chunks_mut(xs).enumerate().for_each(|(bi, dxb)| {
+        reusing(&COLUMNS, |col| {
             let dyb = &dy[bi * ys..][..ys];
             if !s.pointwise() {
                 dxb.fill(0.0);
@@ -507,7 +529,8 @@ pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
                     col2im(s, col, g, dxb);
                 }
             }
-        });
+        })
+    });
 }
 
 /// `dk` of `y = conv2d(x, k)` given `dy`: a sum over images, accumulated per thread.
@@ -532,34 +555,35 @@ pub(crate) fn weight_grad_im2col(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut 
         .into_par_iter()
         .map(|t| {
             let mut acc = vec![0.0f32; dk.len()];
-            let mut col = Vec::new();
-            for bi in (t * per)..((t + 1) * per).min(s.b) {
-                let xb = &x[bi * xs..][..xs];
-                for g in 0..groups {
-                    for oys in bands(s) {
-                        let n = oys.len() * s.ow;
-                        let at = bi * ys + g * og * area + oys.start * s.ow;
-                        let (cols, stride) = columns(s, xb, g, oys, &mut col);
-                        // dk_gᵀ [rows, og] += (dy_g [og, n] · colsᵀ [n, rows])ᵀ, written
-                        // as an [og, rows] product into a column-major destination.
-                        let dst = acc[g * og * rows..].as_mut_ptr();
-                        // SAFETY: extents as described; acc is this thread's own.
-                        unsafe {
-                            gemm_strided(
-                                og,
-                                rows,
-                                n,
-                                (dst, 1, og as isize),
-                                true,
-                                1.0,
-                                mat(dy[at..].as_ptr(), area, 1),
-                                mat(cols.as_ptr(), 1, stride),
-                                false,
-                            )
-                        };
+            reusing(&COLUMNS, |col| {
+                for bi in (t * per)..((t + 1) * per).min(s.b) {
+                    let xb = &x[bi * xs..][..xs];
+                    for g in 0..groups {
+                        for oys in bands(s) {
+                            let n = oys.len() * s.ow;
+                            let at = bi * ys + g * og * area + oys.start * s.ow;
+                            let (cols, stride) = columns(s, xb, g, oys, col);
+                            // dk_gᵀ [rows, og] += (dy_g [og, n] · colsᵀ [n, rows])ᵀ, written
+                            // as an [og, rows] product into a column-major destination.
+                            let dst = acc[g * og * rows..].as_mut_ptr();
+                            // SAFETY: extents as described; acc is this thread's own.
+                            unsafe {
+                                gemm_strided(
+                                    og,
+                                    rows,
+                                    n,
+                                    (dst, 1, og as isize),
+                                    true,
+                                    1.0,
+                                    mat(dy[at..].as_ptr(), area, 1),
+                                    mat(cols.as_ptr(), 1, stride),
+                                    false,
+                                )
+                            };
+                        }
                     }
                 }
-            }
+            });
             acc
         })
         .collect();

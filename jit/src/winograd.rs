@@ -17,7 +17,9 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{ConvShape, Mat, gemm};
+use std::cell::Cell;
+
+use crate::kernels::{ConvShape, Mat, gemm, reusing};
 
 /// Tiles per product: enough images' tiles that a product is not dominated by its
 /// setup, few enough that `V` and `M` (16 × channels × tiles each) stay in L2.
@@ -84,60 +86,89 @@ impl Batch {
     }
 }
 
-/// `V_ξ = Bᵀ d B` of every tile of the batch's images, as `v[ξ][c][tile]`, in two steps
-/// that are loops with unit stride (which LLVM vectorizes):
-/// 1. along each padded input row (`[d0 − d2, d1 + d2, d2 − d1, d1 − d3]`, `d_j` at
-///    column `2t + j` for tile column `t`), from the row split into even and odd columns,
-///    into `rows[j][y % 2][y / 2][t]`;
-/// 2. along the columns, for all tiles of the image at once: tile `(ty, t)` reads padded
-///    row `2·ty + r`, which that layout puts at `ty·tw + t` past a base fixed by `(j, r)`.
-fn input_transform(s: &ConvShape, x: &[f32], b: &Batch, v: &mut [f32], rows: &mut Vec<f32>) {
-    let (h, w, c_n, tw, th) = (s.h, s.w, s.c, b.tw, b.th);
-    // Padded rows y = 0..2·th + 2 (row y is input row y − 1); half-rows per parity.
-    let half = th + 1;
-    let plane_len = 4 * 2 * half * tw;
-    rows.resize(plane_len, 0.0);
-    let mut even = vec![0.0f32; tw + 1];
-    let mut odd = vec![0.0f32; tw + 1];
-    let per = b.per();
+/// `V_ξ = Bᵀ d B` of every tile of the batch's images, as `v[ξ][c][tile]`. Every step is
+/// a loop with unit stride over a whole plane (which LLVM vectorizes), not over one row of
+/// tiles (14 or 7 long here, mostly remainder):
+/// 1. the padded rows (row `y` is input row `y − 1`, zero outside the image, widened to
+///    an even `2·tw` columns) are copied apart by parity, `rows[y % 2][y / 2]`;
+/// 2. each parity's rows are split into their even and odd columns: input column `2t` of
+///    row `y` is then element `(y / 2)·tw + t` of the even half, and column `2t + 1` the
+///    same element of the odd half;
+/// 3. along the rows (`[d0 − d2, d1 + d2, d2 − d1, d1 − d3]`, `d_j` at padded column
+///    `2t + j`): `d0` and `d3` are the odd half one element back and the even half one
+///    on, except in a row's first and last tile, where they are padding and are patched;
+/// 4. along the columns, the same combinations of padded rows `2·ty + r`, which that
+///    layout puts one row of tiles apart, written to `v`.
+///
+/// It rounds exactly as a tile-by-tile transform: the same sums in the same order.
+fn input_transform(s: &ConvShape, x: &[f32], b: &Batch, v: &mut [f32], work: &mut Vec<f32>) {
+    let (h, w, c_n, tw) = (s.h, s.w, s.c, b.tw);
+    let (wp, half, per) = (2 * tw, b.th + 1, b.per());
+    let n = half * tw; // elements of one parity's half-plane
+    // rows [2][half][wp] | even [2][n + 1] | odd [2][1 + n] | combos [4][2][n]
+    work.resize(2 * half * wp + 4 * (n + 1) + 8 * n, 0.0);
+    let (rows, rest) = work.split_at_mut(2 * half * wp);
+    let (halves, combos) = rest.split_at_mut(4 * (n + 1));
+    let (even, odd) = halves.split_at_mut(2 * (n + 1));
+    for par in 0..2 {
+        // The padding each row's first d0 and last d3 would otherwise read.
+        even[par * (n + 1) + n] = 0.0;
+        odd[par * (n + 1)] = 0.0;
+    }
     for i in 0..b.count {
         for c in 0..c_n {
             let p = &x[((b.first + i) * c_n + c) * h * w..][..h * w];
             for y in 0..2 * half {
-                even.fill(0.0);
-                odd.fill(0.0);
-                if let Some(iy) = y.checked_sub(1).filter(|iy| *iy < h) {
-                    // Padded column q is input column q − 1: input column 2t is odd[t],
-                    // input column 2t + 1 is even[t + 1].
-                    let row = &p[iy * w..][..w];
-                    for (t, pair) in row.chunks_exact(2).enumerate() {
-                        odd[t] = pair[0];
-                        even[t + 1] = pair[1];
+                let dst = &mut rows[((y % 2) * half + y / 2) * wp..][..wp];
+                match y.checked_sub(1).filter(|iy| *iy < h) {
+                    Some(iy) => {
+                        dst[..w].copy_from_slice(&p[iy * w..][..w]);
+                        if wp > w {
+                            dst[w] = 0.0;
+                        }
                     }
-                    if w % 2 == 1 {
-                        odd[w / 2] = row[w - 1];
-                    }
+                    None => dst.fill(0.0),
                 }
-                let at = |j: usize| ((j * 2 + y % 2) * half + y / 2) * tw;
-                let (d0, d1) = (&even[..tw], &odd[..tw]);
-                let (d2, d3) = (&even[1..], &odd[1..]);
-                for (t, o) in rows[at(0)..][..tw].iter_mut().enumerate() {
-                    *o = d0[t] - d2[t];
+            }
+            for par in 0..2 {
+                let src = &rows[par * half * wp..][..half * wp];
+                let e = &mut even[par * (n + 1)..][..n];
+                let o = &mut odd[par * (n + 1) + 1..][..n];
+                for (q, pair) in src.chunks_exact(2).enumerate() {
+                    e[q] = pair[0];
+                    o[q] = pair[1];
                 }
-                for (t, o) in rows[at(1)..][..tw].iter_mut().enumerate() {
-                    *o = d1[t] + d2[t];
+                let e = &even[par * (n + 1)..][..n + 1];
+                let o = &odd[par * (n + 1)..][..n + 1];
+                // d0 = o[q], d1 = e[q], d2 = o[q + 1], d3 = e[q + 1].
+                let (d0, d1, d2, d3) = (&o[..n], &e[..n], &o[1..], &e[1..]);
+                let out = |j: usize| (j * 2 + par) * n;
+                let (r0, rest) = combos[out(0)..].split_at_mut(n);
+                for q in 0..n {
+                    r0[q] = d0[q] - d2[q];
                 }
-                for (t, o) in rows[at(2)..][..tw].iter_mut().enumerate() {
-                    *o = d2[t] - d1[t];
+                let r1 = &mut rest[n..][..n];
+                for q in 0..n {
+                    r1[q] = d1[q] + d2[q];
                 }
-                for (t, o) in rows[at(3)..][..tw].iter_mut().enumerate() {
-                    *o = d1[t] - d3[t];
+                let r2 = &mut combos[out(2)..][..n];
+                for q in 0..n {
+                    r2[q] = d2[q] - d1[q];
+                }
+                let r3 = &mut combos[out(3)..][..n];
+                for q in 0..n {
+                    r3[q] = d1[q] - d3[q];
+                }
+                for y in 0..half {
+                    let (first, last) = (y * tw, y * tw + tw - 1);
+                    combos[out(0) + first] = -d2[first];
+                    combos[out(3) + last] = d1[last];
                 }
             }
             let base = i * per;
             for j in 0..4 {
                 // Patch row r of tile (ty, t) is padded row 2·ty + r.
-                let f = |r: usize| &rows[((j * 2 + r % 2) * half + r / 2) * tw..][..per];
+                let f = |r: usize| &combos[(j * 2 + r % 2) * n + (r / 2) * tw..][..per];
                 let (f0, f1, f2, f3) = (f(0), f(1), f(2), f(3));
                 let out = |k: usize| ((k * 4 + j) * c_n + c) * b.stride + base;
                 for (q, o) in v[out(0)..][..per].iter_mut().enumerate() {
@@ -205,12 +236,28 @@ fn output_transform(s: &ConvShape, m: &[f32], b: &Batch, y: &mut [f32], z: &mut 
     }
 }
 
-/// A thread's buffers, reused across its batches: `V`, `M`, and the transforms' rows.
+/// A thread's buffers, reused across its batches and calls: `V`, `M`, and the
+/// transforms' working rows.
 #[derive(Default)]
 struct Scratch {
     v: Vec<f32>,
     m: Vec<f32>,
     rows: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+}
+
+/// Sizes `buf` to `rows` rows of `stride` tiles and zeroes each row's tiles past `used`:
+/// the products run over whole rows, and the weight gradient sums over them.
+fn tile_rows(buf: &mut Vec<f32>, rows: usize, stride: usize, used: usize) {
+    buf.resize(rows * stride, 0.0);
+    if used < stride {
+        for row in buf.chunks_exact_mut(stride) {
+            row[used..].fill(0.0);
+        }
+    }
 }
 
 /// `y = conv2d(x, k)` for a convolution [`applies`] accepts.
@@ -223,9 +270,8 @@ pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
     let image_len = o_n * s.oh * s.ow;
     y.par_chunks_mut(images * image_len)
         .enumerate()
-        .for_each_init(
-            Scratch::default,
-            |Scratch { v, m, rows }: &mut Scratch, (chunk, ys)| {
+        .for_each(|(chunk, ys)| {
+            reusing(&SCRATCH, |Scratch { v, m, rows }| {
                 let count = ys.len() / image_len;
                 let stride = (count * per).next_multiple_of(8);
                 let batch = Batch {
@@ -235,7 +281,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
                     tw,
                     stride,
                 };
-                v.resize(16 * c_n * stride, 0.0);
+                tile_rows(v, 16 * c_n, stride, count * per);
                 m.resize(16 * o_n * stride, 0.0);
                 input_transform(s, x, &batch, v, rows);
                 for xi in 0..16 {
@@ -266,8 +312,8 @@ pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
                 // The chunk's images start at image 0 of `ys`.
                 let local = Batch { first: 0, ..batch };
                 output_transform(s, m, &local, ys, rows);
-            },
-        );
+            })
+        });
 }
 
 /// `dS = A dY Aᵀ` of every 2×2 tile of the output gradient (`A = [1 0; 1 1; 1 −1; 0 −1]`),
@@ -351,51 +397,49 @@ pub fn weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
         .into_par_iter()
         .map(|t| {
             let mut du = vec![0.0f32; 16 * o_n * c_n];
-            let mut sc = Scratch::default();
-            for chunk in (t * per_thread)..((t + 1) * per_thread).min(chunks) {
-                let first = chunk * images;
-                let count = images.min(s.b - first);
-                let stride = (count * per).next_multiple_of(8);
-                let batch = Batch {
-                    first,
-                    count,
-                    th,
-                    tw,
-                    stride,
-                };
-                // The padding tiles past count·per must be zero: they are summed over.
-                sc.v.clear();
-                sc.v.resize(16 * c_n * stride, 0.0);
-                sc.m.clear();
-                sc.m.resize(16 * o_n * stride, 0.0);
-                input_transform(s, x, &batch, &mut sc.v, &mut sc.rows);
-                gradient_transform(s, dy, &batch, &mut sc.m, &mut sc.rows);
-                for xi in 0..16 {
-                    // dU_ξ [O, C] += dS_ξ [O, T] · V_ξᵀ [T, C]
-                    // SAFETY: the blocks are disjoint and inside their buffers.
-                    unsafe {
-                        gemm(
-                            o_n,
-                            c_n,
-                            stride,
-                            du[xi * o_n * c_n..].as_mut_ptr(),
-                            c_n as isize,
-                            true,
-                            Mat {
-                                ptr: sc.m[xi * o_n * stride..].as_ptr(),
-                                rs: stride as isize,
-                                cs: 1,
-                            },
-                            Mat {
-                                ptr: sc.v[xi * c_n * stride..].as_ptr(),
-                                rs: 1,
-                                cs: stride as isize,
-                            },
-                            false,
-                        )
+            reusing(&SCRATCH, |sc| {
+                for chunk in (t * per_thread)..((t + 1) * per_thread).min(chunks) {
+                    let first = chunk * images;
+                    let count = images.min(s.b - first);
+                    let stride = (count * per).next_multiple_of(8);
+                    let batch = Batch {
+                        first,
+                        count,
+                        th,
+                        tw,
+                        stride,
                     };
+                    tile_rows(&mut sc.v, 16 * c_n, stride, count * per);
+                    tile_rows(&mut sc.m, 16 * o_n, stride, count * per);
+                    input_transform(s, x, &batch, &mut sc.v, &mut sc.rows);
+                    gradient_transform(s, dy, &batch, &mut sc.m, &mut sc.rows);
+                    for xi in 0..16 {
+                        // dU_ξ [O, C] += dS_ξ [O, T] · V_ξᵀ [T, C]
+                        // SAFETY: the blocks are disjoint and inside their buffers.
+                        unsafe {
+                            gemm(
+                                o_n,
+                                c_n,
+                                stride,
+                                du[xi * o_n * c_n..].as_mut_ptr(),
+                                c_n as isize,
+                                true,
+                                Mat {
+                                    ptr: sc.m[xi * o_n * stride..].as_ptr(),
+                                    rs: stride as isize,
+                                    cs: 1,
+                                },
+                                Mat {
+                                    ptr: sc.v[xi * c_n * stride..].as_ptr(),
+                                    rs: 1,
+                                    cs: stride as isize,
+                                },
+                                false,
+                            )
+                        };
+                    }
                 }
-            }
+            });
             du
         })
         .collect();
@@ -457,6 +501,13 @@ mod tests {
             (2, 8, 6, 6, 3),
             (5, 3, 28, 28, 6),
             (1, 4, 1, 9, 2),
+            (2, 3, 1, 1, 2),
+            (2, 3, 2, 2, 2),
+            (2, 3, 4, 4, 2),
+            (2, 3, 3, 3, 2),
+            (2, 3, 9, 1, 2),
+            (4, 512, 2, 2, 512),
+            (4, 64, 2, 2, 8),
         ] {
             let s = ConvShape::new(&[b, c, h, w], &[o, c, 3, 3], &[b, o, h, w], win);
             let (x, k, dy) = (
