@@ -325,11 +325,16 @@ fn gradient_transform(s: &ConvShape, dy: &[f32], b: &Batch, ds: &mut [f32], g: &
     // g[r][q][tile]: entry (r, q) of each tile; then rows[k][q][tile] of A·dY.
     g.resize(12 * per, 0.0);
     let (tiles, rows) = g.split_at_mut(4 * per);
+    if oh % 2 == 1 {
+        // The second row of the last row of tiles lies past the edge, in every plane.
+        for q in 0..2 {
+            tiles[(2 + q) * per + (b.th - 1) * tw..][..tw].fill(0.0);
+        }
+    }
     for i in 0..b.count {
         let base = i * per;
         for o in 0..o_n {
             let dyp = &dy[((b.first + i) * o_n + o) * oh * ow..][..oh * ow];
-            tiles.fill(0.0);
             for (oy, line) in dyp.chunks_exact(ow).enumerate() {
                 let (ty, r) = (oy / 2, oy % 2);
                 let (g0, g1) = tiles[2 * r * per..][..2 * per].split_at_mut(per);
@@ -340,6 +345,7 @@ fn gradient_transform(s: &ConvShape, dy: &[f32], b: &Batch, ds: &mut [f32], g: &
                 }
                 if ow % 2 == 1 {
                     g0[tw - 1] = line[ow - 1];
+                    g1[tw - 1] = 0.0;
                 }
             }
             for q in 0..2 {
