@@ -16,7 +16,7 @@ pub mod kernels;
 pub mod plan;
 pub mod winograd;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
 use nabla_lang::backend::{Backend, BackendError};
@@ -28,6 +28,8 @@ use plan::{Kernel, Loc, Plan};
 /// A compiled graph: its plan and fused loops (shared by every executable of the graph).
 pub struct Compiled {
     pub plan: Plan,
+    /// Whether the step runs on the thread pool (see [`POOL_MIN_FLOPS`]).
+    pooled: bool,
     loops: Vec<LoopFn>,
     /// Owns the machine code of `loops`.
     _jit: Mutex<Jit>,
@@ -92,6 +94,30 @@ pub struct Buffer {
 }
 
 /// The CPU backend.
+/// Steps of at least this many flops run on a thread of the pool (measured: the MLP's
+/// 0.41 GFLOP step; the linear net's 4 MFLOP one runs on one thread, and handing it to
+/// the pool would cost more than it does).
+///
+/// A parallel kernel called from outside the pool injects its work and puts the caller
+/// to sleep until a worker wakes it: two thread hand-offs per kernel, which were about
+/// 10% of the MLP's profile (scheduler and futex time). From a pool thread, the kernel's
+/// other half is stolen by the other worker, usually still spinning from the kernel
+/// before, and the caller sleeps once per step.
+const POOL_MIN_FLOPS: u64 = 1 << 24;
+
+/// The pool steps run on, one thread per core (rayon's default count); `None` if the
+/// threads could not be started, in which case steps run on the caller's thread.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().build().ok())
+        .as_ref()
+}
+
+/// The arena addresses of one run, handed to the pool thread that runs the kernels.
+struct Pointers(Vec<*mut f32>);
+// SAFETY: the run that owns the regions waits for the pool thread to finish with them.
+unsafe impl Send for Pointers {}
+
 #[derive(Default)]
 pub struct Cpu {
     cache: DashMap<String, Arc<Compiled>>,
@@ -148,6 +174,7 @@ impl Backend for Cpu {
                 let loops = jit.finish().map_err(failed)?;
                 let c = Arc::new(Compiled {
                     plan,
+                    pooled: nabla_lang::ir::flops(g) >= POOL_MIN_FLOPS,
                     loops,
                     _jit: Mutex::new(jit),
                     graph: g.clone(),
@@ -205,16 +232,28 @@ impl Backend for Cpu {
                 ));
             }
         }
-        let ptrs = pointers(p, inputs, &mut exe.arena);
-        for (i, k) in p.kernels.iter().enumerate() {
-            let t = exe.profile.is_some().then(std::time::Instant::now);
-            // SAFETY: the plan gives every value a region of its size; kernels write only
-            // their outputs, which overlap no input except as `plan` allows.
-            unsafe { execute(&c, k, &ptrs) };
-            if let (Some(t), Some(times)) = (t, exe.profile.as_mut()) {
-                times[i] += t.elapsed().as_secs_f64();
+        let ptrs = Pointers(pointers(p, inputs, &mut exe.arena));
+        let (profile, compiled) = (&mut exe.profile, &*c);
+        let kernels = move || {
+            let ptrs = ptrs;
+            for (i, k) in p.kernels.iter().enumerate() {
+                let t = profile.is_some().then(std::time::Instant::now);
+                // SAFETY: the plan gives every value a region of its size; kernels write
+                // only their outputs, which overlap no input except as `plan` allows.
+                unsafe { execute(compiled, k, &ptrs.0) };
+                if let (Some(t), Some(times)) = (t, profile.as_mut()) {
+                    times[i] += t.elapsed().as_secs_f64();
+                }
             }
-        }
+            ptrs
+        };
+        let ptrs = match pool() {
+            Some(pool) if c.pooled && rayon::current_thread_index().is_none() => {
+                pool.install(kernels)
+            }
+            _ => kernels(),
+        };
+        let ptrs = ptrs.0;
         let mut out = Vec::new();
         let mut copies = Vec::new();
         for (o, (v, target)) in p.outputs.iter().enumerate() {
