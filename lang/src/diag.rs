@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::span::{SourceMap, Span};
+use crate::span::{FileId, SourceMap, Span};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,7 +133,21 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool) -> String {
         let start = chars(s.start);
         start..chars(s.end).max(start)
     };
-    let mut report = Report::build(kind, (name(primary), clamp(primary)))
+    let groups = snippet_groups(d, sources);
+    let id = |i: usize| Snippet {
+        name: name(d.labels[i].span),
+        group: groups[i],
+    };
+    // The report's location names the group of its primary label, so that ariadne heads
+    // that snippet with the primary's line and every other snippet with its own.
+    let primary_id = match d.labels.iter().position(|l| l.span == primary) {
+        Some(i) => id(i),
+        None => Snippet {
+            name: name(primary),
+            group: usize::MAX,
+        },
+    };
+    let mut report = Report::build(kind, (primary_id.clone(), clamp(primary)))
         .with_config(
             Config::default()
                 .with_index_type(IndexType::Char)
@@ -144,7 +158,7 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool) -> String {
     for (i, l) in d.labels.iter().enumerate() {
         let color = if l.primary { Color::Red } else { Color::Blue };
         report = report.with_label(
-            ariadne::Label::new((name(l.span), clamp(l.span)))
+            ariadne::Label::new((id(i), clamp(l.span)))
                 .with_message(&l.message)
                 .with_color(color)
                 .with_order(i as i32),
@@ -156,12 +170,14 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool) -> String {
     for n in &d.notes {
         report = report.with_note(n);
     }
-    let mut files: Vec<Span> = d.labels.iter().map(|l| l.span).collect();
-    files.dedup_by_key(|s| s.file);
+    let mut ids: Vec<(Snippet, FileId)> = (0..d.labels.len())
+        .map(|i| (id(i), d.labels[i].span.file))
+        .collect();
+    ids.push((primary_id, primary.file));
+    ids.dedup();
     let cache = ariadne::sources(
-        files
-            .iter()
-            .map(|s| (name(*s), sources.text(s.file).to_string()))
+        ids.into_iter()
+            .map(|(snippet, file)| (snippet, sources.text(file).to_string()))
             .collect::<Vec<_>>(),
     );
     let mut out = Vec::new();
@@ -177,6 +193,49 @@ pub fn render(d: &Diagnostic, sources: &SourceMap, color: bool) -> String {
         return s;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A source as ariadne sees it: a file, and which of its snippets. ariadne starts a new
+/// snippet when the next label of a file lies above the previous one (a trace that goes
+/// back up a file), and heads every snippet of the report's own file with the report's
+/// location; giving each snippet its own id makes each header name its own first label.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Snippet {
+    name: String,
+    group: usize,
+}
+
+impl std::fmt::Display for Snippet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// The snippet of each label, numbered as ariadne groups them: labels in order, a new
+/// snippet at a change of file or when a label ends on an earlier line than the last.
+fn snippet_groups(d: &Diagnostic, sources: &SourceMap) -> Vec<usize> {
+    let end_line = |s: Span| {
+        let text = sources.text(s.file);
+        let end = if s.end > s.start { s.end - 1 } else { s.start };
+        text.as_bytes()[..end.min(text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+    };
+    let mut groups = Vec::with_capacity(d.labels.len());
+    let mut last: Option<(FileId, usize)> = None;
+    let mut group = 0;
+    for l in &d.labels {
+        let (file, line) = (l.span.file, end_line(l.span));
+        if let Some((f, prev)) = last
+            && (f != file || line < prev)
+        {
+            group += 1;
+        }
+        last = Some((file, line));
+        groups.push(group);
+    }
+    groups
 }
 
 fn severity_word(s: Severity) -> &'static str {
