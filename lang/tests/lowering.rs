@@ -145,12 +145,29 @@ fn label_smoothing_is_pytorchs_and_its_gradient_checks() {
 #[test]
 fn batchnorm_needs_two_values_per_channel_to_train() {
     let src = "import std.nn.*\nnet Tiny: f32[2, 1, 1] -> f32[3] {\n  conv(4, 1); batchnorm; relu\n  flatten\n  dense(3)\n}\n";
-    let c = check_files(&[("tiny.net".to_string(), src.to_string())], &nabla_stdlib::StdLoader);
+    let c = check_files(
+        &[("tiny.net".to_string(), src.to_string())],
+        &nabla_stdlib::StdLoader,
+    );
     assert!(c.diagnostics.is_empty());
-    let lower = |batch, mode| lower_net(&c.program, 0, "Tiny", batch, mode, Some("softmax_cross_entropy"));
-    let err = lower(1, Mode::Train).err().expect("batch 1 is refused in training");
+    let lower = |batch, mode| {
+        lower_net(
+            &c.program,
+            0,
+            "Tiny",
+            batch,
+            mode,
+            Some("softmax_cross_entropy"),
+        )
+    };
+    let err = lower(1, Mode::Train)
+        .err()
+        .expect("batch 1 is refused in training");
     assert_eq!(err.code, "E0305");
-    assert_eq!(err.message, "`unbiased_variance` requires `n > 1`, but n = 1");
+    assert_eq!(
+        err.message,
+        "`unbiased_variance` requires `n > 1`, but n = 1"
+    );
     assert!(lower(2, Mode::Train).is_ok());
     assert!(lower(1, Mode::Eval).is_ok());
 }
