@@ -41,6 +41,13 @@ const PARALLEL_MIN: usize = 1 << 15;
 /// takes 0.020 ms on one thread and 0.043 ms on two).
 const GEMM_PARALLEL_MIN: usize = 1 << 22;
 
+/// The same bar for a GEMM called on a pool thread (a step the backend ran on the pool):
+/// there the other worker is usually awake, so splitting is cheap, and a serial stretch
+/// of small products lets it fall asleep and join the next large product late. The MLP's
+/// 128×512×10 products split: its step went from 3.18–4.22 to 2.28–3.23 ms (medians,
+/// alternated in a loaded phase).
+const GEMM_PARALLEL_MIN_POOLED: usize = 1 << 18;
+
 /// A matrix operand: base pointer, row stride and column stride (in elements).
 #[derive(Clone, Copy)]
 pub struct Mat {
@@ -126,7 +133,12 @@ unsafe fn gemm_strided(
         }
         return;
     }
-    let par = if threads && m * n * k >= GEMM_PARALLEL_MIN {
+    let min = if rayon::current_thread_index().is_some() {
+        GEMM_PARALLEL_MIN_POOLED
+    } else {
+        GEMM_PARALLEL_MIN
+    };
+    let par = if threads && m * n * k >= min {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
