@@ -93,7 +93,6 @@ pub struct Buffer {
     pub data: Vec<f32>,
 }
 
-/// The CPU backend.
 /// Steps of at least this many flops run on a thread of the pool (measured: the MLP's
 /// 0.41 GFLOP step; the linear net's 4 MFLOP one runs on one thread, and handing it to
 /// the pool would cost more than it does).
@@ -118,6 +117,7 @@ struct Pointers(Vec<*mut f32>);
 // SAFETY: the run that owns the regions waits for the pool thread to finish with them.
 unsafe impl Send for Pointers {}
 
+/// The CPU backend.
 #[derive(Default)]
 pub struct Cpu {
     cache: DashMap<String, Arc<Compiled>>,
