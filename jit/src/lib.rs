@@ -14,6 +14,7 @@ pub mod fuse;
 pub mod host;
 pub mod kernels;
 pub mod plan;
+pub mod team;
 pub mod winograd;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -103,6 +104,9 @@ pub struct Buffer {
 /// other half is stolen by the other worker, usually still spinning from the kernel
 /// before, and the caller sleeps once per step.
 const POOL_MIN_FLOPS: u64 = 1 << 24;
+
+/// Below this many values a batch is written on the caller's thread alone.
+const WRITE_TEAM_MIN: usize = 1 << 15;
 
 /// The pool steps run on, one thread per core (rayon's default count); `None` if the
 /// threads could not be started, in which case steps run on the caller's thread.
@@ -209,6 +213,44 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    /// Rows are written by the team ([`team`]) in the blocks a product over the batch
+    /// splits them into, so each core reads rows already in its cache. Measured on
+    /// Fashion-MNIST's linear net, where the batch is gathered from a 188 MB training
+    /// set: see docs/performance.md.
+    fn write_rows(
+        &self,
+        b: &mut Buffer,
+        shape: &[usize],
+        fill: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+    ) -> Result<(), BackendError> {
+        let n: usize = shape.iter().product();
+        let m = shape.first().copied().unwrap_or(1);
+        b.shape.clear();
+        b.shape.extend_from_slice(shape);
+        b.data.resize(n, 0.0);
+        let members = team::step(team::size);
+        if members == 1 || m < 2 || n < WRITE_TEAM_MIN {
+            fill(0..m, &mut b.data);
+            return Ok(());
+        }
+        let (per, chunk) = (n / m, team::block(m, members));
+        let base = b.data.as_mut_ptr() as usize;
+        team::step(|| {
+            team::run(m.div_ceil(chunk), &|i| {
+                let rows = i * chunk..((i + 1) * chunk).min(m);
+                // SAFETY: each part gets its own rows of the buffer, which has m·per values.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (base as *mut f32).add(rows.start * per),
+                        rows.len() * per,
+                    )
+                };
+                fill(rows, out);
+            })
+        });
+        Ok(())
+    }
+
     fn download(&self, b: &Buffer) -> Result<Vec<f32>, BackendError> {
         Ok(b.data.clone())
     }
@@ -249,9 +291,10 @@ impl Backend for Cpu {
         };
         let ptrs = match pool() {
             Some(pool) if c.pooled && rayon::current_thread_index().is_none() => {
+                team::rest();
                 pool.install(kernels)
             }
-            _ => kernels(),
+            _ => team::step(kernels),
         };
         let ptrs = ptrs.0;
         let mut out = Vec::new();

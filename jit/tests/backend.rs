@@ -3,7 +3,7 @@
 
 use nabla_jit::Cpu;
 use nabla_lang::backend::suite::{
-    Case, TOLERANCE, eval_case, net_case, op_cases, run_case, step_case,
+    Case, TOLERANCE, check_write_rows, eval_case, net_case, op_cases, run_case, step_case,
 };
 use nabla_lang::backend::{Backend, Interp};
 use nabla_lang::check::{Checked, check_files};
@@ -164,6 +164,15 @@ fn train_steps_match_the_interpreter() {
     let c = checked("examples/mnist_cnn.net");
     cases.push(eval_case(&c.program, "MnistCnn", 16, Some(&[1, 12, 12])).expect("eval step"));
     assert_cases(&Cpu::new(), &cases);
+}
+
+#[test]
+fn batches_written_by_rows_land_in_place() {
+    check_write_rows(&Cpu::new()).expect("CPU backend");
+    check_write_rows(&Interp {
+        precision: Precision::F32,
+    })
+    .expect("interpreter");
 }
 
 #[test]

@@ -70,6 +70,22 @@ pub trait Backend {
         *b = self.upload(shape, data)?;
         Ok(())
     }
+    /// Replaces the contents of `b` with a tensor of `shape` that `fill` writes: called as
+    /// `fill(rows, out)`, it writes rows `rows` (indices along `shape[0]`) into `out`,
+    /// which holds exactly those rows. A backend may call it on several threads at once,
+    /// each with rows of its own, split as its kernels will split them, so that a
+    /// training batch is assembled where it is about to be read. By default: one call over
+    /// every row, then [`Backend::write`].
+    fn write_rows(
+        &self,
+        b: &mut Self::Buffer,
+        shape: &[usize],
+        fill: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+    ) -> Result<(), BackendError> {
+        let mut data = vec![0.0; shape.iter().product()];
+        fill(0..shape.first().copied().unwrap_or(1), &mut data);
+        self.write(b, shape, &data)
+    }
     /// The contents of `b` (waits for pending work).
     fn download(&self, b: &Self::Buffer) -> Result<Vec<f32>, BackendError>;
     /// Runs `exe` on `inputs` (one per graph input, in graph order; shapes are checked).

@@ -204,3 +204,44 @@ pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
     }
     Ok(worst)
 }
+
+/// [`Backend::write_rows`] into a buffer first made by `upload` (of another shape) and
+/// again into the same buffer: every row is filled exactly once, in its place, for a
+/// batch large enough to be split over threads and for a small one. `Err` says what
+/// differed.
+pub fn check_write_rows<B: Backend>(b: &B) -> Result<(), String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut buf = b.upload(&[2, 2], &[0.0; 4]).map_err(|e| e.to_string())?;
+    for shape in [[96usize, 3, 347], [3, 1, 5], [96, 3, 347]] {
+        let (rows, per) = (shape[0], shape[1] * shape[2]);
+        let calls: Vec<AtomicUsize> = (0..rows).map(|_| AtomicUsize::new(0)).collect();
+        let value = |r: usize, j: usize| (r * 1000 + j) as f32;
+        let fill = |range: std::ops::Range<usize>, out: &mut [f32]| {
+            assert_eq!(out.len(), range.len() * per, "fill's slice fits its rows");
+            for (k, r) in range.enumerate() {
+                calls[r].fetch_add(1, Ordering::SeqCst);
+                for j in 0..per {
+                    out[k * per + j] = value(r, j);
+                }
+            }
+        };
+        b.write_rows(&mut buf, &shape, &fill)
+            .map_err(|e| e.to_string())?;
+        if let Some(r) = (0..rows).find(|r| calls[*r].load(Ordering::SeqCst) != 1) {
+            return Err(format!(
+                "{shape:?}: row {r} filled {} times",
+                calls[r].load(Ordering::SeqCst)
+            ));
+        }
+        let got = b.download(&buf).map_err(|e| e.to_string())?;
+        let want: Vec<f32> = (0..rows * per).map(|i| value(i / per, i % per)).collect();
+        if got != want {
+            let at = got.iter().zip(&want).position(|(g, w)| g != w);
+            return Err(format!(
+                "{shape:?}: {} values, first difference at {at:?}",
+                got.len()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -100,14 +100,70 @@ pub struct Model<B: Backend> {
     pub steps: u64,
     /// Epochs completed.
     pub epoch: u64,
-    /// The batch being assembled (reused: no allocation per step).
-    x: Vec<f32>,
+    /// The batch being assembled (reused: no allocation per step): its examples, whose
+    /// images are written into the step's input buffer, and its labels.
+    rows: Vec<Row>,
     y: Vec<f32>,
     /// The classes the loss takes (its labels' `one_hot`), once a step is compiled.
     classes: Option<usize>,
     rng: u64,
     /// What it takes to replay the recent steps (see [`Model::locate_non_finite`]).
     replay: Replay,
+}
+
+/// One example of a batch: where its image starts in its split, and its augmentation
+/// (a shift by `dy`, `dx` with zeros shifted in, then a horizontal flip).
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    start: usize,
+    dy: i64,
+    dx: i64,
+    flip: bool,
+}
+
+/// Writes the images of `rows` of `split` into `out`, one after another, augmented and
+/// normalized by the per-channel `(mean, std)` (none given: as they are). `out` holds
+/// exactly those images; rows were checked to lie in the split when gathered.
+fn fill_images(split: &Split, rows: &[Row], (mean, std): (&[f32], &[f32]), out: &mut [f32]) {
+    let [c, h, w] = split.shape;
+    let (plane, per) = (h * w, split.example_len());
+    if per == 0 {
+        return;
+    }
+    for (row, dst) in rows.iter().zip(out.chunks_exact_mut(per)) {
+        let Some(img) = split.images.get(row.start..row.start + per) else {
+            continue;
+        };
+        for ch in 0..c {
+            let (m, s) = (
+                mean.get(ch).copied().unwrap_or(0.0),
+                std.get(ch).copied().unwrap_or(1.0),
+            );
+            let src = &img[ch * plane..(ch + 1) * plane];
+            let dst = &mut dst[ch * plane..(ch + 1) * plane];
+            if row.dy == 0 && row.dx == 0 && !row.flip {
+                // The common case: the image as it is, normalized.
+                if m == 0.0 && s == 1.0 {
+                    dst.copy_from_slice(src);
+                } else {
+                    dst.iter_mut().zip(src).for_each(|(d, v)| *d = (v - m) / s);
+                }
+                continue;
+            }
+            for yy in 0..h {
+                for xx in 0..w {
+                    let sx = if row.flip { w - 1 - xx } else { xx } as i64 + row.dx;
+                    let sy = yy as i64 + row.dy;
+                    let v = if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 {
+                        0.0
+                    } else {
+                        src[sy as usize * w + sx as usize]
+                    };
+                    dst[yy * w + xx] = (v - m) / s;
+                }
+            }
+        }
+    }
 }
 
 /// A copy of every tensor, the step count and the augmentation generator taken every
@@ -234,7 +290,7 @@ impl<B: Backend> Model<B> {
             grad: HashMap::new(),
             steps: 0,
             epoch: 0,
-            x: vec![],
+            rows: vec![],
             y: vec![],
             rng: seed,
             classes: None,
@@ -254,9 +310,11 @@ impl<B: Backend> Model<B> {
         self.recipe = Some(recipe);
     }
 
-    /// Fills the batch buffers with examples `idx` of `split`, augmented when training.
+    /// Chooses the batch: examples `idx` of `split`, with their augmentation when
+    /// training (drawn here, in order, so a seed gives the same batches), and their
+    /// labels. The images are written later, straight into the step's input buffer (see
+    /// [`Model::run`]).
     fn gather(&mut self, split: &Split, idx: &[usize], train: bool) -> Result<(), String> {
-        let [c, h, w] = split.shape;
         let per = split.example_len();
         if self.input.iter().product::<usize>() != per {
             return Err(format!(
@@ -264,7 +322,7 @@ impl<B: Backend> Model<B> {
                 split.name, split.shape, self.net, self.input
             ));
         }
-        self.x.clear();
+        self.rows.clear();
         self.y.clear();
         let augs = if train {
             self.recipe
@@ -274,56 +332,40 @@ impl<B: Backend> Model<B> {
         } else {
             vec![]
         };
-        let plane = h * w;
         for &i in idx {
-            let img = split
-                .images
-                .get(i * per..(i + 1) * per)
-                .ok_or_else(|| format!("example {i} is out of range for {}", split.name))?;
-            let (mut dy, mut dx, mut flip) = (0i64, 0i64, false);
+            let label = split.labels.get(i).copied();
+            let (Some(label), true) = (label, (i + 1) * per <= split.images.len()) else {
+                return Err(format!("example {i} is out of range for {}", split.name));
+            };
+            let mut row = Row {
+                start: i * per,
+                dy: 0,
+                dx: 0,
+                flip: false,
+            };
             for a in &augs {
                 match a {
                     Augment::Crop(pad) => {
                         let span = 2 * *pad as u64 + 1;
-                        dy = (self.next() % span) as i64 - *pad as i64;
-                        dx = (self.next() % span) as i64 - *pad as i64;
+                        row.dy = (self.next() % span) as i64 - *pad as i64;
+                        row.dx = (self.next() % span) as i64 - *pad as i64;
                     }
                     Augment::Flip(p) => {
-                        flip = (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= *p
+                        row.flip = (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= *p
                     }
                 }
             }
-            for ch in 0..c {
-                let (m, s) = (
-                    self.mean.get(ch).copied().unwrap_or(0.0),
-                    self.std.get(ch).copied().unwrap_or(1.0),
-                );
-                let src = &img[ch * plane..(ch + 1) * plane];
-                if dy == 0 && dx == 0 && !flip {
-                    // The common case: the image as it is, normalized.
-                    if m == 0.0 && s == 1.0 {
-                        self.x.extend_from_slice(src);
-                    } else {
-                        self.x.extend(src.iter().map(|v| (v - m) / s));
-                    }
-                    continue;
-                }
-                for yy in 0..h {
-                    for xx in 0..w {
-                        let sx = if flip { w - 1 - xx } else { xx } as i64 + dx;
-                        let sy = yy as i64 + dy;
-                        let v = if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 {
-                            0.0
-                        } else {
-                            src[sy as usize * w + sx as usize]
-                        };
-                        self.x.push((v - m) / s);
-                    }
-                }
-            }
-            self.y.push(split.labels[i] as f32);
+            self.rows.push(row);
+            self.y.push(label as f32);
         }
         Ok(())
+    }
+
+    /// The gathered batch's images in one vector (what the step's input buffer holds).
+    fn batch_images(&self, split: &Split) -> Vec<f32> {
+        let mut x = vec![0.0; self.rows.len() * split.example_len()];
+        fill_images(split, &self.rows, (&self.mean, &self.std), &mut x);
+        x
     }
 
     fn next(&mut self) -> u64 {
@@ -384,7 +426,7 @@ impl<B: Backend> Model<B> {
             .iter()
             .map(|(_, v)| *v)
             .collect();
-        let out = self.run(backend, Which::Train, b, &scalars)?;
+        let out = self.run(backend, Which::Train, split, &scalars)?;
         first(backend, &out)
     }
 
@@ -462,7 +504,8 @@ impl<B: Backend> Model<B> {
         for t in &self.tensors {
             values.insert(t.name.clone(), backend.download(t.buf.as_ref()?).ok()?);
         }
-        let (x, y) = (&self.x, &self.y);
+        let x = self.batch_images(split);
+        let y = &self.y;
         let input = |name: &str, _| {
             let (v, _, _) = g.inputs().find(|(_, n, _)| *n == name)?;
             let n = g.node(v);
@@ -524,13 +567,14 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// Runs the train, eval or gradient step for batch `b` on the gathered batch; returns
-    /// its non-state outputs.
+    /// Runs the train, eval or gradient step for batch `b` on the gathered batch of
+    /// `split`; returns its non-state outputs. The images go straight into the step's
+    /// input buffer ([`Backend::write_rows`]), the rest through its staged buffers.
     fn run(
         &mut self,
         backend: &B,
         which: Which,
-        b: usize,
+        split: &Split,
         scalars: &[f64],
     ) -> Result<Vec<B::Buffer>, String> {
         let Model {
@@ -538,8 +582,10 @@ impl<B: Backend> Model<B> {
             eval,
             grad,
             tensors,
-            x,
+            rows,
             y,
+            mean,
+            std,
             ..
         } = self;
         let exes = match which {
@@ -547,13 +593,21 @@ impl<B: Backend> Model<B> {
             Which::Eval => eval,
             Which::Grad => grad,
         };
-        let exe = exes.get_mut(&b).ok_or("no compiled step")?;
+        let exe = exes.get_mut(&rows.len()).ok_or("no compiled step")?;
+        let (rows, stats) = (&rows[..], (&mean[..], &std[..]));
+        let per = split.example_len();
+        let images = |r: std::ops::Range<usize>, out: &mut [f32]| {
+            let batch = rows.get(r).unwrap_or(&[]);
+            if out.len() == batch.len() * per {
+                fill_images(split, batch, stats, out);
+            }
+        };
         let mut bufs = Vec::with_capacity(exe.inputs.len());
         let mut failed = None;
         for (i, (feed, shape)) in exe.inputs.iter().enumerate() {
             let one;
             let data: &[f32] = match feed {
-                Feed::Images => x,
+                Feed::Images => &[],
                 Feed::Labels => y,
                 Feed::Scalar(k) => {
                     one = [scalars.get(*k).copied().unwrap_or(f64::NAN) as f32];
@@ -571,9 +625,17 @@ impl<B: Backend> Model<B> {
                 },
             };
             // Refill this input's staged buffer, or make it the first time.
-            let filled = match exe.staged[i].take() {
-                Some(mut buf) => backend.write(&mut buf, shape, data).map(|_| buf),
-                None => backend.upload(shape, data),
+            let filled = match (exe.staged[i].take(), feed) {
+                (Some(mut buf), Feed::Images) => {
+                    backend.write_rows(&mut buf, shape, &images).map(|_| buf)
+                }
+                (None, Feed::Images) => {
+                    let mut x = vec![0.0; shape.iter().product()];
+                    images(0..rows.len(), &mut x);
+                    backend.upload(shape, &x)
+                }
+                (Some(mut buf), _) => backend.write(&mut buf, shape, data).map(|_| buf),
+                (None, _) => backend.upload(shape, data),
             };
             match filled {
                 Ok(buf) => bufs.push(buf),
@@ -618,7 +680,7 @@ impl<B: Backend> Model<B> {
             let exe = self.prepare_exe(backend, &step.graph, &[])?;
             self.grad.insert(b, exe);
         }
-        let out = self.run(backend, Which::Grad, b, &[])?;
+        let out = self.run(backend, Which::Grad, split, &[])?;
         let loss = first(backend, &out)?;
         let names = self
             .grad
@@ -733,7 +795,7 @@ impl<B: Backend> Model<B> {
                 self.eval.insert(b, exe);
             }
             self.check_labels(split, &idx)?;
-            let out = self.run(backend, Which::Eval, b, &[])?;
+            let out = self.run(backend, Which::Eval, split, &[])?;
             let values: Vec<f64> = out
                 .iter()
                 .map(|o| first(backend, std::slice::from_ref(o)))
