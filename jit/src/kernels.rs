@@ -138,8 +138,12 @@ unsafe fn gemm_strided(
         }
         return;
     }
-    let members = crate::team::size();
-    if threads && members > 1 && m * n * k >= GEMM_TEAM_MIN {
+    let members = if threads && m * n * k >= GEMM_TEAM_MIN {
+        crate::team::size()
+    } else {
+        1
+    };
+    if members > 1 {
         // SAFETY: forwarded from the caller.
         return unsafe {
             gemm_team(

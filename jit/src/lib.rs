@@ -228,8 +228,12 @@ impl Backend for Cpu {
         b.shape.clear();
         b.shape.extend_from_slice(shape);
         b.data.resize(n, 0.0);
-        let members = team::step(team::size);
-        if members == 1 || m < 2 || n < WRITE_TEAM_MIN {
+        let members = if m < 2 || n < WRITE_TEAM_MIN {
+            1
+        } else {
+            team::step(team::size)
+        };
+        if members == 1 {
             fill(0..m, &mut b.data);
             return Ok(());
         }
