@@ -116,12 +116,12 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
         println!("process start to first step:   {:.3} s (loss {loss:.4})", t);
     }
     println!(
-        "step: median {:.3} ms over {} steps (min {:.3}, max {:.3}) · {:.2} GFLOP per step · {:.1} GFLOP/s",
+        "step: median {:.3} ms over {} steps (min {:.3}, max {:.3}) · {} per step · {:.1} GFLOP/s",
         median * 1e3,
         times.len(),
         times[0] * 1e3,
         times[times.len() - 1] * 1e3,
-        flops / 1e9,
+        flop_count(flops),
         flops / median / 1e9
     );
     println!(
@@ -188,4 +188,13 @@ fn print_profile(
         );
     }
     Ok(())
+}
+
+/// A flop count in the unit that shows it with three figures or so: "4.01 MFLOP".
+fn flop_count(flops: f64) -> String {
+    if flops >= 1e9 {
+        format!("{:.2} GFLOP", flops / 1e9)
+    } else {
+        format!("{:.2} MFLOP", flops / 1e6)
+    }
 }

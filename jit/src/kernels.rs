@@ -1372,7 +1372,7 @@ mod tests {
     /// the definition in f64 (relative 1e-5 of the sum of |terms|).
     #[test]
     fn team_products_match_their_definition() {
-        crate::team::set_enabled(true);
+        crate::team::set_mode(crate::team::Mode::Always);
         for (m, n, k, acc) in [
             (128, 10, 784, false),
             (10, 784, 128, true),

@@ -50,6 +50,8 @@ pub struct Executable {
     pub compile_seconds: f64,
     /// Seconds spent in each kernel of the plan over all runs, when profiling.
     profile: Option<Vec<f64>>,
+    /// Whether steps run with the team, decided by timing them (steps off the pool).
+    tuner: team::Tuner,
 }
 
 impl Executable {
@@ -193,6 +195,7 @@ impl Backend for Cpu {
             arena,
             compile_seconds: t0.elapsed().as_secs_f64(),
             profile: None,
+            tuner: team::Tuner::default(),
         })
     }
 
@@ -298,7 +301,7 @@ impl Backend for Cpu {
                 team::rest();
                 pool.install(kernels)
             }
-            _ => team::step(kernels),
+            _ => team::tuned_step(&mut exe.tuner, kernels),
         };
         let ptrs = ptrs.0;
         let mut out = Vec::new();

@@ -7,6 +7,13 @@
 //! last job, as OpenMP runtimes do; a hand-off is then a cache-line transfer, well under
 //! a microsecond. After [`SPIN`] without work a helper parks, and the next job wakes it.
 //!
+//! Whether a step uses the team is measured, not assumed: each executable's [`Tuner`]
+//! times its steps with the team and alone, keeps the faster, and measures again later.
+//! On the shared virtual machine we develop on the answer changes with the host's
+//! phase: the linear net's step took 0.045 ms with the team against 0.067 ms alone in
+//! most phases, and 0.09 ms with it in one where the two virtual cores seemed to share
+//! a physical core.
+//!
 //! A job never waits for a helper to arrive: its parts are claimed from a shared
 //! counter, so the caller runs every part no helper has claimed yet. It waits only for
 //! parts already claimed. One job runs at a time; a caller that finds the team busy
@@ -37,7 +44,15 @@ pub const MAX_PARTS: usize = 1 << 16;
 thread_local! {
     /// Whether this thread is running a step that may use the team (see [`step`]).
     static IN_STEP: Cell<bool> = const { Cell::new(false) };
+    /// Whether the step running on this thread was told to run alone (by its [`Tuner`]).
+    static ALONE: Cell<bool> = const { Cell::new(false) };
 }
+
+/// Whether the next tuned step runs with the team, as its [`Tuner`] said after the last
+/// one. Work between steps (the next batch, written by [`step`]) follows it, so a batch
+/// is split when the products that read it are, and helpers stay parked while a tuner
+/// times steps alone.
+static TEAM_NEXT: AtomicBool = AtomicBool::new(true);
 
 /// One job: run `f(i)` for every part `i`.
 struct Job<'a> {
@@ -56,6 +71,8 @@ struct Shared {
     panicked: AtomicBool,
     /// Set by [`rest`]: helpers park now instead of spinning out [`SPIN`].
     rest: AtomicBool,
+    /// Bumped by [`wake`]: a helper that sees it change spins another [`SPIN`].
+    ping: AtomicU64,
 }
 
 struct Helper {
@@ -68,19 +85,7 @@ struct Team {
     helpers: Vec<Helper>,
     /// Held by the one caller whose job is running.
     busy: Mutex<()>,
-    /// How many more jobs run on the caller alone (see [`LATE_BACKOFF`]).
-    alone: AtomicUsize,
 }
-
-/// Jobs run on the caller alone after one where it waited for a late helper longer than
-/// a quarter of its own share (plus [`LATE_SLACK`]). A helper is late when its core is
-/// shared with other work: on the noisy 2-core machine a phase with the other core
-/// loaded made the linear net's step 0.080 ms with the team against 0.067 ms without.
-/// After these jobs (about 80 steps of the linear net) the team is tried again.
-const LATE_BACKOFF: usize = 256;
-
-/// Waiting this long for a helper is never held against it (a cache miss or two).
-const LATE_SLACK: Duration = Duration::from_micros(2);
 
 fn pack(epoch: u64, parts: usize, next: usize) -> u64 {
     epoch << 32 | (parts as u64) << 16 | next as u64
@@ -122,6 +127,7 @@ fn work(shared: &Shared) -> bool {
 fn helper(shared: Arc<Shared>, parked: Arc<AtomicBool>) {
     let mut idle_since = Instant::now();
     let mut spins = 0u32;
+    let mut ping = shared.ping.load(SeqCst);
     loop {
         if work(&shared) {
             idle_since = Instant::now();
@@ -129,8 +135,14 @@ fn helper(shared: Arc<Shared>, parked: Arc<AtomicBool>) {
         }
         std::hint::spin_loop();
         spins = spins.wrapping_add(1);
-        if !spins.is_multiple_of(256) || (idle_since.elapsed() < SPIN && !shared.rest.load(SeqCst))
-        {
+        if !spins.is_multiple_of(256) {
+            continue;
+        }
+        let now = shared.ping.load(SeqCst);
+        if now != ping {
+            (ping, idle_since) = (now, Instant::now());
+        }
+        if idle_since.elapsed() < SPIN && !shared.rest.load(SeqCst) {
             continue;
         }
         parked.store(true, SeqCst);
@@ -144,10 +156,10 @@ fn helper(shared: Arc<Shared>, parked: Arc<AtomicBool>) {
 }
 
 /// The team: one helper per core beyond the caller's, as many as rayon's global pool has
-/// threads (so `RAYON_NUM_THREADS=1` turns it off). `None` on one core or if a thread
-/// could not be started.
+/// threads (so `RAYON_NUM_THREADS=1` turns it off). `None` when it is off, on one core,
+/// or if a thread could not be started.
 fn team() -> Option<&'static Team> {
-    if !enabled() {
+    if mode() == Mode::Off {
         return None;
     }
     TEAM.get_or_init(start).as_ref()
@@ -155,33 +167,48 @@ fn team() -> Option<&'static Team> {
 
 static TEAM: OnceLock<Option<Team>> = OnceLock::new();
 
-/// Whether the team is used: 0 until decided, then 1 (yes) or 2 (no).
-static ENABLED: AtomicU8 = AtomicU8::new(0);
+/// When steps use the team.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Never (`NABLA_SPIN=0`).
+    Off,
+    /// When timing says it is faster (each executable's [`Tuner`]); the default.
+    Tuned,
+    /// Always (`NABLA_SPIN=always`): for measuring the team, and for tests, which must
+    /// exercise it whatever the machine's phase.
+    Always,
+}
 
-/// Whether steps use the team: off unless `NABLA_SPIN=1` or [`set_enabled`] says so.
-///
-/// Off by default because on the shared 2-core virtual machine we measure on, the gain
-/// depends on where the host puts the two virtual cores. In some phases the linear
-/// net's step took 0.045 ms with the team against 0.067 without, and a Fashion-MNIST
-/// epoch 38–42 ms against 55–57; in others the step took 0.088–0.093 ms against 0.067,
-/// apparently with a spinning helper slowing the core it shares hardware with. On a
-/// machine with cores of its own, spinning helpers are what OpenMP runtimes use.
-pub fn enabled() -> bool {
-    match ENABLED.load(SeqCst) {
-        1 => true,
-        2 => false,
+/// The mode: 0 until read from the environment, then 1 + its index in [`Mode`].
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// When steps use the team: `$NABLA_SPIN` (`0`, `always`; anything else is the default,
+/// [`Mode::Tuned`]) unless [`set_mode`] said otherwise.
+pub fn mode() -> Mode {
+    match MODE.load(SeqCst) {
+        1 => Mode::Off,
+        2 => Mode::Tuned,
+        3 => Mode::Always,
         _ => {
-            let on = std::env::var("NABLA_SPIN").is_ok_and(|v| v == "1");
-            ENABLED.store(if on { 1 } else { 2 }, SeqCst);
-            on
+            let m = match std::env::var("NABLA_SPIN").as_deref() {
+                Ok("0") => Mode::Off,
+                Ok("always") => Mode::Always,
+                _ => Mode::Tuned,
+            };
+            set_mode(m);
+            m
         }
     }
 }
 
-/// Turns the team on or off for jobs started from now on (the CLI's `NABLA_SPIN`, and
-/// tests, which must exercise it whatever the environment says).
-pub fn set_enabled(on: bool) {
-    ENABLED.store(if on { 1 } else { 2 }, SeqCst);
+/// Sets when steps started from now on use the team.
+pub fn set_mode(m: Mode) {
+    let code = match m {
+        Mode::Off => 1,
+        Mode::Tuned => 2,
+        Mode::Always => 3,
+    };
+    MODE.store(code, SeqCst);
 }
 
 fn start() -> Option<Team> {
@@ -195,6 +222,7 @@ fn start() -> Option<Team> {
         done: AtomicUsize::new(0),
         panicked: AtomicBool::new(false),
         rest: AtomicBool::new(false),
+        ping: AtomicU64::new(0),
     });
     let mut helpers = Vec::new();
     for i in 0..count {
@@ -213,7 +241,6 @@ fn start() -> Option<Team> {
         shared,
         helpers,
         busy: Mutex::new(()),
-        alone: AtomicUsize::new(0),
     })
 }
 
@@ -226,28 +253,188 @@ pub fn rest() {
     }
 }
 
-/// Runs `f` as a step that may use the team: [`size`] is the team's size inside it.
+/// Gets parked helpers spinning, for [`SPIN`] from now, ahead of a job: a helper that has
+/// been parked for a while takes up to a millisecond to run again on this virtual
+/// machine, and runs slower for about as long again (the host seems to give an idle
+/// virtual core's physical core away, and clock it down).
+pub fn wake() {
+    if let Some(t) = TEAM.get().and_then(Option::as_ref) {
+        t.shared.rest.store(false, SeqCst);
+        t.shared.ping.fetch_add(1, SeqCst);
+        for h in &t.helpers {
+            if h.parked.swap(false, SeqCst) {
+                h.thread.unpark();
+            }
+        }
+    }
+}
+
+/// Runs `f` as a step that may use the team, if the next tuned step does (see
+/// [`TEAM_NEXT`]): [`size`] is the team's size inside it.
 pub fn step<R>(f: impl FnOnce() -> R) -> R {
-    let before = IN_STEP.replace(true);
+    within(mode() != Mode::Always && !TEAM_NEXT.load(SeqCst), f)
+}
+
+/// Runs `f` as a step, alone or with the team (the caller then runs part of its jobs).
+pub(crate) fn within<R>(alone: bool, f: impl FnOnce() -> R) -> R {
+    let before = (IN_STEP.replace(true), ALONE.replace(alone));
     let result = f();
-    IN_STEP.set(before);
+    IN_STEP.set(before.0);
+    ALONE.set(before.1);
     result
 }
 
-/// How many threads a job started here runs on: the team's size inside a [`step`] (the
-/// caller and its helpers), 1 elsewhere.
+/// How many threads a job started here runs on: the team's size inside a [`step`] that
+/// may use it (the caller and its helpers), 1 elsewhere.
 pub fn size() -> usize {
-    if !IN_STEP.get() {
+    if !IN_STEP.get() || ALONE.get() {
         return 1; // and the team is not started for steps that never use it
     }
-    let Some(t) = team() else { return 1 };
-    // A job sized for one thread while backing off from a late helper: it is cheaper
-    // whole than split and run in parts by the caller.
-    let backing_off = t
-        .alone
-        .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    if backing_off { 1 } else { t.helpers.len() + 1 }
+    team().map_or(1, |t| t.helpers.len() + 1)
+}
+
+/// Chooses, for one executable, whether its steps run with the team or alone, by timing
+/// both: [`PROBE`] steps each way, the lower median wins and is kept for a stretch that
+/// doubles (up to [`KEEP_MAX`] steps) while the same side keeps winning.
+///
+/// Medians, because a step now and then loses its core to the host for milliseconds;
+/// timing both ways again, because the host's phase changes. Where the team loses, its
+/// helpers park within [`SPIN`] and cost nothing more.
+#[derive(Debug, Clone)]
+pub struct Tuner {
+    stage: Stage,
+    /// Steps left in the present stage.
+    left: u32,
+    /// How long the next kept stretch is.
+    keep: u32,
+    /// The side that won last, if any.
+    last: Option<bool>,
+    /// Step times (seconds) of this round's probes, with the team and alone.
+    with: Vec<f64>,
+    alone: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    /// Timing steps with the team (true) or alone (false).
+    Probe(bool),
+    /// Running the winner: with the team (true) or alone.
+    Keep(bool),
+}
+
+/// Steps timed each way per round; the first [`WARM_UP`] of each are not counted (a
+/// parked helper is woken, or caches refilled).
+pub const PROBE: u32 = 10;
+/// Probe steps not counted.
+pub const WARM_UP: u32 = 2;
+/// Steps before the team's probes, after a stretch alone, in which the helpers are
+/// woken and kept spinning (see [`wake`]).
+pub const WARM_AHEAD: u32 = 16;
+/// The first kept stretch after a round of probes, in steps. Short, because the host's
+/// phase here changes within seconds.
+pub const KEEP_MIN: u32 = 64;
+/// The longest kept stretch: the probes then cost at most 10 steps on the slower side
+/// in 1,044.
+pub const KEEP_MAX: u32 = 1024;
+
+impl Default for Tuner {
+    fn default() -> Self {
+        Tuner {
+            stage: Stage::Probe(true),
+            left: PROBE,
+            keep: KEEP_MIN,
+            last: None,
+            with: Vec::new(),
+            alone: Vec::new(),
+        }
+    }
+}
+
+impl Tuner {
+    /// Whether the next step runs with the team.
+    pub fn with_team(&self) -> bool {
+        match self.stage {
+            Stage::Probe(t) | Stage::Keep(t) => t,
+        }
+    }
+
+    /// Records how long a step took (run as [`Tuner::with_team`] said) and moves on.
+    pub fn record(&mut self, seconds: f64) {
+        self.left = self.left.saturating_sub(1);
+        match self.stage {
+            Stage::Probe(t) => {
+                let times = if t { &mut self.with } else { &mut self.alone };
+                if self.left + WARM_UP < PROBE {
+                    times.push(seconds);
+                }
+            }
+            Stage::Keep(_) => {}
+        }
+        if self.left > 0 {
+            return;
+        }
+        self.stage = match self.stage {
+            Stage::Probe(true) => Stage::Probe(false),
+            Stage::Probe(false) => {
+                let won = median(&mut self.with) <= median(&mut self.alone);
+                self.with.clear();
+                self.alone.clear();
+                self.keep = if self.last == Some(won) {
+                    (self.keep * 2).min(KEEP_MAX)
+                } else {
+                    KEEP_MIN
+                };
+                self.last = Some(won);
+                Stage::Keep(won)
+            }
+            Stage::Keep(_) => Stage::Probe(true),
+        };
+        self.left = match self.stage {
+            Stage::Probe(_) => PROBE,
+            Stage::Keep(_) => self.keep,
+        };
+    }
+
+    /// Whether the helpers should be spinning ahead of the team's probes: the last
+    /// [`WARM_AHEAD`] steps of a stretch run alone.
+    pub fn warming(&self) -> bool {
+        self.stage == Stage::Keep(false) && self.left <= WARM_AHEAD
+    }
+
+    /// The side chosen by the latest round of probes (None before the first).
+    pub fn decision(&self) -> Option<bool> {
+        self.last
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::INFINITY)
+}
+
+/// Runs `f` as one step of the executable that `tuner` belongs to, with the team or
+/// alone as the tuner says, and times it for the tuner. Without a team (one core, or
+/// `NABLA_SPIN=0`) it runs alone and nothing is timed.
+pub fn tuned_step<R>(tuner: &mut Tuner, f: impl FnOnce() -> R) -> R {
+    match mode() {
+        Mode::Off => return within(true, f),
+        Mode::Always => return within(false, f),
+        Mode::Tuned if team().is_none() => return within(true, f),
+        Mode::Tuned => {}
+    }
+    let with = tuner.with_team();
+    if tuner.warming() {
+        wake();
+    } else if !with {
+        // Timed alone, or alone because that was faster: a spinning helper must not
+        // share the core's hardware meanwhile.
+        rest();
+    }
+    let start = Instant::now();
+    let result = within(!with, f);
+    tuner.record(start.elapsed().as_secs_f64());
+    TEAM_NEXT.store(tuner.with_team(), SeqCst);
+    result
 }
 
 /// The block size that splits `len` rows (or columns) over `members` threads: a
@@ -282,20 +469,16 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     let (epoch, _, _) = unpack(s.word.load(SeqCst));
     s.word
         .store(pack(epoch.wrapping_add(1) & 0xffff_ffff, parts, 1), SeqCst);
-    let mut woke = false;
     for h in &team.helpers {
         if h.parked.swap(false, SeqCst) {
             h.thread.unpark();
-            woke = true;
         }
     }
-    let start = Instant::now();
     if catch_unwind(AssertUnwindSafe(|| f(0))).is_err() {
         s.panicked.store(true, SeqCst);
     }
     s.done.fetch_add(1, SeqCst);
     work(s);
-    let own = start.elapsed();
     let mut spins = 0u32;
     while s.done.load(SeqCst) < parts {
         std::hint::spin_loop();
@@ -306,12 +489,6 @@ pub fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         }
     }
     s.job.store(std::ptr::null_mut(), SeqCst);
-    // A helper just woken starts on a cold core; only one that was already spinning is
-    // judged (after a back-off the helpers have parked, so the job after the first
-    // decides).
-    if !woke && start.elapsed() - own > own / 4 + LATE_SLACK {
-        team.alone.store(LATE_BACKOFF, SeqCst);
-    }
     if s.panicked.swap(false, SeqCst) {
         panic!("a kernel panicked on a team thread");
     }
@@ -323,7 +500,7 @@ mod tests {
 
     #[test]
     fn every_part_runs_once() {
-        set_enabled(true);
+        set_mode(Mode::Always);
         for parts in [0, 1, 2, 3, 17, 1000] {
             let hits: Vec<AtomicUsize> = (0..parts).map(|_| AtomicUsize::new(0)).collect();
             for _ in 0..50 {
@@ -337,7 +514,7 @@ mod tests {
 
     #[test]
     fn concurrent_callers_each_finish_their_own_job() {
-        set_enabled(true);
+        set_mode(Mode::Always);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 std::thread::spawn(move || {
@@ -358,8 +535,77 @@ mod tests {
 
     #[test]
     fn size_is_one_outside_a_step() {
-        set_enabled(true);
+        set_mode(Mode::Always);
         assert_eq!(size(), 1);
         assert!(step(size) >= 1);
+        assert_eq!(within(true, size), 1, "a step told to run alone");
+    }
+
+    /// Feeds a tuner `steps` steps timed by `time(with_team)`; returns the sides it ran.
+    fn drive(t: &mut Tuner, steps: u32, mut time: impl FnMut(bool) -> f64) -> Vec<bool> {
+        (0..steps)
+            .map(|_| {
+                let with = t.with_team();
+                t.record(time(with));
+                with
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_tuner_keeps_the_faster_side_and_measures_again() {
+        for team_wins in [true, false] {
+            let mut t = Tuner::default();
+            let time = |with: bool| if with == team_wins { 1.0 } else { 1.5 };
+            let sides = drive(&mut t, 2 * PROBE, time);
+            assert_eq!(sides.iter().filter(|&&w| w).count() as u32, PROBE);
+            assert_eq!(t.decision(), Some(team_wins));
+            let kept = drive(&mut t, KEEP_MIN, time);
+            assert!(kept.iter().all(|&w| w == team_wins));
+            // Probed again, won again: the next stretch is twice as long.
+            let probes = drive(&mut t, 2 * PROBE, time);
+            assert!(probes[0]);
+            assert!(!probes[PROBE as usize]);
+            let kept = drive(&mut t, 2 * KEEP_MIN, time);
+            assert!(kept.iter().all(|&w| w == team_wins), "{team_wins}");
+            assert!(t.with_team(), "probing again after 2·KEEP_MIN");
+        }
+    }
+
+    #[test]
+    fn the_tuner_follows_a_change_of_phase() {
+        let mut t = Tuner::default();
+        drive(
+            &mut t,
+            2 * PROBE + KEEP_MIN,
+            |with| if with { 1.0 } else { 2.0 },
+        );
+        assert_eq!(t.decision(), Some(true));
+        drive(&mut t, 2 * PROBE, |with| if with { 3.0 } else { 2.0 });
+        assert_eq!(t.decision(), Some(false));
+        for i in 0..KEEP_MIN {
+            assert!(!t.with_team(), "a changed winner keeps KEEP_MIN steps");
+            // Helpers are woken for the last WARM_AHEAD steps before the team's probes.
+            assert_eq!(t.warming(), i >= KEEP_MIN - WARM_AHEAD, "step {i}");
+            t.record(2.0);
+        }
+        assert!(t.with_team(), "then probes");
+    }
+
+    #[test]
+    fn warm_ups_and_outliers_do_not_decide() {
+        let mut t = Tuner::default();
+        let mut n = 0;
+        // The team is faster, but its first probes (a parked helper woken) and one more
+        // (the host took the core) are slow.
+        drive(&mut t, 2 * PROBE, |with| {
+            n += 1;
+            match (with, n) {
+                (true, 1 | 2 | 5) => 100.0,
+                (true, _) => 1.0,
+                (false, _) => 1.2,
+            }
+        });
+        assert_eq!(t.decision(), Some(true));
     }
 }

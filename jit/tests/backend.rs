@@ -168,7 +168,7 @@ fn train_steps_match_the_interpreter() {
 
 #[test]
 fn batches_written_by_rows_land_in_place() {
-    nabla_jit::team::set_enabled(true);
+    nabla_jit::team::set_mode(nabla_jit::team::Mode::Always);
     check_write_rows(&Cpu::new()).expect("CPU backend");
     check_write_rows(&Interp {
         precision: Precision::F32,
