@@ -253,12 +253,11 @@ pub fn rest() {
     }
 }
 
-/// Gets parked helpers spinning, for [`SPIN`] from now, ahead of a job: a helper that has
-/// been parked for a while takes up to a millisecond to run again on this virtual
-/// machine, and runs slower for about as long again (the host seems to give an idle
-/// virtual core's physical core away, and clock it down).
+/// Gets the helpers spinning (starting the team if need be) for [`SPIN`] from now, ahead
+/// of jobs: on the virtual machine we measure on, a helper woken from a long park by a
+/// job stalled that job by about a millisecond and ran slower for several more.
 pub fn wake() {
-    if let Some(t) = TEAM.get().and_then(Option::as_ref) {
+    if let Some(t) = team() {
         t.shared.rest.store(false, SeqCst);
         t.shared.ping.fetch_add(1, SeqCst);
         for h in &t.helpers {
@@ -294,12 +293,17 @@ pub fn size() -> usize {
 }
 
 /// Chooses, for one executable, whether its steps run with the team or alone, by timing
-/// both: [`PROBE`] steps each way, the lower median wins and is kept for a stretch that
-/// doubles (up to [`KEEP_MAX`] steps) while the same side keeps winning.
+/// both. A round is [`PROBE`] steps alone (helpers parked), [`WARM_AHEAD`] steps alone
+/// while the helpers are woken and spin (not timed), then [`PROBE`] steps with the team;
+/// the side with the lower median is kept for a stretch that doubles (up to
+/// [`KEEP_MAX`] steps) while the same side keeps winning, and then comes the next round.
 ///
 /// Medians, because a step now and then loses its core to the host for milliseconds;
-/// timing both ways again, because the host's phase changes. Where the team loses, its
-/// helpers park within [`SPIN`] and cost nothing more.
+/// rounds again and again, because the host's phase changes. The team is timed last, so
+/// that when it wins its helpers are already running: a helper woken from a long park
+/// stalled the first job it took part in by about a millisecond here, and ran slower for
+/// several steps more, while one woken ahead, during steps that do not wait on it, did
+/// not. Where the team loses, its helpers park and cost nothing more.
 #[derive(Debug, Clone)]
 pub struct Tuner {
     stage: Stage,
@@ -318,29 +322,31 @@ pub struct Tuner {
 enum Stage {
     /// Timing steps with the team (true) or alone (false).
     Probe(bool),
+    /// Running alone while the helpers wake up, before the team is timed.
+    Warm,
     /// Running the winner: with the team (true) or alone.
     Keep(bool),
 }
 
-/// Steps timed each way per round; the first [`WARM_UP`] of each are not counted (a
-/// parked helper is woken, or caches refilled).
+/// Steps timed each way per round; the first [`WARM_UP`] of each are not counted
+/// (caches refilled after the other side's steps).
 pub const PROBE: u32 = 10;
 /// Probe steps not counted.
 pub const WARM_UP: u32 = 2;
-/// Steps before the team's probes, after a stretch alone, in which the helpers are
-/// woken and kept spinning (see [`wake`]).
+/// Steps run alone, untimed, between the two probes, while the helpers are woken and
+/// kept spinning (see [`wake`]).
 pub const WARM_AHEAD: u32 = 16;
 /// The first kept stretch after a round of probes, in steps. Short, because the host's
 /// phase here changes within seconds.
 pub const KEEP_MIN: u32 = 64;
-/// The longest kept stretch: the probes then cost at most 10 steps on the slower side
-/// in 1,044.
+/// The longest kept stretch: a round then costs at most 10 steps on the slower side,
+/// and 16 alone, in 1,060.
 pub const KEEP_MAX: u32 = 1024;
 
 impl Default for Tuner {
     fn default() -> Self {
         Tuner {
-            stage: Stage::Probe(true),
+            stage: Stage::Probe(false),
             left: PROBE,
             keep: KEEP_MIN,
             last: None,
@@ -355,27 +361,32 @@ impl Tuner {
     pub fn with_team(&self) -> bool {
         match self.stage {
             Stage::Probe(t) | Stage::Keep(t) => t,
+            Stage::Warm => false,
         }
+    }
+
+    /// Whether the helpers should be woken and kept spinning for the next step (which
+    /// runs alone).
+    pub fn warming(&self) -> bool {
+        self.stage == Stage::Warm
     }
 
     /// Records how long a step took (run as [`Tuner::with_team`] said) and moves on.
     pub fn record(&mut self, seconds: f64) {
         self.left = self.left.saturating_sub(1);
-        match self.stage {
-            Stage::Probe(t) => {
-                let times = if t { &mut self.with } else { &mut self.alone };
-                if self.left + WARM_UP < PROBE {
-                    times.push(seconds);
-                }
+        if let Stage::Probe(t) = self.stage {
+            let times = if t { &mut self.with } else { &mut self.alone };
+            if self.left + WARM_UP < PROBE {
+                times.push(seconds);
             }
-            Stage::Keep(_) => {}
         }
         if self.left > 0 {
             return;
         }
-        self.stage = match self.stage {
-            Stage::Probe(true) => Stage::Probe(false),
-            Stage::Probe(false) => {
+        (self.stage, self.left) = match self.stage {
+            Stage::Probe(false) => (Stage::Warm, WARM_AHEAD),
+            Stage::Warm => (Stage::Probe(true), PROBE),
+            Stage::Probe(true) => {
                 let won = median(&mut self.with) <= median(&mut self.alone);
                 self.with.clear();
                 self.alone.clear();
@@ -385,20 +396,10 @@ impl Tuner {
                     KEEP_MIN
                 };
                 self.last = Some(won);
-                Stage::Keep(won)
+                (Stage::Keep(won), self.keep)
             }
-            Stage::Keep(_) => Stage::Probe(true),
+            Stage::Keep(_) => (Stage::Probe(false), PROBE),
         };
-        self.left = match self.stage {
-            Stage::Probe(_) => PROBE,
-            Stage::Keep(_) => self.keep,
-        };
-    }
-
-    /// Whether the helpers should be spinning ahead of the team's probes: the last
-    /// [`WARM_AHEAD`] steps of a stretch run alone.
-    pub fn warming(&self) -> bool {
-        self.stage == Stage::Keep(false) && self.left <= WARM_AHEAD
     }
 
     /// The side chosen by the latest round of probes (None before the first).
@@ -552,23 +553,46 @@ mod tests {
             .collect()
     }
 
+    /// Steps in one round of probes.
+    const ROUND: u32 = 2 * PROBE + WARM_AHEAD;
+
+    #[test]
+    fn a_round_times_alone_then_warms_the_helpers_then_times_the_team() {
+        let mut t = Tuner::default();
+        let mut seen = Vec::new();
+        for _ in 0..ROUND {
+            seen.push((t.with_team(), t.warming()));
+            t.record(1.0);
+        }
+        let want: Vec<(bool, bool)> = std::iter::repeat_n((false, false), PROBE as usize)
+            .chain(std::iter::repeat_n((false, true), WARM_AHEAD as usize))
+            .chain(std::iter::repeat_n((true, false), PROBE as usize))
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(
+            t.decision(),
+            Some(true),
+            "a tie goes to the team, already warm"
+        );
+    }
+
     #[test]
     fn the_tuner_keeps_the_faster_side_and_measures_again() {
         for team_wins in [true, false] {
             let mut t = Tuner::default();
             let time = |with: bool| if with == team_wins { 1.0 } else { 1.5 };
-            let sides = drive(&mut t, 2 * PROBE, time);
-            assert_eq!(sides.iter().filter(|&&w| w).count() as u32, PROBE);
+            drive(&mut t, ROUND, time);
             assert_eq!(t.decision(), Some(team_wins));
             let kept = drive(&mut t, KEEP_MIN, time);
             assert!(kept.iter().all(|&w| w == team_wins));
             // Probed again, won again: the next stretch is twice as long.
-            let probes = drive(&mut t, 2 * PROBE, time);
-            assert!(probes[0]);
-            assert!(!probes[PROBE as usize]);
+            drive(&mut t, ROUND, time);
             let kept = drive(&mut t, 2 * KEEP_MIN, time);
             assert!(kept.iter().all(|&w| w == team_wins), "{team_wins}");
-            assert!(t.with_team(), "probing again after 2·KEEP_MIN");
+            assert!(
+                !t.with_team() && !t.warming(),
+                "a new round after 2·KEEP_MIN"
+            );
         }
     }
 
@@ -577,30 +601,29 @@ mod tests {
         let mut t = Tuner::default();
         drive(
             &mut t,
-            2 * PROBE + KEEP_MIN,
+            ROUND + KEEP_MIN,
             |with| if with { 1.0 } else { 2.0 },
         );
         assert_eq!(t.decision(), Some(true));
-        drive(&mut t, 2 * PROBE, |with| if with { 3.0 } else { 2.0 });
+        drive(&mut t, ROUND, |with| if with { 3.0 } else { 2.0 });
         assert_eq!(t.decision(), Some(false));
-        for i in 0..KEEP_MIN {
-            assert!(!t.with_team(), "a changed winner keeps KEEP_MIN steps");
-            // Helpers are woken for the last WARM_AHEAD steps before the team's probes.
-            assert_eq!(t.warming(), i >= KEEP_MIN - WARM_AHEAD, "step {i}");
-            t.record(2.0);
-        }
-        assert!(t.with_team(), "then probes");
+        let kept = drive(&mut t, KEEP_MIN, |with| if with { 3.0 } else { 2.0 });
+        assert!(
+            kept.iter().all(|&w| !w),
+            "a changed winner keeps KEEP_MIN steps"
+        );
     }
 
     #[test]
     fn warm_ups_and_outliers_do_not_decide() {
         let mut t = Tuner::default();
-        let mut n = 0;
-        // The team is faster, but its first probes (a parked helper woken) and one more
-        // (the host took the core) are slow.
-        drive(&mut t, 2 * PROBE, |with| {
+        let mut n = 0u32;
+        // The team is faster, but its first probes (caches refilled) and one more (the
+        // host took the core) are slow.
+        drive(&mut t, ROUND, |with| {
             n += 1;
-            match (with, n) {
+            let first = PROBE + WARM_AHEAD;
+            match (with, n.saturating_sub(first)) {
                 (true, 1 | 2 | 5) => 100.0,
                 (true, _) => 1.0,
                 (false, _) => 1.2,
