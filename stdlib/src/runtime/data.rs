@@ -2,6 +2,7 @@
 //! and PNG or JPEG image folders, each read into a [`Split`] of f32 pixels in [0, 1] and i32
 //! labels. Every failure names the file and what was wrong with it.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -53,16 +54,22 @@ const BUNDLED: [(&str, &[u8]); 4] = [
     ),
 ];
 
-fn gunzip_if_needed(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, String> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .map_err(|e| format!("{what}: not a valid gzip file ({e})"))?;
-        Ok(out)
-    } else {
-        Ok(bytes)
+/// The bytes of a file that may be gzipped: decompressed into a buffer of the size the
+/// gzip trailer gives (on huge pages when large, see [`pixel_buffer`]), or as they are.
+fn gunzip_if_needed<'a>(bytes: &'a [u8], what: &str) -> Result<Cow<'a, [u8]>, String> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Cow::Borrowed(bytes));
     }
+    // ISIZE, the uncompressed size mod 2³², is only a hint (a corrupt trailer may promise
+    // 4 GB): `pixel_buffer` reserves what it can.
+    let hint = bytes
+        .last_chunk::<4>()
+        .map_or(0, |t| u32::from_le_bytes(*t) as usize);
+    let mut out = pixel_buffer(hint);
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{what}: not a valid gzip file ({e})"))?;
+    Ok(Cow::Owned(out))
 }
 
 fn be_u32(b: &[u8], at: usize) -> u32 {
@@ -71,7 +78,11 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 /// Parses an IDX file of unsigned bytes: its dims and its data. `rank` is 1 (labels) or
 /// 3 (images).
-pub fn parse_idx(bytes: &[u8], rank: usize, what: &str) -> Result<(Vec<usize>, Vec<u8>), String> {
+pub fn parse_idx<'a>(
+    bytes: &'a [u8],
+    rank: usize,
+    what: &str,
+) -> Result<(Vec<usize>, &'a [u8]), String> {
     if bytes.len() < 4 + 4 * rank {
         return Err(format!(
             "{what}: too short for an IDX header ({} bytes)",
@@ -96,7 +107,7 @@ pub fn parse_idx(bytes: &[u8], rank: usize, what: &str) -> Result<(Vec<usize>, V
             data.len()
         ));
     }
-    Ok((dims, data.to_vec()))
+    Ok((dims, data))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
@@ -115,8 +126,13 @@ fn find_idx(dir: &Path, stem: &str) -> Option<PathBuf> {
 /// where the kernel allows it (transparent huge pages in `madvise` mode, the usual
 /// default): training reads examples in random order, and with 4 KB pages nearly every
 /// MNIST row cost a TLB miss, a two-level page walk under a hypervisor.
+///
+/// A reservation the allocator refuses leaves the vector empty, to grow as it is filled.
 fn pixel_buffer(n: usize) -> Vec<u8> {
-    let v: Vec<u8> = Vec::with_capacity(n);
+    let mut v: Vec<u8> = Vec::new();
+    if v.try_reserve_exact(n).is_err() {
+        return v;
+    }
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
@@ -138,8 +154,8 @@ pub fn idx_split(
     labels: (&[u8], &str),
     classes: usize,
 ) -> Result<Split, String> {
-    let img = gunzip_if_needed(images.0.to_vec(), images.1)?;
-    let lab = gunzip_if_needed(labels.0.to_vec(), labels.1)?;
+    let img = gunzip_if_needed(images.0, images.1)?;
+    let lab = gunzip_if_needed(labels.0, labels.1)?;
     let (dims, pixels) = parse_idx(&img, 3, images.1)?;
     let (ldims, labs) = parse_idx(&lab, 1, labels.1)?;
     if dims[0] != ldims[0] {
@@ -151,15 +167,26 @@ pub fn idx_split(
     if let Some(bad) = labs.iter().find(|l| usize::from(**l) >= classes) {
         return Err(format!("{}: label {bad} is not below {classes}", labels.1));
     }
+    let header = img.len() - pixels.len();
+    let labels = labs.iter().map(|l| i32::from(*l)).collect();
+    // Decompressed images keep their buffer, less the header: one copy of the pixels
+    // in memory at a time, not three.
+    let images = match img {
+        Cow::Owned(mut all) => {
+            all.drain(..header);
+            all
+        }
+        Cow::Borrowed(raw) => {
+            let mut images = pixel_buffer(raw.len() - header);
+            images.extend_from_slice(&raw[header..]);
+            images
+        }
+    };
     Ok(Split {
         name: name.to_string(),
         shape: [1, dims[1], dims[2]],
-        images: {
-            let mut images = pixel_buffer(pixels.len());
-            images.extend_from_slice(&pixels);
-            images
-        },
-        labels: labs.iter().map(|l| i32::from(*l)).collect(),
+        images,
+        labels,
         classes,
     })
 }
@@ -433,7 +460,11 @@ mod tests {
         assert!(e.contains("wrong magic number 0x00000803"), "{e}");
         let e = parse_idx(&[0, 0, 8, 1, 0, 0, 0, 5, 1, 2], 1, "f").expect_err("truncated");
         assert!(e.contains("promises 5 bytes") && e.contains("has 2"), "{e}");
-        let e = gunzip_if_needed(vec![0x1f, 0x8b, 1, 2, 3], "g.gz").expect_err("bad gzip");
+        let e = gunzip_if_needed(&[0x1f, 0x8b, 1, 2, 3], "g.gz").expect_err("bad gzip");
+        // A trailer promising 4 GB of a 9-byte file is only a hint.
+        let e2 = gunzip_if_needed(&[0x1f, 0x8b, 8, 0, 0xff, 0xff, 0xff, 0xff, 0xff], "h.gz")
+            .expect_err("bad gzip with a huge ISIZE");
+        assert!(e2.starts_with("h.gz: not a valid gzip file"), "{e2}");
         assert!(e.starts_with("g.gz: not a valid gzip file"), "{e}");
     }
 
