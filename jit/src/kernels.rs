@@ -224,39 +224,22 @@ unsafe fn gemm_team(
     crate::team::run(len.div_ceil(chunk), &|i| {
         let (lo, hi) = (i * chunk, ((i + 1) * chunk).min(len));
         let o = lo as isize;
-        let (pm, pn, dst, a, b) = if rows {
-            let a = Mat {
-                ptr: (ap as *const f32).wrapping_offset(o * a.rs),
-                ..a
-            };
-            let dst = (d as *mut f32).wrapping_offset(o * rs);
-            (
-                hi - lo,
-                n,
-                dst,
-                a,
-                Mat {
-                    ptr: bp as *const f32,
-                    ..b
-                },
-            )
+        // A block of rows starts `o` rows into a and dst; a block of columns, `o`
+        // columns into b and dst.
+        let ((pm, pn), (ao, bo, d_off)) = if rows {
+            ((hi - lo, n), (o * a.rs, 0, o * rs))
         } else {
-            let b = Mat {
-                ptr: (bp as *const f32).wrapping_offset(o * b.cs),
-                ..b
-            };
-            let dst = (d as *mut f32).wrapping_offset(o * cs);
-            (
-                m,
-                hi - lo,
-                dst,
-                Mat {
-                    ptr: ap as *const f32,
-                    ..a
-                },
-                b,
-            )
+            ((m, hi - lo), (0, o * b.cs, o * cs))
         };
+        let a = Mat {
+            ptr: (ap as *const f32).wrapping_offset(ao),
+            ..a
+        };
+        let b = Mat {
+            ptr: (bp as *const f32).wrapping_offset(bo),
+            ..b
+        };
+        let dst = (d as *mut f32).wrapping_offset(d_off);
         // SAFETY: the block lies inside the caller's extents; blocks do not overlap.
         unsafe { gemm_strided(pm, pn, k, (dst, rs, cs), accumulate, scale, a, b, false) };
     });

@@ -245,8 +245,9 @@ fn start() -> Option<Team> {
 }
 
 /// Tells spinning helpers to park now: the caller is about to keep every core busy
-/// otherwise (a step on the pool), and a spinning helper would take a core from it. The
-/// next job wakes them.
+/// otherwise (a step on the pool), or to run a step alone, and a spinning helper would
+/// take a core, or a core's share of the hardware, from it. The next job, or [`wake`],
+/// wakes them.
 pub fn rest() {
     if let Some(t) = TEAM.get().and_then(Option::as_ref) {
         t.shared.rest.store(true, SeqCst);

@@ -133,20 +133,19 @@ fn fill_images(split: &Split, rows: &[Row], (mean, std): (&[f32], &[f32]), out: 
     // Each channel's normalization of a byte b, `(b / 255 − mean) / std`, as one multiply
     // and add: `b · scale + shift`. A loop the compiler vectorizes, where a table lookup
     // per pixel made Fashion-MNIST's linear epoch slower than copying f32 pixels.
-    let affine: Vec<(f32, f32)> = (0..c)
-        .map(|ch| {
-            let (m, s) = (
-                mean.get(ch).copied().unwrap_or(0.0),
-                std.get(ch).copied().unwrap_or(1.0),
-            );
-            (1.0 / (255.0 * s), -m / s)
-        })
-        .collect();
+    let affine = |ch: usize| {
+        let (m, s) = (
+            mean.get(ch).copied().unwrap_or(0.0),
+            std.get(ch).copied().unwrap_or(1.0),
+        );
+        (1.0 / (255.0 * s), -m / s)
+    };
     for (row, dst) in rows.iter().zip(out.chunks_exact_mut(per)) {
         let Some(img) = split.images.get(row.start..row.start + per) else {
             continue;
         };
-        for (ch, &(scale, shift)) in affine.iter().enumerate() {
+        for ch in 0..c {
+            let (scale, shift) = affine(ch);
             let src = &img[ch * plane..(ch + 1) * plane];
             let dst = &mut dst[ch * plane..(ch + 1) * plane];
             if row.dy == 0 && row.dx == 0 && !row.flip {
