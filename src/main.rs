@@ -4,6 +4,7 @@
 mod bench;
 mod repl;
 mod run;
+mod signals;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -588,26 +589,52 @@ fn fmt(paths: &[PathBuf], check: bool) -> ExitCode {
     }
 }
 
+/// The stack every command runs on. The compiler's recursive walks are bounded by the
+/// syntax tree's nesting limit (`syntax::depth`) and fit in a few megabytes; host code
+/// may recurse until [`nabla_jit::host`]'s guard stops it a megabyte short of the end.
+const STACK_BYTES: usize = 64 << 20;
+
 fn main() -> ExitCode {
+    signals::default_sigpipe();
     let started = std::time::Instant::now();
     let cli = Cli::parse();
+    // Only touched pages cost memory, so a large stack is free until deep code uses it.
+    let worker = std::thread::Builder::new()
+        .name("nabla".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || command(cli, started));
+    match worker.map(|w| w.join()) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => ExitCode::from(101),
+        Err(e) => {
+            eprintln!("error: cannot start the main thread: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
     match cli.command {
-        Command::Repl { data } => match repl::repl(data) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                print_error(&e);
-                ExitCode::from(1)
-            }
-        },
-        Command::Run { file, device, data } => {
-            let Some(checked) = check_one(&file) else {
-                return ExitCode::from(1);
-            };
-            match run::run(&checked, device, data) {
+        Command::Repl { data } => {
+            signals::interrupt_on_ctrl_c();
+            match repl::repl(data) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     print_error(&e);
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run { file, device, data } => {
+            let Some(checked) = check_one(&file) else {
+                return ExitCode::from(1);
+            };
+            signals::interrupt_on_ctrl_c();
+            match run::run(&checked, device, data) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    print_error(&e);
+                    ExitCode::from(if signals::was_interrupted() { 130 } else { 1 })
                 }
             }
         }

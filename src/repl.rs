@@ -230,7 +230,11 @@ impl Session {
                 self.names = prog.globals.iter().map(|(n, _)| n.clone()).collect();
                 self.remember(&checked, Some(&prog));
             }
-            Err(e) => crate::print_error(&e),
+            Err(e) => {
+                crate::print_error(&e);
+                // Reported: a Ctrl-C that stopped this input is spent.
+                nabla_lang::host::interrupt::take();
+            }
         }
     }
 

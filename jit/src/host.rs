@@ -43,11 +43,14 @@ impl std::fmt::Display for RuntimeError {
     }
 }
 
-/// What generated code sees through its first argument. `failed` must stay first: the
-/// code loads it at offset 0.
+/// What generated code sees through its first argument. `failed` must stay first and
+/// `stack_limit` second: the code loads them at offsets 0 and 8.
 #[repr(C)]
 struct Ctx<'a> {
     failed: u64,
+    /// The lowest stack address a host function may start at: below it, the function
+    /// reports a stack overflow instead of running ([`STACK_RESERVE`] above the guard).
+    stack_limit: u64,
     heap: &'a mut Heap,
     builtins: &'a mut dyn Builtins,
     prog: &'a HostProgram,
@@ -112,8 +115,11 @@ impl Compiled {
     ) -> Result<(), RuntimeError> {
         let mut next = globals.clone();
         next.resize(prog.globals.len().max(next.len()), 0);
+        // An interrupt that came while nothing ran is not for this program.
+        nabla_lang::host::interrupt::take();
         let mut ctx = Ctx {
             failed: 0,
+            stack_limit: stack_limit(),
             heap,
             builtins,
             prog,
@@ -131,6 +137,19 @@ impl Compiled {
             }
         }
     }
+}
+
+/// Stack kept free below the deepest host function for the builtins it calls (a training
+/// step compiles and runs kernels; printing formats) and the Rust code around them.
+const STACK_RESERVE: usize = 1 << 20;
+
+/// The stack limit for host code started from here: [`STACK_RESERVE`] above the end of
+/// this thread's stack (or 1 MiB below here when the stack's extent is unknown).
+fn stack_limit() -> u64 {
+    let marker = 0u8;
+    let here = std::ptr::addr_of!(marker) as usize;
+    let room = stacker::remaining_stack().unwrap_or(2 * STACK_RESERVE);
+    here.saturating_sub(room.saturating_sub(STACK_RESERVE)) as u64
 }
 
 fn jit_error(e: impl std::fmt::Display) -> String {
@@ -156,6 +175,7 @@ fn runtime_fns() -> Vec<(&'static str, *const u8, &'static str, &'static str)> {
         ("rt_trace", rt_trace as *const u8, "II", ""),
         ("rt_global", rt_global as *const u8, "II", "I"),
         ("rt_set_global", rt_set_global as *const u8, "III", ""),
+        ("rt_stop", rt_stop as *const u8, "I", ""),
     ]
 }
 
@@ -303,6 +323,7 @@ impl Emitter<'_, '_, '_> {
         self.b.switch_to_block(entry);
         let params: Vec<Value> = self.b.block_params(entry).to_vec();
         self.ctx_val = params.first().copied();
+        self.guard_entry();
         for (i, t) in f.locals.iter().enumerate() {
             let v = self.b.declare_var(value_type(t));
             self.vars.push(v);
@@ -320,6 +341,53 @@ impl Emitter<'_, '_, '_> {
             };
             self.b.ins().return_(&[v]);
         }
+    }
+
+    /// A function's first instructions: stop with an error when the stack is nearly
+    /// spent (deep or unbounded recursion) or an interrupt is pending. The hot path is two
+    /// loads, a compare and one branch.
+    fn guard_entry(&mut self) {
+        let ctx = self.ctx();
+        let sp = self.b.ins().get_stack_pointer(types::I64);
+        let limit = self
+            .b
+            .ins()
+            .load(types::I64, MemFlagsData::trusted(), ctx, 8);
+        let low = self.b.ins().icmp(IntCC::UnsignedLessThan, sp, limit);
+        let flag = self.interrupt_flag();
+        let stop = self.b.ins().bor(low, flag);
+        self.bail_if(stop);
+    }
+
+    /// At a loop's back edge: stop when an interrupt is pending (one load and a branch).
+    fn poll_interrupt(&mut self) {
+        let flag = self.interrupt_flag();
+        self.bail_if(flag);
+    }
+
+    /// The interrupt flag as an `i8` (nonzero when set).
+    fn interrupt_flag(&mut self) -> Value {
+        let addr = nabla_lang::host::interrupt::flag_address() as i64;
+        let addr = self.b.ins().iconst(types::I64, addr);
+        let flag = self
+            .b
+            .ins()
+            .load(types::I8, MemFlagsData::trusted(), addr, 0);
+        self.b.ins().icmp_imm_s(IntCC::NotEqual, flag, 0)
+    }
+
+    /// Returns from the function through `rt_stop` (which records why) when `cond` holds.
+    fn bail_if(&mut self, cond: Value) {
+        let bail = self.b.create_block();
+        let cont = self.b.create_block();
+        self.b.set_cold_block(bail);
+        self.b.ins().brif(cond, bail, &[], cont, &[]);
+        self.b.switch_to_block(bail);
+        let ctx = self.ctx();
+        self.call_rt("rt_stop", &[ctx]);
+        let z = self.zero(self.ret);
+        self.b.ins().return_(&[z]);
+        self.b.switch_to_block(cont);
     }
 
     fn zero(&mut self, t: types::Type) -> Value {
@@ -526,6 +594,7 @@ impl Emitter<'_, '_, '_> {
                     self.b.ins().jump(test, &[]);
                 }
                 self.b.switch_to_block(test);
+                self.poll_interrupt();
                 let again = self.expr(c)?;
                 self.b.ins().brif(again, inner, &[], exit, &[]);
                 self.b.switch_to_block(exit);
@@ -636,6 +705,7 @@ impl Emitter<'_, '_, '_> {
             self.b.ins().jump(step, &[]);
         }
         self.b.switch_to_block(step);
+        self.poll_interrupt();
         let i = self.b.use_var(self.vars[counter]);
         let i1 = self.b.ins().iadd_imm_s(i, 1);
         self.b.def_var(self.vars[counter], i1);
@@ -1108,6 +1178,9 @@ extern "C" fn rt_set_global(ctx: *mut u8, g: i64, w: i64) {
     }
 }
 
+/// The most calls an error's trace lists (a runaway recursion would list them all).
+const TRACE_MAX: usize = 32;
+
 extern "C" fn rt_trace(ctx: *mut u8, site: i64) {
     // SAFETY: see `cx`.
     let c = unsafe { cx(ctx) };
@@ -1115,9 +1188,32 @@ extern "C" fn rt_trace(ctx: *mut u8, site: i64) {
         .ok()
         .and_then(|s| c.prog.sites.get(s))
         .copied();
-    if let (Some(e), Some(span)) = (c.error.as_mut(), span) {
+    let Some((e, span)) = c.error.as_mut().zip(span) else {
+        return;
+    };
+    // An error raised at a function's entry (an interrupt, the stack limit) has no span
+    // of its own: the innermost call is where it happened.
+    if e.span.is_none() {
+        e.span = Some(span);
+    } else if !e.trace.contains(&span) && e.span != Some(span) && e.trace.len() < TRACE_MAX {
+        // A recursion's call sites are listed once each.
         e.trace.push(span);
     }
+}
+
+/// Why a function entry or loop stopped: a pending interrupt, else the stack limit.
+extern "C" fn rt_stop(ctx: *mut u8) {
+    // SAFETY: see `cx`.
+    let c = unsafe { cx(ctx) };
+    // The flag stays set until the program has stopped: every poll on the way out sees it,
+    // and whoever ran the program can tell an interrupt from an error.
+    let message = if nabla_lang::host::interrupt::pending() {
+        nabla_lang::host::interrupt::MESSAGE.to_string()
+    } else {
+        "stack overflow: host functions called each other too deeply (unbounded recursion?)"
+            .to_string()
+    };
+    c.fail(message, u64::MAX);
 }
 
 extern "C" fn rt_fmod(x: f64, y: f64) -> f64 {

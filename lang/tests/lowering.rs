@@ -163,7 +163,7 @@ fn batchnorm_needs_two_values_per_channel_to_train() {
     let err = lower(1, Mode::Train)
         .err()
         .expect("batch 1 is refused in training");
-    assert_eq!(err.code, "E0305");
+    assert_eq!(err.code, "E0314");
     assert_eq!(
         err.message,
         "`unbiased_variance` requires `n > 1`, but n = 1"

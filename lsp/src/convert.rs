@@ -20,18 +20,16 @@ impl<'t> LineIndex<'t> {
         LineIndex { text, starts }
     }
 
+    /// The position of a byte offset (an offset inside a character counts as that
+    /// character's start; past the end is the end).
     pub fn position(&self, offset: usize) -> lsp::Position {
-        let offset = offset.min(self.text.len());
+        let offset = self.text.floor_char_boundary(offset);
         let line = self
             .starts
             .partition_point(|s| *s <= offset)
             .saturating_sub(1);
-        let start = self.starts[line];
-        let col: usize = self
-            .text
-            .get(start..offset)
-            .map_or(0, |s| s.chars().map(char::len_utf16).sum());
-        lsp::Position::new(line as u32, col as u32)
+        let start = self.starts.get(line).copied().unwrap_or(0);
+        lsp::Position::new(line as u32, utf16_len(&self.text[start..offset]))
     }
 
     /// The byte offset of a position; past the end of a line is its end, past the last
@@ -56,6 +54,47 @@ impl<'t> LineIndex<'t> {
 
     pub fn range(&self, start: usize, end: usize) -> lsp::Range {
         lsp::Range::new(self.position(start), self.position(end))
+    }
+}
+
+/// The length of `s` in UTF-16 code units (the protocol's columns).
+fn utf16_len(s: &str) -> u32 {
+    s.chars().map(|c| c.len_utf16() as u32).sum()
+}
+
+/// Positions of increasing offsets in one pass: each step counts only the text since the
+/// previous offset, so converting every token of a line costs the line's length once
+/// (not once per token, which made semantic tokens quadratic on long lines).
+struct Cursor<'i, 't> {
+    index: &'i LineIndex<'t>,
+    offset: usize,
+    pos: lsp::Position,
+}
+
+impl<'i, 't> Cursor<'i, 't> {
+    fn new(index: &'i LineIndex<'t>) -> Self {
+        Cursor {
+            index,
+            offset: 0,
+            pos: lsp::Position::new(0, 0),
+        }
+    }
+
+    /// The position of `offset`, which must not be before the previous one asked.
+    fn to(&mut self, offset: usize) -> lsp::Position {
+        let text = self.index.text;
+        let offset = text.floor_char_boundary(offset);
+        if offset < self.offset {
+            return self.index.position(offset);
+        }
+        let gap = &text[self.offset..offset];
+        self.pos = match gap.rfind('\n') {
+            // Same line: only the new columns.
+            None => lsp::Position::new(self.pos.line, self.pos.character + utf16_len(gap)),
+            Some(_) => self.index.position(offset),
+        };
+        self.offset = offset;
+        self.pos
     }
 }
 
@@ -183,16 +222,17 @@ pub fn semantic_tokens(
 ) -> Vec<lsp::SemanticToken> {
     let mut out = Vec::new();
     let (mut line, mut col) = (0u32, 0u32);
+    let mut cursor = Cursor::new(index);
     for &(start, len, class) in tokens {
-        let mut a = start;
-        let end = (start + len).min(text.len());
+        let mut a = text.floor_char_boundary(start);
+        let end = text.floor_char_boundary(start.saturating_add(len));
         while a < end {
             let line_end = text[a..end].find('\n').map_or(end, |i| a + i);
-            let p = index.position(a);
-            let width: u32 = text
-                .get(a..line_end)
-                .map_or(0, |s| s.chars().map(|c| c.len_utf16() as u32).sum());
-            if width > 0 {
+            let p = cursor.to(a);
+            let width = utf16_len(&text[a..line_end]);
+            // Tokens come sorted; one that would go backwards (overlapping another) is
+            // dropped rather than encoded as a negative delta.
+            if width > 0 && (p.line, p.character) >= (line, col) {
                 let delta_line = p.line - line;
                 let delta_start = if delta_line == 0 {
                     p.character - col

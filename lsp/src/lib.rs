@@ -12,6 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod convert;
+pub mod frame;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -60,18 +61,107 @@ struct State {
 #[derive(Clone)]
 pub struct Nabla(Arc<State>);
 
-/// Serves the protocol on stdin/stdout until the client exits.
+/// Serves the protocol on stdin/stdout until the client exits or closes its end.
+///
+/// Three pieces around the server: a thread that splits stdin into frames
+/// ([`frame::Reader`]) and answers malformed ones itself, passing the rest on through a
+/// pipe; a task that reads the server's frames back from its output pipe; and a thread
+/// that owns stdout and writes whole frames, one at a time, from both, so an error reply
+/// never lands inside another frame.
+#[cfg(unix)]
 pub fn serve_stdio() -> std::result::Result<(), String> {
+    use std::sync::mpsc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("lsp-stdout".into())
+        .spawn(move || {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            for f in out_rx {
+                if stdout.write_all(&f).and_then(|_| stdout.flush()).is_err() {
+                    break;
+                }
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| e.to_string())?;
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<frame::Event>();
+    let stdin = frame::Stdin::open().map_err(|e| format!("cannot read stdin: {e}"))?;
+    std::thread::Builder::new()
+        .name("lsp-stdin".into())
+        .spawn(move || {
+            let mut reader = frame::Reader::new(stdin);
+            while let Some(e) = reader.next_event() {
+                if ev_tx.send(e).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
     rt.block_on(async {
+        let (mut to_server, server_in) = tokio::io::duplex(1 << 16);
+        let (server_out, mut from_server) = tokio::io::duplex(1 << 16);
+        let replies = out_tx.clone();
+        let feeder = tokio::spawn(async move {
+            while let Some(e) = ev_rx.recv().await {
+                match e {
+                    frame::Event::Forward(body) => {
+                        if to_server.write_all(&frame::frame(&body)).await.is_err() {
+                            break;
+                        }
+                    }
+                    frame::Event::Reply(f) => {
+                        let _ = replies.send(f);
+                    }
+                    frame::Event::Ignored(why) => eprintln!("nabla lsp: ignored: {why}"),
+                }
+            }
+            let _ = to_server.shutdown().await;
+        });
+        let server_frames = out_tx.clone();
+        let pump = tokio::spawn(async move {
+            // The server's own output is always well formed: header, blank line, body.
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 1 << 16];
+            loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let header = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len = header
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length:"))
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        break;
+                    }
+                    let frame: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                    let _ = server_frames.send(frame);
+                }
+                match from_server.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
         let (service, socket) = LspService::new(Nabla::new);
-        Server::new(tokio::io::stdin(), tokio::io::stdout(), socket)
+        Server::new(server_in, server_out, socket)
             .serve(service)
             .await;
+        let _ = pump.await;
+        feeder.abort();
     });
+    // Dropping the runtime drops the feeder, and with it the last sender but ours.
+    drop(rt);
+    drop(out_tx);
+    // Let the last frames reach the client, unless it stopped reading.
+    let _ = done_rx.recv_timeout(std::time::Duration::from_secs(2));
     Ok(())
 }
 

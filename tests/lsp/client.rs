@@ -1,4 +1,5 @@
-#![allow(dead_code)] // shared by tests/lsp.rs, tests/lsp_fuzz.rs and bench/lsp_latency.rs, which use different parts
+#![allow(dead_code)]
+// shared by tests/lsp.rs, tests/lsp_fuzz.rs, tests/lsp_frames.rs and bench/lsp_latency.rs, which use different parts
 //! A minimal JSON-RPC client for `nabla lsp`, speaking the protocol over the server's
 //! stdin and stdout as an editor does (Content-Length framing).
 
@@ -89,6 +90,17 @@ impl Client {
         let body = v.to_string();
         write!(self.stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).expect("write");
         self.stdin.flush().expect("flush");
+    }
+
+    /// Writes bytes as they are: malformed frames, for the framing tests.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).expect("write");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// Whether the server process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn notify(&mut self, method: &str, params: Value) {

@@ -24,6 +24,15 @@ pub struct Dim {
     terms: BTreeMap<Vec<Atom>, i64>,
 }
 
+/// Why dim arithmetic has no result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DimError {
+    /// A coefficient or constant does not fit in 64 bits.
+    Overflow,
+    /// Division or remainder by a known zero.
+    DivByZero,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cmp {
     Equal,
@@ -73,64 +82,81 @@ impl Dim {
         }
     }
 
-    pub fn add(&self, other: &Dim) -> Dim {
+    /// `self + other`; an error when a coefficient leaves the 64-bit range.
+    pub fn add(&self, other: &Dim) -> Result<Dim, DimError> {
         let mut terms = self.terms.clone();
         for (m, c) in &other.terms {
             let e = terms.entry(m.clone()).or_insert(0);
-            *e = e.saturating_add(*c);
+            *e = e.checked_add(*c).ok_or(DimError::Overflow)?;
             if *e == 0 {
                 terms.remove(m);
             }
         }
-        Dim { terms }
+        Ok(Dim { terms })
     }
 
-    pub fn neg(&self) -> Dim {
-        Dim {
-            terms: self
-                .terms
-                .iter()
-                .map(|(m, c)| (m.clone(), c.saturating_neg()))
-                .collect(),
+    pub fn neg(&self) -> Result<Dim, DimError> {
+        let terms = self
+            .terms
+            .iter()
+            .map(|(m, c)| Ok((m.clone(), c.checked_neg().ok_or(DimError::Overflow)?)))
+            .collect::<Result<_, DimError>>()?;
+        Ok(Dim { terms })
+    }
+
+    pub fn sub(&self, other: &Dim) -> Result<Dim, DimError> {
+        let mut terms = self.terms.clone();
+        for (m, c) in &other.terms {
+            let e = terms.entry(m.clone()).or_insert(0);
+            *e = e.checked_sub(*c).ok_or(DimError::Overflow)?;
+            if *e == 0 {
+                terms.remove(m);
+            }
         }
+        Ok(Dim { terms })
     }
 
-    pub fn sub(&self, other: &Dim) -> Dim {
-        self.add(&other.neg())
-    }
-
-    pub fn mul(&self, other: &Dim) -> Dim {
+    pub fn mul(&self, other: &Dim) -> Result<Dim, DimError> {
         let mut out = Dim::default();
         for (m1, c1) in &self.terms {
             for (m2, c2) in &other.terms {
                 let mut m: Vec<Atom> = m1.iter().chain(m2.iter()).cloned().collect();
                 m.sort();
                 let mut one = BTreeMap::new();
-                one.insert(m, c1.saturating_mul(*c2));
-                out = out.add(&Dim { terms: one });
+                one.insert(m, c1.checked_mul(*c2).ok_or(DimError::Overflow)?);
+                out = out.add(&Dim { terms: one })?;
             }
         }
-        out
+        Ok(out)
     }
 
-    /// Floor division. `None` when dividing by a known zero.
-    pub fn div(&self, other: &Dim) -> Option<Dim> {
-        match (self.as_const(), other.as_const()) {
-            (_, Some(0)) => None,
-            (Some(a), Some(b)) => Some(Dim::konst(a.div_euclid(b))),
-            (_, Some(1)) => Some(self.clone()),
-            (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => Some(Dim {
+    /// `self + other` for counts (multiply-adds, parameters), which stop at `i64::MAX`
+    /// instead of failing: a count is reported, never used as a size.
+    pub fn saturating_add(&self, other: &Dim) -> Dim {
+        self.add(other).unwrap_or_else(|_| Dim::konst(i64::MAX))
+    }
+
+    /// `self * other` for counts; see [`Dim::saturating_add`].
+    pub fn saturating_mul(&self, other: &Dim) -> Dim {
+        self.mul(other).unwrap_or_else(|_| Dim::konst(i64::MAX))
+    }
+
+    /// Floor division.
+    pub fn div(&self, other: &Dim) -> Result<Dim, DimError> {
+        Ok(match (self.as_const(), other.as_const()) {
+            (_, Some(0)) => return Err(DimError::DivByZero),
+            (Some(a), Some(b)) => Dim::konst(a.checked_div_euclid(b).ok_or(DimError::Overflow)?),
+            (_, Some(1)) => self.clone(),
+            (_, Some(-1)) => self.neg()?,
+            (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => Dim {
                 terms: self.terms.iter().map(|(m, c)| (m.clone(), c / b)).collect(),
-            }),
-            _ if self == other => Some(Dim::konst(1)),
-            _ => match self.exact_monomial_div(other) {
-                Some(q) => Some(q),
-                None => Some(Dim::atom(Atom::Div(
-                    Box::new(self.clone()),
-                    Box::new(other.clone()),
-                ))),
             },
-        }
+            _ if self == other => Dim::konst(1),
+            _ => match self.exact_monomial_div(other) {
+                Some(q) => q,
+                None => Dim::atom(Atom::Div(Box::new(self.clone()), Box::new(other.clone()))),
+            },
+        })
     }
 
     /// `self / other` when `other` is one monomial dividing every term exactly
@@ -142,7 +168,7 @@ impl Dim {
         };
         let mut out = BTreeMap::new();
         for (m, c) in &self.terms {
-            if c % dc != 0 {
+            if c.checked_rem(dc)? != 0 {
                 return None;
             }
             let mut rest = m.clone();
@@ -150,59 +176,57 @@ impl Dim {
                 let pos = rest.iter().position(|x| x == a)?;
                 rest.remove(pos);
             }
-            out.insert(rest, c / dc);
+            out.insert(rest, c.checked_div(dc)?);
         }
         Some(Dim { terms: out })
     }
 
-    /// Remainder of floor division. `None` when dividing by a known zero.
-    pub fn rem(&self, other: &Dim) -> Option<Dim> {
-        match (self.as_const(), other.as_const()) {
-            (_, Some(0)) => None,
-            (Some(a), Some(b)) => Some(Dim::konst(a.rem_euclid(b))),
-            (_, Some(1)) => Some(Dim::konst(0)),
-            (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => Some(Dim::konst(0)),
-            _ if self == other => Some(Dim::konst(0)),
-            _ if self.exact_monomial_div(other).is_some() => Some(Dim::konst(0)),
-            _ => Some(Dim::atom(Atom::Rem(
-                Box::new(self.clone()),
-                Box::new(other.clone()),
-            ))),
-        }
+    /// Remainder of floor division.
+    pub fn rem(&self, other: &Dim) -> Result<Dim, DimError> {
+        Ok(match (self.as_const(), other.as_const()) {
+            (_, Some(0)) => return Err(DimError::DivByZero),
+            (_, Some(1 | -1)) => Dim::konst(0),
+            (Some(a), Some(b)) => Dim::konst(a.checked_rem_euclid(b).ok_or(DimError::Overflow)?),
+            (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => Dim::konst(0),
+            _ if self == other => Dim::konst(0),
+            _ if self.exact_monomial_div(other).is_some() => Dim::konst(0),
+            _ => Dim::atom(Atom::Rem(Box::new(self.clone()), Box::new(other.clone()))),
+        })
     }
 
     pub fn compare(&self, other: &Dim) -> Cmp {
-        let d = self.sub(other);
-        match d.as_const() {
-            Some(0) => Cmp::Equal,
-            Some(_) => Cmp::Different,
-            None => Cmp::Unknown,
+        // A difference that overflows is between two constants far apart: different.
+        match self.sub(other).map(|d| d.as_const()) {
+            Ok(Some(0)) => Cmp::Equal,
+            Ok(Some(_)) | Err(_) => Cmp::Different,
+            Ok(None) => Cmp::Unknown,
         }
     }
 
-    /// Replaces variables by values; used to instantiate a signature and to count
-    /// per-example work (`B = 1`).
-    pub fn subst(&self, f: &dyn Fn(&str) -> Option<Dim>) -> Dim {
+    /// Replaces variables by values (to count per-example work, `B = 1`). A division
+    /// by a value that becomes zero stays unevaluated; a coefficient leaving the 64-bit
+    /// range is an error.
+    pub fn subst(&self, f: &dyn Fn(&str) -> Option<Dim>) -> Result<Dim, DimError> {
         let mut out = Dim::default();
         for (m, c) in &self.terms {
             let mut term = Dim::konst(*c);
             for a in m {
                 let v = match a {
                     Atom::Sym(s) => f(s).unwrap_or_else(|| Dim::atom(a.clone())),
-                    Atom::Div(x, y) => x
-                        .subst(f)
-                        .div(&y.subst(f))
-                        .unwrap_or_else(|| Dim::atom(a.clone())),
-                    Atom::Rem(x, y) => x
-                        .subst(f)
-                        .rem(&y.subst(f))
-                        .unwrap_or_else(|| Dim::atom(a.clone())),
+                    Atom::Div(x, y) => match x.subst(f)?.div(&y.subst(f)?) {
+                        Err(DimError::DivByZero) => Dim::atom(a.clone()),
+                        r => r?,
+                    },
+                    Atom::Rem(x, y) => match x.subst(f)?.rem(&y.subst(f)?) {
+                        Err(DimError::DivByZero) => Dim::atom(a.clone()),
+                        r => r?,
+                    },
                 };
-                term = term.mul(&v);
+                term = term.mul(&v)?;
             }
-            out = out.add(&term);
+            out = out.add(&term)?;
         }
-        out
+        Ok(out)
     }
 
     /// Whether `name` occurs anywhere in the dim.
@@ -283,28 +307,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normal_form() {
+    fn normal_form() -> Result<(), DimError> {
         let h = Dim::sym("H");
         let two = Dim::konst(2);
         // (H + 2*1 - 1*(3 - 1) - 1) / 1 + 1 == H
         let out = h
-            .add(&two)
-            .sub(&two)
-            .sub(&Dim::konst(1))
-            .div(&Dim::konst(1))
-            .and_then(|d| Some(d.add(&Dim::konst(1))));
-        assert_eq!(out, Some(h.clone()));
-        assert_eq!(h.mul(&two).to_string(), "2*H");
-        assert_eq!(h.div(&two).map(|d| d.to_string()), Some("H / 2".into()));
-        assert_eq!(Dim::konst(7).div(&two), Some(Dim::konst(3)));
-        assert_eq!(h.add(&Dim::konst(1)).compare(&h), Cmp::Different);
+            .add(&two)?
+            .sub(&two)?
+            .sub(&Dim::konst(1))?
+            .div(&Dim::konst(1))?
+            .add(&Dim::konst(1))?;
+        assert_eq!(out, h.clone());
+        assert_eq!(h.mul(&two)?.to_string(), "2*H");
+        assert_eq!(h.div(&two)?.to_string(), "H / 2");
+        assert_eq!(Dim::konst(7).div(&two)?, Dim::konst(3));
+        assert_eq!(h.add(&Dim::konst(1))?.compare(&h), Cmp::Different);
         assert_eq!(h.compare(&Dim::sym("W")), Cmp::Unknown);
-        assert_eq!(h.mul(&two).div(&two), Some(h.clone()));
+        assert_eq!(h.mul(&two)?.div(&two)?, h.clone());
         assert_eq!(
-            h.div(&two)
-                .map(|d| d.subst(&|s| (s == "H").then(|| Dim::konst(28)))),
-            Some(Dim::konst(14))
+            h.div(&two)?
+                .subst(&|s| (s == "H").then(|| Dim::konst(28)))?,
+            Dim::konst(14)
         );
-        assert_eq!(Dim::konst(0).div(&Dim::konst(0)), None);
+        assert_eq!(Dim::konst(0).div(&Dim::konst(0)), Err(DimError::DivByZero));
+        Ok(())
+    }
+
+    /// Every operation on constants near the ends of the 64-bit range either gives the
+    /// exact result (checked against i128) or says it overflows; none panics.
+    #[test]
+    fn arithmetic_never_wraps_or_panics() {
+        let edges = [
+            i64::MIN,
+            i64::MIN + 1,
+            -(1 << 32),
+            -3,
+            -1,
+            0,
+            1,
+            2,
+            3,
+            1 << 31,
+            1 << 32,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        let fits = |v: i128| i64::try_from(v).ok();
+        for &a in &edges {
+            for &b in &edges {
+                let (x, y) = (Dim::konst(a), Dim::konst(b));
+                let (wa, wb) = (a as i128, b as i128);
+                let expect = |v: Option<i64>| v.map(Dim::konst).ok_or(DimError::Overflow);
+                assert_eq!(x.add(&y), expect(fits(wa + wb)), "{a} + {b}");
+                assert_eq!(x.sub(&y), expect(fits(wa - wb)), "{a} - {b}");
+                assert_eq!(x.mul(&y), expect(fits(wa * wb)), "{a} * {b}");
+                if b == 0 {
+                    assert_eq!(x.div(&y), Err(DimError::DivByZero));
+                    assert_eq!(x.rem(&y), Err(DimError::DivByZero));
+                } else {
+                    assert_eq!(x.div(&y), expect(fits(wa.div_euclid(wb))), "{a} / {b}");
+                    assert_eq!(x.rem(&y), expect(fits(wa.rem_euclid(wb))), "{a} % {b}");
+                }
+                // The same with a variable alongside, so the polynomial paths run too.
+                let h = Dim::sym("H");
+                let _ = x.add(&h).and_then(|s| s.mul(&y)).and_then(|p| p.div(&y));
+                let _ = h.mul(&x).and_then(|p| p.rem(&y));
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use super::dim::{Cmp, Dim};
+use super::dim::{Cmp, Dim, DimError};
 use super::facts::{Binding, Facts, Ref, Target};
 use super::lower::Lowering;
 use super::names::{DefKind, ItemId, Program};
@@ -200,15 +200,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// An element count, for the counts `info` shows (saturating: see [`Dim::saturating_mul`]).
 fn numel(dims: &[Dim]) -> Dim {
-    dims.iter().fold(Dim::konst(1), |acc, d| acc.mul(d))
+    dims.iter()
+        .fold(Dim::konst(1), |acc, d| acc.saturating_mul(d))
 }
 
 fn per_example(d: &Dim) -> u64 {
-    d.subst(&|s| (s == "B").then(|| Dim::konst(1)))
-        .as_const()
-        .map(|n| n.max(0) as u64)
-        .unwrap_or(0)
+    match d.subst(&|s| (s == "B").then(|| Dim::konst(1))) {
+        Ok(d) => d.as_const().map(|n| n.max(0) as u64).unwrap_or(0),
+        Err(_) => u64::MAX,
+    }
 }
 
 impl<'a> Cx<'a> {
@@ -464,6 +466,9 @@ impl<'a> Cx<'a> {
         }
         let params: Vec<&Param> = f.params.iter().collect();
         self.bind_symbolic(&mut env, &params);
+        for w in &f.wheres {
+            self.expr(w, &mut env);
+        }
         let Some(body) = &f.body else {
             if let Some(t) = &f.ret {
                 self.eval_type(&mut env, t);
@@ -639,30 +644,70 @@ impl<'a> Cx<'a> {
                 None
             }
             DimKind::Bin(op, a, b) => {
+                let divisor = b.span;
                 let a = self.eval_dim(env, a)?;
                 let b = self.eval_dim(env, b)?;
-                self.dim_arith(*op, &a, &b, d.span)
+                self.dim_arith(*op, &a, &b, d.span, divisor)
             }
             DimKind::Error => None,
         }
     }
 
-    fn dim_arith(&mut self, op: BinOp, a: &Dim, b: &Dim, span: Span) -> Option<Dim> {
+    /// `a op b` at `span`; a division by zero is reported at `divisor`.
+    fn dim_arith(&mut self, op: BinOp, a: &Dim, b: &Dim, span: Span, divisor: Span) -> Option<Dim> {
         let r = match op {
-            BinOp::Add => Some(a.add(b)),
-            BinOp::Sub => Some(a.sub(b)),
-            BinOp::Mul => Some(a.mul(b)),
+            BinOp::Add => a.add(b),
+            BinOp::Sub => a.sub(b),
+            BinOp::Mul => a.mul(b),
             BinOp::Div => a.div(b),
             BinOp::Rem => a.rem(b),
             _ => return None,
         };
-        if r.is_none() {
-            self.report(
-                Diagnostic::error("E0305", "division by zero in a dimension")
-                    .primary(span, "this divides by 0"),
-            );
+        let at = if matches!(r, Err(DimError::DivByZero)) {
+            divisor
+        } else {
+            span
+        };
+        self.arith(r, at, || format!("`{a} {} {b}`", op.symbol()))
+    }
+
+    /// The result of compile-time integer arithmetic, or a reported error: E0305 for a
+    /// division by zero, E0313 for a result outside the 64-bit range (`what` shows the
+    /// operation).
+    pub(super) fn arith(
+        &mut self,
+        r: Result<Dim, DimError>,
+        span: Span,
+        what: impl FnOnce() -> String,
+    ) -> Option<Dim> {
+        match r {
+            Ok(d) => Some(d),
+            Err(DimError::DivByZero) => {
+                self.report(
+                    Diagnostic::error("E0305", "division by zero in a dimension")
+                        .primary(span, "this divides by 0"),
+                );
+                None
+            }
+            Err(DimError::Overflow) => {
+                self.report(
+                    Diagnostic::error(
+                        "E0313",
+                        format!(
+                            "{} overflows: the result does not fit in a 64-bit integer",
+                            what()
+                        ),
+                    )
+                    .primary(span, "this overflows")
+                    .with_help(format!(
+                        "compile-time integers and dimensions lie between {} and {}",
+                        i64::MIN,
+                        i64::MAX
+                    )),
+                );
+                None
+            }
         }
-        r
     }
 
     /// Evaluates a written type, with the dims bound in `env`.
@@ -740,9 +785,39 @@ impl<'a> Cx<'a> {
                         continue;
                     }
                     match self.eval_dim(env, d) {
-                        Some(x) => out.push(x),
+                        Some(x) => {
+                            if x.as_const().is_some_and(|n| n < 0) {
+                                self.report(
+                                    Diagnostic::error(
+                                        "E0315",
+                                        format!("the dimension `{}` is {x} here; a dimension cannot be negative", self.text(d.span)),
+                                    )
+                                    .primary(d.span, format!("this is {x}")),
+                                );
+                                return Ty::Err;
+                            }
+                            out.push(x)
+                        }
                         None => return Ty::Err,
                     }
+                }
+                // The element count (a symbolic dim counts once, as `B = 1` does) must fit
+                // in 64 bits, or every size computed from it would be wrong.
+                let count = out
+                    .iter()
+                    .filter_map(Dim::as_const)
+                    .try_fold(1i64, |a, n| a.checked_mul(n));
+                if count.is_none() {
+                    let shown = self.show(&Ty::Tensor(dt, out.clone(), None));
+                    self.report(
+                        Diagnostic::error(
+                            "E0313",
+                            format!("{shown} has more elements than fit in a 64-bit integer"),
+                        )
+                        .primary(t.span, "this tensor type")
+                        .with_help(format!("a tensor has at most {} elements", i64::MAX)),
+                    );
+                    return Ty::Err;
                 }
                 Ty::Tensor(dt, out, None)
             }
@@ -1286,7 +1361,13 @@ impl<'a> Cx<'a> {
             ExprKind::Unary(op, x) => {
                 let v = self.expr(x, env);
                 match (op, v) {
-                    (UnOp::Neg, Ty::Int(d)) => Ty::Int(d.map(|d| d.neg())),
+                    (UnOp::Neg, Ty::Int(Some(d))) => {
+                        match self.arith(d.neg(), e.span, || format!("`-({d})`")) {
+                            Some(n) => Ty::Int(Some(n)),
+                            None => Ty::Err,
+                        }
+                    }
+                    (UnOp::Neg, Ty::Int(None)) => Ty::Int(None),
                     (UnOp::Neg, Ty::Float(v)) => Ty::Float(v.map(|x| -x)),
                     (UnOp::Neg, Ty::Err) => Ty::Err,
                     (UnOp::Neg, Ty::Tensor(dt, s, v))
@@ -1540,7 +1621,11 @@ impl<'a> Cx<'a> {
                             };
                             match (lo, hi) {
                                 (Some(lo), Some(hi)) => {
-                                    let len = hi.sub(&lo);
+                                    let Some(len) =
+                                        self.arith(hi.sub(&lo), span, || format!("`{hi} - {lo}`"))
+                                    else {
+                                        return Ty::Err;
+                                    };
                                     if len.as_const().is_some_and(|n| n < 0) {
                                         self.report(
                                             Diagnostic::error(
@@ -1610,7 +1695,7 @@ impl<'a> Cx<'a> {
         match self.expr(e, env) {
             Ty::Int(Some(i)) => {
                 let i = if i.as_const().is_some_and(|n| n < 0) {
-                    d.add(&i)
+                    self.arith(d.add(&i), e.span, || format!("`{d} + {i}`"))?
                 } else {
                     i
                 };
@@ -1668,7 +1753,7 @@ impl<'a> Cx<'a> {
             (Ty::Int(a), Ty::Int(b)) => match op {
                 Add | Sub | Mul | Div | Rem => match (a, b) {
                     (Some(a), Some(b)) => self
-                        .dim_arith(op, a, b, ys)
+                        .dim_arith(op, a, b, span, ys)
                         .map(|d| Ty::Int(Some(d)))
                         .unwrap_or(Ty::Err),
                     _ => Ty::Int(None),
@@ -2321,6 +2406,25 @@ impl<'a> Cx<'a> {
             (TypeKind::Named(n), v @ Ty::Int(_)) if n.name == "float" => Ty::Float(v.scalar()),
             (_, v) => v,
         };
+        // A `dim` is a size: at least 1. Caught here, at the argument, rather than as the
+        // shapes built from it.
+        let ok = ok
+            && match (&t.kind, v.dim().and_then(Dim::as_const)) {
+                (TypeKind::Named(n), Some(d)) if n.name == "dim" && d < 1 => {
+                    self.report(
+                        Diagnostic::error(
+                            "E0315",
+                            format!(
+                                "`{}` of `{callee}` is a dimension, so it must be at least 1, but it is {d}",
+                                p.name.name
+                            ),
+                        )
+                        .primary(vspan, format!("this is {d}")),
+                    );
+                    false
+                }
+                _ => true,
+            };
         env.bind(
             &p.name.name,
             if ok { v } else { Ty::Err },
@@ -2464,13 +2568,15 @@ impl<'a> Cx<'a> {
                     })
                     .collect();
                 let text = self.text(w.span).to_string();
+                // Divisibility has its own code; every other condition is E0314.
+                let divides = text.contains('%');
                 let mut d = Diagnostic::error(
-                    "E0305",
+                    if divides { "E0305" } else { "E0314" },
                     format!("`{callee}` requires `{text}`, but {}", values.join(", ")),
                 )
                 .primary(span, "this use")
                 .secondary(w.span, "required here");
-                if text.contains('%') {
+                if divides {
                     d = d.with_help("choose values so that the dimension divides evenly");
                 }
                 self.report(d);
@@ -2495,6 +2601,17 @@ impl<'a> Cx<'a> {
         };
         let module = p.items[id].module;
         let tensor = self.is_tensor_fn(f);
+        // A tensor argument already reported as wrong: the call's shapes cannot be known,
+        // and checking them would only report the same error again.
+        let poisoned = f.params.iter().zip(&bound).any(|(p, a)| {
+            matches!(
+                p.ty.as_ref().map(|t| &t.kind),
+                Some(TypeKind::Tensor { .. })
+            ) && a.as_ref().is_some_and(|a| matches!(a.ty, Ty::Err))
+        });
+        if poisoned {
+            return self.fallback_result(f, env);
+        }
         if f.body.is_none()
             && p.modules[module].is_std
             && let Some(t) = prims::apply(self, &name, &f.params, &bound, span, env)
@@ -2515,7 +2632,7 @@ impl<'a> Cx<'a> {
             ok &= self.bind_param(&name, &mut callee, param, v, vspan, None, &mut deferred);
         }
         ok &= self.check_deferred(&name, &mut callee, deferred);
-        if !ok {
+        if !ok || !self.where_clauses(&name, &f.wheres, &mut callee, span) {
             return Ty::Err;
         }
         let declared = f.ret.as_ref().map(|t| self.eval_type(&mut callee, t));
@@ -2713,14 +2830,14 @@ impl<'a> Cx<'a> {
                     *v,
                 ));
             }
-            parent.macs = parent.macs.add(&inst.macs);
+            parent.macs = parent.macs.saturating_add(&inst.macs);
         }
         inst.out
     }
 
     pub(super) fn add_macs(&mut self, m: Dim) {
         if let Some(c) = self.collectors.last_mut() {
-            c.macs = c.macs.add(&m);
+            c.macs = c.macs.saturating_add(&m);
         }
     }
 
@@ -3083,7 +3200,7 @@ impl<'a> Cx<'a> {
                                     .into_iter()
                                     .map(|(n, d, v)| (format!("{prefix}.{n}"), d, v)),
                             );
-                            parent.macs = parent.macs.add(&c.macs);
+                            parent.macs = parent.macs.saturating_add(&c.macs);
                         }
                         origin = st.span;
                     }

@@ -3,7 +3,7 @@
 //! elementwise functions. Every other primitive is declared with its shape in
 //! `std/core.net` and checked by signature matching, like any function.
 
-use super::dim::Dim;
+use super::dim::{Dim, DimError};
 use super::eval::{ArgV, Cx, Env};
 use super::ty::{DType, ShapeFmt, Ty, shape_str};
 use crate::diag::Diagnostic;
@@ -286,7 +286,12 @@ fn shaped<'b>(
                     );
                     return Some(bad(cx, "E0303", msg, xs.span));
                 }
-                total = total.add(&d[axis]);
+                let Some(t) = cx.arith(total.add(&d[axis]), xs.span, || {
+                    format!("the concatenated length {total} + {}", d[axis])
+                }) else {
+                    return Some(Ty::Err);
+                };
+                total = t;
             }
             let mut out = first.clone();
             out[axis] = total;
@@ -294,7 +299,8 @@ fn shaped<'b>(
             let mut acc = vals.first().copied().flatten();
             let mut acc_dims = first;
             for (v, (_, d)) in vals.iter().zip(&shapes).skip(1) {
-                acc_dims[axis] = acc_dims[axis].add(&d[axis]);
+                // Partial sums of the total, which fit.
+                acc_dims[axis] = acc_dims[axis].saturating_add(&d[axis]);
                 acc = cx.emit(Op::Concat { axis }, &[acc, *v], dt, &acc_dims);
             }
             Ty::Tensor(dt, out, acc)
@@ -331,11 +337,16 @@ fn shaped<'b>(
             ) else {
                 return Some(Ty::Err);
             };
-            if name == "slice" {
-                dims[axis] = q.sub(&p);
+            let len = if name == "slice" {
+                q.sub(&p)
             } else {
-                dims[axis] = dims[axis].add(&p).add(&q);
-            }
+                dims[axis].add(&p).and_then(|d| d.add(&q))
+            };
+            let Some(len) = cx.arith(len, span, || format!("the `{name}`d length of axis {axis}"))
+            else {
+                return Some(Ty::Err);
+            };
+            dims[axis] = len;
             let v = match (p.as_const(), q.as_const()) {
                 (Some(p), Some(q)) if name == "slice" => cx.emit(
                     Op::Slice {
@@ -519,8 +530,11 @@ pub(super) fn count_macs(
             let Ty::Tensor(_, o, _) = out else {
                 return None;
             };
-            let per_out: Dim = w.iter().skip(1).fold(Dim::konst(1), |a, d| a.mul(d));
-            Some(o.iter().fold(per_out, |a, d| a.mul(d)))
+            let per_out: Dim = w
+                .iter()
+                .skip(1)
+                .fold(Dim::konst(1), |a, d| a.saturating_mul(d));
+            Some(o.iter().fold(per_out, |a, d| a.saturating_mul(d)))
         }
         _ => None,
     }
@@ -666,7 +680,12 @@ fn reshape(
     span: Span,
     env: &Env,
 ) -> Option<Ty> {
-    let total = dims.iter().fold(Dim::konst(1), |a, d| a.mul(d));
+    fn product<'d>(mut ds: impl Iterator<Item = &'d Dim>) -> Result<Dim, DimError> {
+        ds.try_fold(Dim::konst(1), |a, d| a.mul(d))
+    }
+    let total = cx.arith(product(dims.iter()), xs, || {
+        format!("the element count of {}", ShapeFmt(dt, dims))
+    })?;
     let minus = Dim::konst(-1);
     let holes = want.iter().filter(|d| **d == minus).count();
     if holes > 1 {
@@ -677,17 +696,16 @@ fn reshape(
             ss,
         ));
     }
-    let known = want
-        .iter()
-        .filter(|d| **d != minus)
-        .fold(Dim::konst(1), |a, d| a.mul(d));
+    let known = cx.arith(product(want.iter().filter(|d| **d != minus)), ss, || {
+        format!("the element count of {}", shape_str(&want))
+    })?;
     if holes == 1 {
         let inferred = total.div(&known);
-        let exact = total.rem(&known).is_some_and(|r| r.as_const() == Some(0));
+        let exact = total.rem(&known).is_ok_and(|r| r.as_const() == Some(0));
         match inferred {
-            Some(q)
+            Ok(q)
                 if exact
-                    || !env.strict && total.rem(&known).is_some_and(|r| r.as_const().is_none()) =>
+                    || !env.strict && total.rem(&known).is_ok_and(|r| r.as_const().is_none()) =>
             {
                 for d in want.iter_mut() {
                     if *d == minus {
@@ -789,7 +807,11 @@ pub(super) fn matmul(cx: &mut Cx, x: &Ty, y: &Ty, xs: Span, ys: Span, span: Span
     ) else {
         return Ty::Err;
     };
-    let macs = batch.iter().fold(m.mul(k1).mul(n), |acc, d| acc.mul(d));
+    let macs = batch
+        .iter()
+        .fold(m.saturating_mul(k1).saturating_mul(n), |acc, d| {
+            acc.saturating_mul(d)
+        });
     cx.add_macs(macs);
     let v = if cx.lowering() {
         // Make the broadcast explicit: both sides get the full batch dims.

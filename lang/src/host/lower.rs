@@ -557,12 +557,23 @@ impl Lowerer<'_> {
                     let v = self.expr(cx, x);
                     let parsed = match spec {
                         Some(s) => match FormatSpec::parse(s) {
-                            Some(f) => f,
-                            None => {
+                            Ok(f) => f,
+                            Err(FormatError::Unknown) => {
                                 self.diags.push(
                                     Diagnostic::error("E0602", format!("unknown format `{s}`"))
                                         .primary(x.span, "formatted here")
                                         .with_help("formats are `.N` (digits after the point), `.N%` (percent), `e` or `.Ne` (scientific)"),
+                                );
+                                FormatSpec::default()
+                            }
+                            Err(FormatError::TooPrecise(digits)) => {
+                                self.diags.push(
+                                    Diagnostic::error(
+                                        "E0602",
+                                        format!("format `{s}` asks for {digits} digits after the point; at most {MAX_PRECISION} can be shown"),
+                                    )
+                                    .primary(x.span, "formatted here")
+                                    .with_help(format!("an f64 has at most {MAX_PRECISION} digits after the point")),
                                 );
                                 FormatSpec::default()
                             }

@@ -15,6 +15,7 @@
 //! the run's heap. Values cross into builtins as 64-bit words ([`Word`]).
 
 pub mod heap;
+pub mod interrupt;
 pub mod lower;
 
 use crate::check::ItemId;
@@ -76,9 +77,22 @@ pub struct FormatSpec {
     pub exp: bool,
 }
 
+/// The most digits after the point a format may ask for: the exact decimal expansion of
+/// the smallest f64 (2^-1074) has 1074, so more would only add zeros.
+pub const MAX_PRECISION: usize = 1074;
+
+/// Why a format spec was refused (E0602).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FormatError {
+    /// Not one of the forms.
+    Unknown,
+    /// A precision above [`MAX_PRECISION`].
+    TooPrecise(String),
+}
+
 impl FormatSpec {
-    /// Parses `.2%`, `.6`, `e`, `.3e`; `None` when the spec is not understood.
-    pub fn parse(s: &str) -> Option<FormatSpec> {
+    /// Parses `.2%`, `.6`, `e`, `.3e`.
+    pub fn parse(s: &str) -> Result<FormatSpec, FormatError> {
         let mut spec = FormatSpec::default();
         let mut rest = s;
         if let Some(r) = rest.strip_suffix('%') {
@@ -89,11 +103,17 @@ impl FormatSpec {
             rest = r;
         }
         if let Some(digits) = rest.strip_prefix('.') {
-            spec.precision = Some(digits.parse().ok()?);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(FormatError::Unknown);
+            }
+            match digits.parse::<usize>() {
+                Ok(p) if p <= MAX_PRECISION => spec.precision = Some(p),
+                _ => return Err(FormatError::TooPrecise(digits.to_string())),
+            }
         } else if !rest.is_empty() {
-            return None;
+            return Err(FormatError::Unknown);
         }
-        Some(spec)
+        Ok(spec)
     }
 
     /// Formats a float by this spec.

@@ -47,8 +47,9 @@ pub fn completions(
     offset: usize,
     importable: &[String],
 ) -> Vec<Completion> {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or("");
+    // A position inside a character (a stale offset) counts as the character's start.
+    let offset = text.floor_char_boundary(offset);
+    let before = &text[..offset];
     let line = before.rsplit('\n').next().unwrap_or("");
     let p = &c.program;
     let module = p.modules.iter().position(|m| m.file == file);
@@ -56,15 +57,8 @@ pub fn completions(
         return import_completions(p, rest.trim(), importable);
     }
     // `base.` or `base.fi`: fields of the record `base` is bound to.
-    let word_start = before
-        .rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
-        .map_or(0, |i| i + 1);
-    if before[..word_start].ends_with('.') {
-        let base_end = word_start - 1;
-        let base_start = before[..base_end]
-            .rfind(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
-            .map_or(0, |i| i + 1);
-        let base = &before[base_start..base_end];
+    if let Some(head) = before[..word_start(before)].strip_suffix('.') {
+        let base = &head[word_start(head)..];
         return field_completions(c, file, base, module);
     }
     let mut out = Vec::new();
@@ -102,6 +96,15 @@ pub fn completions(
         });
     }
     out
+}
+
+/// Where the word (letters, digits, `_`) that `s` ends with starts: a char boundary, after
+/// the last character that is not part of a word, however many bytes that character has.
+fn word_start(s: &str) -> usize {
+    s.char_indices()
+        .rev()
+        .find(|(_, ch)| !(ch.is_alphanumeric() || *ch == '_'))
+        .map_or(0, |(i, ch)| i + ch.len_utf8())
 }
 
 fn item_completion(p: &Program, id: ItemId) -> Completion {

@@ -52,13 +52,15 @@ pub struct Param {
     pub span: Span,
 }
 
-/// `fn name(params) -> Type { body }`, or `extern fn name(params) -> Type` (no body: a
-/// native builtin).
+/// `fn name(params) -> Type where cond { body }`, or `extern fn name(params) -> Type
+/// where cond` (no body: a native builtin). The `where` conditions must hold at every
+/// call (a convolution's kernel fits its padded input).
 #[derive(Clone, Debug)]
 pub struct FnDecl {
     pub name: Ident,
     pub params: Vec<Param>,
     pub ret: Option<TypeExpr>,
+    pub wheres: Vec<Expr>,
     pub body: Option<Block>,
 }
 

@@ -1,6 +1,7 @@
 //! Surface syntax: tokens, the tree, and the parser that never fails.
 
 pub mod ast;
+pub mod depth;
 pub mod format;
 pub mod parser;
 pub mod token;

@@ -34,7 +34,9 @@ pub fn parse_module(src: &str, file: FileId) -> (Module, Vec<Diagnostic>) {
         .parse(tokens.as_slice().split_token_span(eoi))
         .into_output_errors();
     diags.extend(errors.into_iter().map(|e| rich_to_diag(e, file)));
-    (module.unwrap_or_default(), diags)
+    let mut module = module.unwrap_or_default();
+    super::depth::limit_depth(&mut module, &mut diags);
+    (module, diags)
 }
 
 /// Parses one expression (used for string interpolation and by the REPL). `offset` is
@@ -64,7 +66,11 @@ pub fn parse_expr(src: &str, file: FileId, offset: usize) -> (Expr, Vec<Diagnost
         .parse(tokens.as_slice().split_token_span(eoi))
         .into_output_errors();
     diags.extend(errors.into_iter().map(|e| rich_to_diag(e, file)));
-    (expr.unwrap_or(Expr::error(whole)), diags)
+    let mut expr = expr.unwrap_or(Expr::error(whole));
+    if let Some(span) = super::depth::limit_expr_depth(&mut expr) {
+        diags.push(super::depth::nested_too_deeply(span));
+    }
+    (expr, diags)
 }
 
 fn rich_to_diag(e: Rich<'_, Token, SimpleSpan>, file: FileId) -> Diagnostic {
@@ -312,7 +318,7 @@ where
     let group = expr
         .clone()
         .delimited_by(open("("), sym(")"))
-        .map(|e: Expr| e.kind);
+        .map(|mut e: Expr| std::mem::replace(&mut e.kind, ExprKind::Error));
     let atom = choice((
         literal,
         string,
@@ -659,7 +665,7 @@ where
                 .map(|i| DimKind::Pack(i.name)),
             ident(file).map(|i| DimKind::Name(i.name)),
             dim.delimited_by(open("("), sym(")"))
-                .map(|d: DimExpr| d.kind),
+                .map(|mut d: DimExpr| std::mem::replace(&mut d.kind, DimKind::Error)),
         ))
         .map_with(move |kind, e| DimExpr {
             kind,
@@ -766,50 +772,6 @@ where
                 glob: glob.is_some(),
             })
         });
-    let func = kw("extern")
-        .or_not()
-        .then_ignore(kw("fn"))
-        .then(id.clone())
-        .then(params.clone())
-        .then(ret.clone())
-        .then(block.clone().map_with(|b, e| (b, e.span())).or_not())
-        .validate(move |((((ext, name), params), ret), body), e, emitter| {
-            match (ext.is_some(), &body) {
-                (true, Some((_, span))) => emitter.emit(Rich::custom(
-                    *span,
-                    "an `extern fn` is provided by the runtime and has no body",
-                )),
-                (false, None) => emitter.emit(Rich::custom(
-                    e.span(),
-                    format!("expected a body `{{ ... }}` for fn `{}`", name.name),
-                )),
-                _ => {}
-            }
-            // A missing body becomes an error statement, so the fn is not also reported as
-            // returning nothing.
-            let missing = move || Block {
-                stmts: vec![Stmt {
-                    kind: StmtKind::Error,
-                    span: sp(file, e.span()),
-                }],
-                span: sp(file, e.span()),
-            };
-            let body = if ext.is_some() {
-                None
-            } else {
-                Some(body.map(|b| b.0).unwrap_or_else(missing))
-            };
-            ItemKind::Fn(FnDecl {
-                name,
-                params,
-                ret,
-                body,
-            })
-        });
-    let extern_type = kw("extern")
-        .ignore_then(kw("type"))
-        .ignore_then(id.clone())
-        .map(ItemKind::ExternType);
     let where_ = kw("where")
         .ignore_then(
             expr.clone()
@@ -819,6 +781,54 @@ where
         )
         .or_not()
         .map(Option::unwrap_or_default);
+    let func = kw("extern")
+        .or_not()
+        .then_ignore(kw("fn"))
+        .then(id.clone())
+        .then(params.clone())
+        .then(ret.clone())
+        .then(where_.clone())
+        .then(block.clone().map_with(|b, e| (b, e.span())).or_not())
+        .validate(
+            move |(((((ext, name), params), ret), wheres), body), e, emitter| {
+                match (ext.is_some(), &body) {
+                    (true, Some((_, span))) => emitter.emit(Rich::custom(
+                        *span,
+                        "an `extern fn` is provided by the runtime and has no body",
+                    )),
+                    (false, None) => emitter.emit(Rich::custom(
+                        e.span(),
+                        format!("expected a body `{{ ... }}` for fn `{}`", name.name),
+                    )),
+                    _ => {}
+                }
+                // A missing body becomes an error statement, so the fn is not also reported as
+                // returning nothing.
+                let missing = move || Block {
+                    stmts: vec![Stmt {
+                        kind: StmtKind::Error,
+                        span: sp(file, e.span()),
+                    }],
+                    span: sp(file, e.span()),
+                };
+                let body = if ext.is_some() {
+                    None
+                } else {
+                    Some(body.map(|b| b.0).unwrap_or_else(missing))
+                };
+                ItemKind::Fn(FnDecl {
+                    name,
+                    params,
+                    ret,
+                    wheres,
+                    body,
+                })
+            },
+        );
+    let extern_type = kw("extern")
+        .ignore_then(kw("type"))
+        .ignore_then(id.clone())
+        .map(ItemKind::ExternType);
     let layer = kw("layer")
         .ignore_then(id.clone())
         .then(params.clone())
@@ -1007,7 +1017,15 @@ fn interpolate(raw: &str, file: FileId, offset: usize) -> (Vec<StrPart>, Vec<Dia
                 let end = matching_brace(raw, i).unwrap_or(raw.len());
                 let inner = &raw[i + 1..end];
                 let (code, fmt) = split_format(inner);
-                let (e, errs) = parse_expr(code, file, offset + i + 1);
+                let (e, errs) =
+                    super::depth::nested_interpolation(|| parse_expr(code, file, offset + i + 1))
+                        .unwrap_or_else(|| {
+                            let span = Span::new(file, offset + i + 1, offset + i + 1 + code.len());
+                            (
+                                Expr::error(span),
+                                vec![super::depth::nested_too_deeply(span)],
+                            )
+                        });
                 diags.extend(errs);
                 if !lit.is_empty() {
                     parts.push(StrPart::Lit(std::mem::take(&mut lit)));
