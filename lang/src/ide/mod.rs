@@ -628,7 +628,7 @@ fn item_class(k: DefKind) -> TokenClass {
 /// operators from the lexer, names from what they resolve to. Sorted by offset.
 pub fn semantic_tokens(c: &Checked, file: FileId, text: &str) -> Vec<(usize, usize, TokenClass)> {
     use crate::syntax::token::Token;
-    let (tokens, _) = crate::syntax::token::lex(text);
+    let (tokens, comments, _) = crate::syntax::token::lex_with_comments(text);
     let mut out = Vec::new();
     for (tok, r) in &tokens {
         let class = match tok {
@@ -678,23 +678,12 @@ pub fn semantic_tokens(c: &Checked, file: FileId, text: &str) -> Vec<(usize, usi
             out.push((r.start, r.end - r.start, k));
         }
     }
-    // Plain comments: the lexer skips them; find them between tokens.
-    let mut prev = 0;
-    for (_, r) in tokens.iter().chain(std::iter::once(&(
-        Token::Error(' '),
-        text.len()..text.len(),
-    ))) {
-        if let Some(gap) = text.get(prev..r.start) {
-            let mut at = 0;
-            while let Some(i) = gap[at..].find("//") {
-                let start = at + i;
-                let end = gap[start..].find('\n').map_or(gap.len(), |e| start + e);
-                out.push((prev + start, end - start, TokenClass::Comment));
-                at = end;
-            }
-        }
-        prev = prev.max(r.end);
-    }
+    // Plain comments, line and block.
+    out.extend(
+        comments
+            .into_iter()
+            .map(|r| (r.start, r.end - r.start, TokenClass::Comment)),
+    );
     out.sort_by_key(|t| t.0);
     out
 }

@@ -61,8 +61,23 @@ pub struct LexError {
 
 /// Splits `src` into tokens with byte ranges.
 pub fn lex(src: &str) -> (Vec<(Token, std::ops::Range<usize>)>, Vec<LexError>) {
+    let (tokens, _, errors) = lex_with_comments(src);
+    (tokens, errors)
+}
+
+/// Tokens with byte ranges, and the byte ranges of the plain comments (`// ...` to the end
+/// of its line, `/* ... */`), which are not tokens; the formatter must carry them.
+#[allow(clippy::type_complexity)]
+pub fn lex_with_comments(
+    src: &str,
+) -> (
+    Vec<(Token, std::ops::Range<usize>)>,
+    Vec<std::ops::Range<usize>>,
+    Vec<LexError>,
+) {
     let bytes = src.as_bytes();
     let mut out = Vec::new();
+    let mut comments = Vec::new();
     let mut errors = Vec::new();
     let mut i = 0;
     let mut line_start = true;
@@ -89,6 +104,7 @@ pub fn lex(src: &str) -> (Vec<(Token, std::ops::Range<usize>)>, Vec<LexError>) {
         }
         if src[i..].starts_with("//") {
             i = src[i..].find('\n').map(|n| i + n).unwrap_or(src.len());
+            comments.push(start..i);
             continue;
         }
         if src[i..].starts_with("/*") {
@@ -103,6 +119,7 @@ pub fn lex(src: &str) -> (Vec<(Token, std::ops::Range<usize>)>, Vec<LexError>) {
                     i = src.len();
                 }
             }
+            comments.push(start..i);
             continue;
         }
         let tok = if c.is_ascii_digit() {
@@ -159,7 +176,7 @@ pub fn lex(src: &str) -> (Vec<(Token, std::ops::Range<usize>)>, Vec<LexError>) {
         line_start = false;
         out.push((tok, start..i));
     }
-    (out, errors)
+    (out, comments, errors)
 }
 
 fn lex_number(src: &str, start: usize) -> (Token, usize) {
