@@ -559,7 +559,7 @@ fn fmt(paths: &[PathBuf], check: bool) -> ExitCode {
                 if check {
                     println!("{}: not formatted", f.display());
                 } else if let Err(e) =
-                    nabla_stdlib::runtime::model::write_atomically(f, out.as_bytes())
+                    nabla_stdlib::runtime::files::write_atomically(f, out.as_bytes())
                 {
                     eprintln!("error: {e}");
                     failed = true;

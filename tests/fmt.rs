@@ -179,8 +179,7 @@ fn every_comment_survives_formatting() {
             let src = lines.join("\n");
             let (_, comments, errors) = lex_with_comments(&src);
             assert!(errors.is_empty(), "{name} #{round}: {errors:?}");
-            let out = format(&src)
-                .unwrap_or_else(|e| panic!("{name} #{round}: {e}\n{src}"));
+            let out = format(&src).unwrap_or_else(|e| panic!("{name} #{round}: {e}\n{src}"));
             let (out_tokens, out_comments, _) = lex_with_comments(&out);
             let texts_of = |s: &str, rs: &[std::ops::Range<usize>]| -> Vec<String> {
                 rs.iter().map(|r| s[r.clone()].to_string()).collect()
@@ -192,7 +191,10 @@ fn every_comment_survives_formatting() {
             );
             let (src_tokens, _, _) = lex_with_comments(&src);
             assert!(
-                out_tokens.iter().map(|t| &t.0).eq(src_tokens.iter().map(|t| &t.0)),
+                out_tokens
+                    .iter()
+                    .map(|t| &t.0)
+                    .eq(src_tokens.iter().map(|t| &t.0)),
                 "{name} #{round}: tokens changed"
             );
             assert_eq!(

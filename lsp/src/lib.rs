@@ -303,7 +303,7 @@ impl Nabla {
         path.set_extension("net");
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
             std::fs::create_dir_all(path.parent()?).ok()?;
-            nabla_stdlib::runtime::model::write_atomically(&path, text.as_bytes()).ok()?;
+            nabla_stdlib::runtime::files::write_atomically(&path, text.as_bytes()).ok()?;
         }
         Uri::from_file_path(&path)
     }

@@ -24,6 +24,27 @@ pub struct Dim {
     terms: BTreeMap<Vec<Atom>, i64>,
 }
 
+/// Floor division (rounds toward −∞), as host code divides ints; `None` on overflow
+/// (`i64::MIN / -1`). `b` is not zero.
+fn floor_div(a: i64, b: i64) -> Option<i64> {
+    let q = a.checked_div(b)?;
+    Some(if a % b != 0 && ((a < 0) != (b < 0)) {
+        q - 1
+    } else {
+        q
+    })
+}
+
+/// The remainder of [`floor_div`]: it has the sign of the divisor. `b` is not zero.
+fn floor_rem(a: i64, b: i64) -> Option<i64> {
+    let r = a.checked_rem(b)?;
+    Some(if r != 0 && ((r < 0) != (b < 0)) {
+        r + b
+    } else {
+        r
+    })
+}
+
 /// Why dim arithmetic has no result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DimError {
@@ -145,7 +166,7 @@ impl Dim {
     pub fn div(&self, other: &Dim) -> Result<Dim, DimError> {
         Ok(match (self.as_const(), other.as_const()) {
             (_, Some(0)) => return Err(DimError::DivByZero),
-            (Some(a), Some(b)) => Dim::konst(a.checked_div_euclid(b).ok_or(DimError::Overflow)?),
+            (Some(a), Some(b)) => Dim::konst(floor_div(a, b).ok_or(DimError::Overflow)?),
             (_, Some(1)) => self.clone(),
             (_, Some(-1)) => self.neg()?,
             (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => Dim {
@@ -186,7 +207,7 @@ impl Dim {
         Ok(match (self.as_const(), other.as_const()) {
             (_, Some(0)) => return Err(DimError::DivByZero),
             (_, Some(1 | -1)) => Dim::konst(0),
-            (Some(a), Some(b)) => Dim::konst(a.checked_rem_euclid(b).ok_or(DimError::Overflow)?),
+            (Some(a), Some(b)) => Dim::konst(floor_rem(a, b).ok_or(DimError::Overflow)?),
             (_, Some(b)) if self.terms.values().all(|c| c % b == 0) => Dim::konst(0),
             _ if self == other => Dim::konst(0),
             _ if self.exact_monomial_div(other).is_some() => Dim::konst(0),
@@ -365,8 +386,10 @@ mod tests {
                     assert_eq!(x.div(&y), Err(DimError::DivByZero));
                     assert_eq!(x.rem(&y), Err(DimError::DivByZero));
                 } else {
-                    assert_eq!(x.div(&y), expect(fits(wa.div_euclid(wb))), "{a} / {b}");
-                    assert_eq!(x.rem(&y), expect(fits(wa.rem_euclid(wb))), "{a} % {b}");
+                    // Floor division, its remainder with the divisor's sign.
+                    let q = wa.div_euclid(wb) - i128::from(wb < 0 && wa.rem_euclid(wb) != 0);
+                    assert_eq!(x.div(&y), expect(fits(q)), "{a} / {b}");
+                    assert_eq!(x.rem(&y), expect(fits(wa - q * wb)), "{a} % {b}");
                 }
                 // The same with a variable alongside, so the polynomial paths run too.
                 let h = Dim::sym("H");

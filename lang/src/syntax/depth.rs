@@ -335,6 +335,16 @@ pub fn limit_depth(module: &mut Module, diags: &mut Vec<Diagnostic>) {
     }
 }
 
+/// Diagnostic E0003 for string interpolations nested too deeply, at `span`.
+pub fn interpolation_too_deep(span: Span) -> Diagnostic {
+    Diagnostic::error(
+        "E0003",
+        format!("string interpolations nest more than {MAX_INTERPOLATION_DEPTH} deep here"),
+    )
+    .with_label(Label::primary(span, "too deep"))
+    .with_help("build the inner strings with `let` bindings first")
+}
+
 /// Diagnostic E0003 at `span`.
 pub fn nested_too_deeply(span: Span) -> Diagnostic {
     Diagnostic::error(

@@ -13,8 +13,28 @@ use crate::span::{FileId, Span};
 
 type Ex<'t> = extra::Err<Rich<'t, Token, SimpleSpan>>;
 
+const INTERPOLATION: &str = "in string interpolation: ";
+
+thread_local! {
+    /// Diagnostics of string interpolations other than syntax errors, which chumsky's
+    /// error type cannot carry with their codes; each parse takes those it caused.
+    static PASSED: std::cell::RefCell<Vec<Diagnostic>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs a parse and appends the interpolation diagnostics it passed on.
+fn with_passed<T>(parse: impl FnOnce() -> (T, Vec<Diagnostic>)) -> (T, Vec<Diagnostic>) {
+    let before = PASSED.with(|p| p.borrow().len());
+    let (out, mut diags) = parse();
+    PASSED.with(|p| diags.extend(p.borrow_mut().drain(before..)));
+    (out, diags)
+}
+
 /// Parses a whole file. Always returns a module; problems come back as diagnostics.
 pub fn parse_module(src: &str, file: FileId) -> (Module, Vec<Diagnostic>) {
+    with_passed(|| parse_module_inner(src, file))
+}
+
+fn parse_module_inner(src: &str, file: FileId) -> (Module, Vec<Diagnostic>) {
     let (tokens, lex_errors) = lex(src);
     let mut diags: Vec<Diagnostic> = lex_errors
         .into_iter()
@@ -42,6 +62,10 @@ pub fn parse_module(src: &str, file: FileId) -> (Module, Vec<Diagnostic>) {
 /// Parses one expression (used for string interpolation and by the REPL). `offset` is
 /// added to every span, so spans point into the enclosing file.
 pub fn parse_expr(src: &str, file: FileId, offset: usize) -> (Expr, Vec<Diagnostic>) {
+    with_passed(|| parse_expr_inner(src, file, offset))
+}
+
+fn parse_expr_inner(src: &str, file: FileId, offset: usize) -> (Expr, Vec<Diagnostic>) {
     let (tokens, lex_errors) = lex(src);
     let shift = |s: usize| s + offset;
     let mut diags: Vec<Diagnostic> = lex_errors
@@ -257,11 +281,19 @@ where
         move |(s, span): (String, SimpleSpan), _, emitter| {
             let (parts, errors) = interpolate(&s, file, span.start + 1);
             for err in errors {
+                // Syntax errors go through the parser (so recovery knows of them); other
+                // diagnostics (nesting too deep) keep their codes.
+                if err.code != "E0002" {
+                    PASSED.with(|p| p.borrow_mut().push(err));
+                    continue;
+                }
                 let at = err.labels.first().map(|l| l.span).unwrap_or(sp(file, span));
-                emitter.emit(Rich::custom(
-                    SimpleSpan::from(at.start..at.end),
-                    format!("in string interpolation: {}", err.message),
-                ));
+                let message = if err.message.starts_with(INTERPOLATION) {
+                    err.message.clone()
+                } else {
+                    format!("{INTERPOLATION}{}", err.message)
+                };
+                emitter.emit(Rich::custom(SimpleSpan::from(at.start..at.end), message));
             }
             ExprKind::Str(parts)
         },
@@ -1023,7 +1055,7 @@ fn interpolate(raw: &str, file: FileId, offset: usize) -> (Vec<StrPart>, Vec<Dia
                             let span = Span::new(file, offset + i + 1, offset + i + 1 + code.len());
                             (
                                 Expr::error(span),
-                                vec![super::depth::nested_too_deeply(span)],
+                                vec![super::depth::interpolation_too_deep(span)],
                             )
                         });
                 diags.extend(errs);

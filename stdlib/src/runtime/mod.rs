@@ -6,6 +6,7 @@
 //! and implements [`Builtins`] over any [`Backend`]: the CLI passes the CPU backend.
 
 pub mod data;
+pub mod files;
 pub mod model;
 pub mod tensors;
 
@@ -617,7 +618,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             }
             SaveTensors => {
                 let path = PathBuf::from(heap.str(a[1])?);
-                let mut meta = HashMap::new();
+                let mut meta = std::collections::BTreeMap::new();
                 meta.insert("format".to_string(), "nabla-tensors-1".to_string());
                 Self::tensors(heap, a[0])?.save(&path, meta)?;
                 Ok(0)

@@ -893,7 +893,7 @@ impl<B: Backend> Model<B> {
                 data: backend.download(buf).map_err(err)?,
             });
         }
-        let mut meta = HashMap::new();
+        let mut meta = std::collections::BTreeMap::new();
         meta.insert("format".to_string(), "nabla-checkpoint-1".to_string());
         meta.insert("net".to_string(), self.net.clone());
         meta.insert("epoch".to_string(), self.epoch.to_string());
@@ -1044,37 +1044,6 @@ fn first<B: Backend>(backend: &B, out: &[B::Buffer]) -> Result<f64, String> {
         .first()
         .copied()
         .unwrap_or(f32::NAN) as f64)
-}
-
-/// Writes `bytes` to `path` so that `path` is either its old content or all of the new.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} is not a file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
-    })
 }
 
 /// The optimizer a recipe's `Optimizer` record describes.

@@ -2,10 +2,9 @@
 //! of a safetensors file written by another tool. Scripts save, load and compare them, so
 //! a gradient computed by nabla can be checked against PyTorch's or JAX's on the same batch.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use super::model::write_atomically;
+use super::files::{canonical_safetensors, write_atomically};
 
 /// One named tensor, in f32 (what every backend computes in).
 #[derive(Clone, Debug, PartialEq)]
@@ -85,8 +84,12 @@ impl Tensors {
     }
 
     /// Writes the set to `path` as safetensors (f32, row-major), atomically, with
-    /// `metadata`.
-    pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<(), String> {
+    /// `metadata`; the same set and metadata always give the same bytes.
+    pub fn save(
+        &self,
+        path: &Path,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), String> {
         let bytes: Vec<Vec<u8>> = self
             .items
             .iter()
@@ -102,8 +105,9 @@ impl Tensors {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
-        let out = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
-        write_atomically(path, &out)
+        let out = safetensors::serialize(views, Some(metadata.into_iter().collect()))
+            .map_err(|e| e.to_string())?;
+        write_atomically(path, &canonical_safetensors(out)?)
     }
 
     /// Reads every tensor of a safetensors file, converting f64, f16 and bf16 to f32
@@ -207,13 +211,41 @@ mod tests {
         assert!(a.max_rel_error(&c).is_err());
     }
 
+    /// The same tensors and metadata give the same bytes every time (the safetensors
+    /// crate writes metadata in a hash map's order, which varies between maps).
+    #[test]
+    fn saving_is_byte_for_byte_reproducible() {
+        let dir = std::env::temp_dir().join(format!("nabla-tensors-repro-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let a = set(&[("b", &[1], &[3.0]), ("w", &[2], &[1.0, 2.0])]);
+        let meta: std::collections::BTreeMap<String, String> =
+            ["format", "net", "epoch", "steps", "z", "a"]
+                .iter()
+                .map(|k| (k.to_string(), format!("value of {k}")))
+                .collect();
+        let path = dir.join("r.safetensors");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            a.save(&path, meta.clone()).expect("save");
+            seen.insert(std::fs::read(&path).expect("read"));
+        }
+        assert_eq!(seen.len(), 1, "the bytes differ between saves");
+        let bytes = seen.into_iter().next().unwrap_or_default();
+        assert_eq!(
+            (8 + u64::from_le_bytes(bytes[..8].try_into().expect("8")) as usize) % 8,
+            0
+        );
+        assert_eq!(Tensors::load(&path).expect("load"), a);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn save_and_load_round_trip_and_read_f64() {
         let dir = std::env::temp_dir().join(format!("nabla-tensors-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let a = set(&[("b", &[1], &[0.5]), ("w", &[2, 2], &[1.0, -2.0, 3.5, 0.0])]);
         let path = dir.join("a.safetensors");
-        a.save(&path, HashMap::new()).expect("save");
+        a.save(&path, Default::default()).expect("save");
         assert_eq!(Tensors::load(&path).expect("load"), a);
         // An f64 file, as numpy or torch write by default.
         let bytes: Vec<u8> = [1.5f64, -0.25]
