@@ -8,6 +8,7 @@
 pub mod data;
 pub mod files;
 pub mod model;
+pub mod recipe;
 pub mod tensors;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use nabla_lang::host::heap::{Builtins, Heap, Object};
 use nabla_lang::host::{BuiltinId, HTy, HostProgram, Word};
 
 use data::Split;
-use model::{Augment, Model, Recipe};
+use model::Model;
 use tensors::Tensors;
 
 /// How a run finds data and shows progress.
@@ -49,6 +50,7 @@ enum Native {
     SplitSize,
     Init,
     Prepare,
+    CheckRecipe,
     TrainBatch,
     Correct,
     Evaluate,
@@ -88,6 +90,7 @@ impl Native {
             "split_size" => SplitSize,
             "init" => Init,
             "prepare" => Prepare,
+            "check_recipe" => CheckRecipe,
             "train_batch" => TrainBatch,
             "correct" => Correct,
             "evaluate" => Evaluate,
@@ -297,64 +300,25 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
         heap.native_mut::<Model<B>>(h)
     }
 
-    /// Reads a `TrainConfig` record into the model's recipe and normalization.
+    /// Reads a `TrainConfig` record into the model's recipe and normalization (checked as
+    /// [`recipe::read`] checks it).
     fn prepare(&self, heap: &mut Heap, model: Word, cfg: Word) -> Result<(), String> {
-        let f = |name: &str| self.field(heap, "TrainConfig", cfg, name);
-        let opt = f("optimizer")?;
-        let o = |name: &str| self.field(heap, "Optimizer", opt, name);
-        let kind = heap.str(o("kind")?)?.to_string();
-        if float(o("clip_norm")?) != 0.0 {
-            return Err(
-                "gradient clipping (`clip_norm`) is not supported by the compiled step yet".into(),
-            );
-        }
-        let smoothing = float(f("label_smoothing")?);
-        if !(0.0..1.0).contains(&smoothing) {
-            return Err(format!(
-                "label_smoothing must be in [0, 1), not {smoothing}"
-            ));
-        }
-        let optimizer = model::optimizer(
-            &kind,
-            float(o("momentum")?),
-            o("nesterov")? != 0,
-            float(o("beta1")?),
-            float(o("beta2")?),
-            float(o("eps")?),
-            float(o("weight_decay")?),
-            o("decoupled")? != 0,
-        )?;
-        let mut augment = Vec::new();
-        for a in heap.list(f("augment")?)?.to_vec() {
-            let g = |name: &str| self.field(heap, "Augment", a, name);
-            match heap.str(g("kind")?)? {
-                "random_crop" => augment.push(Augment::Crop(g("pad")? as usize)),
-                "hflip" => augment.push(Augment::Flip(float(g("p")?))),
-                other => return Err(format!("unknown augmentation `{other}`")),
-            }
-        }
-        let floats = |h: Word| -> Result<Vec<f32>, String> {
-            Ok(heap.list(h)?.iter().map(|w| float(*w) as f32).collect())
-        };
-        let (mean, std) = (floats(f("normalize_mean")?)?, floats(f("normalize_std")?)?);
-        if mean.len() != std.len() || std.iter().any(|s| *s <= 0.0) {
-            return Err(format!(
-                "normalize_mean has {} values and normalize_std {}; they must match, and every std must be positive",
-                mean.len(),
-                std.len()
-            ));
-        }
-        let seed = f("seed")?;
+        let field = |heap: &Heap, record: &str, h: Word, name: &str| self.field(heap, record, h, name);
+        let c = recipe::read(heap, &field, cfg)?;
         let m = Self::model(heap, model)?;
-        m.mean = mean;
-        m.std = std;
-        m.set_recipe(Recipe {
-            optimizer,
-            smoothing,
-            augment,
-            seed,
-        });
+        m.mean = c.mean;
+        m.std = c.std;
+        m.set_recipe(c.recipe);
         Ok(())
+    }
+
+    /// Checks a recipe and the dataset it trains on before any work (`check_recipe`).
+    fn check_recipe(&self, heap: &Heap, cfg: Word, data: Word) -> Result<(), String> {
+        let field = |heap: &Heap, record: &str, h: Word, name: &str| self.field(heap, record, h, name);
+        let c = recipe::read(heap, &field, cfg)?;
+        let train = Self::split(heap, field(heap, "Dataset", data, "train")?)?;
+        let test = Self::split(heap, field(heap, "Dataset", data, "test")?)?;
+        recipe::check_data(&c, &train, &test)
     }
 }
 
@@ -456,6 +420,10 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 self.prepare(heap, a[0], a[1])?;
                 Ok(0)
             }
+            CheckRecipe => {
+                self.check_recipe(heap, a[0], a[1])?;
+                Ok(0)
+            }
             TrainBatch => {
                 let batch = a[5] as usize;
                 let split = Self::split(heap, a[1])?;
@@ -508,6 +476,12 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             }
             Correct | Evaluate | Accuracy => {
                 let split = Self::split(heap, a[1])?;
+                if split.len() == 0 {
+                    return Err(format!(
+                        "{} has no examples: its accuracy and loss are not defined",
+                        split.name
+                    ));
+                }
                 let (p, backend) = (self.p, self.backend);
                 let m = Self::model(heap, a[0])?;
                 let (loss, correct) = m.evaluate(p, backend, &split, 500)?;
