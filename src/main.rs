@@ -471,6 +471,8 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
                 net.name,
                 chosen.len()
             );
+            nabla_lang::interp::fits(&g, nabla_jit::memory_available())
+                .map_err(|e| e.to_string())?;
             let inputs = nabla_lang::gradcheck::random_inputs(&l.graph, 7, 10);
             let mut report = |i: &nabla_lang::gradcheck::Finding| {
                 println!("       {:<30} {:.2e}", i.input, i.worst);

@@ -37,6 +37,7 @@ pub fn run(checked: &Checked, device: Device, data: Option<PathBuf>) -> Result<(
             &prog,
             &Interp {
                 precision: nabla_lang::interp::Precision::F64,
+                memory: nabla_jit::memory_available(),
             },
             options,
         ),

@@ -20,6 +20,7 @@ pub mod winograd;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
+use nabla_lang::backend::memory;
 use nabla_lang::backend::{Backend, BackendError};
 use nabla_lang::ir::{Graph, Op, ValueId};
 
@@ -139,12 +140,25 @@ fn failed(e: impl std::fmt::Display) -> BackendError {
     BackendError::Failed(e.to_string())
 }
 
+/// The memory the system reports as available (Linux's `MemAvailable`): what can be
+/// allocated without swapping or waking the out-of-memory killer. `None` elsewhere.
+pub fn memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 impl Backend for Cpu {
     type Buffer = Buffer;
     type Executable = Executable;
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn memory_available(&self) -> Option<u64> {
+        memory_available()
     }
 
     fn compile(&self, g: &Graph) -> Result<Executable, BackendError> {
@@ -189,7 +203,12 @@ impl Backend for Cpu {
                 c
             }
         };
-        let arena = vec![0.0; compiled.plan.arena];
+        let arena = memory::zeroed(
+            compiled.plan.arena,
+            "the step's working memory (its intermediate values)",
+            || self.memory_available(),
+        )
+        .map_err(BackendError::Failed)?;
         Ok(Executable {
             compiled,
             arena,
@@ -200,11 +219,12 @@ impl Backend for Cpu {
     }
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Buffer, BackendError> {
-        nabla_lang::backend::check_upload(shape, data)?;
-        Ok(Buffer {
-            shape: shape.to_vec(),
-            data: data.to_vec(),
-        })
+        let mut b = Buffer {
+            shape: vec![],
+            data: vec![],
+        };
+        self.write(&mut b, shape, data)?;
+        Ok(b)
     }
 
     fn write(&self, b: &mut Buffer, shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
@@ -212,7 +232,11 @@ impl Backend for Cpu {
         b.shape.clear();
         b.shape.extend_from_slice(shape);
         b.data.clear();
-        b.data.extend_from_slice(data);
+        memory::resize(&mut b.data, data.len(), "a tensor", || {
+            self.memory_available()
+        })
+        .map_err(BackendError::Failed)?;
+        b.data.copy_from_slice(data);
         Ok(())
     }
 
@@ -226,11 +250,15 @@ impl Backend for Cpu {
         shape: &[usize],
         fill: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
     ) -> Result<(), BackendError> {
-        let n: usize = shape.iter().product();
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, d| a.checked_mul(*d))
+            .unwrap_or(usize::MAX);
         let m = shape.first().copied().unwrap_or(1);
         b.shape.clear();
         b.shape.extend_from_slice(shape);
-        b.data.resize(n, 0.0);
+        memory::resize(&mut b.data, n, "a batch", || self.memory_available())
+            .map_err(BackendError::Failed)?;
         let members = if m < 2 || n < WRITE_TEAM_MIN {
             1
         } else {

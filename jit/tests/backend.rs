@@ -51,6 +51,7 @@ fn every_op_matches_the_interpreter() {
     assert_cases(
         &Interp {
             precision: Precision::F32,
+            memory: None,
         },
         &cases,
     );
@@ -172,6 +173,7 @@ fn batches_written_by_rows_land_in_place() {
     check_write_rows(&Cpu::new()).expect("CPU backend");
     check_write_rows(&Interp {
         precision: Precision::F32,
+        memory: None,
     })
     .expect("interpreter");
 }

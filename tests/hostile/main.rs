@@ -24,6 +24,7 @@ mod rng;
 mod arith;
 mod depth;
 mod files;
+mod memory;
 mod recipes;
 mod shapes;
 mod signals;

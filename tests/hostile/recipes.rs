@@ -21,18 +21,42 @@ const BAD: &[(&str, &str)] = &[
     ("optimizer: sgd(lr: -0.1)", "Optimizer.lr"),
     ("optimizer: sgd(lr: nan)", "Optimizer.lr"),
     ("optimizer: sgd(lr: inf)", "Optimizer.lr"),
-    ("optimizer: momentum(lr: 0.1, momentum: 1.5)", "Optimizer.momentum"),
-    ("optimizer: momentum(lr: 0.1, momentum: -0.5)", "Optimizer.momentum"),
-    ("optimizer: Optimizer { kind: \"sgd\", lr: 0.1, nesterov: true }", "Optimizer.nesterov"),
+    (
+        "optimizer: momentum(lr: 0.1, momentum: 1.5)",
+        "Optimizer.momentum",
+    ),
+    (
+        "optimizer: momentum(lr: 0.1, momentum: -0.5)",
+        "Optimizer.momentum",
+    ),
+    (
+        "optimizer: Optimizer { kind: \"sgd\", lr: 0.1, nesterov: true }",
+        "Optimizer.nesterov",
+    ),
     ("optimizer: adam(beta1: 1.0)", "Optimizer.beta1"),
     ("optimizer: adam(beta2: -0.1)", "Optimizer.beta2"),
     ("optimizer: adam(eps: -1e-8)", "Optimizer.eps"),
     ("optimizer: adam(eps: 0.0)", "Optimizer.eps"),
-    ("optimizer: adam(weight_decay: -0.01)", "Optimizer.weight_decay"),
-    ("optimizer: sgd(lr: 0.1, weight_decay: nan)", "Optimizer.weight_decay"),
-    ("optimizer: sgd(lr: 0.1, clip_norm: -1.0)", "Optimizer.clip_norm"),
-    ("optimizer: Optimizer { kind: \"sgdd\", lr: 0.1 }", "Optimizer.kind"),
-    ("optimizer: Optimizer { kind: \"\", lr: 0.1 }", "Optimizer.kind"),
+    (
+        "optimizer: adam(weight_decay: -0.01)",
+        "Optimizer.weight_decay",
+    ),
+    (
+        "optimizer: sgd(lr: 0.1, weight_decay: nan)",
+        "Optimizer.weight_decay",
+    ),
+    (
+        "optimizer: sgd(lr: 0.1, clip_norm: -1.0)",
+        "Optimizer.clip_norm",
+    ),
+    (
+        "optimizer: Optimizer { kind: \"sgdd\", lr: 0.1 }",
+        "Optimizer.kind",
+    ),
+    (
+        "optimizer: Optimizer { kind: \"\", lr: 0.1 }",
+        "Optimizer.kind",
+    ),
     ("schedule: Schedule { kind: \"cosin\" }", "Schedule.kind"),
     ("schedule: step(0)", "Schedule.every"),
     ("schedule: step(-3)", "Schedule.every"),
@@ -41,17 +65,35 @@ const BAD: &[(&str, &str)] = &[
     ("schedule: cosine(floor: 2.0)", "Schedule.floor"),
     ("schedule: cosine(floor: -1.0)", "Schedule.floor"),
     ("augment: [random_crop(pad: -1)]", "augment[0].pad"),
-    ("augment: [hflip(), random_crop(pad: 28)]", "random_crop's pad"),
+    (
+        "augment: [hflip(), random_crop(pad: 28)]",
+        "random_crop's pad",
+    ),
     ("augment: [hflip(p: 7.0)]", "augment[0].p"),
     ("augment: [hflip(p: -0.5)]", "augment[0].p"),
     ("augment: [hflip(p: nan)]", "augment[0].p"),
     ("augment: [Augment { kind: \"rotate\" }]", "augment[0].kind"),
     ("normalize_mean: [0.5], normalize_std: []", "normalize_mean"),
-    ("normalize_mean: [0.5], normalize_std: [0.0]", "normalize_std[0]"),
-    ("normalize_mean: [0.5], normalize_std: [-1.0]", "normalize_std[0]"),
-    ("normalize_mean: [nan], normalize_std: [1.0]", "normalize_mean[0]"),
-    ("normalize_mean: [0.5, 0.5, 0.5], normalize_std: [0.2, 0.2, 0.2]", "channels"),
-    ("checkpoint: \"no/such/dir/ck.safetensors\"", "TrainConfig.checkpoint"),
+    (
+        "normalize_mean: [0.5], normalize_std: [0.0]",
+        "normalize_std[0]",
+    ),
+    (
+        "normalize_mean: [0.5], normalize_std: [-1.0]",
+        "normalize_std[0]",
+    ),
+    (
+        "normalize_mean: [nan], normalize_std: [1.0]",
+        "normalize_mean[0]",
+    ),
+    (
+        "normalize_mean: [0.5, 0.5, 0.5], normalize_std: [0.2, 0.2, 0.2]",
+        "channels",
+    ),
+    (
+        "checkpoint: \"no/such/dir/ck.safetensors\"",
+        "TrainConfig.checkpoint",
+    ),
     ("checkpoint: \".\"", "TrainConfig.checkpoint"),
 ];
 
@@ -78,14 +120,21 @@ fn every_out_of_domain_field_stops_training_before_it_starts() {
         r.assert_no_crash(fields);
         assert_eq!(r.code, Some(1), "{fields}: {}\n{}", r.out, r.err);
         assert_eq!(r.codes(), ["E0701"], "{fields}: {}", r.err);
-        assert!(r.err.contains(name), "{fields}: the error names {name}: {}", r.err);
+        assert!(
+            r.err.contains(name),
+            "{fields}: the error names {name}: {}",
+            r.err
+        );
         // Before any work: no epoch ran, nothing was printed.
-        assert!(!r.out.contains("Epoch") && !r.out.contains("trained"), "{fields}: {}", r.out);
+        assert!(
+            !r.out.contains("Epoch") && !r.out.contains("trained"),
+            "{fields}: {}",
+            r.out
+        );
     }
     for (i, fields) in GOOD.iter().enumerate() {
-        let src = format!(
-            "{HEAD}check_recipe(TrainConfig {{ {fields} }}, mnist())\nprint(\"ok\")\n"
-        );
+        let src =
+            format!("{HEAD}check_recipe(TrainConfig {{ {fields} }}, mnist())\nprint(\"ok\")\n");
         let r = on_file(&dir, &format!("g{i}.net"), &src, &["run"]);
         assert_eq!(r.out.trim(), "ok", "{fields}: {}", r.err);
     }

@@ -10,6 +10,7 @@
 //!
 //! Host data is f32 (and labels as f32 integers, exact below 2²⁴): what training moves.
 
+pub mod memory;
 pub mod suite;
 
 use crate::interp::{self, Precision, Tensor};
@@ -54,6 +55,12 @@ pub trait Backend {
     type Executable;
 
     fn name(&self) -> &'static str;
+    /// Bytes the backend can still allocate for tensors (device memory on a GPU, the
+    /// memory the system has available on the CPU); `None` when it cannot tell. Sizes are
+    /// checked against it before large allocations ([`memory`]).
+    fn memory_available(&self) -> Option<u64> {
+        None
+    }
     /// Compiles `g` (already optimized). Compiling a graph equal to an earlier one may
     /// return the cached result.
     fn compile(&self, g: &Graph) -> Result<Self::Executable, BackendError>;
@@ -82,7 +89,11 @@ pub trait Backend {
         shape: &[usize],
         fill: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
     ) -> Result<(), BackendError> {
-        let mut data = vec![0.0; shape.iter().product()];
+        let n = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+        let mut data = memory::zeroed(n.unwrap_or(usize::MAX), "a batch", || {
+            self.memory_available()
+        })
+        .map_err(BackendError::Failed)?;
         fill(0..shape.first().copied().unwrap_or(1), &mut data);
         self.write(b, shape, &data)
     }
@@ -126,6 +137,9 @@ pub fn state_targets(g: &Graph) -> Vec<Option<usize>> {
 /// The reference interpreter as a backend (f64 inside, or f32 by rounding).
 pub struct Interp {
     pub precision: Precision,
+    /// The memory the machine has available, when whoever runs the interpreter knows it
+    /// (`lang` reads no system state); sizes are checked against it.
+    pub memory: Option<u64>,
 }
 
 impl Backend for Interp {
@@ -134,6 +148,9 @@ impl Backend for Interp {
 
     fn name(&self) -> &'static str {
         "interpreter"
+    }
+    fn memory_available(&self) -> Option<u64> {
+        self.memory
     }
     fn compile(&self, g: &Graph) -> Result<Graph, BackendError> {
         Ok(g.clone())
@@ -155,6 +172,7 @@ impl Backend for Interp {
         if names.len() != inputs.len() {
             return Err(BackendError::Arity(names.len(), inputs.len()));
         }
+        interp::fits(g, self.memory).map_err(|e| BackendError::Failed(e.to_string()))?;
         let vals = interp::run(
             g,
             &|n, _| {

@@ -53,6 +53,8 @@ pub enum RunError {
     MissingInput(String),
     /// An input's shape differs from the graph's: (input, expected, given).
     BadShape(String, Vec<usize>, Vec<usize>),
+    /// The graph's values do not fit in memory (the message says how much they need).
+    TooLarge(String),
 }
 
 impl std::fmt::Display for RunError {
@@ -62,6 +64,7 @@ impl std::fmt::Display for RunError {
             RunError::BadShape(n, want, got) => {
                 write!(f, "input `{n}` should have shape {want:?}, got {got:?}")
             }
+            RunError::TooLarge(m) => write!(f, "{m}"),
         }
     }
 }
@@ -87,6 +90,7 @@ pub fn run(
     inputs: &dyn Fn(&str, InputKind) -> Option<Tensor>,
     precision: Precision,
 ) -> Result<Vec<Tensor>, RunError> {
+    fits(g, None)?;
     let mut vals: Vec<Tensor> = Vec::with_capacity(g.nodes.len());
     for n in &g.nodes {
         let t = match &n.op {
@@ -100,6 +104,32 @@ pub fn run(
         vals.push(t);
     }
     Ok(vals)
+}
+
+/// Bytes the interpreter holds for the values of `g` at once (every node, as f64); `None`
+/// past 2^64.
+pub fn bytes_needed(g: &Graph) -> Option<u64> {
+    g.nodes.iter().try_fold(0u64, |a, n| {
+        let numel = n.shape.iter().try_fold(1usize, |x, d| x.checked_mul(*d))?;
+        a.checked_add(crate::backend::memory::bytes_of(numel, 8)?)
+    })
+}
+
+/// Whether the values of `g` fit: in `available` bytes when known, and in what the
+/// allocator will reserve (so a graph of terabytes is an error here rather than an abort
+/// in the middle of a run).
+pub fn fits(g: &Graph, available: Option<u64>) -> Result<(), RunError> {
+    let what = "the reference interpreter's values of this graph (f64)";
+    let bytes = bytes_needed(g);
+    crate::backend::memory::check(bytes, what, available).map_err(RunError::TooLarge)?;
+    let n = bytes.map_or(usize::MAX, |b| usize::try_from(b / 8).unwrap_or(usize::MAX));
+    let mut probe: Vec<f64> = Vec::new();
+    probe.try_reserve_exact(n).map_err(|_| {
+        RunError::TooLarge(format!(
+            "cannot allocate {} for {what}: the system refused it",
+            crate::backend::memory::show_bytes(bytes.unwrap_or(u64::MAX))
+        ))
+    })
 }
 
 /// Runs `g` until the first node whose value holds a NaN or an infinity although all its

@@ -2,6 +2,7 @@
 //! and PNG or JPEG image folders, each read into a [`Split`] of f32 pixels in [0, 1] and i32
 //! labels. Every failure names the file and what was wrong with it.
 
+use nabla_lang::backend::memory;
 use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -281,7 +282,16 @@ pub fn cifar10(dir: &Path) -> Result<(Split, Split), String> {
 
 /// An image folder: `root/train/<class>/*` and `root/val/<class>/*` (or `test`), PNG or
 /// JPEG images, classes in sorted order, images resized to `size`×`size` (bilinear), RGB.
-pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> {
+/// The resized images of both splits must fit in `available` bytes (checked before any
+/// image is read).
+pub fn image_folder(
+    root: &Path,
+    size: usize,
+    available: Option<u64>,
+) -> Result<(Split, Split), String> {
+    if size == 0 {
+        return Err("the image size must be at least 1".into());
+    }
     let classes_dir = root.join("train");
     let mut classes: Vec<String> = std::fs::read_dir(&classes_dir)
         .map_err(|e| {
@@ -303,12 +313,11 @@ pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> 
         .map(|d| root.join(d))
         .find(|p| p.is_dir())
         .ok_or_else(|| format!("{}: no val/ or test/ folder", root.display()))?;
-    let load = |dir: &Path, name: &str| -> Result<Split, String> {
-        let mut images = Vec::new();
-        let mut labels = Vec::new();
+    // Every split's files with their classes, so the whole size is known first.
+    let list = |dir: &Path| -> Vec<(PathBuf, usize)> {
+        let mut out = Vec::new();
         for (c, class) in classes.iter().enumerate() {
-            let cdir = dir.join(class);
-            let Ok(entries) = std::fs::read_dir(&cdir) else {
+            let Ok(entries) = std::fs::read_dir(dir.join(class)) else {
                 continue;
             };
             let mut files: Vec<PathBuf> = entries
@@ -317,7 +326,27 @@ pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> 
                 .filter(|p| p.is_file())
                 .collect();
             files.sort();
-            for f in files {
+            out.extend(files.into_iter().map(|f| (f, c)));
+        }
+        out
+    };
+    let (train_files, val_files) = (list(&classes_dir), list(&val));
+    let per_image = size.checked_mul(size).and_then(|a| a.checked_mul(3));
+    let total = per_image.and_then(|p| p.checked_mul(train_files.len() + val_files.len()));
+    memory::check(
+        total.and_then(|n| memory::bytes_of(n, 1)),
+        &format!(
+            "{} images of {size}×{size} pixels (3 channels) from {}",
+            train_files.len() + val_files.len(),
+            root.display()
+        ),
+        available,
+    )?;
+    let load = |files: Vec<(PathBuf, usize)>, name: &str| -> Result<Split, String> {
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        {
+            for (f, c) in files {
                 let ext = f
                     .extension()
                     .and_then(|e| e.to_str())
@@ -345,7 +374,7 @@ pub fn image_folder(root: &Path, size: usize) -> Result<(Split, Split), String> 
             classes: classes.len(),
         })
     };
-    Ok((load(&classes_dir, "train")?, load(&val, "val")?))
+    Ok((load(train_files, "train")?, load(val_files, "val")?))
 }
 
 /// Decoded 8-bit pixels: width, height, channels per pixel (1 to 4), row-major.
@@ -517,7 +546,7 @@ mod tests {
         png(&d.join("train/dog/a.png"), [255, 0, 0]);
         png(&d.join("train/cat/b.png"), [0, 255, 0]);
         png(&d.join("val/dog/c.png"), [0, 0, 255]);
-        let (train, val) = image_folder(&d, 4).expect("folder");
+        let (train, val) = image_folder(&d, 4, None).expect("folder");
         assert_eq!(
             (train.len(), val.len(), train.shape, train.classes),
             (2, 1, [3, 4, 4], 2)
@@ -540,7 +569,7 @@ mod tests {
             include_bytes!("../../testdata/gray-6x6.jpg"),
         )
         .expect("write");
-        let (train, _) = image_folder(&d, 4).expect("folder with JPEGs");
+        let (train, _) = image_folder(&d, 4, None).expect("folder with JPEGs");
         assert_eq!((train.len(), train.labels.clone()), (4, vec![0, 0, 1, 1]));
         // f.jpeg (cat's second image): mid-gray in every channel, within JPEG's rounding.
         let gray = &train.images[48..96];
@@ -552,11 +581,11 @@ mod tests {
             "{red:?}"
         );
         std::fs::write(d.join("val/dog/d.jpg"), b"not a jpeg").expect("write");
-        let e = image_folder(&d, 4).expect_err("bad jpeg");
+        let e = image_folder(&d, 4, None).expect_err("bad jpeg");
         assert!(e.contains("d.jpg: not a readable JPEG"), "{e}");
         std::fs::remove_file(d.join("val/dog/d.jpg")).expect("rm");
         std::fs::write(d.join("val/dog/g.gif"), b"GIF89a").expect("write");
-        let e = image_folder(&d, 4).expect_err("gif");
+        let e = image_folder(&d, 4, None).expect_err("gif");
         assert!(
             e.contains("g.gif: image folders hold PNG and JPEG images"),
             "{e}"

@@ -303,7 +303,8 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
     /// Reads a `TrainConfig` record into the model's recipe and normalization (checked as
     /// [`recipe::read`] checks it).
     fn prepare(&self, heap: &mut Heap, model: Word, cfg: Word) -> Result<(), String> {
-        let field = |heap: &Heap, record: &str, h: Word, name: &str| self.field(heap, record, h, name);
+        let field =
+            |heap: &Heap, record: &str, h: Word, name: &str| self.field(heap, record, h, name);
         let c = recipe::read(heap, &field, cfg)?;
         let m = Self::model(heap, model)?;
         m.mean = c.mean;
@@ -314,7 +315,8 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
 
     /// Checks a recipe and the dataset it trains on before any work (`check_recipe`).
     fn check_recipe(&self, heap: &Heap, cfg: Word, data: Word) -> Result<(), String> {
-        let field = |heap: &Heap, record: &str, h: Word, name: &str| self.field(heap, record, h, name);
+        let field =
+            |heap: &Heap, record: &str, h: Word, name: &str| self.field(heap, record, h, name);
         let c = recipe::read(heap, &field, cfg)?;
         let train = Self::split(heap, field(heap, "Dataset", data, "train")?)?;
         let test = Self::split(heap, field(heap, "Dataset", data, "test")?)?;
@@ -405,10 +407,14 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             }),
             ImageFolder => {
                 let root = PathBuf::from(heap.str(a[0])?);
-                let size =
-                    usize::try_from(a[1] as i64).map_err(|_| "image size must be positive")?;
+                let size = usize::try_from(a[1] as i64).map_err(|_| {
+                    format!("the image size must be at least 1, not {}", a[1] as i64)
+                })?;
                 let key = format!("folder:{}:{size}", root.display());
-                self.dataset(heap, &ret, &key, |_| data::image_folder(&root, size))
+                let available = self.backend.memory_available();
+                self.dataset(heap, &ret, &key, |_| {
+                    data::image_folder(&root, size, available)
+                })
             }
             SplitSize => Ok(Self::split(heap, a[0])?.len() as Word),
             Init => {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use nabla_lang::backend::Backend;
+use nabla_lang::backend::memory;
 use nabla_lang::check::Program;
 use nabla_lang::check::lower::{InitSpec, lower_net_at};
 use nabla_lang::gradcheck::normal;
@@ -271,6 +272,27 @@ impl<B: Backend> Model<B> {
             .find(|(_, n, _)| *n == "x")
             .map(|(v, _, _)| g.node(v).shape[1..].to_vec())
             .unwrap_or_default();
+        // All of it must fit before any of it is drawn (each tensor exists twice for a
+        // moment: drawn on the host, then uploaded).
+        let values = g
+            .inputs()
+            .filter(|(_, _, k)| matches!(k, InputKind::Param | InputKind::State))
+            .try_fold(0usize, |a, (v, _, _)| {
+                let n = g
+                    .node(v)
+                    .shape
+                    .iter()
+                    .try_fold(1usize, |x, d| x.checked_mul(*d))?;
+                a.checked_add(n)
+            });
+        memory::check(
+            values.and_then(|n| memory::bytes_of(n, 4)),
+            &format!(
+                "the {} parameter and state values of `{net}`",
+                values.map_or_else(|| "more than 2^64".into(), |n| n.to_string())
+            ),
+            backend.memory_available(),
+        )?;
         let mut tensors = Vec::new();
         let mut params = 0;
         for (k, (v, name, kind)) in g.inputs().enumerate() {
@@ -433,9 +455,12 @@ impl<B: Backend> Model<B> {
                         .find(|(_, n, _)| n == slot)
                         .map(|(v, _, _)| step.graph.node(v).shape.clone())
                         .unwrap_or_default();
-                    let buf = backend
-                        .upload(&shape, &vec![0.0; shape.iter().product()])
-                        .map_err(err)?;
+                    let zeros = memory::zeroed(
+                        shape.iter().product(),
+                        &format!("the optimizer's `{slot}`"),
+                        || backend.memory_available(),
+                    )?;
+                    let buf = backend.upload(&shape, &zeros).map_err(err)?;
                     self.tensors.push(Tensor {
                         name: slot.clone(),
                         shape,
@@ -660,7 +685,10 @@ impl<B: Backend> Model<B> {
                     backend.write_rows(&mut buf, shape, &images).map(|_| buf)
                 }
                 (None, Feed::Images) => {
-                    let mut x = vec![0.0; shape.iter().product()];
+                    let mut x =
+                        memory::zeroed(shape.iter().product(), "a batch of images", || {
+                            backend.memory_available()
+                        })?;
                     images(0..rows.len(), &mut x);
                     backend.upload(shape, &x)
                 }

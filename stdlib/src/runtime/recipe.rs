@@ -38,14 +38,27 @@ fn float(w: Word) -> f64 {
 }
 
 /// `value` as a finite float in `lo..hi` (`hi` inclusive when `closed`).
-fn in_range(what: &str, v: f64, lo: f64, hi: f64, closed: bool, meaning: &str) -> Result<f64, String> {
+fn in_range(
+    what: &str,
+    v: f64,
+    lo: f64,
+    hi: f64,
+    closed: bool,
+    meaning: &str,
+) -> Result<f64, String> {
     let ok = v.is_finite() && v >= lo && if closed { v <= hi } else { v < hi };
     if ok {
         Ok(v)
     } else {
         let close = if closed { "]" } else { ")" };
-        let hi = if hi.is_infinite() { "∞".to_string() } else { hi.to_string() };
-        Err(format!("{what} is {v}, but it must be in [{lo}, {hi}{close}: {meaning}"))
+        let hi = if hi.is_infinite() {
+            "∞".to_string()
+        } else {
+            hi.to_string()
+        };
+        Err(format!(
+            "{what} is {v}, but it must be in [{lo}, {hi}{close}: {meaning}"
+        ))
     }
 }
 
@@ -55,7 +68,9 @@ fn at_least(what: &str, v: Word, min: i64, meaning: &str) -> Result<i64, String>
     if v >= min {
         Ok(v)
     } else {
-        Err(format!("{what} is {v}, but it must be at least {min}: {meaning}"))
+        Err(format!(
+            "{what} is {v}, but it must be at least {min}: {meaning}"
+        ))
     }
 }
 
@@ -89,7 +104,9 @@ fn distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
             prev = cur;
         }
     }
@@ -100,8 +117,18 @@ fn distance(a: &str, b: &str) -> usize {
 pub fn read(heap: &Heap, field: &Field, cfg: Word) -> Result<Config, String> {
     let f = |name: &str| field(heap, "TrainConfig", cfg, name);
     let batch = at_least("TrainConfig.batch", f("batch")?, 1, "examples per step")?;
-    at_least("TrainConfig.epochs", f("epochs")?, 0, "passes over the training split")?;
-    at_least("TrainConfig.warmup_epochs", f("warmup_epochs")?, 0, "epochs of warmup")?;
+    at_least(
+        "TrainConfig.epochs",
+        f("epochs")?,
+        0,
+        "passes over the training split",
+    )?;
+    at_least(
+        "TrainConfig.warmup_epochs",
+        f("warmup_epochs")?,
+        0,
+        "epochs of warmup",
+    )?;
     at_least(
         "TrainConfig.eval_every",
         f("eval_every")?,
@@ -123,7 +150,11 @@ pub fn read(heap: &Heap, field: &Field, cfg: Word) -> Result<Config, String> {
     for (i, a) in heap.list(f("augment")?)?.iter().enumerate() {
         let g = |name: &str| field(heap, "Augment", *a, name);
         let at = format!("TrainConfig.augment[{i}]");
-        match kind_of(&format!("{at}.kind"), heap.str(g("kind")?)?, &["random_crop", "hflip"])? {
+        match kind_of(
+            &format!("{at}.kind"),
+            heap.str(g("kind")?)?,
+            &["random_crop", "hflip"],
+        )? {
             "random_crop" => {
                 let pad = at_least(
                     &format!("{at}.pad (random_crop)"),
@@ -156,7 +187,14 @@ pub fn read(heap: &Heap, field: &Field, cfg: Word) -> Result<Config, String> {
         ));
     }
     for (i, m) in mean.iter().enumerate() {
-        in_range(&format!("TrainConfig.normalize_mean[{i}]"), *m, f64::MIN, f64::MAX, true, "a finite mean")?;
+        in_range(
+            &format!("TrainConfig.normalize_mean[{i}]"),
+            *m,
+            f64::MIN,
+            f64::MAX,
+            true,
+            "a finite mean",
+        )?;
     }
     for (i, s) in std.iter().enumerate() {
         if !(s.is_finite() && *s > 0.0) {
@@ -192,13 +230,34 @@ fn optimizer(heap: &Heap, field: &Field, opt: Word) -> Result<Optimizer, String>
         false,
         "the learning rate (a negative one climbs the loss)",
     )?;
-    let momentum = in_range("Optimizer.momentum", float(o("momentum")?), 0.0, 1.0, false, "the fraction of the last step kept")?;
+    let momentum = in_range(
+        "Optimizer.momentum",
+        float(o("momentum")?),
+        0.0,
+        1.0,
+        false,
+        "the fraction of the last step kept",
+    )?;
     let nesterov = o("nesterov")? != 0;
     if nesterov && momentum == 0.0 {
         return Err("Optimizer.nesterov is true but Optimizer.momentum is 0: Nesterov's update needs a momentum".into());
     }
-    let beta1 = in_range("Optimizer.beta1", float(o("beta1")?), 0.0, 1.0, false, "Adam's first-moment decay")?;
-    let beta2 = in_range("Optimizer.beta2", float(o("beta2")?), 0.0, 1.0, false, "Adam's second-moment decay")?;
+    let beta1 = in_range(
+        "Optimizer.beta1",
+        float(o("beta1")?),
+        0.0,
+        1.0,
+        false,
+        "Adam's first-moment decay",
+    )?;
+    let beta2 = in_range(
+        "Optimizer.beta2",
+        float(o("beta2")?),
+        0.0,
+        1.0,
+        false,
+        "Adam's second-moment decay",
+    )?;
     let eps = float(o("eps")?);
     if !(eps.is_finite() && eps > 0.0) {
         return Err(format!(
@@ -215,7 +274,14 @@ fn optimizer(heap: &Heap, field: &Field, opt: Word) -> Result<Optimizer, String>
     )?;
     let clip = float(o("clip_norm")?);
     if clip != 0.0 {
-        in_range("Optimizer.clip_norm", clip, 0.0, f64::INFINITY, false, "a gradient norm")?;
+        in_range(
+            "Optimizer.clip_norm",
+            clip,
+            0.0,
+            f64::INFINITY,
+            false,
+            "a gradient norm",
+        )?;
         return Err(
             "gradient clipping (`Optimizer.clip_norm`) is not supported by the compiled step yet"
                 .into(),
@@ -235,9 +301,18 @@ fn optimizer(heap: &Heap, field: &Field, opt: Word) -> Result<Optimizer, String>
 
 fn schedule(heap: &Heap, field: &Field, s: Word) -> Result<(), String> {
     let g = |name: &str| field(heap, "Schedule", s, name);
-    match kind_of("Schedule.kind", heap.str(g("kind")?)?, &["constant", "step", "cosine"])? {
+    match kind_of(
+        "Schedule.kind",
+        heap.str(g("kind")?)?,
+        &["constant", "step", "cosine"],
+    )? {
         "step" => {
-            at_least("Schedule.every (step)", g("every")?, 1, "epochs between decays")?;
+            at_least(
+                "Schedule.every (step)",
+                g("every")?,
+                1,
+                "epochs between decays",
+            )?;
             let gamma = float(g("gamma")?);
             if !(gamma.is_finite() && gamma > 0.0) {
                 return Err(format!(
@@ -267,7 +342,11 @@ pub fn check_data(c: &Config, train: &Split, test: &Split) -> Result<(), String>
             return Err(format!(
                 "{} has no examples: there is nothing to {}",
                 s.name,
-                if std::ptr::eq(s, train) { "train on" } else { "evaluate on" }
+                if std::ptr::eq(s, train) {
+                    "train on"
+                } else {
+                    "evaluate on"
+                }
             ));
         }
     }
