@@ -138,16 +138,20 @@ unsafe fn gemm_strided(
         }
         return;
     }
-    let members = if threads && m * n * k >= GEMM_TEAM_MIN {
-        crate::team::size()
+    // In a step, a product large enough to share is cut into blocks that depend on its
+    // shape and the machine's width only; the blocks run on the team or one after
+    // another, as the tuner chose, and give the same bits either way (gemm's order of
+    // sums inside a block depends on the block's shape, so the cut must not change).
+    let parts = if threads && m * n * k >= GEMM_TEAM_MIN && crate::team::in_step() {
+        crate::team::width()
     } else {
         1
     };
-    if members > 1 {
+    if parts > 1 {
         // SAFETY: forwarded from the caller.
         return unsafe {
-            gemm_team(
-                members,
+            gemm_blocks(
+                parts,
                 m,
                 n,
                 k,
@@ -195,14 +199,15 @@ unsafe fn gemm_strided(
     }
 }
 
-/// [`gemm_strided`] split over the team: the longer of `dst`'s two sides is cut into one
-/// block per member (multiples of 8, the micro-kernels' step), each a product of its own.
+/// [`gemm_strided`] in blocks: the longer of `dst`'s two sides is cut into `parts`
+/// blocks (multiples of 8, the micro-kernels' step), each a product of its own, run on
+/// the team when the step uses it.
 ///
 /// # Safety
 /// As [`gemm_scaled`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_team(
-    members: usize,
+unsafe fn gemm_blocks(
+    parts: usize,
     m: usize,
     n: usize,
     k: usize,
@@ -214,14 +219,14 @@ unsafe fn gemm_team(
 ) {
     let rows = m >= n;
     let len = if rows { m } else { n };
-    let chunk = crate::team::block(len, members);
+    let chunk = crate::team::block(len, parts);
     // Addresses, so the closure is Sync; every part writes its own block of dst.
     let ((d, rs, cs), ap, bp) = (
         (dst.0 as usize, dst.1, dst.2),
         a.ptr as usize,
         b.ptr as usize,
     );
-    crate::team::run(len.div_ceil(chunk), &|i| {
+    crate::team::run_in_step(len.div_ceil(chunk), &|i| {
         let (lo, hi) = (i * chunk, ((i + 1) * chunk).min(len));
         let o = lo as isize;
         // A block of rows starts `o` rows into a and dst; a block of columns, `o`
@@ -621,7 +626,9 @@ pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
     });
 }
 
-/// `dk` of `y = conv2d(x, k)` given `dy`: a sum over images, accumulated per thread.
+/// `dk` of `y = conv2d(x, k)` given `dy`: a sum over images, accumulated in one partial
+/// per block of images ([`crate::team::width`] blocks, whatever the threads), then added
+/// in block order.
 ///
 /// Each thread accumulates `dkᵀ` ([rows, og] per group): with that column-major
 /// destination `gemm` packs the small `dy` band rather than the column matrix, which is
@@ -637,9 +644,9 @@ pub fn conv2d_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) 
 pub(crate) fn weight_grad_im2col(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
     let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
     let (xs, ys) = (s.c * s.h * s.w, s.o * area);
-    let threads = rayon::current_num_threads().clamp(1, s.b.max(1));
-    let per = s.b.div_ceil(threads);
-    let partials: Vec<Vec<f32>> = (0..threads)
+    let blocks = crate::team::width().clamp(1, s.b.max(1));
+    let per = s.b.div_ceil(blocks);
+    let partials: Vec<Vec<f32>> = (0..blocks)
         .into_par_iter()
         .map(|t| {
             let mut acc = vec![0.0f32; dk.len()];
@@ -1050,13 +1057,15 @@ pub fn reduce_from(
     };
     let total: usize = shape.iter().product();
     if total >= PARALLEL_MIN && run > 1 && dims.len() > 2 && dims[0].1 && dims[0].0 > 1 {
-        // The outermost dim is reduced too (batchnorm's [B, C, H·W] -> [C]): split it over
-        // the threads, each walking its slice in memory order into partial results. One
-        // thread per output instead walks short runs far apart, which measured 3× slower.
+        // The outermost dim is reduced too (batchnorm's [B, C, H·W] -> [C]): split it into
+        // blocks (as many as the machine's width, whatever the threads, so the partial
+        // sums are always the same), each walked in memory order into partial results.
+        // One thread per output instead walks short runs far apart, which measured 3×
+        // slower.
         let inner = offsets(1);
-        let threads = rayon::current_num_threads().clamp(1, dims[0].0);
-        let per = dims[0].0.div_ceil(threads);
-        let partials: Vec<Vec<f64>> = (0..threads)
+        let blocks = crate::team::width().clamp(1, dims[0].0);
+        let per = dims[0].0.div_ceil(blocks);
+        let partials: Vec<Vec<f64>> = (0..blocks)
             .into_par_iter()
             .map(|t| {
                 let mut scratch = Scratch::default();
@@ -1394,6 +1403,99 @@ mod tests {
                 }
                 for j in n..stride {
                     assert_eq!(dst[i * stride + j], base[i * stride + j], "padding written");
+                }
+            }
+        }
+    }
+
+    /// Bits, for exact comparison.
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// A product in a step gives the same bits with the team and alone, for shapes that
+    /// take every path of `gemm` (horizontal kernels for small outputs, gemv for a
+    /// side of one, K cut at 512), accumulating or not, scaled or not, with `b` given
+    /// either way round. The tuner's choice between the two must never change results.
+    #[test]
+    fn team_and_alone_give_the_same_bits() {
+        crate::team::set_mode(crate::team::Mode::Always);
+        let shapes = [
+            (128, 10, 784),
+            (10, 784, 128),
+            (32, 10, 600),
+            (17, 10, 1000),
+            (64, 1, 4096),
+            (1, 300, 700),
+            (203, 97, 33),
+            (512, 512, 16),
+            (9, 4000, 40),
+            (130, 130, 1300),
+        ];
+        for (m, n, k) in shapes {
+            for (acc, scale, transposed) in [(false, 1.0, false), (true, -0.1, true), (true, 1.0, false)] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 97) as f32 * 0.0213 - 1.0).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| ((i * 17) % 89) as f32 * 0.0307 - 1.3).collect();
+                let base: Vec<f32> = (0..m * n).map(|i| ((i * 7) % 13) as f32 * 0.11).collect();
+                let run = |alone: bool| {
+                    let mut dst = base.clone();
+                    let am = mat(a.as_ptr(), k, 1);
+                    // b as k×n row-major, or the same values as n×k (xᵀ-style strides).
+                    let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+                    let bm = if transposed { mat(bt.as_ptr(), 1, k) } else { mat(b.as_ptr(), n, 1) };
+                    let dp = (dst.as_mut_ptr(), n as isize, 1);
+                    crate::team::within(alone, || unsafe {
+                        gemm_strided(m, n, k, dp, acc, scale, am, bm, true)
+                    });
+                    bits(&dst)
+                };
+                assert_eq!(run(true), run(false), "{m}×{n}×{k} acc {acc} scale {scale} t {transposed}");
+            }
+        }
+    }
+
+    /// Convolution weight gradients (im2col and Winograd) and reductions over the batch
+    /// give the same bits on pools of 1 to 4 threads: their partial sums follow the
+    /// machine's width, not the thread count.
+    #[test]
+    fn partial_sums_do_not_depend_on_the_thread_count() {
+        let win = Window {
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+            dilation: 1,
+            groups: 1,
+        };
+        let run_on = |threads: usize, f: &(dyn Fn() -> Vec<u32> + Sync)| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(f)
+        };
+        for (b, c, o, hw) in [(8, 32, 32, 8), (16, 32, 8, 8), (5, 3, 4, 9), (13, 16, 8, 6)] {
+            let s = ConvShape::new(&[b, c, hw, hw], &[o, c, 3, 3], &[b, o, hw, hw], win);
+            let x: Vec<f32> = (0..b * c * hw * hw).map(|i| ((i * 13) % 101) as f32 * 0.01 - 0.5).collect();
+            let dy: Vec<f32> = (0..b * o * hw * hw).map(|i| ((i * 29) % 83) as f32 * 0.02 - 0.8).collect();
+            let grad = || {
+                let mut dk = vec![0.0; o * c * 9];
+                conv2d_weight_grad(&s, &x, &dy, &mut dk);
+                bits(&dk)
+            };
+            let im2col = || {
+                let mut dk = vec![0.0; o * c * 9];
+                weight_grad_im2col(&s, &x, &dy, &mut dk);
+                bits(&dk)
+            };
+            let sums = || {
+                let mut out = vec![0.0; c];
+                reduce(&x, &[b, c, hw * hw], &[0, 2], Reduce::Sum, &mut out);
+                bits(&out)
+            };
+            for f in [&grad as &(dyn Fn() -> Vec<u32> + Sync), &im2col, &sums] {
+                let one = run_on(1, f);
+                for t in 2..=4 {
+                    assert_eq!(run_on(t, f), one, "{b}×{c}×{hw}² on {t} threads");
                 }
             }
         }

@@ -284,6 +284,33 @@ pub(crate) fn within<R>(alone: bool, f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// How many parts work is cut into where the cut decides the order of a floating-point
+/// sum (a matrix product's blocks in a step, a convolution's per-image partial gradients,
+/// a reduction's partial sums): the machine's core count, read once. Never the number of
+/// threads that run the parts, which `RAYON_NUM_THREADS`, `NABLA_SPIN` and the tuner
+/// decide from run to run, so the same inputs give the same bits however the threads
+/// were chosen (docs/conventions.md, "Reproducibility").
+pub fn width() -> usize {
+    static WIDTH: OnceLock<usize> = OnceLock::new();
+    *WIDTH.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Whether this thread is running a [`step`] (which may use the team, or was told to
+/// run alone).
+pub fn in_step() -> bool {
+    IN_STEP.get()
+}
+
+/// Runs `f(i)` for `i` in `0..parts` on the team when this step uses it, else one part
+/// after another on this thread: the same parts either way.
+pub fn run_in_step(parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    if size() > 1 {
+        run(parts, f)
+    } else {
+        (0..parts).for_each(f)
+    }
+}
+
 /// How many threads a job started here runs on: the team's size inside a [`step`] that
 /// may use it (the caller and its helpers), 1 elsewhere.
 pub fn size() -> usize {

@@ -389,7 +389,7 @@ fn gradient_transform(s: &ConvShape, dy: &[f32], b: &Batch, ds: &mut [f32], g: &
 
 /// `dk` of `y = conv2d(x, k)` for a convolution [`applies`] accepts: the transpose of the
 /// forward algorithm, `dU_ξ [O, C] = Σ_T dS_ξ [O, T] · V_ξ [C, T]ᵀ` over all tiles (16
-/// products with the tiles as the inner dim, accumulated per thread), then
+/// products with the tiles as the inner dim, accumulated per block of images), then
 /// `dk = Gᵀ dU G`.
 pub fn weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
     let (th, tw) = (s.oh.div_ceil(2), s.ow.div_ceil(2));
@@ -397,9 +397,11 @@ pub fn weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
     let images = (TILES / per.max(1)).clamp(1, s.b.max(1));
     let (o_n, c_n) = (s.o, s.c);
     let chunks = s.b.div_ceil(images);
-    let threads = rayon::current_num_threads().clamp(1, chunks.max(1));
-    let per_thread = chunks.div_ceil(threads);
-    let partials: Vec<Vec<f32>> = (0..threads)
+    // One partial per block of chunks: as many blocks as the machine's width, whatever
+    // the threads, so the partial sums (added in block order) are always the same.
+    let blocks = crate::team::width().clamp(1, chunks.max(1));
+    let per_thread = chunks.div_ceil(blocks);
+    let partials: Vec<Vec<f32>> = (0..blocks)
         .into_par_iter()
         .map(|t| {
             let mut du = vec![0.0f32; 16 * o_n * c_n];

@@ -23,6 +23,7 @@ mod rng;
 
 mod arith;
 mod depth;
+mod determinism;
 mod files;
 mod memory;
 mod recipes;
