@@ -405,6 +405,7 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
     use nabla_lang::ir::{InputKind, Mode};
     let mut worst_all = 0.0f64;
     let mut failed = false;
+    let mut inconclusive = 0;
     let is_net = name.is_some_and(|n| checked.nets.iter().any(|x| x.name == n));
     if !is_net {
         for f in nabla_lang::gradcheck::check_rules(&checked.program, name) {
@@ -432,7 +433,11 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
         let at = input
             .map(|s| format!(" at input {s:?}"))
             .unwrap_or_default();
-        let result = (|| -> Result<Vec<nabla_lang::gradcheck::Finding>, String> {
+        type Found = (
+            Vec<nabla_lang::gradcheck::Finding>,
+            Vec<nabla_lang::gradcheck::FewValues>,
+        );
+        let result = (|| -> Result<Found, String> {
             let l = nabla_lang::check::lower::lower_net_at(
                 &checked.program,
                 0,
@@ -475,7 +480,12 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
                 .map_err(|e| e.to_string())?;
             let inputs = nabla_lang::gradcheck::random_inputs(&l.graph, 7, 10);
             let mut report = |i: &nabla_lang::gradcheck::Finding| {
-                println!("       {:<30} {:.2e}", i.input, i.worst);
+                let note = if i.inconclusive() {
+                    "  inconclusive at this instance"
+                } else {
+                    ""
+                };
+                println!("       {:<30} {:.2e}{note}", i.input, i.worst);
                 let _ = std::io::Write::flush(&mut std::io::stdout());
             };
             let wanted = |n: &str| chosen.iter().any(|c| c == n);
@@ -490,18 +500,41 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
                 &wanted,
                 &mut report,
             )
+            .map(|items| {
+                (
+                    items,
+                    nabla_lang::gradcheck::few_value_normalizations(&l.graph),
+                )
+            })
             .map_err(|e| e.to_string())
         })();
         match result {
-            Ok(items) => {
-                let worst = items.iter().map(|i| i.worst).fold(0.0, f64::max);
+            Ok((items, few)) => {
+                // An inconclusive check is no verdict on the gradient: it does not count
+                // towards the worst error, and the instance is named as degenerate.
+                let decided: Vec<_> = items.iter().filter(|i| !i.inconclusive()).collect();
+                let worst = decided.iter().map(|i| i.worst).fold(0.0, f64::max);
                 worst_all = worst_all.max(worst);
-                let at = items
+                let at = decided
                     .iter()
                     .find(|i| i.worst == worst && worst > 0.0)
                     .map(|i| format!(" ({})", i.input))
                     .unwrap_or_default();
                 println!("net  {:<24} worst relative error {worst:.2e}{at}", net.name);
+                let undecided: Vec<&str> = items
+                    .iter()
+                    .filter(|i| i.inconclusive())
+                    .map(|i| i.input.as_str())
+                    .collect();
+                if !undecided.is_empty() {
+                    inconclusive += undecided.len();
+                    println!(
+                        "net  {:<24} inconclusive for {}: finite differences cannot judge them at this instance (not a failed gradient)",
+                        net.name,
+                        undecided.join(", ")
+                    );
+                    println!("     {}", degenerate_hint(&few, batch, input));
+                }
             }
             Err(e) => {
                 failed = true;
@@ -509,12 +542,54 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
             }
         }
     }
-    println!("worst relative error: {worst_all:.2e} (bar: 1e-6)");
-    if failed || worst_all > 1e-6 {
+    let bar = nabla_lang::gradcheck::BAR;
+    let undecided = if inconclusive > 0 {
+        format!("; {inconclusive} tensors inconclusive (a degenerate instance)")
+    } else {
+        String::new()
+    };
+    println!("worst relative error: {worst_all:.2e} (bar: {bar:.0e}){undecided}");
+    // 1: a gradient disagrees (or something failed); 2: nothing disagreed, but some
+    // tensors could not be checked at this instance.
+    if failed || worst_all > bar {
         ExitCode::from(1)
+    } else if inconclusive > 0 {
+        ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Why an instance is degenerate for finite differences, and the instance to use instead.
+fn degenerate_hint(
+    few: &[nabla_lang::gradcheck::FewValues],
+    batch: usize,
+    input: Option<&[usize]>,
+) -> String {
+    let Some(f) = few.iter().min_by_key(|f| f.count) else {
+        return "the loss is too curved here for finite differences (kinks, saturation): try another batch or input size".into();
+    };
+    // At least 8 values per normalized channel (the batch-8 check of the same tensors
+    // settles).
+    let factor = 8usize.div_ceil(f.count.max(1));
+    let bigger = match input {
+        Some([c, h, w]) => format!(
+            ", or a larger input (--input {c},{},{})",
+            h * 2,
+            w * 2
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "this instance is degenerate: {} normalization{} here see{} at most {} values each (the fewest: {} values per channel, normalizing a {:?} tensor), which makes the loss nearly a step function; check at a larger batch (--batch {}){bigger}",
+        few.len(),
+        if few.len() == 1 { "" } else { "s" },
+        if few.len() == 1 { "s" } else { "" },
+        nabla_lang::gradcheck::FEW_VALUES,
+        f.count,
+        f.shape,
+        batch * factor
+    )
 }
 
 /// Every `.net` file under `p` (or `p` itself), sorted.

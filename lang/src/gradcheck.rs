@@ -37,12 +37,87 @@ const STEPS: [f64; 9] = [
 /// A relative error this small ends the search over steps.
 const AGREED: f64 = 1e-9;
 
+/// The bar a gradient must meet: its worst relative error against finite differences.
+pub const BAR: f64 = 1e-6;
+
+/// Two difference quotients at neighbouring steps agreeing this closely are a plateau:
+/// finite differences have found the derivative there (whether or not the derived value
+/// agrees with it).
+const SETTLED: f64 = 1e-4;
+
 /// The worst relative error found for one checked input.
 #[derive(Clone, Debug)]
 pub struct Finding {
     pub input: String,
     pub worst: f64,
     pub checks: usize,
+    /// False when the input missed [`BAR`] at an instance where finite differences cannot
+    /// judge it: its difference quotients never settled (no two neighbouring steps agreed
+    /// to [`SETTLED`]), or it feeds a variance over few values
+    /// ([`few_value_normalizations`]: normalizing two values per channel makes the loss
+    /// nearly a step function of width √ε, and its gradients sit in rounding noise). The
+    /// miss then says nothing about the gradient; a larger instance decides.
+    pub settled: bool,
+}
+
+impl Finding {
+    /// Whether the gradient disagrees with finite differences that settled.
+    pub fn failed(&self) -> bool {
+        self.worst > BAR && self.settled
+    }
+
+    /// Whether this instance could not decide (see [`Finding::settled`]).
+    pub fn inconclusive(&self) -> bool {
+        self.worst > BAR && !self.settled
+    }
+}
+
+/// A variance taken over few values (as a normalization computes it): its node, how many
+/// values each output sees, and the shape it reduces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FewValues {
+    pub node: ValueId,
+    pub count: usize,
+    pub shape: Vec<usize>,
+}
+
+/// The most values per output below which a variance makes an instance degenerate for
+/// finite differences.
+pub const FEW_VALUES: usize = 4;
+
+/// The variances of `g` taken over at most [`FEW_VALUES`] values per output: a sum over
+/// axes of a square of a difference (`sum((x - m)²)`, the form batchnorm, layernorm and
+/// their kin lower to). Normalizing by such a variance makes the output nearly a step
+/// function of its inputs, which finite differences cannot follow.
+pub fn few_value_normalizations(g: &Graph) -> Vec<FewValues> {
+    use crate::ir::{Binary, Op};
+    let mut out = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let Op::Reduce {
+            op: crate::ir::Reduce::Sum,
+            ..
+        } = &n.op
+        else {
+            continue;
+        };
+        let Some(arg) = n.args.first().map(|a| g.node(*a)) else {
+            continue;
+        };
+        let square = matches!(arg.op, Op::Binary(Binary::Mul))
+            && arg.args.len() == 2
+            && arg.args[0] == arg.args[1]
+            && matches!(g.node(arg.args[0]).op, Op::Binary(Binary::Sub));
+        let (inner, outer) = (arg.numel(), n.numel().max(1));
+        let count = inner / outer;
+        if square && count <= FEW_VALUES {
+            out.push(FewValues {
+                node: ValueId(i as u32),
+                count,
+                shape: arg.shape.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// Deterministic normal samples (Box–Muller over the counter-based generator).
@@ -164,6 +239,10 @@ pub fn check_each(
     };
     let h = 1e-3;
     let mut findings = Vec::new();
+    let few: Vec<ValueId> = few_value_normalizations(forward)
+        .into_iter()
+        .map(|f| f.node)
+        .collect();
     let scale = names
         .iter()
         .filter_map(|n| g_with_grads.output(&format!("grad.{n}")))
@@ -183,6 +262,11 @@ pub fn check_each(
         let rel = |a: f64, n: f64| (a - n).abs() / a.abs().max(n.abs()).max(floor);
         let mut worst = 0.0f64;
         let mut checks = 0;
+        let mut settled = true;
+        let degenerate = forward
+            .inputs()
+            .find(|(_, n, _)| n == name)
+            .is_some_and(|(v, _, _)| reaches(forward, v, &few));
         let mut probe = |dir: &dyn Fn(usize) -> f64, analytic: f64| -> Result<(), RunError> {
             let central = |step: f64| -> Result<f64, RunError> {
                 let mut plus = x.clone();
@@ -195,6 +279,8 @@ pub fn check_each(
                 Ok((f(name, plus)? - f(name, minus)?) / (2.0 * step))
             };
             let mut best = f64::INFINITY;
+            // Whether two neighbouring quotients agreed (a plateau), and the last one.
+            let (mut plateau, mut last) = (false, None::<f64>);
             // A gradient that vanishes (below the floor) is also probed at larger steps:
             // if the loss is flat along `dir` (a batchnorm shift that the next batchnorm
             // removes), the quotient is rounding noise over h and shrinks as h grows; if
@@ -207,6 +293,8 @@ pub fn check_each(
             for &step in STEPS.iter().chain(wider) {
                 let numeric = (4.0 * central(step / 2.0)? - central(step)?) / 3.0;
                 best = best.min(rel(analytic, numeric));
+                plateau |= last.is_some_and(|l| rel(l, numeric) <= SETTLED);
+                last = Some(numeric);
                 // Agreement to 1e-9 is not improved upon by smaller steps (it saves four
                 // fifths of the evaluations on smooth functions).
                 if best <= AGREED {
@@ -214,6 +302,9 @@ pub fn check_each(
                 }
             }
             worst = worst.max(best);
+            if best > BAR && (!plateau || degenerate) {
+                settled = false;
+            }
             checks += 1;
             Ok(())
         };
@@ -239,11 +330,25 @@ pub fn check_each(
             input: name.clone(),
             worst,
             checks,
+            settled,
         };
         report(&finding);
         findings.push(finding);
     }
     Ok(findings)
+}
+
+/// Whether any of `targets` depends on `from` (nodes are in SSA order: one pass).
+fn reaches(g: &Graph, from: ValueId, targets: &[ValueId]) -> bool {
+    if targets.is_empty() {
+        return false;
+    }
+    let mut on = vec![false; g.nodes.len()];
+    on[from.index()] = true;
+    for (i, n) in g.nodes.iter().enumerate().skip(from.index() + 1) {
+        on[i] = n.args.iter().any(|a| on[a.index()]);
+    }
+    targets.iter().any(|t| on[t.index()])
 }
 
 /// Small shapes for a primal's dim variables, and attributes for the primals that need

@@ -214,3 +214,36 @@ fn every_std_layer_passes_gradcheck() {
     }
     assert!(worst_all > 0.0);
 }
+
+/// A gradient that is wrong by 1% fails the check (it is not called inconclusive) on an
+/// instance where finite differences settle, for every parameter of the MLP in turn.
+#[test]
+fn a_wrong_gradient_fails() {
+    use nabla_lang::check::ty::DType;
+    use nabla_lang::ir::{Binary, Op};
+    let path = format!("{}/../examples/mnist_mlp.net", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("example");
+    let c = check_files(&[(path, text)], &nabla_stdlib::StdLoader);
+    let l = lower_net(&c.program, 0, "MnistMlp", 4, Mode::Train, Some("softmax_cross_entropy"))
+        .expect("lowers");
+    let loss = l.loss.expect("loss");
+    let params = inputs_of(&l.graph, InputKind::Param);
+    let names = names_of(&l.graph, &params);
+    let inputs = random_inputs(&l.graph, 7, 10);
+    for wrong in &names {
+        let mut g = grad(&c.program, &l.graph, loss, &params).expect("grad");
+        let out = format!("grad.{wrong}");
+        let v = g.output(&out).expect("gradient output");
+        let shape = g.node(v).shape.clone();
+        let k = g.push(Op::Const(1.01), vec![], DType::F32, vec![]);
+        let kb = g.push(Op::Broadcast, vec![k], DType::F32, shape.clone());
+        let scaled = g.push(Op::Binary(Binary::Mul), vec![v, kb], DType::F32, shape);
+        for o in g.outputs.iter_mut().filter(|(n, _)| *n == out) {
+            o.1 = scaled;
+        }
+        let findings = check(&l.graph, loss, &g, &names, &inputs, 2, 11).expect("runs");
+        let f = findings.iter().find(|f| f.input == *wrong).expect("checked");
+        assert!(f.failed(), "{wrong}: {f:?}");
+        assert!(findings.iter().filter(|f| f.input != *wrong).all(|f| !f.failed()));
+    }
+}

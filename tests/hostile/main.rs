@@ -25,6 +25,7 @@ mod arith;
 mod depth;
 mod determinism;
 mod files;
+mod gradcheck;
 mod memory;
 mod recipes;
 mod shapes;
