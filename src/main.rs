@@ -573,11 +573,7 @@ fn degenerate_hint(
     // settles).
     let factor = 8usize.div_ceil(f.count.max(1));
     let bigger = match input {
-        Some([c, h, w]) => format!(
-            ", or a larger input (--input {c},{},{})",
-            h * 2,
-            w * 2
-        ),
+        Some([c, h, w]) => format!(", or a larger input (--input {c},{},{})", h * 2, w * 2),
         _ => String::new(),
     };
     format!(

@@ -292,7 +292,7 @@ fn a_full_recipe_trains() {
     let (code, _, err) = run(&d, &bad, &[]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("label_smoothing must be in [0, 1), not 1.5"),
+        err.contains("TrainConfig.label_smoothing is 1.5, but it must be in [0, 1)"),
         "{err}"
     );
 }

@@ -1433,23 +1433,37 @@ mod tests {
             (130, 130, 1300),
         ];
         for (m, n, k) in shapes {
-            for (acc, scale, transposed) in [(false, 1.0, false), (true, -0.1, true), (true, 1.0, false)] {
-                let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 97) as f32 * 0.0213 - 1.0).collect();
-                let b: Vec<f32> = (0..k * n).map(|i| ((i * 17) % 89) as f32 * 0.0307 - 1.3).collect();
+            for (acc, scale, transposed) in
+                [(false, 1.0, false), (true, -0.1, true), (true, 1.0, false)]
+            {
+                let a: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 31) % 97) as f32 * 0.0213 - 1.0)
+                    .collect();
+                let b: Vec<f32> = (0..k * n)
+                    .map(|i| ((i * 17) % 89) as f32 * 0.0307 - 1.3)
+                    .collect();
                 let base: Vec<f32> = (0..m * n).map(|i| ((i * 7) % 13) as f32 * 0.11).collect();
                 let run = |alone: bool| {
                     let mut dst = base.clone();
                     let am = mat(a.as_ptr(), k, 1);
                     // b as k×n row-major, or the same values as n×k (xᵀ-style strides).
                     let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-                    let bm = if transposed { mat(bt.as_ptr(), 1, k) } else { mat(b.as_ptr(), n, 1) };
+                    let bm = if transposed {
+                        mat(bt.as_ptr(), 1, k)
+                    } else {
+                        mat(b.as_ptr(), n, 1)
+                    };
                     let dp = (dst.as_mut_ptr(), n as isize, 1);
                     crate::team::within(alone, || unsafe {
                         gemm_strided(m, n, k, dp, acc, scale, am, bm, true)
                     });
                     bits(&dst)
                 };
-                assert_eq!(run(true), run(false), "{m}×{n}×{k} acc {acc} scale {scale} t {transposed}");
+                assert_eq!(
+                    run(true),
+                    run(false),
+                    "{m}×{n}×{k} acc {acc} scale {scale} t {transposed}"
+                );
             }
         }
     }
@@ -1475,8 +1489,12 @@ mod tests {
         };
         for (b, c, o, hw) in [(8, 32, 32, 8), (16, 32, 8, 8), (5, 3, 4, 9), (13, 16, 8, 6)] {
             let s = ConvShape::new(&[b, c, hw, hw], &[o, c, 3, 3], &[b, o, hw, hw], win);
-            let x: Vec<f32> = (0..b * c * hw * hw).map(|i| ((i * 13) % 101) as f32 * 0.01 - 0.5).collect();
-            let dy: Vec<f32> = (0..b * o * hw * hw).map(|i| ((i * 29) % 83) as f32 * 0.02 - 0.8).collect();
+            let x: Vec<f32> = (0..b * c * hw * hw)
+                .map(|i| ((i * 13) % 101) as f32 * 0.01 - 0.5)
+                .collect();
+            let dy: Vec<f32> = (0..b * o * hw * hw)
+                .map(|i| ((i * 29) % 83) as f32 * 0.02 - 0.8)
+                .collect();
             let grad = || {
                 let mut dk = vec![0.0; o * c * 9];
                 conv2d_weight_grad(&s, &x, &dy, &mut dk);

@@ -224,8 +224,15 @@ fn a_wrong_gradient_fails() {
     let path = format!("{}/../examples/mnist_mlp.net", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("example");
     let c = check_files(&[(path, text)], &nabla_stdlib::StdLoader);
-    let l = lower_net(&c.program, 0, "MnistMlp", 4, Mode::Train, Some("softmax_cross_entropy"))
-        .expect("lowers");
+    let l = lower_net(
+        &c.program,
+        0,
+        "MnistMlp",
+        4,
+        Mode::Train,
+        Some("softmax_cross_entropy"),
+    )
+    .expect("lowers");
     let loss = l.loss.expect("loss");
     let params = inputs_of(&l.graph, InputKind::Param);
     let names = names_of(&l.graph, &params);
@@ -242,8 +249,16 @@ fn a_wrong_gradient_fails() {
             o.1 = scaled;
         }
         let findings = check(&l.graph, loss, &g, &names, &inputs, 2, 11).expect("runs");
-        let f = findings.iter().find(|f| f.input == *wrong).expect("checked");
+        let f = findings
+            .iter()
+            .find(|f| f.input == *wrong)
+            .expect("checked");
         assert!(f.failed(), "{wrong}: {f:?}");
-        assert!(findings.iter().filter(|f| f.input != *wrong).all(|f| !f.failed()));
+        assert!(
+            findings
+                .iter()
+                .filter(|f| f.input != *wrong)
+                .all(|f| !f.failed())
+        );
     }
 }

@@ -17,7 +17,7 @@ fn program(kind: &str, n: usize) -> (String, Option<String>) {
         ),
         "minus" => (
             format!("let x = {}1\nprint(x)\n", rep("-", n)),
-            Some(if n % 2 == 0 { "1" } else { "-1" }.into()),
+            Some(if n.is_multiple_of(2) { "1" } else { "-1" }.into()),
         ),
         "parens" => (
             format!("let x = {}7{}\nprint(x)\n", rep("(", n), rep(")", n)),
@@ -203,7 +203,6 @@ fn recursion_in_host_code_is_an_error_not_an_abort() {
 #[test]
 fn deep_input_in_the_language_server_is_a_diagnostic() {
     #[path = "../lsp/client.rs"]
-    #[allow(dead_code)]
     mod client;
     let mut c = client::Client::start("hostile-depth");
     for (i, kind) in ["plus", "minus", "lists", "elseif", "strings"]

@@ -36,16 +36,27 @@ fn the_same_seed_gives_the_same_bits_under_every_thread_setting() {
         }
         let o = cmd.output().expect("run");
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(o.status.success(), "{label}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{label}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert_eq!(out.lines().count(), 15, "{label}: {out}");
-        let files: Vec<Vec<u8>> = ["small.safetensors", "small-ck.safetensors", "large.safetensors"]
-            .iter()
-            .map(|f| std::fs::read(dir.join(f)).expect("file"))
-            .collect();
+        let files: Vec<Vec<u8>> = [
+            "small.safetensors",
+            "small-ck.safetensors",
+            "large.safetensors",
+        ]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).expect("file"))
+        .collect();
         match &first {
             None => first = Some((out, files)),
             Some((out0, files0)) => {
-                assert_eq!(&out, out0, "{label}: the losses differ from the default run's");
+                assert_eq!(
+                    &out, out0,
+                    "{label}: the losses differ from the default run's"
+                );
                 for (i, (a, b)) in files.iter().zip(files0).enumerate() {
                     assert!(a == b, "{label}: file {i} differs from the default run's");
                 }

@@ -17,12 +17,17 @@ fn degenerate_instances_are_named_never_failed() {
         let depth = rng.range(4, 8);
         let width = *rng.pick(&[4, 8, 16]);
         let act = *rng.pick(&["relu", "tanh", "swish"]);
-        let mut src = format!("import std.nn.*\nnet Deep: f32[3, 1, 1] -> f32[10] {{\n");
+        let mut src = String::from("import std.nn.*\nnet Deep: f32[3, 1, 1] -> f32[10] {\n");
         for _ in 0..depth {
             src.push_str(&format!("  conv({width}, 1); batchnorm; {act}\n"));
         }
         src.push_str("  global_avg_pool\n  dense(10)\n}\n");
-        let r = on_file(&dir, &format!("g{i}.net"), &src, &["gradcheck", "--batch", "2"]);
+        let r = on_file(
+            &dir,
+            &format!("g{i}.net"),
+            &src,
+            &["gradcheck", "--batch", "2"],
+        );
         let what = format!("depth {depth}, width {width}, {act}");
         assert!(
             matches!(r.code, Some(0 | 2)),
@@ -47,8 +52,18 @@ fn degenerate_instances_are_named_never_failed() {
                 .and_then(|s| s.split(')').next())
                 .unwrap_or("8")
                 .to_string();
-            let again = on_file(&dir, &format!("g{i}.net"), &src, &["gradcheck", "--batch", &batch]);
-            assert_eq!(again.code, Some(0), "{what} at batch {batch}:\n{}", again.out);
+            let again = on_file(
+                &dir,
+                &format!("g{i}.net"),
+                &src,
+                &["gradcheck", "--batch", &batch],
+            );
+            assert_eq!(
+                again.code,
+                Some(0),
+                "{what} at batch {batch}:\n{}",
+                again.out
+            );
         }
     }
     // Most of them are degenerate enough that some tensor misses the bar at batch 2.

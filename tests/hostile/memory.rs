@@ -4,7 +4,7 @@
 //! being allocated and how big; never an abort. (Every size here is far beyond any
 //! machine's memory, so no test allocates much.)
 
-use super::{nabla, on_file, scratch, Ran};
+use super::{Ran, nabla, on_file, scratch};
 
 fn assert_refused(r: &Ran, what: &str) {
     r.assert_no_crash(what);
@@ -33,7 +33,12 @@ fn parameters_too_large_are_refused_before_allocating() {
             "import std.nn.*\nnet Big: f32[784] -> f32[10] {{\n  {layer}\n  dense(10)\n}}\nlet m = init(Big)\nprint(\"made\")\n"
         );
         for device in ["cpu", "ref"] {
-            let r = on_file(&dir, &format!("p{i}.net"), &src, &["run", "--device", device]);
+            let r = on_file(
+                &dir,
+                &format!("p{i}.net"),
+                &src,
+                &["run", "--device", device],
+            );
             assert_refused(&r, &format!("{layer} on {device}"));
             assert!(!r.out.contains("made"));
         }
@@ -51,7 +56,10 @@ fn batches_and_inputs_too_large_are_refused() {
     for (net, args) in [
         ("mnist_mlp", vec!["--batch", "1000000000"]),
         ("mnist_cnn", vec!["--batch", "100000000"]),
-        ("resnet34", vec!["--batch", "1", "--input", "3,100000,100000"]),
+        (
+            "resnet34",
+            vec!["--batch", "1", "--input", "3,100000,100000"],
+        ),
         ("vit_tiny", vec!["--batch", "10000000"]),
     ] {
         let file = format!("{root}/examples/{net}.net");

@@ -13,7 +13,7 @@ fn conv_out(h: i64, k: i64, s: i64, p: i64, d: i64) -> Option<i64> {
         return None;
     }
     let o = (h + 2 * p - d * (k - 1) - 1).div_euclid(s) + 1;
-    (h + 2 * p >= d * (k - 1) + 1 && o >= 1).then_some(o)
+    (h + 2 * p > d * (k - 1) && o >= 1).then_some(o)
 }
 
 /// PyTorch's output size for a pool, or None (padding at most half the window).

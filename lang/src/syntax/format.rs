@@ -149,24 +149,21 @@ fn layout(src: &str, tokens: &[Tok]) -> String {
             let (t, r) = &tokens[i];
             let gap = src.get(last_end..r.start).unwrap_or("");
             if !first {
-                match t {
-                    // A comment keeps the source's spacing; the last one on a line keeps
-                    // its gap exactly (aligned trailing comments stay aligned).
-                    None if k + 1 == ids.len() => line.push_str(gap),
-                    None if !gap.is_empty() => line.push(' '),
-                    None => {}
-                    Some(_) if after_comment => {
-                        if !gap.is_empty() {
-                            line.push(' ');
-                        }
+                // A comment keeps the source's spacing: the last one on a line its gap
+                // exactly (aligned trailing comments stay aligned), any other a space
+                // on each side where the source had one.
+                let space = match t {
+                    None if k + 1 == ids.len() => {
+                        line.push_str(gap);
+                        false
                     }
-                    Some(t) => {
-                        if let Some(a) = prev
-                            && spaced(before_prev, a, t, !gap.is_empty())
-                        {
-                            line.push(' ');
-                        }
+                    Some(t) if !after_comment => {
+                        prev.is_some_and(|a| spaced(before_prev, a, t, !gap.is_empty()))
                     }
+                    _ => !gap.is_empty(),
+                };
+                if space {
+                    line.push(' ');
                 }
             }
             line.push_str(src.get(r.clone()).unwrap_or(""));

@@ -166,7 +166,7 @@ pub fn canonical_safetensors(file: Vec<u8>) -> Result<Vec<u8>, String> {
         .ok_or_else(bad)?;
     let value: serde_json::Value = serde_json::from_slice(header).map_err(|_| bad())?;
     let mut text = sorted(value).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + file.len() - 8 - n);

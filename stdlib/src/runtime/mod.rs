@@ -482,7 +482,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             }
             Correct | Evaluate | Accuracy => {
                 let split = Self::split(heap, a[1])?;
-                if split.len() == 0 {
+                if split.is_empty() {
                     return Err(format!(
                         "{} has no examples: its accuracy and loss are not defined",
                         split.name
