@@ -186,6 +186,8 @@ impl Session {
 
     /// Runs one input (definitions and statements).
     fn eval(&mut self, input: &str) {
+        // A Ctrl-C from before this input is not for it.
+        nabla_lang::host::interrupt::take();
         let Ok(checked) = self.check(input) else {
             return;
         };

@@ -7,9 +7,9 @@
 //! * **SIGINT** (Ctrl-C), for `nabla run` and the REPL, asks the running program to stop
 //!   ([`nabla_lang::host::interrupt`]): compiled host code polls the flag at every loop
 //!   iteration and call, so a long loop or a `train` call ends with an "interrupted" error
-//!   and the REPL returns to its prompt with the session intact. A second Ctrl-C before
-//!   the first was noticed ends the process at once (exit 130), for code stuck in a long
-//!   native call.
+//!   and the REPL returns to its prompt with the session intact. A second Ctrl-C while a
+//!   program runs and the first was not yet noticed ends the process at once (exit 130),
+//!   for code stuck in a long native call.
 
 /// Restores SIGPIPE's default action.
 pub fn default_sigpipe() {
@@ -35,7 +35,8 @@ pub fn interrupt_on_ctrl_c() {
 
 #[cfg(unix)]
 extern "C" fn on_sigint(_: libc::c_int) {
-    if nabla_lang::host::interrupt::pending() {
+    use nabla_lang::host::interrupt;
+    if interrupt::pending() && interrupt::running() {
         // SAFETY: `_exit` is async-signal-safe.
         unsafe { libc::_exit(130) };
     }

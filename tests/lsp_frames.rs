@@ -253,8 +253,9 @@ fn a_very_long_line_is_not_quadratic() {
     // Five numbers per token, and the names alone are thousands of tokens.
     assert!(data >= 5 * 20_000, "{data}");
     assert!(c.response(hover).get("result").is_some());
-    // Measured: about 0.1 s in a debug build; the quadratic conversion took seconds.
-    let bound = Duration::from_secs(if cfg!(debug_assertions) { 3 } else { 1 });
+    // Measured: about 0.1 s in a debug build; the quadratic conversion took over 20 s.
+    // The bound leaves room for a loaded machine.
+    let bound = Duration::from_secs(if cfg!(debug_assertions) { 8 } else { 3 });
     assert!(took < bound, "semantic tokens took {took:?}");
     eprintln!("semantic tokens of a {} byte line: {took:?}", text.len());
     c.shutdown();

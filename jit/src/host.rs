@@ -115,8 +115,6 @@ impl Compiled {
     ) -> Result<(), RuntimeError> {
         let mut next = globals.clone();
         next.resize(prog.globals.len().max(next.len()), 0);
-        // An interrupt that came while nothing ran is not for this program.
-        nabla_lang::host::interrupt::take();
         let mut ctx = Ctx {
             failed: 0,
             stack_limit: stack_limit(),
@@ -128,7 +126,9 @@ impl Compiled {
             pieces: &self.pieces,
             globals: &mut next,
         };
+        let running = nabla_lang::host::interrupt::Running::start();
         (self.main)(&mut ctx as *mut Ctx as *mut u8);
+        drop(running);
         match ctx.error.take() {
             Some(e) => Err(e),
             None => {
@@ -365,14 +365,17 @@ impl Emitter<'_, '_, '_> {
         self.bail_if(flag);
     }
 
-    /// The interrupt flag as an `i8` (nonzero when set).
+    /// The interrupt flag as an `i8` (nonzero when set). An atomic load: a plain one
+    /// would let Cranelift reuse the value read at the function's entry in a loop that
+    /// stores and calls nothing, which would then never see Ctrl-C (on x86 it is the
+    /// same `mov`).
     fn interrupt_flag(&mut self) -> Value {
         let addr = nabla_lang::host::interrupt::flag_address() as i64;
         let addr = self.b.ins().iconst(types::I64, addr);
         let flag = self
             .b
             .ins()
-            .load(types::I8, MemFlagsData::trusted(), addr, 0);
+            .atomic_load(types::I8, MemFlagsData::trusted(), addr);
         self.b.ins().icmp_imm_s(IntCC::NotEqual, flag, 0)
     }
 

@@ -140,13 +140,32 @@ fn failed(e: impl std::fmt::Display) -> BackendError {
     BackendError::Failed(e.to_string())
 }
 
-/// The memory the system reports as available (Linux's `MemAvailable`): what can be
-/// allocated without swapping or waking the out-of-memory killer. `None` elsewhere.
+/// The memory this process can still allocate without swapping or waking the
+/// out-of-memory killer: the system's `MemAvailable`, or less when the process's control
+/// group (a container) has a lower limit (cgroup v2 `memory.max` less `memory.current`).
+/// `None` where neither can be read.
 pub fn memory_available() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let system = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            kib.checked_mul(1024)
+        });
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    // `memory.max` is "max" when there is no limit, which does not parse.
+    let group =
+        read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
+    match (system, group) {
+        (Some(s), Some(g)) => Some(s.min(g)),
+        (s, g) => s.or(g),
+    }
 }
 
 impl Backend for Cpu {
@@ -250,10 +269,7 @@ impl Backend for Cpu {
         shape: &[usize],
         fill: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
     ) -> Result<(), BackendError> {
-        let n = shape
-            .iter()
-            .try_fold(1usize, |a, d| a.checked_mul(*d))
-            .unwrap_or(usize::MAX);
+        let n = memory::numel(shape).unwrap_or(usize::MAX);
         let m = shape.first().copied().unwrap_or(1);
         b.shape.clear();
         b.shape.extend_from_slice(shape);

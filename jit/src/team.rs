@@ -286,13 +286,26 @@ pub(crate) fn within<R>(alone: bool, f: impl FnOnce() -> R) -> R {
 
 /// How many parts work is cut into where the cut decides the order of a floating-point
 /// sum (a matrix product's blocks in a step, a convolution's per-image partial gradients,
-/// a reduction's partial sums): the machine's core count, read once. Never the number of
-/// threads that run the parts, which `RAYON_NUM_THREADS`, `NABLA_SPIN` and the tuner
-/// decide from run to run, so the same inputs give the same bits however the threads
-/// were chosen (docs/conventions.md, "Reproducibility").
+/// a reduction's partial sums): the machine's configured processors, read once, whatever
+/// the affinity mask or CPU quota this process runs under. Never the number of threads
+/// that run the parts, which `RAYON_NUM_THREADS`, `NABLA_SPIN`, `taskset`, a container's
+/// quota and the tuner decide from run to run, so the same inputs give the same bits
+/// however the threads were chosen (docs/conventions.md, "Reproducibility").
 pub fn width() -> usize {
     static WIDTH: OnceLock<usize> = OnceLock::new();
-    *WIDTH.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *WIDTH.get_or_init(|| {
+        #[cfg(unix)]
+        {
+            // SAFETY: sysconf has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+            if let Ok(n) = usize::try_from(n)
+                && n > 0
+            {
+                return n;
+            }
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    })
 }
 
 /// Whether this thread is running a [`step`] (which may use the team, or was told to

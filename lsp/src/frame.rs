@@ -66,6 +66,21 @@ impl<R: Read> Source for Blocking<R> {
     }
 }
 
+/// Standard input as a [`Source`]: waited on with `poll(2)` on Unix (so a stalled frame
+/// can be judged), read as it comes elsewhere.
+pub fn stdin() -> std::io::Result<Box<dyn Source + Send>> {
+    #[cfg(unix)]
+    return Ok(Box::new(Stdin::open()?));
+    #[cfg(not(unix))]
+    return Ok(Box::new(Blocking(std::io::stdin())));
+}
+
+impl Source for Box<dyn Source + Send> {
+    fn read_within(&mut self, buf: &mut [u8], wait: Duration) -> std::io::Result<Option<usize>> {
+        (**self).read_within(buf, wait)
+    }
+}
+
 /// Standard input, waited on with `poll(2)` so a stalled frame can be judged.
 #[cfg(unix)]
 pub struct Stdin(std::fs::File);
@@ -109,9 +124,15 @@ impl Source for Stdin {
 }
 
 /// Splits a stream into [`Event`]s.
+///
+/// Input is kept in one buffer read from `pos` on: consuming advances `pos`, and the
+/// consumed part is dropped only once it is at least half the buffer, so every byte is
+/// moved a bounded number of times (a stream of huge announced lengths costs time in
+/// proportion to its bytes, not to their product).
 pub struct Reader<S> {
     source: S,
     buf: Vec<u8>,
+    pos: usize,
     eof: bool,
     stall: Duration,
 }
@@ -133,8 +154,23 @@ impl<S: Source> Reader<S> {
         Reader {
             source,
             buf: Vec::new(),
+            pos: 0,
             eof: false,
             stall,
+        }
+    }
+
+    /// The unread input.
+    fn data(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Marks `n` bytes of the unread input read.
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos >= 1 << 16 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
     }
 
@@ -143,15 +179,23 @@ impl<S: Source> Reader<S> {
             return More::Eof;
         }
         let mut chunk = [0u8; 1 << 16];
-        match self.source.read_within(&mut chunk, wait) {
-            Ok(None) => More::Stalled,
-            Ok(Some(0)) | Err(_) => {
-                self.eof = true;
-                More::Eof
-            }
-            Ok(Some(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                More::Got
+        loop {
+            match self.source.read_within(&mut chunk, wait) {
+                Ok(None) => return More::Stalled,
+                // A signal or a spurious wake-up: read again.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                    ) => {}
+                Ok(Some(0)) | Err(_) => {
+                    self.eof = true;
+                    return More::Eof;
+                }
+                Ok(Some(n)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return More::Got;
+                }
             }
         }
     }
@@ -161,18 +205,18 @@ impl<S: Source> Reader<S> {
         loop {
             // Blank lines between frames are not frames.
             let blank = self
-                .buf
+                .data()
                 .iter()
                 .take_while(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
                 .count();
-            self.buf.drain(..blank);
-            if self.buf.is_empty() {
+            self.consume(blank);
+            if self.data().is_empty() {
                 match self.more(Duration::MAX) {
                     More::Eof => return None,
                     _ => continue,
                 }
             }
-            if !starts_with_header(&self.buf) {
+            if !starts_with_header(self.data()) {
                 // Bytes between frames (the rest of a body shorter than its length, or
                 // noise): one error for all of them, then the next frame.
                 self.skip_to_marker();
@@ -181,21 +225,21 @@ impl<S: Source> Reader<S> {
                 ));
             }
             let Some((header_len, fields)) = self.header() else {
-                self.buf.clear();
+                self.consume(self.data().len());
                 return Some(parse_error("the input ended inside a header"));
             };
             // A `Content-Length:` in the middle of a header line is a frame that follows
             // bytes that were not one (`ab:cContent-Length: 74`): those bytes are the error.
-            if let Some(i) = find_marker(&self.buf[..header_len])
+            if let Some(i) = find_marker(&self.data()[..header_len])
                 && i > 0
-                && self.buf[i - 1] != b'\n'
+                && self.data()[i - 1] != b'\n'
             {
-                self.buf.drain(..i);
+                self.consume(i);
                 return Some(parse_error(
                     "unexpected bytes where a frame header should be",
                 ));
             }
-            self.buf.drain(..header_len);
+            self.consume(header_len);
             let length = match content_length(&fields) {
                 Ok(n) => n,
                 Err(why) => {
@@ -213,8 +257,8 @@ impl<S: Source> Reader<S> {
     fn header(&mut self) -> Option<(usize, Vec<String>)> {
         let mut scanned = 0;
         loop {
-            if let Some(end) = header_end(&self.buf, scanned) {
-                let text = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+            if let Some(end) = header_end(self.data(), scanned) {
+                let text = String::from_utf8_lossy(&self.data()[..end]).into_owned();
                 let lines = text
                     .split('\n')
                     .map(|l| l.trim_end_matches('\r').to_string())
@@ -222,11 +266,11 @@ impl<S: Source> Reader<S> {
                     .collect();
                 return Some((end, lines));
             }
-            if self.buf.len() > MAX_HEADER {
+            if self.data().len() > MAX_HEADER {
                 // No blank line where a header should end: one malformed header.
-                return Some((self.buf.len(), vec!["a header longer than 8 KiB".into()]));
+                return Some((self.data().len(), vec!["a header longer than 8 KiB".into()]));
             }
-            scanned = self.buf.len().saturating_sub(4);
+            scanned = self.data().len().saturating_sub(4);
             if let More::Eof = self.more(Duration::MAX) {
                 return None;
             }
@@ -236,16 +280,15 @@ impl<S: Source> Reader<S> {
     /// Drops input up to the next `Content-Length:` (any case), reading as needed.
     fn skip_to_marker(&mut self) {
         loop {
-            if let Some(i) = find_marker(&self.buf) {
-                self.buf.drain(..i);
+            if let Some(i) = find_marker(self.data()) {
+                self.consume(i);
                 return;
             }
             // Keep a tail that may be the start of the marker.
-            let keep = MARKER.len() - 1;
-            let cut = self.buf.len().saturating_sub(keep);
-            self.buf.drain(..cut);
+            let cut = self.data().len().saturating_sub(MARKER.len() - 1);
+            self.consume(cut);
             if let More::Eof = self.more(Duration::MAX) {
-                self.buf.clear();
+                self.consume(self.data().len());
                 return;
             }
         }
@@ -253,18 +296,18 @@ impl<S: Source> Reader<S> {
 
     /// Reads a body of `length` bytes and judges it.
     fn body(&mut self, length: usize) -> Event {
-        while self.buf.len() < length {
+        while self.data().len() < length {
             match self.more(self.stall) {
                 More::Got => {}
                 More::Eof => {
-                    let got = std::mem::take(&mut self.buf);
-                    return match judge_prefix(&got) {
-                        Some(e) => e,
-                        None => parse_error(&format!(
-                            "the input ended after {} of the {length} bytes the header announced",
-                            got.len()
-                        )),
-                    };
+                    let got = self.data().len();
+                    let e = judge_prefix(self.data()).unwrap_or_else(|| {
+                        parse_error(&format!(
+                            "the input ended after {got} of the {length} bytes the header announced"
+                        ))
+                    });
+                    self.consume(got);
+                    return e;
                 }
                 More::Stalled => {
                     // The client sent less than it announced and waits: judge what came.
@@ -274,25 +317,25 @@ impl<S: Source> Reader<S> {
                 }
             }
         }
-        let body: Vec<u8> = self.buf.drain(..length).collect();
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => judge(v, body),
+        let body = &self.data()[..length];
+        match serde_json::from_slice::<Value>(body) {
+            Ok(v) => {
+                let e = judge(v, body.to_vec());
+                self.consume(length);
+                e
+            }
             Err(e) => {
                 // A length too large swallows the start of the next frame: read it again
                 // from the end of the JSON value the body starts with, or else from the
                 // next `Content-Length:` inside it.
-                let mut values = serde_json::Deserializer::from_slice(&body).into_iter::<Value>();
+                let mut values = serde_json::Deserializer::from_slice(body).into_iter::<Value>();
                 let again = match values.next() {
                     Some(Ok(_)) if starts_a_frame(&body[values.byte_offset()..]) => {
                         Some(values.byte_offset())
                     }
                     _ => find_marker(&body[1.min(body.len())..]).map(|i| i + 1),
                 };
-                if let Some(i) = again {
-                    let mut rest = body[i..].to_vec();
-                    rest.extend_from_slice(&self.buf);
-                    self.buf = rest;
-                }
+                self.consume(again.unwrap_or(length));
                 parse_error(&format!("the body is not JSON: {e}"))
             }
         }
@@ -301,14 +344,13 @@ impl<S: Source> Reader<S> {
     /// A stalled short body: when a complete JSON value came, it is the frame (with a
     /// wrong length) and what follows is read as the next one.
     fn judge_short(&mut self) -> Option<Event> {
-        let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+        let mut values = serde_json::Deserializer::from_slice(self.data()).into_iter::<Value>();
         match values.next() {
             Some(Ok(_)) => {
                 let end = values.byte_offset();
-                let body: Vec<u8> = self.buf.drain(..end).collect();
+                self.consume(end);
                 Some(parse_error(&format!(
-                    "the header announced more bytes than the body has ({})",
-                    body.len()
+                    "the header announced more bytes than the body has ({end})"
                 )))
             }
             _ => None,
@@ -422,6 +464,17 @@ fn judge(v: Value, body: Vec<u8>) -> Event {
         };
         return invalid(Value::Null, what);
     };
+    // A response (no method, a result or an error) is never answered: a malformed one is
+    // dropped, a well-formed one passed on.
+    if !m.contains_key("method") && (m.contains_key("result") || m.contains_key("error")) {
+        let id_ok = matches!(m.get("id"), Some(Value::Number(n)) if n.is_i64())
+            || matches!(m.get("id"), Some(Value::String(_)));
+        return if m.get("jsonrpc") == Some(&Value::String("2.0".into())) && id_ok {
+            Event::Forward(body)
+        } else {
+            Event::Ignored("a malformed response (its id or version)".into())
+        };
+    }
     // The id, when it is one the protocol allows.
     let id = match m.get("id") {
         None => None,
@@ -442,13 +495,6 @@ fn judge(v: Value, body: Vec<u8>) -> Event {
             Some(_) => invalid(reply_id, "\"params\" must be an object or an array"),
         },
         Some(_) => invalid(reply_id, "\"method\" must be a string"),
-        None if m.contains_key("result") || m.contains_key("error") => {
-            if id.is_some() {
-                Event::Forward(body)
-            } else {
-                Event::Ignored("a response without an id".into())
-            }
-        }
         None => invalid(reply_id, "no \"method\": neither a request nor a response"),
     }
 }
@@ -546,6 +592,44 @@ mod tests {
         assert_eq!(code(&got[0]), Some(-32700), "{got:?}");
         assert_eq!(got[1], Event::Forward(OK.as_bytes().to_vec()), "{got:?}");
         assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn responses_are_passed_on_or_dropped_never_answered() {
+        let ok = r#"{"jsonrpc":"2.0","id":4,"result":null}"#;
+        let bad_id = r#"{"jsonrpc":"2.0","id":1.5,"result":1}"#;
+        let bad_version = r#"{"jsonrpc":"1.0","id":2,"error":{"code":1,"message":"x"}}"#;
+        let mut input = frame(ok.as_bytes());
+        input.extend(frame(bad_id.as_bytes()));
+        input.extend(frame(bad_version.as_bytes()));
+        let got = events(&input);
+        assert_eq!(got[0], Event::Forward(ok.as_bytes().to_vec()));
+        assert!(matches!(got[1], Event::Ignored(_)), "{got:?}");
+        assert!(matches!(got[2], Event::Ignored(_)), "{got:?}");
+    }
+
+    /// Many frames announcing the largest length, each followed by a little: reading
+    /// them takes time in proportion to the input (each byte is moved a bounded number of
+    /// times), and every good frame among them is still found.
+    #[test]
+    fn hostile_lengths_cost_linear_time() {
+        let mut input = Vec::new();
+        for _ in 0..2000 {
+            input.extend(format!("Content-Length: {MAX_FRAME}\r\n\r\nX").as_bytes());
+            input.extend(frame(OK.as_bytes()));
+        }
+        let start = std::time::Instant::now();
+        let got = events(&input);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(!got.is_empty());
+        assert!(
+            got.iter()
+                .all(|e| matches!(e, Event::Reply(_) | Event::Forward(_)))
+        );
     }
 
     #[test]

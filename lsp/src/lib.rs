@@ -68,7 +68,6 @@ pub struct Nabla(Arc<State>);
 /// pipe; a task that reads the server's frames back from its output pipe; and a thread
 /// that owns stdout and writes whole frames, one at a time, from both, so an error reply
 /// never lands inside another frame.
-#[cfg(unix)]
 pub fn serve_stdio() -> std::result::Result<(), String> {
     use std::sync::mpsc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,14 +91,15 @@ pub fn serve_stdio() -> std::result::Result<(), String> {
             let _ = done_tx.send(());
         })
         .map_err(|e| e.to_string())?;
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<frame::Event>();
-    let stdin = frame::Stdin::open().map_err(|e| format!("cannot read stdin: {e}"))?;
+    // Bounded: a client that sends faster than the server reads waits in its writes.
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::channel::<frame::Event>(16);
+    let stdin = frame::stdin().map_err(|e| format!("cannot read stdin: {e}"))?;
     std::thread::Builder::new()
         .name("lsp-stdin".into())
         .spawn(move || {
             let mut reader = frame::Reader::new(stdin);
             while let Some(e) = reader.next_event() {
-                if ev_tx.send(e).is_err() {
+                if ev_tx.blocking_send(e).is_err() {
                     break;
                 }
             }

@@ -12,6 +12,7 @@ const HEAD: &str = "import std.nn.*\nimport std.data.*\nnet L: f32[1, 28, 28] ->
 const BAD: &[(&str, &str)] = &[
     ("batch: 0", "TrainConfig.batch"),
     ("batch: -5", "TrainConfig.batch"),
+    ("batch: 9223372036854775807", "TrainConfig.batch"),
     ("epochs: -1", "TrainConfig.epochs"),
     ("warmup_epochs: -2", "TrainConfig.warmup_epochs"),
     ("eval_every: -1", "TrainConfig.eval_every"),

@@ -19,11 +19,11 @@ fn output_to_a_closed_pipe_ends_quietly() {
         "for i in 0..1000000 {\n  print(\"line {i}\")\n}\n",
     )
     .expect("write");
+    // Each prints well over a pipe's 64 KiB, so the writer meets the closed pipe.
     let commands: Vec<Vec<String>> = vec![
-        vec!["ir".into(), ex("resnet34")],
-        vec!["ir".into(), ex("vit_tiny"), "--eval".into()],
-        vec!["vjp".into(), ex("mnist_cnn")],
-        vec!["info".into(), ex("efficientnet_b0")],
+        vec!["ir".into(), ex("efficientnet_b0")],
+        vec!["ir".into(), ex("mobilenet_v2")],
+        vec!["vjp".into(), ex("efficientnet_b0"), "--ir".into()],
         vec![
             "check".into(),
             "--json".into(),
@@ -71,37 +71,58 @@ fn ctrl_c_in_the_repl_stops_the_input_and_keeps_the_session() {
         .spawn()
         .expect("start");
     let mut stdin = child.stdin.take().expect("stdin");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut say = |s: &str| {
+    // Owns stdin: dropping it ends the session's input.
+    let mut say = move |s: &str| {
         stdin.write_all(s.as_bytes()).expect("write");
         stdin.flush().expect("flush");
     };
-    // The next line that is `want` (training prints its own lines before).
-    let mut expect = |want: &str| loop {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).expect("read") > 0, "no {want:?}");
-        if line.trim() == want {
+    // Lines arrive through a channel, so a wait can time out instead of hanging.
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = BufReader::new(child.stdout.take().expect("stdout"));
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // The next line that starts with `want` (training prints its own lines too).
+    let expect = |want: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no line {want:?} within 2 minutes"));
+        if line.trim().starts_with(want) {
             break;
         }
     };
     say("let keep = 20\nfn deep(n: int) -> int { if n == 0 { return 0 } deep(n - 1) + 1 }\n");
-    // Inputs that run until interrupted: a loop, a loop with a recursion in it, a loop of
-    // tensor work (training steps on the bundled digits).
+    // Inputs that run until interrupted, each announcing itself once it runs: a loop with
+    // no call or store inside a function, a loop around a recursion, training steps on
+    // the bundled digits.
     let runaway = [
-        "var i = 0\nwhile true { i += 1 }\n",
-        "for i in 0..1000000000 { let s = deep(1000) }\n",
-        "import std.nn.*\nimport std.data.mnist\nnet L: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\nlet m = train(L, mnist(), TrainConfig { epochs: 100000 })\n",
+        (
+            "fn spin() {\n  print(\"running 0\")\n  var i = 0\n  while true { i += 1 }\n}\nspin()\n",
+            "running 0",
+        ),
+        (
+            "for i in 0..1000000000 { if i == 0 { print(\"running 1\") } let s = deep(1000) }\n",
+            "running 1",
+        ),
+        (
+            "import std.nn.*\nimport std.data.mnist\nnet L: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\nlet m = train(L, mnist(), TrainConfig { epochs: 100000 })\n",
+            "L: 7850 parameters",
+        ),
     ];
-    for (k, r) in runaway.iter().enumerate() {
-        say(r);
-        say("print(\"started\")\n");
-        std::thread::sleep(Duration::from_millis(if k == 2 { 3000 } else { 800 }));
+    for (k, (input, marker)) in runaway.iter().enumerate() {
+        say(input);
+        expect(marker);
+        // Well inside the loop (for training: some steps in).
+        std::thread::sleep(Duration::from_millis(300));
         interrupt(child.id());
-        expect("started");
         say(&format!("print(keep + {k})\n"));
         expect(&format!("{}", 20 + k));
     }
-    drop(stdin);
+    drop(say);
     let o = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&o.stderr);
     // One error per interrupted input (each error shows its code once).

@@ -45,6 +45,28 @@ pub fn check(bytes: Option<u64>, what: &str, available: Option<u64>) -> Result<(
     }
 }
 
+/// Below this many bytes an allocation is not checked against the available memory:
+/// asking costs a file read, and a small allocation that fails is refused by
+/// `try_reserve` all the same.
+pub const CHECK_MIN: u64 = 16 << 20;
+
+/// [`check`], asking `available` only for sizes of at least [`CHECK_MIN`].
+fn check_large(
+    bytes: Option<u64>,
+    what: &str,
+    available: impl FnOnce() -> Option<u64>,
+) -> Result<(), String> {
+    match bytes {
+        Some(b) if b < CHECK_MIN => Ok(()),
+        _ => check(bytes, what, available()),
+    }
+}
+
+/// The number of elements of a tensor of `shape`; `None` when it overflows.
+pub fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d))
+}
+
 /// `n` default values (zeros), checked against `available()` first and allocated without
 /// aborting when the allocation fails.
 pub fn zeroed<T: Clone + Default>(
@@ -53,7 +75,7 @@ pub fn zeroed<T: Clone + Default>(
     available: impl FnOnce() -> Option<u64>,
 ) -> Result<Vec<T>, String> {
     let bytes = bytes_of(n, std::mem::size_of::<T>());
-    check(bytes, what, available())?;
+    check_large(bytes, what, available)?;
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
         format!(
@@ -76,7 +98,7 @@ pub fn resize<T: Clone + Default>(
 ) -> Result<(), String> {
     if n > v.capacity() {
         let bytes = bytes_of(n, std::mem::size_of::<T>());
-        check(bytes, what, available())?;
+        check_large(bytes, what, available)?;
         v.try_reserve_exact(n - v.len()).map_err(|_| {
             format!(
                 "cannot allocate {} for {what}: the system refused it",
@@ -111,6 +133,10 @@ mod tests {
             zeroed::<f32>(3, "z", || Some(12)).expect("fits"),
             vec![0.0; 3]
         );
+        // Small sizes do not ask (the closure would refuse).
+        assert!(zeroed::<f32>(1000, "small", || Some(0)).is_ok());
+        assert_eq!(numel(&[2, 3, 4]), Some(24));
+        assert_eq!(numel(&[usize::MAX, 2]), None);
         let mut v = vec![1.0f32];
         resize(&mut v, 3, "w", || Some(64)).expect("grows");
         assert_eq!(v, [1.0, 0.0, 0.0]);

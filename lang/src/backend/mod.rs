@@ -89,11 +89,9 @@ pub trait Backend {
         shape: &[usize],
         fill: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
     ) -> Result<(), BackendError> {
-        let n = shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
-        let mut data = memory::zeroed(n.unwrap_or(usize::MAX), "a batch", || {
-            self.memory_available()
-        })
-        .map_err(BackendError::Failed)?;
+        let n = memory::numel(shape).unwrap_or(usize::MAX);
+        let mut data = memory::zeroed(n, "a batch", || self.memory_available())
+            .map_err(BackendError::Failed)?;
         fill(0..shape.first().copied().unwrap_or(1), &mut data);
         self.write(b, shape, &data)
     }
@@ -111,7 +109,7 @@ pub trait Backend {
 
 /// Checks that `data` fills `shape` (every backend's `upload` starts here).
 pub fn check_upload(shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
-    let n: usize = shape.iter().product();
+    let n = memory::numel(shape).unwrap_or(usize::MAX);
     if n != data.len() {
         return Err(BackendError::Failed(format!(
             "{} values given for shape {shape:?} ({n} values)",

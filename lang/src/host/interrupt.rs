@@ -1,13 +1,17 @@
 //! The interrupt flag: set from outside a running program (Ctrl-C in the REPL or under
 //! `nabla run`), polled by compiled host code at every loop iteration and function entry,
-//! and by builtins that run long (a training step's loop, evaluation). A poll that finds
-//! it set stops the program with an "interrupted" error, as any runtime error stops it, so
-//! a REPL session keeps every earlier definition.
+//! and by builtins that loop long on their own (evaluation over a split, reading an image
+//! folder). A poll that finds it set stops the program with an "interrupted" error, as
+//! any runtime error stops it, so a REPL session keeps every earlier definition.
+//!
+//! Whoever runs programs clears it before each (the REPL before each input: a Ctrl-C
+//! while an input is checked or compiled then stops it as soon as it runs), and after
+//! reporting one that stopped.
 //!
 //! It is a process-wide atomic, not IO: `lang` only defines it; the binary's signal
 //! handler sets it.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// Nonzero while an interrupt is pending. A byte, so compiled code polls it with one load.
 static REQUESTED: AtomicU8 = AtomicU8::new(0);
@@ -32,6 +36,30 @@ pub fn take() -> bool {
 /// The flag's address, for compiled code to poll (`load.i8`).
 pub fn flag_address() -> *const u8 {
     REQUESTED.as_ptr() as *const u8
+}
+
+/// Whether compiled host code is running (a second Ctrl-C then ends the process: the
+/// program is stuck in a native call that does not poll).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Marks compiled code as running while it lives.
+pub struct Running(bool);
+
+impl Running {
+    pub fn start() -> Running {
+        Running(RUNNING.swap(true, Ordering::SeqCst))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.store(self.0, Ordering::SeqCst);
+    }
+}
+
+/// Whether compiled host code is running now (async-signal-safe).
+pub fn running() -> bool {
+    RUNNING.load(Ordering::SeqCst)
 }
 
 /// The message a program stopped by an interrupt reports.

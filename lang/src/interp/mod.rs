@@ -110,7 +110,7 @@ pub fn run(
 /// past 2^64.
 pub fn bytes_needed(g: &Graph) -> Option<u64> {
     g.nodes.iter().try_fold(0u64, |a, n| {
-        let numel = n.shape.iter().try_fold(1usize, |x, d| x.checked_mul(*d))?;
+        let numel = crate::backend::memory::numel(&n.shape)?;
         a.checked_add(crate::backend::memory::bytes_of(numel, 8)?)
     })
 }

@@ -264,6 +264,8 @@ fn expected(g: &Graph, op: Op, args: &[ValueId]) -> Result<Option<(DType, Vec<us
             if x.shape.len() != 4
                 || k.shape.len() != 4
                 || x.shape[1] != k.shape[1] * w.groups
+                || w.groups == 0
+                || !k.shape[0].is_multiple_of(w.groups)
                 || k.shape[2] != w.kernel
             {
                 return Err(format!(

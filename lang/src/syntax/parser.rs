@@ -25,7 +25,13 @@ thread_local! {
 fn with_passed<T>(parse: impl FnOnce() -> (T, Vec<Diagnostic>)) -> (T, Vec<Diagnostic>) {
     let before = PASSED.with(|p| p.borrow().len());
     let (out, mut diags) = parse();
-    PASSED.with(|p| diags.extend(p.borrow_mut().drain(before..)));
+    // A string parsed again after the parser backtracked passes its diagnostics twice.
+    let mut seen = std::collections::HashSet::new();
+    PASSED.with(|p| {
+        diags.extend(p.borrow_mut().drain(before..).filter(|d| {
+            seen.insert((d.code, d.labels.first().map(|l| (l.span.start, l.span.end))))
+        }))
+    });
     (out, diags)
 }
 

@@ -347,6 +347,9 @@ pub fn image_folder(
         let mut labels = Vec::new();
         {
             for (f, c) in files {
+                if nabla_lang::host::interrupt::pending() {
+                    return Err(nabla_lang::host::interrupt::MESSAGE.into());
+                }
                 let ext = f
                     .extension()
                     .and_then(|e| e.to_str())

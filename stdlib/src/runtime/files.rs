@@ -5,8 +5,9 @@
 //! A write goes to a temporary file beside the target, is synced, and renamed over it.
 //! On Linux the temporary file is unnamed (`O_TMPFILE`) until the data is complete and
 //! synced, so a process killed while writing (`kill -9`, Ctrl-C, a closed pipe) leaves no
-//! file at all; it gets a name (`.NAME.tmpPID`) only for the instant between linking and
-//! renaming. Temporary files of that form whose process is gone are removed before each
+//! file at all; it gets a name (`.NAME.tmpPID-N`) only for the instant between linking and
+//! renaming (and where linking fails, without `/proc`, the data is written to that
+//! name instead). Temporary files of that form whose process is gone are removed before each
 //! write of the same target, so debris from a crash in that instant, or from a system
 //! without unnamed files, does not outlive the next write.
 
@@ -25,19 +26,26 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .to_string_lossy()
         .into_owned();
     remove_stale(dir, &name);
-    let tmp = dir.join(temp_name(&name, std::process::id()));
+    // Numbered per write, so two writes of one target in one process never share a name.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(temp_name(&name, std::process::id(), seq));
+    let named = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
     let write = || -> std::io::Result<()> {
         match unnamed(dir) {
+            // Linking needs /proc; without it, the named way.
             Some(mut f) => {
                 f.write_all(bytes)?;
                 f.sync_all()?;
-                link(&f, &tmp)?;
+                if link(&f, &tmp).is_err() {
+                    named()?;
+                }
             }
-            None => {
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(bytes)?;
-                f.sync_all()?;
-            }
+            None => named()?,
         }
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
@@ -51,12 +59,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
-/// The temporary name for `name` written by process `pid`.
-fn temp_name(name: &str, pid: u32) -> String {
-    format!(".{name}.tmp{pid}")
+/// The temporary name for write `seq` of `name` by process `pid`.
+fn temp_name(name: &str, pid: u32, seq: u64) -> String {
+    format!(".{name}.tmp{pid}-{seq}")
 }
 
-/// Removes `.NAME.tmpPID` files in `dir` whose process no longer runs.
+/// Removes `.NAME.tmpPID-N` files (and `.NAME.tmpPID`, as earlier versions named them) in
+/// `dir` whose process no longer runs.
 fn remove_stale(dir: &Path, name: &str) {
     let prefix = format!(".{name}.tmp");
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -67,6 +76,7 @@ fn remove_stale(dir: &Path, name: &str) {
         let Some(pid) = file
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -188,14 +198,15 @@ fn sorted(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// Where [`write_atomically`] puts `path`'s temporary file while writing (for tests).
-pub fn temp_path(path: &Path, pid: u32) -> PathBuf {
+/// Where [`write_atomically`] puts write `seq` of `path` by process `pid` while writing
+/// (for tests).
+pub fn temp_path(path: &Path, pid: u32, seq: u64) -> PathBuf {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dir.join(temp_name(&name, pid))
+    dir.join(temp_name(&name, pid, seq))
 }
 
 #[cfg(test)]
@@ -208,12 +219,16 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let target = dir.join("ckpt.safetensors");
         // A process id that cannot be running (above the largest pid Linux allows, 2^22).
-        let dead = temp_path(&target, 4_194_305);
+        let dead = temp_path(&target, 4_194_305, 3);
         std::fs::write(&dead, b"debris").expect("write");
+        // The form earlier versions wrote, without a sequence number.
+        let old = dir.join(".ckpt.safetensors.tmp4194306");
+        std::fs::write(&old, b"debris").expect("write");
         let other = dir.join(".other.safetensors.tmp4194305");
         std::fs::write(&other, b"not ours").expect("write");
         write_atomically(&target, b"data").expect("write");
         assert!(!dead.exists(), "the dead process's temporary file is gone");
+        assert!(!old.exists(), "so is the one named the older way");
         assert!(other.exists(), "another target's file is left alone");
         assert_eq!(std::fs::read(&target).expect("read"), b"data");
         let names: Vec<String> = std::fs::read_dir(&dir)

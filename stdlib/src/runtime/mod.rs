@@ -431,7 +431,10 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 Ok(0)
             }
             TrainBatch => {
-                let batch = a[5] as usize;
+                let batch = usize::try_from(a[5] as i64)
+                    .ok()
+                    .filter(|b| *b >= 1)
+                    .ok_or_else(|| format!("the batch must be at least 1, not {}", a[5] as i64))?;
                 let split = Self::split(heap, a[1])?;
                 let order = heap.list(a[2])?;
                 let start = usize::try_from(a[3] as i64).map_err(|_| "negative batch start")?;
@@ -439,7 +442,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 if start >= end || batch == 0 {
                     return Err(format!(
                         "no examples in batch [{start}, {}) of {}",
-                        start + batch,
+                        start.saturating_add(batch),
                         order.len()
                     ));
                 }

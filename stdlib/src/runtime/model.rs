@@ -278,12 +278,7 @@ impl<B: Backend> Model<B> {
             .inputs()
             .filter(|(_, _, k)| matches!(k, InputKind::Param | InputKind::State))
             .try_fold(0usize, |a, (v, _, _)| {
-                let n = g
-                    .node(v)
-                    .shape
-                    .iter()
-                    .try_fold(1usize, |x, d| x.checked_mul(*d))?;
-                a.checked_add(n)
+                a.checked_add(memory::numel(&g.node(v).shape)?)
             });
         memory::check(
             values.and_then(|n| memory::bytes_of(n, 4)),
@@ -302,7 +297,7 @@ impl<B: Backend> Model<B> {
                 _ => continue,
             };
             let shape = g.node(v).shape.clone();
-            let n: usize = shape.iter().product();
+            let n = memory::numel(&shape).ok_or_else(|| format!("`{name}` is too large"))?;
             let spec = l
                 .inits
                 .iter()
@@ -456,7 +451,7 @@ impl<B: Backend> Model<B> {
                         .map(|(v, _, _)| step.graph.node(v).shape.clone())
                         .unwrap_or_default();
                     let zeros = memory::zeroed(
-                        shape.iter().product(),
+                        memory::numel(&shape).unwrap_or(usize::MAX),
                         &format!("the optimizer's `{slot}`"),
                         || backend.memory_available(),
                     )?;
@@ -522,7 +517,7 @@ impl<B: Backend> Model<B> {
             let d = match d {
                 Some(d) => d,
                 None => {
-                    zeros = vec![0.0; t.shape.iter().product()];
+                    zeros = vec![0.0; memory::numel(&t.shape).unwrap_or(0)];
                     &zeros
                 }
             };
@@ -685,10 +680,11 @@ impl<B: Backend> Model<B> {
                     backend.write_rows(&mut buf, shape, &images).map(|_| buf)
                 }
                 (None, Feed::Images) => {
-                    let mut x =
-                        memory::zeroed(shape.iter().product(), "a batch of images", || {
-                            backend.memory_available()
-                        })?;
+                    let mut x = memory::zeroed(
+                        memory::numel(shape).unwrap_or(usize::MAX),
+                        "a batch of images",
+                        || backend.memory_available(),
+                    )?;
                     images(0..rows.len(), &mut x);
                     backend.upload(shape, &x)
                 }
@@ -842,6 +838,9 @@ impl<B: Backend> Model<B> {
         let n = split.len();
         let mut start = 0;
         while start < n {
+            if nabla_lang::host::interrupt::pending() {
+                return Err(nabla_lang::host::interrupt::MESSAGE.into());
+            }
             let b = batch.min(n - start);
             let idx: Vec<usize> = (start..start + b).collect();
             self.gather(split, &idx, false)?;

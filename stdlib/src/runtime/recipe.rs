@@ -79,10 +79,7 @@ fn kind_of<'k>(what: &str, got: &str, kinds: &[&'k str]) -> Result<&'k str, Stri
     if let Some(k) = kinds.iter().find(|k| **k == got) {
         return Ok(k);
     }
-    let close = kinds
-        .iter()
-        .min_by_key(|k| distance(k, got))
-        .filter(|k| distance(k, got) <= 2)
+    let close = nabla_lang::diag::closest(got, kinds.iter().copied())
         .map(|k| format!(" (did you mean `{k}`?)"))
         .unwrap_or_default();
     Err(format!(
@@ -95,28 +92,18 @@ fn kind_of<'k>(what: &str, got: &str, kinds: &[&'k str]) -> Result<&'k str, Stri
     ))
 }
 
-/// Levenshtein distance (for suggestions).
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
 /// Reads and checks the recipe `cfg` (a `TrainConfig`).
 pub fn read(heap: &Heap, field: &Field, cfg: Word) -> Result<Config, String> {
     let f = |name: &str| field(heap, "TrainConfig", cfg, name);
     let batch = at_least("TrainConfig.batch", f("batch")?, 1, "examples per step")?;
+    // The loop counts steps as `(n + batch - 1) / batch` in 64-bit ints: keep it far from
+    // wrapping.
+    if batch > i64::from(i32::MAX) {
+        return Err(format!(
+            "TrainConfig.batch is {batch}, but it must be at most {}",
+            i32::MAX
+        ));
+    }
     at_least(
         "TrainConfig.epochs",
         f("epochs")?,
