@@ -333,20 +333,25 @@ impl Backend for Cpu {
                 let t = profile.is_some().then(std::time::Instant::now);
                 // SAFETY: the plan gives every value a region of its size; kernels write
                 // only their outputs, which overlap no input except as `plan` allows.
-                unsafe { execute(compiled, k, &ptrs.0) };
+                if let Err(e) = unsafe { execute(compiled, k, &ptrs.0) } {
+                    return (ptrs, Some(e));
+                }
                 if let (Some(t), Some(times)) = (t, profile.as_mut()) {
                     times[i] += t.elapsed().as_secs_f64();
                 }
             }
-            ptrs
+            (ptrs, None)
         };
-        let ptrs = match pool() {
+        let (ptrs, failed) = match pool() {
             Some(pool) if c.pooled && rayon::current_thread_index().is_none() => {
                 team::rest();
                 pool.install(kernels)
             }
             _ => team::tuned_step(&mut exe.tuner, kernels),
         };
+        if let Some(e) = failed {
+            return Err(BackendError::Failed(e));
+        }
         let ptrs = ptrs.0;
         let mut out = Vec::new();
         let mut copies = Vec::new();
@@ -389,11 +394,12 @@ fn pointers(p: &Plan, inputs: &mut [Buffer], arena: &mut [f32]) -> Vec<*mut f32>
     ptrs
 }
 
-/// Runs one kernel.
+/// Runs one kernel; an error only for a state the compiler rules out (an op no kernel
+/// runs), reported rather than left as garbage.
 ///
 /// # Safety
 /// `ptrs` must come from [`pointers`] for this plan.
-unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
+unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) -> Result<(), String> {
     let g = &c.graph;
     let numel = |v: ValueId| g.node(v).numel();
     let slice = |v: ValueId| -> &[f32] {
@@ -478,12 +484,18 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
             }
         }
         Kernel::Reduced { nodes, func, args } => {
+            // The plan makes a reduced kernel of reductions only, at least one.
             let Some(first) = nodes.first() else {
-                return;
+                debug_assert!(false, "a reduced kernel without reductions");
+                return Err("internal error: a reduced kernel without reductions".into());
             };
             let n = g.node(*first);
             let Op::Reduce { op, axes, .. } = &n.op else {
-                return;
+                debug_assert!(false, "a reduced kernel of `{}`", n.op.name());
+                return Err(format!(
+                    "internal error: a reduced kernel of `{}`",
+                    n.op.name()
+                ));
             };
             let leaves: Vec<*mut f32> = args.iter().map(|a| ptrs[a.index()]).collect();
             let mut outs: Vec<&mut [f32]> = nodes
@@ -509,9 +521,10 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) {
             let out = unsafe { std::slice::from_raw_parts_mut(ptrs[node.index()], n.numel()) };
             let a = |i: usize| slice(args[i]);
             let sh = |i: usize| &g.node(args[i]).shape;
-            native(n, &a, &sh, out);
+            native(n, &a, &sh, out)?;
         }
     }
+    Ok(())
 }
 
 /// Calls a fused loop over `0..n`, split over threads when large (chunks are multiples
@@ -557,7 +570,7 @@ fn native<'a>(
     a: &dyn Fn(usize) -> &'a [f32],
     sh: &dyn Fn(usize) -> &'a Vec<usize>,
     out: &mut [f32],
-) {
+) -> Result<(), String> {
     use kernels::*;
     match &n.op {
         Op::Const(c) => out.fill(*c as f32),
@@ -650,7 +663,14 @@ fn native<'a>(
                 *o = nabla_lang::interp::uniform(*seed, i as u64) as f32;
             }
         }
-        // Refused by `compile` (see `native_runs`).
-        _ => out.fill(f32::NAN),
+        // Refused by `compile` (see `native_runs`): impossible here.
+        op => {
+            debug_assert!(false, "no kernel runs `{}`", op.name());
+            return Err(format!(
+                "internal error: the cpu backend has no kernel for `{}`",
+                op.name()
+            ));
+        }
     }
+    Ok(())
 }

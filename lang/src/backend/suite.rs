@@ -39,27 +39,36 @@ fn round_inputs(inputs: &mut HashMap<String, Tensor>) {
 /// Every primitive with a derivative rule: its small instance's loss and the gradients
 /// of every float input (so the backward ops — conv and pool gradients among them — run
 /// too).
-pub fn op_cases(p: &Program) -> Vec<Case> {
+pub fn op_cases(p: &Program) -> Result<Vec<Case>, String> {
     let mut out = Vec::new();
+    let mut failed = Vec::new();
     for m in &p.modules {
         for rid in &m.rules {
             let name = p.items[*rid].name.clone();
-            let Ok(i) = crate::gradcheck::rule_instance(p, *rid) else {
-                continue;
-            };
-            let Ok(g) = crate::ad::grad(p, &i.graph, i.loss, &i.wrt) else {
-                continue;
-            };
-            let mut inputs = i.inputs;
-            round_inputs(&mut inputs);
-            out.push(Case {
-                name: format!("op {name}"),
-                graph: crate::opt::optimize(&g),
-                inputs,
+            let case = crate::gradcheck::rule_instance(p, *rid).and_then(|i| {
+                let g = crate::ad::grad(p, &i.graph, i.loss, &i.wrt).map_err(|e| e.to_string())?;
+                let mut inputs = i.inputs;
+                round_inputs(&mut inputs);
+                Ok(Case {
+                    name: format!("op {name}"),
+                    graph: crate::opt::optimize(&g),
+                    inputs,
+                })
             });
+            match case {
+                Ok(c) => out.push(c),
+                Err(e) => failed.push(format!("{name}: {e}")),
+            }
         }
     }
-    out
+    if failed.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "rules with no case (every rule must be testable on every backend): {}",
+            failed.join("; ")
+        ))
+    }
 }
 
 /// The forward and backward (gradients of every parameter) of net `net` of module 0,
