@@ -83,7 +83,7 @@ fn main() {
         let prog = nabla_lang::host::lower::lower_program(&checked.program, 0)
             .unwrap_or_else(|e| panic!("{e:?}"));
         let mut heap = Heap::default();
-        let compiled = nabla_jit::host::compile(&prog, &mut heap).unwrap_or_else(|e| panic!("{e}"));
+        let compiled = nabla_host::compile(&prog, &mut heap).unwrap_or_else(|e| panic!("{e}"));
         let mut best = (f64::MAX, f64::MAX);
         let (mut ours, mut theirs) = (String::new(), String::new());
         for _ in 0..5 {

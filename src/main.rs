@@ -664,7 +664,7 @@ fn fmt(paths: &[PathBuf], check: bool) -> ExitCode {
 
 /// The stack every command runs on. The compiler's recursive walks are bounded by the
 /// syntax tree's nesting limit (`syntax::depth`) and fit in a few megabytes; host code
-/// may recurse until [`nabla_jit::host`]'s guard stops it a megabyte short of the end.
+/// may recurse until [`nabla_host`]'s guard stops it a megabyte short of the end.
 const STACK_BYTES: usize = 64 << 20;
 
 fn main() -> ExitCode {

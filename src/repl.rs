@@ -211,7 +211,7 @@ impl Session {
         let result = Runtime::new(&checked.program, &prog, &self.backend, self.options.clone())
             .map_err(|d| render_input(offset, &checked, &d))
             .and_then(|mut rt| {
-                let compiled = nabla_jit::host::compile(&prog, &mut self.heap)?;
+                let compiled = nabla_host::compile(&prog, &mut self.heap)?;
                 compiled
                     .run(&prog, &mut self.heap, &mut rt, &mut self.globals)
                     .map_err(|e| {

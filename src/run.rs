@@ -53,7 +53,7 @@ fn go<B: Backend + 'static>(
     let mut heap = Heap::default();
     let mut runtime = Runtime::new(&checked.program, prog, backend, options)
         .map_err(|d| crate::render_diag(checked, &d))?;
-    nabla_jit::host::run(prog, &mut heap, &mut runtime).map_err(|e| {
+    nabla_host::run(prog, &mut heap, &mut runtime).map_err(|e| {
         let d = Diagnostic::error("E0701", e.message.clone());
         let mut d = match e.span {
             Some(s) => d.primary(s, "while running this"),

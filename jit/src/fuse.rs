@@ -15,9 +15,8 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     AbiParam, Endianness, InstBuilder, MemFlagsData, Type, UserFuncName, Value, types,
 };
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module};
 use nabla_lang::ir::{Binary, Compare, Unary};
 
@@ -127,30 +126,9 @@ fn jit_error(e: impl std::fmt::Debug) -> String {
     format!("the CPU backend could not compile a fused loop: {e:?}")
 }
 
-/// A JIT builder for this machine's ISA (native features such as FMA on), optimizing for
-/// speed. Shared by the fused loops and the host-code compiler.
-pub(crate) fn native_builder() -> Result<JITBuilder, String> {
-    let mut flags = settings::builder();
-    let set = |f: &mut settings::Builder, k: &str, v: &str| {
-        f.set(k, v)
-            .map_err(|e| format!("Cranelift setting {k}: {e}"))
-    };
-    set(&mut flags, "use_colocated_libcalls", "false")?;
-    set(&mut flags, "is_pic", "false")?;
-    set(&mut flags, "opt_level", "speed")?;
-    let isa = cranelift_native::builder()
-        .map_err(|e| format!("no Cranelift backend for this machine: {e}"))?
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| e.to_string())?;
-    Ok(JITBuilder::with_isa(
-        isa,
-        cranelift_module::default_libcall_names(),
-    ))
-}
-
 impl Jit {
     pub fn new() -> Result<Jit, String> {
-        let mut jb = native_builder().map_err(jit_error)?;
+        let mut jb = nabla_host::native_builder().map_err(jit_error)?;
         let fns: [(&str, *const u8); 5] = [
             ("nb_log", nb_log as *const u8),
             ("nb_erf", nb_erf as *const u8),

@@ -11,7 +11,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod fuse;
-pub mod host;
 pub mod kernels;
 pub mod plan;
 pub mod team;

@@ -1,5 +1,7 @@
 //! The host compiler: a [`HostProgram`] (typed host code) to machine code with Cranelift,
-//! and the small runtime the code calls into.
+//! and the small runtime the code calls into. Host code runs the same way whatever device
+//! runs the tensor code (it calls into builtins, which call a backend), so this crate
+//! knows no backend: the CPU backend and a GPU backend both use it as it is.
 //!
 //! Every host function becomes one Cranelift function `(ctx, params...) -> ret`: ints,
 //! bools and handles are `i64`, floats `f64`; locals are SSA variables; loops and `if`
@@ -152,6 +154,28 @@ fn stack_limit() -> u64 {
     here.saturating_sub(room.saturating_sub(STACK_RESERVE)) as u64
 }
 
+/// A Cranelift JIT builder for this machine's processor, optimizing for speed. The CPU
+/// tensor backend builds its fused loops with it too.
+pub fn native_builder() -> Result<cranelift_jit::JITBuilder, String> {
+    use cranelift_codegen::settings::{self, Configurable};
+    let mut flags = settings::builder();
+    let set = |f: &mut settings::Builder, k: &str, v: &str| {
+        f.set(k, v)
+            .map_err(|e| format!("Cranelift setting {k}: {e}"))
+    };
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", "false")?;
+    set(&mut flags, "opt_level", "speed")?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| format!("no Cranelift backend for this machine: {e}"))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| e.to_string())?;
+    Ok(cranelift_jit::JITBuilder::with_isa(
+        isa,
+        cranelift_module::default_libcall_names(),
+    ))
+}
+
 fn jit_error(e: impl std::fmt::Display) -> String {
     format!("the host compiler failed: {e}")
 }
@@ -190,7 +214,7 @@ fn value_type(t: &HTy) -> types::Type {
 /// Compiles every function of `prog`; string literals and nets are allocated in `heap`.
 pub fn compile(prog: &HostProgram, heap: &mut Heap) -> Result<Compiled, String> {
     let t0 = std::time::Instant::now();
-    let mut jb = crate::fuse::native_builder().map_err(jit_error)?;
+    let mut jb = native_builder().map_err(jit_error)?;
     let rt = runtime_fns();
     for (name, f, _, _) in &rt {
         jb.symbol(*name, *f);

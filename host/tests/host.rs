@@ -1,7 +1,7 @@
 //! The host compiler: programs run through Cranelift and print what they should; runtime
 //! errors stop the program with their span. Each case is (program, expected output).
 
-use nabla_jit::host::{RuntimeError, run};
+use nabla_host::{RuntimeError, run};
 use nabla_lang::check::check_source;
 use nabla_lang::host::heap::{Builtins, Heap};
 use nabla_lang::host::{HostProgram, Word};
