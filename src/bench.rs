@@ -108,7 +108,7 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
         o.batch,
         format!("{:?}", o.optimizer).to_lowercase(),
         exe.compiled.plan.kernels.len(),
-        exe.compiled.plan.fused.len()
+        exe.compiled.plan.programs.len()
     );
     println!("build (lower + AD + optimize): {:.1} ms", build * 1e3);
     println!("compile (plan + Cranelift):    {:.1} ms", compile * 1e3);

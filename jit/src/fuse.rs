@@ -1,9 +1,6 @@
-//! Fused elementwise loops, emitted with Cranelift.
-//!
-//! A [`Fused`] program is a group of elementwise IR nodes over one iteration space of `n`
-//! elements: leaves (materialized tensors read at the loop index, a scalar, or a
-//! broadcast `(i / inner) % len`), expressions over them, and the expressions stored to
-//! outputs. It compiles to `fn(ptrs: *const *mut f32, start: usize, end: usize)` looping
+//! The CPU's emitter of fused loops: a [`Program`] of the shared schedule (leaves read
+//! at the loop index, a scalar, or a broadcast `(i / inner) % len`; expressions over
+//! them; the expressions stored to outputs), emitted with Cranelift. It compiles to `fn(ptrs: *const *mut f32, start: usize, end: usize)` looping
 //! over `start..end`: four lanes at a time with `f32x4` (and `fma` where the host has it:
 //! a multiply feeding only an add is fused), then a scalar tail. `exp`, `sigmoid` and
 //! `tanh` are emitted inline as polynomials (Cephes' single-precision ones, within 2 ulp;
@@ -19,72 +16,9 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITModule;
 use cranelift_module::{FuncId, Linkage, Module};
 use nabla_lang::ir::{Binary, Compare, Unary};
+use nabla_sched::{Access, Expr, Program};
 
-/// How a fused loop reads a leaf at loop index `i`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Access {
-    Linear,
-    /// One value for every `i`.
-    Scalar,
-    /// Element `(i / inner) % len` (a broadcast along leading and trailing dims).
-    Bcast {
-        inner: usize,
-        len: usize,
-    },
-}
-
-impl Access {
-    /// Whether four consecutive lanes starting at a multiple of 4 can be read as one
-    /// vector (or one splatted scalar).
-    pub fn vectorizes(self) -> bool {
-        match self {
-            Access::Linear | Access::Scalar => true,
-            Access::Bcast { inner, len } => inner % 4 == 0 || (inner == 1 && len % 4 == 0),
-        }
-    }
-}
-
-/// One expression of a fused program; operands are indices of earlier expressions.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Expr {
-    Leaf(usize),
-    Const(f32),
-    Unary(Unary, usize),
-    Binary(Binary, usize, usize),
-    /// 1.0 where the comparison holds, else 0.0.
-    Compare(Compare, usize, usize),
-    /// `c != 0 ? a : b`.
-    Select(usize, usize, usize),
-    /// Rounds toward zero (a cast to an integer type).
-    Trunc(usize),
-    /// 1.0 where nonzero (a cast to bool).
-    NonZero(usize),
-}
-
-/// A fused elementwise program (see the module doc).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Fused {
-    pub leaves: Vec<Access>,
-    pub exprs: Vec<Expr>,
-    /// The expression stored to each output, in order (after the leaves in `ptrs`).
-    pub stores: Vec<usize>,
-}
-
-impl Fused {
-    fn transcendental(&self) -> bool {
-        self.exprs.iter().any(|e| {
-            matches!(
-                e,
-                Expr::Unary(Unary::Log | Unary::Erf | Unary::Sin | Unary::Cos, _)
-                    | Expr::Binary(Binary::Pow, _, _)
-            )
-        })
-    }
-    /// Whether the four-lane loop is used.
-    pub fn vectorizes(&self) -> bool {
-        !self.transcendental() && self.leaves.iter().all(|a| a.vectorizes())
-    }
-}
+use crate::TARGET;
 
 /// A compiled fused loop.
 pub type LoopFn = unsafe extern "C" fn(*const *mut f32, usize, usize);
@@ -170,7 +104,7 @@ impl Jit {
 
     /// Emits `f` as a new function; its pointer is available after [`Jit::finish`], in
     /// the order of the `add` calls.
-    pub fn add(&mut self, f: &Fused) -> Result<(), String> {
+    pub fn add(&mut self, f: &Program) -> Result<(), String> {
         let ptr = self.module.target_config().pointer_type();
         let mut sig = self.module.make_signature();
         sig.params
@@ -219,7 +153,7 @@ impl Jit {
 /// Emits the loop body of `f` (see the module doc).
 fn emit(
     b: &mut FunctionBuilder,
-    f: &Fused,
+    f: &Program,
     ptr: Type,
     calls: &[(Unary, cranelift_codegen::ir::FuncRef)],
     pow: cranelift_codegen::ir::FuncRef,
@@ -264,7 +198,7 @@ fn emit(
     for s in &f.stores {
         uses[*s] += 1;
     }
-    let vector = f.vectorizes();
+    let vector = f.vectorizes(&TARGET);
     let vend = if vector {
         let len = b.ins().isub(end, start);
         let whole = b.ins().band_imm_s(len, !3i64);
@@ -314,7 +248,7 @@ fn emit(
 #[allow(clippy::too_many_arguments)]
 fn body(
     b: &mut FunctionBuilder,
-    f: &Fused,
+    f: &Program,
     bases: &[Value],
     scalars: &[Option<Value>],
     i: Value,
@@ -416,7 +350,7 @@ fn body(
                         b.ins().fsub(p, n)
                     }
                     _ => {
-                        // Scalar loop only (see `Fused::vectorizes`).
+                        // Scalar loop only (see `Program::vectorizes`).
                         let fr = calls.iter().find(|(c, _)| *c == u).map(|(_, fr)| *fr);
                         match fr {
                             Some(fr) => {
@@ -494,7 +428,7 @@ fn body(
 }
 
 /// Whether expression `k` is an operand of an add (so a multiply there can become fma).
-fn feeds_add(f: &Fused, k: usize) -> bool {
+fn feeds_add(f: &Program, k: usize) -> bool {
     f.exprs
         .iter()
         .any(|e| matches!(*e, Expr::Binary(Binary::Add, a, c) if a == k || c == k))
@@ -649,12 +583,12 @@ mod tests {
     /// error against f64 in units of the f32 spacing at the exact value (ulps).
     /// `exact` is `None` where the value is not compared.
     fn worst_ulps(u: Unary, xs: &[f32], exact: impl Fn(f64) -> Option<f64>) -> f64 {
-        let f = Fused {
+        let f = Program {
             leaves: vec![Access::Linear],
             exprs: vec![Expr::Leaf(0), Expr::Unary(u, 0)],
             stores: vec![1],
         };
-        assert!(f.vectorizes());
+        assert!(f.vectorizes(&TARGET));
         let mut jit = Jit::new().expect("a JIT for this machine");
         jit.add(&f).expect("the loop compiles");
         let run = jit.finish().expect("the loop links")[0];
@@ -711,6 +645,16 @@ mod tests {
         ]);
         xs.extend([0.3, -0.7, 5.0]);
         xs
+    }
+
+    /// The target the scheduler plans with says which functions run lane by lane: the
+    /// ones this emitter calls.
+    #[test]
+    fn the_target_lists_the_called_functions() {
+        let called: Vec<Unary> = CALLS.iter().map(|(_, u)| *u).collect();
+        assert_eq!(called, TARGET.scalar_unary);
+        assert_eq!(TARGET.scalar_binary, [Binary::Pow]);
+        assert_eq!(TARGET.lanes, types::F32X4.lane_count() as usize);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! `nabla-jit`: the CPU backend. A graph compiles to a [`plan::Plan`] — fused elementwise
-//! loops emitted with Cranelift ([`fuse`]), matrix products and convolutions through the
-//! `gemm` crate and the other ops as Rust kernels ([`kernels`]), over one arena assigned
-//! once (a static memory plan) — and runs with no per-op dispatch beyond walking the
+//! `nabla-jit`: the CPU backend. A graph is scheduled by the shared scheduler
+//! (`nabla-sched`, for the CPU's [`TARGET`]) into a [`Plan`]; this crate contributes the
+//! kernels: fused loops emitted with Cranelift ([`fuse`]), matrix products and
+//! convolutions through the `gemm` crate and the other ops as Rust kernels ([`kernels`]),
+//! over one arena assigned once — and runs with no per-op dispatch beyond walking the
 //! schedule. Compiled plans are cached by the graph's text, so compiling an unchanged
 //! step again is free.
 //!
@@ -12,7 +13,6 @@
 
 pub mod fuse;
 pub mod kernels;
-pub mod plan;
 pub mod team;
 pub mod winograd;
 
@@ -24,7 +24,42 @@ use nabla_lang::backend::{Backend, BackendError};
 use nabla_lang::ir::{Graph, Op, ValueId};
 
 use fuse::{Jit, LoopFn};
-use plan::{Kernel, Loc, Plan};
+use nabla_lang::check::ty::DType;
+use nabla_lang::ir::{Binary, Unary};
+pub use nabla_sched as sched;
+use nabla_sched::{Kernel, Loc, Plan, ReduceOnRead, Scale, Target};
+
+/// What the CPU tells the scheduler: every dtype is held as `f32` (integers exact below
+/// 2²⁴); buffers start on cache lines; fused loops run four lanes (`f32x4`) and call into
+/// Rust for the functions [`fuse`] does not inline; a reduction reads a loop over runs of
+/// at least 16 elements, and up to four reductions share one loop.
+pub const TARGET: Target = Target {
+    name: "cpu",
+    storage: f32_everywhere,
+    align: 64,
+    lanes: 4,
+    scalar_unary: &[Unary::Log, Unary::Erf, Unary::Sin, Unary::Cos],
+    scalar_binary: &[Binary::Pow],
+    costly_unary: &[
+        Unary::Exp,
+        Unary::Log,
+        Unary::Tanh,
+        Unary::Sigmoid,
+        Unary::Erf,
+        Unary::Sin,
+        Unary::Cos,
+    ],
+    costly_binary: &[Binary::Pow],
+    max_binding: usize::MAX,
+    reduce_on_read: Some(ReduceOnRead {
+        min_run: 16,
+        max_merged: 4,
+    }),
+};
+
+fn f32_everywhere(_: DType) -> DType {
+    DType::F32
+}
 
 /// A compiled graph: its plan and fused loops (shared by every executable of the graph).
 pub struct Compiled {
@@ -79,7 +114,7 @@ impl Executable {
             .zip(times)
             .map(|(k, t)| {
                 (
-                    plan::describe(&self.compiled.graph, &self.compiled.plan, k),
+                    sched::describe(&self.compiled.graph, &self.compiled.plan, k),
                     *t,
                 )
             })
@@ -185,7 +220,16 @@ impl Backend for Cpu {
         let compiled = match self.cache.get(&key) {
             Some(c) => c.clone(),
             None => {
-                let plan = plan::plan(g);
+                let plan = sched::plan(g, &TARGET).map_err(failed)?;
+                // Debug builds (the tests) check every plan they run.
+                if cfg!(debug_assertions)
+                    && let Err(faults) = sched::verify(g, &plan, &TARGET)
+                {
+                    debug_assert!(false, "the plan breaks its invariants: {faults:?}");
+                    return Err(failed(format!(
+                        "internal error: an invalid plan: {faults:?}"
+                    )));
+                }
                 for k in &plan.kernels {
                     let Kernel::Node { node, .. } = k else {
                         continue;
@@ -206,7 +250,7 @@ impl Backend for Cpu {
                     }
                 }
                 let mut jit = Jit::new().map_err(failed)?;
-                for f in &plan.fused {
+                for f in &plan.programs {
                     jit.add(f).map_err(failed)?;
                 }
                 let loops = jit.finish().map_err(failed)?;
@@ -222,7 +266,7 @@ impl Backend for Cpu {
             }
         };
         let arena = memory::zeroed(
-            compiled.plan.arena,
+            compiled.plan.arena / std::mem::size_of::<f32>(),
             "the step's working memory (its intermediate values)",
             || self.memory_available(),
         )
@@ -385,8 +429,9 @@ fn pointers(p: &Plan, inputs: &mut [Buffer], arena: &mut [f32]) -> Vec<*mut f32>
         let r = p.root[i].index();
         ptrs[i] = match p.loc[r] {
             Some(Loc::Input(k)) => ins[k],
-            // SAFETY: offsets are inside the arena by construction of the plan.
-            Some(Loc::Arena(off)) => unsafe { base.add(off) },
+            // SAFETY: byte offsets are inside the arena and 64-byte aligned by construction
+            // of the plan (`TARGET.align`).
+            Some(Loc::Arena(off)) => unsafe { base.cast::<u8>().add(off).cast::<f32>() },
             None => std::ptr::null_mut(),
         };
     }
@@ -434,9 +479,9 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) -> Result<(), Str
                         unsafe { std::ptr::copy_nonoverlapping(from, to, batch * m * n) };
                     }
                     match u.scale {
-                        plan::Scale::Const(c) => -c,
+                        Scale::Const(c) => -c,
                         // SAFETY: a rank-0 value has one element.
-                        plan::Scale::Value(v) => -unsafe { *ptrs[v.index()] },
+                        Scale::Value(v) => -unsafe { *ptrs[v.index()] },
                     }
                 }
             };

@@ -231,12 +231,12 @@ fn reductions_of_fused_loops_are_not_stored() {
         Some(&[1, 12, 12]),
     )
     .expect("step");
-    let plan = nabla_jit::plan::plan(&step.graph);
+    let plan = nabla_jit::sched::plan(&step.graph, &nabla_jit::TARGET).expect("plans");
     let sizes: Vec<usize> = plan
         .kernels
         .iter()
         .filter_map(|k| match k {
-            nabla_jit::plan::Kernel::Reduced { nodes, .. } => Some(nodes.len()),
+            nabla_jit::sched::Kernel::Reduced { nodes, .. } => Some(nodes.len()),
             _ => None,
         })
         .collect();
@@ -266,14 +266,14 @@ fn sgd_updates_are_accumulated_by_the_gradient_gemm() {
         None,
     )
     .expect("step");
-    let plan = nabla_jit::plan::plan(&step.graph);
+    let plan = nabla_jit::sched::plan(&step.graph, &nabla_jit::TARGET).expect("plans");
     let updates = plan
         .kernels
         .iter()
         .filter(|k| {
             matches!(
                 k,
-                nabla_jit::plan::Kernel::MatMul {
+                nabla_jit::sched::Kernel::MatMul {
                     update: Some(_),
                     ..
                 }
