@@ -594,16 +594,10 @@ fn run_loop(f: LoopFn, ps: &[*mut f32], n: usize) {
 /// Whether [`native`] has a kernel for `op` (elementwise ops and aliases are fused or
 /// renamed by the plan and never reach it).
 fn native_runs(op: &Op) -> bool {
+    use nabla_lang::ir::ops::Class;
     !matches!(
-        op,
-        Op::Input { .. }
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Compare(_)
-            | Op::Select
-            | Op::Cast
-            | Op::Reshape
-            | Op::StopGradient
+        op.row().class,
+        Class::Input | Class::Elementwise | Class::Alias
     )
 }
 

@@ -363,25 +363,6 @@ fn dim_value(name: &str) -> usize {
     }
 }
 
-fn rule_attrs(rule: &str) -> Vec<(String, crate::check::ty::Ty)> {
-    use crate::check::lower::int_list;
-    use crate::check::ty::Ty;
-    let list = |k: &str, v: &[usize]| (k.to_string(), int_list(v));
-    let int = |k: &str, v: i64| (k.to_string(), Ty::int(v));
-    match rule {
-        "sum" | "max" => vec![list("axis", &[1])],
-        "reshape" => vec![list("shape", &[3, 2])],
-        "permute" => vec![list("axes", &[1, 0])],
-        "broadcast_to" => vec![list("shape", &[4, 2, 3])],
-        "slice" => vec![int("axis", 1), int("start", 1), int("end", 3)],
-        "pad" => vec![int("axis", 1), int("before", 1), int("after", 2)],
-        "conv2d" => vec![int("stride", 2), int("pad", 1)],
-        "max_pool2d" | "avg_pool2d" => vec![int("k", 2), int("stride", 2), int("pad", 1)],
-        "dropout" => vec![("p".into(), Ty::Float(Some(0.3)))],
-        _ => vec![],
-    }
-}
-
 /// What [`check_rules`] says of `stop_gradient`.
 pub const NOT_DIFFERENTIATED: &str = "not checked: its gradient is zero by definition";
 
@@ -428,7 +409,7 @@ pub fn call_instance(p: &crate::check::Program, fid: usize) -> Result<RuleInstan
     else {
         return Err("not a function".into());
     };
-    let mut attrs = rule_attrs(&name);
+    let mut attrs = crate::ir::ops::sample_args(&name);
     // Required non-tensor parameters get small values: ints 2, floats 0.3, 0.7, ... in
     // order (so a pair like lo, hi is ordered), bools false.
     let mut floats = 0;

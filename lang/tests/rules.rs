@@ -54,3 +54,25 @@ fn closed_form_rules_agree_with_their_derivations() {
         "softmax_cross_entropy's rule is a closed form"
     );
 }
+
+/// Every op the op table says has a rule names one that exists and passes the check
+/// above; the others are the ops AD must never differentiate.
+#[test]
+fn every_rule_in_the_op_table_exists() {
+    use nabla_lang::ir::Op;
+    use nabla_lang::ir::ops::Gradient;
+    let c = check_source("empty.net", "import std.nn.*\n", &nabla_stdlib::StdLoader);
+    let rules: Vec<String> = check_rules(&c.program, None)
+        .into_iter()
+        .map(|f| f.rule)
+        .collect();
+    for op in Op::representatives() {
+        if let Gradient::Rule(rule) = op.row().gradient {
+            assert!(
+                rules.iter().any(|r| r == rule),
+                "{}: no rule `{rule}`",
+                op.name()
+            );
+        }
+    }
+}

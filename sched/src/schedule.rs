@@ -1,6 +1,7 @@
 //! From a graph to a schedule of kernels (see the crate doc for the steps).
 
 use nabla_lang::check::ty::DType;
+use nabla_lang::ir::ops::Class;
 use nabla_lang::ir::{Binary, Graph, Op, ValueId};
 
 use crate::PlanError;
@@ -14,10 +15,10 @@ use crate::target::Target;
 /// change no value (to a float type, or between integer types).
 fn is_alias(g: &Graph, v: ValueId, t: &Target) -> bool {
     let n = g.node(v);
-    match n.op {
-        Op::Reshape | Op::StopGradient => true,
-        Op::Broadcast => g.node(n.args[0]).numel() == n.numel(),
-        Op::Cast => {
+    match n.op.row().class {
+        Class::Alias => true,
+        Class::Broadcast => g.node(n.args[0]).numel() == n.numel(),
+        Class::Elementwise if n.op == Op::Cast => {
             let from = g.node(n.args[0]).dtype;
             (t.storage)(from) == (t.storage)(n.dtype)
                 && (n.dtype.is_float()
@@ -88,12 +89,12 @@ fn reducible(g: &Graph, u: ValueId, f: &Program, t: &Target) -> bool {
 /// the output and three backward passes.
 fn recomputable(g: &Graph, v: ValueId, root: &[ValueId], t: &Target) -> bool {
     let n = g.node(v);
-    let cheap = match n.op {
-        Op::Unary(u) => !t.costly_unary.contains(&u),
-        Op::Binary(b) => !t.costly_binary.contains(&b),
-        Op::Compare(_) | Op::Select | Op::Cast => true,
-        _ => false,
-    };
+    let cheap = n.op.row().class == Class::Elementwise
+        && match n.op {
+            Op::Unary(u) => !t.costly_unary.contains(&u),
+            Op::Binary(b) => !t.costly_binary.contains(&b),
+            _ => true,
+        };
     let streams = n
         .args
         .iter()
@@ -113,9 +114,9 @@ fn recomputable(g: &Graph, v: ValueId, root: &[ValueId], t: &Target) -> bool {
 /// Whether `v` may join a fused loop: an elementwise op, or a broadcast one pattern reads.
 fn fusible(g: &Graph, v: ValueId) -> bool {
     let n = g.node(v);
-    match n.op {
-        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Cast => true,
-        Op::Broadcast => broadcast_access(&g.node(n.args[0]).shape, &n.shape).is_some(),
+    match n.op.row().class {
+        Class::Elementwise => true,
+        Class::Broadcast => broadcast_access(&g.node(n.args[0]).shape, &n.shape).is_some(),
         _ => false,
     }
 }

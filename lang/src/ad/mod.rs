@@ -8,9 +8,9 @@
 use std::collections::HashSet;
 
 use crate::check::Program;
-use crate::check::lower::{apply_rule, int_list};
+use crate::check::lower::apply_rule;
 use crate::check::ty::{DType, Ty};
-use crate::ir::{Binary, Graph, Op, Reduce, ValueId};
+use crate::ir::{Binary, Graph, Op, ValueId};
 
 /// Why a gradient cannot be derived: the op, and the path from it to the loss.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,69 +44,6 @@ impl std::fmt::Display for AdError {
         }
         Ok(())
     }
-}
-
-/// The rule (primal function name) and attributes of an op, or `None` when the op passes
-/// no gradient (inputs, constants, integer and bool results, `stop_gradient`).
-fn rule_of(g: &Graph, v: ValueId) -> Result<Option<(&'static str, Vec<(String, Ty)>)>, String> {
-    let n = g.node(v);
-    let ints = |pairs: &[(&str, usize)]| {
-        pairs
-            .iter()
-            .map(|(k, x)| (k.to_string(), Ty::int(*x as i64)))
-            .collect::<Vec<_>>()
-    };
-    Ok(Some(match &n.op {
-        Op::Input { .. } | Op::Const(_) | Op::StopGradient | Op::RandomUniform { .. } => {
-            return Ok(None);
-        }
-        Op::Compare(_) | Op::ArgMax { .. } | Op::OneHot { .. } | Op::Cast => return Ok(None),
-        Op::Unary(_) | Op::Binary(_) => (n.op.name(), vec![]),
-        Op::Select => ("select", vec![]),
-        Op::MatMul => ("matmul", vec![]),
-        Op::Gather => ("gather", vec![]),
-        Op::Reduce { op, axes, keepdim } => (
-            if *op == Reduce::Sum { "sum" } else { "max" },
-            vec![
-                ("axis".into(), int_list(axes)),
-                ("keepdim".into(), Ty::Bool(Some(*keepdim))),
-            ],
-        ),
-        Op::Transpose { perm } => ("permute", vec![("axes".into(), int_list(perm))]),
-        Op::Reshape => ("reshape", vec![("shape".into(), int_list(&n.shape))]),
-        Op::Broadcast => ("broadcast_to", vec![("shape".into(), int_list(&n.shape))]),
-        Op::Slice { axis, start, end } => (
-            "slice",
-            ints(&[("axis", *axis), ("start", *start), ("end", *end)]),
-        ),
-        Op::Concat { axis } if n.args.len() == 2 => ("concat2", ints(&[("axis", *axis)])),
-        Op::Pad {
-            axis,
-            before,
-            after,
-        } => (
-            "pad",
-            ints(&[("axis", *axis), ("before", *before), ("after", *after)]),
-        ),
-        Op::Conv2d(w) => (
-            "conv2d",
-            ints(&[
-                ("stride", w.stride),
-                ("pad", w.pad),
-                ("dilation", w.dilation),
-                ("groups", w.groups),
-            ]),
-        ),
-        Op::MaxPool2d(w) => (
-            "max_pool2d",
-            ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)]),
-        ),
-        Op::AvgPool2d(w) => (
-            "avg_pool2d",
-            ints(&[("k", w.kernel), ("stride", w.stride), ("pad", w.pad)]),
-        ),
-        other => return Err(other.name().to_string()),
-    }))
 }
 
 /// Appends the gradient of the scalar `loss` with respect to each of `wrt` to a copy of
@@ -197,7 +134,7 @@ pub fn grad_with(
                     .collect();
                 (c.rule.clone(), attrs, c.inputs.clone())
             }
-            None => match rule_of(g, v) {
+            None => match crate::ir::ops::rule_args(g, v) {
                 Ok(None) => continue,
                 Ok(Some((r, a))) => (r.to_string(), a, g.node(v).args.clone()),
                 Err(op) => {

@@ -11,11 +11,6 @@ use crate::ir::{Binary, Op, Unary, Window};
 use crate::span::Span;
 use crate::syntax::ast::Param;
 
-const UNARY: &[&str] = &[
-    "exp", "log", "tanh", "sigmoid", "relu", "sqrt", "rsqrt", "abs", "erf", "sin", "cos", "neg",
-    "sign",
-];
-
 /// The result of primitive `name`, or `None` when its declared signature decides.
 pub(super) fn apply(
     cx: &mut Cx,
@@ -35,13 +30,12 @@ pub(super) fn apply(
     if bound.iter().flatten().any(|a| a.ty.is_err()) {
         return Some(Ty::Err);
     }
-    if UNARY.contains(&name) {
+    // Unary primitives are named like their ops (the op table's names).
+    if let Some(u) = Unary::from_name(name) {
         return match arg("x").map(|a| &a.ty) {
-            Some(t @ (Ty::Int(_) | Ty::Float(_))) => Some(Ty::Float(
-                t.scalar()
-                    .zip(Unary::from_name(name))
-                    .map(|(x, u)| crate::interp::unary(u, x)),
-            )),
+            Some(t @ (Ty::Int(_) | Ty::Float(_))) => {
+                Some(Ty::Float(t.scalar().map(|x| crate::interp::unary(u, x))))
+            }
             _ => None,
         };
     }

@@ -7,6 +7,7 @@
 //! ([`Op::Broadcast`]), so every elementwise op has operands of its own shape, which keeps
 //! AD and the backends simple.
 
+pub mod ops;
 mod print;
 mod source;
 mod verify;
@@ -194,10 +195,19 @@ impl Unary {
     ];
     /// The op of a primitive's name (`"exp"`), the inverse of [`Op::name`].
     pub fn from_name(name: &str) -> Option<Unary> {
-        Unary::ALL
-            .into_iter()
-            .find(|u| Op::Unary(*u).name() == name)
+        Unary::ALL.into_iter().find(|u| u.name() == name)
     }
+}
+
+impl Compare {
+    pub const ALL: [Compare; 6] = [
+        Compare::Eq,
+        Compare::Ne,
+        Compare::Lt,
+        Compare::Le,
+        Compare::Gt,
+        Compare::Ge,
+    ];
 }
 
 impl Binary {
@@ -212,78 +222,14 @@ impl Binary {
     ];
     /// The op of a primitive's name (`"add"`, `"maximum"`), the inverse of [`Op::name`].
     pub fn from_name(name: &str) -> Option<Binary> {
-        Binary::ALL
-            .into_iter()
-            .find(|b| Op::Binary(*b).name() == name)
+        Binary::ALL.into_iter().find(|b| b.name() == name)
     }
 }
 
 impl Op {
-    /// The op's name in the textual form.
+    /// The op's name in the textual form (its row of the op table).
     pub fn name(&self) -> &'static str {
-        match self {
-            Op::Input { .. } => "input",
-            Op::Const(_) => "const",
-            Op::Unary(u) => match u {
-                Unary::Neg => "neg",
-                Unary::Exp => "exp",
-                Unary::Log => "log",
-                Unary::Tanh => "tanh",
-                Unary::Sigmoid => "sigmoid",
-                Unary::Relu => "relu",
-                Unary::Sqrt => "sqrt",
-                Unary::Rsqrt => "rsqrt",
-                Unary::Abs => "abs",
-                Unary::Erf => "erf",
-                Unary::Sin => "sin",
-                Unary::Cos => "cos",
-                Unary::Sign => "sign",
-            },
-            Op::Binary(b) => match b {
-                Binary::Add => "add",
-                Binary::Sub => "sub",
-                Binary::Mul => "mul",
-                Binary::Div => "div",
-                Binary::Max => "maximum",
-                Binary::Min => "minimum",
-                Binary::Pow => "pow",
-            },
-            Op::Compare(c) => match c {
-                Compare::Eq => "eq",
-                Compare::Ne => "ne",
-                Compare::Lt => "lt",
-                Compare::Le => "le",
-                Compare::Gt => "gt",
-                Compare::Ge => "ge",
-            },
-            Op::Select => "select",
-            Op::Reduce {
-                op: Reduce::Sum, ..
-            } => "sum",
-            Op::Reduce {
-                op: Reduce::Max, ..
-            } => "max",
-            Op::ArgMax { .. } => "argmax",
-            Op::MatMul => "matmul",
-            Op::Transpose { .. } => "transpose",
-            Op::Reshape => "reshape",
-            Op::Broadcast => "broadcast",
-            Op::Slice { .. } => "slice",
-            Op::Pad { .. } => "pad",
-            Op::Concat { .. } => "concat",
-            Op::Gather => "gather",
-            Op::OneHot { .. } => "one_hot",
-            Op::Conv2d(_) => "conv2d",
-            Op::Conv2dInputGrad(_) => "conv2d_input_grad",
-            Op::Conv2dWeightGrad(_) => "conv2d_weight_grad",
-            Op::MaxPool2d(_) => "max_pool2d",
-            Op::MaxPool2dGrad(_) => "max_pool2d_grad",
-            Op::AvgPool2d(_) => "avg_pool2d",
-            Op::AvgPool2dGrad(_) => "avg_pool2d_grad",
-            Op::RandomUniform { .. } => "random_uniform",
-            Op::Cast => "cast",
-            Op::StopGradient => "stop_gradient",
-        }
+        self.row().name
     }
 }
 
@@ -432,34 +378,9 @@ impl Graph {
     }
 }
 
-/// Floating-point operations of one run of `g`: 2 per multiply-add of matrix products and
-/// convolutions (and their gradients), 1 per element of other arithmetic; data movement
-/// counts nothing. Convolutions count as the direct algorithm does, whatever a backend
-/// runs (the CPU backend's Winograd kernels do 2.25× fewer multiplies), so GFLOP/s built
-/// on this number compare backends on the same work.
+/// Floating-point operations of one run of `g`: the sum of its nodes' costs in the op
+/// table ([`ops::Cost`]), so GFLOP/s built on this number compare backends on the same
+/// work.
 pub fn flops(g: &Graph) -> u64 {
-    g.nodes
-        .iter()
-        .map(|n| {
-            let out = n.numel() as u64;
-            let arg = |i: usize| &g.nodes[n.args[i].index()];
-            match &n.op {
-                Op::MatMul => {
-                    let a = &arg(0).shape;
-                    2 * out * a[a.len() - 1] as u64
-                }
-                // Output elements × taps per output (weights' [_, C/groups, KH, KW]).
-                Op::Conv2d(_) => 2 * out * arg(1).shape[1..].iter().product::<usize>() as u64,
-                Op::Conv2dInputGrad(_) => {
-                    2 * arg(0).numel() as u64 * arg(1).shape[1..].iter().product::<usize>() as u64
-                }
-                Op::Conv2dWeightGrad(_) => {
-                    2 * arg(1).numel() as u64 * n.shape[1..].iter().product::<usize>() as u64
-                }
-                Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => out,
-                Op::Reduce { .. } => arg(0).numel() as u64,
-                _ => 0,
-            }
-        })
-        .sum()
+    g.nodes.iter().map(|n| ops::node_flops(g, n)).sum()
 }

@@ -255,13 +255,10 @@ fn parse_op(name: &str, attr: Option<&str>, rest: &str) -> Option<(Op, Vec<Value
     if let Some(b) = Binary::from_name(name) {
         return Some((Op::Binary(b), args));
     }
+    if let Some(c) = Compare::ALL.into_iter().find(|c| c.name() == name) {
+        return Some((Op::Compare(c), args));
+    }
     let op = match name {
-        "eq" => Some(Op::Compare(Compare::Eq)),
-        "ne" => Some(Op::Compare(Compare::Ne)),
-        "lt" => Some(Op::Compare(Compare::Lt)),
-        "le" => Some(Op::Compare(Compare::Le)),
-        "gt" => Some(Op::Compare(Compare::Gt)),
-        "ge" => Some(Op::Compare(Compare::Ge)),
         "select" => Some(Op::Select),
         "sum" | "max" => Some(Op::Reduce {
             op: if name == "sum" {
