@@ -1,0 +1,371 @@
+//! Instantiation: a tensor function or layer is expanded at each distinct use, the way a
+//! template is. A call binds the parameters (`calls.rs`), checks the `where` conditions,
+//! and evaluates the body in the callee's environment, once per distinct instance: the
+//! cache is keyed by the item and its parameters' values. Instantiation
+//! also detects definitions that use themselves, and adds the parameters, state and
+//! multiply-adds an instance collects to the enclosing collector. Primitives without a
+//! body go to `prims.rs` for their shapes, work and IR.
+
+use super::{ArgV, Collector, Cx, Env, Inst};
+use crate::check::dim::Dim;
+use crate::check::names::ItemId;
+use crate::check::prims;
+use crate::check::ty::{LayerValue, Ty, Val};
+use crate::diag::Diagnostic;
+use crate::span::Span;
+use crate::syntax::ast::*;
+
+impl Cx<'_> {
+    pub(super) fn call_fn(&mut self, id: ItemId, args: &[ArgV], span: Span, env: &mut Env) -> Ty {
+        let p = self.p;
+        let Some(Item {
+            kind: ItemKind::Fn(f),
+            ..
+        }) = p.item_ast(id)
+        else {
+            return Ty::Err;
+        };
+        let name = f.name.name.clone();
+        let Some(bound) = self.bind_args(&name, &f.params, args, span) else {
+            return self.fallback_result(f, env);
+        };
+        let module = p.items[id].module;
+        let tensor = self.is_tensor_fn(f);
+        // A tensor argument already reported as wrong: the call's shapes cannot be known,
+        // and checking them would only report the same error again.
+        let poisoned = f.params.iter().zip(&bound).any(|(p, a)| {
+            matches!(
+                p.ty.as_ref().map(|t| &t.kind),
+                Some(TypeKind::Tensor { .. })
+            ) && a.as_ref().is_some_and(|a| matches!(a.ty, Ty::Err))
+        });
+        if poisoned {
+            return self.fallback_result(f, env);
+        }
+        if f.body.is_none()
+            && p.modules[module].is_std
+            && let Some(t) = prims::apply(self, &name, &f.params, &bound, span, env)
+        {
+            return t;
+        }
+        let mut callee = Env::new(module, tensor || env.tensor, env.strict);
+        let mut deferred = Vec::new();
+        let mut ok = true;
+        for (param, arg) in f.params.iter().zip(&bound) {
+            let (v, vspan) = match arg {
+                Some(a) => (a.ty.clone(), a.span),
+                None => match &param.default {
+                    Some(d) => (self.expr(d, &mut callee), span),
+                    None => (Ty::Err, span),
+                },
+            };
+            ok &= self.bind_param(&name, &mut callee, param, v, vspan, None, &mut deferred);
+        }
+        ok &= self.check_deferred(&name, &mut callee, deferred);
+        if !ok || !self.where_clauses(&name, &f.wheres, &mut callee, span) {
+            return Ty::Err;
+        }
+        let declared = f.ret.as_ref().map(|t| self.eval_type(&mut callee, t));
+        match (&f.body, tensor) {
+            (Some(body), true) => {
+                let key = format!(
+                    "fn{id}|{}|{}",
+                    callee.strict,
+                    self.env_key(&callee, f.params.iter().map(|p| p.name.name.as_str()))
+                );
+                let start = self.lower.as_ref().map(|l| l.graph.nodes.len());
+                let inputs: Vec<Val> = bound
+                    .iter()
+                    .flatten()
+                    .filter_map(|a| match &a.ty {
+                        Ty::Tensor(_, _, v) => Some(*v),
+                        _ => None,
+                    })
+                    .collect();
+                let out = self.instantiate(id, key, span, |cx| {
+                    let got = cx.block(body, &mut callee);
+                    if let Some(want) = &declared {
+                        let tail = body.tail().map(|e| e.span).unwrap_or(body.span);
+                        cx.expect_result(want, &got, tail, f.ret.as_ref().map(|t| t.span), &callee);
+                        with_value(want, &got)
+                    } else {
+                        got
+                    }
+                });
+                let attrs: Vec<(String, Ty)> = f
+                    .params
+                    .iter()
+                    .filter_map(|p| {
+                        callee
+                            .get(&p.name.name)
+                            .map(|l| (p.name.name.clone(), l.ty.clone()))
+                    })
+                    .collect();
+                self.mark_composite(&name, start, &inputs, &attrs, &out);
+                out
+            }
+            _ => {
+                let mut out = declared.unwrap_or(Ty::Unit);
+                if f.body.is_none() {
+                    if let Some(m) = prims::count_macs(&name, &f.params, &bound, &out) {
+                        self.add_macs(m);
+                    }
+                    if self.lowering() {
+                        let attr = |n: &str| callee.get(n).map(|l| l.ty.clone());
+                        let v = prims::lower_extern(self, &name, &f.params, &bound, &attr, &out);
+                        if let Ty::Tensor(_, _, slot) = &mut out {
+                            *slot = v;
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn fallback_result(&mut self, f: &FnDecl, env: &Env) -> Ty {
+        match &f.ret {
+            Some(TypeExpr {
+                kind: TypeKind::Named(n),
+                ..
+            }) if !matches!(n.name.as_str(), "int" | "dim") => {
+                let mut e = Env::new(env.module, false, false);
+                let t = f
+                    .ret
+                    .as_ref()
+                    .map(|t| self.eval_type(&mut e, t))
+                    .unwrap_or(Ty::Err);
+                if matches!(
+                    t,
+                    Ty::Record(_) | Ty::Opaque(_) | Ty::Float(_) | Ty::Str | Ty::Bool(_)
+                ) {
+                    t
+                } else {
+                    Ty::Err
+                }
+            }
+            _ => Ty::Err,
+        }
+    }
+
+    /// A stable text key of the values bound in `env` for the given names.
+    fn env_key<'n>(&self, env: &Env, names: impl Iterator<Item = &'n str>) -> String {
+        let mut key = String::new();
+        for n in names {
+            let shown = env.get(n).map(|l| match &l.ty {
+                Ty::Item(id) => format!("item{id}"),
+                Ty::Layer(lv) => format!(
+                    "layer{}({:?})",
+                    lv.item,
+                    lv.args
+                        .iter()
+                        .map(|a| (a.0.clone(), self.show(&a.1)))
+                        .collect::<Vec<_>>()
+                ),
+                t => self.show(t),
+            });
+            key.push_str(&format!("{n}={shown:?};"));
+        }
+        key
+    }
+
+    /// Runs `body` as an instantiation of item `id`, with cycle detection and a cache, and
+    /// adds the parameters and work it collects to the enclosing collector.
+    pub(super) fn instantiate(
+        &mut self,
+        id: ItemId,
+        key: String,
+        span: Span,
+        body: impl FnOnce(&mut Self) -> Ty,
+    ) -> Ty {
+        let inst = match self.cache.get(&key) {
+            Some(i) => i.clone(),
+            None => {
+                if self.stack.contains(&id) {
+                    let name = self.p.items[id].name.clone();
+                    let chain: Vec<String> = self
+                        .stack
+                        .iter()
+                        .skip_while(|s| **s != id)
+                        .map(|s| self.p.items[*s].name.clone())
+                        .collect();
+                    let mut members: Vec<ItemId> = self
+                        .stack
+                        .iter()
+                        .skip_while(|s| **s != id)
+                        .copied()
+                        .collect();
+                    members.sort();
+                    if !self.cycles.insert(members) {
+                        return Ty::Err;
+                    }
+                    self.report(
+                        Diagnostic::error("E0104", format!("`{name}` is defined in terms of itself: {} -> {name}", chain.join(" -> ")))
+                            .primary(span, "this use closes the cycle")
+                            .secondary(self.p.items[id].span, "defined here")
+                            .with_help("tensor code is expanded at compile time, so a layer or tensor function cannot use itself"),
+                    );
+                    return Ty::Err;
+                }
+                if self.stack.len() > 64 {
+                    return Ty::Err;
+                }
+                self.stack.push(id);
+                self.use_sites.push(span);
+                self.collectors.push(Collector::default());
+                let out = body(self);
+                let c = self.collectors.pop().unwrap_or_default();
+                self.use_sites.pop();
+                self.stack.pop();
+                let inst = Inst {
+                    out,
+                    params: c.params,
+                    states: c.states,
+                    macs: c.macs,
+                };
+                if !self.lowering() {
+                    self.cache.insert(key, inst.clone());
+                }
+                inst
+            }
+        };
+        let name = self.p.items[id].name.clone();
+        if let Some(parent) = self.collectors.last_mut() {
+            let prefix = if inst.params.is_empty() && inst.states.is_empty() {
+                String::new()
+            } else {
+                let p = format!("{name}{}", parent.sub);
+                parent.sub += 1;
+                p
+            };
+            for (n, d, v) in inst.params.iter() {
+                parent.params.push((
+                    if prefix.is_empty() {
+                        n.clone()
+                    } else {
+                        format!("{prefix}.{n}")
+                    },
+                    d.clone(),
+                    *v,
+                ));
+            }
+            for (n, d, v) in inst.states.iter() {
+                parent.states.push((
+                    if prefix.is_empty() {
+                        n.clone()
+                    } else {
+                        format!("{prefix}.{n}")
+                    },
+                    d.clone(),
+                    *v,
+                ));
+            }
+            parent.macs = parent.macs.saturating_add(&inst.macs);
+        }
+        inst.out
+    }
+
+    pub(in crate::check) fn add_macs(&mut self, m: Dim) {
+        if let Some(c) = self.collectors.last_mut() {
+            c.macs = c.macs.saturating_add(&m);
+        }
+    }
+
+    /// Applies a configured layer to its input.
+    pub(super) fn apply_layer(
+        &mut self,
+        lv: &LayerValue,
+        input: Ty,
+        origin: Span,
+        span: Span,
+        env: &mut Env,
+    ) -> Ty {
+        let p = self.p;
+        let Some(Item {
+            kind: ItemKind::Layer(l),
+            ..
+        }) = p.item_ast(lv.item)
+        else {
+            return Ty::Err;
+        };
+        let name = l.name.name.clone();
+        let args: Vec<ArgV> = lv
+            .args
+            .iter()
+            .map(|(n, t, s)| ArgV {
+                name: n.clone(),
+                ty: t.clone(),
+                span: *s,
+            })
+            .collect();
+        let Some(bound) = self.bind_args(&name, &l.args, &args, span) else {
+            return Ty::Err;
+        };
+        let mut callee = Env::new(p.items[lv.item].module, true, env.strict);
+        callee.layer = true;
+        let mut deferred = Vec::new();
+        let mut ok = true;
+        for (param, arg) in l.args.iter().zip(&bound) {
+            let (v, vspan) = match arg {
+                Some(a) => (a.ty.clone(), a.span),
+                None => match &param.default {
+                    Some(d) => (self.expr(d, &mut callee), span),
+                    None => (Ty::Err, span),
+                },
+            };
+            ok &= self.bind_param(&name, &mut callee, param, v, vspan, None, &mut deferred);
+        }
+        ok &= self.bind_param(
+            &name,
+            &mut callee,
+            &l.input,
+            input,
+            span,
+            Some(origin),
+            &mut deferred,
+        );
+        ok &= self.check_deferred(&name, &mut callee, deferred);
+        if !ok || !self.where_clauses(&name, &l.wheres, &mut callee, span) {
+            return Ty::Err;
+        }
+        let names: Vec<&str> = l
+            .args
+            .iter()
+            .map(|p| p.name.name.as_str())
+            .chain([l.input.name.name.as_str()])
+            .collect();
+        let key = format!(
+            "layer{}|{}|{}",
+            lv.item,
+            callee.strict,
+            self.env_key(&callee, names.into_iter())
+        );
+        let declared = l.ret.as_ref().map(|t| self.eval_type(&mut callee, t));
+        self.instantiate(lv.item, key, span, |cx| {
+            let got = match cx.block(&l.body, &mut callee) {
+                Ty::Unit => Ty::Err,
+                t => t,
+            };
+            match declared {
+                Some(want) => {
+                    let tail = l.body.tail().map(|e| e.span).unwrap_or(l.body.span);
+                    cx.expect_result(&want, &got, tail, l.ret.as_ref().map(|t| t.span), &callee);
+                    if got.is_err() {
+                        got
+                    } else {
+                        with_value(&want, &got)
+                    }
+                }
+                None => got,
+            }
+        })
+    }
+}
+
+/// The declared type, carrying the IR value computed for it.
+fn with_value(want: &Ty, got: &Ty) -> Ty {
+    match (want, got) {
+        (Ty::Tensor(dt, d, _), Ty::Tensor(_, _, v)) => Ty::Tensor(*dt, d.clone(), *v),
+        _ => want.clone(),
+    }
+}
