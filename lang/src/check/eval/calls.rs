@@ -222,11 +222,50 @@ impl Cx<'_> {
         ok.then_some(out)
     }
 
+    /// Binds a callee's parameters in its environment `env`, in order: each to the argument
+    /// given for it (`given`, one entry per parameter, as [`Cx::bind_args`] matches them),
+    /// else to its default, evaluated in `env` so that it may use the parameters before it.
+    /// A layer's `input` (its parameter, the value, and where that value came from) is bound
+    /// after its arguments. Dims written as expressions (`f32[B, 2 * C]`) are checked once
+    /// everything is bound. `span` is the use: a default's value is reported there.
+    ///
+    /// The one binding used by function calls, layer applications and derivative rules
+    /// (`instantiate.rs`, `rules.rs`), so the three report the same errors. Returns whether
+    /// every parameter bound; each failure is reported, and every parameter is bound (to
+    /// `Ty::Err` where its value is wrong) so that the rest can still be checked.
+    pub(super) fn bind_params(
+        &mut self,
+        callee: &str,
+        env: &mut Env,
+        params: &[Param],
+        given: &[Option<ArgV>],
+        input: Option<(&Param, Ty, Span)>,
+        span: Span,
+    ) -> bool {
+        let mut deferred = Vec::new();
+        let mut ok = true;
+        for (param, arg) in params.iter().zip(given) {
+            let (v, vspan) = match arg {
+                Some(a) => (a.ty.clone(), a.span),
+                None => match &param.default {
+                    Some(d) => (self.expr(d, env), span),
+                    None => (Ty::Err, span),
+                },
+            };
+            ok &= self.bind_param(callee, env, param, v, vspan, None, &mut deferred);
+        }
+        if let Some((param, v, origin)) = input {
+            ok &= self.bind_param(callee, env, param, v, span, Some(origin), &mut deferred);
+        }
+        ok &= self.check_deferred(callee, env, deferred);
+        ok
+    }
+
     /// Binds one parameter in the callee's environment, checking the value against the
     /// declared type; tensor types bind their dim variables. Dims written as expressions
     /// are checked after all parameters are bound (`deferred`).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn bind_param(
+    fn bind_param(
         &mut self,
         callee: &str,
         env: &mut Env,
@@ -417,7 +456,7 @@ impl Cx<'_> {
     }
 
     /// Checks the dims written as expressions, now that every variable is bound.
-    pub(super) fn check_deferred(
+    fn check_deferred(
         &mut self,
         callee: &str,
         env: &mut Env,

@@ -49,19 +49,7 @@ impl Cx<'_> {
             return t;
         }
         let mut callee = Env::new(module, tensor || env.tensor, env.strict);
-        let mut deferred = Vec::new();
-        let mut ok = true;
-        for (param, arg) in f.params.iter().zip(&bound) {
-            let (v, vspan) = match arg {
-                Some(a) => (a.ty.clone(), a.span),
-                None => match &param.default {
-                    Some(d) => (self.expr(d, &mut callee), span),
-                    None => (Ty::Err, span),
-                },
-            };
-            ok &= self.bind_param(&name, &mut callee, param, v, vspan, None, &mut deferred);
-        }
-        ok &= self.check_deferred(&name, &mut callee, deferred);
+        let ok = self.bind_params(&name, &mut callee, &f.params, &bound, None, span);
         if !ok || !self.where_clauses(&name, &f.wheres, &mut callee, span) {
             return Ty::Err;
         }
@@ -303,28 +291,8 @@ impl Cx<'_> {
         };
         let mut callee = Env::new(p.items[lv.item].module, true, env.strict);
         callee.layer = true;
-        let mut deferred = Vec::new();
-        let mut ok = true;
-        for (param, arg) in l.args.iter().zip(&bound) {
-            let (v, vspan) = match arg {
-                Some(a) => (a.ty.clone(), a.span),
-                None => match &param.default {
-                    Some(d) => (self.expr(d, &mut callee), span),
-                    None => (Ty::Err, span),
-                },
-            };
-            ok &= self.bind_param(&name, &mut callee, param, v, vspan, None, &mut deferred);
-        }
-        ok &= self.bind_param(
-            &name,
-            &mut callee,
-            &l.input,
-            input,
-            span,
-            Some(origin),
-            &mut deferred,
-        );
-        ok &= self.check_deferred(&name, &mut callee, deferred);
+        let input = Some((&l.input, input, origin));
+        let ok = self.bind_params(&name, &mut callee, &l.args, &bound, input, span);
         if !ok || !self.where_clauses(&name, &l.wheres, &mut callee, span) {
             return Ty::Err;
         }

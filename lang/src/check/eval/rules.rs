@@ -45,34 +45,43 @@ impl Cx<'_> {
         else {
             return Err(format!("`{primal}` is not a function"));
         };
-        let mut env = Env::new(m, true, true);
-        let mut deferred = Vec::new();
-        let mut next = 0;
         let span = p.items[rid].span;
+        // The primal's parameters, as a call would give them: tensors from `inputs` in
+        // order, attributes by name, the rest left to their defaults.
+        let mut tensors = inputs.iter();
+        let mut given = Vec::with_capacity(f.params.len());
         for prm in &f.params {
             let is_tensor = matches!(
                 prm.ty.as_ref().map(|t| &t.kind),
                 Some(TypeKind::Tensor { .. })
             );
             let v = if is_tensor {
-                next += 1;
-                inputs
-                    .get(next - 1)
-                    .cloned()
-                    .ok_or("too few inputs for the rule")?
+                Some(
+                    tensors
+                        .next()
+                        .cloned()
+                        .ok_or("too few inputs for the rule")?,
+                )
             } else if let Some((_, t)) = attrs.iter().find(|(n, _)| *n == prm.name.name) {
-                t.clone()
-            } else if let Some(d) = &prm.default {
-                self.expr(d, &mut env)
+                Some(t.clone())
+            } else if prm.default.is_some() {
+                None
             } else {
                 return Err(format!(
                     "attribute `{}` of `{primal}` is not given",
                     prm.name.name
                 ));
             };
-            self.bind_param(primal, &mut env, prm, v, span, None, &mut deferred);
+            given.push(v.map(|ty| ArgV {
+                name: None,
+                ty,
+                span,
+            }));
         }
-        self.check_deferred(primal, &mut env, deferred);
+        let mut env = Env::new(m, true, true);
+        // A value that does not fit is reported like any error, and then the rule does not
+        // apply (found below, with the body's errors).
+        self.bind_params(primal, &mut env, &f.params, &given, None, span);
         for (local, t) in rule.inputs.iter().zip(inputs) {
             env.bind(&local.name, t.clone(), local.span, false);
         }
