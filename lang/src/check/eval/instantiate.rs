@@ -1,7 +1,7 @@
 //! Instantiation: a tensor function or layer is expanded at each distinct use, the way a
 //! template is. A call binds the parameters (`calls.rs`), checks the `where` conditions,
 //! and evaluates the body in the callee's environment, once per distinct instance: the
-//! cache is keyed by the item and its parameters' values. Instantiation
+//! cache is keyed by [`InstKey`] (the item and its parameters' values). Instantiation
 //! also detects definitions that use themselves, and adds the parameters, state and
 //! multiply-adds an instance collects to the enclosing collector. Primitives without a
 //! body go to `prims.rs` for their shapes, work and IR.
@@ -14,6 +14,29 @@ use crate::check::ty::{LayerValue, Ty, Val};
 use crate::diag::Diagnostic;
 use crate::span::Span;
 use crate::syntax::ast::*;
+
+/// What makes two uses of a tensor function or layer the same instance, so that the second
+/// is not checked again: the item, whether it is checked strictly, and the value bound to
+/// each of its parameters (in order; a layer's input last).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct InstKey {
+    item: ItemId,
+    strict: bool,
+    params: Vec<Option<Bound>>,
+}
+
+/// A parameter's value in an [`InstKey`], told apart as the checker tells values apart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Bound {
+    /// A function or layer passed as a value.
+    Item(ItemId),
+    /// A configured layer: the layer and its arguments (name if given, value as shown).
+    Layer(ItemId, Vec<(Option<String>, String)>),
+    /// Any other value, as [`show`](super::show) writes it: a tensor by its shape, an int
+    /// by its value when known. A float or a bool is written without its value, so uses
+    /// that differ only there are one instance.
+    Shown(String),
+}
 
 impl Cx<'_> {
     pub(super) fn call_fn(&mut self, id: ItemId, args: &[ArgV], span: Span, env: &mut Env) -> Ty {
@@ -56,11 +79,7 @@ impl Cx<'_> {
         let declared = f.ret.as_ref().map(|t| self.eval_type(&mut callee, t));
         match (&f.body, tensor) {
             (Some(body), true) => {
-                let key = format!(
-                    "fn{id}|{}|{}",
-                    callee.strict,
-                    self.env_key(&callee, f.params.iter().map(|p| p.name.name.as_str()))
-                );
+                let key = self.inst_key(id, &callee, f.params.iter());
                 let start = self.lower.as_ref().map(|l| l.graph.nodes.len());
                 let inputs: Vec<Val> = bound
                     .iter()
@@ -70,7 +89,7 @@ impl Cx<'_> {
                         _ => None,
                     })
                     .collect();
-                let out = self.instantiate(id, key, span, |cx| {
+                let out = self.instantiate(key, span, |cx| {
                     let got = cx.block(body, &mut callee);
                     if let Some(want) = &declared {
                         let tail = body.tail().map(|e| e.span).unwrap_or(body.span);
@@ -136,36 +155,42 @@ impl Cx<'_> {
         }
     }
 
-    /// A stable text key of the values bound in `env` for the given names.
-    fn env_key<'n>(&self, env: &Env, names: impl Iterator<Item = &'n str>) -> String {
-        let mut key = String::new();
-        for n in names {
-            let shown = env.get(n).map(|l| match &l.ty {
-                Ty::Item(id) => format!("item{id}"),
-                Ty::Layer(lv) => format!(
-                    "layer{}({:?})",
-                    lv.item,
-                    lv.args
-                        .iter()
-                        .map(|a| (a.0.clone(), self.show(&a.1)))
-                        .collect::<Vec<_>>()
-                ),
-                t => self.show(t),
-            });
-            key.push_str(&format!("{n}={shown:?};"));
+    /// The instance of item `id` that the parameters bound in `env` make.
+    fn inst_key<'p>(
+        &self,
+        id: ItemId,
+        env: &Env,
+        params: impl Iterator<Item = &'p Param>,
+    ) -> InstKey {
+        let value = |t: &Ty| match t {
+            Ty::Item(id) => Bound::Item(*id),
+            Ty::Layer(lv) => Bound::Layer(
+                lv.item,
+                lv.args
+                    .iter()
+                    .map(|(name, t, _)| (name.clone(), self.show(t)))
+                    .collect(),
+            ),
+            t => Bound::Shown(self.show(t)),
+        };
+        InstKey {
+            item: id,
+            strict: env.strict,
+            params: params
+                .map(|p| env.get(&p.name.name).map(|l| value(&l.ty)))
+                .collect(),
         }
-        key
     }
 
-    /// Runs `body` as an instantiation of item `id`, with cycle detection and a cache, and
-    /// adds the parameters and work it collects to the enclosing collector.
+    /// Runs `body` as an instantiation of `key`'s item, with cycle detection and a cache,
+    /// and adds the parameters and work it collects to the enclosing collector.
     pub(super) fn instantiate(
         &mut self,
-        id: ItemId,
-        key: String,
+        key: InstKey,
         span: Span,
         body: impl FnOnce(&mut Self) -> Ty,
     ) -> Ty {
+        let id = key.item;
         let inst = match self.cache.get(&key) {
             Some(i) => i.clone(),
             None => {
@@ -296,20 +321,9 @@ impl Cx<'_> {
         if !ok || !self.where_clauses(&name, &l.wheres, &mut callee, span) {
             return Ty::Err;
         }
-        let names: Vec<&str> = l
-            .args
-            .iter()
-            .map(|p| p.name.name.as_str())
-            .chain([l.input.name.name.as_str()])
-            .collect();
-        let key = format!(
-            "layer{}|{}|{}",
-            lv.item,
-            callee.strict,
-            self.env_key(&callee, names.into_iter())
-        );
+        let key = self.inst_key(lv.item, &callee, l.args.iter().chain([&l.input]));
         let declared = l.ret.as_ref().map(|t| self.eval_type(&mut callee, t));
-        self.instantiate(lv.item, key, span, |cx| {
+        self.instantiate(key, span, |cx| {
             let got = match cx.block(&l.body, &mut callee) {
                 Ty::Unit => Ty::Err,
                 t => t,

@@ -19,8 +19,8 @@
 //! - `exprs`: expressions (names, fields, indexing, `if`, record literals).
 //! - `ops`: binary operators and broadcasting.
 //! - `calls`: calls, pipes, and binding arguments to parameters.
-//! - `instantiate`: expanding a tensor function or layer at a use; the instance cache and
-//!   cycle detection.
+//! - `instantiate`: expanding a tensor function or layer at a use; the instance cache,
+//!   keyed by `InstKey`, and cycle detection.
 //! - `nets`: nets and their stages.
 //! - `rules`: instantiating a derivative rule at concrete values (for AD).
 //!
@@ -48,6 +48,8 @@ mod nets;
 mod ops;
 mod rules;
 mod stmts;
+
+use instantiate::InstKey;
 
 /// One stage of a checked net, for `nabla info` and inlay hints.
 #[derive(Clone, Debug)]
@@ -154,7 +156,7 @@ struct Inst {
 pub(super) struct Cx<'a> {
     pub(super) p: &'a Program,
     diags: &'a mut Vec<Diagnostic>,
-    cache: HashMap<String, Inst>,
+    cache: HashMap<InstKey, Inst>,
     stack: Vec<ItemId>,
     use_sites: Vec<Span>,
     collectors: Vec<Collector>,
