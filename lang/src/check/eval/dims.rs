@@ -142,11 +142,11 @@ impl Cx<'_> {
                     .map(|id| (id, self.p.items[id].kind))
                 {
                     Some((id, DefKind::Record)) => {
-                        self.note_ref(n.span, Target::Item(id));
+                        self.facts.name_use(n.span, Target::Item(id));
                         Ty::Record(id)
                     }
                     Some((id, DefKind::ExternType)) => {
-                        self.note_ref(n.span, Target::Item(id));
+                        self.facts.name_use(n.span, Target::Item(id));
                         Ty::Opaque(id)
                     }
                     _ => {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::{Cx, Env, closest};
 use crate::check::dim::Dim;
-use crate::check::facts::{Binding, Ref, Target};
+use crate::check::facts::Target;
 use crate::check::names::DefKind;
 use crate::check::ty::{DType, ShapeFmt, Ty};
 use crate::diag::Diagnostic;
@@ -15,49 +15,14 @@ use crate::span::Span;
 use crate::syntax::ast::*;
 
 impl Cx<'_> {
+    /// Every expression passes through here: it is the expression IR nodes are lowered
+    /// from while it is evaluated, and its type is a fact for editors.
     pub(in crate::check) fn expr(&mut self, e: &Expr, env: &mut Env) -> Ty {
         let outer = self.cur_span.replace(e.span);
         let t = self.expr_kind(e, env);
         self.cur_span = outer;
-        if self.facts.is_some() && self.fact_files.contains(&e.span.file) && !matches!(t, Ty::Err) {
-            let shown = self.show(&t);
-            if let Some(f) = self.facts.as_mut() {
-                f.types.push((e.span, shown));
-            }
-        }
+        self.facts.expr_type(self.p, e.span, &t);
         t
-    }
-
-    /// Records that the name at `span` refers to `target`.
-    pub(super) fn note_ref(&mut self, span: Span, target: Target) {
-        if let Some(f) = self.facts.as_mut() {
-            f.refs.push(Ref { span, target });
-        }
-    }
-
-    /// Records a local binding's type (root files only).
-    pub(super) fn note_binding(&mut self, name: &Ident, t: &Ty) {
-        if self.facts.is_none()
-            || !self.fact_files.contains(&name.span.file)
-            || matches!(t, Ty::Err)
-        {
-            return;
-        }
-        let shown = self.show(t);
-        let record = match t {
-            Ty::Record(id) => Some(*id),
-            _ => None,
-        };
-        let tensor = matches!(t, Ty::Tensor(..));
-        if let Some(f) = self.facts.as_mut() {
-            f.bindings.push(Binding {
-                name: name.name.clone(),
-                span: name.span,
-                ty: shown,
-                record,
-                tensor,
-            });
-        }
     }
 
     fn expr_kind(&mut self, e: &Expr, env: &mut Env) -> Ty {
@@ -188,7 +153,7 @@ impl Cx<'_> {
     pub(super) fn name(&mut self, n: &str, span: Span, env: &mut Env) -> Ty {
         if let Some(l) = env.get(n) {
             let (def, ty) = (l.span, l.ty.clone());
-            self.note_ref(span, Target::Local(def));
+            self.facts.name_use(span, Target::Local(def));
             return ty;
         }
         if n == "training" {
@@ -196,7 +161,7 @@ impl Cx<'_> {
         }
         let found = self.p.lookup(env.module, n);
         if let Some(id) = found {
-            self.note_ref(span, Target::Item(id));
+            self.facts.name_use(span, Target::Item(id));
         }
         match found {
             Some(id) => match self.p.items[id].kind {
@@ -252,7 +217,8 @@ impl Cx<'_> {
                     return Ty::Err;
                 };
                 if let Some(f) = r.fields.iter().find(|f| f.name.name == name.name) {
-                    self.note_ref(name.span, Target::Field(*id, name.name.clone()));
+                    self.facts
+                        .name_use(name.span, Target::Field(*id, name.name.clone()));
                     let module = self.p.items[*id].module;
                     let mut env = Env::new(module, false, false);
                     return match &f.ty {
@@ -574,7 +540,7 @@ impl Cx<'_> {
                 return Ty::Err;
             }
         };
-        self.note_ref(name.span, Target::Item(id));
+        self.facts.name_use(name.span, Target::Item(id));
         let Some(Item {
             kind: ItemKind::Record(r),
             ..
@@ -596,7 +562,8 @@ impl Cx<'_> {
             }
             match r.fields.iter().find(|d| d.name.name == f.name) {
                 Some(decl) => {
-                    self.note_ref(f.span, Target::Field(id, f.name.clone()));
+                    self.facts
+                        .name_use(f.span, Target::Field(id, f.name.clone()));
                     if let Some(t) = &decl.ty {
                         let mut fenv = Env::new(module, false, false);
                         let want = self.eval_type(&mut fenv, t);

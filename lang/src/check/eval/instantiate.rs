@@ -80,7 +80,8 @@ impl Cx<'_> {
         match (&f.body, tensor) {
             (Some(body), true) => {
                 let key = self.inst_key(id, &callee, f.params.iter());
-                let start = self.lower.as_ref().map(|l| l.graph.nodes.len());
+                // Where the call's region of the graph starts, if it is being built.
+                let start = self.ir.nodes();
                 let inputs: Vec<Val> = bound
                     .iter()
                     .flatten()

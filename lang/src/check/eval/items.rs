@@ -30,7 +30,7 @@ impl Cx<'_> {
                         .items
                         .iter()
                         .position(|d| d.module == m && d.index == index);
-                    let info = self.check_net(m, n);
+                    let (info, _) = self.check_net(m, n);
                     if root && id.is_some() {
                         nets.push(info);
                     }

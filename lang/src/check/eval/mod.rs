@@ -3,10 +3,17 @@
 //! net's per-stage shapes, parameters and multiply-adds.
 //!
 //! Checking and lowering are one walk. Run with concrete arguments, a fixed batch and a
-//! [`Lowering`], the same code that checks a net emits its IR as it evaluates (every
-//! tensor value carries its IR value, [`Ty::Tensor`]'s last field; see `lower.rs`), so
+//! [`Lowering`](super::lower::Lowering), the same code that checks a net emits its IR as
+//! it evaluates (every tensor value carries its IR value, [`Ty::Tensor`]'s last field), so
 //! the IR is exactly what was checked and there is no second evaluator to keep in step.
-//! Editor facts are recorded by the same walk, when asked.
+//! Editor facts are recorded by the same walk.
+//!
+//! Both are sinks the walk writes to, unconditionally: IR to an [`IrSink`], facts to a
+//! [`FactSink`]. A plain check writes to [`NoIr`] and [`NoFacts`], which keep nothing
+//! (and `NoIr` gives no IR values, so tensor values carry none), so the walk never asks
+//! which case it is in; it asks [`Cx::lowering`] only to skip work whose result nothing
+//! would read, and to keep the instance cache off while lowering (each use must emit its
+//! own nodes).
 //!
 //! [`Cx`] holds the walk's state (here, with the entry points and reporting); each file
 //! below adds one `impl Cx` block for one concern:
@@ -18,26 +25,26 @@
 //! - `stmts`: blocks and statements, assignment, `param` and `state` declarations.
 //! - `exprs`: expressions (names, fields, indexing, `if`, record literals).
 //! - `ops`: binary operators and broadcasting.
-//! - `calls`: calls, pipes, and binding arguments to parameters.
+//! - `calls`: calls, pipes, and binding arguments to parameters (`bind_args`, then
+//!   `bind_params`, the one binding of functions, layers and derivative rules).
 //! - `instantiate`: expanding a tensor function or layer at a use; the instance cache,
 //!   keyed by `InstKey`, and cycle detection.
 //! - `nets`: nets and their stages.
 //! - `rules`: instantiating a derivative rule at concrete values (for AD).
 //!
 //! Beside this module, `prims.rs` holds the shape rules of primitives that a signature
-//! cannot state, `lower.rs` the IR helpers and lowering entry points, `rules.rs` the
-//! checks of derivative rules, and `facts.rs` what editors are told.
+//! cannot state, `lower.rs` the IR sink, helpers and lowering entry points, `rules.rs` the
+//! checks of derivative rules, and `facts.rs` the facts sink and what editors are told.
 
 use std::collections::{HashMap, HashSet};
 
 use super::dim::Dim;
-use super::facts::Facts;
-use super::lower::Lowering;
+use super::facts::{FactSink, Facts, NoFacts, Recorder};
+use super::lower::{IrSink, NoIr};
 use super::names::{ItemId, Program};
 use super::ty::{ShapeFmt, Ty, Val};
 use crate::diag::Diagnostic;
 use crate::span::Span;
-use crate::syntax::ast::*;
 
 mod calls;
 mod dims;
@@ -161,16 +168,12 @@ pub(super) struct Cx<'a> {
     use_sites: Vec<Span>,
     collectors: Vec<Collector>,
     cycles: HashSet<Vec<ItemId>>,
-    /// Set while lowering to IR (see `lower.rs`).
-    pub(super) lower: Option<Lowering>,
-    /// The output value of the net checked last.
-    last_net_output: Option<Ty>,
+    /// Where lowered IR goes: [`NoIr`] unless lowering (see `lower.rs`).
+    pub(super) ir: &'a mut dyn IrSink,
     /// The expression being evaluated (IR nodes record it).
     pub(super) cur_span: Option<Span>,
-    /// Facts for editors, recorded while checking (`None` while lowering).
-    facts: Option<Facts>,
-    /// Files whose expression types are recorded (the root files).
-    fact_files: HashSet<crate::span::FileId>,
+    /// Where facts for editors go: [`NoFacts`] unless an editor asked (see `facts.rs`).
+    facts: &'a mut dyn FactSink,
 }
 
 /// Checks every module and returns the nets of the root modules and, when `record`, the
@@ -181,27 +184,43 @@ pub fn check_program(
     record: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> (Vec<NetInfo>, Facts) {
-    let mut cx = Cx::new(p, diags);
-    cx.facts = record.then(Facts::default);
-    cx.fact_files = roots
-        .iter()
-        .filter_map(|m| p.modules.get(*m))
-        .map(|m| m.file)
-        .collect();
+    // Expression and binding types are recorded for the root files only.
+    let mut recorder = record.then(|| {
+        Recorder::new(
+            roots
+                .iter()
+                .filter_map(|m| p.modules.get(*m))
+                .map(|m| m.file)
+                .collect(),
+        )
+    });
+    let mut no_facts = NoFacts;
+    let facts: &mut dyn FactSink = match recorder.as_mut() {
+        Some(r) => r,
+        None => &mut no_facts,
+    };
+    let mut no_ir = NoIr;
+    let mut cx = Cx::new(p, diags, &mut no_ir, facts);
     cx.duplicate_rules();
     let mut nets = Vec::new();
     for m in 0..p.modules.len() {
         cx.check_module(m, roots.contains(&m), &mut nets);
     }
-    let mut facts = cx.facts.take().unwrap_or_default();
-    facts.finish();
+    drop(cx);
+    let facts = recorder.map(Recorder::finish).unwrap_or_default();
     (nets, facts)
 }
 
 pub use crate::diag::closest;
 
 impl<'a> Cx<'a> {
-    pub(super) fn new(p: &'a Program, diags: &'a mut Vec<Diagnostic>) -> Cx<'a> {
+    /// A walk reporting to `diags`, writing IR to `ir` and editor facts to `facts`.
+    pub(super) fn new(
+        p: &'a Program,
+        diags: &'a mut Vec<Diagnostic>,
+        ir: &'a mut dyn IrSink,
+        facts: &'a mut dyn FactSink,
+    ) -> Cx<'a> {
         Cx {
             p,
             diags,
@@ -210,20 +229,10 @@ impl<'a> Cx<'a> {
             use_sites: vec![],
             collectors: vec![],
             cycles: HashSet::new(),
-            lower: None,
-            last_net_output: None,
+            ir,
             cur_span: None,
-            facts: None,
-            fact_files: HashSet::new(),
+            facts,
         }
-    }
-
-    pub(super) fn take_errors(&mut self) -> Vec<Diagnostic> {
-        self.diags
-            .iter()
-            .filter(|d| d.is_error())
-            .cloned()
-            .collect()
     }
 
     /// Calls the function `name` with named values (while lowering a single call).
@@ -267,15 +276,6 @@ impl<'a> Cx<'a> {
         out
     }
 
-    /// Checks (and, when lowering, lowers) a net, returning its info and output value.
-    pub(super) fn check_net_lowered(&mut self, m: usize, n: &NetDecl) -> (NetInfo, Ty) {
-        let info = self.check_net(m, n);
-        let out = self.last_net_output.take().unwrap_or(Ty::Err);
-        (info, out)
-    }
-
-    // ------------------------------------------------------------------ reporting
-
     pub(super) fn report(&mut self, mut d: Diagnostic) {
         if let (Some(site), Some(primary)) = (self.use_sites.first().copied(), d.span())
             && (site.file != primary.file
@@ -296,33 +296,35 @@ impl<'a> Cx<'a> {
     }
 
     pub(super) fn show(&self, t: &Ty) -> String {
-        match t {
-            Ty::Int(Some(d)) => match d.as_const() {
-                Some(n) => format!("int (= {n})"),
-                None => format!("int (= {d})"),
-            },
-            Ty::Int(None) => "int".into(),
-            Ty::Float(_) => "float".into(),
-            Ty::Bool(_) => "bool".into(),
-            Ty::Str => "str".into(),
-            Ty::Unit => "()".into(),
-            Ty::Tensor(dt, dims, _) => ShapeFmt(*dt, dims).to_string(),
-            Ty::Items(items) => {
-                let inner: Vec<String> = items.iter().map(|t| self.show(t)).collect();
-                format!("[{}]", inner.join(", "))
-            }
-            Ty::List(t) => format!("[{}]", self.show(t)),
-            Ty::Range => "range".into(),
-            Ty::Record(id) | Ty::Opaque(id) => self.p.items[*id].name.clone(),
-            Ty::Item(id) => format!(
-                "{} `{}`",
-                self.p.items[*id].kind.word(),
-                self.p.items[*id].name
-            ),
-            Ty::Layer(l) => format!("layer `{}(...)`", self.p.items[l.item].name),
-            Ty::Net(id) => format!("net `{}`", self.p.items[*id].name),
-            Ty::Any => "any".into(),
-            Ty::Err => "{unknown}".into(),
+        show(self.p, t)
+    }
+}
+
+/// A type as people read it, in diagnostics and editors. A tensor shows its shape and an
+/// int its value when known; a float or bool never shows its value.
+pub(super) fn show(p: &Program, t: &Ty) -> String {
+    match t {
+        Ty::Int(Some(d)) => match d.as_const() {
+            Some(n) => format!("int (= {n})"),
+            None => format!("int (= {d})"),
+        },
+        Ty::Int(None) => "int".into(),
+        Ty::Float(_) => "float".into(),
+        Ty::Bool(_) => "bool".into(),
+        Ty::Str => "str".into(),
+        Ty::Unit => "()".into(),
+        Ty::Tensor(dt, dims, _) => ShapeFmt(*dt, dims).to_string(),
+        Ty::Items(items) => {
+            let inner: Vec<String> = items.iter().map(|t| show(p, t)).collect();
+            format!("[{}]", inner.join(", "))
         }
+        Ty::List(t) => format!("[{}]", show(p, t)),
+        Ty::Range => "range".into(),
+        Ty::Record(id) | Ty::Opaque(id) => p.items[*id].name.clone(),
+        Ty::Item(id) => format!("{} `{}`", p.items[*id].kind.word(), p.items[*id].name),
+        Ty::Layer(l) => format!("layer `{}(...)`", p.items[l.item].name),
+        Ty::Net(id) => format!("net `{}`", p.items[*id].name),
+        Ty::Any => "any".into(),
+        Ty::Err => "{unknown}".into(),
     }
 }

@@ -12,9 +12,11 @@ use crate::span::Span;
 use crate::syntax::ast::*;
 
 impl Cx<'_> {
-    pub(super) fn check_net(&mut self, m: usize, n: &NetDecl) -> NetInfo {
+    /// Checks (and, when lowering, lowers) a net: its info, and the value of its last
+    /// stage (which carries the net's output while lowering).
+    pub(in crate::check) fn check_net(&mut self, m: usize, n: &NetDecl) -> (NetInfo, Ty) {
         let mut env = Env::new(m, true, true);
-        let batch = match self.lower.as_ref().and_then(|l| l.batch) {
+        let batch = match self.ir.batch() {
             Some(b) => Dim::konst(b),
             None => Dim::sym("B"),
         };
@@ -40,7 +42,7 @@ impl Cx<'_> {
         };
         let input = match with_batch(self, &mut env, &n.input) {
             Ty::Tensor(dt, mut dims, _) => {
-                if let Some(shape) = self.lower.as_ref().and_then(|l| l.input.clone()) {
+                if let Some(shape) = self.ir.input_shape() {
                     dims.truncate(1);
                     dims.extend(shape.iter().map(|d| Dim::konst(*d as i64)));
                 }
@@ -111,7 +113,6 @@ impl Cx<'_> {
             origin = stage.span;
         }
         info.param_names = names;
-        self.last_net_output = Some(x.clone());
         match (&x, &output) {
             (Ty::Err, _) | (_, Ty::Err) => info.ok = false,
             (Ty::Tensor(da, a, _), Ty::Tensor(db, b, _))
@@ -143,7 +144,7 @@ impl Cx<'_> {
                 self.report(d);
             }
         }
-        info
+        (info, x)
     }
 
     fn stage(&mut self, s: &Stage, x: Ty, origin: Span, env: &mut Env) -> Ty {

@@ -71,7 +71,7 @@ impl Cx<'_> {
                     }
                     None => v,
                 };
-                self.note_binding(name, &v);
+                self.facts.binding(self.p, name, &v);
                 env.bind(&name.name, v, name.span, *mutable);
             }
             StmtKind::Assign { target, op, value } => self.assign(target, *op, value, s.span, env),
@@ -194,10 +194,8 @@ impl Cx<'_> {
                 if let (Ty::Tensor(_, _, old), Ty::Tensor(_, _, new)) = (&local.ty, &combined) {
                     self.expect_result(&local.ty, &combined, value.span, Some(local.span), env);
                     // A state update becomes an output of the lowered step.
-                    if let (true, Some(old), Some(new), Some(l)) =
-                        (local.state, old, new, self.lower.as_mut())
-                    {
-                        l.state_updates.push((*old, *new));
+                    if let (true, Some(old), Some(new)) = (local.state, old, new) {
+                        self.ir.state_update(*old, *new);
                     }
                 } else {
                     self.expect_assignable(&local.ty, &combined, value.span, "the new value");
@@ -271,14 +269,7 @@ impl Cx<'_> {
                     } else {
                         crate::ir::InputKind::Param
                     };
-                    let provisional = format!(
-                        "{}#{}",
-                        name.name,
-                        self.lower
-                            .as_ref()
-                            .map(|l| l.graph.nodes.len())
-                            .unwrap_or(0)
-                    );
+                    let provisional = format!("{}#{}", name.name, self.ir.nodes().unwrap_or(0));
                     let dt = if let Ty::Tensor(dt, ..) = &t {
                         *dt
                     } else {
@@ -293,11 +284,11 @@ impl Cx<'_> {
                         dt,
                         &dims,
                     );
+                    // Only a built input has an initializer to record (and evaluating its
+                    // arguments again when only checking would report their errors twice).
                     if let (Some(v), Some(i)) = (v, init) {
                         let spec = self.init_spec(i, env);
-                        if let Some(l) = self.lower.as_mut() {
-                            l.inits.push((v, spec));
-                        }
+                        self.ir.init(v, spec);
                     }
                     t = Ty::Tensor(dt, dims.clone(), v);
                     if let Some(c) = self.collectors.last_mut() {
