@@ -3,10 +3,19 @@
 //! file, and the type of every local binding. Recorded while checking (never while
 //! lowering) and kept with the result, so hover, go-to-definition, references, rename and
 //! inlay hints need no second walk.
+//!
+//! The walk writes what it learns to a `FactSink` wherever it learns it: a `Recorder` when
+//! checking for an editor, `NoFacts` otherwise (the CLI, lowering), which keeps nothing,
+//! so that checking without recording costs one empty call per fact.
 
-use crate::span::Span;
+use std::collections::HashSet;
 
-use super::names::ItemId;
+use crate::span::{FileId, Span};
+use crate::syntax::ast::Ident;
+
+use super::eval::show;
+use super::names::{ItemId, Program};
+use super::ty::Ty;
 
 /// What a name refers to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,7 +61,7 @@ pub struct Facts {
 }
 
 impl Facts {
-    pub(super) fn finish(&mut self) {
+    fn finish(&mut self) {
         let key = |s: &Span| (s.file, s.start, s.end);
         self.refs.sort_by(|a, b| {
             key(&a.span)
@@ -102,5 +111,81 @@ impl Facts {
     /// Every use of `target` (not its definition).
     pub fn uses<'a>(&'a self, target: &'a Target) -> impl Iterator<Item = &'a Ref> + 'a {
         self.refs.iter().filter(move |r| r.target == *target)
+    }
+}
+
+/// Where the checker's walk writes facts (see the module doc).
+pub(super) trait FactSink {
+    /// The name at `span` refers to `target`.
+    fn name_use(&mut self, span: Span, target: Target);
+    /// The expression at `span` has type `t` (in the instance being checked).
+    fn expr_type(&mut self, p: &Program, span: Span, t: &Ty);
+    /// The local `name` is bound to a value of type `t`.
+    fn binding(&mut self, p: &Program, name: &Ident, t: &Ty);
+}
+
+/// The sink of a check no editor asked for: it keeps nothing.
+pub(super) struct NoFacts;
+
+impl FactSink for NoFacts {
+    fn name_use(&mut self, _: Span, _: Target) {}
+    fn expr_type(&mut self, _: &Program, _: Span, _: &Ty) {}
+    fn binding(&mut self, _: &Program, _: &Ident, _: &Ty) {}
+}
+
+/// Records facts for an editor: every name use, and the types of expressions and bindings
+/// in the root files. Types are kept as text, which costs, so only for the files an editor
+/// shows, and never for a value already reported as wrong.
+pub(super) struct Recorder {
+    facts: Facts,
+    /// The root files.
+    files: HashSet<FileId>,
+}
+
+impl Recorder {
+    pub(super) fn new(files: HashSet<FileId>) -> Recorder {
+        Recorder {
+            facts: Facts::default(),
+            files,
+        }
+    }
+
+    /// Everything recorded, sorted and without repeats.
+    pub(super) fn finish(self) -> Facts {
+        let mut facts = self.facts;
+        facts.finish();
+        facts
+    }
+
+    fn shows(&self, span: Span, t: &Ty) -> bool {
+        self.files.contains(&span.file) && !matches!(t, Ty::Err)
+    }
+}
+
+impl FactSink for Recorder {
+    fn name_use(&mut self, span: Span, target: Target) {
+        self.facts.refs.push(Ref { span, target });
+    }
+
+    fn expr_type(&mut self, p: &Program, span: Span, t: &Ty) {
+        if self.shows(span, t) {
+            self.facts.types.push((span, show(p, t)));
+        }
+    }
+
+    fn binding(&mut self, p: &Program, name: &Ident, t: &Ty) {
+        if !self.shows(name.span, t) {
+            return;
+        }
+        self.facts.bindings.push(Binding {
+            name: name.name.clone(),
+            span: name.span,
+            ty: show(p, t),
+            record: match t {
+                Ty::Record(id) => Some(*id),
+                _ => None,
+            },
+            tensor: matches!(t, Ty::Tensor(..)),
+        });
     }
 }

@@ -4,12 +4,19 @@
 //!
 //! While lowering, every tensor value ([`Ty::Tensor`]) carries the IR value that holds it.
 //! The helpers here turn checked operations into IR nodes, making broadcasting explicit.
+//!
+//! The walk writes IR to an `IrSink`: a [`Lowering`] when lowering, `NoIr` when only
+//! checking. `NoIr` keeps nothing and gives no values, so the walk writes unconditionally
+//! and tensor values simply carry no IR value; the helpers ask `Cx::lowering` only to
+//! skip work whose result nothing would read.
 
 use super::dim::Dim;
 use super::eval::Cx;
+use super::facts::NoFacts;
 use super::ty::{DType, Ty, Val};
 use crate::diag::Diagnostic;
-use crate::ir::{Binary, Compare, Graph, Mode, Op, Reduce, Unary, ValueId};
+use crate::ir::{Binary, Compare, Composite, Graph, Mode, Op, Reduce, Unary, ValueId};
+use crate::span::Span;
 
 /// A lowering problem with no better place: code E0411.
 fn lower_error(message: impl Into<String>) -> Diagnostic {
@@ -48,27 +55,149 @@ impl InitSpec {
     }
 }
 
+/// Where the checker's walk writes the IR it lowers (see the module doc). Every value it
+/// gives back is `None` from [`NoIr`], the sink of a check that lowers nothing.
+pub(super) trait IrSink {
+    /// Whether nodes are being built: only to skip work whose result nothing would read.
+    fn building(&self) -> bool;
+    /// Train or eval, while building (`training` is unknown otherwise).
+    fn mode(&self) -> Option<Mode>;
+    /// The batch size a net is lowered for.
+    fn batch(&self) -> Option<i64>;
+    /// A per-example input shape replacing the net's declared one.
+    fn input_shape(&self) -> Option<&[usize]>;
+    /// How many nodes have been built (where a region of the graph starts).
+    fn nodes(&self) -> Option<usize>;
+    /// Appends a node computed at `span`, giving its value.
+    fn push(
+        &mut self,
+        op: Op,
+        args: Vec<ValueId>,
+        dt: DType,
+        shape: Vec<usize>,
+        span: Option<Span>,
+    ) -> Option<ValueId>;
+    /// Records why lowering cannot go on, at `span`; the first reason is the one kept.
+    fn fail(&mut self, why: String, span: Option<Span>);
+    /// A `state` input's new value (an output of the lowered step).
+    fn state_update(&mut self, old: ValueId, new: ValueId);
+    /// How a parameter or state input starts.
+    fn init(&mut self, input: ValueId, spec: InitSpec);
+    /// Gives a parameter or state input its structural name.
+    fn name_input(&mut self, input: ValueId, name: String);
+    /// A call of a function that has its own rule: the region of the graph it lowered to.
+    fn composite(&mut self, c: Composite);
+    /// A fresh seed for a random op, so that each draws its own numbers.
+    fn next_seed(&mut self) -> u64;
+}
+
+/// The sink of a check that lowers nothing: it keeps nothing and gives no values.
+pub(super) struct NoIr;
+
+impl IrSink for NoIr {
+    fn building(&self) -> bool {
+        false
+    }
+    fn mode(&self) -> Option<Mode> {
+        None
+    }
+    fn batch(&self) -> Option<i64> {
+        None
+    }
+    fn input_shape(&self) -> Option<&[usize]> {
+        None
+    }
+    fn nodes(&self) -> Option<usize> {
+        None
+    }
+    fn push(
+        &mut self,
+        _: Op,
+        _: Vec<ValueId>,
+        _: DType,
+        _: Vec<usize>,
+        _: Option<Span>,
+    ) -> Option<ValueId> {
+        None
+    }
+    fn fail(&mut self, _: String, _: Option<Span>) {}
+    fn state_update(&mut self, _: ValueId, _: ValueId) {}
+    fn init(&mut self, _: ValueId, _: InitSpec) {}
+    fn name_input(&mut self, _: ValueId, _: String) {}
+    fn composite(&mut self, _: Composite) {}
+    fn next_seed(&mut self) -> u64 {
+        0
+    }
+}
+
+impl IrSink for Lowering {
+    fn building(&self) -> bool {
+        true
+    }
+    fn mode(&self) -> Option<Mode> {
+        Some(self.graph.mode)
+    }
+    fn batch(&self) -> Option<i64> {
+        self.batch
+    }
+    fn input_shape(&self) -> Option<&[usize]> {
+        self.input.as_deref()
+    }
+    fn nodes(&self) -> Option<usize> {
+        Some(self.graph.nodes.len())
+    }
+    fn push(
+        &mut self,
+        op: Op,
+        args: Vec<ValueId>,
+        dt: DType,
+        shape: Vec<usize>,
+        span: Option<Span>,
+    ) -> Option<ValueId> {
+        Some(self.graph.push_at(op, args, dt, shape, span))
+    }
+    fn fail(&mut self, why: String, span: Option<Span>) {
+        // Later failures are usually consequences of the first.
+        self.failure.get_or_insert_with(|| {
+            let d = lower_error(why).with_help("this checks, but the compiler cannot run it yet");
+            match span {
+                Some(s) => d.primary(s, "cannot be lowered"),
+                None => d,
+            }
+        });
+    }
+    fn state_update(&mut self, old: ValueId, new: ValueId) {
+        self.state_updates.push((old, new));
+    }
+    fn init(&mut self, input: ValueId, spec: InitSpec) {
+        self.inits.push((input, spec));
+    }
+    fn name_input(&mut self, input: ValueId, new: String) {
+        if let Op::Input { name, .. } = &mut self.graph.nodes[input.index()].op {
+            *name = new;
+        }
+    }
+    fn composite(&mut self, c: Composite) {
+        self.graph.composites.push(c);
+    }
+    fn next_seed(&mut self) -> u64 {
+        self.rng += 1;
+        self.rng
+    }
+}
+
 impl Cx<'_> {
+    /// Whether IR is being built.
     pub(super) fn lowering(&self) -> bool {
-        self.lower.is_some()
+        self.ir.building()
     }
 
     pub(super) fn mode(&self) -> Option<Mode> {
-        self.lower.as_ref().map(|l| l.graph.mode)
+        self.ir.mode()
     }
 
     pub(super) fn lower_fail(&mut self, why: impl Into<String>) {
-        let span = self.cur_span;
-        if let Some(l) = self.lower.as_mut() {
-            l.failure.get_or_insert_with(|| {
-                let d =
-                    lower_error(why).with_help("this checks, but the compiler cannot run it yet");
-                match span {
-                    Some(s) => d.primary(s, "cannot be lowered"),
-                    None => d,
-                }
-            });
-        }
+        self.ir.fail(why.into(), self.cur_span);
     }
 
     fn concrete(&mut self, dims: &[Dim]) -> Option<Vec<usize>> {
@@ -84,13 +213,12 @@ impl Cx<'_> {
 
     /// Appends a node when lowering; `None` when only checking or an argument is missing.
     pub(super) fn emit(&mut self, op: Op, args: &[Val], dt: DType, dims: &[Dim]) -> Val {
-        self.lower.as_ref()?;
+        if !self.lowering() {
+            return None;
+        }
         let args: Vec<ValueId> = args.iter().copied().collect::<Option<_>>()?;
         let shape = self.concrete(dims)?;
-        let span = self.cur_span;
-        self.lower
-            .as_mut()
-            .map(|l| l.graph.push_at(op, args, dt, shape, span))
+        self.ir.push(op, args, dt, shape, self.cur_span)
     }
 
     /// A scalar constant broadcast to `dims`.
@@ -294,12 +422,10 @@ impl Cx<'_> {
         params: &[(String, Vec<Dim>, Val)],
         states: &[(String, Vec<Dim>, Val)],
     ) {
-        let Some(l) = self.lower.as_mut() else { return };
         for (n, _, v) in params.iter().chain(states) {
-            if let Some(v) = v
-                && let Op::Input { name, .. } = &mut l.graph.nodes[v.index()].op
-            {
-                *name = format!("{label}.{n}");
+            // Only inputs that were built have a value to name.
+            if let Some(v) = v {
+                self.ir.name_input(*v, format!("{label}.{n}"));
             }
         }
     }
@@ -324,29 +450,27 @@ impl Cx<'_> {
         if self.rule_for(name).is_none() {
             return;
         }
-        if let Some(l) = self.lower.as_mut() {
-            let end = l.graph.nodes.len();
-            let attrs = attrs
-                .iter()
-                .filter_map(|(n, t)| {
-                    let a = match t {
-                        Ty::Int(Some(d)) => crate::ir::Attr::Int(d.as_const()?),
-                        Ty::Float(Some(x)) => crate::ir::Attr::Float(*x),
-                        Ty::Bool(Some(b)) => crate::ir::Attr::Bool(*b),
-                        _ => return None,
-                    };
-                    Some((n.clone(), a))
-                })
-                .collect();
-            l.graph.composites.push(crate::ir::Composite {
-                rule: name.to_string(),
-                inputs,
-                attrs,
-                output: *output,
-                start,
-                end,
-            });
-        }
+        let attrs = attrs
+            .iter()
+            .filter_map(|(n, t)| {
+                let a = match t {
+                    Ty::Int(Some(d)) => crate::ir::Attr::Int(d.as_const()?),
+                    Ty::Float(Some(x)) => crate::ir::Attr::Float(*x),
+                    Ty::Bool(Some(b)) => crate::ir::Attr::Bool(*b),
+                    _ => return None,
+                };
+                Some((n.clone(), a))
+            })
+            .collect();
+        self.ir.composite(Composite {
+            rule: name.to_string(),
+            inputs,
+            attrs,
+            output: *output,
+            start,
+            // The region is every node built since `start`.
+            end: self.ir.nodes().unwrap_or(start),
+        });
     }
 
     /// The derivative rule for function `name`, anywhere in the program.
@@ -360,13 +484,7 @@ impl Cx<'_> {
     }
 
     pub(super) fn next_seed(&mut self) -> u64 {
-        self.lower
-            .as_mut()
-            .map(|l| {
-                l.rng += 1;
-                l.rng
-            })
-            .unwrap_or(0)
+        self.ir.next_seed()
     }
 }
 
@@ -382,16 +500,15 @@ pub struct Lowered {
     pub inits: Vec<(String, InitSpec)>,
 }
 
-/// The lowering done by `cx`, or why it failed: the checker's first error, else the
-/// first lowering failure.
-fn finish(cx: &mut Cx) -> Result<Lowering, Diagnostic> {
-    if let Some(d) = cx.take_errors().into_iter().next() {
-        return Err(d);
+/// Why a lowering failed, if it did: the checker's first error, else the first lowering
+/// failure.
+fn finish(diags: &[Diagnostic], lowering: &mut Lowering) -> Result<(), Diagnostic> {
+    if let Some(d) = diags.iter().find(|d| d.is_error()) {
+        return Err(d.clone());
     }
-    let mut lowering = cx.lower.take().unwrap_or_default();
     match lowering.failure.take() {
         Some(f) => Err(f),
-        None => Ok(lowering),
+        None => Ok(()),
     }
 }
 
@@ -455,16 +572,16 @@ pub fn lower_net_loss(
             lower_error(format!("`{net}` is not a net")).primary(p.items[id].span, "defined here")
         );
     };
-    let mut diags = Vec::new();
-    let mut cx = Cx::new(p, &mut diags);
     let mut lowering = Lowering {
         batch: Some(batch as i64),
         input: input.map(|s| s.to_vec()),
         ..Lowering::default()
     };
     lowering.graph.mode = mode;
-    cx.lower = Some(lowering);
-    let (info, out) = cx.check_net_lowered(p.items[id].module, decl);
+    let mut diags = Vec::new();
+    let mut no_facts = NoFacts;
+    let mut cx = Cx::new(p, &mut diags, &mut lowering, &mut no_facts);
+    let (info, out) = cx.check_net(p.items[id].module, decl);
     let mut loss_val = None;
     if let (Some((loss, loss_args)), Ty::Tensor(_, dims, Some(_))) = (loss, &out) {
         let y_dims = vec![dims[0].clone()];
@@ -507,8 +624,9 @@ pub fn lower_net_loss(
             }
         }
     }
+    drop(cx);
     // A net that does not check says why, with the checker's own diagnostic.
-    let mut lowering = finish(&mut cx)?;
+    finish(&diags, &mut lowering)?;
     let Ty::Tensor(_, _, Some(output)) = out else {
         return Err(
             lower_error(format!("`{net}` gave no value")).primary(p.items[id].span, "this net")
@@ -558,8 +676,6 @@ pub fn apply_rule(
     y: ValueId,
     dy: ValueId,
 ) -> Result<Vec<Option<ValueId>>, String> {
-    let mut diags = Vec::new();
-    let mut cx = Cx::new(p, &mut diags);
     let tensor = |g: &Graph, v: ValueId| {
         let n = g.node(v);
         Ty::Tensor(
@@ -570,12 +686,13 @@ pub fn apply_rule(
     };
     let ins: Vec<Ty> = inputs.iter().map(|v| tensor(graph, *v)).collect();
     let (yt, dyt) = (tensor(graph, y), tensor(graph, dy));
-    cx.lower = Some(Lowering {
+    let mut lowering = Lowering {
         graph: std::mem::take(graph),
         ..Lowering::default()
-    });
-    let result = cx.instantiate_rule(primal, &ins, attrs, yt, dyt);
-    let lowering = cx.lower.take().unwrap_or_default();
+    };
+    let mut diags = Vec::new();
+    let result = Cx::new(p, &mut diags, &mut lowering, &mut NoFacts)
+        .instantiate_rule(primal, &ins, attrs, yt, dyt);
     *graph = lowering.graph;
     if let Some(f) = lowering.failure {
         return Err(f.message);
@@ -610,11 +727,11 @@ pub fn lower_call(
     let id = p
         .lookup(module, name)
         .ok_or_else(|| lower_error(format!("no function `{name}`")))?;
-    let mut diags = Vec::new();
-    let mut cx = Cx::new(p, &mut diags);
     let mut lowering = Lowering::default();
     lowering.graph.mode = mode;
-    cx.lower = Some(lowering);
+    let mut diags = Vec::new();
+    let mut no_facts = NoFacts;
+    let mut cx = Cx::new(p, &mut diags, &mut lowering, &mut no_facts);
     let mut args = Vec::new();
     for i in inputs {
         let dims: Vec<Dim> = i.shape.iter().map(|d| Dim::konst(*d as i64)).collect();
@@ -631,7 +748,8 @@ pub fn lower_call(
     }
     args.extend(attrs.iter().map(|(n, t)| (Some(n.clone()), t.clone())));
     let out = cx.call_with(id, args);
-    let mut lowering = finish(&mut cx)?;
+    drop(cx);
+    finish(&diags, &mut lowering)?;
     let Ty::Tensor(_, _, Some(output)) = out else {
         return Err(lower_error(format!("`{name}` gave no tensor"))
             .primary(p.items[id].span, "this function"));
