@@ -32,7 +32,7 @@ fn steps(file: &str, net: &str) -> Vec<(String, Graph)> {
         out.push((format!("{file} train ({name})"), step.graph));
     }
     let eval = eval_step(&c.program, net, 2, loss, None).expect("an eval step");
-    out.push((format!("{file} eval"), eval));
+    out.push((format!("{file} eval"), eval.graph));
     out
 }
 

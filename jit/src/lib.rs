@@ -3,8 +3,8 @@
 //! kernels: fused loops emitted with Cranelift ([`fuse`]), matrix products and
 //! convolutions through the `gemm` crate and the other ops as Rust kernels ([`kernels`]),
 //! over one arena assigned once — and runs with no per-op dispatch beyond walking the
-//! schedule. Compiled plans are cached by the graph's text, so compiling an unchanged
-//! step again is free.
+//! schedule. Compiled plans are cached by the graph's fingerprint (confirmed by comparing
+//! the graphs), so compiling an unchanged step again is free.
 //!
 //! Invariants: every dtype is held as f32 (integers exact below 2²⁴); a kernel never
 //! writes memory it reads except a fused loop at the same index; inputs are checked
@@ -161,7 +161,9 @@ unsafe impl Send for Pointers {}
 /// The CPU backend.
 #[derive(Default)]
 pub struct Cpu {
-    cache: DashMap<String, Arc<Compiled>>,
+    /// Compiled graphs by [`Graph::fingerprint`]; a hit is confirmed by
+    /// [`Graph::same_computation`], so a hash collision only costs a compile.
+    cache: DashMap<u64, Vec<Arc<Compiled>>>,
 }
 
 impl Cpu {
@@ -216,9 +218,13 @@ impl Backend for Cpu {
 
     fn compile(&self, g: &Graph) -> Result<Executable, BackendError> {
         let t0 = std::time::Instant::now();
-        let key = nabla_lang::ir::print_graph(g);
-        let compiled = match self.cache.get(&key) {
-            Some(c) => c.clone(),
+        let key = g.fingerprint();
+        let hit = self
+            .cache
+            .get(&key)
+            .and_then(|cs| cs.iter().find(|c| c.graph.same_computation(g)).cloned());
+        let compiled = match hit {
+            Some(c) => c,
             None => {
                 let plan = sched::plan(g, &TARGET).map_err(failed)?;
                 // Debug builds (the tests) check every plan they run.
@@ -261,7 +267,7 @@ impl Backend for Cpu {
                     _jit: Mutex::new(jit),
                     graph: g.clone(),
                 });
-                self.cache.insert(key, c.clone());
+                self.cache.entry(key).or_default().push(c.clone());
                 c
             }
         };

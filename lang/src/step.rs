@@ -62,23 +62,137 @@ impl Optimizer {
     /// `(name, value)` pairs.
     pub fn scalars(&self, lr: f64, t: u64) -> Vec<(&'static str, f64)> {
         match self.update {
-            Update::Sgd { .. } => vec![("lr", lr)],
+            Update::Sgd { .. } => vec![(Hyper::Lr.name(), lr)],
             Update::Adam {
                 beta1, beta2, eps, ..
             } => {
                 // m̂/(√v̂ + ε) = m·√(1-β2ᵗ)/(1-β1ᵗ) / (√v + ε·√(1-β2ᵗ)).
                 let t = t.min(i32::MAX as u64) as i32;
                 let (c1, c2) = (1.0 - beta1.powi(t), (1.0 - beta2.powi(t)).sqrt());
-                vec![("lr", lr), ("lr_hat", lr * c2 / c1), ("eps_hat", eps * c2)]
+                vec![
+                    (Hyper::Lr.name(), lr),
+                    (Hyper::LrHat.name(), lr * c2 / c1),
+                    (Hyper::EpsHat.name(), eps * c2),
+                ]
             }
         }
     }
 }
 
-/// A compiled-to-be step: its graph and what its inputs are.
+/// A hyper-parameter a step takes as a scalar input, set by the host every step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hyper {
+    /// The learning rate.
+    Lr,
+    /// Adam's bias-corrected rate, `lr·√(1-β2ᵗ)/(1-β1ᵗ)`.
+    LrHat,
+    /// Adam's bias-corrected epsilon, `ε·√(1-β2ᵗ)`.
+    EpsHat,
+}
+
+impl Hyper {
+    pub const ALL: [Hyper; 3] = [Hyper::Lr, Hyper::LrHat, Hyper::EpsHat];
+
+    /// The input's name in the step graph.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hyper::Lr => "lr",
+            Hyper::LrHat => "lr_hat",
+            Hyper::EpsHat => "eps_hat",
+        }
+    }
+}
+
+/// What an input of a step is, so a runtime knows what to feed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InRole {
+    /// The batch of examples.
+    Images,
+    /// The batch's labels.
+    Labels,
+    Hyper(Hyper),
+    /// A trained parameter.
+    Param,
+    /// Net state (batchnorm running statistics).
+    State,
+    /// An optimizer slot (momentum, Adam's moments): state that starts at zero.
+    Slot,
+}
+
+/// What an output of a step is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutRole {
+    /// The batch's mean loss.
+    Loss,
+    /// How many predictions equal the labels (as f32).
+    Correct,
+    /// The gradient of the loss for the named parameter.
+    Gradient(String),
+    /// The new value of input `input` (by position among the graph's inputs), which
+    /// replaces it after a run (the IR's state convention).
+    Update { input: usize },
+}
+
+/// A step's inputs and outputs with their roles, in graph order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    pub inputs: Vec<(String, InRole)>,
+    pub outputs: Vec<(String, OutRole)>,
+}
+
+impl Signature {
+    /// Outputs a run returns (every one but the updates), in order.
+    pub fn returned(&self) -> impl Iterator<Item = &OutRole> {
+        self.outputs
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| !matches!(r, OutRole::Update { .. }))
+    }
+}
+
+/// The signature of step graph `g` made here: its data inputs are the batch `x` and
+/// the hyper-parameters; state inputs in `slots` are optimizer slots; outputs are what
+/// `role` says of each name, or an update where the IR's state convention says so.
+fn signature(
+    g: &Graph,
+    slots: &[String],
+    role: impl Fn(&str) -> Option<OutRole>,
+) -> Result<Signature, Diagnostic> {
+    let inputs = g
+        .inputs()
+        .map(|(_, name, kind)| {
+            let role = match kind {
+                InputKind::Data => Hyper::ALL
+                    .into_iter()
+                    .find(|h| h.name() == name)
+                    .map_or(InRole::Images, InRole::Hyper),
+                InputKind::Label => InRole::Labels,
+                InputKind::Param => InRole::Param,
+                InputKind::State if slots.iter().any(|s| s == name) => InRole::Slot,
+                InputKind::State | InputKind::Cotangent => InRole::State,
+            };
+            (name.to_string(), role)
+        })
+        .collect();
+    let updates = g.state_targets();
+    let mut outputs = Vec::new();
+    for ((name, _), target) in g.outputs.iter().zip(updates) {
+        let role = match target {
+            Some(input) => OutRole::Update { input },
+            None => role(name).ok_or_else(|| {
+                Diagnostic::error("E0411", format!("the step has an unknown output `{name}`"))
+            })?,
+        };
+        outputs.push((name.clone(), role));
+    }
+    Ok(Signature { inputs, outputs })
+}
+
+/// A compiled-to-be step: its graph, its signature and what its inputs are.
 #[derive(Clone, Debug)]
 pub struct Step {
     pub graph: Graph,
+    pub signature: Signature,
     /// Parameter names, in graph order.
     pub params: Vec<String>,
     /// Optimizer slots (`opt.m.<param>`, ...): state inputs that start at zero.
@@ -172,10 +286,10 @@ pub fn train_step_with(
         .collect();
     let grads: Vec<ValueId> = names
         .iter()
-        .filter_map(|n| g.output(&format!("grad.{n}")))
+        .filter_map(|n| g.output(&crate::ad::grad_name(n)))
         .collect();
     g.outputs
-        .retain(|(n, _)| n == "loss" || n.starts_with("state."));
+        .retain(|(n, _)| n == "loss" || Graph::replaced(n).is_some());
     let mut b = Builder { g: &mut g };
     let scalar_input = |b: &mut Builder, name: &str| {
         b.g.push(
@@ -188,11 +302,11 @@ pub fn train_step_with(
             vec![],
         )
     };
-    let lr = scalar_input(&mut b, "lr");
+    let lr = scalar_input(&mut b, Hyper::Lr.name());
     let hats = match opt.update {
         Update::Adam { .. } => Some((
-            scalar_input(&mut b, "lr_hat"),
-            scalar_input(&mut b, "eps_hat"),
+            scalar_input(&mut b, Hyper::LrHat.name()),
+            scalar_input(&mut b, Hyper::EpsHat.name()),
         )),
         Update::Sgd { .. } => None,
     };
@@ -223,7 +337,7 @@ pub fn train_step_with(
                     let m = b.scalar(momentum, w);
                     let mb = b.bin(Binary::Mul, m, buf);
                     let nb = b.bin(Binary::Add, mb, gr);
-                    updates.push((format!("state.{slot}"), nb));
+                    updates.push((Graph::state_output(&slot), nb));
                     slots.push(slot);
                     if nesterov {
                         let m2 = b.scalar(momentum, w);
@@ -243,8 +357,8 @@ pub fn train_step_with(
                 let nm = b.lerp(beta1, m, 1.0 - beta1, gr);
                 let g2 = b.bin(Binary::Mul, gr, gr);
                 let nv = b.lerp(beta2, v, 1.0 - beta2, g2);
-                updates.push((format!("state.{ms}"), nm));
-                updates.push((format!("state.{vs}"), nv));
+                updates.push((Graph::state_output(&ms), nm));
+                updates.push((Graph::state_output(&vs), nv));
                 slots.extend([ms, vs]);
                 let root = b.un(Unary::Sqrt, nv);
                 let e = b.spread(eps_hat, w);
@@ -265,15 +379,17 @@ pub fn train_step_with(
             }
             (Update::Adam { .. }, None) => w,
         };
-        updates.push((format!("state.{name}"), new_w));
+        updates.push((Graph::state_output(name), new_w));
     }
     g.outputs.extend(updates);
     let graph = crate::opt::optimize(&g);
     crate::ir::verify(&graph).map_err(|e| {
         Diagnostic::error("E0411", format!("the train step does not verify: {e:?}"))
     })?;
+    let signature = signature(&graph, &slots, |n| (n == "loss").then_some(OutRole::Loss))?;
     Ok(Step {
         graph,
+        signature,
         params: names,
         slots,
         inits,
@@ -303,20 +419,30 @@ pub fn grad_step(
         .filter_map(|v| g.input_name(*v).map(str::to_string))
         .collect();
     let mut outputs = Vec::with_capacity(names.len() + 1);
-    for name in std::iter::once("loss".to_string()).chain(names.iter().map(|n| format!("grad.{n}")))
-    {
-        let v = g.output(&name).ok_or_else(|| {
+    let mut roles = vec![("loss".to_string(), OutRole::Loss)];
+    for name in &names {
+        roles.push((crate::ad::grad_name(name), OutRole::Gradient(name.clone())));
+    }
+    for (name, _) in &roles {
+        let v = g.output(name).ok_or_else(|| {
             Diagnostic::error("E0411", format!("the gradient step has no output `{name}`"))
         })?;
-        outputs.push((name, v));
+        outputs.push((name.clone(), v));
     }
     g.outputs = outputs;
     let graph = crate::opt::optimize(&g);
     crate::ir::verify(&graph).map_err(|e| {
         Diagnostic::error("E0411", format!("the gradient step does not verify: {e:?}"))
     })?;
+    let signature = signature(&graph, &[], |n| {
+        roles
+            .iter()
+            .find(|(r, _)| r == n)
+            .map(|(_, role)| role.clone())
+    })?;
     Ok(Step {
         graph,
+        signature,
         params: names,
         slots: vec![],
         inits: l.inits,
@@ -331,7 +457,7 @@ pub fn eval_step(
     batch: usize,
     loss: &str,
     input: Option<&[usize]>,
-) -> Result<Graph, Diagnostic> {
+) -> Result<Step, Diagnostic> {
     let l = lower_net_at(p, 0, net, batch, Mode::Eval, Some(loss), input)?;
     let mut g = l.graph;
     let logits = l.output;
@@ -374,5 +500,16 @@ pub fn eval_step(
             format!("the evaluation step does not verify: {e:?}"),
         )
     })?;
-    Ok(graph)
+    let signature = signature(&graph, &[], |n| match n {
+        "loss" => Some(OutRole::Loss),
+        "correct" => Some(OutRole::Correct),
+        _ => None,
+    })?;
+    Ok(Step {
+        graph,
+        signature,
+        params: vec![],
+        slots: vec![],
+        inits: l.inits,
+    })
 }

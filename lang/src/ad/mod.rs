@@ -46,6 +46,11 @@ impl std::fmt::Display for AdError {
     }
 }
 
+/// The output holding the gradient for input `name`: `grad.<name>`.
+pub fn grad_name(name: &str) -> String {
+    format!("grad.{name}")
+}
+
 /// Appends the gradient of the scalar `loss` with respect to each of `wrt` to a copy of
 /// `g`, as outputs `grad.<input name>`.
 pub fn grad(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Graph, AdError> {
@@ -192,7 +197,7 @@ pub fn grad_with(
                 }
             }
         };
-        out.outputs.push((format!("grad.{name}"), value));
+        out.outputs.push((grad_name(&name), value));
     }
     out.composites.clear();
     Ok(out)

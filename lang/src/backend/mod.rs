@@ -122,14 +122,7 @@ pub fn check_upload(shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
 /// How each output of `g` is delivered: `Some(i)` when it is the new value of input `i`
 /// (a `state.N` output), `None` when it is returned.
 pub fn state_targets(g: &Graph) -> Vec<Option<usize>> {
-    let inputs: Vec<&str> = g.inputs().map(|(_, n, _)| n).collect();
-    g.outputs
-        .iter()
-        .map(|(name, _)| {
-            name.strip_prefix("state.")
-                .and_then(|n| inputs.iter().position(|i| *i == n))
-        })
-        .collect()
+    g.state_targets()
 }
 
 /// The reference interpreter as a backend (f64 inside, or f32 by rounding).

@@ -143,7 +143,8 @@ pub fn eval_case(
     input: Option<&[usize]>,
 ) -> Result<Case, String> {
     let graph = crate::step::eval_step(p, net, batch, "softmax_cross_entropy", input)
-        .map_err(|d| d.message)?;
+        .map_err(|d| d.message)?
+        .graph;
     let mut inputs = crate::gradcheck::random_inputs(&graph, 13, 10);
     round_inputs(&mut inputs);
     Ok(Case {

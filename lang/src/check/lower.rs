@@ -643,7 +643,7 @@ pub fn lower_net_loss(
     }
     for (old, new) in &lowering.state_updates {
         if let Op::Input { name, .. } = &lowering.graph.nodes[old.index()].op {
-            let name = format!("state.{name}");
+            let name = Graph::state_output(&name);
             lowering.graph.outputs.retain(|(n, _)| *n != name);
             lowering.graph.outputs.push((name, *new));
         }

@@ -7,6 +7,7 @@
 //! ([`Op::Broadcast`]), so every elementwise op has operands of its own shape, which keeps
 //! AD and the backends simple.
 
+mod key;
 pub mod ops;
 mod print;
 mod source;
@@ -14,6 +15,7 @@ mod verify;
 
 use std::fmt;
 
+pub use key::NodeKey;
 pub use print::{parse_graph, print_graph};
 pub use source::print_source;
 pub use verify::verify;
@@ -368,6 +370,27 @@ impl Graph {
             Op::Input { name, .. } => Some(name),
             _ => None,
         }
+    }
+
+    /// The IR's state convention, defined here alone: an output named `state.N` is the
+    /// new value of input `N`, which replaces it after a run. For each output, the
+    /// position among the inputs of the one it replaces.
+    pub fn state_targets(&self) -> Vec<Option<usize>> {
+        let inputs: Vec<&str> = self.inputs().map(|(_, n, _)| n).collect();
+        self.outputs
+            .iter()
+            .map(|(name, _)| Self::replaced(name).and_then(|n| inputs.iter().position(|i| *i == n)))
+            .collect()
+    }
+
+    /// The input an output named `name` replaces under the state convention.
+    pub fn replaced(name: &str) -> Option<&str> {
+        name.strip_prefix("state.")
+    }
+
+    /// The name of the output that replaces input `input`.
+    pub fn state_output(input: &str) -> String {
+        format!("state.{input}")
     }
 
     pub fn output(&self, name: &str) -> Option<ValueId> {

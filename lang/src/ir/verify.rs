@@ -62,7 +62,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                 message: format!("output `{name}` refers to missing {v}"),
             });
         }
-        let Some(target) = name.strip_prefix("state.") else {
+        let Some(target) = Graph::replaced(name) else {
             continue;
         };
         if let Some((i, _, _)) = g.inputs().find(|(_, n, _)| *n == target) {

@@ -10,8 +10,9 @@
 //! [`optimize`] runs them to a fixed point.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
-use crate::ir::{Binary, Graph, Node, Op, Unary, ValueId};
+use crate::ir::{Binary, Graph, Node, NodeKey, Op, Unary, ValueId};
 
 /// Runs simplify, CSE and DCE until nothing changes.
 pub fn optimize(g: &Graph) -> Graph {
@@ -193,16 +194,27 @@ pub fn cse(g: &Graph) -> Graph {
         ..Graph::default()
     };
     let mut map: Vec<ValueId> = Vec::with_capacity(g.nodes.len());
-    let mut seen: HashMap<String, ValueId> = HashMap::new();
+    // Each kept node by value (see `NodeKey`), keyed by its index in `out`: inputs are
+    // distinct by name; everything else is a pure function of its args.
+    let mut seen: HashMap<u64, Vec<ValueId>> = HashMap::new();
     for n in &g.nodes {
-        let args: Vec<ValueId> = n.args.iter().map(|a| map[a.index()]).collect();
-        // Inputs are distinct by name; everything else is a pure function of its args.
-        let key = format!("{:?}|{:?}|{:?}|{:?}", n.op, args, n.dtype, n.shape);
-        let v = match seen.get(&key) {
+        let node = crate::ir::Node {
+            args: n.args.iter().map(|a| map[a.index()]).collect(),
+            ..n.clone()
+        };
+        let hash = {
+            let mut h = std::hash::DefaultHasher::new();
+            NodeKey(&node).hash(&mut h);
+            h.finish()
+        };
+        let same = seen
+            .get(&hash)
+            .and_then(|vs| vs.iter().find(|v| NodeKey(out.node(**v)) == NodeKey(&node)));
+        let v = match same {
             Some(v) => *v,
             None => {
-                let v = out.push_at(n.op.clone(), args, n.dtype, n.shape.clone(), n.span);
-                seen.insert(key, v);
+                let v = out.push_at(node.op, node.args, node.dtype, node.shape, node.span);
+                seen.entry(hash).or_default().push(v);
                 v
             }
         };

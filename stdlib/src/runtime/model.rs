@@ -13,7 +13,9 @@ use nabla_lang::check::lower::{InitSpec, lower_net_at};
 use nabla_lang::gradcheck::normal;
 use nabla_lang::interp::uniform;
 use nabla_lang::ir::{InputKind, Mode};
-use nabla_lang::step::{Optimizer, Update, eval_step, grad_step, train_step_with};
+use nabla_lang::step::{
+    InRole, Optimizer, OutRole, Step, Update, eval_step, grad_step, train_step_with,
+};
 
 use super::tensors::{Named, Tensors};
 
@@ -59,8 +61,8 @@ struct Exe<B: Backend> {
     exe: B::Executable,
     inputs: Vec<(Feed, Vec<usize>)>,
     staged: Vec<Option<B::Buffer>>,
-    /// Names of the outputs the step returns (not the `state.*` ones), in order.
-    outputs: Vec<String>,
+    /// What each output the step returns is (updates replace their inputs instead).
+    outputs: Vec<OutRole>,
 }
 
 /// A data augmentation, from the recipe.
@@ -466,7 +468,7 @@ impl<B: Backend> Model<B> {
             }
             let names: Vec<&str> = optimizer.scalars(0.0, 1).iter().map(|(n, _)| *n).collect();
             self.classes = self.classes.or(label_classes(&step.graph));
-            let exe = self.prepare_exe(backend, &step.graph, &names)?;
+            let exe = self.prepare_exe(backend, &step, &names)?;
             self.train.insert(b, exe);
         }
         self.check_labels(split, idx)?;
@@ -559,13 +561,14 @@ impl<B: Backend> Model<B> {
         let input = |name: &str, _| {
             let (v, _, _) = g.inputs().find(|(_, n, _)| *n == name)?;
             let n = g.node(v);
-            let data: Vec<f64> = match name {
-                "x" => x.iter().map(|v| f64::from(*v)).collect(),
-                "y" => y.iter().map(|v| f64::from(*v)).collect(),
-                _ => match scalars.iter().find(|(s, _)| *s == name) {
-                    Some((_, v)) => vec![*v],
-                    None => values.get(name)?.iter().map(|v| f64::from(*v)).collect(),
-                },
+            let role = step.signature.inputs.iter().find(|(n, _)| n == name)?.1;
+            let data: Vec<f64> = match role {
+                InRole::Images => x.iter().map(|v| f64::from(*v)).collect(),
+                InRole::Labels => y.iter().map(|v| f64::from(*v)).collect(),
+                InRole::Hyper(h) => vec![scalars.iter().find(|(s, _)| *s == h.name())?.1],
+                InRole::Param | InRole::State | InRole::Slot => {
+                    values.get(name)?.iter().map(|v| f64::from(*v)).collect()
+                }
             };
             Some(nabla_lang::interp::Tensor::new(
                 n.dtype,
@@ -579,36 +582,30 @@ impl<B: Backend> Model<B> {
     }
 
     /// Compiles `g` and resolves where each of its inputs comes from.
-    fn prepare_exe(
-        &self,
-        backend: &B,
-        g: &nabla_lang::ir::Graph,
-        scalars: &[&str],
-    ) -> Result<Exe<B>, String> {
+    fn prepare_exe(&self, backend: &B, step: &Step, scalars: &[&str]) -> Result<Exe<B>, String> {
+        let g = &step.graph;
         let mut inputs = Vec::new();
-        for (v, name, _) in g.inputs() {
-            let feed = match name {
-                "x" => Feed::Images,
-                "y" => Feed::Labels,
-                n => match scalars.iter().position(|s| *s == n) {
-                    Some(k) => Feed::Scalar(k),
-                    None => {
-                        Feed::Tensor(self.tensors.iter().position(|t| t.name == n).ok_or_else(
-                            || format!("the step needs `{n}`, which the model lacks"),
-                        )?)
-                    }
-                },
+        for ((v, _, _), (n, role)) in g.inputs().zip(&step.signature.inputs) {
+            let feed = match role {
+                InRole::Images => Feed::Images,
+                InRole::Labels => Feed::Labels,
+                InRole::Hyper(h) => {
+                    Feed::Scalar(scalars.iter().position(|s| *s == h.name()).ok_or_else(|| {
+                        format!("the step needs `{n}`, which the optimizer lacks")
+                    })?)
+                }
+                InRole::Param | InRole::State | InRole::Slot => Feed::Tensor(
+                    self.tensors
+                        .iter()
+                        .position(|t| t.name == *n)
+                        .ok_or_else(|| format!("the step needs `{n}`, which the model lacks"))?,
+                ),
             };
             inputs.push((feed, g.node(v).shape.clone()));
         }
         let exe = backend.compile(g).map_err(err)?;
         let staged = inputs.iter().map(|_| None).collect();
-        let outputs = g
-            .outputs
-            .iter()
-            .filter(|(n, _)| !n.starts_with("state."))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let outputs = step.signature.returned().cloned().collect();
         Ok(Exe {
             exe,
             inputs,
@@ -731,7 +728,7 @@ impl<B: Backend> Model<B> {
             let eps = [("eps", smoothing)];
             let step = grad_step(p, &self.net, b, loss(&eps), Some(&split.shape))
                 .map_err(|d| d.message)?;
-            let exe = self.prepare_exe(backend, &step.graph, &[])?;
+            let exe = self.prepare_exe(backend, &step, &[])?;
             self.grad.insert(b, exe);
         }
         let out = self.run(backend, Which::Grad, split, &[])?;
@@ -745,7 +742,7 @@ impl<B: Backend> Model<B> {
         for t in self.tensors.iter().filter(|t| t.role == Role::Param) {
             let k = names
                 .iter()
-                .position(|n| n.strip_prefix("grad.") == Some(t.name.as_str()))
+                .position(|r| *r == OutRole::Gradient(t.name.clone()))
                 .ok_or_else(|| format!("the gradient step has no gradient for `{}`", t.name))?;
             let buf = out
                 .get(k)
@@ -845,10 +842,10 @@ impl<B: Backend> Model<B> {
             let idx: Vec<usize> = (start..start + b).collect();
             self.gather(split, &idx, false)?;
             if !self.eval.contains_key(&b) {
-                let g =
+                let step =
                     eval_step(p, &self.net, b, LOSS, Some(&split.shape)).map_err(|d| d.message)?;
-                self.classes = self.classes.or(label_classes(&g));
-                let exe = self.prepare_exe(backend, &g, &[])?;
+                self.classes = self.classes.or(label_classes(&step.graph));
+                let exe = self.prepare_exe(backend, &step, &[])?;
                 self.eval.insert(b, exe);
             }
             self.check_labels(split, &idx)?;
@@ -857,8 +854,20 @@ impl<B: Backend> Model<B> {
                 .iter()
                 .map(|o| first(backend, std::slice::from_ref(o)))
                 .collect::<Result<_, _>>()?;
-            loss += values[0] * b as f64;
-            correct += values[1].round() as u64;
+            let roles = self
+                .eval
+                .get(&b)
+                .map(|e| e.outputs.as_slice())
+                .unwrap_or_default();
+            let at = |role: OutRole| {
+                roles
+                    .iter()
+                    .position(|r| *r == role)
+                    .and_then(|k| values.get(k).copied())
+                    .ok_or_else(|| format!("the evaluation step returned no {role:?}"))
+            };
+            loss += at(OutRole::Loss)? * b as f64;
+            correct += at(OutRole::Correct)?.round() as u64;
             start += b;
         }
         Ok((loss, correct))
