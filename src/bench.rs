@@ -41,7 +41,7 @@ fn mib(b: u64) -> f64 {
 }
 
 /// Runs the benchmark and prints its report; `started` is when the process began.
-pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<(), String> {
+pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<(), crate::Failure> {
     let opt = match o.optimizer {
         OptimizerArg::Sgd => Optimizer::sgd(),
         OptimizerArg::Adam => Optimizer::adam(),
@@ -55,7 +55,7 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
         &opt,
         o.input,
     )
-    .map_err(|d| crate::render_diag(checked, &d))?;
+    .map_err(|d| crate::rendered(checked, &d))?;
     let build = t0.elapsed().as_secs_f64();
     let cpu = Cpu::new();
     let t1 = Instant::now();

@@ -291,22 +291,56 @@ pub(crate) fn render_diag(checked: &Checked, d: &nabla_lang::Diagnostic) -> Stri
 }
 
 /// An AD error, rendered as a diagnostic with its source span when it has one.
-fn render_ad(checked: &Checked, e: &nabla_lang::ad::AdError) -> String {
-    render_diag(checked, &e.to_diagnostic())
+fn render_ad(checked: &Checked, e: &nabla_lang::ad::AdError) -> Failure {
+    rendered(checked, &e.to_diagnostic())
 }
 
-/// Prints an error: a rendered diagnostic as it is, anything else as `error: ...`.
-fn print_error(e: &str) {
-    if e.contains("[E0") {
-        eprint!("{e}")
-    } else {
-        eprintln!("error: {e}")
+/// Why a command failed, as the CLI reports it.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Diagnostics already rendered against their sources: printed as they are.
+    Rendered(String),
+    /// A plain message: printed as `error: ...`.
+    Message(String),
+}
+
+/// The text alone (a rendered diagnostic, or the message without `error:`).
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Failure::Rendered(text) | Failure::Message(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Failure {
+        Failure::Message(m)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(m: &str) -> Failure {
+        Failure::Message(m.to_string())
+    }
+}
+
+/// A diagnostic as a failure, rendered against the checked sources.
+pub(crate) fn rendered(checked: &Checked, d: &nabla_lang::Diagnostic) -> Failure {
+    Failure::Rendered(render_diag(checked, d))
+}
+
+/// Prints why a command failed.
+pub(crate) fn print_error(e: &Failure) {
+    match e {
+        Failure::Rendered(text) => eprint!("{text}"),
+        Failure::Message(m) => eprintln!("error: {m}"),
     }
 }
 
 /// The VJP of a tensor function at a small instance: gradients of `sum(y * r)`, i.e.
 /// the pullback of the cotangent `r`.
-fn vjp_fn(checked: &Checked, name: &str, ir: bool) -> Result<String, String> {
+fn vjp_fn(checked: &Checked, name: &str, ir: bool) -> Result<String, Failure> {
     let p = &checked.program;
     let fid = p
         .lookup(0, name)
@@ -347,7 +381,7 @@ fn vjp(
     batch: usize,
     loss: &str,
     ir: bool,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     use nabla_lang::ir::{InputKind, Mode};
     if let Some(name) = net.as_deref() {
         if !checked.nets.iter().any(|n| n.name == name) {
@@ -363,7 +397,7 @@ fn vjp(
         Mode::Train,
         Some(loss),
     )
-    .map_err(|d| render_diag(checked, &d))?;
+    .map_err(|d| rendered(checked, &d))?;
     let lv = l.loss.ok_or("no loss")?;
     let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
     let mut g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params)
@@ -437,7 +471,7 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
             Vec<nabla_lang::gradcheck::Finding>,
             Vec<nabla_lang::gradcheck::FewValues>,
         );
-        let result = (|| -> Result<Found, String> {
+        let result = (|| -> Result<Found, Failure> {
             let l = nabla_lang::check::lower::lower_net_at(
                 &checked.program,
                 0,
@@ -447,7 +481,7 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
                 Some(loss),
                 input,
             )
-            .map_err(|d| render_diag(checked, &d))?;
+            .map_err(|d| rendered(checked, &d))?;
             let lv = l.loss.ok_or("no loss")?;
             let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
             let g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params)
@@ -455,10 +489,10 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
             let names = param_names(&l.graph, &params);
             let total = names.len();
             if let Some(missing) = only.iter().find(|n| !names.contains(n)) {
-                return Err(format!(
+                return Err(Failure::Message(format!(
                     "net `{}` has no parameter tensor `{missing}`",
                     net.name
-                ));
+                )));
             }
             let mut chosen: Vec<String> = names
                 .iter()
@@ -506,7 +540,7 @@ fn gradcheck(checked: &Checked, o: &GradcheckOptions) -> ExitCode {
                     nabla_lang::gradcheck::few_value_normalizations(&l.graph),
                 )
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| Failure::Message(e.to_string()))
         })();
         match result {
             Ok((items, few)) => {
@@ -723,17 +757,19 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
             let Some(checked) = check_one(&file) else {
                 return ExitCode::from(1);
             };
-            let result = pick_net(&checked, net).and_then(|net| {
-                let o = bench::BenchOptions {
-                    net: &net,
-                    batch: batch.max(1),
-                    optimizer,
-                    steps: steps.max(1),
-                    input: input.as_deref(),
-                    profile,
-                };
-                bench::bench(&checked, &o, started)
-            });
+            let result = pick_net(&checked, net)
+                .map_err(Failure::from)
+                .and_then(|net| {
+                    let o = bench::BenchOptions {
+                        net: &net,
+                        batch: batch.max(1),
+                        optimizer,
+                        steps: steps.max(1),
+                        input: input.as_deref(),
+                        profile,
+                    };
+                    bench::bench(&checked, &o, started)
+                });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -776,22 +812,24 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
             let Some(checked) = check_one(&file) else {
                 return ExitCode::from(1);
             };
-            let result = pick_net(&checked, net).and_then(|net| {
-                let mode = if eval {
-                    nabla_lang::ir::Mode::Eval
-                } else {
-                    nabla_lang::ir::Mode::Train
-                };
-                nabla_lang::check::lower::lower_net(
-                    &checked.program,
-                    0,
-                    &net,
-                    batch,
-                    mode,
-                    loss.as_deref(),
-                )
-                .map_err(|d| render_diag(&checked, &d))
-            });
+            let result = pick_net(&checked, net)
+                .map_err(Failure::from)
+                .and_then(|net| {
+                    let mode = if eval {
+                        nabla_lang::ir::Mode::Eval
+                    } else {
+                        nabla_lang::ir::Mode::Train
+                    };
+                    nabla_lang::check::lower::lower_net(
+                        &checked.program,
+                        0,
+                        &net,
+                        batch,
+                        mode,
+                        loss.as_deref(),
+                    )
+                    .map_err(|d| rendered(&checked, &d))
+                });
             match result {
                 Ok(l) => {
                     print!("{}", nabla_lang::ir::print_graph(&l.graph));

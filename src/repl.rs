@@ -209,7 +209,7 @@ impl Session {
         };
         let offset = self.text.len();
         let result = Runtime::new(&checked.program, &prog, &self.backend, self.options.clone())
-            .map_err(|d| render_input(offset, &checked, &d))
+            .map_err(|d| crate::Failure::Rendered(render_input(offset, &checked, &d)))
             .and_then(|mut rt| {
                 let compiled = nabla_host::compile(&prog, &mut self.heap)?;
                 compiled
@@ -222,7 +222,7 @@ impl Session {
                         for s in &e.trace {
                             d = d.secondary(*s, "called from here");
                         }
-                        render_input(offset, &checked, &d)
+                        crate::Failure::Rendered(render_input(offset, &checked, &d))
                     })
             });
         match result {
@@ -314,7 +314,7 @@ impl Session {
             ":ir" => {
                 if let Ok(c) = self.check("") {
                     let net = crate::pick_net(&c, (!arg.is_empty()).then(|| arg.to_string()));
-                    match net.and_then(|n| {
+                    match net.map_err(crate::Failure::from).and_then(|n| {
                         nabla_lang::check::lower::lower_net(
                             &c.program,
                             0,
@@ -323,7 +323,7 @@ impl Session {
                             nabla_lang::ir::Mode::Train,
                             None,
                         )
-                        .map_err(|d| self.render(&c, &d))
+                        .map_err(|d| crate::Failure::Rendered(self.render(&c, &d)))
                     }) {
                         Ok(l) => print!("{}", nabla_lang::ir::print_graph(&l.graph)),
                         Err(e) => crate::print_error(&e),
@@ -450,7 +450,7 @@ fn history_file() -> Option<PathBuf> {
 }
 
 /// Runs the REPL until `:quit` or end of input.
-pub fn repl(data: Option<PathBuf>) -> Result<(), String> {
+pub fn repl(data: Option<PathBuf>) -> Result<(), crate::Failure> {
     let mut session = Session::new(data);
     if !std::io::stdin().is_terminal() {
         // Piped input: whole inputs by the same bracket rule, no prompt.
@@ -499,7 +499,7 @@ pub fn repl(data: Option<PathBuf>) -> Result<(), String> {
             }
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.to_string().into()),
         }
     }
     Ok(())

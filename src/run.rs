@@ -19,12 +19,14 @@ pub enum Device {
 }
 
 /// Runs the checked program's top-level statements. Errors come back rendered.
-pub fn run(checked: &Checked, device: Device, data: Option<PathBuf>) -> Result<(), String> {
-    let prog = nabla_lang::host::lower::lower_program(&checked.program, 0).map_err(|ds| {
-        ds.iter()
-            .map(|d| crate::render_diag(checked, d))
-            .collect::<String>()
-    })?;
+pub fn run(checked: &Checked, device: Device, data: Option<PathBuf>) -> Result<(), crate::Failure> {
+    let prog = nabla_lang::host::lower::lower_program(&checked.program, 0)
+        .map_err(|ds| {
+            ds.iter()
+                .map(|d| crate::render_diag(checked, d))
+                .collect::<String>()
+        })
+        .map_err(crate::Failure::Rendered)?;
     let data = data.or_else(|| std::env::var_os("NABLA_DATA").map(PathBuf::from));
     let options = Options {
         data,
@@ -49,10 +51,10 @@ fn go<B: Backend + 'static>(
     prog: &nabla_lang::host::HostProgram,
     backend: &B,
     options: Options,
-) -> Result<(), String> {
+) -> Result<(), crate::Failure> {
     let mut heap = Heap::default();
     let mut runtime = Runtime::new(&checked.program, prog, backend, options)
-        .map_err(|d| crate::render_diag(checked, &d))?;
+        .map_err(|d| crate::rendered(checked, &d))?;
     nabla_host::run(prog, &mut heap, &mut runtime).map_err(|e| {
         let d = Diagnostic::error("E0701", e.message.clone());
         let mut d = match e.span {
@@ -62,6 +64,6 @@ fn go<B: Backend + 'static>(
         for s in &e.trace {
             d = d.secondary(*s, "called from here");
         }
-        crate::render_diag(checked, &d)
+        crate::rendered(checked, &d)
     })
 }
