@@ -354,7 +354,8 @@ fn vjp_fn(checked: &Checked, name: &str, ir: bool) -> Result<String, Failure> {
     let i = nabla_lang::gradcheck::call_instance(p, fid)?;
     let mut g =
         nabla_lang::ad::grad(p, &i.graph, i.loss, &i.wrt).map_err(|e| render_ad(checked, &e))?;
-    g.outputs.retain(|(n, _)| n.starts_with("grad."));
+    g.outputs
+        .retain(|(n, _)| nabla_lang::ad::gradient_of(n).is_some());
     let g = nabla_lang::opt::optimize(&g);
     if ir {
         return Ok(nabla_lang::ir::print_graph(&g));
@@ -372,7 +373,9 @@ fn vjp_fn(checked: &Checked, name: &str, ir: bool) -> Result<String, Failure> {
         "// vjp of `{name}` at {}; r = the cotangent of its result\n",
         shapes.join(", ")
     );
-    Ok(head + &nabla_lang::ir::print_source(&g, &|n| n.starts_with("grad.")).replace("grad.", "d"))
+    Ok(head
+        + &nabla_lang::ir::print_source(&g, &|n| nabla_lang::ad::gradient_of(n).is_some())
+            .replace("grad.", "d"))
 }
 
 fn vjp(
@@ -402,7 +405,8 @@ fn vjp(
     let params = nabla_lang::ad::inputs_of(&l.graph, InputKind::Param);
     let mut g = nabla_lang::ad::grad(&checked.program, &l.graph, lv, &params)
         .map_err(|e| render_ad(checked, &e))?;
-    g.outputs.retain(|(n, _)| n.starts_with("grad."));
+    g.outputs
+        .retain(|(n, _)| nabla_lang::ad::gradient_of(n).is_some());
     let g = nabla_lang::opt::optimize(&g);
     if ir {
         return Ok(nabla_lang::ir::print_graph(&g));
@@ -411,10 +415,9 @@ fn vjp(
         "// d {loss} / d parameters of {net}, batch {batch}; z = logits, y = labels
 "
     );
-    Ok(
-        head + &nabla_lang::ir::print_source(&g, &|n| n.starts_with("grad."))
-            .replace("grad.", "d "),
-    )
+    Ok(head
+        + &nabla_lang::ir::print_source(&g, &|n| nabla_lang::ad::gradient_of(n).is_some())
+            .replace("grad.", "d "))
 }
 
 /// What `nabla gradcheck` checks, besides the file.

@@ -51,6 +51,11 @@ pub fn grad_name(name: &str) -> String {
     format!("grad.{name}")
 }
 
+/// The input whose gradient output `name` holds, when it holds one.
+pub fn gradient_of(name: &str) -> Option<&str> {
+    name.strip_prefix("grad.")
+}
+
 /// Appends the gradient of the scalar `loss` with respect to each of `wrt` to a copy of
 /// `g`, as outputs `grad.<input name>`.
 pub fn grad(p: &Program, g: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<Graph, AdError> {
