@@ -1,2 +1,499 @@
-//! `nabla-gpu`: the GPU backend through CubeCL, behind a cargo feature. Not built yet:
-//! see the open issues.
+//! `nabla-gpu`: the GPU backend. A graph is scheduled by the shared scheduler
+//! (`nabla-sched`) for the device's [`Target`] — the same plan the CPU runs, with the
+//! device's alignment, largest binding and no reductions on read — and each planned
+//! kernel becomes one or two CubeCL launches ([`steps`]): a fused group is one generated
+//! kernel ([`kernels::fused`], compiled once per distinct program), the other ops are
+//! fixed kernels that read their shapes from a small geometry buffer. CubeCL compiles
+//! them for wgpu (WGSL: Vulkan, Metal, DX12 — software Vulkan included), CUDA or ROCm.
+//!
+//! Everything a step touches stays on the device: inputs are device buffers, the plan's
+//! arena is one device buffer whose regions are bound at their offsets, state outputs are
+//! written into their inputs' buffers (or replace them), and [`Backend::run`] returns
+//! without waiting; only [`Backend::download`] waits.
+//!
+//! Invariants: every dtype is held as f32, as on the CPU (integers exact below 2²⁴);
+//! indices are `u32` (a plan needing more is refused when compiling); a kernel writes
+//! only its outputs, and reads an output's own element only where the plan allows an
+//! in-place update; no atomics, so every run gives the same bits.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod device;
+pub mod kernels;
+pub mod steps;
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use nabla_lang::backend::{Backend, BackendError};
+use nabla_lang::check::ty::DType;
+use nabla_lang::ir::{Binary, Graph, Unary, ValueId};
+use nabla_sched::{Loc, Plan, Scale, Target};
+
+pub use device::{Adapter, adapters};
+use steps::Step;
+
+/// A tensor in device memory (f32).
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    pub handle: Handle,
+    pub shape: Vec<usize>,
+}
+
+/// A compiled graph: its plan, its launches and their geometry buffers.
+pub struct Compiled {
+    pub plan: Plan,
+    pub graph: Graph,
+    /// Each launch with the index of the plan kernel it belongs to.
+    steps: Vec<(usize, Step)>,
+    /// The geometry buffer of each launch that has one.
+    geos: Vec<Option<Handle>>,
+}
+
+/// A compiled graph with its device arena: one per concurrent user of a step.
+pub struct Executable {
+    pub compiled: Arc<Compiled>,
+    /// The arena's pages (see `Target::page`), each a buffer of its own.
+    pages: Vec<Handle>,
+    /// Whether a run has completed: the first one submits kernel by kernel, so that a
+    /// kernel that fails to compile is named.
+    ran: bool,
+}
+
+impl Executable {
+    /// Bytes of the device arena (every intermediate value of a run).
+    pub fn arena_bytes(&self) -> usize {
+        self.compiled.plan.arena
+    }
+}
+
+/// The GPU backend on CubeCL runtime `R`.
+pub struct Gpu<R: Runtime> {
+    client: ComputeClient<R>,
+    target: Target,
+    /// The adapter, for messages: `llvmpipe (LLVM 15.0.6, 256 bits) (cpu, Vulkan)`.
+    pub adapter: String,
+    cache: Mutex<HashMap<u64, Vec<Arc<Compiled>>>>,
+}
+
+fn f32_everywhere(_: DType) -> DType {
+    DType::F32
+}
+
+/// What a GPU tells the scheduler: every dtype held as f32; buffers bound at offsets of
+/// 256 bytes (the strictest storage-binding alignment of common adapters, and at least
+/// the device's own); loops run one element per unit (no vector lanes, so every
+/// broadcast pattern can be read in place); no function is evaluated lane by lane;
+/// transcendental functions are worth storing rather than recomputing; the largest
+/// binding is the device's; reductions are kernels of their own.
+pub fn target(name: &'static str, align: usize, max_binding: usize) -> Target {
+    Target {
+        name,
+        storage: f32_everywhere,
+        align: align.max(256),
+        lanes: 1,
+        scalar_unary: &[],
+        scalar_binary: &[],
+        costly_unary: &[
+            Unary::Exp,
+            Unary::Log,
+            Unary::Tanh,
+            Unary::Sigmoid,
+            Unary::Erf,
+            Unary::Sin,
+            Unary::Cos,
+        ],
+        costly_binary: &[Binary::Pow],
+        max_binding,
+        reduce_on_read: None,
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown error".into())
+}
+
+/// Runs `f`, turning a panic inside the runtime (device lost, out of memory) into an
+/// error that says what was being done.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|e| {
+        Err(BackendError::Failed(format!(
+            "the device failed while {what}: {}",
+            panic_text(&*e)
+        )))
+    })
+}
+
+const UNITS: u32 = 256;
+
+impl<R: Runtime> Gpu<R> {
+    /// The backend over an existing client.
+    pub fn with_client(client: ComputeClient<R>, name: &'static str, adapter: String) -> Self {
+        let props = client.properties();
+        let target = target(
+            name,
+            props.memory.alignment as usize,
+            usize::try_from(props.memory.max_page_size).unwrap_or(usize::MAX),
+        );
+        Gpu {
+            client,
+            target,
+            adapter,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The scheduler's description of this device.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn buffer(&self, data: &[f32]) -> Handle {
+        // A zero-sized binding is invalid on some APIs: an empty tensor gets one element.
+        if data.is_empty() {
+            self.client.create_from_slice(f32::as_bytes(&[0.0]))
+        } else {
+            self.client.create_from_slice(f32::as_bytes(data))
+        }
+    }
+
+    fn grid(&self, n: u32) -> (CubeCount, CubeDim) {
+        let dim = CubeDim::new_1d(UNITS);
+        (
+            cubecl::calculate_cube_count_elemwise(&self.client, n as usize, dim),
+            dim,
+        )
+    }
+
+    /// Launches one step; `at` gives a value's storage and element count.
+    fn launch(&self, s: &Step, geo: Option<&Handle>, at: &dyn Fn(ValueId) -> (Handle, usize)) -> Result<(), BackendError> {
+        let c = &self.client;
+        let arr = |v: ValueId| {
+            let (h, n) = at(v);
+            // SAFETY: `n` is the value's element count and `h` its region, which holds at
+            // least that many (the plan sizes every region by its value).
+            unsafe { ArrayArg::<R>::from_raw_parts(h, n.max(1)) }
+        };
+        let geo = || -> Result<ArrayArg<R>, BackendError> {
+            let h = geo.ok_or_else(|| BackendError::Failed("internal error: a launch without its geometry".into()))?;
+            let n = (h.size() / 4) as usize;
+            // SAFETY: the geometry buffer holds `n` u32 values.
+            Ok(unsafe { ArrayArg::<R>::from_raw_parts(h.clone(), n) })
+        };
+        // SAFETY (every launch below): each kernel bounds its units by its element count
+        // and indexes only inside the regions its geometry describes, which the plan
+        // sized.
+        unsafe {
+            match s {
+                Step::Fused { prog, leaves, stores, n } => {
+                    if *n == 0 {
+                        return Ok(());
+                    }
+                    let (count, dim) = self.grid(*n);
+                    let mut ins = SequenceArg::<R, Array<f32>>::new();
+                    for v in leaves {
+                        ins.push(arr(*v));
+                    }
+                    let mut outs = SequenceArg::<R, Array<f32>>::new();
+                    for v in stores {
+                        outs.push(arr(*v));
+                    }
+                    kernels::fused::launch_unchecked::<R>(c, count, dim, ins, outs, *n, prog.clone());
+                }
+                Step::Fill { out, value, n } => {
+                    if *n == 0 {
+                        return Ok(());
+                    }
+                    let (count, dim) = self.grid(*n);
+                    kernels::fill::launch_unchecked::<R>(c, count, dim, arr(*out), *value, *n);
+                }
+                Step::Strided { src, out, n, rank, base, put, .. } => {
+                    if *n == 0 {
+                        return Ok(());
+                    }
+                    let (count, dim) = self.grid(*n);
+                    if *put {
+                        kernels::put::launch_unchecked::<R>(c, count, dim, arr(*src), arr(*out), geo()?, *n, *rank, *base);
+                    } else {
+                        kernels::take::launch_unchecked::<R>(c, count, dim, arr(*src), arr(*out), geo()?, *n, *rank, *base);
+                    }
+                }
+                Step::Reduce { src, out, n, nk, nr, count: len, max, .. } => {
+                    let (count, dim) = self.grid(*n);
+                    kernels::reduce::launch_unchecked::<R>(c, count, dim, arr(*src), arr(*out), geo()?, *n, *nk, *nr, *len, *max);
+                }
+                Step::ArgMax { src, out, n, len, inner } => {
+                    let (count, dim) = self.grid(*n);
+                    kernels::argmax::launch_unchecked::<R>(c, count, dim, arr(*src), arr(*out), *n, *len, *inner);
+                }
+                Step::MatMul { a, b, out, update, total, .. } => {
+                    let (count, dim) = self.grid(*total);
+                    let (base, scale, k, mode) = match update {
+                        None => (*out, *out, 0.0, 0),
+                        Some((base, Scale::Const(k))) => (*base, *out, *k, 1),
+                        Some((base, Scale::Value(v))) => (*base, *v, 0.0, 2),
+                    };
+                    kernels::matmul::launch_unchecked::<R>(c, count, dim, arr(*a), arr(*b), arr(*out), arr(base), arr(scale), geo()?, k, mode);
+                }
+                Step::Conv { kind, a, b, out, total, .. } => {
+                    let (count, dim) = self.grid(*total);
+                    match kind {
+                        0 => kernels::conv2d::launch_unchecked::<R>(c, count, dim, arr(*a), arr(*b), arr(*out), geo()?, *total),
+                        1 => kernels::conv2d_input_grad::launch_unchecked::<R>(c, count, dim, arr(*a), arr(*b), arr(*out), geo()?, *total),
+                        _ => kernels::conv2d_weight_grad::launch_unchecked::<R>(c, count, dim, arr(*a), arr(*b), arr(*out), geo()?, *total),
+                    }
+                }
+                Step::Pool { x, out, total, max, .. } => {
+                    let (count, dim) = self.grid(*total);
+                    kernels::pool::launch_unchecked::<R>(c, count, dim, arr(*x), arr(*out), geo()?, *total, *max);
+                }
+                Step::MaxPoolGrad { x, dy, out, total, .. } => {
+                    let (count, dim) = self.grid(*total);
+                    kernels::max_pool_grad::launch_unchecked::<R>(c, count, dim, arr(*x), arr(*dy), arr(*out), geo()?, *total);
+                }
+                Step::AvgPoolGrad { dy, out, total, .. } => {
+                    let (count, dim) = self.grid(*total);
+                    kernels::avg_pool_grad::launch_unchecked::<R>(c, count, dim, arr(*dy), arr(*out), geo()?, *total);
+                }
+                Step::Gather { table, idx, out, n, d, v } => {
+                    let (count, dim) = self.grid(*n);
+                    kernels::gather::launch_unchecked::<R>(c, count, dim, arr(*table), arr(*idx), arr(*out), *n, *d, *v);
+                }
+                Step::OneHot { idx, out, n, classes } => {
+                    let (count, dim) = self.grid(*n);
+                    kernels::one_hot::launch_unchecked::<R>(c, count, dim, arr(*idx), arr(*out), *n, *classes);
+                }
+                Step::Uniform { out, n, zh, zl } => {
+                    let (count, dim) = self.grid(*n);
+                    kernels::uniform::launch_unchecked::<R>(c, count, dim, arr(*out), *n, *zh, *zl);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy of `n` elements of `src` in a buffer of its own.
+    fn copy(&self, src: Handle, n: usize) -> Result<Handle, BackendError> {
+        let out = self.client.empty(n.max(1) * 4);
+        let n32 = u32::try_from(n).map_err(|_| BackendError::Failed(format!("{n} elements are beyond the GPU backend's 32-bit indices")))?;
+        if n > 0 {
+            let (count, dim) = self.grid(n32);
+            // SAFETY: both buffers hold `n` elements; units past `n` do nothing.
+            unsafe {
+                kernels::copy::launch_unchecked::<R>(
+                    &self.client,
+                    count,
+                    dim,
+                    ArrayArg::from_raw_parts(src, n),
+                    ArrayArg::from_raw_parts(out.clone(), n),
+                    n32,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn flush(&self, what: impl FnOnce() -> String) -> Result<(), BackendError> {
+        self.client
+            .flush()
+            .map_err(|e| BackendError::Failed(format!("{} failed on the device: {e:?}", what())))
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(e.to_string())
+}
+
+impl<R: Runtime> Backend for Gpu<R> {
+    type Buffer = Buffer;
+    type Executable = Executable;
+
+    fn name(&self) -> &'static str {
+        self.target.name
+    }
+
+    fn compile(&self, g: &Graph) -> Result<Executable, BackendError> {
+        let key = g.fingerprint();
+        let hit = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).and_then(|cs| cs.iter().find(|c| c.graph.same_computation(g)).cloned()));
+        let compiled = match hit {
+            Some(c) => c,
+            None => {
+                let plan = nabla_sched::plan(g, &self.target).map_err(failed)?;
+                if cfg!(debug_assertions)
+                    && let Err(faults) = nabla_sched::verify(g, &plan, &self.target)
+                {
+                    debug_assert!(false, "the plan breaks its invariants: {faults:?}");
+                    return Err(failed(format!("internal error: an invalid plan: {faults:?}")));
+                }
+                let mut steps = Vec::new();
+                for (i, k) in plan.kernels.iter().enumerate() {
+                    for s in steps::kernel_steps(g, &plan, k).map_err(|e| BackendError::Unsupported(e, self.target.name.into()))? {
+                        steps.push((i, s));
+                    }
+                }
+                let geos = guarded("uploading a step's geometry", || {
+                    Ok(steps
+                        .iter()
+                        .map(|(_, s)| s.geometry().map(|g| self.client.create_from_slice(u32::as_bytes(g))))
+                        .collect::<Vec<_>>())
+                })?;
+                let c = Arc::new(Compiled {
+                    plan,
+                    graph: g.clone(),
+                    steps,
+                    geos,
+                });
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.entry(key).or_default().push(c.clone());
+                }
+                c
+            }
+        };
+        let (bytes, page) = (compiled.plan.arena, self.target.page());
+        let pages = guarded("allocating the step's working memory", || {
+            Ok((0..bytes.div_ceil(page))
+                .map(|i| self.client.empty(page.min(bytes - i * page)))
+                .collect())
+        })?;
+        Ok(Executable {
+            compiled,
+            pages,
+            ran: false,
+        })
+    }
+
+    fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Buffer, BackendError> {
+        nabla_lang::backend::check_upload(shape, data)?;
+        guarded("uploading a tensor", || {
+            Ok(Buffer {
+                handle: self.buffer(data),
+                shape: shape.to_vec(),
+            })
+        })
+    }
+
+    fn download(&self, b: &Buffer) -> Result<Vec<f32>, BackendError> {
+        guarded("reading a tensor back", || {
+            self.flush(|| "an earlier step".into())?;
+            let bytes = self.client.read_one(b.handle.clone()).map_err(|e| BackendError::Failed(format!("reading a tensor back failed: {e:?}")))?;
+            let n: usize = b.shape.iter().product();
+            let all = f32::from_bytes(&bytes);
+            all.get(..n)
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| BackendError::Failed(format!("a device buffer holds {} values, not {n}", all.len())))
+        })
+    }
+
+    fn run(&self, exe: &mut Executable, inputs: &mut [Buffer]) -> Result<Vec<Buffer>, BackendError> {
+        let c = exe.compiled.clone();
+        let p = &c.plan;
+        if inputs.len() != p.inputs.len() {
+            return Err(BackendError::Arity(p.inputs.len(), inputs.len()));
+        }
+        for ((_, name, shape), b) in p.inputs.iter().zip(inputs.iter()) {
+            if *shape != b.shape {
+                return Err(BackendError::BadShape(name.clone(), shape.clone(), b.shape.clone()));
+            }
+        }
+        let g = &c.graph;
+        let handles: Vec<Handle> = inputs.iter().map(|b| b.handle.clone()).collect();
+        let (pages, page) = (exe.pages.clone(), self.target.page());
+        let at = |v: ValueId| -> (Handle, usize) {
+            let n = g.node(v).numel();
+            let r = p.root[v.index()];
+            let h = match p.loc[r.index()] {
+                Some(Loc::Input(k)) => handles[k].clone(),
+                Some(Loc::Arena(off)) => match pages.get(off / page) {
+                    Some(h) => h.clone().offset_start((off % page) as u64),
+                    None => handles[0].clone(),
+                },
+                // The plan materializes every value a kernel reads or writes.
+                None => handles[0].clone(),
+            };
+            (h, n)
+        };
+        let first = !exe.ran;
+        let out = guarded("running a step", || {
+            for ((k, s), geo) in c.steps.iter().zip(&c.geos) {
+                self.launch(s, geo.as_ref(), &at)?;
+                if first {
+                    self.flush(|| {
+                        format!(
+                            "kernel {k} of the step ({}: {})",
+                            nabla_sched::describe(g, p, &p.kernels[*k]),
+                            s.describe()
+                        )
+                    })?;
+                }
+            }
+            let mut out = Vec::new();
+            let mut copies = Vec::new();
+            for (o, (v, target)) in p.outputs.iter().enumerate() {
+                if p.in_place[o] {
+                    continue; // already in its input's buffer
+                }
+                let (h, n) = at(*v);
+                let handle = self.copy(h, n)?;
+                let shape = g.node(*v).shape.clone();
+                match target {
+                    Some(i) => copies.push((*i, handle)),
+                    None => out.push(Buffer { handle, shape }),
+                }
+            }
+            self.flush(|| "the step".into())?;
+            Ok((out, copies))
+        })?;
+        let (out, copies) = out;
+        for (i, h) in copies {
+            inputs[i].handle = h;
+        }
+        exe.ran = true;
+        Ok(out)
+    }
+}
+
+impl Step {
+    /// The geometry buffer's contents, for launches that read one.
+    fn geometry(&self) -> Option<&[u32]> {
+        match self {
+            Step::Strided { geo, .. }
+            | Step::Reduce { geo, .. }
+            | Step::MatMul { geo, .. }
+            | Step::Conv { geo, .. }
+            | Step::Pool { geo, .. }
+            | Step::MaxPoolGrad { geo, .. }
+            | Step::AvgPoolGrad { geo, .. } => Some(geo),
+            _ => None,
+        }
+    }
+}
+
+/// The wgpu backend on the best adapter found.
+pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
+    let found = adapters();
+    let Some((adapter, device)) = device::choose(&found) else {
+        return Err(BackendError::Failed(format!(
+            "no GPU adapter found for wgpu (probed: {:?} through the system's loader; none answered): {}",
+            if cfg!(target_os = "macos") { "Metal" } else { "Vulkan" },
+            device::HOW_TO_GET_ONE
+        )));
+    };
+    let client = catch_unwind(|| cubecl::wgpu::WgpuRuntime::client(&device)).map_err(|e| {
+        BackendError::Failed(format!(
+            "could not open {}: {}",
+            adapter.describe(),
+            panic_text(&*e)
+        ))
+    })?;
+    Ok(Gpu::with_client(client, "wgpu", adapter.describe()))
+}

@@ -1,7 +1,9 @@
 //! The static memory plan: every materialized value gets a region of one arena, in
 //! bytes, assigned once by liveness.
 //!
-//! A value's region is reused after its last reader (best fit among freed blocks); a
+//! The arena is a run of pages of [`Target::page`] bytes and no region crosses a page
+//! boundary, so a device whose kernels bind at most a page holds each page in a buffer
+//! of its own. A value's region is reused after its last reader (best fit among freed blocks); a
 //! fused loop may write over a dying input it reads at the same index and of the same
 //! element size. A state output (`state.N`) is written straight into input N's buffer
 //! when every other reader of N runs before its writer (parameter updates), else copied
@@ -39,11 +41,12 @@ pub(crate) fn allocate(g: &Graph, p: &mut Plan, t: &Target) -> Result<(), PlanEr
     }
     let in_place_of = in_place(p, &writer);
     let elem = |v: ValueId| t.bytes(g.node(v).dtype);
+    let page = t.page();
     let bytes = |v: ValueId| -> Result<usize, PlanError> {
         let n = g.node(v);
         let raw = n.numel().max(1).checked_mul(elem(v));
-        match raw {
-            Some(b) if b <= t.max_binding => Ok(b.div_ceil(t.align) * t.align),
+        match raw.map(|b| b.div_ceil(t.align) * t.align) {
+            Some(b) if b <= page => Ok(b),
             _ => Err(PlanError::TooLarge {
                 value: v,
                 shape: n.shape.clone(),
@@ -100,6 +103,13 @@ pub(crate) fn allocate(g: &Graph, p: &mut Plan, t: &Target) -> Result<(), PlanEr
                     off
                 }
                 None => {
+                    // A region that would cross into the next page starts it instead;
+                    // the rest of this page is free for smaller values.
+                    let within = end % page;
+                    if within + need > page {
+                        free.push((end, page - within));
+                        end += page - within;
+                    }
                     end += need;
                     end - need
                 }

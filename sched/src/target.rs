@@ -53,6 +53,13 @@ impl Target {
         }
     }
 
+    /// Bytes of one page of the arena: the largest aligned size one kernel may bind. The
+    /// arena is a run of such pages (a device holds each in a buffer of its own), and no
+    /// value's region crosses from one page into the next.
+    pub fn page(&self) -> usize {
+        (self.max_binding / self.align).max(1) * self.align
+    }
+
     /// Whether a loop computing unary `u` must run lane by lane.
     pub fn scalar(&self, u: Unary) -> bool {
         self.scalar_unary.contains(&u)

@@ -274,6 +274,52 @@ fn values_larger_than_a_binding_are_refused() {
 }
 
 #[test]
+fn no_region_crosses_a_page() {
+    // The chain of the test above, with pages of 640 bytes: a second 448-byte region
+    // would cross into the next page, so it starts it.
+    let mut g = Graph::default();
+    let mut x = input(&mut g, "x", &[10, 10]);
+    for _ in 0..5 {
+        let e = un(&mut g, Unary::Exp, x);
+        let tr = g.push(
+            Op::Transpose { perm: vec![1, 0] },
+            vec![e],
+            DType::F32,
+            vec![10, 10],
+        );
+        x = bin(&mut g, Binary::Add, e, tr);
+    }
+    g.outputs.push(("y".into(), x));
+    let paged = Target {
+        max_binding: 700,
+        ..target()
+    };
+    assert_eq!(paged.page(), 640);
+    let mut p = plan(&g, &paged).expect("plans");
+    verify(&g, &p, &paged).expect("verifies");
+    let placed: Vec<(usize, usize)> = (0..g.nodes.len())
+        .filter_map(|i| match p.loc[i] {
+            Some(Loc::Arena(off)) => Some((off, p.size[i])),
+            _ => None,
+        })
+        .collect();
+    assert!(p.arena > paged.page(), "{} bytes: more than a page", p.arena);
+    for (off, bytes) in &placed {
+        assert_eq!(off / 640, (off + bytes - 1) / 640, "{off} + {bytes}");
+    }
+    // A region moved across a boundary is a fault.
+    let v = (0..g.nodes.len())
+        .find(|i| matches!(p.loc[*i], Some(Loc::Arena(_))))
+        .expect("a stored value");
+    p.loc[v] = Some(Loc::Arena(paged.page() - 64));
+    let faults = verify(&g, &p, &paged).expect_err("crosses");
+    assert!(
+        faults.iter().any(|f| matches!(f, Fault::CrossesPage { .. })),
+        "{faults:?}"
+    );
+}
+
+#[test]
 fn the_verifier_finds_a_corrupted_offset() {
     let mut g = Graph::default();
     let x = input(&mut g, "x", &[10, 10]);

@@ -47,6 +47,14 @@ pub enum Fault {
         need: usize,
         arena: usize,
     },
+    /// `value`'s region (`offset`, `bytes`) crosses from one page of `page` bytes into
+    /// the next.
+    CrossesPage {
+        value: ValueId,
+        offset: usize,
+        bytes: usize,
+        page: usize,
+    },
     /// `a` and `b` share bytes while both are live (`a` from kernel `from`).
     Overlap { a: ValueId, b: ValueId, from: usize },
     /// Kernel `kernel` writes `written` over `read` other than at the same index.
@@ -78,6 +86,15 @@ impl fmt::Display for Fault {
             } => write!(
                 f,
                 "{value} at byte {offset} with {bytes} bytes (needs {need}) in an arena of {arena}"
+            ),
+            Fault::CrossesPage {
+                value,
+                offset,
+                bytes,
+                page,
+            } => write!(
+                f,
+                "{value}'s region at {offset} ({bytes} bytes) crosses a boundary of {page}-byte pages"
             ),
             Fault::Overlap { a, b, from } => {
                 write!(
@@ -201,6 +218,15 @@ pub fn verify(g: &Graph, p: &Plan, t: &Target) -> Result<(), Vec<Fault>> {
         let Some((space, offset, bytes)) = place(v) else {
             continue;
         };
+        let page = t.page();
+        if space == Space::Arena && bytes > 0 && offset / page != (offset + bytes - 1) / page {
+            faults.push(Fault::CrossesPage {
+                value: v,
+                offset,
+                bytes,
+                page,
+            });
+        }
         if space == Space::Arena
             && (bytes < need(v) || offset.checked_add(bytes).is_none_or(|e| e > p.arena))
         {

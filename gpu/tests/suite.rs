@@ -1,0 +1,180 @@
+//! The conformance suite (`nabla_lang::backend::suite`) on the GPU backend over wgpu,
+//! against the f64 interpreter with the CPU's tolerance. On a machine without a Vulkan
+//! adapter the tests say so and pass; with `NABLA_REQUIRE_GPU` set (CI, which installs
+//! lavapipe) they fail instead.
+
+use nabla_gpu::Gpu;
+use nabla_lang::backend::Backend;
+use nabla_lang::backend::suite::{
+    Case, TOLERANCE, eval_case, net_case, op_cases, run_case, step_case,
+};
+use nabla_lang::check::{Checked, check_files};
+use nabla_lang::ir::Mode;
+use nabla_lang::step::{Optimizer, Update};
+use nabla_stdlib::StdLoader;
+
+type Wgpu = Gpu<cubecl::wgpu::WgpuRuntime>;
+
+/// The backend, or `None` (after saying why) where there is no adapter and none is
+/// required.
+fn gpu() -> Option<Wgpu> {
+    match nabla_gpu::wgpu() {
+        Ok(g) => {
+            eprintln!("on {}", g.adapter);
+            Some(g)
+        }
+        Err(e) if std::env::var_os("NABLA_REQUIRE_GPU").is_none() => {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("NABLA_REQUIRE_GPU is set, but: {e}"),
+    }
+}
+
+fn checked(path: &str) -> Checked {
+    let root = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(&root).expect("example exists");
+    let c = check_files(&[(path.to_string(), src)], &StdLoader);
+    assert!(!c.has_errors(), "{path} checks");
+    c
+}
+
+fn assert_cases<B: Backend>(b: &B, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        match run_case(b, case) {
+            Ok((out, err)) if err <= TOLERANCE => {
+                eprintln!("{:<32} worst {err:.1e} ({out})", case.name)
+            }
+            Ok((out, err)) => {
+                failures.push(format!("{}: output `{out}` off by {err:.2e}", case.name))
+            }
+            Err(e) => failures.push(format!("{}: {e}", case.name)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} on {}:\n{}",
+        failures.len(),
+        cases.len(),
+        b.name(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_op_matches_the_interpreter() {
+    let Some(g) = gpu() else { return };
+    let c = checked("examples/mnist_linear.net");
+    let cases = op_cases(&c.program).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cases.len(), 39, "op cases");
+    assert_cases(&g, &cases);
+}
+
+/// (file, net, batch, per-example input, mode) — small instances of every example, as on
+/// the CPU (`jit/tests/backend.rs` says why MobileNetV2 is checked in eval mode).
+const NETS: &[(&str, &str, usize, Option<&[usize]>, Mode)] = &[
+    (
+        "examples/mnist_linear.net",
+        "MnistLinear",
+        4,
+        None,
+        Mode::Train,
+    ),
+    ("examples/mnist_mlp.net", "MnistMlp", 4, None, Mode::Train),
+    (
+        "examples/mnist_cnn.net",
+        "MnistCnn",
+        4,
+        Some(&[1, 12, 12]),
+        Mode::Train,
+    ),
+    (
+        "examples/cifar_bn.net",
+        "CifarBn",
+        4,
+        Some(&[3, 8, 8]),
+        Mode::Train,
+    ),
+    (
+        "examples/resnet34.net",
+        "ResNet34",
+        4,
+        Some(&[3, 64, 64]),
+        Mode::Train,
+    ),
+    (
+        "examples/mobilenet_v2.net",
+        "MobileNetV2",
+        2,
+        Some(&[3, 32, 32]),
+        Mode::Eval,
+    ),
+    (
+        "examples/efficientnet_b0.net",
+        "EfficientNetB0",
+        4,
+        Some(&[3, 64, 64]),
+        Mode::Train,
+    ),
+    (
+        "examples/convnext_tiny.net",
+        "ConvNeXtTiny",
+        2,
+        Some(&[3, 32, 32]),
+        Mode::Train,
+    ),
+    (
+        "examples/vit_tiny.net",
+        "VitTiny",
+        2,
+        Some(&[3, 32, 32]),
+        Mode::Train,
+    ),
+];
+
+#[test]
+fn every_example_net_matches_the_interpreter() {
+    let mut cases = Vec::new();
+    for (file, net, batch, input, mode) in NETS {
+        let c = checked(file);
+        cases.push(
+            net_case(&c.program, net, *batch, *input, *mode)
+                .unwrap_or_else(|e| panic!("{net}: {e}")),
+        );
+    }
+    let Some(g) = gpu() else { return };
+    assert_cases(&g, &cases);
+}
+
+#[test]
+fn train_steps_match_the_interpreter() {
+    let mut cases = Vec::new();
+    let momentum = Optimizer {
+        update: Update::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
+        weight_decay: 5e-4,
+    };
+    let adamw = Optimizer {
+        update: Update::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            decoupled: true,
+        },
+        weight_decay: 0.05,
+    };
+    for opt in [Optimizer::sgd(), momentum, Optimizer::adam(), adamw] {
+        let c = checked("examples/mnist_mlp.net");
+        cases.push(step_case(&c.program, "MnistMlp", 8, &opt, None).expect("step"));
+        let c = checked("examples/mnist_cnn.net");
+        cases.push(step_case(&c.program, "MnistCnn", 4, &opt, Some(&[1, 12, 12])).expect("step"));
+    }
+    let c = checked("examples/mnist_cnn.net");
+    cases.push(eval_case(&c.program, "MnistCnn", 16, Some(&[1, 12, 12])).expect("eval step"));
+    let Some(g) = gpu() else { return };
+    assert_cases(&g, &cases);
+}
+
