@@ -497,3 +497,26 @@ pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
     })?;
     Ok(Gpu::with_client(client, "wgpu", adapter.describe()))
 }
+
+/// The CUDA backend on the first device.
+#[cfg(feature = "cuda")]
+pub fn cuda() -> Result<Gpu<cubecl::cuda::CudaRuntime>, BackendError> {
+    let device = cubecl::cuda::CudaDevice::new(0);
+    let client = catch_unwind(|| cubecl::cuda::CudaRuntime::client(&device)).map_err(|e| {
+        BackendError::Failed(format!(
+            "could not open CUDA device 0 (the driver, NVRTC and the CUDA headers under $CUDA_PATH or /usr/local/cuda are needed): {}",
+            panic_text(&*e)
+        ))
+    })?;
+    Ok(Gpu::with_client(client, "cuda", "CUDA device 0".into()))
+}
+
+/// The ROCm backend on the first device.
+#[cfg(feature = "hip")]
+pub fn hip() -> Result<Gpu<cubecl::hip::HipRuntime>, BackendError> {
+    let device = cubecl::hip::AmdDevice::new(0);
+    let client = catch_unwind(|| cubecl::hip::HipRuntime::client(&device)).map_err(|e| {
+        BackendError::Failed(format!("could not open ROCm device 0: {}", panic_text(&*e)))
+    })?;
+    Ok(Gpu::with_client(client, "hip", "ROCm device 0".into()))
+}

@@ -6,7 +6,7 @@
 use nabla_gpu::Gpu;
 use nabla_lang::backend::Backend;
 use nabla_lang::backend::suite::{
-    Case, TOLERANCE, eval_case, net_case, op_cases, run_case, step_case,
+    Case, TOLERANCE, eval_case, net_case, op_cases, run_case_outputs, step_case,
 };
 use nabla_lang::check::{Checked, check_files};
 use nabla_lang::ir::Mode;
@@ -39,15 +39,41 @@ fn checked(path: &str) -> Checked {
     c
 }
 
+/// The bar for outputs that are zero in exact arithmetic (see `OutputError::exact_zero`),
+/// against the suite's floor of 1e-3 of the case's largest value.
+///
+/// Why not [`TOLERANCE`]: such an output is pure rounding noise. The one in the suite —
+/// EfficientNet-B0's `layers.3.batchnorm4.beta`, whose batchnorm feeds a 1×1 conv and a
+/// batchnorm with batch statistics, which removes any per-channel constant — measured on
+/// lavapipe 2.0e-4 to 3.8e-4 over four instances, where the CPU is at 7.0e-5 and the f32
+/// interpreter (every op correctly rounded) at 4.9e-5 to 8.4e-5: the driver's division
+/// and transcendentals, which Vulkan allows to be off by 2.5 ulp and more, are noisier.
+/// Every output with a nonzero value is held to [`TOLERANCE`].
+const EXACT_ZERO_TOLERANCE: f64 = 1e-3;
+
 fn assert_cases<B: Backend>(b: &B, cases: &[Case]) {
     let mut failures = Vec::new();
     for case in cases {
-        match run_case(b, case) {
-            Ok((out, err)) if err <= TOLERANCE => {
-                eprintln!("{:<32} worst {err:.1e} ({out})", case.name)
-            }
-            Ok((out, err)) => {
-                failures.push(format!("{}: output `{out}` off by {err:.2e}", case.name))
+        match run_case_outputs(b, case) {
+            Ok(outs) => {
+                let bar = |zero: bool| if zero { EXACT_ZERO_TOLERANCE } else { TOLERANCE };
+                let worst = outs
+                    .iter()
+                    .max_by(|x, y| (x.error / bar(x.exact_zero)).total_cmp(&(y.error / bar(y.exact_zero))));
+                let Some(w) = worst else { continue };
+                let zeros = outs.iter().filter(|o| o.exact_zero).count();
+                if w.error <= bar(w.exact_zero) {
+                    eprintln!(
+                        "{:<32} worst {:.1e} ({}{}){}",
+                        case.name,
+                        w.error,
+                        w.name,
+                        if w.exact_zero { ", zero in exact arithmetic" } else { "" },
+                        if zeros > 0 { format!(", {zeros} outputs zero in exact arithmetic") } else { String::new() }
+                    );
+                } else {
+                    failures.push(format!("{}: output `{}` off by {:.2e}", case.name, w.name, w.error));
+                }
             }
             Err(e) => failures.push(format!("{}: {e}", case.name)),
         }

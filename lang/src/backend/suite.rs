@@ -154,8 +154,32 @@ pub fn eval_case(
     })
 }
 
+/// One output of a case as a backend computed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputError {
+    pub name: String,
+    /// The normwise error (see the module doc).
+    pub error: f64,
+    /// Whether the output is zero in exact arithmetic: its f64 value is below 1e-9 of the
+    /// case's largest (rounding noise of f64 itself), so its error measures only the
+    /// backend's rounding noise against the floor.
+    pub exact_zero: bool,
+}
+
 /// Runs `case` on backend `b` and on the interpreter; returns the worst output.
 pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
+    let all = run_case_outputs(b, case)?;
+    let mut worst = (String::new(), 0.0f64);
+    for o in all {
+        if o.error > worst.1 || worst.0.is_empty() {
+            worst = (o.name, o.error);
+        }
+    }
+    Ok(worst)
+}
+
+/// Runs `case` on backend `b` and on the interpreter; returns every output's error.
+pub fn run_case_outputs<B: Backend>(b: &B, case: &Case) -> Result<Vec<OutputError>, String> {
     let g = &case.graph;
     let reference =
         run(g, &|n, _| case.inputs.get(n).cloned(), Precision::F64).map_err(|e| e.to_string())?;
@@ -172,7 +196,7 @@ pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
     let outs = b.run(&mut exe, &mut bufs).map_err(|e| e.to_string())?;
     let targets = super::state_targets(g);
     let mut returned = outs.iter();
-    let mut worst = (String::new(), 0.0f64);
+    let mut all = Vec::new();
     let overall = g
         .outputs
         .iter()
@@ -192,11 +216,8 @@ pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
                 want.len()
             ));
         }
-        let scale = want
-            .iter()
-            .fold(0.0f64, |m, x| m.max(x.abs()))
-            .max(1e-3 * overall)
-            .max(1e-6);
+        let largest = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let scale = largest.max(1e-3 * overall).max(1e-6);
         let err = got
             .iter()
             .zip(want)
@@ -208,11 +229,13 @@ pub fn run_case<B: Backend>(b: &B, case: &Case) -> Outcome {
         } else {
             err
         };
-        if err > worst.1 || worst.0.is_empty() {
-            worst = (name.clone(), err);
-        }
+        all.push(OutputError {
+            name: name.clone(),
+            error: err,
+            exact_zero: largest <= 1e-9 * overall,
+        });
     }
-    Ok(worst)
+    Ok(all)
 }
 
 /// [`Backend::write_rows`] into a buffer first made by `upload` (of another shape) and
