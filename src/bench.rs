@@ -145,6 +145,106 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
     Ok(())
 }
 
+/// The benchmark on another backend (a GPU, or the interpreter): the same step and data;
+/// steps are queued without waiting and the loss is read back once at the end, as
+/// training reads it only when it prints, so the figure is the device's throughput.
+pub fn bench_device<B: Backend>(
+    checked: &Checked,
+    o: &BenchOptions,
+    b: &B,
+) -> Result<(), crate::Failure> {
+    let opt = match o.optimizer {
+        OptimizerArg::Sgd => Optimizer::sgd(),
+        OptimizerArg::Adam => Optimizer::adam(),
+    };
+    let step = train_step(
+        &checked.program,
+        o.net,
+        o.batch,
+        "softmax_cross_entropy",
+        &opt,
+        o.input,
+    )
+    .map_err(|d| crate::rendered(checked, &d))?;
+    let t1 = Instant::now();
+    let mut exe = b.compile(&step.graph).map_err(|e| e.to_string())?;
+    let compile = t1.elapsed().as_secs_f64();
+    let g = &step.graph;
+    let host = nabla_lang::gradcheck::random_inputs(g, 1, 10);
+    let scalars = opt.scalars(0.01, 1);
+    let mut bufs = Vec::new();
+    let mut state = 0u64;
+    for (v, name, _) in g.inputs() {
+        let shape = g.node(v).shape.clone();
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = match scalars.iter().find(|(n, _)| *n == name) {
+            Some((_, x)) => vec![*x as f32],
+            None if step.slots.iter().any(|s| s == name) => vec![0.0; n],
+            None => host
+                .get(name)
+                .map(|t| t.data.iter().map(|x| *x as f32).collect())
+                .unwrap_or_default(),
+        };
+        state += n as u64 * 4;
+        bufs.push(b.upload(&shape, &data).map_err(|e| e.to_string())?);
+    }
+    let read_loss = |out: &[B::Buffer]| -> Result<f32, String> {
+        match out.first() {
+            Some(l) => Ok(b.download(l).map_err(|e| e.to_string())?.first().copied().unwrap_or(f32::NAN)),
+            None => Ok(f32::NAN),
+        }
+    };
+    // Warm up (the first run compiles every kernel), waiting for each.
+    let t = Instant::now();
+    let first = b.run(&mut exe, &mut bufs).map_err(|e| e.to_string())?;
+    let first_loss = read_loss(&first)?;
+    let first_step = t.elapsed().as_secs_f64();
+    for _ in 0..2 {
+        let out = b.run(&mut exe, &mut bufs).map_err(|e| e.to_string())?;
+        read_loss(&out)?;
+    }
+    let t = Instant::now();
+    let mut last = Vec::new();
+    for _ in 0..o.steps {
+        last = b.run(&mut exe, &mut bufs).map_err(|e| e.to_string())?;
+    }
+    let loss = read_loss(&last)?;
+    let total = t.elapsed().as_secs_f64();
+    let per = total / o.steps as f64;
+    let flops = nabla_lang::ir::flops(g) as f64;
+    println!(
+        "net {} · batch {} · {} · {}",
+        o.net,
+        o.batch,
+        format!("{:?}", o.optimizer).to_lowercase(),
+        b.describe()
+    );
+    println!("compile (plan + kernels):      {:.1} ms; the first step (compiling every kernel) {:.3} s, loss {first_loss:.4}", compile * 1e3, first_step);
+    println!(
+        "steps: {} in {:.3} s · {:.2} steps/s · {:.3} ms per step · {} per step · {:.2} GFLOP/s · loss {loss:.4}",
+        o.steps,
+        total,
+        1.0 / per,
+        per * 1e3,
+        flop_count(flops),
+        flops / per / 1e9
+    );
+    println!(
+        "device memory: parameters, state and batch {:.1} MiB · in use {}",
+        mib(state),
+        b.memory_in_use()
+            .map_or("unknown".to_string(), |m| format!("{:.1} MiB", mib(m)))
+    );
+    println!(
+        "json {{\"median_ms\": {:.4}, \"compile_ms\": {:.2}, \"gflops\": {:.2}, \"steps_per_s\": {:.3}}}",
+        per * 1e3,
+        compile * 1e3,
+        flops / per / 1e9,
+        1.0 / per
+    );
+    Ok(())
+}
+
 /// Runs `steps` more steps timing every kernel, and prints the kernels that take the most
 /// time, grouped by what they compute, with their share of the step.
 fn print_profile(

@@ -133,10 +133,16 @@ enum Command {
         /// Per-example input shape (e.g. 3,64,64), for a smaller instance.
         #[arg(long, value_delimiter = ',')]
         input: Option<Vec<usize>>,
-        /// Also time every kernel of the step and print where the time goes.
+        /// Also time every kernel of the step and print where the time goes (cpu).
         #[arg(long)]
         profile: bool,
+        /// Where the step runs.
+        #[arg(long, value_enum, default_value_t = run::Device::Cpu)]
+        device: run::Device,
     },
+    /// The devices this build can run on: the GPU adapters found, and which backends
+    /// this build has.
+    Devices,
     /// Per-stage output shapes and parameter counts of a file's nets, then totals.
     Info {
         file: PathBuf,
@@ -296,6 +302,30 @@ fn render_ad(checked: &Checked, e: &nabla_lang::ad::AdError) -> Failure {
 }
 
 /// Why a command failed, as the CLI reports it.
+/// `nabla devices`: what this build can run on.
+fn devices() {
+    println!("cpu: {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let found = nabla_gpu::adapters();
+    if found.is_empty() {
+        println!("wgpu: no adapter found ({})", nabla_gpu::device::HOW_TO_GET_ONE);
+    }
+    let chosen = nabla_gpu::device::choose(&found).map(|(a, _)| a);
+    for a in &found {
+        let mark = if Some(a) == chosen.as_ref() { "  (used by --device wgpu)" } else { "" };
+        println!("wgpu: {}{mark}", a.describe());
+    }
+    for (name, built, how) in nabla_gpu::device::built() {
+        if name != "wgpu" {
+            if built {
+                println!("{name}: built in (opened when used)");
+            } else {
+                println!("{name}: not in this build ({how})");
+            }
+        }
+    }
+    println!("ref: the f64 reference interpreter");
+}
+
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// Diagnostics already rendered against their sources: printed as they are.
@@ -756,6 +786,7 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
             steps,
             input,
             profile,
+            device,
         } => {
             let Some(checked) = check_one(&file) else {
                 return ExitCode::from(1);
@@ -771,7 +802,11 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
                         input: input.as_deref(),
                         profile,
                     };
-                    bench::bench(&checked, &o, started)
+                    if device == run::Device::Cpu {
+                        bench::bench(&checked, &o, started)
+                    } else {
+                        on_device!(device, b => bench::bench_device(&checked, &o, b))
+                    }
                 });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -782,6 +817,10 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
             }
         }
         Command::Fmt { paths, check } => fmt(&paths, check),
+        Command::Devices => {
+            devices();
+            ExitCode::SUCCESS
+        }
         Command::Lsp => match nabla_lsp::serve_stdio() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

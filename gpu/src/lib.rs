@@ -318,6 +318,14 @@ impl<R: Runtime> Backend for Gpu<R> {
         self.target.name
     }
 
+    fn memory_in_use(&self) -> Option<u64> {
+        self.client.memory_usage().ok().map(|m| m.bytes_in_use)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} on {}", self.target.name, self.adapter)
+    }
+
     fn compile(&self, g: &Graph) -> Result<Executable, BackendError> {
         let key = g.fingerprint();
         let hit = self

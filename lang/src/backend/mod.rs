@@ -61,6 +61,15 @@ pub trait Backend {
     fn memory_available(&self) -> Option<u64> {
         None
     }
+    /// Bytes of device memory in use (buffers and working memory), where the backend
+    /// can tell.
+    fn memory_in_use(&self) -> Option<u64> {
+        None
+    }
+    /// The device in words (`cpu`, `wgpu on llvmpipe (…)`), for reports.
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
     /// Compiles `g` (already optimized). Compiling a graph equal to an earlier one may
     /// return the cached result.
     fn compile(&self, g: &Graph) -> Result<Self::Executable, BackendError>;

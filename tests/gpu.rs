@@ -1,0 +1,105 @@
+//! The GPU backend from the command line: training the linear example on wgpu reaches the
+//! CPU's test accuracy with the same seed; `nabla devices` lists what was found; a
+//! backend this build lacks is an error saying how to get it. Without a Vulkan adapter
+//! the wgpu tests say so and pass, unless `NABLA_REQUIRE_GPU` is set (CI installs
+//! lavapipe and sets it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nabla-gpu-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn nabla(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("NABLA_DATA")
+        .output()
+        .expect("run nabla");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Whether a wgpu adapter exists (else the test returns, unless one is required).
+fn have_adapter() -> bool {
+    if !nabla_gpu::adapters().is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("NABLA_REQUIRE_GPU").is_none(),
+        "NABLA_REQUIRE_GPU is set, but wgpu finds no adapter"
+    );
+    eprintln!("skipped: no wgpu adapter");
+    false
+}
+
+fn accuracy(out: &str) -> f64 {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("test accuracy: "))
+        .unwrap_or_else(|| panic!("no accuracy in {out}"));
+    line.trim_end_matches('%').parse().expect("a percentage")
+}
+
+#[test]
+fn the_linear_example_trains_on_wgpu_to_the_cpus_accuracy() {
+    if !have_adapter() {
+        return;
+    }
+    let example = format!("{}/examples/mnist_linear.net", env!("CARGO_MANIFEST_DIR"));
+    let mut acc = Vec::new();
+    for device in ["cpu", "wgpu"] {
+        let d = dir(device);
+        let (code, out, err) = nabla(&d, &["run", &example, "--device", device]);
+        assert_eq!(code, 0, "{device}: {out}{err}");
+        assert_eq!(out.matches("val accuracy:").count(), 12, "{out}");
+        acc.push(accuracy(&out));
+        eprintln!("{device}: test accuracy {}%", acc[acc.len() - 1]);
+    }
+    assert!(
+        (acc[0] - acc[1]).abs() <= 0.3,
+        "cpu {}% against wgpu {}%",
+        acc[0],
+        acc[1]
+    );
+}
+
+#[test]
+fn devices_lists_adapters_and_backends() {
+    let (code, out, _) = nabla(&dir("devices"), &["devices"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("cpu: "), "{out}");
+    assert!(out.contains("wgpu: "), "{out}");
+    assert!(out.contains("ref: "), "{out}");
+    if !nabla_gpu::adapters().is_empty() {
+        assert!(out.contains("(used by --device wgpu)"), "{out}");
+    }
+}
+
+#[test]
+fn a_backend_not_in_this_build_says_how_to_get_it() {
+    let example = format!("{}/examples/mnist_linear.net", env!("CARGO_MANIFEST_DIR"));
+    for (device, feature) in [("cuda", "cuda"), ("hip", "hip")] {
+        if nabla_gpu::device::built()
+            .iter()
+            .any(|(n, built, _)| *n == device && *built)
+        {
+            continue;
+        }
+        let (code, out, err) = nabla(&dir(device), &["run", &example, "--device", device]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains(&format!("error: this build of nabla has no {device} backend: build with `--features {feature}`")),
+            "{err}"
+        );
+        assert!(!out.contains("Epoch"), "nothing ran: {out}");
+    }
+}
