@@ -204,3 +204,29 @@ fn train_steps_match_the_interpreter() {
     assert_cases(&g, &cases);
 }
 
+
+/// The counter-based generator gives the CPU's bits (so dropout masks are the same for
+/// the same seed on every device): 2¹⁸ numbers for each of five seeds, high bits set
+/// included; every one is rounded from 53 bits to f32 (ties to even), and the ones below
+/// 2⁻²⁴ keep more than 24 bits of the fraction.
+#[test]
+fn random_numbers_are_the_cpus_bits() {
+    use nabla_lang::check::ty::DType;
+    use nabla_lang::ir::{Graph, Op};
+    let Some(g) = gpu() else { return };
+    let n = 1 << 18;
+    for seed in [0u64, 1, 42, 0x9e37_79b9_7f4a_7c15, u64::MAX] {
+        let mut graph = Graph::default();
+        let r = graph.push(Op::RandomUniform { seed }, vec![], DType::F32, vec![n]);
+        graph.outputs.push(("r".into(), r));
+        let mut exe = g.compile(&graph).expect("compiles");
+        let out = g.run(&mut exe, &mut []).expect("runs");
+        let got = g.download(&out[0]).expect("reads");
+        let differ = (0..n)
+            .filter(|i| got[*i].to_bits() != (nabla_lang::interp::uniform(seed, *i as u64) as f32).to_bits())
+            .count();
+        assert_eq!(differ, 0, "seed {seed}: {differ} of {n} differ");
+        let small = got.iter().filter(|x| **x < 1.0 / 16_777_216.0).count();
+        eprintln!("seed {seed}: {n} numbers, the CPU's bits ({small} below 2⁻²⁴)");
+    }
+}
