@@ -116,6 +116,11 @@ enum Command {
         /// want 4 or more.
         #[arg(long, default_value_t = 2)]
         batch: usize,
+        /// Instead of finite differences: run each net's forward and derived gradients on
+        /// this device and compare them with the f64 interpreter (the conformance suite's
+        /// bar, 1e-4 normwise).
+        #[arg(long, value_enum)]
+        device: Option<run::Device>,
     },
     /// Compile a net's train step for the CPU and time it on random data: compile time,
     /// median step time, GFLOP/s, memory.
@@ -302,6 +307,52 @@ fn render_ad(checked: &Checked, e: &nabla_lang::ad::AdError) -> Failure {
 }
 
 /// Why a command failed, as the CLI reports it.
+/// `nabla gradcheck --device D`: each net's forward and gradients on the device against
+/// the f64 interpreter (the conformance suite's comparison); whether all are within its
+/// bar.
+fn device_check<B: nabla_lang::backend::Backend>(
+    checked: &Checked,
+    name: Option<&str>,
+    input: Option<&[usize]>,
+    batch: usize,
+    b: &B,
+) -> Result<bool, Failure> {
+    use nabla_lang::backend::suite::{TOLERANCE, net_case, run_case_outputs};
+    let mut ok = true;
+    let mut any = false;
+    for net in checked
+        .nets
+        .iter()
+        .filter(|n| name.is_none_or(|x| x == n.name))
+    {
+        any = true;
+        let case = net_case(&checked.program, &net.name, batch, input, nabla_lang::ir::Mode::Train)
+            .map_err(Failure::Message)?;
+        let outs = run_case_outputs(b, &case).map_err(Failure::Message)?;
+        let worst = outs.iter().max_by(|x, y| x.error.total_cmp(&y.error));
+        if let Some(w) = worst {
+            let pass = w.error <= TOLERANCE;
+            ok &= pass;
+            println!(
+                "net  {} (batch {batch}) on {}: {} outputs, worst {:.2e} ({}){}",
+                net.name,
+                b.describe(),
+                outs.len(),
+                w.error,
+                w.name,
+                if pass { "" } else { " — above the bar of 1e-4" }
+            );
+        }
+    }
+    if !any {
+        return Err(Failure::Message(match name {
+            Some(n) => format!("no net `{n}` in the file"),
+            None => "the file has no nets".into(),
+        }));
+    }
+    Ok(ok)
+}
+
 /// `nabla devices`: what this build can run on.
 fn devices() {
     println!("cpu: {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -912,10 +963,24 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
             tensors,
             param,
             batch,
+            device,
         } => {
             let Some(checked) = check_one(&file) else {
                 return ExitCode::from(1);
             };
+            if let Some(device) = device {
+                let r = (|| -> Result<bool, Failure> {
+                    on_device!(device, b => device_check(&checked, name.as_deref(), input.as_deref(), batch.max(1), b))
+                })();
+                return match r {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::from(1),
+                    Err(e) => {
+                        print_error(&e);
+                        ExitCode::from(1)
+                    }
+                };
+            }
             gradcheck(
                 &checked,
                 &GradcheckOptions {

@@ -103,3 +103,29 @@ fn a_backend_not_in_this_build_says_how_to_get_it() {
         assert!(!out.contains("Epoch"), "nothing ran: {out}");
     }
 }
+
+/// CUDA is in the default build: on a machine without the driver, `--device cuda` is an
+/// error naming what is missing (and nothing runs); with one, it trains like the CPU.
+#[test]
+fn cuda_without_a_driver_is_an_error_saying_what_is_missing() {
+    if !nabla_gpu::device::built()
+        .iter()
+        .any(|(n, built, _)| *n == "cuda" && *built)
+    {
+        return;
+    }
+    let example = format!("{}/examples/mnist_linear.net", env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = nabla(&dir("cuda"), &["run", &example, "--device", "cuda"]);
+    if code == 0 {
+        eprintln!("CUDA present: test accuracy {}%", accuracy(&out));
+        return;
+    }
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.starts_with("error: could not open CUDA device 0 (")
+            && err.contains("the NVIDIA driver (libcuda), NVRTC and the CUDA headers"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "no panic is printed: {err}");
+    assert!(!out.contains("Epoch"), "nothing ran: {out}");
+}

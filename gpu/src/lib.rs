@@ -119,6 +119,34 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown error".into())
 }
 
+/// Opens a device with `open`, which CubeCL makes panic (on its own thread, then on
+/// ours) when the device or its libraries are missing: the panics are caught and not
+/// printed, and the first one's message — the cause, from the runtime's thread — is the
+/// error.
+fn open_quietly<T>(open: impl FnOnce() -> T) -> Result<T, String> {
+    static FIRST: Mutex<Option<String>> = Mutex::new(None);
+    if let Ok(mut f) = FIRST.lock() {
+        *f = None;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        if let Ok(mut f) = FIRST.lock()
+            && f.is_none()
+        {
+            *f = Some(panic_text(info.payload()));
+        }
+    }));
+    let r = catch_unwind(AssertUnwindSafe(open));
+    std::panic::set_hook(previous);
+    r.map_err(|e| {
+        FIRST
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or_else(|| panic_text(&*e))
+    })
+}
+
 /// Runs `f`, turning a panic inside the runtime (device lost, out of memory) into an
 /// error that says what was being done.
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
@@ -496,12 +524,8 @@ pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
             device::HOW_TO_GET_ONE
         )));
     };
-    let client = catch_unwind(|| cubecl::wgpu::WgpuRuntime::client(&device)).map_err(|e| {
-        BackendError::Failed(format!(
-            "could not open {}: {}",
-            adapter.describe(),
-            panic_text(&*e)
-        ))
+    let client = open_quietly(|| cubecl::wgpu::WgpuRuntime::client(&device)).map_err(|e| {
+        BackendError::Failed(format!("could not open {}: {e}", adapter.describe()))
     })?;
     Ok(Gpu::with_client(client, "wgpu", adapter.describe()))
 }
@@ -510,10 +534,11 @@ pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
 #[cfg(feature = "cuda")]
 pub fn cuda() -> Result<Gpu<cubecl::cuda::CudaRuntime>, BackendError> {
     let device = cubecl::cuda::CudaDevice::new(0);
-    let client = catch_unwind(|| cubecl::cuda::CudaRuntime::client(&device)).map_err(|e| {
+    let client = open_quietly(|| cubecl::cuda::CudaRuntime::client(&device)).map_err(|e| {
         BackendError::Failed(format!(
-            "could not open CUDA device 0 (the driver, NVRTC and the CUDA headers under $CUDA_PATH or /usr/local/cuda are needed): {}",
-            panic_text(&*e)
+            "could not open CUDA device 0 ({}): the NVIDIA driver (libcuda), NVRTC and the CUDA headers (under $CUDA_PATH or /usr/local/cuda) are needed",
+            // The loader's message lists every library name it tried: the first words say it.
+            e.lines().next().unwrap_or("").split(" - searched").next().unwrap_or("")
         ))
     })?;
     Ok(Gpu::with_client(client, "cuda", "CUDA device 0".into()))
@@ -523,8 +548,8 @@ pub fn cuda() -> Result<Gpu<cubecl::cuda::CudaRuntime>, BackendError> {
 #[cfg(feature = "hip")]
 pub fn hip() -> Result<Gpu<cubecl::hip::HipRuntime>, BackendError> {
     let device = cubecl::hip::AmdDevice::new(0);
-    let client = catch_unwind(|| cubecl::hip::HipRuntime::client(&device)).map_err(|e| {
-        BackendError::Failed(format!("could not open ROCm device 0: {}", panic_text(&*e)))
+    let client = open_quietly(|| cubecl::hip::HipRuntime::client(&device)).map_err(|e| {
+        BackendError::Failed(format!("could not open ROCm device 0: {e}"))
     })?;
     Ok(Gpu::with_client(client, "hip", "ROCm device 0".into()))
 }
