@@ -70,6 +70,32 @@ fn the_linear_example_trains_on_wgpu_to_the_cpus_accuracy() {
         acc[0],
         acc[1]
     );
+    // The checkpoints are the same kind of file (the safetensors headers — names, dtypes,
+    // shapes, offsets — are byte for byte equal), and the one wgpu wrote loads on the CPU
+    // and scores what it scored on wgpu (to one test example in 2,004: logits computed
+    // in another order may flip a near tie).
+    let header = |device: &str| {
+        let bytes = std::fs::read(dir(device).join("mnist_linear.safetensors")).expect("checkpoint");
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        bytes[..8 + n].to_vec()
+    };
+    assert_eq!(header("cpu"), header("wgpu"));
+    let src = std::fs::read_to_string(&example).expect("example");
+    let net_end = src.find("let data").expect("the net comes first");
+    let script = format!(
+        "{}let m = load(MnistLinear, \"mnist_linear.safetensors\")\nprint(\"test accuracy: {{accuracy(m, mnist().test):.2%}}\")\n",
+        &src[..net_end]
+    );
+    let d = dir("wgpu");
+    std::fs::write(d.join("load.net"), script).expect("write");
+    let (code, out, err) = nabla(&d, &["run", "load.net", "--device", "cpu"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let reloaded = accuracy(&out);
+    assert!(
+        (reloaded - acc[1]).abs() <= 0.05,
+        "wgpu's checkpoint scores {reloaded}% on the CPU, {}% on wgpu",
+        acc[1]
+    );
 }
 
 #[test]
@@ -127,5 +153,33 @@ fn cuda_without_a_driver_is_an_error_saying_what_is_missing() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "no panic is printed: {err}");
+    assert!(!out.contains("Epoch"), "nothing ran: {out}");
+}
+
+/// With no Vulkan driver to load, `--device wgpu` is an error saying what was probed and
+/// what to install, and nothing runs.
+#[cfg(target_os = "linux")]
+#[test]
+fn no_adapter_is_an_error_saying_what_to_install() {
+    let example = format!("{}/examples/mnist_linear.net", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["run", &example, "--device", "wgpu"])
+        .current_dir(dir("no-adapter"))
+        .env("NO_COLOR", "1")
+        // The Vulkan loader reads its drivers' manifests from these (older and newer
+        // names): a file that does not exist leaves it none.
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .expect("run nabla");
+    let (out, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        err.contains("error: no GPU adapter found for wgpu (probed: Vulkan through the system's loader; none answered)")
+            && err.contains("apt-get install mesa-vulkan-drivers libvulkan1"),
+        "{err}"
+    );
     assert!(!out.contains("Epoch"), "nothing ran: {out}");
 }

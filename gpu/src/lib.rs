@@ -519,7 +519,7 @@ pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
     let found = adapters();
     let Some((adapter, device)) = device::choose(&found) else {
         return Err(BackendError::Failed(format!(
-            "no GPU adapter found for wgpu (probed: {:?} through the system's loader; none answered): {}",
+            "no GPU adapter found for wgpu (probed: {} through the system's loader; none answered): {}",
             if cfg!(target_os = "macos") { "Metal" } else { "Vulkan" },
             device::HOW_TO_GET_ONE
         )));
