@@ -37,6 +37,8 @@ session. A trailing expression's value is printed. Commands:
   :ir NET       the tensor IR of a net's forward pass
   :load FILE    run a file's text as input
   :time INPUT   run an input and print how long it took
+  :device [D]   where tensor code runs from now on: cpu, wgpu, cuda, hip or ref (no
+                argument: the current one); models made before stay on their device
   :help         this text
   :quit         leave (or Ctrl-D)";
 
@@ -45,7 +47,7 @@ const KEYWORDS: &[&str] = &[
     "return", "break", "continue", "true", "false",
 ];
 const COMMANDS: &[&str] = &[
-    ":type", ":shape", ":vjp", ":ir", ":load", ":time", ":help", ":quit",
+    ":type", ":shape", ":vjp", ":ir", ":load", ":time", ":device", ":help", ":quit",
 ];
 
 /// The session: its text, how many of its top-level statements ran, and their values.
@@ -55,11 +57,87 @@ struct Session {
     names: Vec<String>,
     globals: Vec<Word>,
     heap: Heap,
-    backend: Cpu,
+    backend: Dev,
     options: Options,
     /// For completion: names in scope and each record-typed global's fields.
     words: Vec<String>,
     fields: HashMap<String, Vec<String>>,
+}
+
+/// The session's backend (one of each kind; a model lives on the one that made it).
+enum Dev {
+    Cpu(Cpu),
+    Wgpu(nabla_gpu::Wgpu),
+    #[cfg(feature = "cuda")]
+    Cuda(nabla_gpu::Cuda),
+    #[cfg(feature = "hip")]
+    Hip(nabla_gpu::Hip),
+    Ref(nabla_lang::backend::Interp),
+}
+
+impl Dev {
+    /// The backend named `name` (`cpu`, `wgpu`, …), opened.
+    fn open(name: &str) -> Result<Dev, crate::Failure> {
+        use crate::run::Device;
+        let device = <Device as clap::ValueEnum>::from_str(name, true).map_err(|_| {
+            crate::Failure::Message(format!(
+                "unknown device `{name}`: expected cpu, wgpu, cuda, hip or ref"
+            ))
+        })?;
+        let fail = |e: nabla_lang::backend::BackendError| crate::Failure::Message(e.to_string());
+        Ok(match device {
+            Device::Cpu => Dev::Cpu(Cpu::new()),
+            Device::Wgpu => Dev::Wgpu(nabla_gpu::wgpu().map_err(fail)?),
+            #[cfg(feature = "cuda")]
+            Device::Cuda => Dev::Cuda(nabla_gpu::cuda().map_err(fail)?),
+            #[cfg(feature = "hip")]
+            Device::Hip => Dev::Hip(nabla_gpu::hip().map_err(fail)?),
+            Device::Ref => Dev::Ref(nabla_lang::backend::Interp {
+                precision: nabla_lang::interp::Precision::F64,
+                memory: nabla_jit::memory_available(),
+            }),
+            #[allow(unreachable_patterns)]
+            other => return Err(crate::Failure::Message(crate::run::not_built(other))),
+        })
+    }
+
+    fn describe(&self) -> String {
+        use nabla_lang::backend::Backend;
+        match self {
+            Dev::Cpu(b) => b.describe(),
+            Dev::Wgpu(b) => b.describe(),
+            #[cfg(feature = "cuda")]
+            Dev::Cuda(b) => b.describe(),
+            #[cfg(feature = "hip")]
+            Dev::Hip(b) => b.describe(),
+            Dev::Ref(_) => "the f64 reference interpreter".into(),
+        }
+    }
+}
+
+/// Runs one lowered input's host code with tensor code on `backend`.
+fn run_on<B: nabla_lang::backend::Backend + 'static>(
+    backend: &B,
+    checked: &Checked,
+    prog: &nabla_lang::host::HostProgram,
+    heap: &mut Heap,
+    globals: &mut Vec<Word>,
+    options: Options,
+    offset: usize,
+) -> Result<(), crate::Failure> {
+    let mut rt = Runtime::new(&checked.program, prog, backend, options)
+        .map_err(|d| crate::Failure::Rendered(render_input(offset, checked, &d)))?;
+    let compiled = nabla_host::compile(prog, heap)?;
+    compiled.run(prog, heap, &mut rt, globals).map_err(|e| {
+        let mut d = nabla_lang::Diagnostic::error("E0701", e.message.clone());
+        if let Some(s) = e.span {
+            d = d.primary(s, "while running this");
+        }
+        for s in &e.trace {
+            d = d.secondary(*s, "called from here");
+        }
+        crate::Failure::Rendered(render_input(offset, checked, &d))
+    })
 }
 
 /// Whether `text` has an unclosed bracket outside string literals (more input is due).
@@ -127,7 +205,7 @@ impl Session {
             names: vec![],
             globals: vec![],
             heap: Heap::default(),
-            backend: Cpu::new(),
+            backend: Dev::Cpu(Cpu::new()),
             options,
             words: vec![],
             fields: HashMap::new(),
@@ -208,23 +286,16 @@ impl Session {
             }
         };
         let offset = self.text.len();
-        let result = Runtime::new(&checked.program, &prog, &self.backend, self.options.clone())
-            .map_err(|d| crate::Failure::Rendered(render_input(offset, &checked, &d)))
-            .and_then(|mut rt| {
-                let compiled = nabla_host::compile(&prog, &mut self.heap)?;
-                compiled
-                    .run(&prog, &mut self.heap, &mut rt, &mut self.globals)
-                    .map_err(|e| {
-                        let mut d = nabla_lang::Diagnostic::error("E0701", e.message.clone());
-                        if let Some(s) = e.span {
-                            d = d.primary(s, "while running this");
-                        }
-                        for s in &e.trace {
-                            d = d.secondary(*s, "called from here");
-                        }
-                        crate::Failure::Rendered(render_input(offset, &checked, &d))
-                    })
-            });
+        let (heap, globals, options) = (&mut self.heap, &mut self.globals, self.options.clone());
+        let result = match &self.backend {
+            Dev::Cpu(b) => run_on(b, &checked, &prog, heap, globals, options, offset),
+            Dev::Wgpu(b) => run_on(b, &checked, &prog, heap, globals, options, offset),
+            #[cfg(feature = "cuda")]
+            Dev::Cuda(b) => run_on(b, &checked, &prog, heap, globals, options, offset),
+            #[cfg(feature = "hip")]
+            Dev::Hip(b) => run_on(b, &checked, &prog, heap, globals, options, offset),
+            Dev::Ref(b) => run_on(b, &checked, &prog, heap, globals, options, offset),
+        };
         match result {
             Ok(()) => {
                 self.text = format!("{}{input}\n", self.text);
@@ -334,6 +405,19 @@ impl Session {
                 Ok(text) => self.eval(&text),
                 Err(e) => eprintln!("error: cannot read {arg}: {e}"),
             },
+            ":device" => {
+                if arg.is_empty() {
+                    println!("tensor code runs on {}", self.backend.describe());
+                } else {
+                    match Dev::open(arg) {
+                        Ok(d) => {
+                            println!("tensor code now runs on {}", d.describe());
+                            self.backend = d;
+                        }
+                        Err(e) => crate::print_error(&e),
+                    }
+                }
+            }
             ":time" => {
                 let t = Instant::now();
                 self.eval(arg);

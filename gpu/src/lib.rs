@@ -514,6 +514,15 @@ impl Step {
     }
 }
 
+/// The GPU backend on wgpu.
+pub type Wgpu = Gpu<cubecl::wgpu::WgpuRuntime>;
+/// The GPU backend on CUDA.
+#[cfg(feature = "cuda")]
+pub type Cuda = Gpu<cubecl::cuda::CudaRuntime>;
+/// The GPU backend on ROCm.
+#[cfg(feature = "hip")]
+pub type Hip = Gpu<cubecl::hip::HipRuntime>;
+
 /// The wgpu backend on the best adapter found.
 pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
     let found = adapters();

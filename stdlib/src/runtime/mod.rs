@@ -297,7 +297,13 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
     }
 
     fn model<'h>(heap: &'h mut Heap, h: Word) -> Result<&'h mut Model<B>, String> {
-        heap.native_mut::<Model<B>>(h)
+        // A model's buffers belong to the backend that made it; a session that changed
+        // device (the REPL's `:device`) holds models of another backend type.
+        heap.native_mut::<Model<B>>(h).map_err(|_| {
+            "this model was made on another device, where its tensors live: switch back to it \
+             to use the model"
+                .to_string()
+        })
     }
 
     /// Reads a `TrainConfig` record into the model's recipe and normalization (checked as
