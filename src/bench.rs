@@ -190,7 +190,12 @@ pub fn bench_device<B: Backend>(
     }
     let read_loss = |out: &[B::Buffer]| -> Result<f32, String> {
         match out.first() {
-            Some(l) => Ok(b.download(l).map_err(|e| e.to_string())?.first().copied().unwrap_or(f32::NAN)),
+            Some(l) => Ok(b
+                .download(l)
+                .map_err(|e| e.to_string())?
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN)),
             None => Ok(f32::NAN),
         }
     };
@@ -219,7 +224,11 @@ pub fn bench_device<B: Backend>(
         format!("{:?}", o.optimizer).to_lowercase(),
         b.describe()
     );
-    println!("compile (plan + kernels):      {:.1} ms; the first step (compiling every kernel) {:.3} s, loss {first_loss:.4}", compile * 1e3, first_step);
+    println!(
+        "compile (plan + kernels):      {:.1} ms; the first step (compiling every kernel) {:.3} s, loss {first_loss:.4}",
+        compile * 1e3,
+        first_step
+    );
     println!(
         "steps: {} in {:.3} s · {:.2} steps/s · {:.3} ms per step · {} per step · {:.2} GFLOP/s · loss {loss:.4}",
         o.steps,

@@ -326,8 +326,14 @@ fn device_check<B: nabla_lang::backend::Backend>(
         .filter(|n| name.is_none_or(|x| x == n.name))
     {
         any = true;
-        let case = net_case(&checked.program, &net.name, batch, input, nabla_lang::ir::Mode::Train)
-            .map_err(Failure::Message)?;
+        let case = net_case(
+            &checked.program,
+            &net.name,
+            batch,
+            input,
+            nabla_lang::ir::Mode::Train,
+        )
+        .map_err(Failure::Message)?;
         let outs = run_case_outputs(b, &case).map_err(Failure::Message)?;
         let worst = outs.iter().max_by(|x, y| x.error.total_cmp(&y.error));
         if let Some(w) = worst {
@@ -340,7 +346,11 @@ fn device_check<B: nabla_lang::backend::Backend>(
                 outs.len(),
                 w.error,
                 w.name,
-                if pass { "" } else { " — above the bar of 1e-4" }
+                if pass {
+                    ""
+                } else {
+                    " — above the bar of 1e-4"
+                }
             );
         }
     }
@@ -355,14 +365,24 @@ fn device_check<B: nabla_lang::backend::Backend>(
 
 /// `nabla devices`: what this build can run on.
 fn devices() {
-    println!("cpu: {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "cpu: {} threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     let found = nabla_gpu::adapters();
     if found.is_empty() {
-        println!("wgpu: no adapter found ({})", nabla_gpu::device::HOW_TO_GET_ONE);
+        println!(
+            "wgpu: no adapter found ({})",
+            nabla_gpu::device::HOW_TO_GET_ONE
+        );
     }
     let chosen = nabla_gpu::device::choose(&found).map(|(a, _)| a);
     for a in &found {
-        let mark = if Some(a) == chosen.as_ref() { "  (used by --device wgpu)" } else { "" };
+        let mark = if Some(a) == chosen.as_ref() {
+            "  (used by --device wgpu)"
+        } else {
+            ""
+        };
         println!("wgpu: {}{mark}", a.describe());
     }
     for (name, built, how) in nabla_gpu::device::built() {

@@ -43,22 +43,19 @@ macro_rules! on_device {
                 $body
             }
             $crate::run::Device::Wgpu => {
-                let g = nabla_gpu::wgpu()
-                    .map_err(|e| $crate::Failure::Message(e.to_string()))?;
+                let g = nabla_gpu::wgpu().map_err(|e| $crate::Failure::Message(e.to_string()))?;
                 let $b = &g;
                 $body
             }
             #[cfg(feature = "cuda")]
             $crate::run::Device::Cuda => {
-                let g = nabla_gpu::cuda()
-                    .map_err(|e| $crate::Failure::Message(e.to_string()))?;
+                let g = nabla_gpu::cuda().map_err(|e| $crate::Failure::Message(e.to_string()))?;
                 let $b = &g;
                 $body
             }
             #[cfg(feature = "hip")]
             $crate::run::Device::Hip => {
-                let g = nabla_gpu::hip()
-                    .map_err(|e| $crate::Failure::Message(e.to_string()))?;
+                let g = nabla_gpu::hip().map_err(|e| $crate::Failure::Message(e.to_string()))?;
                 let $b = &g;
                 $body
             }

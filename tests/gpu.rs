@@ -75,7 +75,8 @@ fn the_linear_example_trains_on_wgpu_to_the_cpus_accuracy() {
     // and scores what it scored on wgpu (to one test example in 2,004: logits computed
     // in another order may flip a near tie).
     let header = |device: &str| {
-        let bytes = std::fs::read(dir(device).join("mnist_linear.safetensors")).expect("checkpoint");
+        let bytes =
+            std::fs::read(dir(device).join("mnist_linear.safetensors")).expect("checkpoint");
         let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
         bytes[..8 + n].to_vec()
     };

@@ -100,7 +100,11 @@ fn nets_can_be_defined_and_inspected() {
 #[test]
 fn device_switches_where_tensor_code_runs() {
     let net = "import std.nn.*\nimport std.data.*\nnet L: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\n";
-    let fit = |name: &str| format!("let {name} = train(L, mnist(), TrainConfig {{ optimizer: sgd(lr: 0.1), batch: 2000, epochs: 1 }})\n");
+    let fit = |name: &str| {
+        format!(
+            "let {name} = train(L, mnist(), TrainConfig {{ optimizer: sgd(lr: 0.1), batch: 2000, epochs: 1 }})\n"
+        )
+    };
     let input = format!(
         ":device\n{net}{}:device ref\n:device\n{}accuracy(a, mnist().test)\n:device cpu\naccuracy(a, mnist().test)\n:device tpu\n",
         fit("a"),
@@ -108,15 +112,37 @@ fn device_switches_where_tensor_code_runs() {
     );
     let (out, err) = session(&input);
     assert!(out.starts_with("tensor code runs on cpu\n"), "{out}");
-    assert!(out.contains("tensor code now runs on the f64 reference interpreter"), "{out}");
-    assert!(out.contains("tensor code runs on the f64 reference interpreter"), "{out}");
-    let losses: Vec<&str> = out.lines().filter(|l| l.starts_with("Epoch 1/1: loss=")).collect();
+    assert!(
+        out.contains("tensor code now runs on the f64 reference interpreter"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tensor code runs on the f64 reference interpreter"),
+        "{out}"
+    );
+    let losses: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("Epoch 1/1: loss="))
+        .collect();
     assert_eq!(losses.len(), 2, "{out}");
-    let loss = |l: &str| -> f64 { l["Epoch 1/1: loss=".len()..].split(' ').next().expect("loss").parse().expect("number") };
-    assert!((loss(losses[0]) - loss(losses[1])).abs() < 1e-4, "{losses:?}");
+    let loss = |l: &str| -> f64 {
+        l["Epoch 1/1: loss=".len()..]
+            .split(' ')
+            .next()
+            .expect("loss")
+            .parse()
+            .expect("number")
+    };
+    assert!(
+        (loss(losses[0]) - loss(losses[1])).abs() < 1e-4,
+        "{losses:?}"
+    );
     assert!(
         err.contains("this model was made on another device, where its tensors live"),
         "{err}"
     );
-    assert!(err.contains("unknown device `tpu`: expected cpu, wgpu, cuda, hip or ref"), "{err}");
+    assert!(
+        err.contains("unknown device `tpu`: expected cpu, wgpu, cuda, hip or ref"),
+        "{err}"
+    );
 }

@@ -159,7 +159,11 @@ pub fn fused(
             } else if comptime![op.code < code::SELECT] {
                 let x = *vals.index(comptime![op.a as usize]);
                 let y = *vals.index(comptime![op.b as usize]);
-                r = select(compare(x, y, comptime![op.code]), f32::new(1.0), f32::new(0.0));
+                r = select(
+                    compare(x, y, comptime![op.code]),
+                    f32::new(1.0),
+                    f32::new(0.0),
+                );
             } else if comptime![op.code == code::SELECT] {
                 let c = *vals.index(comptime![op.a as usize]);
                 let x = *vals.index(comptime![op.b as usize]);
@@ -281,7 +285,14 @@ pub fn fill(out: &mut Array<f32>, v: f32, n: u32) {
 /// A strided read: output element `i` (shape `geo[0..rank]`, row-major) is
 /// `src[base + Σ idx_d · geo[rank + d]]` (transposes, broadcasts, slices).
 #[cube(launch_unchecked)]
-pub fn take(src: &Array<f32>, out: &mut Array<f32>, geo: &Array<u32>, n: u32, rank: u32, base: u32) {
+pub fn take(
+    src: &Array<f32>,
+    out: &mut Array<f32>,
+    geo: &Array<u32>,
+    n: u32,
+    rank: u32,
+    base: u32,
+) {
     let i = ABSOLUTE_POS as u32;
     if i < n {
         let mut rem = i;
@@ -494,7 +505,10 @@ fn untap(i: u32, t: u32, stride: u32, dil: u32, pad: u32, size: u32) -> u32 {
     let q = i + pad;
     let s = t * dil;
     let d = q - select(q >= s, s, q);
-    select(q >= s && d % stride == 0 && d / stride < size, d / stride, size)
+    // `is_multiple_of` has no kernel expansion: the remainder it is.
+    #[allow(clippy::manual_is_multiple_of)]
+    let on_grid = d % stride == 0;
+    select(q >= s && on_grid && d / stride < size, d / stride, size)
 }
 
 /// The gradient of a convolution with respect to its input: `dy` [b, o, oh, ow] and the
@@ -612,7 +626,13 @@ pub fn conv2d_weight_grad(
 /// Max or average pooling (the average divides by the whole window, padding included),
 /// one output element per unit.
 #[cube(launch_unchecked)]
-pub fn pool(x: &Array<f32>, y: &mut Array<f32>, geo: &Array<u32>, total: u32, #[comptime] max: bool) {
+pub fn pool(
+    x: &Array<f32>,
+    y: &mut Array<f32>,
+    geo: &Array<u32>,
+    total: u32,
+    #[comptime] max: bool,
+) {
     let idx = ABSOLUTE_POS as u32;
     if idx < total {
         let h = geo[1];
@@ -658,7 +678,13 @@ pub fn pool(x: &Array<f32>, y: &mut Array<f32>, geo: &Array<u32>, total: u32, #[
 /// window's gradient. One input element per unit, which sums over the windows that
 /// chose it.
 #[cube(launch_unchecked)]
-pub fn max_pool_grad(x: &Array<f32>, dy: &Array<f32>, dx: &mut Array<f32>, geo: &Array<u32>, total: u32) {
+pub fn max_pool_grad(
+    x: &Array<f32>,
+    dy: &Array<f32>,
+    dx: &mut Array<f32>,
+    geo: &Array<u32>,
+    total: u32,
+) {
     let idx = ABSOLUTE_POS as u32;
     if idx < total {
         let h = geo[1];

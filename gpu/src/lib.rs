@@ -200,7 +200,12 @@ impl<R: Runtime> Gpu<R> {
     }
 
     /// Launches one step; `at` gives a value's storage and element count.
-    fn launch(&self, s: &Step, geo: Option<&Handle>, at: &dyn Fn(ValueId) -> (Handle, usize)) -> Result<(), BackendError> {
+    fn launch(
+        &self,
+        s: &Step,
+        geo: Option<&Handle>,
+        at: &dyn Fn(ValueId) -> (Handle, usize),
+    ) -> Result<(), BackendError> {
         let c = &self.client;
         let arr = |v: ValueId| {
             let (h, n) = at(v);
@@ -209,7 +214,9 @@ impl<R: Runtime> Gpu<R> {
             unsafe { ArrayArg::<R>::from_raw_parts(h, n.max(1)) }
         };
         let geo = || -> Result<ArrayArg<R>, BackendError> {
-            let h = geo.ok_or_else(|| BackendError::Failed("internal error: a launch without its geometry".into()))?;
+            let h = geo.ok_or_else(|| {
+                BackendError::Failed("internal error: a launch without its geometry".into())
+            })?;
             let n = (h.size() / 4) as usize;
             // SAFETY: the geometry buffer holds `n` u32 values.
             Ok(unsafe { ArrayArg::<R>::from_raw_parts(h.clone(), n) })
@@ -219,7 +226,12 @@ impl<R: Runtime> Gpu<R> {
         // sized.
         unsafe {
             match s {
-                Step::Fused { prog, leaves, stores, n } => {
+                Step::Fused {
+                    prog,
+                    leaves,
+                    stores,
+                    n,
+                } => {
                     if *n == 0 {
                         return Ok(());
                     }
@@ -232,7 +244,15 @@ impl<R: Runtime> Gpu<R> {
                     for v in stores {
                         outs.push(arr(*v));
                     }
-                    kernels::fused::launch_unchecked::<R>(c, count, dim, ins, outs, *n, prog.clone());
+                    kernels::fused::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        ins,
+                        outs,
+                        *n,
+                        prog.clone(),
+                    );
                 }
                 Step::Fill { out, value, n } => {
                     if *n == 0 {
@@ -241,61 +261,238 @@ impl<R: Runtime> Gpu<R> {
                     let (count, dim) = self.grid(*n);
                     kernels::fill::launch_unchecked::<R>(c, count, dim, arr(*out), *value, *n);
                 }
-                Step::Strided { src, out, n, rank, base, put, .. } => {
+                Step::Strided {
+                    src,
+                    out,
+                    n,
+                    rank,
+                    base,
+                    put,
+                    ..
+                } => {
                     if *n == 0 {
                         return Ok(());
                     }
                     let (count, dim) = self.grid(*n);
                     if *put {
-                        kernels::put::launch_unchecked::<R>(c, count, dim, arr(*src), arr(*out), geo()?, *n, *rank, *base);
+                        kernels::put::launch_unchecked::<R>(
+                            c,
+                            count,
+                            dim,
+                            arr(*src),
+                            arr(*out),
+                            geo()?,
+                            *n,
+                            *rank,
+                            *base,
+                        );
                     } else {
-                        kernels::take::launch_unchecked::<R>(c, count, dim, arr(*src), arr(*out), geo()?, *n, *rank, *base);
+                        kernels::take::launch_unchecked::<R>(
+                            c,
+                            count,
+                            dim,
+                            arr(*src),
+                            arr(*out),
+                            geo()?,
+                            *n,
+                            *rank,
+                            *base,
+                        );
                     }
                 }
-                Step::Reduce { src, out, n, nk, nr, count: len, max, .. } => {
+                Step::Reduce {
+                    src,
+                    out,
+                    n,
+                    nk,
+                    nr,
+                    count: len,
+                    max,
+                    ..
+                } => {
                     let (count, dim) = self.grid(*n);
-                    kernels::reduce::launch_unchecked::<R>(c, count, dim, arr(*src), arr(*out), geo()?, *n, *nk, *nr, *len, *max);
+                    kernels::reduce::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        arr(*src),
+                        arr(*out),
+                        geo()?,
+                        *n,
+                        *nk,
+                        *nr,
+                        *len,
+                        *max,
+                    );
                 }
-                Step::ArgMax { src, out, n, len, inner } => {
+                Step::ArgMax {
+                    src,
+                    out,
+                    n,
+                    len,
+                    inner,
+                } => {
                     let (count, dim) = self.grid(*n);
-                    kernels::argmax::launch_unchecked::<R>(c, count, dim, arr(*src), arr(*out), *n, *len, *inner);
+                    kernels::argmax::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        arr(*src),
+                        arr(*out),
+                        *n,
+                        *len,
+                        *inner,
+                    );
                 }
-                Step::MatMul { a, b, out, update, total, .. } => {
+                Step::MatMul {
+                    a,
+                    b,
+                    out,
+                    update,
+                    total,
+                    ..
+                } => {
                     let (count, dim) = self.grid(*total);
                     let (base, scale, k, mode) = match update {
                         None => (*out, *out, 0.0, 0),
                         Some((base, Scale::Const(k))) => (*base, *out, *k, 1),
                         Some((base, Scale::Value(v))) => (*base, *v, 0.0, 2),
                     };
-                    kernels::matmul::launch_unchecked::<R>(c, count, dim, arr(*a), arr(*b), arr(*out), arr(base), arr(scale), geo()?, k, mode);
+                    kernels::matmul::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        arr(*a),
+                        arr(*b),
+                        arr(*out),
+                        arr(base),
+                        arr(scale),
+                        geo()?,
+                        k,
+                        mode,
+                    );
                 }
-                Step::Conv { kind, a, b, out, total, .. } => {
+                Step::Conv {
+                    kind,
+                    a,
+                    b,
+                    out,
+                    total,
+                    ..
+                } => {
                     let (count, dim) = self.grid(*total);
                     match kind {
-                        0 => kernels::conv2d::launch_unchecked::<R>(c, count, dim, arr(*a), arr(*b), arr(*out), geo()?, *total),
-                        1 => kernels::conv2d_input_grad::launch_unchecked::<R>(c, count, dim, arr(*a), arr(*b), arr(*out), geo()?, *total),
-                        _ => kernels::conv2d_weight_grad::launch_unchecked::<R>(c, count, dim, arr(*a), arr(*b), arr(*out), geo()?, *total),
+                        0 => kernels::conv2d::launch_unchecked::<R>(
+                            c,
+                            count,
+                            dim,
+                            arr(*a),
+                            arr(*b),
+                            arr(*out),
+                            geo()?,
+                            *total,
+                        ),
+                        1 => kernels::conv2d_input_grad::launch_unchecked::<R>(
+                            c,
+                            count,
+                            dim,
+                            arr(*a),
+                            arr(*b),
+                            arr(*out),
+                            geo()?,
+                            *total,
+                        ),
+                        _ => kernels::conv2d_weight_grad::launch_unchecked::<R>(
+                            c,
+                            count,
+                            dim,
+                            arr(*a),
+                            arr(*b),
+                            arr(*out),
+                            geo()?,
+                            *total,
+                        ),
                     }
                 }
-                Step::Pool { x, out, total, max, .. } => {
+                Step::Pool {
+                    x, out, total, max, ..
+                } => {
                     let (count, dim) = self.grid(*total);
-                    kernels::pool::launch_unchecked::<R>(c, count, dim, arr(*x), arr(*out), geo()?, *total, *max);
+                    kernels::pool::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        arr(*x),
+                        arr(*out),
+                        geo()?,
+                        *total,
+                        *max,
+                    );
                 }
-                Step::MaxPoolGrad { x, dy, out, total, .. } => {
+                Step::MaxPoolGrad {
+                    x, dy, out, total, ..
+                } => {
                     let (count, dim) = self.grid(*total);
-                    kernels::max_pool_grad::launch_unchecked::<R>(c, count, dim, arr(*x), arr(*dy), arr(*out), geo()?, *total);
+                    kernels::max_pool_grad::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        arr(*x),
+                        arr(*dy),
+                        arr(*out),
+                        geo()?,
+                        *total,
+                    );
                 }
                 Step::AvgPoolGrad { dy, out, total, .. } => {
                     let (count, dim) = self.grid(*total);
-                    kernels::avg_pool_grad::launch_unchecked::<R>(c, count, dim, arr(*dy), arr(*out), geo()?, *total);
+                    kernels::avg_pool_grad::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        arr(*dy),
+                        arr(*out),
+                        geo()?,
+                        *total,
+                    );
                 }
-                Step::Gather { table, idx, out, n, d, v } => {
+                Step::Gather {
+                    table,
+                    idx,
+                    out,
+                    n,
+                    d,
+                    v,
+                } => {
                     let (count, dim) = self.grid(*n);
-                    kernels::gather::launch_unchecked::<R>(c, count, dim, arr(*table), arr(*idx), arr(*out), *n, *d, *v);
+                    kernels::gather::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        arr(*table),
+                        arr(*idx),
+                        arr(*out),
+                        *n,
+                        *d,
+                        *v,
+                    );
                 }
-                Step::OneHot { idx, out, n, classes } => {
+                Step::OneHot {
+                    idx,
+                    out,
+                    n,
+                    classes,
+                } => {
                     let (count, dim) = self.grid(*n);
-                    kernels::one_hot::launch_unchecked::<R>(c, count, dim, arr(*idx), arr(*out), *n, *classes);
+                    kernels::one_hot::launch_unchecked::<R>(
+                        c,
+                        count,
+                        dim,
+                        arr(*idx),
+                        arr(*out),
+                        *n,
+                        *classes,
+                    );
                 }
                 Step::Uniform { out, n, zh, zl } => {
                     let (count, dim) = self.grid(*n);
@@ -309,7 +506,11 @@ impl<R: Runtime> Gpu<R> {
     /// A copy of `n` elements of `src` in a buffer of its own.
     fn copy(&self, src: Handle, n: usize) -> Result<Handle, BackendError> {
         let out = self.client.empty(n.max(1) * 4);
-        let n32 = u32::try_from(n).map_err(|_| BackendError::Failed(format!("{n} elements are beyond the GPU backend's 32-bit indices")))?;
+        let n32 = u32::try_from(n).map_err(|_| {
+            BackendError::Failed(format!(
+                "{n} elements are beyond the GPU backend's 32-bit indices"
+            ))
+        })?;
         if n > 0 {
             let (count, dim) = self.grid(n32);
             // SAFETY: both buffers hold `n` elements; units past `n` do nothing.
@@ -356,11 +557,10 @@ impl<R: Runtime> Backend for Gpu<R> {
 
     fn compile(&self, g: &Graph) -> Result<Executable, BackendError> {
         let key = g.fingerprint();
-        let hit = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&key).and_then(|cs| cs.iter().find(|c| c.graph.same_computation(g)).cloned()));
+        let hit = self.cache.lock().ok().and_then(|c| {
+            c.get(&key)
+                .and_then(|cs| cs.iter().find(|c| c.graph.same_computation(g)).cloned())
+        });
         let compiled = match hit {
             Some(c) => c,
             None => {
@@ -369,18 +569,25 @@ impl<R: Runtime> Backend for Gpu<R> {
                     && let Err(faults) = nabla_sched::verify(g, &plan, &self.target)
                 {
                     debug_assert!(false, "the plan breaks its invariants: {faults:?}");
-                    return Err(failed(format!("internal error: an invalid plan: {faults:?}")));
+                    return Err(failed(format!(
+                        "internal error: an invalid plan: {faults:?}"
+                    )));
                 }
                 let mut steps = Vec::new();
                 for (i, k) in plan.kernels.iter().enumerate() {
-                    for s in steps::kernel_steps(g, &plan, k).map_err(|e| BackendError::Unsupported(e, self.target.name.into()))? {
+                    for s in steps::kernel_steps(g, &plan, k)
+                        .map_err(|e| BackendError::Unsupported(e, self.target.name.into()))?
+                    {
                         steps.push((i, s));
                     }
                 }
                 let geos = guarded("uploading a step's geometry", || {
                     Ok(steps
                         .iter()
-                        .map(|(_, s)| s.geometry().map(|g| self.client.create_from_slice(u32::as_bytes(g))))
+                        .map(|(_, s)| {
+                            s.geometry()
+                                .map(|g| self.client.create_from_slice(u32::as_bytes(g)))
+                        })
                         .collect::<Vec<_>>())
                 })?;
                 let c = Arc::new(Compiled {
@@ -421,16 +628,25 @@ impl<R: Runtime> Backend for Gpu<R> {
     fn download(&self, b: &Buffer) -> Result<Vec<f32>, BackendError> {
         guarded("reading a tensor back", || {
             self.flush(|| "an earlier step".into())?;
-            let bytes = self.client.read_one(b.handle.clone()).map_err(|e| BackendError::Failed(format!("reading a tensor back failed: {e:?}")))?;
+            let bytes = self.client.read_one(b.handle.clone()).map_err(|e| {
+                BackendError::Failed(format!("reading a tensor back failed: {e:?}"))
+            })?;
             let n: usize = b.shape.iter().product();
             let all = f32::from_bytes(&bytes);
-            all.get(..n)
-                .map(<[f32]>::to_vec)
-                .ok_or_else(|| BackendError::Failed(format!("a device buffer holds {} values, not {n}", all.len())))
+            all.get(..n).map(<[f32]>::to_vec).ok_or_else(|| {
+                BackendError::Failed(format!(
+                    "a device buffer holds {} values, not {n}",
+                    all.len()
+                ))
+            })
         })
     }
 
-    fn run(&self, exe: &mut Executable, inputs: &mut [Buffer]) -> Result<Vec<Buffer>, BackendError> {
+    fn run(
+        &self,
+        exe: &mut Executable,
+        inputs: &mut [Buffer],
+    ) -> Result<Vec<Buffer>, BackendError> {
         let c = exe.compiled.clone();
         let p = &c.plan;
         if inputs.len() != p.inputs.len() {
@@ -438,7 +654,11 @@ impl<R: Runtime> Backend for Gpu<R> {
         }
         for ((_, name, shape), b) in p.inputs.iter().zip(inputs.iter()) {
             if *shape != b.shape {
-                return Err(BackendError::BadShape(name.clone(), shape.clone(), b.shape.clone()));
+                return Err(BackendError::BadShape(
+                    name.clone(),
+                    shape.clone(),
+                    b.shape.clone(),
+                ));
             }
         }
         let g = &c.graph;
@@ -529,13 +749,16 @@ pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
     let Some((adapter, device)) = device::choose(&found) else {
         return Err(BackendError::Failed(format!(
             "no GPU adapter found for wgpu (probed: {} through the system's loader; none answered): {}",
-            if cfg!(target_os = "macos") { "Metal" } else { "Vulkan" },
+            if cfg!(target_os = "macos") {
+                "Metal"
+            } else {
+                "Vulkan"
+            },
             device::HOW_TO_GET_ONE
         )));
     };
-    let client = open_quietly(|| cubecl::wgpu::WgpuRuntime::client(&device)).map_err(|e| {
-        BackendError::Failed(format!("could not open {}: {e}", adapter.describe()))
-    })?;
+    let client = open_quietly(|| cubecl::wgpu::WgpuRuntime::client(&device))
+        .map_err(|e| BackendError::Failed(format!("could not open {}: {e}", adapter.describe())))?;
     Ok(Gpu::with_client(client, "wgpu", adapter.describe()))
 }
 
@@ -557,8 +780,7 @@ pub fn cuda() -> Result<Gpu<cubecl::cuda::CudaRuntime>, BackendError> {
 #[cfg(feature = "hip")]
 pub fn hip() -> Result<Gpu<cubecl::hip::HipRuntime>, BackendError> {
     let device = cubecl::hip::AmdDevice::new(0);
-    let client = open_quietly(|| cubecl::hip::HipRuntime::client(&device)).map_err(|e| {
-        BackendError::Failed(format!("could not open ROCm device 0: {e}"))
-    })?;
+    let client = open_quietly(|| cubecl::hip::HipRuntime::client(&device))
+        .map_err(|e| BackendError::Failed(format!("could not open ROCm device 0: {e}")))?;
     Ok(Gpu::with_client(client, "hip", "ROCm device 0".into()))
 }

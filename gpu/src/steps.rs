@@ -325,7 +325,12 @@ pub fn kernel_steps(g: &Graph, p: &Plan, k: &Kernel) -> Result<Vec<Step>, StepEr
     Ok(out)
 }
 
-fn node_steps(g: &Graph, node: ValueId, args: &[ValueId], out: &mut Vec<Step>) -> Result<(), StepError> {
+fn node_steps(
+    g: &Graph,
+    node: ValueId,
+    args: &[ValueId],
+    out: &mut Vec<Step>,
+) -> Result<(), StepError> {
     let n = g.node(node);
     let sh = |i: usize| g.node(args[i]).shape.as_slice();
     let total = u32_of(n.numel(), "a tensor's size")?;
@@ -380,13 +385,27 @@ fn node_steps(g: &Graph, node: ValueId, args: &[ValueId], out: &mut Vec<Step>) -
             let off = os.len() - s.len();
             let st = strides(s);
             let src: Vec<usize> = (0..os.len())
-                .map(|d| if d < off || s[d - off] == 1 { 0 } else { st[d - off] })
+                .map(|d| {
+                    if d < off || s[d - off] == 1 {
+                        0
+                    } else {
+                        st[d - off]
+                    }
+                })
                 .collect();
             out.push(strided(args[0], node, os, &src, 0, false, total)?);
         }
         Op::Slice { axis, start, .. } => {
             let st = strides(sh(0));
-            out.push(strided(args[0], node, &n.shape, &st, start * st[*axis], false, total)?);
+            out.push(strided(
+                args[0],
+                node,
+                &n.shape,
+                &st,
+                start * st[*axis],
+                false,
+                total,
+            )?);
         }
         Op::Pad { axis, before, .. } => {
             let ot = strides(&n.shape);
@@ -397,7 +416,15 @@ fn node_steps(g: &Graph, node: ValueId, args: &[ValueId], out: &mut Vec<Step>) -
             });
             let s = sh(0);
             let count = u32_of(numel(s), "a tensor's size")?;
-            out.push(strided(args[0], node, s, &ot, before * ot[*axis], true, count)?);
+            out.push(strided(
+                args[0],
+                node,
+                s,
+                &ot,
+                before * ot[*axis],
+                true,
+                count,
+            )?);
         }
         Op::Concat { axis } => {
             let ot = strides(&n.shape);
@@ -524,7 +551,10 @@ impl Step {
             }
             Step::Fill { n, .. } => format!("a fill of {n} elements"),
             Step::Strided { put, n, .. } => {
-                format!("a strided {} of {n} elements", if *put { "write" } else { "read" })
+                format!(
+                    "a strided {} of {n} elements",
+                    if *put { "write" } else { "read" }
+                )
             }
             Step::Reduce { max, n, count, .. } => format!(
                 "a {} of {count} values into each of {n}",
@@ -540,9 +570,14 @@ impl Step {
                 ["", " input gradient", " weight gradient"][usize::from(*kind).min(2)]
             ),
             Step::Pool { max, total, .. } => {
-                format!("{} pooling into {total} elements", if *max { "max" } else { "average" })
+                format!(
+                    "{} pooling into {total} elements",
+                    if *max { "max" } else { "average" }
+                )
             }
-            Step::MaxPoolGrad { total, .. } => format!("a max-pooling gradient of {total} elements"),
+            Step::MaxPoolGrad { total, .. } => {
+                format!("a max-pooling gradient of {total} elements")
+            }
             Step::AvgPoolGrad { total, .. } => {
                 format!("an average-pooling gradient of {total} elements")
             }

@@ -6,10 +6,9 @@
 use nabla_gpu::Gpu;
 use nabla_lang::backend::Backend;
 use nabla_lang::backend::suite::{
-    Case, TOLERANCE, eval_case, net_case, op_cases, run_case_outputs, step_case,
+    Case, EXAMPLE_NETS, TOLERANCE, eval_case, net_case, op_cases, run_case_outputs, step_case,
 };
 use nabla_lang::check::{Checked, check_files};
-use nabla_lang::ir::Mode;
 use nabla_lang::step::{Optimizer, Update};
 use nabla_stdlib::StdLoader;
 
@@ -56,10 +55,16 @@ fn assert_cases<B: Backend>(b: &B, cases: &[Case]) {
     for case in cases {
         match run_case_outputs(b, case) {
             Ok(outs) => {
-                let bar = |zero: bool| if zero { EXACT_ZERO_TOLERANCE } else { TOLERANCE };
-                let worst = outs
-                    .iter()
-                    .max_by(|x, y| (x.error / bar(x.exact_zero)).total_cmp(&(y.error / bar(y.exact_zero))));
+                let bar = |zero: bool| {
+                    if zero {
+                        EXACT_ZERO_TOLERANCE
+                    } else {
+                        TOLERANCE
+                    }
+                };
+                let worst = outs.iter().max_by(|x, y| {
+                    (x.error / bar(x.exact_zero)).total_cmp(&(y.error / bar(y.exact_zero)))
+                });
                 let Some(w) = worst else { continue };
                 let zeros = outs.iter().filter(|o| o.exact_zero).count();
                 if w.error <= bar(w.exact_zero) {
@@ -68,11 +73,22 @@ fn assert_cases<B: Backend>(b: &B, cases: &[Case]) {
                         case.name,
                         w.error,
                         w.name,
-                        if w.exact_zero { ", zero in exact arithmetic" } else { "" },
-                        if zeros > 0 { format!(", {zeros} outputs zero in exact arithmetic") } else { String::new() }
+                        if w.exact_zero {
+                            ", zero in exact arithmetic"
+                        } else {
+                            ""
+                        },
+                        if zeros > 0 {
+                            format!(", {zeros} outputs zero in exact arithmetic")
+                        } else {
+                            String::new()
+                        }
                     );
                 } else {
-                    failures.push(format!("{}: output `{}` off by {:.2e}", case.name, w.name, w.error));
+                    failures.push(format!(
+                        "{}: output `{}` off by {:.2e}",
+                        case.name, w.name, w.error
+                    ));
                 }
             }
             Err(e) => failures.push(format!("{}: {e}", case.name)),
@@ -97,72 +113,10 @@ fn every_op_matches_the_interpreter() {
     assert_cases(&g, &cases);
 }
 
-/// (file, net, batch, per-example input, mode) — small instances of every example, as on
-/// the CPU (`jit/tests/backend.rs` says why MobileNetV2 is checked in eval mode).
-const NETS: &[(&str, &str, usize, Option<&[usize]>, Mode)] = &[
-    (
-        "examples/mnist_linear.net",
-        "MnistLinear",
-        4,
-        None,
-        Mode::Train,
-    ),
-    ("examples/mnist_mlp.net", "MnistMlp", 4, None, Mode::Train),
-    (
-        "examples/mnist_cnn.net",
-        "MnistCnn",
-        4,
-        Some(&[1, 12, 12]),
-        Mode::Train,
-    ),
-    (
-        "examples/cifar_bn.net",
-        "CifarBn",
-        4,
-        Some(&[3, 8, 8]),
-        Mode::Train,
-    ),
-    (
-        "examples/resnet34.net",
-        "ResNet34",
-        4,
-        Some(&[3, 64, 64]),
-        Mode::Train,
-    ),
-    (
-        "examples/mobilenet_v2.net",
-        "MobileNetV2",
-        2,
-        Some(&[3, 32, 32]),
-        Mode::Eval,
-    ),
-    (
-        "examples/efficientnet_b0.net",
-        "EfficientNetB0",
-        4,
-        Some(&[3, 64, 64]),
-        Mode::Train,
-    ),
-    (
-        "examples/convnext_tiny.net",
-        "ConvNeXtTiny",
-        2,
-        Some(&[3, 32, 32]),
-        Mode::Train,
-    ),
-    (
-        "examples/vit_tiny.net",
-        "VitTiny",
-        2,
-        Some(&[3, 32, 32]),
-        Mode::Train,
-    ),
-];
-
 #[test]
 fn every_example_net_matches_the_interpreter() {
     let mut cases = Vec::new();
-    for (file, net, batch, input, mode) in NETS {
+    for (file, net, batch, input, mode) in EXAMPLE_NETS {
         let c = checked(file);
         cases.push(
             net_case(&c.program, net, *batch, *input, *mode)
@@ -204,7 +158,6 @@ fn train_steps_match_the_interpreter() {
     assert_cases(&g, &cases);
 }
 
-
 /// The counter-based generator gives the CPU's bits (so dropout masks are the same for
 /// the same seed on every device): 2¹⁸ numbers for each of five seeds, high bits set
 /// included; every one is rounded from 53 bits to f32 (ties to even), and the ones below
@@ -223,7 +176,9 @@ fn random_numbers_are_the_cpus_bits() {
         let out = g.run(&mut exe, &mut []).expect("runs");
         let got = g.download(&out[0]).expect("reads");
         let differ = (0..n)
-            .filter(|i| got[*i].to_bits() != (nabla_lang::interp::uniform(seed, *i as u64) as f32).to_bits())
+            .filter(|i| {
+                got[*i].to_bits() != (nabla_lang::interp::uniform(seed, *i as u64) as f32).to_bits()
+            })
             .count();
         assert_eq!(differ, 0, "seed {seed}: {differ} of {n} differ");
         let small = got.iter().filter(|x| **x < 1.0 / 16_777_216.0).count();

@@ -3,7 +3,8 @@
 
 use nabla_jit::Cpu;
 use nabla_lang::backend::suite::{
-    Case, TOLERANCE, check_write_rows, eval_case, net_case, op_cases, run_case, step_case,
+    Case, EXAMPLE_NETS, TOLERANCE, check_write_rows, eval_case, net_case, op_cases, run_case,
+    step_case,
 };
 use nabla_lang::backend::{Backend, Interp};
 use nabla_lang::check::{Checked, check_files};
@@ -59,77 +60,10 @@ fn every_op_matches_the_interpreter() {
     );
 }
 
-/// (file, net, batch, per-example input, mode) — small instances of every example.
-///
-/// MobileNetV2 is checked in eval mode: with batch statistics its random instances are
-/// chaotic in f32 (ReLU6 kinks and batchnorm over few values; measured at batch 4, 64×64:
-/// the f32 interpreter — every op exact, then rounded — is itself 3e-2 from f64, and at
-/// batch 2, 96×96 the CPU backend is 8e-2 off while the f32 interpreter is 4e-4), which
-/// says nothing about the backend. Its train-mode ops are all in the other nets.
-const NETS: &[(&str, &str, usize, Option<&[usize]>, Mode)] = &[
-    (
-        "examples/mnist_linear.net",
-        "MnistLinear",
-        4,
-        None,
-        Mode::Train,
-    ),
-    ("examples/mnist_mlp.net", "MnistMlp", 4, None, Mode::Train),
-    (
-        "examples/mnist_cnn.net",
-        "MnistCnn",
-        4,
-        Some(&[1, 12, 12]),
-        Mode::Train,
-    ),
-    (
-        "examples/cifar_bn.net",
-        "CifarBn",
-        4,
-        Some(&[3, 8, 8]),
-        Mode::Train,
-    ),
-    (
-        "examples/resnet34.net",
-        "ResNet34",
-        4,
-        Some(&[3, 64, 64]),
-        Mode::Train,
-    ),
-    (
-        "examples/mobilenet_v2.net",
-        "MobileNetV2",
-        2,
-        Some(&[3, 32, 32]),
-        Mode::Eval,
-    ),
-    (
-        "examples/efficientnet_b0.net",
-        "EfficientNetB0",
-        4,
-        Some(&[3, 64, 64]),
-        Mode::Train,
-    ),
-    (
-        "examples/convnext_tiny.net",
-        "ConvNeXtTiny",
-        2,
-        Some(&[3, 32, 32]),
-        Mode::Train,
-    ),
-    (
-        "examples/vit_tiny.net",
-        "VitTiny",
-        2,
-        Some(&[3, 32, 32]),
-        Mode::Train,
-    ),
-];
-
 #[test]
 fn every_example_net_matches_the_interpreter() {
     let mut cases = Vec::new();
-    for (file, net, batch, input, mode) in NETS {
+    for (file, net, batch, input, mode) in EXAMPLE_NETS {
         let c = checked(file);
         cases.push(
             net_case(&c.program, net, *batch, *input, *mode)

@@ -303,7 +303,11 @@ fn no_region_crosses_a_page() {
             _ => None,
         })
         .collect();
-    assert!(p.arena > paged.page(), "{} bytes: more than a page", p.arena);
+    assert!(
+        p.arena > paged.page(),
+        "{} bytes: more than a page",
+        p.arena
+    );
     for (off, bytes) in &placed {
         assert_eq!(off / 640, (off + bytes - 1) / 640, "{off} + {bytes}");
     }
@@ -314,7 +318,9 @@ fn no_region_crosses_a_page() {
     p.loc[v] = Some(Loc::Arena(paged.page() - 64));
     let faults = verify(&g, &p, &paged).expect_err("crosses");
     assert!(
-        faults.iter().any(|f| matches!(f, Fault::CrossesPage { .. })),
+        faults
+            .iter()
+            .any(|f| matches!(f, Fault::CrossesPage { .. })),
         "{faults:?}"
     );
 }

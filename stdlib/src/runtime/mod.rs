@@ -296,7 +296,7 @@ impl<'a, B: Backend + 'static> Runtime<'a, B> {
         heap.native::<Rc<Split>>(h).cloned()
     }
 
-    fn model<'h>(heap: &'h mut Heap, h: Word) -> Result<&'h mut Model<B>, String> {
+    fn model(heap: &mut Heap, h: Word) -> Result<&mut Model<B>, String> {
         // A model's buffers belong to the backend that made it; a session that changed
         // device (the REPL's `:device`) holds models of another backend type.
         heap.native_mut::<Model<B>>(h).map_err(|_| {
