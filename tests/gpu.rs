@@ -184,3 +184,37 @@ fn no_adapter_is_an_error_saying_what_to_install() {
     );
     assert!(!out.contains("Epoch"), "nothing ran: {out}");
 }
+
+/// `nabla bench --device wgpu` times queued steps and reports device memory; `nabla
+/// gradcheck --device wgpu` compares a net's gradients with the f64 interpreter.
+#[test]
+fn bench_and_gradcheck_run_on_wgpu() {
+    if !have_adapter() {
+        return;
+    }
+    let example = format!("{}/examples/mnist_linear.net", env!("CARGO_MANIFEST_DIR"));
+    let d = dir("bench");
+    let (code, out, err) = nabla(
+        &d,
+        &[
+            "bench", &example, "--device", "wgpu", "--steps", "3", "--batch", "16",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("· wgpu on "), "{out}");
+    assert!(
+        out.contains("steps: 3 in ") && out.contains("steps/s"),
+        "{out}"
+    );
+    assert!(
+        out.contains("device memory: parameters, state and batch"),
+        "{out}"
+    );
+    let (code, out, err) = nabla(&d, &["gradcheck", &example, "--device", "wgpu"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("net  MnistLinear (batch 2) on wgpu on ")
+            && out.contains("4 outputs, worst "),
+        "{out}"
+    );
+}
