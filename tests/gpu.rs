@@ -14,8 +14,13 @@ fn dir(test: &str) -> PathBuf {
 }
 
 fn nabla(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    nabla_with(dir, args, &[])
+}
+
+fn nabla_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env_remove("NABLA_DATA")
@@ -216,5 +221,75 @@ fn bench_and_gradcheck_run_on_wgpu() {
         out.starts_with("net  MnistLinear (batch 2) on wgpu on ")
             && out.contains("4 outputs, worst "),
         "{out}"
+    );
+}
+
+/// On wgpu the steps of an epoch are queued and their losses read when reported: a loss
+/// that stops being finite at step 2 is found by `mean_loss` at the end of the epoch
+/// (not by `train_step`, which never waits), is named by its own step, and is explained
+/// by the same replay on the interpreter as on the CPU. Nothing is written.
+#[test]
+fn a_diverging_loss_on_wgpu_is_found_when_read_and_named_by_its_step() {
+    if !have_adapter() {
+        return;
+    }
+    let d = dir("nan");
+    let src = "import std.nn.*\nimport std.data.*\nnet Deep: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(64, relu)\n  dense(10)\n}\nlet cfg = TrainConfig { optimizer: sgd(lr: 1e30), batch: 128, epochs: 1, checkpoint: \"deep.safetensors\" }\nlet m = train(Deep, mnist(), cfg)\nprint(\"unreachable\")\n";
+    std::fs::write(d.join("m.net"), src).expect("write");
+    let (code, out, err) = nabla(&d, &["run", "m.net", "--device", "wgpu"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("unreachable"), "{out}");
+    assert!(
+        err.contains("the loss is NaN at optimizer step 2 (epoch 1, learning rate 1e30)")
+            && err.contains("the first value that is not finite comes from `matmul` at <std.nn>:")
+            && err.contains("lower learning rate"),
+        "{err}"
+    );
+    assert!(err.contains("let loss = mean_loss(model)"), "{err}");
+    assert!(!d.join("deep.safetensors").exists());
+}
+
+/// Out of device memory (here under a limit, `NABLA_GPU_MEMORY`, since wgpu cannot say
+/// how much is free): the error names the step and what it needed; the checkpoint of the
+/// last finished epoch is intact, and a run without the limit resumes from it.
+#[test]
+fn out_of_device_memory_names_the_step_and_keeps_the_checkpoint() {
+    if !have_adapter() {
+        return;
+    }
+    let d = dir("oom");
+    let src = "import std.nn.*\nimport std.data.*\nnet Lin: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\nlet cfg = TrainConfig { optimizer: sgd(lr: 0.1), batch: 64, epochs: 2, checkpoint: \"lin.safetensors\" }\nlet m = train(Lin, mnist(), cfg)\nprint(\"test accuracy: {accuracy(m, mnist().test):.2%}\")\n";
+    std::fs::write(d.join("lin.net"), src).expect("write");
+    // 1 MiB holds the parameters and a training batch of 64 images (196 KiB), not the
+    // evaluation's batch of 500 (1.5 MiB).
+    let (code, out, err) = nabla_with(
+        &d,
+        &["run", "lin.net", "--device", "wgpu"],
+        &[("NABLA_GPU_MEMORY", "1M")],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("Epoch 1/2: loss="), "{out}");
+    assert!(
+        err.contains("evaluating examples 0..500 of MNIST test: the batch's images: out of device memory on wgpu on ")
+            && err.contains("a tensor of shape [500, 1, 28, 28] needs 1.5 MiB")
+            && err.contains("of the 1.0 MiB that NABLA_GPU_MEMORY allows is free"),
+        "{err}"
+    );
+    let (code, out, err) = nabla(&d, &["run", "lin.net", "--device", "wgpu"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("resumed from lin.safetensors after epoch 1") && !out.contains("Epoch 1/2"),
+        "{out}"
+    );
+    assert!(accuracy(&out) > 80.0, "{out}");
+    let (code, out, err) = nabla_with(
+        &d,
+        &["run", "lin.net", "--device", "wgpu"],
+        &[("NABLA_GPU_MEMORY", "plenty")],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("NABLA_GPU_MEMORY=plenty is not a size"),
+        "{err}"
     );
 }

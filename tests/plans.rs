@@ -89,3 +89,25 @@ fn a_corrupted_offset_fails_the_verifier() {
     }
     assert!(corrupted >= 10, "{corrupted} corruptions tried");
 }
+
+/// On a GPU that binds at most 8 buffers per kernel (WebGPU's guaranteed minimum), every
+/// example step still has a valid plan: loops that bind more are split (see
+/// `nabla_sched::Target::max_bindings`).
+#[test]
+fn every_example_step_has_a_valid_plan_with_eight_bindings() {
+    let t = nabla_gpu::target("wgpu", 256, 1 << 30, 8);
+    let mut split = 0;
+    for (file, net) in NETS {
+        for (what, g) in steps(file, net) {
+            let p = plan(&g, &t).unwrap_or_else(|e| panic!("{what}: {e}"));
+            if let Err(faults) = verify(&g, &p, &t) {
+                panic!("{what}: {} faults, first {}", faults.len(), faults[0]);
+            }
+            let wide = nabla_gpu::target("wgpu", 256, 1 << 30, usize::MAX);
+            let whole = plan(&g, &wide).unwrap_or_else(|e| panic!("{what}: {e}"));
+            split += p.programs.len() - whole.programs.len();
+        }
+    }
+    eprintln!("{split} more loops over 27 steps");
+    assert!(split > 0, "some loop binds more than 8");
+}

@@ -169,7 +169,7 @@ fn a_diverging_loss_names_the_step() {
         "{err}"
     );
     // The span points into std.train's loop, where the step ran.
-    assert!(err.contains("train_batch("), "{err}");
+    assert!(err.contains("train_step("), "{err}");
     // ... and the trace goes back to the user's call.
     assert!(
         err.contains("let m = train(Deep, mnist(), cfg)") && err.contains("called from here"),

@@ -111,3 +111,61 @@ pub fn built() -> Vec<(&'static str, bool, &'static str)> {
         ),
     ]
 }
+
+/// The environment variable that caps the device memory nabla uses (bytes, or a number
+/// with `K`, `M`, `G` or `T`, powers of 1024): for sharing a GPU, and on devices that
+/// cannot report their free memory (wgpu), so that a step too large is refused by name
+/// before it is allocated.
+pub const MEMORY_LIMIT_VAR: &str = "NABLA_GPU_MEMORY";
+
+/// The memory limit [`MEMORY_LIMIT_VAR`] sets, if any.
+pub fn memory_limit() -> Result<Option<u64>, String> {
+    match std::env::var(MEMORY_LIMIT_VAR) {
+        Ok(v) => parse_size(&v).map(Some).ok_or_else(|| {
+            format!(
+                "{MEMORY_LIMIT_VAR}={v} is not a size: write bytes, or a number with K, M, G or T (powers of 1024), like 8G"
+            )
+        }),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("{MEMORY_LIMIT_VAR} is not valid text"))
+        }
+    }
+}
+
+/// `4096`, `512M`, `1.5GiB`, `8 G` → bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        _ => return None,
+    };
+    let v: f64 = num.parse().ok()?;
+    let bytes = v * scale as f64;
+    (v.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_size(" 8 g "), Some(8 << 30));
+        assert_eq!(parse_size("2kb"), Some(2048));
+        for bad in ["", "G", "-1G", "1.2.3", "12 apples", "0", "nanG", "1e30T"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+}

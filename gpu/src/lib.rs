@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
+use nabla_lang::backend::memory::show_bytes;
 use nabla_lang::backend::{Backend, BackendError};
 use nabla_lang::check::ty::DType;
 use nabla_lang::ir::{Binary, Graph, Unary, ValueId};
@@ -76,6 +77,8 @@ pub struct Gpu<R: Runtime> {
     /// The adapter, for messages: `llvmpipe (LLVM 15.0.6, 256 bits) (cpu, Vulkan)`.
     pub adapter: String,
     cache: Mutex<HashMap<u64, Vec<Arc<Compiled>>>>,
+    /// The most device memory to use ([`device::MEMORY_LIMIT_VAR`]), when set.
+    limit: Option<u64>,
 }
 
 fn f32_everywhere(_: DType) -> DType {
@@ -87,8 +90,9 @@ fn f32_everywhere(_: DType) -> DType {
 /// the device's own); loops run one element per unit (no vector lanes, so every
 /// broadcast pattern can be read in place); no function is evaluated lane by lane;
 /// transcendental functions are worth storing rather than recomputing; the largest
-/// binding is the device's; reductions are kernels of their own.
-pub fn target(name: &'static str, align: usize, max_binding: usize) -> Target {
+/// binding and the most buffers a kernel binds are the device's; reductions are kernels
+/// of their own.
+pub fn target(name: &'static str, align: usize, max_binding: usize, max_bindings: usize) -> Target {
     Target {
         name,
         storage: f32_everywhere,
@@ -107,6 +111,7 @@ pub fn target(name: &'static str, align: usize, max_binding: usize) -> Target {
         ],
         costly_binary: &[Binary::Pow],
         max_binding,
+        max_bindings,
         reduce_on_read: None,
     }
 }
@@ -147,6 +152,41 @@ fn open_quietly<T>(open: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// The first panic on one of CubeCL's device threads since it was last taken. CubeCL
+/// runs each device's work on threads of its own (named `DSD-…`/`DSU-…` in 0.10), where
+/// it catches a panic — a kernel that fails to expand or compile, an allocation that
+/// fails, a device lost — logs it and carries on, so the work is silently not done and
+/// reads return stale memory. [`watch_device_threads`] records those panics here instead,
+/// and every wait on the device ([`Gpu::flush`]) reports one as an error.
+static FAULT: Mutex<Option<String>> = Mutex::new(None);
+
+/// Installs (once) the panic hook that records panics on CubeCL's device threads in
+/// [`FAULT`] without printing them; other panics go to the hook that was there before.
+fn watch_device_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let on_device = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("DSD-") || n.starts_with("DSU-"));
+            if !on_device {
+                return previous(info);
+            }
+            if let Ok(mut f) = FAULT.lock()
+                && f.is_none()
+            {
+                *f = Some(panic_text(info.payload()));
+            }
+        }));
+    });
+}
+
+/// The recorded device-thread panic, if any (and forgets it).
+fn take_fault() -> Option<String> {
+    FAULT.lock().ok().and_then(|mut f| f.take())
+}
+
 /// Runs `f`, turning a panic inside the runtime (device lost, out of memory) into an
 /// error that says what was being done.
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
@@ -163,18 +203,56 @@ const UNITS: u32 = 256;
 impl<R: Runtime> Gpu<R> {
     /// The backend over an existing client.
     pub fn with_client(client: ComputeClient<R>, name: &'static str, adapter: String) -> Self {
+        watch_device_threads();
         let props = client.properties();
         let target = target(
             name,
             props.memory.alignment as usize,
             usize::try_from(props.memory.max_page_size).unwrap_or(usize::MAX),
+            // CubeCL binds one buffer of its own (sizes and scalars) beside a kernel's.
+            (props.hardware.max_bindings as usize).saturating_sub(1),
         );
         Gpu {
             client,
             target,
             adapter,
             cache: Mutex::new(HashMap::new()),
+            limit: None,
         }
+    }
+
+    /// Binds at most `n` buffers per fused kernel (fewer than the device allows: to run
+    /// as a device with WebGPU's minimum of 8 would). Clears compiled steps.
+    pub fn with_max_bindings(mut self, n: usize) -> Self {
+        self.target.max_bindings = self.target.max_bindings.min(n);
+        self.cache = Mutex::new(HashMap::new());
+        self
+    }
+
+    /// Caps the device memory this backend uses at `limit` bytes: an allocation past it
+    /// is refused, naming what needed it (see [`device::MEMORY_LIMIT_VAR`]).
+    pub fn with_memory_limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Refuses `bytes` for `what` when they do not fit under the memory limit.
+    fn fits(&self, bytes: u64, what: impl FnOnce() -> String) -> Result<(), BackendError> {
+        let (Some(limit), Some(free)) = (self.limit, self.memory_available()) else {
+            return Ok(());
+        };
+        if bytes <= free {
+            return Ok(());
+        }
+        Err(BackendError::Failed(format!(
+            "out of device memory on {}: {} needs {}, and {} of the {} that {} allows is free",
+            self.describe(),
+            what(),
+            show_bytes(bytes),
+            show_bytes(free),
+            show_bytes(limit),
+            device::MEMORY_LIMIT_VAR,
+        )))
     }
 
     /// The scheduler's description of this device.
@@ -528,10 +606,18 @@ impl<R: Runtime> Gpu<R> {
         Ok(out)
     }
 
+    /// Submits the queued work and waits until the runtime has taken it (compiled and
+    /// launched its kernels, not run them); a failure in doing so, reported or caught on
+    /// a device thread, is an error naming `what`.
     fn flush(&self, what: impl FnOnce() -> String) -> Result<(), BackendError> {
-        self.client
-            .flush()
-            .map_err(|e| BackendError::Failed(format!("{} failed on the device: {e:?}", what())))
+        let r = self.client.flush().map_err(|e| format!("{e:?}"));
+        match r.err().or_else(take_fault) {
+            None => Ok(()),
+            Some(e) => Err(BackendError::Failed(format!(
+                "{} failed on the device: {e}",
+                what()
+            ))),
+        }
     }
 }
 
@@ -549,6 +635,11 @@ impl<R: Runtime> Backend for Gpu<R> {
 
     fn memory_in_use(&self) -> Option<u64> {
         self.client.memory_usage().ok().map(|m| m.bytes_in_use)
+    }
+
+    fn memory_available(&self) -> Option<u64> {
+        let used = self.memory_in_use().unwrap_or(0);
+        self.limit.map(|l| l.saturating_sub(used))
     }
 
     fn describe(&self) -> String {
@@ -603,10 +694,23 @@ impl<R: Runtime> Backend for Gpu<R> {
             }
         };
         let (bytes, page) = (compiled.plan.arena, self.target.page());
-        let pages = guarded("allocating the step's working memory", || {
-            Ok((0..bytes.div_ceil(page))
+        let working = || {
+            format!(
+                "the step's working memory ({} kernels)",
+                compiled.plan.kernels.len()
+            )
+        };
+        self.fits(bytes as u64, working)?;
+        let what = format!(
+            "allocating the step's working memory ({})",
+            show_bytes(bytes as u64)
+        );
+        let pages = guarded(&what, || {
+            let pages = (0..bytes.div_ceil(page))
                 .map(|i| self.client.empty(page.min(bytes - i * page)))
-                .collect())
+                .collect();
+            self.flush(|| what.clone())?;
+            Ok(pages)
         })?;
         Ok(Executable {
             compiled,
@@ -617,12 +721,36 @@ impl<R: Runtime> Backend for Gpu<R> {
 
     fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Buffer, BackendError> {
         nabla_lang::backend::check_upload(shape, data)?;
-        guarded("uploading a tensor", || {
-            Ok(Buffer {
-                handle: self.buffer(data),
-                shape: shape.to_vec(),
-            })
-        })
+        let bytes = (data.len().max(1) * 4) as u64;
+        self.fits(bytes, || format!("a tensor of shape {shape:?}"))?;
+        guarded(
+            &format!("uploading a tensor of {}", show_bytes(bytes)),
+            || {
+                Ok(Buffer {
+                    handle: self.buffer(data),
+                    shape: shape.to_vec(),
+                })
+            },
+        )
+    }
+
+    fn write(&self, b: &mut Buffer, shape: &[usize], data: &[f32]) -> Result<(), BackendError> {
+        nabla_lang::backend::check_upload(shape, data)?;
+        // The old contents are released as the new ones arrive (CubeCL keeps them until
+        // the steps queued before that read them are done).
+        let bytes = (data.len().max(1) * 4) as u64;
+        let old = b.handle.size();
+        self.fits(bytes.saturating_sub(old), || {
+            format!("a tensor of shape {shape:?}")
+        })?;
+        guarded(
+            &format!("uploading a tensor of {}", show_bytes(bytes)),
+            || {
+                b.handle = self.buffer(data);
+                b.shape = shape.to_vec();
+                Ok(())
+            },
+        )
     }
 
     fn download(&self, b: &Buffer) -> Result<Vec<f32>, BackendError> {
@@ -640,6 +768,32 @@ impl<R: Runtime> Backend for Gpu<R> {
                 ))
             })
         })
+    }
+
+    fn download_all(&self, bs: &[&Buffer]) -> Result<Vec<Vec<f32>>, BackendError> {
+        guarded("reading tensors back", || {
+            self.flush(|| "an earlier step".into())?;
+            let handles = bs.iter().map(|b| b.handle.clone()).collect();
+            let read = cubecl::future::block_on(self.client.read_async(handles))
+                .map_err(|e| BackendError::Failed(format!("reading tensors back failed: {e:?}")))?;
+            bs.iter()
+                .zip(read)
+                .map(|(b, bytes)| {
+                    let n: usize = b.shape.iter().product();
+                    let all = f32::from_bytes(&bytes);
+                    all.get(..n).map(<[f32]>::to_vec).ok_or_else(|| {
+                        BackendError::Failed(format!(
+                            "a device buffer holds {} values, not {n}",
+                            all.len()
+                        ))
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn runs_ahead(&self) -> bool {
+        true
     }
 
     fn run(
@@ -743,6 +897,11 @@ pub type Cuda = Gpu<cubecl::cuda::CudaRuntime>;
 #[cfg(feature = "hip")]
 pub type Hip = Gpu<cubecl::hip::HipRuntime>;
 
+/// The memory limit from the environment, as a backend error.
+fn limit() -> Result<Option<u64>, BackendError> {
+    device::memory_limit().map_err(BackendError::Failed)
+}
+
 /// The wgpu backend on the best adapter found.
 pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
     let found = adapters();
@@ -759,7 +918,7 @@ pub fn wgpu() -> Result<Gpu<cubecl::wgpu::WgpuRuntime>, BackendError> {
     };
     let client = open_quietly(|| cubecl::wgpu::WgpuRuntime::client(&device))
         .map_err(|e| BackendError::Failed(format!("could not open {}: {e}", adapter.describe())))?;
-    Ok(Gpu::with_client(client, "wgpu", adapter.describe()))
+    Ok(Gpu::with_client(client, "wgpu", adapter.describe()).with_memory_limit(limit()?))
 }
 
 /// The CUDA backend on the first device.
@@ -773,7 +932,7 @@ pub fn cuda() -> Result<Gpu<cubecl::cuda::CudaRuntime>, BackendError> {
             e.lines().next().unwrap_or("").split(" - searched").next().unwrap_or("")
         ))
     })?;
-    Ok(Gpu::with_client(client, "cuda", "CUDA device 0".into()))
+    Ok(Gpu::with_client(client, "cuda", "CUDA device 0".into()).with_memory_limit(limit()?))
 }
 
 /// The ROCm backend on the first device.
@@ -782,5 +941,85 @@ pub fn hip() -> Result<Gpu<cubecl::hip::HipRuntime>, BackendError> {
     let device = cubecl::hip::AmdDevice::new(0);
     let client = open_quietly(|| cubecl::hip::HipRuntime::client(&device))
         .map_err(|e| BackendError::Failed(format!("could not open ROCm device 0: {e}")))?;
-    Ok(Gpu::with_client(client, "hip", "ROCm device 0".into()))
+    Ok(Gpu::with_client(client, "hip", "ROCm device 0".into()).with_memory_limit(limit()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nabla_lang::ir::{InputKind, Op};
+
+    /// A kernel that fails where CubeCL builds it (on its device thread, where CubeCL
+    /// catches the panic and carries on) is an error naming the kernel and its ops, not
+    /// a step that silently did nothing; the backend works again afterwards.
+    #[test]
+    fn a_kernel_that_fails_to_build_is_an_error_naming_it() {
+        let Ok(gpu) = wgpu() else {
+            assert!(
+                std::env::var_os("NABLA_REQUIRE_GPU").is_none(),
+                "NABLA_REQUIRE_GPU is set, but wgpu finds no adapter"
+            );
+            eprintln!("skipped: no wgpu adapter");
+            return;
+        };
+        let mut g = Graph::default();
+        let input = |g: &mut Graph, name: &str| {
+            g.push(
+                Op::Input {
+                    name: name.into(),
+                    kind: InputKind::Data,
+                },
+                vec![],
+                DType::F32,
+                vec![5],
+            )
+        };
+        let (x, y) = (input(&mut g, "x"), input(&mut g, "y"));
+        let s = g.push(Op::Binary(Binary::Add), vec![x, y], DType::F32, vec![5]);
+        let e = g.push(Op::Unary(Unary::Exp), vec![s], DType::F32, vec![5]);
+        g.outputs.push(("out".into(), e));
+        let good = gpu.compile(&g).expect("compiles");
+        // The same plan with its fused loop reading a value that does not exist.
+        let mut broken = Compiled {
+            plan: good.compiled.plan.clone(),
+            graph: good.compiled.graph.clone(),
+            steps: good.compiled.steps.clone(),
+            geos: good.compiled.geos.clone(),
+        };
+        let Some((_, Step::Fused { prog, .. })) = broken.steps.iter_mut().next() else {
+            panic!("one fused loop: {:?}", good.compiled.steps);
+        };
+        let last = prog.ops.len() as u32;
+        if let Some(op) = prog.ops.last_mut() {
+            op.a = last + 6;
+        }
+        let mut exe = Executable {
+            compiled: Arc::new(broken),
+            pages: good.pages.clone(),
+            ran: false,
+        };
+        let data = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let mut inputs = vec![
+            gpu.upload(&[5], &data).expect("upload"),
+            gpu.upload(&[5], &data).expect("upload"),
+        ];
+        let err = gpu
+            .run(&mut exe, &mut inputs)
+            .expect_err("fails")
+            .to_string();
+        assert!(
+            err.contains("kernel 0 of the step (")
+                && err.contains("the fused loop (add, exp) over 5 elements")
+                && err.contains("failed on the device: index out of bounds"),
+            "{err}"
+        );
+        let mut good = good;
+        let out = gpu.run(&mut good, &mut inputs).expect("runs");
+        let got = gpu.download(&out[0]).expect("reads");
+        // The device's exp is within a few ulps of the host's: 1e-6 relative.
+        for (g, v) in got.iter().zip(data) {
+            let want = (2.0 * v).exp();
+            assert!((g - want).abs() <= 1e-6 * want, "{got:?}");
+        }
+    }
 }

@@ -51,6 +51,7 @@ pub const TARGET: Target = Target {
     ],
     costly_binary: &[Binary::Pow],
     max_binding: usize::MAX,
+    max_bindings: usize::MAX,
     reduce_on_read: Some(ReduceOnRead {
         min_run: 16,
         max_merged: 4,

@@ -223,6 +223,10 @@ pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
     for members in groups.iter_mut() {
         members.sort();
     }
+    // Shared values stored by a split loop (see `within_bindings`), and the parts of
+    // split loops keyed by their last member (a shared one may end parts of several).
+    let mut claimed = Vec::new();
+    let mut split_at: Vec<Vec<Kernel>> = vec![Vec::new(); count];
     for members in &groups {
         let Some(&last) = members.last() else {
             continue;
@@ -257,12 +261,26 @@ pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
         match reducer {
             Some(u) => reduced.push((members.clone(), f.leaves.len(), args, u)),
             None => {
-                at[last.index()] = Some(Kernel::Fused {
-                    func: programs.len(),
-                    args,
-                    n,
-                });
-                programs.push(f);
+                let shared = |m: ValueId| group[m.index()].len() > 1;
+                let parts = within_bindings(
+                    g,
+                    &root,
+                    &shared,
+                    &mut claimed,
+                    members,
+                    (f, args),
+                    t,
+                    &build,
+                )?;
+                for (f, args) in parts {
+                    let Some(&last) = args.last() else { continue };
+                    split_at[last.index()].push(Kernel::Fused {
+                        func: programs.len(),
+                        args,
+                        n,
+                    });
+                    programs.push(f);
+                }
             }
         }
     }
@@ -363,7 +381,11 @@ pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
             },
         });
     }
-    let kernels: Vec<Kernel> = at.into_iter().flatten().collect();
+    let kernels: Vec<Kernel> = split_at
+        .into_iter()
+        .zip(at)
+        .flat_map(|(parts, k)| parts.into_iter().chain(k))
+        .collect();
     let inputs: Vec<(ValueId, String, Vec<usize>)> = g
         .inputs()
         .map(|(v, n, _)| (v, n.to_string(), g.node(v).shape.clone()))
@@ -388,6 +410,103 @@ pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
     };
     allocate(g, &mut p, t)?;
     Ok(p)
+}
+
+/// A built loop: its program and its kernel arguments (leaves, then stores).
+type Built = (Program, Vec<ValueId>);
+/// Builds the loop of some members, storing some of them besides the last.
+type Builder<'a> = dyn Fn(&[ValueId], &[ValueId]) -> Result<Built, PlanError> + 'a;
+
+/// A fused loop `(f, args)` of group `members`, split into loops that each bind at most
+/// `t.max_bindings` buffers: halves in member order, the first storing every value the
+/// second reads. A value `shared` with other groups (recomputed by each, see
+/// `recomputable`) is stored by the first split that needs it (it is then `claimed`);
+/// a later one recomputes it in its second half instead, so that no value has two
+/// writers. Each part's last argument, a store, is its last member. One member that
+/// alone binds too many is an error.
+#[allow(clippy::too_many_arguments)]
+fn within_bindings(
+    g: &Graph,
+    root: &[ValueId],
+    shared: &dyn Fn(ValueId) -> bool,
+    claimed: &mut Vec<ValueId>,
+    members: &[ValueId],
+    (f, args): Built,
+    t: &Target,
+    build: &Builder,
+) -> Result<Vec<Built>, PlanError> {
+    if args.len() <= t.max_bindings {
+        return Ok(vec![(f, args)]);
+    }
+    let too_many = || {
+        PlanError::Internal(format!(
+            "a fused loop of {} ops ending in `{}` binds {} buffers, and {} allows {}",
+            members.len(),
+            members.last().map_or("?", |m| g.node(*m).op.name()),
+            args.len(),
+            t.name,
+            t.max_bindings
+        ))
+    };
+    if members.len() < 2 {
+        return Err(too_many());
+    }
+    // The first half's last member is stored: not a shared value another loop stores.
+    let half = members.len() / 2;
+    let taken = |m: &ValueId| shared(*m) && claimed.contains(m);
+    let mid = (1..members.len())
+        .filter(|k| !taken(&members[k - 1]))
+        .min_by_key(|k| k.abs_diff(half))
+        .ok_or_else(too_many)?;
+    let (head, rest) = members.split_at(mid);
+    if let Some(&last) = head.last()
+        && shared(last)
+    {
+        claimed.push(last);
+    }
+    let mut tail = rest.to_vec();
+    // What the whole group stored, and what the second half reads, the first stores.
+    let mut roots: Vec<ValueId> = head
+        .iter()
+        .copied()
+        .filter(|m| args[f.leaves.len()..].contains(m))
+        .collect();
+    let mut i = 0;
+    while let Some(&u) = tail.get(i) {
+        for a in &g.node(u).args {
+            let m = root[a.index()];
+            if !head.contains(&m) || tail.contains(&m) || roots.contains(&m) {
+                continue;
+            }
+            if shared(m) && claimed.contains(&m) {
+                tail.push(m);
+            } else {
+                if shared(m) {
+                    claimed.push(m);
+                }
+                roots.push(m);
+            }
+        }
+        i += 1;
+    }
+    tail.sort();
+    roots.sort();
+    if tail.len() >= members.len() {
+        return Err(too_many());
+    }
+    let tail_roots: Vec<ValueId> = tail
+        .iter()
+        .copied()
+        .filter(|m| args[f.leaves.len()..].contains(m))
+        .collect();
+    let mut parts = Vec::new();
+    for (part, roots) in [(head, roots), (&tail[..], tail_roots)] {
+        let built = build(part, &roots)?;
+        parts.extend(within_bindings(
+            g, root, shared, claimed, part, built, t, build,
+        )?);
+    }
+    Ok(parts)
 }
 
 /// The kernel running reductions `nodes` over the stores of loop `f` (number `func`).

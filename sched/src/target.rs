@@ -27,6 +27,9 @@ pub struct Target {
     pub costly_binary: &'static [Binary],
     /// The largest buffer, in bytes, one kernel may bind.
     pub max_binding: usize,
+    /// The most buffers one fused loop may bind (its leaves and stores): a loop that
+    /// needs more is split in two, the first half storing what the second reads.
+    pub max_bindings: usize,
     /// Whether a fused loop whose only use is a sum or max runs inside the reduction
     /// (never stored), and on what terms.
     pub reduce_on_read: Option<ReduceOnRead>,

@@ -18,6 +18,7 @@ fn target() -> Target {
         costly_unary: &[Unary::Exp, Unary::Log],
         costly_binary: &[Binary::Pow],
         max_binding: usize::MAX,
+        max_bindings: usize::MAX,
         reduce_on_read: Some(ReduceOnRead {
             min_run: 16,
             max_merged: 4,
@@ -265,6 +266,7 @@ fn values_larger_than_a_binding_are_refused() {
     g.outputs.push(("y".into(), s));
     let small = Target {
         max_binding: 1024,
+        max_bindings: usize::MAX,
         ..target()
     };
     assert!(matches!(
@@ -292,6 +294,7 @@ fn no_region_crosses_a_page() {
     g.outputs.push(("y".into(), x));
     let paged = Target {
         max_binding: 700,
+        max_bindings: usize::MAX,
         ..target()
     };
     assert_eq!(paged.page(), 640);
@@ -391,5 +394,64 @@ fn the_verifier_finds_reads_before_writes_and_unwritten_outputs() {
         faults
             .iter()
             .any(|f| matches!(f, Fault::OutputNotWritten { .. }))
+    );
+}
+
+/// A loop binding more buffers than the target allows is split in member order: each
+/// part binds at most the limit, the first stores what the second reads, and the plan
+/// verifies. One op that alone binds too many is an error.
+#[test]
+fn loops_binding_too_many_buffers_are_split() {
+    let mut g = Graph::default();
+    let xs: Vec<ValueId> = (0..6)
+        .map(|k| input(&mut g, &format!("x{k}"), &[16]))
+        .collect();
+    let mut acc = xs[0];
+    for x in &xs[1..] {
+        acc = bin(&mut g, Binary::Mul, acc, *x);
+    }
+    g.outputs.push(("y".into(), acc));
+    let mut t = target();
+    let whole = plan(&g, &t).expect("plans");
+    assert_eq!(fused(&whole), 1);
+    assert_eq!(
+        whole.programs[0].leaves.len() + whole.programs[0].stores.len(),
+        7
+    );
+    t.max_bindings = 4;
+    let p = plan(&g, &t).expect("plans");
+    assert!(fused(&p) >= 2, "{:?}", p.kernels);
+    for f in &p.programs {
+        assert!(f.leaves.len() + f.stores.len() <= 4, "{f:?}");
+    }
+    // The parts together still compute every product once, and the last stores `y`.
+    let ops: usize = p
+        .programs
+        .iter()
+        .map(|f| {
+            f.exprs
+                .iter()
+                .filter(|e| matches!(e, Expr::Binary(..)))
+                .count()
+        })
+        .sum();
+    assert_eq!(ops, 5);
+    verify(&g, &p, &t).expect("verifies");
+    // A value written by two kernels is a fault.
+    let mut twice = p.clone();
+    twice.kernels.push(p.kernels[0].clone());
+    let faults = verify(&g, &twice, &t).expect_err("two writers");
+    assert!(
+        faults
+            .iter()
+            .any(|f| f.to_string().contains("written again")),
+        "{faults:?}"
+    );
+    t.max_bindings = 2;
+    let err = plan(&g, &t).expect_err("one product binds 3");
+    assert!(
+        err.to_string()
+            .contains("binds 3 buffers, and test allows 2"),
+        "{err}"
     );
 }

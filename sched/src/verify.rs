@@ -2,9 +2,10 @@
 //! that running a plan's kernels in order computes the graph.
 //!
 //! 1. **Programs are well formed**: operands precede their use, leaves and stores are in
-//!    range, a kernel's arguments match its program.
+//!    range, a kernel's arguments match its program, and no loop binds more buffers
+//!    than the target allows.
 //! 2. **Every kernel reads only values already computed** (graph inputs, or outputs of an
-//!    earlier kernel), each with a place.
+//!    earlier kernel), each with a place, and each value has one writer.
 //! 3. **Regions fit**: every arena region lies inside the arena and holds its value.
 //! 4. **No two values live at the same time share bytes.** A value lives from the kernel
 //!    that writes it (before the first kernel for graph inputs) to its last reader (past
@@ -146,7 +147,7 @@ pub fn verify(g: &Graph, p: &Plan, t: &Target) -> Result<(), Vec<Fault>> {
         }
     };
     for (k, kernel) in p.kernels.iter().enumerate() {
-        well_formed(p, k, kernel, &mut faults);
+        well_formed(p, t, k, kernel, &mut faults);
     }
     if !faults.is_empty() {
         return Err(faults);
@@ -184,6 +185,12 @@ pub fn verify(g: &Graph, p: &Plan, t: &Target) -> Result<(), Vec<Fault>> {
                 faults.push(Fault::Unplaced {
                     kernel: k,
                     value: v,
+                });
+            }
+            if from[v.index()] != usize::MAX && !p.inputs.iter().any(|(i, _, _)| *i == v) {
+                faults.push(Fault::Malformed {
+                    kernel: k,
+                    what: format!("{v} is written again (one writer per value)"),
                 });
             }
             from[v.index()] = from[v.index()].min(time);
@@ -320,7 +327,7 @@ pub fn verify(g: &Graph, p: &Plan, t: &Target) -> Result<(), Vec<Fault>> {
 }
 
 /// Rule 1 for kernel `k`.
-fn well_formed(p: &Plan, k: usize, kernel: &Kernel, faults: &mut Vec<Fault>) {
+fn well_formed(p: &Plan, t: &Target, k: usize, kernel: &Kernel, faults: &mut Vec<Fault>) {
     let mut bad = |what: String| faults.push(Fault::Malformed { kernel: k, what });
     let func = match kernel {
         Kernel::Fused { func, .. } | Kernel::Reduced { func, .. } => *func,
@@ -343,6 +350,12 @@ fn well_formed(p: &Plan, k: usize, kernel: &Kernel, faults: &mut Vec<Fault>) {
         }
         _ => return,
     };
+    if args > t.max_bindings {
+        bad(format!(
+            "{args} buffers bound, where {} allows {}",
+            t.name, t.max_bindings
+        ));
+    }
     if args != f.leaves.len() + stores {
         bad(format!(
             "{args} arguments for {} leaves and {stores} stores",

@@ -106,6 +106,18 @@ pub trait Backend {
     }
     /// The contents of `b` (waits for pending work).
     fn download(&self, b: &Self::Buffer) -> Result<Vec<f32>, BackendError>;
+    /// The contents of several buffers, waiting once (a training loop reads the losses
+    /// of the steps it queued together). By default: one [`Backend::download`] each.
+    fn download_all(&self, bs: &[&Self::Buffer]) -> Result<Vec<Vec<f32>>, BackendError> {
+        bs.iter().map(|b| self.download(b)).collect()
+    }
+    /// Whether [`Backend::run`] returns before the work is done, so that reading a
+    /// result waits for it (a GPU). A training loop on such a backend queues its steps
+    /// and reads their losses only when it reports them; on one that does not (the
+    /// CPU), reading a result costs nothing and it checks every step's loss at once.
+    fn runs_ahead(&self) -> bool {
+        false
+    }
     /// Runs `exe` on `inputs` (one per graph input, in graph order; shapes are checked).
     /// Inputs named by `state.N` outputs are replaced by those outputs; the other outputs
     /// are returned in graph order.

@@ -52,6 +52,8 @@ enum Native {
     Prepare,
     CheckRecipe,
     TrainBatch,
+    TrainStep,
+    MeanLoss,
     Correct,
     Evaluate,
     Accuracy,
@@ -61,6 +63,7 @@ enum Native {
     NetName,
     Progress,
     Tick,
+    Advance,
     Finish,
     Exists,
     Checkpoint,
@@ -92,6 +95,8 @@ impl Native {
             "prepare" => Prepare,
             "check_recipe" => CheckRecipe,
             "train_batch" => TrainBatch,
+            "train_step" => TrainStep,
+            "mean_loss" => MeanLoss,
             "correct" => Correct,
             "evaluate" => Evaluate,
             "accuracy" => Accuracy,
@@ -101,6 +106,7 @@ impl Native {
             "net_name" => NetName,
             "progress" => Progress,
             "tick" => Tick,
+            "advance" => Advance,
             "finish" => Finish,
             "exists" => Exists,
             "checkpoint" => Checkpoint,
@@ -127,7 +133,13 @@ struct Bar {
     label: String,
     loss: f64,
     n: u64,
+    /// When [`Native::Advance`] last read a model's losses for it.
+    read: Instant,
 }
+
+/// How often a progress bar reads the losses of queued steps (each read waits for the
+/// device to catch up).
+const BAR_READ_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The builtins of one run over backend `B`.
 pub struct Runtime<'a, B: Backend> {
@@ -436,7 +448,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 self.check_recipe(heap, a[0], a[1])?;
                 Ok(0)
             }
-            TrainBatch => {
+            TrainBatch | TrainStep => {
                 let batch = usize::try_from(a[5] as i64)
                     .ok()
                     .filter(|b| *b >= 1)
@@ -445,7 +457,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let order = heap.list(a[2])?;
                 let start = usize::try_from(a[3] as i64).map_err(|_| "negative batch start")?;
                 let end = start.saturating_add(batch).min(order.len());
-                if start >= end || batch == 0 {
+                if start >= end {
                     return Err(format!(
                         "no examples in batch [{start}, {}) of {}",
                         start.saturating_add(batch),
@@ -456,38 +468,15 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let lr = float(a[4]);
                 let (p, backend) = (self.p, self.backend);
                 let m = Self::model(heap, a[0])?;
-                let loss = m.train_step(p, backend, &split, &idx, lr)?;
-                if !loss.is_finite() {
-                    // After finite steps, a non-finite one is usually a step too long.
-                    let hint = if m.steps > 1 {
-                        " (the step diverged: try a lower learning rate)"
-                    } else {
-                        ""
-                    };
-                    let diverged = match m.non_finite(backend) {
-                        Some(t) => {
-                            format!("; parameter `{t}` is no longer finite after the update{hint}")
-                        }
-                        None => String::new(),
-                    };
-                    let step = (m.steps, m.epoch + 1);
-                    // Replaying the step on the interpreter also puts back the values it
-                    // started from, the last finite ones.
-                    let first = match m.locate_non_finite(p, backend, &split) {
-                        Some(at) => format!("; the first value that is not finite comes from {at}"),
-                        None => String::new(),
-                    };
-                    let lr = if lr != 0.0 && !(1e-4..1e6).contains(&lr.abs()) {
-                        format!("{lr:e}")
-                    } else {
-                        format!("{lr}")
-                    };
-                    return Err(format!(
-                        "the loss is {loss} at optimizer step {} (epoch {}, learning rate {lr}){first}{diverged}",
-                        step.0, step.1
-                    ));
+                if native == TrainStep {
+                    m.queue_step(p, backend, &split, &idx, lr)?;
+                    return Ok(0);
                 }
-                Ok(loss.to_bits())
+                Ok(m.train_step(p, backend, &split, &idx, lr)?.to_bits())
+            }
+            MeanLoss => {
+                let (p, backend) = (self.p, self.backend);
+                Ok(Self::model(heap, a[0])?.mean_loss(p, backend)?.to_bits())
             }
             Correct | Evaluate | Accuracy => {
                 let split = Self::split(heap, a[1])?;
@@ -538,6 +527,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                     label,
                     loss: 0.0,
                     n: 0,
+                    read: Instant::now(),
                 }))))
             }
             Tick => {
@@ -551,6 +541,23 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 }
                 Ok(0)
             }
+            Advance => {
+                let b = heap.native_mut::<Bar>(a[0])?;
+                b.bar.inc(1);
+                if b.bar.is_hidden() || b.read.elapsed() < BAR_READ_EVERY {
+                    return Ok(0);
+                }
+                b.read = Instant::now();
+                let (p, backend) = (self.p, self.backend);
+                let m = Self::model(heap, a[1])?;
+                m.drain(p, backend)?;
+                let loss = m.running_loss();
+                let b = heap.native_mut::<Bar>(a[0])?;
+                if let Some(loss) = loss {
+                    b.bar.set_message(format!("{} loss={loss:.4}", b.label));
+                }
+                Ok(0)
+            }
             Finish => {
                 heap.native_mut::<Bar>(a[0])?.bar.finish_and_clear();
                 Ok(0)
@@ -560,6 +567,9 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let path = PathBuf::from(heap.str(a[1])?);
                 let backend = self.backend;
                 let m = Self::model(heap, a[0])?;
+                // A step queued since the last read could have diverged: find out
+                // before writing anything.
+                m.drain(self.p, backend)?;
                 m.epoch = a[2];
                 m.save(backend, &path)?;
                 Ok(0)
@@ -574,7 +584,9 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             Save => {
                 let path = PathBuf::from(heap.str(a[1])?);
                 let backend = self.backend;
-                Self::model(heap, a[0])?.save(backend, &path)?;
+                let m = Self::model(heap, a[0])?;
+                m.drain(self.p, backend)?;
+                m.save(backend, &path)?;
                 Ok(0)
             }
             Load => {

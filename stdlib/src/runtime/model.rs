@@ -13,13 +13,13 @@ use nabla_lang::check::lower::{InitSpec, lower_net_at};
 use nabla_lang::gradcheck::normal;
 use nabla_lang::interp::uniform;
 use nabla_lang::ir::{InputKind, Mode};
-use nabla_lang::step::{
-    InRole, Optimizer, OutRole, Step, Update, eval_step, grad_step, train_step_with,
-};
+use nabla_lang::step::{InRole, Optimizer, OutRole, Step, Update, eval_step, grad_step};
 
 use super::tensors::{Named, Tensors};
 
 use super::data::Split;
+
+mod queue;
 
 /// The loss every classifier trains with.
 pub const LOSS: &str = "softmax_cross_entropy";
@@ -110,8 +110,10 @@ pub struct Model<B: Backend> {
     /// The classes the loss takes (its labels' `one_hot`), once a step is compiled.
     classes: Option<usize>,
     rng: u64,
-    /// What it takes to replay the recent steps (see [`Model::locate_non_finite`]).
-    replay: Replay,
+    /// Losses of queued steps, read later ([`queue`]).
+    losses: queue::Losses<B::Buffer>,
+    /// What it takes to replay the recent steps ([`queue`]).
+    replay: queue::Replay,
 }
 
 /// One example of a batch: where its image starts in its split, and its augmentation
@@ -198,25 +200,6 @@ fn bytes_to_f32_loop(src: &[u8], (scale, shift): (f32, f32), dst: &mut [f32]) {
         .zip(src)
         .for_each(|(d, b)| *d = f32::from(*b) * scale + shift);
 }
-
-/// A copy of every tensor, the step count and the augmentation generator taken every
-/// [`REPLAY_EVERY`] steps, and the batches and learning rates of the steps since: enough
-/// to run the latest step again from the values it started with.
-#[derive(Default)]
-struct Replay {
-    snapshot: Option<(Vec<Vec<f32>>, u64, u64)>,
-    steps: Vec<(Vec<usize>, f64)>,
-    /// Set while replaying, so that the replay records nothing.
-    running: bool,
-}
-
-/// Steps between snapshots: a download of the model every this many steps (well under
-/// 1% of training time), and at most this many steps to replay.
-const REPLAY_EVERY: usize = 200;
-
-/// Train steps larger than this (in FLOPs) are not run on the interpreter to find the
-/// first non-finite value (it would take minutes).
-const LOCATE_MAX_FLOPS: u64 = 20_000_000_000;
 
 /// `n` values drawn by `spec` with `seed`.
 pub fn initial_values(spec: &InitSpec, n: usize, seed: u64) -> Result<Vec<f32>, String> {
@@ -343,7 +326,8 @@ impl<B: Backend> Model<B> {
             y: vec![],
             rng: seed,
             classes: None,
-            replay: Replay::default(),
+            losses: queue::Losses::default(),
+            replay: queue::Replay::default(),
         })
     }
 
@@ -419,166 +403,6 @@ impl<B: Backend> Model<B> {
 
     fn next(&mut self) -> u64 {
         super::splitmix64(&mut self.rng)
-    }
-
-    /// One optimizer step on examples `idx` of `split` at rate `lr`; returns the loss.
-    pub fn train_step(
-        &mut self,
-        p: &Program,
-        backend: &B,
-        split: &Split,
-        idx: &[usize],
-        lr: f64,
-    ) -> Result<f64, String> {
-        let (optimizer, smoothing) = self
-            .recipe
-            .as_ref()
-            .map(|r| (r.optimizer, r.smoothing))
-            .ok_or("the model has no training recipe")?;
-        if !self.replay.running {
-            self.record(backend, idx, lr)?;
-        }
-        self.gather(split, idx, true)?;
-        let b = idx.len();
-        if !self.train.contains_key(&b) {
-            let eps = [("eps", smoothing)];
-            let step = train_step_with(p, &self.net, b, loss(&eps), &optimizer, Some(&split.shape))
-                .map_err(|d| d.message)?;
-            for slot in &step.slots {
-                if !self.tensors.iter().any(|t| t.name == *slot) {
-                    let shape = step
-                        .graph
-                        .inputs()
-                        .find(|(_, n, _)| n == slot)
-                        .map(|(v, _, _)| step.graph.node(v).shape.clone())
-                        .unwrap_or_default();
-                    let zeros = memory::zeroed(
-                        memory::numel(&shape).unwrap_or(usize::MAX),
-                        &format!("the optimizer's `{slot}`"),
-                        || backend.memory_available(),
-                    )?;
-                    let buf = backend.upload(&shape, &zeros).map_err(err)?;
-                    self.tensors.push(Tensor {
-                        name: slot.clone(),
-                        shape,
-                        role: Role::Slot,
-                        buf: Some(buf),
-                    });
-                }
-            }
-            let names: Vec<&str> = optimizer.scalars(0.0, 1).iter().map(|(n, _)| *n).collect();
-            self.classes = self.classes.or(label_classes(&step.graph));
-            let exe = self.prepare_exe(backend, &step, &names)?;
-            self.train.insert(b, exe);
-        }
-        self.check_labels(split, idx)?;
-        self.steps += 1;
-        let scalars: Vec<f64> = optimizer
-            .scalars(lr, self.steps)
-            .iter()
-            .map(|(_, v)| *v)
-            .collect();
-        let out = self.run(backend, Which::Train, split, &scalars)?;
-        first(backend, &out)
-    }
-
-    /// Notes a step for [`Model::locate_non_finite`], after a snapshot every
-    /// [`REPLAY_EVERY`] steps.
-    fn record(&mut self, backend: &B, idx: &[usize], lr: f64) -> Result<(), String> {
-        if self.replay.snapshot.is_none() || self.replay.steps.len() >= REPLAY_EVERY {
-            let mut data = Vec::with_capacity(self.tensors.len());
-            for t in &self.tensors {
-                data.push(match &t.buf {
-                    Some(b) => backend.download(b).map_err(err)?,
-                    None => Vec::new(),
-                });
-            }
-            self.replay.snapshot = Some((data, self.steps, self.rng));
-            self.replay.steps.clear();
-        }
-        self.replay.steps.push((idx.to_vec(), lr));
-        Ok(())
-    }
-
-    /// After a train step whose loss was not finite: runs the steps since the last
-    /// snapshot again, then that step on the reference interpreter (in f32), and says
-    /// which op first produced a NaN or an infinity, with its source position. The model
-    /// is left as it was before that step (its last finite values). `None` when it cannot
-    /// be found (no steps recorded, a step too large for the interpreter, or every value
-    /// finite there).
-    pub fn locate_non_finite(&mut self, p: &Program, backend: &B, split: &Split) -> Option<String> {
-        let (data, steps, rng) = self.replay.snapshot.take()?;
-        let log = std::mem::take(&mut self.replay.steps);
-        let ((last_idx, last_lr), before) = log.split_last()?;
-        for (t, d) in self
-            .tensors
-            .iter_mut()
-            .zip(data.iter().map(Some).chain(std::iter::repeat(None)))
-        {
-            let zeros;
-            let d = match d {
-                Some(d) => d,
-                None => {
-                    zeros = vec![0.0; memory::numel(&t.shape).unwrap_or(0)];
-                    &zeros
-                }
-            };
-            backend.write(t.buf.as_mut()?, &t.shape, d).ok()?;
-        }
-        (self.steps, self.rng) = (steps, rng);
-        self.replay.running = true;
-        let replayed = before.iter().all(|(idx, lr)| {
-            self.train_step(p, backend, split, idx, *lr)
-                .is_ok_and(f64::is_finite)
-        });
-        self.replay.running = false;
-        if !replayed {
-            return None;
-        }
-        let (optimizer, smoothing) = self.recipe.as_ref().map(|r| (r.optimizer, r.smoothing))?;
-        self.gather(split, last_idx, true).ok()?;
-        let eps = [("eps", smoothing)];
-        let step = train_step_with(
-            p,
-            &self.net,
-            last_idx.len(),
-            loss(&eps),
-            &optimizer,
-            Some(&split.shape),
-        )
-        .ok()?;
-        let g = &step.graph;
-        if nabla_lang::ir::flops(g) > LOCATE_MAX_FLOPS {
-            return None;
-        }
-        let scalars = optimizer.scalars(*last_lr, self.steps + 1);
-        let mut values: HashMap<String, Vec<f32>> = HashMap::new();
-        for t in &self.tensors {
-            values.insert(t.name.clone(), backend.download(t.buf.as_ref()?).ok()?);
-        }
-        let x = self.batch_images(split);
-        let y = &self.y;
-        let input = |name: &str, _| {
-            let (v, _, _) = g.inputs().find(|(_, n, _)| *n == name)?;
-            let n = g.node(v);
-            let role = step.signature.inputs.iter().find(|(n, _)| n == name)?.1;
-            let data: Vec<f64> = match role {
-                InRole::Images => x.iter().map(|v| f64::from(*v)).collect(),
-                InRole::Labels => y.iter().map(|v| f64::from(*v)).collect(),
-                InRole::Hyper(h) => vec![scalars.iter().find(|(s, _)| *s == h.name())?.1],
-                InRole::Param | InRole::State | InRole::Slot => {
-                    values.get(name)?.iter().map(|v| f64::from(*v)).collect()
-                }
-            };
-            Some(nabla_lang::interp::Tensor::new(
-                n.dtype,
-                n.shape.clone(),
-                data,
-            ))
-        };
-        let v = nabla_lang::interp::first_non_finite(g, &input, nabla_lang::interp::Precision::F32)
-            .ok()??;
-        Some(describe_node(p, g, v))
     }
 
     /// Compiles `g` and resolves where each of its inputs comes from.
@@ -691,7 +515,12 @@ impl<B: Backend> Model<B> {
             match filled {
                 Ok(buf) => bufs.push(buf),
                 Err(e) => {
-                    failed = Some(e.to_string());
+                    let what = match feed {
+                        Feed::Images => "the batch's images",
+                        Feed::Labels => "the batch's labels",
+                        _ => "the optimizer's scalars",
+                    };
+                    failed = Some(format!("{what}: {e}"));
                     break;
                 }
             }
@@ -728,7 +557,9 @@ impl<B: Backend> Model<B> {
             let eps = [("eps", smoothing)];
             let step = grad_step(p, &self.net, b, loss(&eps), Some(&split.shape))
                 .map_err(|d| d.message)?;
-            let exe = self.prepare_exe(backend, &step, &[])?;
+            let exe = self
+                .prepare_exe(backend, &step, &[])
+                .map_err(|e| format!("the gradient step for batch {b}: {e}"))?;
             self.grad.insert(b, exe);
         }
         let out = self.run(backend, Which::Grad, split, &[])?;
@@ -814,7 +645,7 @@ impl<B: Backend> Model<B> {
             bufs.push(backend.upload(&n.shape, &n.data).map_err(err)?);
         }
         // Values set from outside: the steps recorded since the snapshot no longer lead here.
-        self.replay = Replay::default();
+        self.forget_steps();
         for (n, buf) in set.items.iter().zip(bufs) {
             if let Some(t) = self.tensors.iter_mut().find(|t| t.name == n.name) {
                 t.buf = Some(buf);
@@ -845,11 +676,19 @@ impl<B: Backend> Model<B> {
                 let step =
                     eval_step(p, &self.net, b, LOSS, Some(&split.shape)).map_err(|d| d.message)?;
                 self.classes = self.classes.or(label_classes(&step.graph));
-                let exe = self.prepare_exe(backend, &step, &[])?;
+                let exe = self
+                    .prepare_exe(backend, &step, &[])
+                    .map_err(|e| format!("the evaluation step for batch {b}: {e}"))?;
                 self.eval.insert(b, exe);
             }
             self.check_labels(split, &idx)?;
-            let out = self.run(backend, Which::Eval, split, &[])?;
+            let out = self.run(backend, Which::Eval, split, &[]).map_err(|e| {
+                format!(
+                    "evaluating examples {start}..{} of {}: {e}",
+                    start + b,
+                    split.name
+                )
+            })?;
             let values: Vec<f64> = out
                 .iter()
                 .map(|o| first(backend, std::slice::from_ref(o)))
@@ -903,17 +742,6 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// The first parameter or state tensor holding a NaN or infinity, if any.
-    pub fn non_finite(&self, backend: &B) -> Option<String> {
-        self.tensors
-            .iter()
-            .filter(|t| t.role != Role::Slot)
-            .find_map(|t| {
-                let data = backend.download(t.buf.as_ref()?).ok()?;
-                data.iter().any(|v| !v.is_finite()).then(|| t.name.clone())
-            })
-    }
-
     /// Writes params, state, optimizer slots and progress to `path` as safetensors,
     /// atomically: a temporary file beside it, synced, then renamed over it.
     pub fn save(&self, backend: &B, path: &Path) -> Result<(), String> {
@@ -941,7 +769,7 @@ impl<B: Backend> Model<B> {
     /// model must be in it with its shape, and it must be of the same net. Optimizer slots
     /// are restored when present.
     pub fn load(&mut self, backend: &B, path: &Path) -> Result<(), String> {
-        self.replay = Replay::default();
+        self.forget_steps();
         let shown = path.display();
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read checkpoint {shown}: {e}"))?;
@@ -1013,8 +841,6 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// The loss a recipe trains with: label smoothing `eps[0]` when positive, else plain
-/// cross-entropy.
 /// `` `log` at m.net:5:3 (`log(p)`) ``: a node's op and the source it was lowered from.
 fn describe_node(p: &Program, g: &nabla_lang::ir::Graph, v: nabla_lang::ir::ValueId) -> String {
     let n = g.node(v);
@@ -1042,6 +868,8 @@ fn describe_node(p: &Program, g: &nabla_lang::ir::Graph, v: nabla_lang::ir::Valu
     format!("`{}` at {file}:{line}:{col} (`{text}`)", n.op.name())
 }
 
+/// The loss a recipe trains with: label smoothing `eps[0]` when positive, else plain
+/// cross-entropy.
 fn loss<'e>(eps: &'e [(&'e str, f64)]) -> (&'static str, &'e [(&'e str, f64)]) {
     if eps.first().is_some_and(|(_, e)| *e > 0.0) {
         ("smoothed_cross_entropy", eps)
@@ -1065,13 +893,13 @@ enum Which {
     Grad,
 }
 
-/// The first number of the first buffer (a step's loss).
 /// The classes of the labels input `y` of a step graph: what its `one_hot` takes.
 fn label_classes(g: &nabla_lang::ir::Graph) -> Option<usize> {
     let (y, _, _) = g.inputs().find(|(_, n, _)| *n == "y")?;
     g.index_bound(y)
 }
 
+/// The first number of the first buffer (a step's loss).
 fn first<B: Backend>(backend: &B, out: &[B::Buffer]) -> Result<f64, String> {
     let o = out.first().ok_or("the step returned nothing")?;
     Ok(backend
