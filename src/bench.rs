@@ -2,6 +2,7 @@
 //! on random data — build and compile time, the median step over many steps after a
 //! warm-up, achieved GFLOP/s, the memory plan and the process's peak memory.
 
+use nabla_lang::opt::precision::Products;
 use std::time::Instant;
 
 use nabla_jit::{Buffer, Cpu};
@@ -16,11 +17,28 @@ pub enum OptimizerArg {
     Adam,
 }
 
+/// The precision of the step's products (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    Bf16,
+}
+
+impl PrecisionArg {
+    fn products(self) -> Products {
+        match self {
+            PrecisionArg::F32 => Products::F32,
+            PrecisionArg::Bf16 => Products::Bf16,
+        }
+    }
+}
+
 /// What to time.
 pub struct BenchOptions<'a> {
     pub net: &'a str,
     pub batch: usize,
     pub optimizer: OptimizerArg,
+    pub precision: PrecisionArg,
     pub steps: usize,
     pub input: Option<&'a [usize]>,
     /// Time every kernel too (in separate runs after the timed ones, since timing each
@@ -55,6 +73,7 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
         &opt,
         o.input,
     )
+    .and_then(|s| s.with_products(o.precision.products()))
     .map_err(|d| crate::rendered(checked, &d))?;
     let build = t0.elapsed().as_secs_f64();
     let cpu = Cpu::new();
@@ -103,10 +122,11 @@ pub fn bench(checked: &Checked, o: &BenchOptions, started: Instant) -> Result<()
     let state: u64 = bufs.iter().map(|b| b.data.len() as u64 * 4).sum();
     let params: usize = step.params.len();
     println!(
-        "net {} · batch {} · {} · {} kernels ({} fused loops)",
+        "net {} · batch {} · {} · {} products · {} kernels ({} fused loops)",
         o.net,
         o.batch,
         format!("{:?}", o.optimizer).to_lowercase(),
+        o.precision.products().name(),
         exe.compiled.plan.kernels.len(),
         exe.compiled.plan.programs.len()
     );
@@ -165,6 +185,7 @@ pub fn bench_device<B: Backend>(
         &opt,
         o.input,
     )
+    .and_then(|s| s.with_products(o.precision.products()))
     .map_err(|d| crate::rendered(checked, &d))?;
     let t1 = Instant::now();
     let mut exe = b.compile(&step.graph).map_err(|e| e.to_string())?;
@@ -218,10 +239,11 @@ pub fn bench_device<B: Backend>(
     let per = total / o.steps as f64;
     let flops = nabla_lang::ir::flops(g) as f64;
     println!(
-        "net {} · batch {} · {} · {}",
+        "net {} · batch {} · {} · {} products · {}",
         o.net,
         o.batch,
         format!("{:?}", o.optimizer).to_lowercase(),
+        o.precision.products().name(),
         b.describe()
     );
     println!(
@@ -245,11 +267,13 @@ pub fn bench_device<B: Backend>(
             .map_or("unknown".to_string(), |m| format!("{:.1} MiB", mib(m)))
     );
     println!(
-        "json {{\"median_ms\": {:.4}, \"compile_ms\": {:.2}, \"gflops\": {:.2}, \"steps_per_s\": {:.3}}}",
+        "json {{\"ms_per_step\": {:.4}, \"compile_ms\": {:.2}, \"gflops\": {:.2}, \"flops\": {flops:.0}, \"steps_per_s\": {:.3}, \"device_mib\": {}}}",
         per * 1e3,
         compile * 1e3,
         flops / per / 1e9,
-        1.0 / per
+        1.0 / per,
+        b.memory_in_use()
+            .map_or("null".to_string(), |m| format!("{:.1}", mib(m)))
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! and prints; it holds no compiler logic.
 
 mod bench;
+mod conformance;
 mod devices;
 mod repl;
 mod run;
@@ -133,6 +134,10 @@ enum Command {
         batch: usize,
         #[arg(long, value_enum, default_value_t = bench::OptimizerArg::Sgd)]
         optimizer: bench::OptimizerArg,
+        /// The precision of matmuls and convolutions (bf16: operands rounded to bfloat16,
+        /// f32 accumulation).
+        #[arg(long, value_enum, default_value_t = bench::PrecisionArg::F32)]
+        precision: bench::PrecisionArg,
         /// Timed steps (after 5 warm-up steps).
         #[arg(long, default_value_t = 50)]
         steps: usize,
@@ -149,6 +154,16 @@ enum Command {
     /// The devices this build can run on: the GPU adapters found, and which backends
     /// this build has.
     Devices,
+    /// Run the conformance suite on a device against the f64 interpreter: every op
+    /// forward and backward, the nine example nets, train steps with every optimizer,
+    /// bf16 rounding and bf16 products (the example nets are built in).
+    Conformance {
+        #[arg(long, value_enum, default_value_t = run::Device::Cpu)]
+        device: run::Device,
+        /// Only the cases whose name contains this (`op `, `net `, `step `, `bf16`).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Per-stage output shapes and parameter counts of a file's nets, then totals.
     Info {
         file: PathBuf,
@@ -765,6 +780,7 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
             net,
             batch,
             optimizer,
+            precision,
             steps,
             input,
             profile,
@@ -780,6 +796,7 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
                         net: &net,
                         batch: batch.max(1),
                         optimizer,
+                        precision,
                         steps: steps.max(1),
                         input: input.as_deref(),
                         profile,
@@ -802,6 +819,17 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
         Command::Devices => {
             devices::list();
             ExitCode::SUCCESS
+        }
+        Command::Conformance { device, only } => {
+            let result =
+                (|| on_device!(device, b => conformance::conformance(b, only.as_deref())))();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    print_error(&e);
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Lsp => match nabla_lsp::serve_stdio() {
             Ok(()) => ExitCode::SUCCESS,

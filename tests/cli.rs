@@ -160,3 +160,28 @@ fn gradcheck_reports_rules_and_nets() {
         "{out}"
     );
 }
+
+/// `nabla conformance` runs the suite's cases on a device from the binary alone (the
+/// example nets built in): here the bf16 ones on the CPU, each a line, all passing; a
+/// filter that matches nothing is an error.
+#[test]
+fn conformance_runs_the_suite_from_the_binary() {
+    let (code, out, err) = nabla(&["conformance", "--device", "cpu", "--only", "bf16"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("conformance on cpu: 6 cases against the f64 interpreter"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  ok    step MnistMlp (adamw, decay 0.05) with bf16 products"),
+        "{out}"
+    );
+    assert!(out.contains("  ok    bf16 rounding"), "{out}");
+    assert!(out.contains("6 of 6 cases pass on cpu"), "{out}");
+    let (code, _, err) = nabla(&["conformance", "--only", "no such case"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no conformance case has `no such case` in its name"),
+        "{err}"
+    );
+}

@@ -80,6 +80,7 @@ pub mod code {
     pub const SELECT: u32 = 40;
     pub const TRUNC: u32 = 41;
     pub const NONZERO: u32 = 42;
+    pub const ROUND_BF16: u32 = 43;
 
     /// The op's name, for messages.
     pub fn name(code: u32) -> &'static str {
@@ -114,7 +115,9 @@ pub mod code {
             GE => "ge",
             SELECT => "select",
             TRUNC => "trunc",
-            _ => "nonzero",
+            NONZERO => "nonzero",
+            ROUND_BF16 => "round_bf16",
+            _ => "unknown",
         }
     }
 }
@@ -172,6 +175,17 @@ pub fn fused(
             } else if comptime![op.code == code::TRUNC] {
                 let x = *vals.index(comptime![op.a as usize]);
                 r = x.trunc();
+            } else if comptime![op.code == code::ROUND_BF16] {
+                // Ties to even in the upper half of the bits; NaN (by its bits: no
+                // float comparison a shader compiler may fold) stays NaN.
+                let x = *vals.index(comptime![op.a as usize]);
+                let b = u32::reinterpret(x);
+                let kept = (b + 0x7fffu32 + ((b >> 16u32) & 1u32)) & 0xffff_0000u32;
+                r = select(
+                    (b & 0x7fff_ffffu32) > 0x7f80_0000u32,
+                    x,
+                    f32::reinterpret(kept),
+                );
             } else {
                 let x = *vals.index(comptime![op.a as usize]);
                 r = select(x != f32::new(0.0), f32::new(1.0), f32::new(0.0));

@@ -932,7 +932,44 @@ pub fn cuda() -> Result<Gpu<cubecl::cuda::CudaRuntime>, BackendError> {
             e.lines().next().unwrap_or("").split(" - searched").next().unwrap_or("")
         ))
     })?;
+    cuda_headers()?;
     Ok(Gpu::with_client(client, "cuda", "CUDA device 0".into()).with_memory_limit(limit()?))
+}
+
+/// Checks that NVRTC will find the CUDA headers CubeCL's kernels include
+/// (`cuda_runtime.h`), where CubeCL looks for them: `$CUDA_PATH/include`, else
+/// `/usr/local/cuda`, `/opt/cuda` or `/usr` (where `nvcc` is `/usr/bin/nvcc`). Without
+/// them every kernel would fail to compile at its first launch.
+#[cfg(feature = "cuda")]
+fn cuda_headers() -> Result<(), BackendError> {
+    headers_at(
+        cubecl::cuda::install::cuda_path(),
+        std::env::var_os("CUDA_PATH").is_some(),
+    )
+}
+
+/// [`cuda_headers`] for the toolkit at `root` (`from_env`: named by `CUDA_PATH`).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn headers_at(root: Option<std::path::PathBuf>, from_env: bool) -> Result<(), BackendError> {
+    let how = "set CUDA_PATH to the CUDA toolkit's directory (the one holding include/cuda_runtime.h), or install the toolkit's headers (Debian, Ubuntu: `apt-get install nvidia-cuda-dev`; or NVIDIA's `cuda-cudart-dev` package)";
+    let Some(root) = root else {
+        return Err(BackendError::Failed(format!(
+            "the CUDA headers were not found: CUDA_PATH is not set, and there is no /usr/local/cuda, /opt/cuda or /usr/bin/nvcc; {how}"
+        )));
+    };
+    let header = root.join("include").join("cuda_runtime.h");
+    if header.is_file() {
+        return Ok(());
+    }
+    let from = if from_env {
+        "CUDA_PATH"
+    } else {
+        "the default location"
+    };
+    Err(BackendError::Failed(format!(
+        "the CUDA headers were not found: {} ({from}) has no include/cuda_runtime.h; {how}",
+        root.display()
+    )))
 }
 
 /// The ROCm backend on the first device.
@@ -948,6 +985,33 @@ pub fn hip() -> Result<Gpu<cubecl::hip::HipRuntime>, BackendError> {
 mod tests {
     use super::*;
     use nabla_lang::ir::{InputKind, Op};
+
+    /// Missing CUDA headers are an error saying where they were looked for and how to
+    /// point nabla at them; present ones pass.
+    #[test]
+    fn missing_cuda_headers_say_where_they_were_looked_for() {
+        let err = headers_at(None, false).expect_err("none").to_string();
+        assert!(
+            err.contains("CUDA_PATH is not set, and there is no /usr/local/cuda")
+                && err.contains("set CUDA_PATH"),
+            "{err}"
+        );
+        let root = std::env::temp_dir().join(format!("nabla-cuda-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("include")).expect("dir");
+        let err = headers_at(Some(root.clone()), true)
+            .expect_err("no header")
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{} (CUDA_PATH) has no include/cuda_runtime.h",
+                root.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(root.join("include/cuda_runtime.h"), "").expect("header");
+        headers_at(Some(root.clone()), true).expect("found");
+        std::fs::remove_dir_all(&root).ok();
+    }
 
     /// A kernel that fails where CubeCL builds it (on its device thread, where CubeCL
     /// catches the panic and carries on) is an error naming the kernel and its ops, not

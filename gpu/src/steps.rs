@@ -184,6 +184,7 @@ pub fn prog(p: &Program) -> Result<Prog, StepError> {
             Expr::Select(c, x, y) => op(code::SELECT, c, x, y, 0),
             Expr::Trunc(a) => op(code::TRUNC, a, 0, 0, 0),
             Expr::NonZero(a) => op(code::NONZERO, a, 0, 0, 0),
+            Expr::RoundBf16(a) => op(code::ROUND_BF16, a, 0, 0, 0),
         })
         .collect();
     Ok(Prog {

@@ -6,7 +6,8 @@
 use nabla_gpu::Gpu;
 use nabla_lang::backend::Backend;
 use nabla_lang::backend::suite::{
-    Case, EXAMPLE_NETS, TOLERANCE, eval_case, net_case, op_cases, run_case_outputs, step_case,
+    Case, EXAMPLE_NETS, bf16_cases, check_bf16_bits, eval_case, judge, net_case, op_cases,
+    run_case_outputs, step_case,
 };
 use nabla_lang::check::{Checked, check_files};
 use nabla_lang::step::{Optimizer, Update};
@@ -38,36 +39,18 @@ fn checked(path: &str) -> Checked {
     c
 }
 
-/// The bar for outputs that are zero in exact arithmetic (see `OutputError::exact_zero`),
-/// against the suite's floor of 1e-3 of the case's largest value.
-///
-/// Why not [`TOLERANCE`]: such an output is pure rounding noise. The one in the suite —
-/// EfficientNet-B0's `layers.3.batchnorm4.beta`, whose batchnorm feeds a 1×1 conv and a
-/// batchnorm with batch statistics, which removes any per-channel constant — measured on
-/// lavapipe 2.0e-4 to 3.8e-4 over four instances, where the CPU is at 7.0e-5 and the f32
-/// interpreter (every op correctly rounded) at 4.9e-5 to 8.4e-5: the driver's division
-/// and transcendentals, which Vulkan allows to be off by 2.5 ulp and more, are noisier.
-/// Every output with a nonzero value is held to [`TOLERANCE`].
-const EXACT_ZERO_TOLERANCE: f64 = 1e-3;
-
+/// Runs `cases` on `b`; each output within its bar (`suite::bar`: 1e-4, or 1e-3 for one
+/// that is zero in exact arithmetic).
 fn assert_cases<B: Backend>(b: &B, cases: &[Case]) {
     let mut failures = Vec::new();
     for case in cases {
         match run_case_outputs(b, case) {
             Ok(outs) => {
-                let bar = |zero: bool| {
-                    if zero {
-                        EXACT_ZERO_TOLERANCE
-                    } else {
-                        TOLERANCE
-                    }
+                let Some((w, ok)) = judge(&outs) else {
+                    continue;
                 };
-                let worst = outs.iter().max_by(|x, y| {
-                    (x.error / bar(x.exact_zero)).total_cmp(&(y.error / bar(y.exact_zero)))
-                });
-                let Some(w) = worst else { continue };
                 let zeros = outs.iter().filter(|o| o.exact_zero).count();
-                if w.error <= bar(w.exact_zero) {
+                if ok {
                     eprintln!(
                         "{:<32} worst {:.1e} ({}{}){}",
                         case.name,
@@ -224,4 +207,19 @@ fn random_numbers_are_the_cpus_bits() {
         let small = got.iter().filter(|x| **x < 1.0 / 16_777_216.0).count();
         eprintln!("seed {seed}: {n} numbers, the CPU's bits ({small} below 2⁻²⁴)");
     }
+}
+
+/// Mixed precision: casts to bf16 round exactly as the interpreter does (every bit), and
+/// the op cases with products, the MLP's train step and the CNN's evaluation step with
+/// their products in bf16 match the interpreter computing the same rounded products (see
+/// `suite::bf16_cases`).
+#[test]
+fn bf16_products_match_the_interpreter() {
+    let mlp = checked("examples/mnist_mlp.net");
+    let cnn = checked("examples/mnist_cnn.net");
+    let cases = bf16_cases(&mlp.program, &cnn.program).expect("cases");
+    assert!(cases.len() >= 5, "{}", cases.len());
+    let Some(g) = gpu() else { return };
+    check_bf16_bits(&g).unwrap_or_else(|e| panic!("{e}"));
+    assert_cases(&g, &cases);
 }

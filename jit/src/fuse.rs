@@ -182,7 +182,9 @@ fn emit(
     let mut uses = vec![0usize; f.exprs.len()];
     for e in &f.exprs {
         match *e {
-            Expr::Unary(_, a) | Expr::Trunc(a) | Expr::NonZero(a) => uses[a] += 1,
+            Expr::Unary(_, a) | Expr::Trunc(a) | Expr::NonZero(a) | Expr::RoundBf16(a) => {
+                uses[a] += 1
+            }
             Expr::Binary(_, a, c) | Expr::Compare(_, a, c) => {
                 uses[a] += 1;
                 uses[c] += 1;
@@ -418,6 +420,7 @@ fn body(
                 let m = b.ins().fcmp(FloatCC::NotEqual, vals[a], z);
                 to_float(b, m)
             }
+            Expr::RoundBf16(a) => round_bf16(b, vals[a]),
         };
         vals.push(v);
     }
@@ -460,6 +463,36 @@ fn bits(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
         MemFlagsData::new().with_endianness(Endianness::Little),
         x,
     )
+}
+
+/// `x` (an `f32` or `f32x4`) rounded to the nearest bfloat16, ties to even, as f32: the
+/// upper half of its bits after adding `0x7fff` and the lowest bit kept (a carry rounds
+/// into the exponent, past the largest bf16 to infinity). NaN is kept as it is (the add
+/// could carry a NaN's payload into an infinity's bits).
+fn round_bf16(b: &mut FunctionBuilder, x: Value) -> Value {
+    let ty = b.func.dfg.value_type(x);
+    let ity = if ty.is_vector() {
+        types::I32X4
+    } else {
+        types::I32
+    };
+    let v = bits(b, ity, x);
+    let hi = b.ins().ushr_imm_u(v, 16);
+    let one = splat_int(b, ity, 1);
+    let lsb = b.ins().band(hi, one);
+    let half = splat_int(b, ity, 0x7fff);
+    let bias = b.ins().iadd(lsb, half);
+    let r = b.ins().iadd(v, bias);
+    let mask = splat_int(b, ity, 0xffff_0000_u32 as i32);
+    let kept = b.ins().band(r, mask);
+    let rounded = bits(b, ty, kept);
+    let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+    if ty.is_vector() {
+        let m = bits(b, ty, nan);
+        b.ins().bitselect(m, x, rounded)
+    } else {
+        b.ins().select(nan, x, rounded)
+    }
 }
 
 /// `e^x` for an `f32` or `f32x4` `x`, Cephes' `expf`: `x = n·ln 2 + r` with `|r| ≤ ln2/2`

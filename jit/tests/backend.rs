@@ -3,8 +3,8 @@
 
 use nabla_jit::Cpu;
 use nabla_lang::backend::suite::{
-    Case, EXAMPLE_NETS, TOLERANCE, check_write_rows, eval_case, net_case, op_cases, run_case,
-    step_case,
+    Case, EXAMPLE_NETS, TOLERANCE, bf16_cases, check_bf16_bits, check_write_rows, eval_case,
+    net_case, op_cases, run_case, step_case,
 };
 use nabla_lang::backend::{Backend, Interp};
 use nabla_lang::check::{Checked, check_files};
@@ -236,5 +236,24 @@ fn pooling_fast_paths_and_transposed_convolutions_match_the_interpreter() {
     let c = check_files(&[("pools.net".to_string(), src.to_string())], &StdLoader);
     assert!(!c.has_errors(), "pools.net checks");
     let cases = [net_case(&c.program, "Pools", 3, None, Mode::Train).expect("case")];
+    assert_cases(&Cpu::new(), &cases);
+}
+
+/// Mixed precision: casts to bf16 round exactly as the interpreter does (every bit), and
+/// the op cases with products, the MLP's train step and the CNN's evaluation step with
+/// their products in bf16 match the interpreter computing the same rounded products (see
+/// `suite::bf16_cases`).
+#[test]
+fn bf16_products_match_the_interpreter() {
+    let mlp = checked("examples/mnist_mlp.net");
+    let cnn = checked("examples/mnist_cnn.net");
+    let cases = bf16_cases(&mlp.program, &cnn.program).expect("cases");
+    assert!(cases.len() >= 5, "{}", cases.len());
+    check_bf16_bits(&Cpu::new()).unwrap_or_else(|e| panic!("{e}"));
+    check_bf16_bits(&Interp {
+        precision: Precision::F32,
+        memory: None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_cases(&Cpu::new(), &cases);
 }

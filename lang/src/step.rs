@@ -201,6 +201,43 @@ pub struct Step {
     pub inits: Vec<(String, crate::check::lower::InitSpec)>,
 }
 
+impl Step {
+    /// The step with its products (matmuls and convolutions, forward and backward) at
+    /// precision `p` (see [`crate::opt::precision`]); inputs and outputs are unchanged.
+    pub fn with_products(mut self, p: crate::opt::precision::Products) -> Result<Step, Diagnostic> {
+        if p == crate::opt::precision::Products::F32 {
+            return Ok(self);
+        }
+        let graph = crate::opt::optimize(&crate::opt::precision::with_products(&self.graph, p));
+        crate::ir::verify(&graph).map_err(|e| {
+            Diagnostic::error(
+                "E0411",
+                format!("the {} step does not verify: {e:?}", p.name()),
+            )
+        })?;
+        let same = |a: &Graph, b: &Graph| {
+            a.inputs()
+                .map(|(_, n, _)| n.to_string())
+                .collect::<Vec<_>>()
+                == b.inputs()
+                    .map(|(_, n, _)| n.to_string())
+                    .collect::<Vec<_>>()
+                && a.outputs
+                    .iter()
+                    .map(|(n, _)| n)
+                    .eq(b.outputs.iter().map(|(n, _)| n))
+        };
+        if !same(&self.graph, &graph) {
+            return Err(Diagnostic::error(
+                "E0411",
+                "internal error: the precision rewrite changed the step's inputs or outputs",
+            ));
+        }
+        self.graph = graph;
+        Ok(self)
+    }
+}
+
 /// Scalar helpers over a graph being extended.
 struct Builder<'g> {
     g: &'g mut Graph,

@@ -54,6 +54,9 @@ pub enum Expr {
     Trunc(usize),
     /// 1.0 where nonzero (a cast to bool).
     NonZero(usize),
+    /// Rounds to the nearest bfloat16, ties to even (a cast to bf16; see
+    /// `nabla_lang::interp::round_bf16`).
+    RoundBf16(usize),
 }
 
 /// A fused elementwise loop (see the module doc).
@@ -157,6 +160,7 @@ pub(crate) fn build(
                 Expr::Select(c, x, arg(&mut b, 2))
             }
             Op::Cast if n.dtype == DType::Bool => Expr::NonZero(arg(&mut b, 0)),
+            Op::Cast if n.dtype == DType::BF16 => Expr::RoundBf16(arg(&mut b, 0)),
             Op::Cast => Expr::Trunc(arg(&mut b, 0)),
             Op::Broadcast => b.broadcast(g, m, facts),
             op => {

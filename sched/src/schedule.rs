@@ -12,7 +12,8 @@ use crate::target::Target;
 
 /// Whether a node only renames its argument's storage on `t`: reshapes, `stop_gradient`,
 /// broadcasts that add only 1-sized dims, and casts between dtypes held alike that
-/// change no value (to a float type, or between integer types).
+/// change no value (to a float type other than bf16, which rounds, or between integer
+/// types).
 fn is_alias(g: &Graph, v: ValueId, t: &Target) -> bool {
     let n = g.node(v);
     match n.op.row().class {
@@ -21,8 +22,8 @@ fn is_alias(g: &Graph, v: ValueId, t: &Target) -> bool {
         Class::Elementwise if n.op == Op::Cast => {
             let from = g.node(n.args[0]).dtype;
             (t.storage)(from) == (t.storage)(n.dtype)
-                && (n.dtype.is_float()
-                    || from == n.dtype
+                && (from == n.dtype
+                    || (n.dtype.is_float() && n.dtype != DType::BF16)
                     || (n.dtype != DType::Bool && !from.is_float()))
         }
         _ => false,

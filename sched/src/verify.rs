@@ -366,7 +366,7 @@ fn well_formed(p: &Plan, t: &Target, k: usize, kernel: &Kernel, faults: &mut Vec
         let ok = match *e {
             Expr::Leaf(l) => l < f.leaves.len(),
             Expr::Const(_) => true,
-            Expr::Unary(_, a) | Expr::Trunc(a) | Expr::NonZero(a) => a < i,
+            Expr::Unary(_, a) | Expr::Trunc(a) | Expr::NonZero(a) | Expr::RoundBf16(a) => a < i,
             Expr::Binary(_, a, b) | Expr::Compare(_, a, b) => a < i && b < i,
             Expr::Select(c, a, b) => c < i && a < i && b < i,
         };

@@ -19,6 +19,8 @@ const BAD: &[(&str, &str)] = &[
     ("label_smoothing: 1.0", "TrainConfig.label_smoothing"),
     ("label_smoothing: -0.1", "TrainConfig.label_smoothing"),
     ("label_smoothing: nan", "TrainConfig.label_smoothing"),
+    ("precision: \"fp16\"", "TrainConfig.precision"),
+    ("precision: \"\"", "TrainConfig.precision"),
     ("optimizer: sgd(lr: -0.1)", "Optimizer.lr"),
     ("optimizer: sgd(lr: nan)", "Optimizer.lr"),
     ("optimizer: sgd(lr: inf)", "Optimizer.lr"),

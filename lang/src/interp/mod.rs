@@ -300,8 +300,23 @@ fn cast(x: f64, dt: DType) -> f64 {
     match dt {
         DType::I32 | DType::I64 | DType::U8 => x.trunc(),
         DType::Bool => f64::from(u8::from(x != 0.0)),
+        DType::BF16 => round_bf16(x),
         _ => x,
     }
+}
+
+/// `x` rounded to the nearest bfloat16 (8 bits of significand, f32's exponent range),
+/// ties to even, by way of f32 as every backend holds it: the upper half of the f32's
+/// bits after adding `0x7fff` and the lowest bit kept. Values past bf16's largest round
+/// to infinity; NaN stays NaN.
+pub fn round_bf16(x: f64) -> f64 {
+    let f = x as f32;
+    if f.is_nan() {
+        return f64::NAN;
+    }
+    let b = f.to_bits();
+    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    f64::from(f32::from_bits(r))
 }
 
 /// splitmix64 of (seed, counter): a counter-based generator, so any element can be
@@ -746,4 +761,36 @@ fn avg_pool_grad(dy: &Tensor, w: &Window, n: &crate::ir::Node) -> Tensor {
         }
     }
     dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_bf16;
+
+    /// Rounding to bfloat16 keeps 8 significant bits, ties to even, and saturates to
+    /// infinity past the largest bf16; NaN, infinities, zeros and subnormals behave.
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        let ulp = 2f64.powi(-7); // of numbers in [1, 2)
+        assert_eq!(round_bf16(1.0), 1.0);
+        assert_eq!(round_bf16(1.0 + ulp), 1.0 + ulp);
+        assert_eq!(round_bf16(1.0 + 0.49 * ulp), 1.0);
+        assert_eq!(round_bf16(1.0 + 0.51 * ulp), 1.0 + ulp);
+        // Ties: to the even neighbour.
+        assert_eq!(round_bf16(1.0 + 0.5 * ulp), 1.0);
+        assert_eq!(round_bf16(1.0 + 1.5 * ulp), 1.0 + 2.0 * ulp);
+        assert_eq!(round_bf16(-(1.0 + 1.5 * ulp)), -(1.0 + 2.0 * ulp));
+        assert_eq!(round_bf16(3.14159), 3.140625);
+        // Carry into the exponent, and past the largest bf16 (0x7f7f_0000).
+        assert_eq!(round_bf16(2.0 - 0.25 * ulp), 2.0);
+        let max = f64::from(f32::from_bits(0x7f7f_0000));
+        assert_eq!(round_bf16(max), max);
+        assert_eq!(round_bf16(f64::from(f32::MAX)), f64::INFINITY);
+        assert_eq!(round_bf16(f64::NEG_INFINITY), f64::NEG_INFINITY);
+        assert!(round_bf16(f64::NAN).is_nan());
+        assert_eq!(round_bf16(-0.0).to_bits(), (-0.0f64).to_bits());
+        // A subnormal keeps its top bits.
+        let tiny = f64::from(f32::from_bits(0x0001_8001));
+        assert_eq!(round_bf16(tiny), f64::from(f32::from_bits(0x0002_0000)));
+    }
 }

@@ -7,7 +7,10 @@
 //! - [`cse`]: common subexpression elimination (same op, same arguments);
 //! - [`dce`]: dead code elimination (only what an output needs), renumbering in order.
 //!
-//! [`optimize`] runs them to a fixed point.
+//! [`optimize`] runs them to a fixed point. [`precision`] rewrites a step's products for
+//! mixed precision.
+
+pub mod precision;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

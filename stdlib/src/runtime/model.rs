@@ -13,6 +13,7 @@ use nabla_lang::check::lower::{InitSpec, lower_net_at};
 use nabla_lang::gradcheck::normal;
 use nabla_lang::interp::uniform;
 use nabla_lang::ir::{InputKind, Mode};
+use nabla_lang::opt::precision::Products;
 use nabla_lang::step::{InRole, Optimizer, OutRole, Step, Update, eval_step, grad_step};
 
 use super::tensors::{Named, Tensors};
@@ -80,6 +81,8 @@ pub struct Recipe {
     pub optimizer: Optimizer,
     /// Label smoothing (0: none): the step's loss is `smoothed_cross_entropy`.
     pub smoothing: f64,
+    /// The precision of the steps' products (matmuls and convolutions).
+    pub products: Products,
     pub augment: Vec<Augment>,
     pub seed: u64,
 }
@@ -339,8 +342,18 @@ impl<B: Backend> Model<B> {
             self.train.clear();
             self.grad.clear();
         }
+        if self.products() != recipe.products {
+            self.train.clear();
+            self.grad.clear();
+            self.eval.clear();
+        }
         self.rng = recipe.seed ^ 0x5eed;
         self.recipe = Some(recipe);
+    }
+
+    /// The precision of the model's products: its recipe's, f32 without one.
+    fn products(&self) -> Products {
+        self.recipe.as_ref().map_or(Products::F32, |r| r.products)
     }
 
     /// Chooses the batch: examples `idx` of `split`, with their augmentation when
@@ -556,6 +569,7 @@ impl<B: Backend> Model<B> {
         if !self.grad.contains_key(&b) {
             let eps = [("eps", smoothing)];
             let step = grad_step(p, &self.net, b, loss(&eps), Some(&split.shape))
+                .and_then(|s| s.with_products(self.products()))
                 .map_err(|d| d.message)?;
             let exe = self
                 .prepare_exe(backend, &step, &[])
@@ -673,8 +687,9 @@ impl<B: Backend> Model<B> {
             let idx: Vec<usize> = (start..start + b).collect();
             self.gather(split, &idx, false)?;
             if !self.eval.contains_key(&b) {
-                let step =
-                    eval_step(p, &self.net, b, LOSS, Some(&split.shape)).map_err(|d| d.message)?;
+                let step = eval_step(p, &self.net, b, LOSS, Some(&split.shape))
+                    .and_then(|s| s.with_products(self.products()))
+                    .map_err(|d| d.message)?;
                 self.classes = self.classes.or(label_classes(&step.graph));
                 let exe = self
                     .prepare_exe(backend, &step, &[])

@@ -9,6 +9,7 @@
 //! one value per channel, a crop's padding is smaller than the images, a checkpoint's
 //! directory exists. `prepare` reads the same recipe into the model with the same checks.
 
+use nabla_lang::opt::precision::Products;
 use std::path::Path;
 
 use nabla_lang::host::Word;
@@ -190,11 +191,18 @@ pub fn read(heap: &Heap, field: &Field, cfg: Word) -> Result<Config, String> {
             ));
         }
     }
+    let precision = kind_of(
+        "TrainConfig.precision",
+        heap.str(f("precision")?)?,
+        &["f32", "bf16"],
+    )?;
+    let products = Products::parse(precision).unwrap_or_default();
     let checkpoint = heap.str(f("checkpoint")?)?.to_string();
     Ok(Config {
         recipe: Recipe {
             optimizer,
             smoothing,
+            products,
             augment,
             seed: f("seed")?,
         },

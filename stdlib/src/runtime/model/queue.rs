@@ -174,6 +174,7 @@ impl<B: Backend> Model<B> {
         if !self.train.contains_key(&b) {
             let eps = [("eps", smoothing)];
             let step = train_step_with(p, &self.net, b, loss(&eps), &optimizer, Some(&split.shape))
+                .and_then(|s| s.with_products(self.products()))
                 .map_err(|d| d.message)?;
             for slot in &step.slots {
                 if !self.tensors.iter().any(|t| t.name == *slot) {
@@ -350,6 +351,7 @@ impl<B: Backend> Model<B> {
             &optimizer,
             Some(&split.shape),
         )
+        .and_then(|s| s.with_products(self.products()))
         .ok()?;
         let g = &step.graph;
         if nabla_lang::ir::flops(g) > LOCATE_MAX_FLOPS {
