@@ -221,7 +221,7 @@ pub fn step_case(
 fn optimizer_name(opt: &crate::step::Optimizer) -> String {
     use crate::step::Update;
     let kind = match opt.update {
-        Update::Sgd { momentum, .. } if momentum == 0.0 => "sgd",
+        Update::Sgd { momentum: 0.0, .. } => "sgd",
         Update::Sgd { nesterov: true, .. } => "nesterov",
         Update::Sgd { .. } => "momentum",
         Update::Adam {
