@@ -4,6 +4,7 @@
 mod bench;
 mod conformance;
 mod devices;
+mod predict;
 mod repl;
 mod run;
 mod signals;
@@ -154,6 +155,24 @@ enum Command {
     /// The devices this build can run on: the GPU adapters found, and which backends
     /// this build has.
     Devices,
+    /// A trained model's top classes for images (PNG, JPEG): the net's parameters from a
+    /// checkpoint (`--params`), each image converted to the net's channels and resized
+    /// to its input, normalized as in training.
+    Predict {
+        file: PathBuf,
+        /// `[NET] IMAGE...`: the net (when the file has several; a name of one of its
+        /// nets), then the images.
+        #[arg(value_name = "[NET] IMAGE", required = true)]
+        args: Vec<String>,
+        /// A checkpoint of the net (safetensors, as `save` or `checkpoint` write it).
+        #[arg(long)]
+        params: PathBuf,
+        /// How many classes to print per image.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+        #[arg(long, value_enum, default_value_t = run::Device::Cpu)]
+        device: run::Device,
+    },
     /// Run the conformance suite on a device against the f64 interpreter: every op
     /// forward and backward, the nine example nets, train steps with every optimizer,
     /// bf16 rounding and bf16 products (the example nets are built in).
@@ -819,6 +838,40 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
         Command::Devices => {
             devices::list();
             ExitCode::SUCCESS
+        }
+        Command::Predict {
+            file,
+            args,
+            params,
+            top,
+            device,
+        } => {
+            let Some(checked) = check_one(&file) else {
+                return ExitCode::from(1);
+            };
+            // The first argument is the net when it names one of the file's nets and
+            // is not a file.
+            let named = args
+                .first()
+                .filter(|a| !Path::new(a).exists() && checked.nets.iter().any(|n| n.name == **a));
+            let net = named.cloned();
+            let images: Vec<PathBuf> = args
+                .iter()
+                .skip(usize::from(net.is_some()))
+                .map(PathBuf::from)
+                .collect();
+            let result = pick_net(&checked, net)
+                .map_err(Failure::from)
+                .and_then(|net| {
+                    on_device!(device, b => predict::predict(&checked, &net, &params, &images, top, b))
+                });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    print_error(&e);
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Conformance { device, only } => {
             let result =

@@ -444,3 +444,93 @@ fn bf16_products_train_to_the_f32_accuracy() {
         acc[1]
     );
 }
+
+/// Inference: `nabla predict` on digits written as PNG files gives exactly the classes
+/// and probabilities that `predict(model, split)` gives for the same test examples from a
+/// script (same checkpoint: a PNG holds the 8-bit pixels as they are, and 28×28 needs no
+/// resizing), and most are right. Images that cannot be read are errors naming them.
+#[test]
+fn predict_from_the_command_line_matches_predict_in_a_script() {
+    let d = dir("predict");
+    let net = "import std.nn.*\nimport std.data.*\nnet L: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\n";
+    let src = format!(
+        "{net}let data = mnist()\nlet cfg = TrainConfig {{ optimizer: sgd(lr: 0.1), batch: 64, epochs: 2, eval_every: 0, normalize_mean: [0.13], normalize_std: [0.31] }}\nlet m = train(L, data, cfg)\nsave(m, \"l.safetensors\")\nlet back = load(L, \"l.safetensors\")\nlet ps = predict(back, data.test)\nfor i in 0..20 {{\n  print(\"p {{i}} {{ps[i].class}} {{ps[i].probability:.4}}\")\n}}\n"
+    );
+    let (code, out, err) = run(&d, &src, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let script: Vec<(usize, String)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("p "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[1].parse().expect("class"), f[2].to_string())
+        })
+        .collect();
+    assert_eq!(script.len(), 20, "{out}");
+    // The same 20 test digits as PNG files.
+    let (_, test) = nabla_stdlib::runtime::data::bundled_mnist().expect("bundled");
+    let mut files = Vec::new();
+    for i in 0..20 {
+        let path = d.join(format!("d{i}.png"));
+        let file = std::fs::File::create(&path).expect("create");
+        let mut e = png::Encoder::new(std::io::BufWriter::new(file), 28, 28);
+        e.set_color(png::ColorType::Grayscale);
+        e.set_depth(png::BitDepth::Eight);
+        let mut w = e.write_header().expect("header");
+        w.write_image_data(&test.images[i * 784..(i + 1) * 784])
+            .expect("pixels");
+        w.finish().expect("png");
+        files.push(path.display().to_string());
+    }
+    std::fs::write(d.join("net.net"), net).expect("write");
+    let mut args = vec![
+        "predict",
+        "net.net",
+        "--params",
+        "l.safetensors",
+        "--top",
+        "2",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(&args)
+        .current_dir(&d)
+        .output()
+        .expect("run nabla");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let mut right = 0;
+    for (i, line) in stdout.lines().enumerate() {
+        // `…/d3.png: 0 (0.9731), 6 (0.0112)`
+        let (_, top) = line.split_once(": ").expect("a prediction");
+        let (class, p) = top
+            .split(", ")
+            .next()
+            .expect("top")
+            .split_once(" (")
+            .expect("class");
+        let class: usize = class.parse().expect("class");
+        assert_eq!(
+            (class, p.trim_end_matches(')')),
+            (script[i].0, script[i].1.as_str()),
+            "image {i}: {line}"
+        );
+        right += usize::from(class == test.labels[i] as usize);
+    }
+    assert_eq!(stdout.lines().count(), 20, "{stdout}");
+    assert!(right >= 16, "{right} of 20 right:\n{stdout}");
+    // A file that is no image.
+    std::fs::write(d.join("bad.png"), b"not a png").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["predict", "net.net", "--params", "l.safetensors", "bad.png"])
+        .current_dir(&d)
+        .output()
+        .expect("run nabla");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.png: not a readable PNG"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -128,6 +128,8 @@ pub enum OutRole {
     Correct,
     /// The gradient of the loss for the named parameter.
     Gradient(String),
+    /// Class probabilities, `[batch, classes]` (the prediction step).
+    Probabilities,
     /// The new value of input `input` (by position among the graph's inputs), which
     /// replaces it after a run (the IR's state convention).
     Update { input: usize },
@@ -481,6 +483,78 @@ pub fn grad_step(
         graph,
         signature,
         params: names,
+        slots: vec![],
+        inits: l.inits,
+    })
+}
+
+/// The prediction step: the class probabilities of net `net` (module 0) for a batch of
+/// `batch` examples, in eval mode (batchnorm with its running statistics, no dropout):
+/// the softmax of its logits over the last axis, computed as `exp(z − max z) / Σ`.
+/// Inputs `x`, the parameters and the state; one output, `probs`.
+pub fn predict_step(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    input: Option<&[usize]>,
+) -> Result<Step, Diagnostic> {
+    let l = lower_net_at(p, 0, net, batch, Mode::Eval, None, input)?;
+    let mut g = l.graph;
+    let z = l.output;
+    let shape = g.node(z).shape.clone();
+    let axis = shape.len().saturating_sub(1);
+    let mut kept = shape.clone();
+    if let Some(k) = kept.get_mut(axis) {
+        *k = 1;
+    }
+    let reduce = |g: &mut Graph, op: Reduce, v: ValueId| {
+        let r = g.push(
+            Op::Reduce {
+                op,
+                axes: vec![axis],
+                keepdim: true,
+            },
+            vec![v],
+            DType::F32,
+            kept.clone(),
+        );
+        g.push(Op::Broadcast, vec![r], DType::F32, shape.clone())
+    };
+    let top = reduce(&mut g, Reduce::Max, z);
+    let shifted = g.push(
+        Op::Binary(Binary::Sub),
+        vec![z, top],
+        DType::F32,
+        shape.clone(),
+    );
+    let e = g.push(
+        Op::Unary(Unary::Exp),
+        vec![shifted],
+        DType::F32,
+        shape.clone(),
+    );
+    let total = reduce(&mut g, Reduce::Sum, e);
+    let probs = g.push(
+        Op::Binary(Binary::Div),
+        vec![e, total],
+        DType::F32,
+        shape.clone(),
+    );
+    g.outputs = vec![("probs".into(), probs)];
+    let graph = crate::opt::optimize(&g);
+    crate::ir::verify(&graph).map_err(|e| {
+        Diagnostic::error(
+            "E0411",
+            format!("the prediction step does not verify: {e:?}"),
+        )
+    })?;
+    let signature = signature(&graph, &[], |n| {
+        (n == "probs").then_some(OutRole::Probabilities)
+    })?;
+    Ok(Step {
+        graph,
+        signature,
+        params: vec![],
         slots: vec![],
         inits: l.inits,
     })

@@ -441,35 +441,96 @@ fn decode_jpeg(path: &Path) -> Result<Pixels, String> {
     })
 }
 
-/// Pixels as 3×size×size floats in [0, 1], resized bilinearly (gray copied to all three
-/// channels, alpha dropped).
+/// Pixels as 3×size×size bytes, resized bilinearly (gray copied to all three channels,
+/// alpha dropped).
 fn resize(p: &Pixels, size: usize) -> Vec<u8> {
-    let (w, h) = (p.w, p.h);
+    to_input(p, 3, size, size)
+}
+
+/// Pixels as `channels`×`h`×`w` bytes, resized bilinearly: three channels are RGB (gray
+/// copied to all three), one is gray (RGB as its luma, ITU-R BT.601); alpha is dropped.
+/// `channels` is 1 or 3.
+fn to_input(p: &Pixels, channels: usize, h: usize, w: usize) -> Vec<u8> {
+    let (iw, ih) = (p.w, p.h);
     let px = |x: usize, y: usize, c: usize| -> f32 {
-        let base = (y * w + x) * p.channels;
-        let k = if p.channels >= 3 { c } else { 0 };
-        f32::from(p.data[base + k])
+        let base = (y * iw + x) * p.channels;
+        match (channels, p.channels >= 3) {
+            (1, true) => {
+                0.299 * f32::from(p.data[base])
+                    + 0.587 * f32::from(p.data[base + 1])
+                    + 0.114 * f32::from(p.data[base + 2])
+            }
+            (_, true) => f32::from(p.data[base + c]),
+            (_, false) => f32::from(p.data[base]),
+        }
     };
-    let mut out = vec![0; 3 * size * size];
-    for c in 0..3 {
-        for oy in 0..size {
-            let fy = ((oy as f32 + 0.5) * h as f32 / size as f32 - 0.5).clamp(0.0, (h - 1) as f32);
+    let mut out = vec![0; channels * h * w];
+    for c in 0..channels {
+        for oy in 0..h {
+            let fy = ((oy as f32 + 0.5) * ih as f32 / h as f32 - 0.5).clamp(0.0, (ih - 1) as f32);
             let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
-            let y1 = (y0 + 1).min(h - 1);
-            for ox in 0..size {
+            let y1 = (y0 + 1).min(ih - 1);
+            for ox in 0..w {
                 let fx =
-                    ((ox as f32 + 0.5) * w as f32 / size as f32 - 0.5).clamp(0.0, (w - 1) as f32);
+                    ((ox as f32 + 0.5) * iw as f32 / w as f32 - 0.5).clamp(0.0, (iw - 1) as f32);
                 let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
-                let x1 = (x0 + 1).min(w - 1);
+                let x1 = (x0 + 1).min(iw - 1);
                 let top = px(x0, y0, c) * (1.0 - tx) + px(x1, y0, c) * tx;
                 let bottom = px(x0, y1, c) * (1.0 - tx) + px(x1, y1, c) * tx;
                 // Rounded to a byte, as image libraries' resizing does.
                 let v = top * (1.0 - ty) + bottom * ty;
-                out[(c * size + oy) * size + ox] = v.round().clamp(0.0, 255.0) as u8;
+                out[(c * h + oy) * w + ox] = v.round().clamp(0.0, 255.0) as u8;
             }
         }
     }
     out
+}
+
+/// Images (PNG or JPEG, by extension) as a split of examples of `shape` [C, H, W]: each
+/// decoded, converted to C channels (1: gray; 3: RGB) and resized to H×W, in order, with
+/// label 0 (for predictions). An image that cannot be read or decoded is an error
+/// naming its file; a net taking other than 1 or 3 channels is an error.
+pub fn image_split(paths: &[PathBuf], shape: [usize; 3]) -> Result<Split, String> {
+    let [c, h, w] = shape;
+    if !(c == 1 || c == 3) || h == 0 || w == 0 {
+        return Err(format!(
+            "the net takes {c}×{h}×{w} inputs: images become 1 (gray) or 3 (RGB) channels of at least 1×1 pixels"
+        ));
+    }
+    let mut images = Vec::new();
+    for f in paths {
+        let ext = f
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let pixels = match ext.as_str() {
+            "png" => decode_png(f)?,
+            "jpg" | "jpeg" => decode_jpeg(f)?,
+            _ => {
+                return Err(format!(
+                    "{}: not a PNG or JPEG image (.png, .jpg, .jpeg)",
+                    f.display()
+                ));
+            }
+        };
+        if pixels.w == 0 || pixels.h == 0 || !(1..=4).contains(&pixels.channels) {
+            return Err(format!(
+                "{}: an image of {}×{} pixels",
+                f.display(),
+                pixels.w,
+                pixels.h
+            ));
+        }
+        images.extend(to_input(&pixels, c, h, w));
+    }
+    Ok(Split {
+        name: "the images".into(),
+        shape,
+        images,
+        labels: vec![0; paths.len()],
+        classes: 1,
+    })
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ enum Native {
     TrainStep,
     MeanLoss,
     Correct,
+    Predict,
     Evaluate,
     Accuracy,
     Shuffle,
@@ -98,6 +99,7 @@ impl Native {
             "train_step" => TrainStep,
             "mean_loss" => MeanLoss,
             "correct" => Correct,
+            "predict" => Predict,
             "evaluate" => Evaluate,
             "accuracy" => Accuracy,
             "shuffle" => Shuffle,
@@ -495,6 +497,36 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                     Evaluate => (loss / n).to_bits(),
                     _ => (correct as f64 / n).to_bits(),
                 })
+            }
+            Predict => {
+                let split = Self::split(heap, a[1])?;
+                let (p, backend) = (self.p, self.backend);
+                let probs = Self::model(heap, a[0])?.predict(p, backend, &split, 500)?;
+                let HTy::List(item) = &ret else {
+                    return Err("`predict` must return a list".into());
+                };
+                let mut words = Vec::with_capacity(probs.len());
+                for row in probs {
+                    let (class, top) =
+                        row.iter()
+                            .enumerate()
+                            .fold(
+                                (0, f32::NEG_INFINITY),
+                                |b, (k, v)| if *v > b.1 { (k, *v) } else { b },
+                            );
+                    let list = row.iter().map(|v| f64::from(*v).to_bits()).collect();
+                    let list = heap.alloc(Object::List(list));
+                    words.push(self.make_record(
+                        heap,
+                        item,
+                        &[
+                            ("class", class as Word),
+                            ("probability", f64::from(top).to_bits()),
+                            ("probabilities", list),
+                        ],
+                    )?);
+                }
+                Ok(heap.alloc(Object::List(words)))
             }
             Shuffle => {
                 let n = usize::try_from(a[0] as i64).map_err(|_| "shuffle of a negative count")?;

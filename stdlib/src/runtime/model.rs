@@ -20,6 +20,7 @@ use super::tensors::{Named, Tensors};
 
 use super::data::Split;
 
+mod predict;
 mod queue;
 
 /// The loss every classifier trains with.
@@ -101,6 +102,7 @@ pub struct Model<B: Backend> {
     recipe: Option<Recipe>,
     train: HashMap<usize, Exe<B>>,
     eval: HashMap<usize, Exe<B>>,
+    predict: HashMap<usize, Exe<B>>,
     grad: HashMap<usize, Exe<B>>,
     /// Optimizer steps taken (Adam's bias correction counts them).
     pub steps: u64,
@@ -322,6 +324,7 @@ impl<B: Backend> Model<B> {
             recipe: None,
             train: HashMap::new(),
             eval: HashMap::new(),
+            predict: HashMap::new(),
             grad: HashMap::new(),
             steps: 0,
             epoch: 0,
@@ -346,6 +349,7 @@ impl<B: Backend> Model<B> {
             self.train.clear();
             self.grad.clear();
             self.eval.clear();
+            self.predict.clear();
         }
         self.rng = recipe.seed ^ 0x5eed;
         self.recipe = Some(recipe);
@@ -465,6 +469,7 @@ impl<B: Backend> Model<B> {
             train,
             eval,
             grad,
+            predict,
             tensors,
             rows,
             y,
@@ -476,6 +481,7 @@ impl<B: Backend> Model<B> {
             Which::Train => train,
             Which::Eval => eval,
             Which::Grad => grad,
+            Which::Predict => predict,
         };
         let exe = exes.get_mut(&rows.len()).ok_or("no compiled step")?;
         let (rows, stats) = (&rows[..], (&mean[..], &std[..]));
@@ -777,6 +783,17 @@ impl<B: Backend> Model<B> {
         meta.insert("net".to_string(), self.net.clone());
         meta.insert("epoch".to_string(), self.epoch.to_string());
         meta.insert("steps".to_string(), self.steps.to_string());
+        // The normalization the model was trained with, so that predictions apply it.
+        let list = |v: &[f32]| {
+            v.iter()
+                .map(|x| format!("{x:e}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if !self.mean.is_empty() {
+            meta.insert("normalize_mean".to_string(), list(&self.mean));
+            meta.insert("normalize_std".to_string(), list(&self.std));
+        }
         Tensors { items }.save(path, meta)
     }
 
@@ -852,6 +869,34 @@ impl<B: Backend> Model<B> {
         }
         self.epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
         self.steps = meta.get("steps").and_then(|e| e.parse().ok()).unwrap_or(0);
+        let floats = |key: &str| -> Result<Vec<f32>, String> {
+            meta.get(key).map_or(Ok(Vec::new()), |v| {
+                v.split(',')
+                    .map(|x| {
+                        x.trim()
+                            .parse::<f32>()
+                            .map_err(|_| format!("{shown}: `{key}` holds `{x}`, not a number"))
+                    })
+                    .collect()
+            })
+        };
+        let (mean, std) = (floats("normalize_mean")?, floats("normalize_std")?);
+        if mean.len() != std.len() || std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(format!(
+                "{shown}: its normalization is not one positive standard deviation per mean"
+            ));
+        }
+        if !mean.is_empty() {
+            let channels = self.input.first().copied().unwrap_or(0);
+            if mean.len() != channels {
+                return Err(format!(
+                    "{shown}: its normalization has {} values, but `{}` takes {channels} channels",
+                    mean.len(),
+                    self.net
+                ));
+            }
+            (self.mean, self.std) = (mean, std);
+        }
         Ok(())
     }
 }
@@ -906,6 +951,7 @@ enum Which {
     Train,
     Eval,
     Grad,
+    Predict,
 }
 
 /// The classes of the labels input `y` of a step graph: what its `one_hot` takes.
