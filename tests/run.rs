@@ -534,3 +534,84 @@ fn predict_from_the_command_line_matches_predict_in_a_script() {
     assert!(stderr.contains("bad.png: not a readable PNG"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Rewrites safetensors file `from` into `to` with every tensor stored as `dtype`
+/// (`F64`, `BF16` or `I32`), as other tools save them.
+fn convert_safetensors(from: &std::path::Path, to: &std::path::Path, dtype: &str) {
+    let bytes = std::fs::read(from).expect("read");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("json");
+    let data = &bytes[8 + n..];
+    let mut out_header = serde_json::Map::new();
+    let mut out_data = Vec::new();
+    for (name, t) in header.as_object().expect("object") {
+        if name == "__metadata__" {
+            out_header.insert(name.clone(), t.clone());
+            continue;
+        }
+        let off = t["data_offsets"].as_array().expect("offsets");
+        let (a, b) = (
+            off[0].as_u64().expect("a") as usize,
+            off[1].as_u64().expect("b") as usize,
+        );
+        let start = out_data.len();
+        for c in data[a..b].chunks_exact(4) {
+            let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            match dtype {
+                "F64" => out_data.extend(f64::from(v).to_le_bytes()),
+                // Truncation, as a plain cast to bfloat16 would round: either is bf16.
+                "BF16" => out_data.extend(((v.to_bits() >> 16) as u16).to_le_bytes()),
+                _ => out_data.extend((v as i32).to_le_bytes()),
+            }
+        }
+        let mut t = t.clone();
+        t["dtype"] = dtype.into();
+        t["data_offsets"] = serde_json::json!([start, out_data.len()]);
+        out_header.insert(name.clone(), t);
+    }
+    let header = serde_json::to_vec(&serde_json::Value::Object(out_header)).expect("json");
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(out_data);
+    std::fs::write(to, file).expect("write");
+}
+
+/// A model saved in f64 or bf16 (as PyTorch users often save) loads, converted to f32:
+/// f64 scores exactly what the f32 file scores, bf16 within half a point; a tensor of an
+/// integer type is an error naming it, and the model is left as it was.
+#[test]
+fn checkpoints_in_f64_and_bf16_load() {
+    let d = dir("dtypes");
+    let net = "import std.nn.*\nimport std.data.*\nnet L: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\n";
+    let src = format!(
+        "{net}let data = mnist()\nlet m = train(L, data, TrainConfig {{ optimizer: sgd(lr: 0.1), batch: 64, epochs: 2, eval_every: 0 }})\nsave(m, \"l.safetensors\")\nprint(\"f32 {{100.0 * accuracy(m, data.test):.2}}\")\n"
+    );
+    let (code, out, err) = run(&d, &src, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let score = |out: &str, tag: &str| -> f64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{tag} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {tag} in {out}"))
+    };
+    let f32_acc = score(&out, "f32");
+    for dtype in ["F64", "BF16", "I32"] {
+        convert_safetensors(
+            &d.join("l.safetensors"),
+            &d.join(format!("{dtype}.safetensors")),
+            dtype,
+        );
+    }
+    let src = format!(
+        "{net}let data = mnist()\nlet a = load(L, \"F64.safetensors\")\nprint(\"F64 {{100.0 * accuracy(a, data.test):.2}}\")\nlet b = load(L, \"BF16.safetensors\")\nprint(\"BF16 {{100.0 * accuracy(b, data.test):.2}}\")\nlet c = load(L, \"I32.safetensors\")\n"
+    );
+    let (code, out, err) = run(&d, &src, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(score(&out, "F64"), f32_acc, "{out}");
+    assert!((score(&out, "BF16") - f32_acc).abs() <= 0.5, "{out}");
+    assert!(
+        err.contains("I32.safetensors: `layers.1.")
+            && err.contains("is I32; nabla reads F32, F64, F16 and BF16 tensors"),
+        "{err}"
+    );
+}

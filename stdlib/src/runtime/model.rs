@@ -797,9 +797,11 @@ impl<B: Backend> Model<B> {
         Tensors { items }.save(path, meta)
     }
 
-    /// Reads a checkpoint written by [`Model::save`] into this model; every tensor of the
-    /// model must be in it with its shape, and it must be of the same net. Optimizer slots
-    /// are restored when present.
+    /// Reads a checkpoint written by [`Model::save`] (or any safetensors file with the
+    /// model's tensor names) into this model; every tensor of the model must be in it with
+    /// its shape, and it must be of the same net. F32, F64, F16 and BF16 tensors are read
+    /// (as f32). Optimizer slots are restored when present. A bad file leaves the model
+    /// as it was.
     pub fn load(&mut self, backend: &B, path: &Path) -> Result<(), String> {
         self.forget_steps();
         let shown = path.display();
@@ -831,44 +833,24 @@ impl<B: Backend> Model<B> {
                     ));
                 }
             };
-            if view.dtype() != safetensors::Dtype::F32 || view.shape() != t.shape.as_slice() {
+            if view.shape() != t.shape.as_slice() {
                 return Err(format!(
-                    "{shown}: `{}` is {:?}{:?}, but the net's is F32{:?}",
+                    "{shown}: `{}` has shape {:?}, but the net's has shape {:?}",
                     t.name,
-                    view.dtype(),
                     view.shape(),
                     t.shape
                 ));
             }
-            let v = f32s(view.data());
-            loaded.push(v);
-        }
-        // Only now replace anything: a bad checkpoint leaves the model as it was.
-        let mut it = loaded.into_iter();
-        for t in self.tensors.iter_mut() {
-            if t.role == Role::Slot && st.tensor(&t.name).is_err() {
-                continue;
-            }
-            if let Some(v) = it.next() {
-                t.buf = Some(backend.upload(&t.shape, &v).map_err(err)?);
-            }
+            loaded.push(floats_of(&shown, &t.name, &view)?);
         }
         // Optimizer slots in the file that the model has not made yet.
+        let mut slots = Vec::new();
         for (name, view) in st.tensors() {
             if name.starts_with("opt.") && !self.tensors.iter().any(|t| t.name == name) {
-                let v = f32s(view.data());
-                let shape = view.shape().to_vec();
-                let buf = backend.upload(&shape, &v).map_err(err)?;
-                self.tensors.push(Tensor {
-                    name,
-                    shape,
-                    role: Role::Slot,
-                    buf: Some(buf),
-                });
+                let v = floats_of(&shown, &name, &view)?;
+                slots.push((name, view.shape().to_vec(), v));
             }
         }
-        self.epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
-        self.steps = meta.get("steps").and_then(|e| e.parse().ok()).unwrap_or(0);
         let floats = |key: &str| -> Result<Vec<f32>, String> {
             meta.get(key).map_or(Ok(Vec::new()), |v| {
                 v.split(',')
@@ -886,15 +868,36 @@ impl<B: Backend> Model<B> {
                 "{shown}: its normalization is not one positive standard deviation per mean"
             ));
         }
-        if !mean.is_empty() {
-            let channels = self.input.first().copied().unwrap_or(0);
-            if mean.len() != channels {
-                return Err(format!(
-                    "{shown}: its normalization has {} values, but `{}` takes {channels} channels",
-                    mean.len(),
-                    self.net
-                ));
+        let channels = self.input.first().copied().unwrap_or(0);
+        if !mean.is_empty() && mean.len() != channels {
+            return Err(format!(
+                "{shown}: its normalization has {} values, but `{}` takes {channels} channels",
+                mean.len(),
+                self.net
+            ));
+        }
+        // Only now replace anything: a bad checkpoint leaves the model as it was.
+        let mut it = loaded.into_iter();
+        for t in self.tensors.iter_mut() {
+            if t.role == Role::Slot && st.tensor(&t.name).is_err() {
+                continue;
             }
+            if let Some(v) = it.next() {
+                t.buf = Some(backend.upload(&t.shape, &v).map_err(err)?);
+            }
+        }
+        for (name, shape, v) in slots {
+            let buf = backend.upload(&shape, &v).map_err(err)?;
+            self.tensors.push(Tensor {
+                name,
+                shape,
+                role: Role::Slot,
+                buf: Some(buf),
+            });
+        }
+        self.epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
+        self.steps = meta.get("steps").and_then(|e| e.parse().ok()).unwrap_or(0);
+        if !mean.is_empty() {
             (self.mean, self.std) = (mean, std);
         }
         Ok(())
@@ -926,6 +929,20 @@ fn describe_node(p: &Program, g: &nabla_lang::ir::Graph, v: nabla_lang::ir::Valu
         text
     };
     format!("`{}` at {file}:{line}:{col} (`{text}`)", n.op.name())
+}
+
+/// A tensor of a checkpoint as f32 (F32, F64, F16 and BF16 are read).
+fn floats_of(
+    shown: &dyn std::fmt::Display,
+    name: &str,
+    view: &safetensors::tensor::TensorView,
+) -> Result<Vec<f32>, String> {
+    super::tensors::to_f32(view.dtype(), view.data()).ok_or_else(|| {
+        format!(
+            "{shown}: `{name}` is {:?}; nabla reads F32, F64, F16 and BF16 tensors",
+            view.dtype()
+        )
+    })
 }
 
 /// The loss a recipe trains with: label smoothing `eps[0]` when positive, else plain

@@ -141,8 +141,8 @@ impl Tensors {
     }
 }
 
-/// Little-endian floats of `dtype` as f32.
-fn to_f32(dtype: safetensors::Dtype, b: &[u8]) -> Option<Vec<f32>> {
+/// Little-endian floats of `dtype` as f32 (`None` for other dtypes).
+pub(super) fn to_f32(dtype: safetensors::Dtype, b: &[u8]) -> Option<Vec<f32>> {
     use safetensors::Dtype::*;
     Some(match dtype {
         F32 => super::model::f32s(b),
