@@ -4,7 +4,6 @@
 //! safetensors files written atomically.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use nabla_lang::backend::Backend;
 use nabla_lang::backend::memory;
@@ -20,6 +19,7 @@ use super::tensors::{Named, Tensors};
 
 use super::data::Split;
 
+mod checkpoint;
 mod predict;
 mod queue;
 
@@ -762,146 +762,6 @@ impl<B: Backend> Model<B> {
             )),
         }
     }
-
-    /// Writes params, state, optimizer slots and progress to `path` as safetensors,
-    /// atomically: a temporary file beside it, synced, then renamed over it.
-    pub fn save(&self, backend: &B, path: &Path) -> Result<(), String> {
-        let mut items = Vec::new();
-        for t in &self.tensors {
-            let buf = t
-                .buf
-                .as_ref()
-                .ok_or_else(|| format!("`{}` is missing", t.name))?;
-            items.push(Named {
-                name: t.name.clone(),
-                shape: t.shape.clone(),
-                data: backend.download(buf).map_err(err)?,
-            });
-        }
-        let mut meta = std::collections::BTreeMap::new();
-        meta.insert("format".to_string(), "nabla-checkpoint-1".to_string());
-        meta.insert("net".to_string(), self.net.clone());
-        meta.insert("epoch".to_string(), self.epoch.to_string());
-        meta.insert("steps".to_string(), self.steps.to_string());
-        // The normalization the model was trained with, so that predictions apply it.
-        let list = |v: &[f32]| {
-            v.iter()
-                .map(|x| format!("{x:e}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        if !self.mean.is_empty() {
-            meta.insert("normalize_mean".to_string(), list(&self.mean));
-            meta.insert("normalize_std".to_string(), list(&self.std));
-        }
-        Tensors { items }.save(path, meta)
-    }
-
-    /// Reads a checkpoint written by [`Model::save`] (or any safetensors file with the
-    /// model's tensor names) into this model; every tensor of the model must be in it with
-    /// its shape, and it must be of the same net. F32, F64, F16 and BF16 tensors are read
-    /// (as f32). Optimizer slots are restored when present. A bad file leaves the model
-    /// as it was.
-    pub fn load(&mut self, backend: &B, path: &Path) -> Result<(), String> {
-        self.forget_steps();
-        let shown = path.display();
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read checkpoint {shown}: {e}"))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            format!("{shown} is not a valid safetensors file (truncated or corrupt): {e}")
-        })?;
-        let (_, meta) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("{shown}: {e}"))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        if let Some(net) = meta.get("net")
-            && *net != self.net
-        {
-            return Err(format!(
-                "{shown} is a checkpoint of net `{net}`, not `{}`",
-                self.net
-            ));
-        }
-        let mut loaded = Vec::new();
-        for t in &self.tensors {
-            let view = match st.tensor(&t.name) {
-                Ok(v) => v,
-                Err(_) if t.role == Role::Slot => continue,
-                Err(_) => {
-                    return Err(format!(
-                        "{shown} has no tensor `{}`: it is not a checkpoint of net `{}`",
-                        t.name, self.net
-                    ));
-                }
-            };
-            if view.shape() != t.shape.as_slice() {
-                return Err(format!(
-                    "{shown}: `{}` has shape {:?}, but the net's has shape {:?}",
-                    t.name,
-                    view.shape(),
-                    t.shape
-                ));
-            }
-            loaded.push(floats_of(&shown, &t.name, &view)?);
-        }
-        // Optimizer slots in the file that the model has not made yet.
-        let mut slots = Vec::new();
-        for (name, view) in st.tensors() {
-            if name.starts_with("opt.") && !self.tensors.iter().any(|t| t.name == name) {
-                let v = floats_of(&shown, &name, &view)?;
-                slots.push((name, view.shape().to_vec(), v));
-            }
-        }
-        let floats = |key: &str| -> Result<Vec<f32>, String> {
-            meta.get(key).map_or(Ok(Vec::new()), |v| {
-                v.split(',')
-                    .map(|x| {
-                        x.trim()
-                            .parse::<f32>()
-                            .map_err(|_| format!("{shown}: `{key}` holds `{x}`, not a number"))
-                    })
-                    .collect()
-            })
-        };
-        let (mean, std) = (floats("normalize_mean")?, floats("normalize_std")?);
-        if mean.len() != std.len() || std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(format!(
-                "{shown}: its normalization is not one positive standard deviation per mean"
-            ));
-        }
-        let channels = self.input.first().copied().unwrap_or(0);
-        if !mean.is_empty() && mean.len() != channels {
-            return Err(format!(
-                "{shown}: its normalization has {} values, but `{}` takes {channels} channels",
-                mean.len(),
-                self.net
-            ));
-        }
-        // Only now replace anything: a bad checkpoint leaves the model as it was.
-        let mut it = loaded.into_iter();
-        for t in self.tensors.iter_mut() {
-            if t.role == Role::Slot && st.tensor(&t.name).is_err() {
-                continue;
-            }
-            if let Some(v) = it.next() {
-                t.buf = Some(backend.upload(&t.shape, &v).map_err(err)?);
-            }
-        }
-        for (name, shape, v) in slots {
-            let buf = backend.upload(&shape, &v).map_err(err)?;
-            self.tensors.push(Tensor {
-                name,
-                shape,
-                role: Role::Slot,
-                buf: Some(buf),
-            });
-        }
-        self.epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
-        self.steps = meta.get("steps").and_then(|e| e.parse().ok()).unwrap_or(0);
-        if !mean.is_empty() {
-            (self.mean, self.std) = (mean, std);
-        }
-        Ok(())
-    }
 }
 
 /// `` `log` at m.net:5:3 (`log(p)`) ``: a node's op and the source it was lowered from.
@@ -929,20 +789,6 @@ fn describe_node(p: &Program, g: &nabla_lang::ir::Graph, v: nabla_lang::ir::Valu
         text
     };
     format!("`{}` at {file}:{line}:{col} (`{text}`)", n.op.name())
-}
-
-/// A tensor of a checkpoint as f32 (F32, F64, F16 and BF16 are read).
-fn floats_of(
-    shown: &dyn std::fmt::Display,
-    name: &str,
-    view: &safetensors::tensor::TensorView,
-) -> Result<Vec<f32>, String> {
-    super::tensors::to_f32(view.dtype(), view.data()).ok_or_else(|| {
-        format!(
-            "{shown}: `{name}` is {:?}; nabla reads F32, F64, F16 and BF16 tensors",
-            view.dtype()
-        )
-    })
 }
 
 /// The loss a recipe trains with: label smoothing `eps[0]` when positive, else plain
