@@ -615,3 +615,42 @@ fn checkpoints_in_f64_and_bf16_load() {
         "{err}"
     );
 }
+
+/// `save` writes the model alone (parameters and state: no optimizer slots, no
+/// progress), `checkpoint` what resuming needs; both load, to the same accuracy.
+#[test]
+fn save_writes_the_model_and_checkpoint_what_training_needs() {
+    let d = dir("save");
+    let src = "import std.nn.*\nimport std.data.*\nnet L: f32[1, 28, 28] -> f32[10] {\n  flatten\n  dense(10)\n}\nlet data = mnist()\nlet m = train(L, data, TrainConfig { optimizer: adam(lr: 0.001), batch: 64, epochs: 1, eval_every: 0, checkpoint: \"c.safetensors\" })\nsave(m, \"m.safetensors\")\nprint(\"a {100.0 * accuracy(m, data.test):.2}\")\nprint(\"b {100.0 * accuracy(load(L, \"m.safetensors\"), data.test):.2}\")\nprint(\"c {100.0 * accuracy(load(L, \"c.safetensors\"), data.test):.2}\")\n";
+    let (code, out, err) = run(&d, src, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let acc: Vec<&str> = ["a ", "b ", "c "]
+        .iter()
+        .map(|t| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(t))
+                .expect("accuracy")
+        })
+        .collect();
+    assert!(acc[0] == acc[1] && acc[1] == acc[2], "{out}");
+    let header = |f: &str| -> serde_json::Value {
+        let bytes = std::fs::read(d.join(f)).expect("file");
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        serde_json::from_slice(&bytes[8..8 + n]).expect("json")
+    };
+    let (m, c) = (header("m.safetensors"), header("c.safetensors"));
+    let keys = |h: &serde_json::Value| -> Vec<String> {
+        h.as_object()
+            .expect("object")
+            .keys()
+            .filter(|k| *k != "__metadata__")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(keys(&m), ["layers.1.b", "layers.1.w"], "{m}");
+    assert_eq!(m["__metadata__"]["format"], "nabla-model-1");
+    assert!(m["__metadata__"].get("epoch").is_none(), "{m}");
+    assert!(keys(&c).iter().any(|k| k.starts_with("opt.m.")), "{c}");
+    assert_eq!(c["__metadata__"]["format"], "nabla-checkpoint-1");
+    assert_eq!(c["__metadata__"]["epoch"], "1");
+}

@@ -603,7 +603,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 // before writing anything.
                 m.drain(self.p, backend)?;
                 m.epoch = a[2];
-                m.save(backend, &path)?;
+                m.checkpoint(backend, &path)?;
                 Ok(0)
             }
             Restore => {

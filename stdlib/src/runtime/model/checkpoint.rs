@@ -11,11 +11,27 @@ use super::super::tensors::{Named, Tensors};
 use super::{Model, Role, Tensor, err};
 
 impl<B: Backend> Model<B> {
-    /// Writes params, state, optimizer slots and progress to `path` as safetensors,
-    /// atomically: a temporary file beside it, synced, then renamed over it.
+    /// Writes the training checkpoint — params, state, optimizer slots and progress — to
+    /// `path` as safetensors, atomically: a temporary file beside it, synced, then renamed
+    /// over it. Training resumes from it.
+    pub fn checkpoint(&self, backend: &B, path: &Path) -> Result<(), String> {
+        self.write(backend, path, true)
+    }
+
+    /// Writes the model alone — its parameters and net state (batchnorm statistics), no
+    /// optimizer slots, no progress — to `path`, atomically: the file to share, load for
+    /// predictions or fine-tune from (with fresh optimizer slots).
     pub fn save(&self, backend: &B, path: &Path) -> Result<(), String> {
+        self.write(backend, path, false)
+    }
+
+    fn write(&self, backend: &B, path: &Path, training: bool) -> Result<(), String> {
         let mut items = Vec::new();
-        for t in &self.tensors {
+        for t in self
+            .tensors
+            .iter()
+            .filter(|t| training || t.role != Role::Slot)
+        {
             let buf = t
                 .buf
                 .as_ref()
@@ -27,10 +43,14 @@ impl<B: Backend> Model<B> {
             });
         }
         let mut meta = std::collections::BTreeMap::new();
-        meta.insert("format".to_string(), "nabla-checkpoint-1".to_string());
         meta.insert("net".to_string(), self.net.clone());
-        meta.insert("epoch".to_string(), self.epoch.to_string());
-        meta.insert("steps".to_string(), self.steps.to_string());
+        if training {
+            meta.insert("format".to_string(), "nabla-checkpoint-1".to_string());
+            meta.insert("epoch".to_string(), self.epoch.to_string());
+            meta.insert("steps".to_string(), self.steps.to_string());
+        } else {
+            meta.insert("format".to_string(), "nabla-model-1".to_string());
+        }
         // The normalization the model was trained with, so that predictions apply it.
         let list = |v: &[f32]| {
             v.iter()
@@ -45,7 +65,8 @@ impl<B: Backend> Model<B> {
         Tensors { items }.save(path, meta)
     }
 
-    /// Reads a checkpoint written by [`Model::save`] (or any safetensors file with the
+    /// Reads a checkpoint or a model written by [`Model::checkpoint`] or [`Model::save`]
+    /// (or any safetensors file with the
     /// model's tensor names) into this model; every tensor of the model must be in it with
     /// its shape, and it must be of the same net. F32, F64, F16 and BF16 tensors are read
     /// (as f32). Optimizer slots are restored when present. A bad file leaves the model
