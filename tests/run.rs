@@ -614,6 +614,27 @@ fn checkpoints_in_f64_and_bf16_load() {
             && err.contains("is I32; nabla reads F32, F64, F16 and BF16 tensors"),
         "{err}"
     );
+    // A tensor the net does not have (another net's, or another naming) is an error
+    // naming it, not ignored.
+    let bytes = std::fs::read(d.join("l.safetensors")).expect("read");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("json");
+    let end = bytes.len() - 8 - n;
+    header["fc.weight"] =
+        serde_json::json!({"dtype": "F32", "shape": [1], "data_offsets": [end, end + 4]});
+    let header = serde_json::to_vec(&header).expect("json");
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(&bytes[8 + n..]);
+    file.extend(1f32.to_le_bytes());
+    std::fs::write(d.join("extra.safetensors"), file).expect("write");
+    let src = format!("{net}let a = load(L, \"extra.safetensors\")\n");
+    let (code, out, err) = run(&d, &src, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("extra.safetensors has 1 tensor that net `L` does not: `fc.weight`"),
+        "{err}"
+    );
 }
 
 /// `save` writes the model alone (parameters and state: no optimizer slots, no

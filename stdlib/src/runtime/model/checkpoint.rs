@@ -112,13 +112,43 @@ impl<B: Backend> Model<B> {
             }
             loaded.push(floats_of(&shown, &t.name, &view)?);
         }
-        // Optimizer slots in the file that the model has not made yet.
+        // Optimizer slots in the file that the model has not made yet; any other tensor
+        // the model lacks means the file is of another net or another naming: loading
+        // part of it would silently leave a model that is not what was saved.
         let mut slots = Vec::new();
+        let mut extra = Vec::new();
         for (name, view) in st.tensors() {
-            if name.starts_with("opt.") && !self.tensors.iter().any(|t| t.name == name) {
+            if self.tensors.iter().any(|t| t.name == name) {
+                continue;
+            }
+            if name.starts_with("opt.") {
                 let v = floats_of(&shown, &name, &view)?;
                 slots.push((name, view.shape().to_vec(), v));
+            } else {
+                extra.push(name);
             }
+        }
+        if !extra.is_empty() {
+            extra.sort();
+            let more = if extra.len() > 3 {
+                format!(" and {} more", extra.len() - 3)
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "{shown} has {} tensor{} that net `{}` does not: {}{more} (a file of another net, or of other parameter names: `{}` names its own `{}`)",
+                extra.len(),
+                if extra.len() == 1 { "" } else { "s" },
+                self.net,
+                extra
+                    .iter()
+                    .take(3)
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.net,
+                self.tensors.first().map_or("", |t| t.name.as_str()),
+            ));
         }
         let floats = |key: &str| -> Result<Vec<f32>, String> {
             meta.get(key).map_or(Ok(Vec::new()), |v| {
