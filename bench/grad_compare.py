@@ -30,9 +30,10 @@ def batch(n):
 
 
 def layers(params):
-    """[(w [out, in] as torch.nn.Linear, b [out])] of `layers.K.w` / `layers.K.b`, in K order."""
-    ks = sorted({int(k.split(".")[1]) for k in params if k.startswith("layers.")})
-    return [(k, params[f"layers.{k}.w"], params[f"layers.{k}.b"]) for k in ks]
+    """[(K, weight [out, in] as torch.nn.Linear's, bias [out])] of `K.weight` / `K.bias`,
+    in K order (the net's stage numbers)."""
+    ks = sorted({int(k.split(".")[0]) for k in params if k.endswith(".weight")})
+    return [(k, params[f"{k}.weight"], params[f"{k}.bias"]) for k in ks]
 
 
 def torch_grads(params, x, y):
@@ -47,7 +48,7 @@ def torch_grads(params, x, y):
     loss.backward()
     out = {}
     for k, w, b in ws:
-        out[f"layers.{k}.w"], out[f"layers.{k}.b"] = w.grad.numpy(), b.grad.numpy()
+        out[f"{k}.weight"], out[f"{k}.bias"] = w.grad.numpy(), b.grad.numpy()
     return float(loss.detach()), out
 
 
@@ -66,7 +67,7 @@ def jax_grads(params, x, y):
     value, gs = jax.value_and_grad(loss)([(jnp.asarray(w), jnp.asarray(b)) for _, w, b in ws])
     out = {}
     for (k, _, _), (gw, gb) in zip(ws, gs):
-        out[f"layers.{k}.w"], out[f"layers.{k}.b"] = np.asarray(gw), np.asarray(gb)
+        out[f"{k}.weight"], out[f"{k}.bias"] = np.asarray(gw), np.asarray(gb)
     return float(value), out
 
 

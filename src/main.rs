@@ -4,6 +4,7 @@
 mod bench;
 mod conformance;
 mod devices;
+mod onnx;
 mod predict;
 mod repl;
 mod run;
@@ -110,8 +111,8 @@ enum Command {
         /// (first and last included): for nets too large to check every tensor.
         #[arg(long)]
         tensors: Option<usize>,
-        /// Check only these parameter tensors of the nets (structural names, e.g.
-        /// `layers.4.batchnorm1.beta`; repeatable).
+        /// Check only these parameter tensors of the nets (module names, e.g.
+        /// `layer1.0.bn1.bias`; repeatable).
         #[arg(long)]
         param: Vec<String>,
         /// Examples per batch of the nets' instances. Batchnorm over few values per
@@ -173,6 +174,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = run::Device::Cpu)]
         device: run::Device,
     },
+    /// Write a net's eval-mode forward pass, with a checkpoint's weights, as an ONNX model
+    /// (opset 17, batch dimension symbolic).
+    Export {
+        file: PathBuf,
+        /// The net (default: the file's only net).
+        net: Option<String>,
+        /// A checkpoint of the net (safetensors, as `save` or `checkpoint` write it, or a
+        /// PyTorch state dict with the same names).
+        #[arg(long)]
+        params: PathBuf,
+        /// Where to write the model.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Another per-example input shape, `C,H,W` (where the net's layers allow it):
+        /// the model is exported for that size.
+        #[arg(long, value_delimiter = ',')]
+        input: Option<Vec<usize>>,
+    },
     /// Run the conformance suite on a device against the f64 interpreter: every op
     /// forward and backward, the nine example nets, train steps with every optimizer,
     /// bf16 rounding and bf16 products (the example nets are built in).
@@ -188,6 +207,10 @@ enum Command {
         file: PathBuf,
         /// Only this net (default: every net in the file).
         net: Option<String>,
+        /// List the model's parameter and state names with their shapes (its state dict's
+        /// keys, as PyTorch names them) instead of the stages.
+        #[arg(long)]
+        keys: bool,
     },
 }
 
@@ -225,7 +248,7 @@ fn group(n: u64) -> String {
     out
 }
 
-fn info(checked: &Checked, only: Option<&str>) -> Result<(), String> {
+fn info(checked: &Checked, only: Option<&str>, keys: bool) -> Result<(), String> {
     let nets: Vec<_> = checked
         .nets
         .iter()
@@ -246,6 +269,17 @@ fn info(checked: &Checked, only: Option<&str>) -> Result<(), String> {
         });
     }
     for net in nets {
+        if keys {
+            // One `name shape kind` line per tensor, for scripts and for comparing with a
+            // PyTorch module's `state_dict()`.
+            for (kind, list) in [("param", &net.param_names), ("state", &net.state_names)] {
+                for (name, shape) in list {
+                    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+                    println!("{name} [{}] {kind}", dims.join(", "));
+                }
+            }
+            continue;
+        }
         println!("net {}: {} -> {}", net.name, net.input, net.output);
         let text = checked.program.sources.text(net.span.file);
         let width = net
@@ -839,6 +873,39 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
             devices::list();
             ExitCode::SUCCESS
         }
+        Command::Export {
+            file,
+            net,
+            params,
+            output,
+            input,
+        } => {
+            let Some(checked) = check_one(&file) else {
+                return ExitCode::from(1);
+            };
+            let b = &nabla_jit::Cpu::new();
+            let done = pick_net(&checked, net).and_then(|net| {
+                onnx::export(&checked, &net, &params, &output, input.as_deref(), b)
+                    .map(|e| (net, e))
+            });
+            match done {
+                Ok((net, e)) => {
+                    println!(
+                        "wrote {} ({net}: {} nodes, {} initializers, {} bytes, opset {})",
+                        output.display(),
+                        e.nodes,
+                        e.initializers,
+                        e.bytes,
+                        onnx::OPSET
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Predict {
             file,
             args,
@@ -1005,7 +1072,7 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
                 },
             )
         }
-        Command::Info { file, net } => {
+        Command::Info { file, net, keys } => {
             let roots = match read_roots(std::slice::from_ref(&file)) {
                 Ok(r) => r,
                 Err(e) => {
@@ -1018,7 +1085,7 @@ fn command(cli: Cli, started: std::time::Instant) -> ExitCode {
             if checked.has_errors() {
                 return ExitCode::from(1);
             }
-            match info(&checked, net.as_deref()) {
+            match info(&checked, net.as_deref(), keys) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -37,7 +37,7 @@ pub fn predict<B: Backend + 'static>(
     let probs = m
         .predict(&checked.program, b, &split, 64)
         .map_err(crate::Failure::Message)?;
-    for (path, row) in images.iter().zip(probs) {
+    for (path, row) in images.iter().zip(probs.rows()) {
         let mut order: Vec<usize> = (0..row.len()).collect();
         order.sort_by(|x, y| row[*y].total_cmp(&row[*x]).then(x.cmp(y)));
         let shown: Vec<String> = order

@@ -363,7 +363,7 @@ impl Session {
             ":type" | ":t" => self.type_of(arg),
             ":shape" => {
                 if let Ok(c) = self.check("")
-                    && let Err(e) = crate::info(&c, (!arg.is_empty()).then_some(arg))
+                    && let Err(e) = crate::info(&c, (!arg.is_empty()).then_some(arg), false)
                 {
                     eprintln!("error: {e}");
                 }

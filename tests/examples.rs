@@ -65,12 +65,7 @@ fn structural_parameter_names() {
     assert_eq!(
         names,
         [
-            "layers.1.w",
-            "layers.1.b",
-            "layers.2.w",
-            "layers.2.b",
-            "layers.3.w",
-            "layers.3.b"
+            "1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias"
         ]
     );
     assert_eq!(net.param_names[0].1, vec![512, 784]);
@@ -85,11 +80,20 @@ fn stage_shapes_of_the_cnn() {
         [
             "f32[B, 32, 28, 28]",
             "f32[B, 32, 28, 28]",
+            "f32[B, 32, 28, 28]",
+            "f32[B, 32, 28, 28]",
+            "f32[B, 32, 28, 28]",
+            "f32[B, 32, 28, 28]",
             "f32[B, 32, 14, 14]",
+            "f32[B, 64, 14, 14]",
+            "f32[B, 64, 14, 14]",
+            "f32[B, 64, 14, 14]",
+            "f32[B, 64, 14, 14]",
             "f32[B, 64, 14, 14]",
             "f32[B, 64, 14, 14]",
             "f32[B, 64, 7, 7]",
             "f32[B, 3136]",
+            "f32[B, 512]",
             "f32[B, 512]",
             "f32[B, 10]"
         ]

@@ -49,11 +49,8 @@ fn linear_classifier() {
     insta::assert_snapshot!("linear_backward", bwd);
     // The book's result, and nothing more: dW = (softmax(z) - e_y)ᵀ ⊗ x, db = softmax(z) - e_y.
     insta::assert_snapshot!("linear_backward_source", src);
-    assert!(src.contains("grad.layers.1.w = t3.T @ t0"), "{src}");
-    assert!(
-        src.contains("grad.layers.1.b = sum(t3, axis: [0])"),
-        "{src}"
-    );
+    assert!(src.contains("grad.`1.weight` = t3.T @ t0"), "{src}");
+    assert!(src.contains("grad.`1.bias` = sum(t3, axis: [0])"), "{src}");
 }
 
 #[test]

@@ -87,7 +87,7 @@ fn nets_can_be_defined_and_inspected() {
         "{out}\n{err}"
     );
     assert!(
-        out.contains("d layers.0.w = t2.T @ x")
+        out.contains("d `0.weight` = t2.T @ x")
             && out.contains("%0 = input \"x\" data : f32[1, 4]"),
         "{out}"
     );

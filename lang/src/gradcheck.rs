@@ -161,7 +161,7 @@ pub fn random_inputs(g: &Graph, seed: u64, classes: usize) -> HashMap<String, Te
                 (0..n)
                     .map(|i| {
                         scale * normal(s, i as u64)
-                            + if node.shape.len() <= 1 && name.ends_with("gamma") {
+                            + if node.shape.len() <= 1 && name.ends_with("weight") {
                                 1.0
                             } else {
                                 0.0

@@ -130,6 +130,8 @@ pub enum OutRole {
     Gradient(String),
     /// Class probabilities, `[batch, classes]` (the prediction step).
     Probabilities,
+    /// The net's output before the softmax, `[batch, classes]` (the prediction step).
+    Logits,
     /// The new value of input `input` (by position among the graph's inputs), which
     /// replaces it after a run (the IR's state convention).
     Update { input: usize },
@@ -447,7 +449,29 @@ pub fn grad_step(
     loss: (&str, &[(&str, f64)]),
     input: Option<&[usize]>,
 ) -> Result<Step, Diagnostic> {
-    let l = lower_net_loss(p, 0, net, batch, Mode::Train, Some(loss), input)?;
+    grad_step_with(p, net, batch, loss, input, true)
+}
+
+/// [`grad_step`], with dropout the identity when `dropout` is false: a train-mode
+/// gradient (batch statistics) that another tool can reproduce exactly.
+pub fn grad_step_with(
+    p: &Program,
+    net: &str,
+    batch: usize,
+    loss: (&str, &[(&str, f64)]),
+    input: Option<&[usize]>,
+    dropout: bool,
+) -> Result<Step, Diagnostic> {
+    let l = crate::check::lower::lower_net_with(
+        p,
+        0,
+        net,
+        batch,
+        Mode::Train,
+        Some(loss),
+        input,
+        dropout,
+    )?;
     let lv = l
         .loss
         .ok_or_else(|| Diagnostic::error("E0411", "the net has no loss"))?;
@@ -540,7 +564,7 @@ pub fn predict_step(
         DType::F32,
         shape.clone(),
     );
-    g.outputs = vec![("probs".into(), probs)];
+    g.outputs = vec![("logits".into(), z), ("probs".into(), probs)];
     let graph = crate::opt::optimize(&g);
     crate::ir::verify(&graph).map_err(|e| {
         Diagnostic::error(
@@ -548,8 +572,10 @@ pub fn predict_step(
             format!("the prediction step does not verify: {e:?}"),
         )
     })?;
-    let signature = signature(&graph, &[], |n| {
-        (n == "probs").then_some(OutRole::Probabilities)
+    let signature = signature(&graph, &[], |n| match n {
+        "logits" => Some(OutRole::Logits),
+        "probs" => Some(OutRole::Probabilities),
+        _ => None,
     })?;
     Ok(Step {
         graph,

@@ -69,8 +69,8 @@ fn the_linear_classifier_runs() {
                 vec![2, 1, 28, 28],
                 (0..2 * 784).map(|i| (i % 7) as f64).collect(),
             ),
-            "layers.1.w" => Tensor::zeros(nabla_lang::check::ty::DType::F32, &[10, 784]),
-            "layers.1.b" => Tensor::new(
+            "1.weight" => Tensor::zeros(nabla_lang::check::ty::DType::F32, &[10, 784]),
+            "1.bias" => Tensor::new(
                 nabla_lang::check::ty::DType::F32,
                 vec![10],
                 (0..10).map(f64::from).collect(),

@@ -66,6 +66,8 @@ fn degenerate_instances_are_named_never_failed() {
             );
         }
     }
-    // Most of them are degenerate enough that some tensor misses the bar at batch 2.
-    assert!(named >= 3, "only {named} of 10 were named degenerate");
+    // Several of them are degenerate enough that some tensor misses the bar at batch 2
+    // (which ones depends on the values drawn, seeded by the tensors' names), so both
+    // outcomes are exercised.
+    assert!(named >= 2, "only {named} of 10 were named degenerate");
 }

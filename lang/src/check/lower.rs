@@ -39,6 +39,9 @@ pub struct Lowering {
     pub input: Option<Vec<usize>>,
     /// How each parameter and state input starts (its declaration's initializer).
     pub inits: Vec<(ValueId, InitSpec)>,
+    /// Dropout is the identity even in training: for comparing a train-mode gradient
+    /// with another tool's, which cannot draw the same random numbers.
+    pub no_dropout: bool,
 }
 
 /// A parameter's initializer as declared (`he_normal(fan_in: 784)`): the initializer's
@@ -89,6 +92,10 @@ pub(super) trait IrSink {
     fn composite(&mut self, c: Composite);
     /// A fresh seed for a random op, so that each draws its own numbers.
     fn next_seed(&mut self) -> u64;
+    /// Whether `dropout` drops (in training); see [`Lowering::no_dropout`].
+    fn dropout(&self) -> bool {
+        true
+    }
 }
 
 /// The sink of a check that lowers nothing: it keeps nothing and gives no values.
@@ -133,6 +140,9 @@ impl IrSink for NoIr {
 impl IrSink for Lowering {
     fn building(&self) -> bool {
         true
+    }
+    fn dropout(&self) -> bool {
+        !self.no_dropout
     }
     fn mode(&self) -> Option<Mode> {
         Some(self.graph.mode)
@@ -418,14 +428,13 @@ impl Cx<'_> {
     /// Gives the parameters and state of net stage `label` their structural names.
     pub(super) fn name_inputs(
         &mut self,
-        label: &str,
         params: &[(String, Vec<Dim>, Val)],
         states: &[(String, Vec<Dim>, Val)],
     ) {
         for (n, _, v) in params.iter().chain(states) {
             // Only inputs that were built have a value to name.
             if let Some(v) = v {
-                self.ir.name_input(*v, format!("{label}.{n}"));
+                self.ir.name_input(*v, n.clone());
             }
         }
     }
@@ -485,6 +494,10 @@ impl Cx<'_> {
 
     pub(super) fn next_seed(&mut self) -> u64 {
         self.ir.next_seed()
+    }
+
+    pub(super) fn dropout(&self) -> bool {
+        self.ir.dropout()
     }
 }
 
@@ -560,6 +573,22 @@ pub fn lower_net_loss(
     loss: Option<(&str, &[(&str, f64)])>,
     input: Option<&[usize]>,
 ) -> Result<Lowered, Diagnostic> {
+    lower_net_with(p, module, net, batch, mode, loss, input, true)
+}
+
+/// [`lower_net_loss`], with dropout turned off when `dropout` is false (see
+/// [`Lowering::no_dropout`]).
+#[allow(clippy::too_many_arguments)]
+pub fn lower_net_with(
+    p: &super::Program,
+    module: usize,
+    net: &str,
+    batch: usize,
+    mode: Mode,
+    loss: Option<(&str, &[(&str, f64)])>,
+    input: Option<&[usize]>,
+    dropout: bool,
+) -> Result<Lowered, Diagnostic> {
     let id = p
         .lookup(module, net)
         .ok_or_else(|| lower_error(format!("no net `{net}`")))?;
@@ -575,6 +604,7 @@ pub fn lower_net_loss(
     let mut lowering = Lowering {
         batch: Some(batch as i64),
         input: input.map(|s| s.to_vec()),
+        no_dropout: !dropout,
         ..Lowering::default()
     };
     lowering.graph.mode = mode;

@@ -991,6 +991,9 @@ pub(super) fn lower_extern(
         "dropout" => {
             // keep = u >= p; y = keep ? x / (1 - p) : 0, with u from the counter-based RNG.
             let p = attr("p").and_then(|t| t.scalar())?;
+            if !cx.dropout() {
+                return val("x");
+            }
             let seed = cx.next_seed();
             let u = cx.emit(Op::RandomUniform { seed }, &[], dt, &dims);
             let pv = cx.constant(p, dt, &dims);

@@ -460,6 +460,9 @@ impl Lowerer<'_> {
                     .collect();
                 self.call(cx, n, callee.span, &args, span)
             }
+            ExprKind::Labelled(label, _) => {
+                self.unsupported(label.span, "a label outside tensor code")
+            }
             ExprKind::Pipe(x, f) => match &f.kind {
                 ExprKind::Name(n) => self.call(cx, n, f.span, &[(None, x)], span),
                 ExprKind::Call { callee, args } => {

@@ -584,7 +584,9 @@ fn stage_symbols(p: &Program, stages: &[Stage], info: &[crate::check::StageInfo]
                 .map(|i| i.output.clone())
                 .unwrap_or_default();
             let children = match &s.kind {
-                StageKind::Repeat { body, .. } => stage_symbols(p, body, info),
+                StageKind::Repeat { body, .. } | StageKind::Group(body) => {
+                    stage_symbols(p, body, info)
+                }
                 _ => vec![],
             };
             Symbol {

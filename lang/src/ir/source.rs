@@ -61,7 +61,7 @@ pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
         let p = prec(&n.op);
         let e = match &n.op {
             Op::Input { name, .. } => {
-                names.insert(v, name.clone());
+                names.insert(v, quoted(name));
                 continue;
             }
             Op::Const(c) => format!("{c}"),
@@ -161,6 +161,11 @@ pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
         }
     }
     for (name, v) in outputs {
+        // A gradient output is `grad.` and its parameter's name.
+        let name = match name.strip_prefix("grad.") {
+            Some(p) => format!("grad.{}", quoted(p)),
+            None => quoted(&name),
+        };
         let e = names
             .get(&v)
             .cloned()
@@ -169,4 +174,21 @@ pub fn print_source(g: &Graph, keep: &dyn Fn(&str) -> bool) -> String {
         lines.push(format!("{name} = {e}"));
     }
     lines.join("\n") + "\n"
+}
+
+/// A name as source: as it is when it reads as one (`x`, `conv1.weight`), else in
+/// backticks (`` `1.weight` ``, a parameter of an `nn.Sequential`'s stage 1), which would
+/// otherwise read as the number `1.`.
+fn quoted(name: &str) -> String {
+    let plain = name.split('.').all(|seg| {
+        seg.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    if plain {
+        name.to_string()
+    } else {
+        format!("`{name}`")
+    }
 }

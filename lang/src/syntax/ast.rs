@@ -87,19 +87,48 @@ pub struct NetDecl {
 #[derive(Clone, Debug)]
 pub struct Stage {
     pub kind: StageKind,
-    pub label: Option<Ident>,
+    pub label: Option<ModuleLabel>,
     pub span: Span,
+}
+
+/// The name a stage or a pipeline step gives the module it makes, and so the prefix of its
+/// parameters' names: a path (`conv1`, `block.0`, `features.18`), a string whose `{i}`
+/// parts are known ints (`"encoder_layer_{i}"`), or `self` (no name of its own: the
+/// parameters belong to the enclosing layer or net).
+#[derive(Clone, Debug)]
+pub struct ModuleLabel {
+    /// A path is one literal part.
+    pub parts: Vec<StrPart>,
+    pub span: Span,
+}
+
+impl ModuleLabel {
+    /// The label's text when it has no interpolated parts.
+    pub fn literal(&self) -> Option<String> {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                StrPart::Lit(s) => Some(s.as_str()),
+                StrPart::Interp(..) => None,
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug)]
 pub enum StageKind {
     /// A layer or fn application, a bare name, or any other expression of the running value.
     Apply(Expr),
-    /// `repeat n { stages }`.
+    /// `repeat n { stages }` or `repeat n as i { stages }`: the stages written out n times,
+    /// `i` counting from 0.
     Repeat {
         count: Expr,
+        index: Option<Ident>,
         body: Vec<Stage>,
     },
+    /// `{ stages }`: a sequence of its own, whose stages are numbered from 0 under the
+    /// group's name (a nested `nn.Sequential`).
+    Group(Vec<Stage>),
     Error,
 }
 
@@ -324,6 +353,8 @@ pub enum ExprKind {
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `x |> f`: apply `f` to `x`.
     Pipe(Box<Expr>, Box<Expr>),
+    /// `label: layer(...)`, only as the right side of `|>`: the layer's module name.
+    Labelled(ModuleLabel, Box<Expr>),
     If {
         cond: Box<Expr>,
         then: Block,

@@ -179,14 +179,20 @@ impl<'a> Node<'a> {
                 StmtKind::Break | StmtKind::Continue | StmtKind::Error => {}
             },
             Node::Block(b) => out.extend(b.stmts.iter_mut().map(Node::Stmt)),
-            Node::Stage(s) => match &mut s.kind {
-                StageKind::Apply(e) => out.push(Node::Expr(e)),
-                StageKind::Repeat { count, body } => {
-                    out.push(Node::Expr(count));
-                    out.extend(body.iter_mut().map(Node::Stage));
+            Node::Stage(s) => {
+                if let Some(label) = &mut s.label {
+                    out.extend(interpolated(&mut label.parts));
                 }
-                StageKind::Error => {}
-            },
+                match &mut s.kind {
+                    StageKind::Apply(e) => out.push(Node::Expr(e)),
+                    StageKind::Repeat { count, body, .. } => {
+                        out.push(Node::Expr(count));
+                        out.extend(body.iter_mut().map(Node::Stage));
+                    }
+                    StageKind::Group(body) => out.extend(body.iter_mut().map(Node::Stage)),
+                    StageKind::Error => {}
+                }
+            }
             Node::Type(t) => match &mut t.kind {
                 TypeKind::Tensor { dims, .. } => out.extend(dims.iter_mut().map(Node::Dim)),
                 TypeKind::List(inner) => out.push(Node::Type(inner)),
@@ -213,10 +219,11 @@ fn expr_children<'a>(e: &'a mut Expr, out: &mut Vec<Node<'a>>) {
         | ExprKind::Bool(_)
         | ExprKind::Name(_)
         | ExprKind::Error => {}
-        ExprKind::Str(parts) => out.extend(parts.iter_mut().filter_map(|p| match p {
-            StrPart::Interp(x, _) => Some(Node::Expr(x)),
-            StrPart::Lit(_) => None,
-        })),
+        ExprKind::Str(parts) => out.extend(interpolated(parts)),
+        ExprKind::Labelled(label, x) => {
+            out.extend(interpolated(&mut label.parts));
+            out.push(Node::Expr(x));
+        }
         ExprKind::Call { callee, args } => {
             out.push(Node::Expr(callee));
             out.extend(args.iter_mut().map(|a| Node::Expr(&mut a.value)));
@@ -248,6 +255,14 @@ fn expr_children<'a>(e: &'a mut Expr, out: &mut Vec<Node<'a>>) {
         }
         ExprKind::List(xs) => out.extend(xs.iter_mut().map(Node::Expr)),
     }
+}
+
+/// The expressions inside a string's (or a label's) `{...}` parts.
+fn interpolated(parts: &mut [StrPart]) -> impl Iterator<Item = Node<'_>> {
+    parts.iter_mut().filter_map(|p| match p {
+        StrPart::Interp(x, _) => Some(Node::Expr(x)),
+        StrPart::Lit(_) => None,
+    })
 }
 
 /// The roots of an item's tree.

@@ -205,6 +205,58 @@ where
     sym(")").recover_with(via_parser(empty().to(Token::Error(')'))))
 }
 
+/// A string literal, split into literal parts and `{expr}` interpolations.
+fn string_lit<'t, I>(file: FileId) -> impl Parser<'t, I, Vec<StrPart>, Ex<'t>> + Clone
+where
+    I: ValueInput<'t, Token = Token, Span = SimpleSpan>,
+{
+    select! { Token::Str(s) = e => (s, e.span()) }.validate(
+        move |(s, span): (String, SimpleSpan), _, emitter| {
+            let (parts, errors) = interpolate(&s, file, span.start + 1);
+            for err in errors {
+                // Syntax errors go through the parser (so recovery knows of them); other
+                // diagnostics (nesting too deep) keep their codes.
+                if err.code != "E0002" {
+                    PASSED.with(|p| p.borrow_mut().push(err));
+                    continue;
+                }
+                let at = err.labels.first().map(|l| l.span).unwrap_or(sp(file, span));
+                let message = if err.message.starts_with(INTERPOLATION) {
+                    err.message.clone()
+                } else {
+                    format!("{INTERPOLATION}{}", err.message)
+                };
+                emitter.emit(Rich::custom(SimpleSpan::from(at.start..at.end), message));
+            }
+            parts
+        },
+    )
+}
+
+/// A module name before `:`: a path of names and numbers (`conv1`, `features.1.0`), or a
+/// string with `{int}` parts (`"encoder_layer_{i}"`). `self` is a path like any other;
+/// the checker gives it its meaning.
+fn label<'t, I>(file: FileId) -> impl Parser<'t, I, ModuleLabel, Ex<'t>> + Clone
+where
+    I: ValueInput<'t, Token = Token, Span = SimpleSpan>,
+{
+    let segment = select! {
+        Token::Ident(name) => name,
+        Token::Int(n) => n.to_string(),
+    };
+    let path = segment
+        .separated_by(sym("."))
+        .at_least(1)
+        .collect::<Vec<String>>()
+        .map(|segs| vec![StrPart::Lit(segs.join("."))]);
+    path.or(string_lit(file))
+        .map_with(move |parts, e| ModuleLabel {
+            parts,
+            span: sp(file, e.span()),
+        })
+        .labelled("label")
+}
+
 fn ident<'t, I>(file: FileId) -> impl Parser<'t, I, Ident, Ex<'t>> + Clone
 where
     I: ValueInput<'t, Token = Token, Span = SimpleSpan>,
@@ -283,27 +335,7 @@ where
         Token::Kw("true") => ExprKind::Bool(true),
         Token::Kw("false") => ExprKind::Bool(false),
     };
-    let string = select! { Token::Str(s) = e => (s, e.span()) }.validate(
-        move |(s, span): (String, SimpleSpan), _, emitter| {
-            let (parts, errors) = interpolate(&s, file, span.start + 1);
-            for err in errors {
-                // Syntax errors go through the parser (so recovery knows of them); other
-                // diagnostics (nesting too deep) keep their codes.
-                if err.code != "E0002" {
-                    PASSED.with(|p| p.borrow_mut().push(err));
-                    continue;
-                }
-                let at = err.labels.first().map(|l| l.span).unwrap_or(sp(file, span));
-                let message = if err.message.starts_with(INTERPOLATION) {
-                    err.message.clone()
-                } else {
-                    format!("{INTERPOLATION}{}", err.message)
-                };
-                emitter.emit(Rich::custom(SimpleSpan::from(at.start..at.end), message));
-            }
-            ExprKind::Str(parts)
-        },
-    );
+    let string = string_lit(file).map(ExprKind::Str);
     let items = expr
         .clone()
         .separated_by(sym(","))
@@ -549,15 +581,31 @@ where
     );
     let and = binary(compare, &[("&&", BinOp::And)]);
     let or = binary(and, &[("||", BinOp::Or)]);
-    let pipe = or
-        .clone()
-        .foldl(sym("|>").ignore_then(or).repeated(), |a: Expr, b: Expr| {
+    // `x |> conv1: conv(64, 3)`: a label names the layer's module.
+    let step = label(file)
+        .then_ignore(sym(":"))
+        .or_not()
+        .then(or.clone())
+        .map(|(label, f): (Option<ModuleLabel>, Expr)| match label {
+            Some(label) => {
+                let span = label.span.to(f.span);
+                Expr {
+                    kind: ExprKind::Labelled(label, Box::new(f)),
+                    span,
+                }
+            }
+            None => f,
+        });
+    let pipe = or.clone().foldl(
+        sym("|>").ignore_then(step).repeated(),
+        |a: Expr, b: Expr| {
             let span = a.span.to(b.span);
             Expr {
                 kind: ExprKind::Pipe(Box::new(a), Box::new(b)),
                 span,
             }
-        });
+        },
+    );
     expr.define(pipe);
 
     // ---- statements and blocks ----
@@ -891,14 +939,17 @@ where
             .repeated()
             .collect::<Vec<Stage>>()
             .delimited_by(sym("{"), sym("}"));
+        let as_ = select! { Token::Ident(w) if w == "as" => () };
         let repeat = kw("repeat")
             .ignore_then(expr.clone())
-            .then(stages)
-            .map(|(count, body)| StageKind::Repeat { count, body });
-        id.clone()
+            .then(as_.ignore_then(id.clone()).or_not())
+            .then(stages.clone())
+            .map(|((count, index), body)| StageKind::Repeat { count, index, body });
+        let group = stages.map(StageKind::Group);
+        label(file)
             .then_ignore(sym(":"))
             .or_not()
-            .then(repeat.or(expr.clone().map(StageKind::Apply)))
+            .then(choice((repeat, group, expr.clone().map(StageKind::Apply))))
             .map_with(move |(label, kind), e| Stage {
                 kind,
                 label,

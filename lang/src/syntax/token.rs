@@ -189,9 +189,12 @@ fn lex_number(src: &str, start: usize) -> (Token, usize) {
     };
     digits(&mut end);
     let mut float = false;
-    // `1..3` is a range, `x.0` is not ours to worry about: a dot makes a float only when a
-    // digit follows it.
-    if end + 1 < bytes.len() && bytes[end] == b'.' && bytes[end + 1].is_ascii_digit() {
+    // `1..3` is a range: a dot makes a float only when a digit follows it. A number right
+    // after one dot is a path segment (`features.1.0`, a module name), never a float.
+    let after_dot =
+        start >= 1 && bytes[start - 1] == b'.' && (start < 2 || bytes[start - 2] != b'.');
+    if !after_dot && end + 1 < bytes.len() && bytes[end] == b'.' && bytes[end + 1].is_ascii_digit()
+    {
         float = true;
         end += 1;
         digits(&mut end);
@@ -278,6 +281,24 @@ mod tests {
         assert_eq!(
             toks("0..3"),
             vec![Token::Int(0), Token::Sym(".."), Token::Int(3)]
+        );
+    }
+
+    #[test]
+    fn path_segments_are_ints() {
+        // `features.1.0` names a module: after one dot a number is an int, not `1.0`.
+        assert_eq!(
+            toks("features.1.0 0..1.5"),
+            vec![
+                Token::Ident("features".into()),
+                Token::Sym("."),
+                Token::Int(1),
+                Token::Sym("."),
+                Token::Int(0),
+                Token::Int(0),
+                Token::Sym(".."),
+                Token::Float(1.5),
+            ]
         );
     }
 

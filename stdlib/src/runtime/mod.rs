@@ -25,7 +25,7 @@ use nabla_lang::host::{BuiltinId, HTy, HostProgram, Word};
 
 use data::Split;
 use model::Model;
-use tensors::Tensors;
+use tensors::{Named, Tensors};
 
 /// How a run finds data and shows progress.
 #[derive(Clone, Debug, Default)]
@@ -73,6 +73,7 @@ enum Native {
     Load,
     Grad,
     ValueAndGrad,
+    Logits,
     Params,
     SetParams,
     SaveTensors,
@@ -117,6 +118,7 @@ impl Native {
             "load" => Load,
             "grad" => Grad,
             "value_and_grad" => ValueAndGrad,
+            "logits" => Logits,
             "params" => Params,
             "set_params" => SetParams,
             "save_tensors" => SaveTensors,
@@ -505,8 +507,8 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let HTy::List(item) = &ret else {
                     return Err("`predict` must return a list".into());
                 };
-                let mut words = Vec::with_capacity(probs.len());
-                for row in probs {
+                let mut words = Vec::with_capacity(split.len());
+                for row in probs.rows() {
                     let (class, top) =
                         row.iter()
                             .enumerate()
@@ -633,7 +635,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let idx = Self::range(&split, a[2], a[3])?;
                 let (p, backend) = (self.p, self.backend);
                 let (loss, grads) =
-                    Self::model(heap, a[0])?.value_and_grad(p, backend, &split, &idx)?;
+                    Self::model(heap, a[0])?.value_and_grad(p, backend, &split, &idx, a[4] != 0)?;
                 let g = heap.alloc(Object::Native(Box::new(grads)));
                 if native == Grad {
                     return Ok(g);
@@ -667,6 +669,28 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 self.make_record(heap, &ret, &[("error", e.to_bits()), ("tensor", s)])
             }
             L2Norm => Ok(Self::tensors(heap, a[0])?.l2_norm().to_bits()),
+            Logits => {
+                let split = Self::split(heap, a[1])?;
+                let idx = Self::range(&split, a[2], a[3])?;
+                let per = split.example_len();
+                let part = Split {
+                    name: format!("{} {}..{}", split.name, idx[0], idx[0] + idx.len()),
+                    images: split.images[idx[0] * per..(idx[0] + idx.len()) * per].to_vec(),
+                    labels: split.labels[idx[0]..idx[0] + idx.len()].to_vec(),
+                    shape: split.shape,
+                    classes: split.classes,
+                };
+                let (p, backend) = (self.p, self.backend);
+                let out = Self::model(heap, a[0])?.predict(p, backend, &part, 500)?;
+                let logits = Tensors {
+                    items: vec![Named {
+                        name: "logits".into(),
+                        shape: vec![idx.len(), out.classes],
+                        data: out.logits,
+                    }],
+                };
+                Ok(heap.alloc(Object::Native(Box::new(logits))))
+            }
             TensorNames => {
                 let names: Vec<String> = Self::tensors(heap, a[0])?
                     .items

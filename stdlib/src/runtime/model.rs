@@ -13,7 +13,7 @@ use nabla_lang::gradcheck::normal;
 use nabla_lang::interp::uniform;
 use nabla_lang::ir::{InputKind, Mode};
 use nabla_lang::opt::precision::Products;
-use nabla_lang::step::{InRole, Optimizer, OutRole, Step, Update, eval_step, grad_step};
+use nabla_lang::step::{InRole, Optimizer, OutRole, Step, Update, eval_step, grad_step_with};
 
 use super::tensors::{Named, Tensors};
 
@@ -104,6 +104,8 @@ pub struct Model<B: Backend> {
     eval: HashMap<usize, Exe<B>>,
     predict: HashMap<usize, Exe<B>>,
     grad: HashMap<usize, Exe<B>>,
+    /// Whether the compiled gradient steps drop out (see [`Model::value_and_grad`]).
+    grad_dropout: bool,
     /// Optimizer steps taken (Adam's bias correction counts them).
     pub steps: u64,
     /// Epochs completed.
@@ -326,6 +328,7 @@ impl<B: Backend> Model<B> {
             eval: HashMap::new(),
             predict: HashMap::new(),
             grad: HashMap::new(),
+            grad_dropout: true,
             steps: 0,
             epoch: 0,
             rows: vec![],
@@ -562,19 +565,28 @@ impl<B: Backend> Model<B> {
     /// and its gradient with respect to every parameter, named as the parameters. The
     /// loss is the recipe's (label smoothing included) or plain cross-entropy; nothing of
     /// the model changes.
+    ///
+    /// With `dropout` false, dropout is the identity (batchnorm still uses the batch's
+    /// statistics): the train-mode gradient another tool can reproduce, which cannot draw
+    /// nabla's random numbers.
     pub fn value_and_grad(
         &mut self,
         p: &Program,
         backend: &B,
         split: &Split,
         idx: &[usize],
+        dropout: bool,
     ) -> Result<(f64, Tensors), String> {
         let smoothing = self.recipe.as_ref().map_or(0.0, |r| r.smoothing);
         self.gather(split, idx, false)?;
         let b = idx.len();
+        if self.grad_dropout != dropout {
+            self.grad.clear();
+            self.grad_dropout = dropout;
+        }
         if !self.grad.contains_key(&b) {
             let eps = [("eps", smoothing)];
-            let step = grad_step(p, &self.net, b, loss(&eps), Some(&split.shape))
+            let step = grad_step_with(p, &self.net, b, loss(&eps), Some(&split.shape), dropout)
                 .and_then(|s| s.with_products(self.products()))
                 .map_err(|d| d.message)?;
             let exe = self

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{Cx, Env, closest};
+use super::{Cx, Env, PendingLabel, closest};
 use crate::check::dim::Dim;
 use crate::check::facts::Target;
 use crate::check::names::DefKind;
@@ -122,7 +122,18 @@ impl Cx<'_> {
             }
             ExprKind::Pipe(a, f) => {
                 let x = self.expr(a, env);
-                self.apply(f, x, a.span, env)
+                match &f.kind {
+                    ExprKind::Labelled(label, inner) => self.labelled(label, inner, x, a.span, env),
+                    _ => self.apply(f, x, a.span, env),
+                }
+            }
+            ExprKind::Labelled(label, inner) => {
+                self.report(
+                    Diagnostic::error("E0316", "a label names a layer applied with `|>`")
+                        .primary(label.span, "nothing is applied here")
+                        .with_help("write `x |> label: layer(...)`"),
+                );
+                self.expr(inner, env)
             }
             ExprKind::If { cond, then, els } => {
                 self.if_expr(cond, then, els.as_deref(), e.span, env)
@@ -148,6 +159,39 @@ impl Cx<'_> {
             }
             ExprKind::Error => Ty::Err,
         }
+    }
+
+    /// `x |> label: f`: applies `f`, whose layer takes the label as its module name.
+    fn labelled(
+        &mut self,
+        label: &ModuleLabel,
+        f: &Expr,
+        x: Ty,
+        origin: Span,
+        env: &mut Env,
+    ) -> Ty {
+        let name = self.label_name(label, env);
+        let outer = self.label.take();
+        if let Some(name) = name {
+            self.label = Some(PendingLabel {
+                name,
+                span: label.span,
+                target: f.span,
+            });
+        }
+        let y = self.apply(f, x, origin, env);
+        let unused = std::mem::replace(&mut self.label, outer);
+        // A label nothing took names a function or an expression, which has no module; a
+        // failed application has been reported already.
+        if let (Some(l), false) = (unused, y.is_err()) {
+            self.report(
+                Diagnostic::error("E0316", "only a layer can be labelled")
+                    .primary(l.span, "this label")
+                    .secondary(f.span, "is not a layer")
+                    .with_help("labels name the module of a layer's parameters; remove it"),
+            );
+        }
+        y
     }
 
     pub(super) fn name(&mut self, n: &str, span: Span, env: &mut Env) -> Ty {

@@ -6,7 +6,7 @@
 //! multiply-adds an instance collects to the enclosing collector. Primitives without a
 //! body go to `prims.rs` for their shapes, work and IR.
 
-use super::{ArgV, Collector, Cx, Env, Inst};
+use super::{ArgV, Collector, Cx, Env, Inst, PendingLabel};
 use crate::check::dim::Dim;
 use crate::check::names::ItemId;
 use crate::check::prims;
@@ -90,7 +90,7 @@ impl Cx<'_> {
                         _ => None,
                     })
                     .collect();
-                let out = self.instantiate(key, span, |cx| {
+                let out = self.instantiate(key, span, None, |cx| {
                     let got = cx.block(body, &mut callee);
                     if let Some(want) = &declared {
                         let tail = body.tail().map(|e| e.span).unwrap_or(body.span);
@@ -189,6 +189,7 @@ impl Cx<'_> {
         &mut self,
         key: InstKey,
         span: Span,
+        label: Option<PendingLabel>,
         body: impl FnOnce(&mut Self) -> Ty,
     ) -> Ty {
         let id = key.item;
@@ -244,38 +245,30 @@ impl Cx<'_> {
             }
         };
         let name = self.p.items[id].name.clone();
-        if let Some(parent) = self.collectors.last_mut() {
-            let prefix = if inst.params.is_empty() && inst.states.is_empty() {
-                String::new()
-            } else {
-                let p = format!("{name}{}", parent.sub);
-                parent.sub += 1;
-                p
-            };
-            for (n, d, v) in inst.params.iter() {
-                parent.params.push((
-                    if prefix.is_empty() {
-                        n.clone()
-                    } else {
-                        format!("{prefix}.{n}")
-                    },
-                    d.clone(),
-                    *v,
-                ));
+        let has_names = !(inst.params.is_empty() && inst.states.is_empty());
+        let (prefix, at) = match label {
+            Some(l) => {
+                if let Some(parent) = self.collectors.last_mut() {
+                    parent.labelled |= has_names;
+                }
+                (l.name, l.span)
             }
-            for (n, d, v) in inst.states.iter() {
-                parent.states.push((
-                    if prefix.is_empty() {
-                        n.clone()
-                    } else {
-                        format!("{prefix}.{n}")
-                    },
-                    d.clone(),
-                    *v,
-                ));
-            }
-            parent.macs = parent.macs.saturating_add(&inst.macs);
-        }
+            // An unlabelled sublayer is `{layer}{k}`, counting those with names.
+            None => match self.collectors.last_mut() {
+                Some(parent) if has_names => {
+                    parent.sub += 1;
+                    (format!("{name}{}", parent.sub - 1), span)
+                }
+                _ => (String::new(), span),
+            },
+        };
+        let c = Collector {
+            params: inst.params.clone(),
+            states: inst.states.clone(),
+            macs: inst.macs.clone(),
+            ..Collector::default()
+        };
+        self.merge(c, &prefix, at);
         inst.out
     }
 
@@ -302,6 +295,11 @@ impl Cx<'_> {
         else {
             return Ty::Err;
         };
+        // A label on this application (`|> conv1: conv(64, 3)`) names its module.
+        let label = match &self.label {
+            Some(pending) if pending.target == span => self.label.take(),
+            _ => None,
+        };
         let name = l.name.name.clone();
         let args: Vec<ArgV> = lv
             .args
@@ -324,7 +322,7 @@ impl Cx<'_> {
         }
         let key = self.inst_key(lv.item, &callee, l.args.iter().chain([&l.input]));
         let declared = l.ret.as_ref().map(|t| self.eval_type(&mut callee, t));
-        self.instantiate(key, span, |cx| {
+        self.instantiate(key, span, label, |cx| {
             let got = match cx.block(&l.body, &mut callee) {
                 Ty::Unit => Ty::Err,
                 t => t,

@@ -167,7 +167,9 @@ impl Cx<'_> {
             self.expr(w, &mut env);
         }
         self.collectors.push(Collector::default());
+        let outer = std::mem::replace(&mut self.generic, true);
         let out = self.block(&l.body, &mut env);
+        self.generic = outer;
         self.collectors.pop();
         if let Some(t) = &l.ret {
             let ret = self.eval_type(&mut env, t);

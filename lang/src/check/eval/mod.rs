@@ -79,8 +79,10 @@ pub struct NetInfo {
     pub state: u64,
     /// Multiply-adds per example (batch 1).
     pub macs: u64,
-    /// Structural parameter names and shapes, in order.
+    /// Parameter names (PyTorch's, see `nets.rs`) and shapes, in order.
     pub param_names: Vec<(String, Vec<u64>)>,
+    /// State names (batchnorm's running statistics) and shapes, in order.
+    pub state_names: Vec<(String, Vec<u64>)>,
     pub ok: bool,
 }
 
@@ -144,12 +146,48 @@ impl Env {
     }
 }
 
+/// What one module (a layer instance, a stage, a group) declares: its parameters and
+/// state under their names relative to it, and its multiply-adds.
 #[derive(Default, Clone)]
 struct Collector {
     params: Vec<(String, Vec<Dim>, Val)>,
     states: Vec<(String, Vec<Dim>, Val)>,
     macs: Dim,
+    /// Unlabelled sublayers with parameters so far: the next one is `{layer}{sub}`.
     sub: usize,
+    /// Whether a labelled sublayer added names (then no name is stripped: see `nets.rs`).
+    labelled: bool,
+}
+
+impl Collector {
+    /// Adds a parameter (or state) named `name`; `Err` when the module already has that
+    /// name, which a label used twice (or a `self` label) can cause.
+    fn add(&mut self, state: bool, name: String, dims: Vec<Dim>, v: Val) -> Result<(), String> {
+        if self
+            .params
+            .iter()
+            .chain(&self.states)
+            .any(|(n, _, _)| *n == name)
+        {
+            return Err(name);
+        }
+        let list = if state {
+            &mut self.states
+        } else {
+            &mut self.params
+        };
+        list.push((name, dims, v));
+        Ok(())
+    }
+}
+
+/// A label waiting for the layer application it names (`x |> conv1: conv(64, 3)`).
+struct PendingLabel {
+    /// The module name; empty for `self`.
+    name: String,
+    span: Span,
+    /// The span of the application that takes it.
+    target: Span,
 }
 
 #[derive(Clone)]
@@ -167,6 +205,10 @@ pub(super) struct Cx<'a> {
     stack: Vec<ItemId>,
     use_sites: Vec<Span>,
     collectors: Vec<Collector>,
+    label: Option<PendingLabel>,
+    /// Inside a layer's generic check, where its int arguments are symbols: a label's
+    /// `{…}` is known only per use, so it is checked there.
+    generic: bool,
     cycles: HashSet<Vec<ItemId>>,
     /// Where lowered IR goes: [`NoIr`] unless lowering (see `lower.rs`).
     pub(super) ir: &'a mut dyn IrSink,
@@ -228,6 +270,8 @@ impl<'a> Cx<'a> {
             stack: vec![],
             use_sites: vec![],
             collectors: vec![],
+            label: None,
+            generic: false,
             cycles: HashSet::new(),
             ir,
             cur_span: None,
@@ -277,6 +321,18 @@ impl<'a> Cx<'a> {
     }
 
     pub(super) fn report(&mut self, mut d: Diagnostic) {
+        // An error a layer's generic check found holds for every use: the uses do not
+        // repeat it.
+        if !self.use_sites.is_empty()
+            && self.diags.iter().any(|g| {
+                g.code == d.code
+                    && g.message == d.message
+                    && g.span() == d.span()
+                    && !g.labels.iter().any(|l| l.message == "in this use")
+            })
+        {
+            return;
+        }
         if let (Some(site), Some(primary)) = (self.use_sites.first().copied(), d.span())
             && (site.file != primary.file
                 || !(site.start <= primary.start && primary.end <= site.end))

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use super::nets::duplicate_name;
 use super::{Cx, Env, Local};
 use crate::check::ty::{DType, Ty};
 use crate::diag::Diagnostic;
@@ -291,9 +292,12 @@ impl Cx<'_> {
                         self.ir.init(v, spec);
                     }
                     t = Ty::Tensor(dt, dims.clone(), v);
-                    if let Some(c) = self.collectors.last_mut() {
-                        let list = if state { &mut c.states } else { &mut c.params };
-                        list.push((name.name.clone(), dims, v));
+                    let added = match self.collectors.last_mut() {
+                        Some(c) => c.add(state, name.name.clone(), dims, v),
+                        None => Ok(()),
+                    };
+                    if let Err(taken) = added {
+                        self.report(duplicate_name(&taken, name.span));
                     }
                 }
             }

@@ -110,7 +110,7 @@ impl<B: Backend> Model<B> {
                     t.shape
                 ));
             }
-            loaded.push(floats_of(&shown, &t.name, &view)?);
+            loaded.push(floats_of(&shown, &t.name, &view, t.role == Role::State)?);
         }
         // Optimizer slots in the file that the model has not made yet; any other tensor
         // the model lacks means the file is of another net or another naming: loading
@@ -122,7 +122,7 @@ impl<B: Backend> Model<B> {
                 continue;
             }
             if name.starts_with("opt.") {
-                let v = floats_of(&shown, &name, &view)?;
+                let v = floats_of(&shown, &name, &view, false)?;
                 slots.push((name, view.shape().to_vec(), v));
             } else {
                 extra.push(name);
@@ -203,16 +203,38 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// A tensor of a checkpoint as f32 (F32, F64, F16 and BF16 are read).
+/// A tensor of a checkpoint as f32 (F32, F64, F16 and BF16 are read). A state tensor may
+/// also be an integer: PyTorch keeps batchnorm's `num_batches_tracked` as an int64.
 fn floats_of(
     shown: &dyn std::fmt::Display,
     name: &str,
     view: &safetensors::tensor::TensorView,
+    state: bool,
 ) -> Result<Vec<f32>, String> {
-    super::super::tensors::to_f32(view.dtype(), view.data()).ok_or_else(|| {
+    use safetensors::Dtype::{I32, I64};
+    let b = view.data();
+    match view.dtype() {
+        I64 if state => {
+            return Ok(b
+                .chunks_exact(8)
+                .map(|c| {
+                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect());
+        }
+        I32 if state => {
+            return Ok(b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+                .collect());
+        }
+        _ => {}
+    }
+    super::super::tensors::to_f32(view.dtype(), b).ok_or_else(|| {
         format!(
-            "{shown}: `{name}` is {:?}; nabla reads F32, F64, F16 and BF16 tensors",
-            view.dtype()
+            "{shown}: `{name}` is {:?}; nabla reads F32, F64, F16 and BF16 tensors{}",
+            view.dtype(),
+            if state { " (and I64 or I32 state)" } else { "" }
         )
     })
 }

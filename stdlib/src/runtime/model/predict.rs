@@ -1,6 +1,6 @@
-//! Predictions: a model's class probabilities for examples of a split, from the
-//! prediction step (`nabla_lang::step::predict_step`: the softmax of the logits, in eval
-//! mode), compiled once per batch size like the other steps. The images are normalized
+//! Predictions: a model's logits and class probabilities for examples of a split, from
+//! the prediction step (`nabla_lang::step::predict_step`: the net's output and its
+//! softmax, in eval mode), compiled once per batch size like the other steps. The images are normalized
 //! as the model was trained (its recipe's, or its checkpoint's, normalization).
 
 use nabla_lang::backend::Backend;
@@ -9,18 +9,36 @@ use nabla_lang::step::{OutRole, predict_step};
 
 use super::{Model, Split, Which, err};
 
+/// What a model predicts for the examples of a split, in order: `classes` values per
+/// example in each.
+#[derive(Clone, Debug, Default)]
+pub struct Predictions {
+    pub classes: usize,
+    /// The net's outputs.
+    pub logits: Vec<f32>,
+    /// Their softmax.
+    pub probs: Vec<f32>,
+}
+
+impl Predictions {
+    /// Each example's class probabilities.
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.probs.chunks(self.classes.max(1))
+    }
+}
+
 impl<B: Backend> Model<B> {
-    /// The class probabilities of every example of `split`, in order, computed in
-    /// batches of `batch`: one row of `classes` values per example.
+    /// The logits and class probabilities of every example of `split`, in order,
+    /// computed in batches of `batch`.
     pub fn predict(
         &mut self,
         p: &Program,
         backend: &B,
         split: &Split,
         batch: usize,
-    ) -> Result<Vec<Vec<f32>>, String> {
+    ) -> Result<Predictions, String> {
         let n = split.len();
-        let mut out = Vec::with_capacity(n);
+        let mut out = Predictions::default();
         let mut start = 0;
         while start < n {
             if nabla_lang::host::interrupt::pending() {
@@ -36,35 +54,38 @@ impl<B: Backend> Model<B> {
                 let exe = self
                     .prepare_exe(backend, &step, &[])
                     .map_err(|e| format!("the prediction step for batch {b}: {e}"))?;
-                if exe.outputs.as_slice() != [OutRole::Probabilities] {
+                if exe.outputs.as_slice() != [OutRole::Logits, OutRole::Probabilities] {
                     return Err(
-                        "internal error: the prediction step returns no probabilities".into(),
+                        "internal error: the prediction step returns no logits and probabilities"
+                            .into(),
                     );
                 }
                 self.predict.insert(b, exe);
             }
-            let probs = self.run(backend, Which::Predict, split, &[]).map_err(|e| {
+            let outs = self.run(backend, Which::Predict, split, &[]).map_err(|e| {
                 format!(
                     "predicting examples {start}..{} of {}: {e}",
                     start + b,
                     split.name
                 )
             })?;
-            let values = backend
-                .download(
-                    probs
-                        .first()
-                        .ok_or("the prediction step returned nothing")?,
-                )
-                .map_err(err)?;
-            let classes = values.len() / b.max(1);
-            if classes == 0 || classes * b != values.len() {
+            let [logits, probs] = outs.as_slice() else {
+                return Err("the prediction step returned the wrong number of outputs".into());
+            };
+            let (logits, probs) = (
+                backend.download(logits).map_err(err)?,
+                backend.download(probs).map_err(err)?,
+            );
+            let classes = probs.len() / b.max(1);
+            if classes == 0 || classes * b != probs.len() || logits.len() != probs.len() {
                 return Err(format!(
                     "the prediction step returned {} values for {b} examples",
-                    values.len()
+                    probs.len()
                 ));
             }
-            out.extend(values.chunks(classes).map(<[f32]>::to_vec));
+            out.classes = classes;
+            out.logits.extend(logits);
+            out.probs.extend(probs);
             start += b;
         }
         Ok(out)
