@@ -6,9 +6,18 @@ batch in nabla and in PyTorch (torchvision's own classes for the five standard n
 * train-mode loss and every parameter's gradient (batchnorm on the batch's statistics;
   dropout off on both sides, stochastic depth 0 on PyTorch's),
 
-each as the worst over entries of |nabla − torch| / max|torch| (per tensor for gradients).
+each as the worst over entries of |nabla − torch| / max|torch| (per tensor for gradients,
+whose denominator is at least 1e-3 of the net's largest gradient entry: a gradient that
+is zero in exact arithmetic, a bias feeding batchnorm, is rounding noise in any f32
+tool). Gradients are also compared with PyTorch's in f64 (the truth for this instance):
+on an ill-conditioned instance (a deep net with batchnorm in training, at initialization:
+ResNet-34, MobileNetV2) PyTorch's own f32 gradient is off it by up to 1e-1, so nabla's
+gradients pass when their worst error against f64 is within 1e-4 or no more than twice
+PyTorch's f32 worst.
 The weights go from PyTorch to nabla as a safetensors state dict: `load(Net, path)` reads
-torchvision's names, layouts and int64 `num_batches_tracked` as they are.
+torchvision's names, layouts and int64 `num_batches_tracked` as they are; and back:
+what nabla's `save` writes loads into a fresh PyTorch model with `strict=True` and
+holds the very same values.
 
     python bench/torch_agree.py [--nabla target/release/nabla] [--nets resnet34,vit_tiny]
         [--batch 10] [--onnx]
@@ -16,7 +25,9 @@ torchvision's names, layouts and int64 `num_batches_tracked` as they are.
 With `--onnx`, each net is also exported with `nabla export` and run by onnxruntime, whose
 logits are compared with nabla's (eval mode).
 
-Prints one row per net and exits 1 when any error exceeds the bound (1e-4). Not run in
+Prints one row per net — logits, loss and gradient against PyTorch's f32, nabla's and
+PyTorch's gradient against f64, the verdict, the worst tensor — and exits 1 when a
+logit, loss or ONNX error exceeds 1e-4 or a gradient fails as above. Not run in
 CI: needs torch, torchvision, safetensors and pillow (and onnxruntime for --onnx) in a
 venv. Runs in a scratch directory.
 """
@@ -112,6 +123,7 @@ let model = load({name}, "weights.safetensors")
 save_tensors(logits(model, data.train, 0, {n}), "nabla_logits.safetensors")
 let r = value_and_grad(model, data.train, 0, {n}, dropout: false)
 save_tensors(r.grads, "nabla_grads.safetensors")
+save(model, "roundtrip.safetensors")
 print("loss {{r.loss:.9}}")
 """
     (work / "agree.net").write_text(script)
@@ -138,11 +150,11 @@ def torch_side(model, x, y):
     loss = nn.functional.cross_entropy(model(xt), yt)
     loss.backward()
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
-    return float(loss), logits, grads
+    return float(loss.detach()), logits, grads
 
 
-def rel(a, b):
-    scale = float(b.abs().max())
+def rel(a, b, floor=0.0):
+    scale = max(float(b.abs().max()), floor)
     diff = float((a.float() - b.float()).abs().max())
     return 0.0 if diff == 0 else (diff / scale if scale > 0 else float("inf"))
 
@@ -166,10 +178,12 @@ def main():
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--onnx", action="store_true")
+    ap.add_argument("--verbose", action="store_true", help="the six worst gradients of each net")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    worst_all = 0.0
-    head = f"{'net':16} {'logits':>9} {'loss':>9} {'gradient':>9}  worst gradient tensor"
+    worst_all, failed = 0.0, False
+    head = (f"{'net':16} {'logits':>9} {'loss':>9} {'gradient':>9} {'vs f64':>9} {'torch f64':>9}"
+            f"  {'grads':6} worst gradient tensor (against PyTorch)")
     if a.onnx:
         head += f"  {'onnx':>9}"
     print(head)
@@ -184,23 +198,55 @@ def main():
                       str(work / "weights.safetensors"))
             data, extra, x, y = write_batch(net, a.batch, work, gen)
             n_loss, n_logits, n_grads, name = nabla_side(a, net, a.batch, work, data, extra)
+            sent = {k: v.clone() for k, v in model.state_dict().items()}
+            import copy
+            _, _, f64_grads = torch_side(copy.deepcopy(model).double(), x.astype(np.float64), y)
             t_loss, t_logits, t_grads = torch_side(model, x, y)
             e_logits = rel(n_logits, t_logits)
             e_loss = abs(n_loss - t_loss) / abs(t_loss)
             missing = sorted(set(t_grads) ^ set(n_grads))
             if missing:
                 raise RuntimeError(f"{net}: gradients named differently: {missing[:5]}")
-            e_grad, where = max((rel(n_grads[k], t_grads[k]), k) for k in t_grads)
-            row = f"{net:16} {e_logits:9.2e} {e_loss:9.2e} {e_grad:9.2e}  {where}"
-            worst = max(e_logits, e_loss, e_grad)
+            # A gradient that is zero in exact arithmetic (a bias feeding batchnorm) is
+            # rounding noise whose size the values around it set: errors are relative to
+            # at least 1e-3 of the net's largest gradient entry, as in the conformance suite.
+            floor = 1e-3 * max(float(g.abs().max()) for g in f64_grads.values())
+            err = lambda a_, b_: rel(a_, b_, floor)
+            e_grad, where = max((err(n_grads[k], t_grads[k]), k) for k in t_grads)
+            # Against the f64 truth, nabla's worst gradient must be within 1e-4, or no more
+            # than twice as far off as PyTorch's own f32 worst: at initialization, a deep
+            # net with batchnorm in training is ill-conditioned (its gradients grow with
+            # depth, and a ReLU kink met within rounding flips), so any f32 tool is off.
+            ours = {k: err(n_grads[k].double(), f64_grads[k]) for k in t_grads}
+            theirs = {k: err(t_grads[k].double(), f64_grads[k]) for k in t_grads}
+            e64, where64 = max((ours[k], k) for k in t_grads)
+            t64 = max(theirs.values())
+            bad = [where64] if e64 > max(BOUND, 2 * t64) else []
+            if a.verbose:
+                top = sorted(((err(n_grads[k], t_grads[k]), k) for k in t_grads), reverse=True)[:6]
+                for e, k in top:
+                    print(f"    {k:48} {e:9.2e}  max|g| {float(t_grads[k].abs().max()):.2e}"
+                          f"  vs f64: nabla {ours[k]:.2e} torch {theirs[k]:.2e}")
+            # Back to PyTorch: what nabla's `save` wrote loads strictly into a fresh
+            # model and holds the same values.
+            fresh = build(net, stochastic_depth=0.0)
+            fresh.load_state_dict(load_file(str(work / "roundtrip.safetensors")), strict=True)
+            back = max(float((v.double() - sent[k].double()).abs().max()) for k, v in fresh.state_dict().items())
+            if back != 0.0:
+                raise RuntimeError(f"{net}: the weights came back changed by {back:.2e}")
+            row = (f"{net:16} {e_logits:9.2e} {e_loss:9.2e} {e_grad:9.2e} {e64:9.2e} {t64:9.2e}"
+                   f"  {'ok' if not bad else 'FAIL ' + bad[0]:6} {where}")
+            worst = max(e_logits, e_loss)
+            failed = failed or bool(bad)
             if a.onnx:
                 e_onnx = rel(onnx_side(a, net, name, work, x), n_logits)
                 row += f"  {e_onnx:9.2e}"
                 worst = max(worst, e_onnx)
             print(row, flush=True)
             worst_all = max(worst_all, worst)
-    print(f"worst error {worst_all:.2e} (bound {BOUND:.0e})")
-    sys.exit(0 if worst_all <= BOUND else 1)
+    print(f"worst logit, loss or ONNX error {worst_all:.2e} (bound {BOUND:.0e}); gradients "
+          + ("all within the bound or PyTorch's own f32 error" if not failed else "FAIL"))
+    sys.exit(0 if worst_all <= BOUND and not failed else 1)
 
 
 if __name__ == "__main__":

@@ -578,6 +578,64 @@ fn convert_safetensors(from: &std::path::Path, to: &std::path::Path, dtype: &str
     std::fs::write(to, file).expect("write");
 }
 
+/// PyTorch keeps batchnorm's `num_batches_tracked` as an int64: a state dict whose step
+/// counts are I64 (the rest f32, as `state_dict()` gives them) loads, the counts read as
+/// they are, and training from it goes on counting, as PyTorch's would. A parameter in an
+/// integer type is still an error.
+#[test]
+fn pytorch_int64_step_counts_load_and_count_on() {
+    let d = dir("int64");
+    let net = "import std.nn.*\nimport std.data.*\nnet B: f32[1, 28, 28] -> f32[10] {\n  conv(4, 3, pad: 1)\n  batchnorm\n  relu\n  maxpool(4)\n  flatten\n  dense(10)\n}\n";
+    let (code, out, err) = run(&d, &format!("{net}save(init(B, 1), \"b.safetensors\")\n"), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // `1.num_batches_tracked` as I64 holding 7, as a PyTorch model 7 steps into training.
+    let bytes = std::fs::read(d.join("b.safetensors")).expect("read");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("json");
+    let data = &bytes[8 + n..];
+    let (mut out_header, mut out_data) = (serde_json::Map::new(), Vec::new());
+    for (name, t) in header.as_object().expect("object") {
+        let mut t = t.clone();
+        if name != "__metadata__" {
+            let off = t["data_offsets"].as_array().expect("offsets").clone();
+            let (a, b) = (off[0].as_u64().expect("a") as usize, off[1].as_u64().expect("b") as usize);
+            let start = out_data.len();
+            if name.ends_with("num_batches_tracked") {
+                out_data.extend(7i64.to_le_bytes());
+                t["dtype"] = "I64".into();
+            } else {
+                out_data.extend(&data[a..b]);
+            }
+            t["data_offsets"] = serde_json::json!([start, out_data.len()]);
+        }
+        out_header.insert(name.clone(), t);
+    }
+    let header = serde_json::to_vec(&serde_json::Value::Object(out_header)).expect("json");
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(out_data);
+    std::fs::write(d.join("torch.safetensors"), file).expect("write");
+    let src = format!(
+        "{net}let data = mnist()\nlet m = load(B, \"torch.safetensors\")\nsave_tensors(params(m), \"loaded.safetensors\")\n\
+         let cfg = TrainConfig {{ optimizer: sgd(lr: 0.01), batch: 1000, epochs: 1 }}\n\
+         fit(m, data, cfg)\nsave_tensors(params(m), \"trained.safetensors\")\n"
+    );
+    let (code, out, err) = run(&d, &src, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let count = |file: &str| -> f32 {
+        let bytes = std::fs::read(d.join(file)).expect("read");
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("json");
+        let t = &header["1.num_batches_tracked"];
+        assert_eq!(t["dtype"], "F32", "{t}");
+        let a = t["data_offsets"][0].as_u64().expect("offset") as usize + 8 + n;
+        f32::from_le_bytes(bytes[a..a + 4].try_into().expect("4 bytes"))
+    };
+    assert_eq!(count("loaded.safetensors"), 7.0);
+    // 7,996 training digits in batches of 1,000: 8 steps (the last one partial).
+    assert_eq!(count("trained.safetensors"), 15.0, "{out}");
+}
+
 /// A model saved in f64 or bf16 (as PyTorch users often save) loads, converted to f32:
 /// f64 scores exactly what the f32 file scores, bf16 within half a point; a tensor of an
 /// integer type is an error naming it, and the model is left as it was.
