@@ -10,7 +10,10 @@ after a warm-up, compile time where there is one, and memory: the process's peak
 resident set (VmHWM) and its growth over the resident set after importing the
 framework (run one framework per process, with --only, for a peak of its own). Workloads are the nets of
 examples/: `linear` (784-10), `mlp` (784-512-512-10), `cnn` (mnist_cnn.net: four 3×3
-convolutions with batchnorm and ReLU, two max-pools, 3136-512-10).
+convolutions with batchnorm and ReLU, two max-pools, 3136-512-10), and any other example by
+its name (`cifar_bn`, `resnet34`, ...: the PyTorch twins of bench/torch_nets.py, 10 classes),
+at the input size --input C,H,W (default: the one the example declares). JAX runs the MLPs
+only.
 """
 import argparse
 import json
@@ -35,9 +38,16 @@ def memory(baseline):
     return {"peak_mib": peak, "growth_mib": None if peak is None or baseline is None else peak - baseline}
 
 
-def torch_model(name):
+SHORT = {"linear": "mnist_linear", "mlp": "mnist_mlp", "cnn": "mnist_cnn"}
+
+
+def torch_model(name, shape):
     import torch.nn as nn
 
+    if name not in SHORT:
+        import torch_nets
+
+        return torch_nets.build(name, image_size=shape[-1])
     if name == "linear":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     if name == "mlp":
@@ -61,13 +71,22 @@ def time_steps(step, steps, warmup=5):
     return statistics.median(times) * 1e3
 
 
+def input_shape(args):
+    if args.input:
+        return tuple(int(d) for d in args.input.split(","))
+    import torch_nets
+
+    return torch_nets.INPUT[SHORT.get(args.workload, args.workload)]
+
+
 def bench_torch(args, compiled):
     import torch
 
     baseline = rss_mib("VmRSS")
     torch.manual_seed(0)
-    model = torch_model(args.workload)
-    x = torch.randn(args.batch, 1, 28, 28)
+    shape = input_shape(args)
+    model = torch_model(args.workload, shape)
+    x = torch.randn(args.batch, *shape)
     y = torch.randint(0, 10, (args.batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01) if args.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -154,7 +173,8 @@ def bench_jax(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["linear", "mlp", "cnn"])
+    p.add_argument("workload", help="linear, mlp, cnn, or an example's name (cifar_bn, resnet34, ...)")
+    p.add_argument("--input", help="C,H,W of the input (default: the example's own)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=50)
@@ -164,7 +184,7 @@ def main():
     results = []
     if "torch" in only:
         results.append(bench_torch(args, compiled=False))
-    if "compile" in only and args.workload != "cnn":
+    if "compile" in only and args.workload in ("linear", "mlp"):
         try:
             results.append(bench_torch(args, compiled=True))
         except Exception as e:  # torch.compile needs a C compiler; say so rather than fail

@@ -34,9 +34,10 @@ def conv_bn_relu(cin, cout):
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
-def build(name, stochastic_depth=0.0):
+def build(name, stochastic_depth=0.0, image_size=224):
     """The PyTorch model for example `name`. `stochastic_depth` is EfficientNet's and
-    ConvNeXt's drop-path rate, which nabla's nets do not have (0 makes them the same)."""
+    ConvNeXt's drop-path rate, which nabla's nets do not have (0 makes them the same);
+    `image_size` is ViT's (its position embedding has one entry per patch)."""
     if name == "mnist_linear":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     if name == "mnist_mlp":
@@ -67,7 +68,7 @@ def build(name, stochastic_depth=0.0):
         return tvm.convnext_tiny(num_classes=10, stochastic_depth_prob=stochastic_depth)
     if name == "vit_tiny":
         return tvm.VisionTransformer(
-            image_size=224, patch_size=16, num_layers=12, num_heads=3,
+            image_size=image_size, patch_size=16, num_layers=12, num_heads=3,
             hidden_dim=192, mlp_dim=768, num_classes=10,
         )
     raise ValueError(f"unknown net {name}")

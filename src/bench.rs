@@ -291,23 +291,39 @@ fn print_profile(
     for _ in 0..steps {
         cpu.run(exe, bufs).map_err(|e| e.to_string())?;
     }
-    let mut groups: Vec<(String, f64, usize)> = Vec::new();
-    for (what, t) in exe.profile() {
-        match groups.iter_mut().find(|g| g.0 == what) {
-            Some(g) => {
-                g.1 += t;
-                g.2 += 1;
+    let profile = exe.profile();
+    // Kernels computing the same thing are summed, and so are kernels of one class.
+    let sum = |key: &dyn Fn(&nabla_jit::KernelTime) -> String| {
+        let mut groups: Vec<(String, f64, usize)> = Vec::new();
+        for k in &profile {
+            let name = key(k);
+            match groups.iter_mut().find(|g| g.0 == name) {
+                Some(g) => {
+                    g.1 += k.seconds;
+                    g.2 += 1;
+                }
+                None => groups.push((name, k.seconds, 1)),
             }
-            None => groups.push((what, t, 1)),
         }
-    }
-    groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+        groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+        groups
+    };
+    let classes = sum(&|k| k.class.clone());
+    let groups = sum(&|k| k.what.clone());
     let total: f64 = groups.iter().map(|g| g.1).sum();
     println!(
-        "profile: {:.3} ms per step in kernels ({:.0}% of the median step); the 25 largest:",
+        "profile: {:.3} ms per step in kernels ({:.0}% of the median step); by class:",
         total / steps as f64 * 1e3,
         total / steps as f64 / median * 100.0
     );
+    for (class, t, n) in &classes {
+        println!(
+            "  {:>8.3} ms {:>5.1}%  {class} ({n} kernels)",
+            t / steps as f64 * 1e3,
+            t / total * 100.0
+        );
+    }
+    println!("the 25 largest:");
     for (what, t, n) in groups.iter().take(25) {
         let times = if *n > 1 {
             format!(" ×{n}")

@@ -586,7 +586,11 @@ fn convert_safetensors(from: &std::path::Path, to: &std::path::Path, dtype: &str
 fn pytorch_int64_step_counts_load_and_count_on() {
     let d = dir("int64");
     let net = "import std.nn.*\nimport std.data.*\nnet B: f32[1, 28, 28] -> f32[10] {\n  conv(4, 3, pad: 1)\n  batchnorm\n  relu\n  maxpool(4)\n  flatten\n  dense(10)\n}\n";
-    let (code, out, err) = run(&d, &format!("{net}save(init(B, 1), \"b.safetensors\")\n"), &[]);
+    let (code, out, err) = run(
+        &d,
+        &format!("{net}save(init(B, 1), \"b.safetensors\")\n"),
+        &[],
+    );
     assert_eq!(code, 0, "{out}{err}");
     // `1.num_batches_tracked` as I64 holding 7, as a PyTorch model 7 steps into training.
     let bytes = std::fs::read(d.join("b.safetensors")).expect("read");
@@ -598,7 +602,10 @@ fn pytorch_int64_step_counts_load_and_count_on() {
         let mut t = t.clone();
         if name != "__metadata__" {
             let off = t["data_offsets"].as_array().expect("offsets").clone();
-            let (a, b) = (off[0].as_u64().expect("a") as usize, off[1].as_u64().expect("b") as usize);
+            let (a, b) = (
+                off[0].as_u64().expect("a") as usize,
+                off[1].as_u64().expect("b") as usize,
+            );
             let start = out_data.len();
             if name.ends_with("num_batches_tracked") {
                 out_data.extend(7i64.to_le_bytes());

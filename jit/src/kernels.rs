@@ -1,7 +1,8 @@
 //! Kernels written in Rust for the ops that are not elementwise: matrix products through
 //! the `gemm` crate (whose AVX2/AVX-512 micro-kernels beat anything Cranelift can emit
 //! with 128-bit vectors), convolutions as im2col + GEMM (3×3 "same" ones with many
-//! channels by Winograd's algorithm, in [`crate::winograd`]), reductions (accumulated in f64),
+//! channels by Winograd's algorithm, in [`crate::winograd`]; depthwise ones directly, in
+//! [`crate::depthwise`]; on small maps several images per product, in [`crate::batched`]), reductions (accumulated in f64),
 //! pooling and data movement. Work is split over threads with rayon where it is large.
 //!
 //! Every kernel writes only its output slice, which the memory plan never overlaps with
@@ -35,6 +36,11 @@ pub(crate) fn reusing<T: Default, R>(
 
 /// Below this many elements a kernel runs on one thread.
 const PARALLEL_MIN: usize = 1 << 15;
+
+/// Reductions whose contiguous runs are shorter than this read their input a slab at a
+/// time (see [`reduce_from`]), for slabs (times inputs) of at most [`SLAB_MAX`] elements.
+const SHORT_RUN: usize = 64;
+const SLAB_MAX: usize = 1 << 16;
 
 /// Below this many multiply-adds a matrix product runs on one thread: waking the pool
 /// costs more than it saves (measured: the linear net's 10×128ᵀ·128×784 weight gradient
@@ -112,7 +118,7 @@ pub unsafe fn gemm_scaled(
 /// # Safety
 /// As [`gemm_scaled`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(
+pub(crate) unsafe fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,
@@ -259,7 +265,7 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// The output positions read through kernel tap `k` (`o·stride + k·dilation - pad`).
-fn tap(o: usize, k: usize, w: &Window, size: usize) -> Option<usize> {
+pub(crate) fn tap(o: usize, k: usize, w: &Window, size: usize) -> Option<usize> {
     let p = (o * w.stride + k * w.dilation).checked_sub(w.pad)?;
     (p < size).then_some(p)
 }
@@ -295,22 +301,22 @@ impl ConvShape {
             win,
         }
     }
-    fn cg(&self) -> usize {
+    pub(crate) fn cg(&self) -> usize {
         self.c / self.win.groups.max(1)
     }
-    fn og(&self) -> usize {
+    pub(crate) fn og(&self) -> usize {
         self.o / self.win.groups.max(1)
     }
     /// Rows of one group's column matrix.
-    fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.cg() * self.kh * self.kw
     }
-    fn area(&self) -> usize {
+    pub(crate) fn area(&self) -> usize {
         self.oh * self.ow
     }
     /// The convolution that computes this one's input gradient from its output gradient,
     /// for stride 1, one group and square kernels (pad `k - 1 - pad`).
-    fn transposed(&self) -> Option<ConvShape> {
+    pub(crate) fn transposed(&self) -> Option<ConvShape> {
         let w = self.win;
         let ok = w.stride == 1
             && w.dilation == 1
@@ -336,7 +342,7 @@ impl ConvShape {
         })
     }
     /// A 1×1 convolution with stride 1 and no padding reads its input as the columns.
-    fn pointwise(&self) -> bool {
+    pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1
             && self.kw == 1
             && self.win.stride == 1
@@ -348,7 +354,7 @@ impl ConvShape {
 
 /// The output columns `ox` whose tap `kx` lands inside a row of width `w`, and the input
 /// column of the first: a contiguous range, since the input column grows with `ox`.
-fn valid_cols(s: &ConvShape, kx: usize) -> (std::ops::Range<usize>, usize) {
+pub(crate) fn valid_cols(s: &ConvShape, kx: usize) -> (std::ops::Range<usize>, usize) {
     let first = (0..s.ow)
         .find(|ox| tap(*ox, kx, &s.win, s.w).is_some())
         .unwrap_or(s.ow);
@@ -360,10 +366,17 @@ fn valid_cols(s: &ConvShape, kx: usize) -> (std::ops::Range<usize>, usize) {
 }
 
 /// im2col of group `g` of one image `x` ([C, H, W]), output rows `oys`, into `col`
-/// ([cg·KH·KW, len(oys)·OW]).
-fn im2col(s: &ConvShape, x: &[f32], g: usize, oys: std::ops::Range<usize>, col: &mut [f32]) {
+/// ([cg·KH·KW, len(oys)·OW], rows `ld` apart: several images' columns can sit side by side).
+pub(crate) fn im2col(
+    s: &ConvShape,
+    x: &[f32],
+    g: usize,
+    oys: std::ops::Range<usize>,
+    col: &mut [f32],
+    ld: usize,
+) {
     if s.win.stride == 1 && s.ow == s.w {
-        return im2col_shifted(s, x, g, oys, col);
+        return im2col_shifted(s, x, g, oys, col, ld);
     }
     let (area, cg) = (oys.len() * s.ow, s.cg());
     let cols: Vec<_> = (0..s.kw).map(|kx| valid_cols(s, kx)).collect();
@@ -371,7 +384,7 @@ fn im2col(s: &ConvShape, x: &[f32], g: usize, oys: std::ops::Range<usize>, col: 
         let plane = &x[(g * cg + ci) * s.h * s.w..][..s.h * s.w];
         for ky in 0..s.kh {
             for (kx, (range, ix0)) in cols.iter().enumerate() {
-                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * area..][..area];
+                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * ld..][..area];
                 for (r, oy) in oys.clone().enumerate() {
                     let dst = &mut row[r * s.ow..][..s.ow];
                     let Some(iy) = tap(oy, ky, &s.win, s.h) else {
@@ -408,6 +421,7 @@ fn im2col_shifted(
     g: usize,
     oys: std::ops::Range<usize>,
     col: &mut [f32],
+    ld: usize,
 ) {
     let (ow, area, cg) = (s.ow, oys.len() * s.ow, s.cg());
     let cols: Vec<_> = (0..s.kw).map(|kx| valid_cols(s, kx)).collect();
@@ -419,7 +433,7 @@ fn im2col_shifted(
             let first = (0..oys.len()).find(inside);
             let last = (0..oys.len()).rev().find(inside);
             for (kx, (range, ix0)) in cols.iter().enumerate() {
-                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * area..][..area];
+                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * ld..][..area];
                 let (Some(first), Some(last)) = (first, last) else {
                     row.fill(0.0);
                     continue;
@@ -467,15 +481,15 @@ fn bands(s: &ConvShape) -> impl Iterator<Item = std::ops::Range<usize>> {
     (0..oh.div_ceil(step)).map(move |i| i * step..((i + 1) * step).min(oh))
 }
 
-/// The adjoint of [`im2col`]: adds `col` back into image `dx` ([C, H, W]).
-fn col2im(s: &ConvShape, col: &[f32], g: usize, dx: &mut [f32]) {
+/// The adjoint of [`im2col`]: adds `col` (rows `ld` apart) back into image `dx` ([C, H, W]).
+pub(crate) fn col2im(s: &ConvShape, col: &[f32], g: usize, dx: &mut [f32], ld: usize) {
     let (area, cg) = (s.area(), s.cg());
     let cols: Vec<_> = (0..s.kw).map(|kx| valid_cols(s, kx)).collect();
     for ci in 0..cg {
         let plane = &mut dx[(g * cg + ci) * s.h * s.w..][..s.h * s.w];
         for ky in 0..s.kh {
             for (kx, (range, ix0)) in cols.iter().enumerate() {
-                let row = &col[((ci * s.kh + ky) * s.kw + kx) * area..][..area];
+                let row = &col[((ci * s.kh + ky) * s.kw + kx) * ld..][..area];
                 for oy in 0..s.oh {
                     let Some(iy) = tap(oy, ky, &s.win, s.h) else {
                         continue;
@@ -507,12 +521,12 @@ fn columns<'a>(
     } else {
         let len = oys.len() * s.ow;
         col.resize(rows * len, 0.0);
-        im2col(s, xb, g, oys, col);
+        im2col(s, xb, g, oys, col, len);
         (col, len)
     }
 }
 
-fn mat(ptr: *const f32, rs: usize, cs: usize) -> Mat {
+pub(crate) fn mat(ptr: *const f32, rs: usize, cs: usize) -> Mat {
     Mat {
         ptr,
         rs: rs as isize,
@@ -520,15 +534,72 @@ fn mat(ptr: *const f32, rs: usize, cs: usize) -> Mat {
     }
 }
 
-/// `y = conv2d(x, k)`, image by image, in bands of output rows (see [`band_rows`]).
-pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
-    if crate::winograd::applies(s) {
-        return crate::winograd::conv2d(s, x, k, y);
-    }
-    conv2d_im2col(s, x, k, y)
+/// How a convolution and its gradients are computed: chosen here only, for the kernels
+/// and for the profile's classes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ConvPath {
+    /// One input channel per group, directly ([`crate::depthwise`]).
+    Depthwise,
+    /// 3×3 stride 1 "same", many channels, maps of 16×16 or more ([`crate::winograd`]).
+    Winograd,
+    /// Maps too small for one product per image ([`crate::batched`]).
+    SmallMaps,
+    /// im2col (or the image itself, 1×1) and one product per image and band of rows.
+    Im2col,
 }
 
-/// [`conv2d`] through im2col and GEMM, for any convolution.
+impl ConvPath {
+    /// The path of the forward pass and of the weight gradient.
+    pub fn of(s: &ConvShape) -> ConvPath {
+        if crate::depthwise::applies(s) {
+            ConvPath::Depthwise
+        } else if crate::winograd::applies(s) {
+            ConvPath::Winograd
+        } else if crate::batched::applies(s) {
+            ConvPath::SmallMaps
+        } else {
+            ConvPath::Im2col
+        }
+    }
+
+    /// The path of the input gradient: a stride-1 convolution's is a convolution (of the
+    /// shape returned), the others' the transpose of the forward pass.
+    pub fn of_input_grad(s: &ConvShape) -> (ConvPath, Option<ConvShape>) {
+        if crate::depthwise::applies(s) {
+            return (ConvPath::Depthwise, None);
+        }
+        if let Some(t) = s.transposed() {
+            return (ConvPath::of(&t), Some(t));
+        }
+        if crate::batched::applies(s) {
+            (ConvPath::SmallMaps, None)
+        } else {
+            (ConvPath::Im2col, None)
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvPath::Depthwise => "depthwise",
+            ConvPath::Winograd => "winograd",
+            ConvPath::SmallMaps => "small maps",
+            ConvPath::Im2col => "im2col",
+        }
+    }
+}
+
+/// `y = conv2d(x, k)`, by the path [`ConvPath::of`] chooses.
+pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
+    match ConvPath::of(s) {
+        ConvPath::Depthwise => crate::depthwise::conv2d(s, x, k, y),
+        ConvPath::Winograd => crate::winograd::conv2d(s, x, k, y),
+        ConvPath::SmallMaps => crate::batched::conv2d(s, x, k, y),
+        ConvPath::Im2col => conv2d_im2col(s, x, k, y),
+    }
+}
+
+/// [`conv2d`] through im2col and GEMM, image by image, in bands of output rows (see
+/// [`band_rows`]), for any convolution.
 pub(crate) fn conv2d_im2col(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
     let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
     let (xs, ys) = (s.c * s.h * s.w, s.o * area);
@@ -562,7 +633,11 @@ pub(crate) fn conv2d_im2col(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) 
 
 /// `dx` of `y = conv2d(x, k)` given `dy`.
 pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
-    if let Some(t) = s.transposed() {
+    let (path, transposed) = ConvPath::of_input_grad(s);
+    if path == ConvPath::Depthwise {
+        return crate::depthwise::input_grad(s, dy, k, dx);
+    }
+    if let Some(t) = transposed {
         // A stride-1 convolution's input gradient is itself a convolution: of dy with the
         // kernel flipped in space and its channel axes swapped. im2col's copies are
         // cheaper than col2im's scattered additions.
@@ -576,6 +651,9 @@ pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
             }
         }
         return conv2d(&t, dy, &flipped, dx);
+    }
+    if path == ConvPath::SmallMaps {
+        return crate::batched::input_grad(s, dy, k, dx);
     }
     let (area, rows, og, groups) = (s.area(), s.rows(), s.og(), s.win.groups.max(1));
     let (xs, ys) = (s.c * s.h * s.w, s.o * area);
@@ -619,7 +697,7 @@ pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
                             false,
                         )
                     };
-                    col2im(s, col, g, dxb);
+                    col2im(s, col, g, dxb, area);
                 }
             }
         })
@@ -634,10 +712,12 @@ pub fn conv2d_input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
 /// destination `gemm` packs the small `dy` band rather than the column matrix, which is
 /// `rows / og` times larger (measured on the CNN's [128, 32, 28, 28] layer: 20.5 → 13.4 ms).
 pub fn conv2d_weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
-    if crate::winograd::applies(s) {
-        return crate::winograd::weight_grad(s, x, dy, dk);
+    match ConvPath::of(s) {
+        ConvPath::Depthwise => crate::depthwise::weight_grad(s, x, dy, dk),
+        ConvPath::Winograd => crate::winograd::weight_grad(s, x, dy, dk),
+        ConvPath::SmallMaps => crate::batched::weight_grad(s, x, dy, dk),
+        ConvPath::Im2col => weight_grad_im2col(s, x, dy, dk),
     }
-    weight_grad_im2col(s, x, dy, dk)
 }
 
 /// [`conv2d_weight_grad`] through im2col and GEMM, for any convolution.
@@ -686,10 +766,23 @@ pub(crate) fn weight_grad_im2col(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut 
     let block = og * rows;
     for p in partials {
         for (dkg, pg) in dk.chunks_mut(block).zip(p.chunks(block)) {
-            // pg is dk_gᵀ: element (r, o) at r·og + o.
-            for (o, row) in dkg.chunks_mut(rows).enumerate() {
-                for (r, d) in row.iter_mut().enumerate() {
-                    *d += pg[r * og + o];
+            add_transposed(pg, rows, og, dkg);
+        }
+    }
+}
+
+/// `dst[c·rows + r] += src[r·cols + c]`: adds the transpose of `src` ([rows, cols]) to
+/// `dst` ([cols, rows]), in 32×32 tiles so that both sides stay in cache (element by
+/// element, the strided side missed on every read: 2.4M elements of a 512×4608 weight
+/// gradient took longer than its product).
+pub(crate) fn add_transposed(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                let d = &mut dst[c * rows..][r0..(r0 + TILE).min(rows)];
+                for (i, d) in d.iter_mut().enumerate() {
+                    *d += src[(r0 + i) * cols + c];
                 }
             }
         }
@@ -1065,14 +1158,38 @@ pub fn reduce_from(
         let inner = offsets(1);
         let blocks = crate::team::width().clamp(1, dims[0].0);
         let per = dims[0].0.div_ceil(blocks);
+        // Short runs (the 4×4 and 2×2 maps of a network's last stages) are read a whole
+        // slab (one index of the outer dim) at a time: a fused source computed run by
+        // run cost a loop call per four elements (MobileNetV2's [32, 960, 2, 2] -> [960]
+        // sums: 0.2–0.4 ms each). Same runs, same order of sums.
+        let slab = strides[0];
+        let whole = run < SHORT_RUN && slab * count <= SLAB_MAX;
         let partials: Vec<Vec<f64>> = (0..blocks)
             .into_par_iter()
             .map(|t| {
                 let mut scratch = Scratch::default();
                 let mut acc = vec![init; n_out * count];
                 for j in (t * per)..((t + 1) * per).min(dims[0].0) {
+                    if !whole {
+                        for (o, a) in acc.chunks_exact_mut(count).enumerate() {
+                            fold(&mut scratch, j * slab + base(o), &inner, a);
+                        }
+                        continue;
+                    }
+                    let xs = src.run(j * slab, slab, &mut scratch);
                     for (o, a) in acc.chunks_exact_mut(count).enumerate() {
-                        fold(&mut scratch, j * strides[0] + base(o), &inner, a);
+                        let b = base(o);
+                        for r in &inner {
+                            for (i, a) in a.iter_mut().enumerate() {
+                                let part = &xs[i * slab + b + r..][..run];
+                                *a = match op {
+                                    Reduce::Sum => *a + sum_run(part),
+                                    Reduce::Max => {
+                                        part.iter().fold(*a, |m, v| m.max(f64::from(*v)))
+                                    }
+                                };
+                            }
+                        }
                     }
                 }
                 acc
@@ -1599,7 +1716,7 @@ mod tests {
             for g in 0..groups {
                 for oys in [0..oh, 0..1, oh / 2..oh, oh - 1..oh, 1..oh.max(2) - 1] {
                     let mut col = vec![f32::NAN; s.rows() * oys.len() * ow];
-                    im2col(&s, &x, g, oys.clone(), &mut col);
+                    im2col(&s, &x, g, oys.clone(), &mut col, oys.len() * ow);
                     assert_eq!(
                         col,
                         naive(&s, &x, g, oys.clone()),

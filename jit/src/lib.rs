@@ -11,6 +11,8 @@
 //! against the graph's shapes before anything runs.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod batched;
+pub mod depthwise;
 pub mod fuse;
 pub mod kernels;
 pub mod team;
@@ -38,7 +40,7 @@ pub const TARGET: Target = Target {
     storage: f32_everywhere,
     align: 64,
     lanes: 4,
-    scalar_unary: &[Unary::Log, Unary::Erf, Unary::Sin, Unary::Cos],
+    scalar_unary: &[Unary::Log, Unary::Sin, Unary::Cos],
     scalar_binary: &[Binary::Pow],
     costly_unary: &[
         Unary::Exp,
@@ -101,28 +103,62 @@ impl Executable {
         self.profile = Some(vec![0.0; self.compiled.plan.kernels.len()]);
     }
 
-    /// Seconds spent in each kernel since [`Executable::start_profile`], with what the
-    /// kernel computes, largest first.
-    pub fn profile(&self) -> Vec<(String, f64)> {
+    /// Seconds spent in each kernel since [`Executable::start_profile`], with the
+    /// kernel's class ([`kernel_class`]) and what it computes, largest first.
+    pub fn profile(&self) -> Vec<KernelTime> {
         let Some(times) = &self.profile else {
             return Vec::new();
         };
-        let mut out: Vec<(String, f64)> = self
+        let g = &self.compiled.graph;
+        let mut out: Vec<KernelTime> = self
             .compiled
             .plan
             .kernels
             .iter()
             .zip(times)
-            .map(|(k, t)| {
-                (
-                    sched::describe(&self.compiled.graph, &self.compiled.plan, k),
-                    *t,
-                )
+            .map(|(k, t)| KernelTime {
+                class: kernel_class(g, k),
+                what: sched::describe(g, &self.compiled.plan, k),
+                seconds: *t,
             })
             .collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         out
     }
+}
+
+/// One kernel's share of a profile.
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    pub class: String,
+    pub what: String,
+    pub seconds: f64,
+}
+
+/// The class a profile sums a kernel under: fused loops, matrix products, reductions,
+/// each convolution kernel by the path that computes it ([`kernels::ConvPath`]), and the
+/// other ops by name.
+pub fn kernel_class(g: &Graph, k: &Kernel) -> String {
+    use kernels::{ConvPath, ConvShape};
+    let Kernel::Node { node, args } = k else {
+        return match k {
+            Kernel::Fused { .. } => "fused loop",
+            Kernel::MatMul { .. } => "matmul",
+            _ => "reduction of a fused loop",
+        }
+        .to_string();
+    };
+    let n = g.node(*node);
+    let sh = |i: usize| &g.node(args[i]).shape;
+    let path = match &n.op {
+        Op::Conv2d(w) => ConvPath::of(&ConvShape::new(sh(0), sh(1), &n.shape, *w)),
+        Op::Conv2dInputGrad(w) => {
+            ConvPath::of_input_grad(&ConvShape::new(&n.shape, sh(1), sh(0), *w)).0
+        }
+        Op::Conv2dWeightGrad(w) => ConvPath::of(&ConvShape::new(sh(0), &n.shape, sh(1), *w)),
+        op => return op.name().to_string(),
+    };
+    format!("{} ({})", n.op.name(), path.name())
 }
 
 /// A tensor in host memory, in f32.

@@ -27,7 +27,10 @@ const TILES: usize = 400;
 
 /// Whether [`conv2d`] computes convolution `s`: a 3×3 "same" convolution with stride 1,
 /// and enough channels on both sides for the products to be worth their transforms
-/// (measured with 32 and 64; with fewer, the products' inner dim is too short for gemm).
+/// (measured with 32 and 64; with fewer, the products' inner dim is too short for gemm),
+/// on maps too large for [`crate::batched`]: on 8×8 and smaller maps a batch has few
+/// tiles, and transforming the kernel (16·O·C floats each way) costs more than the
+/// products save (ResNet-34's [32, 512, 2, 2] weight gradient: 23.4 ms here, 19.6 batched).
 pub fn applies(s: &ConvShape) -> bool {
     let w = s.win;
     s.kh == 3
@@ -40,6 +43,7 @@ pub fn applies(s: &ConvShape) -> bool {
         && s.ow == s.w
         && s.c >= 32
         && s.o >= 32
+        && !crate::batched::applies(s)
 }
 
 /// `U_ξ = G g Gᵀ` for every output and input channel, as `u[ξ][o][c]`.
@@ -268,6 +272,9 @@ pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
     let u = kernel_transform(s, k);
     let (o_n, c_n) = (s.o, s.c);
     let image_len = o_n * s.oh * s.ow;
+    // Small images (a 2×2 output is one tile) put the whole batch in fewer chunks than
+    // there are threads; the products are then split instead.
+    let split = s.b.div_ceil(images) < crate::team::width();
     y.par_chunks_mut(images * image_len)
         .enumerate()
         .for_each(|(chunk, ys)| {
@@ -305,7 +312,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
                                 rs: stride as isize,
                                 cs: 1,
                             },
-                            false,
+                            split,
                         )
                     };
                 }
@@ -401,6 +408,8 @@ pub fn weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
     // the threads, so the partial sums (added in block order) are always the same.
     let blocks = crate::team::width().clamp(1, chunks.max(1));
     let per_thread = chunks.div_ceil(blocks);
+    // Fewer blocks than threads (the whole batch in one chunk): split the products.
+    let split = blocks < crate::team::width();
     let partials: Vec<Vec<f32>> = (0..blocks)
         .into_par_iter()
         .map(|t| {
@@ -442,7 +451,7 @@ pub fn weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
                                     rs: 1,
                                     cs: stride as isize,
                                 },
-                                false,
+                                split,
                             )
                         };
                     }

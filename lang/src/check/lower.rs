@@ -210,7 +210,7 @@ impl Cx<'_> {
         self.ir.fail(why.into(), self.cur_span);
     }
 
-    fn concrete(&mut self, dims: &[Dim]) -> Option<Vec<usize>> {
+    pub(super) fn concrete(&mut self, dims: &[Dim]) -> Option<Vec<usize>> {
         let out: Option<Vec<usize>> = dims
             .iter()
             .map(|d| d.as_const().and_then(|n| usize::try_from(n).ok()))

@@ -807,7 +807,33 @@ pub(super) fn matmul(cx: &mut Cx, x: &Ty, y: &Ty, xs: Span, ys: Span, span: Span
             acc.saturating_mul(d)
         });
     cx.add_macs(macs);
-    let v = if cx.lowering() {
+    let v = if cx.lowering() && b2.len() == 2 && a2.len() > 2 {
+        // `x @ W` with one matrix for every batch entry (a linear layer on [B, N, C]): one
+        // product of all B·N rows. Broadcasting `W` instead would make the backward pass a
+        // product per batch entry and a sum of B copies of `W`'s gradient.
+        let rows = cx
+            .concrete(&a2[..a2.len() - 1])
+            .and_then(|d| i64::try_from(d.iter().product::<usize>()).ok());
+        let rb = if b.len() == 1 {
+            cx.emit(Op::Reshape, &[*bv], *db, &b2)
+        } else {
+            *bv
+        };
+        match rows {
+            Some(rows) => {
+                let flat = [Dim::konst(rows), k1.clone()];
+                let fa = cx.emit(Op::Reshape, &[*av], *da, &flat);
+                let mm = cx.emit(Op::MatMul, &[fa, rb], *da, &[Dim::konst(rows), n.clone()]);
+                let mut out = batch.clone();
+                out.push(m.clone());
+                if b.len() > 1 {
+                    out.push(n.clone());
+                }
+                cx.emit(Op::Reshape, &[mm], *da, &out)
+            }
+            None => None,
+        }
+    } else if cx.lowering() {
         // Make the broadcast explicit: both sides get the full batch dims.
         let mut sa = batch.clone();
         sa.extend([m.clone(), k1.clone()]);
