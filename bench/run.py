@@ -1,7 +1,8 @@
 """Times nabla and the anchors (bench/anchors.py) in one session and prints the ratios.
 
-    .venv/bin/python bench/run.py            # all workloads
+    .venv/bin/python bench/run.py            # all workloads: the nine examples (WORKLOADS)
     .venv/bin/python bench/run.py mlp        # one
+    .venv/bin/python bench/run.py mnist      # the four MNIST workloads
     .venv/bin/python bench/run.py --rounds 3 # alternating three times, medians of rounds
 
 nabla is run as `target/release/nabla bench` (build it first: cargo build --release), or as

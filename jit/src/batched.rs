@@ -104,18 +104,18 @@ fn gather_columns(
     }
 }
 
-/// Planes `from..from + planes` of images `first..first + count` of `t` (images of
-/// `image` floats, planes of `area`), side by side: `[planes, count·area]`.
+/// Planes `from..from + planes` of `images` of `t` (images of `image` floats, planes of
+/// `area`), side by side: `[planes, images.len()·area]`.
 fn gather_planes(
     t: &[f32],
     image: usize,
     area: usize,
-    first: usize,
-    count: usize,
+    images: std::ops::Range<usize>,
     from: usize,
     planes: usize,
     out: &mut Vec<f32>,
 ) {
+    let (first, count) = (images.start, images.len());
     let n = count * area;
     out.resize(planes * n, 0.0);
     for i in 0..count {
@@ -197,7 +197,7 @@ pub fn input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
                     dxc.fill(0.0);
                 }
                 for g in 0..groups {
-                    gather_planes(dy, ys, area, first, count, g * og, og, dyg);
+                    gather_planes(dy, ys, area, first..first + count, g * og, og, dyg);
                     col.resize(rows * n, 0.0);
                     // SAFETY: col is [rows, n], kᵀ's group block [rows, og], dyg [og, n].
                     unsafe {
@@ -246,7 +246,7 @@ pub fn weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
                     let n = count * area;
                     for g in 0..groups {
                         gather_columns(s, &table, x, g, first, count, col);
-                        gather_planes(dy, ys, area, first, count, g * og, og, dyg);
+                        gather_planes(dy, ys, area, first..first + count, g * og, og, dyg);
                         // dk_gᵀ [rows, og] += (dy_g [og, n] · colsᵀ [n, rows])ᵀ, written as
                         // an [og, rows] product into a column-major destination.
                         // SAFETY: acc is this block's own; extents as described.
