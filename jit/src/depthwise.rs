@@ -124,6 +124,56 @@ impl Taps {
     }
 }
 
+/// What [`sweep`] computes, for every output position `p` and tap `t` reading input
+/// position `ip` (rows of `o` channels): the forward pass `y[p] += k[t]·x[ip]`, the input
+/// gradient `dx[ip] += k[t]·dy[p]`, the weight gradient `dk[t] += x[ip]·dy[p]`.
+const FORWARD: u8 = 0;
+const INPUT_GRAD: u8 = 1;
+const WEIGHT_GRAD: u8 = 2;
+
+/// The products of one image, as `ROLE` says: `a` is the kernel (`[taps, o]`) or, for the
+/// weight gradient, the input; `b` the input or the output gradient. With AVX2 and FMA
+/// (detected at run time: the crate is built for baseline x86-64) the rows are 8 lanes
+/// wide and fused (ConvNeXt-T's depthwise kernels: 59–66 → 46–51 ms per step, alternated
+/// runs); elsewhere the same loops are built for the baseline, so results differ in the
+/// last bits between such machines, as `gemm`'s do.
+fn sweep<const ROLE: u8>(taps: &Taps, o: usize, a: &[f32], b: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has both features.
+        return unsafe { sweep_fma::<ROLE>(taps, o, a, b, dst) };
+    }
+    sweep_rows::<ROLE, false>(taps, o, a, b, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sweep_fma<const ROLE: u8>(taps: &Taps, o: usize, a: &[f32], b: &[f32], dst: &mut [f32]) {
+    sweep_rows::<ROLE, true>(taps, o, a, b, dst)
+}
+
+#[inline(always)]
+fn sweep_rows<const ROLE: u8, const FMA: bool>(
+    taps: &Taps,
+    o: usize,
+    a: &[f32],
+    b: &[f32],
+    dst: &mut [f32],
+) {
+    for p in 0..taps.starts.len() - 1 {
+        for &(t, ip) in taps.of(p) {
+            let (d, x, y) = match ROLE {
+                FORWARD => (&mut dst[p * o..][..o], &a[t * o..][..o], &b[ip * o..][..o]),
+                INPUT_GRAD => (&mut dst[ip * o..][..o], &a[t * o..][..o], &b[p * o..][..o]),
+                _ => (&mut dst[t * o..][..o], &a[ip * o..][..o], &b[p * o..][..o]),
+            };
+            for ((d, x), y) in d.iter_mut().zip(x).zip(y) {
+                *d = if FMA { x.mul_add(*y, *d) } else { *d + x * y };
+            }
+        }
+    }
+}
+
 /// `y = conv2d(x, k)`, image by image.
 pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
     let (hw, ohw, o, og) = (s.h * s.w, s.area(), s.o, s.og());
@@ -131,16 +181,9 @@ pub fn conv2d(s: &ConvShape, x: &[f32], k: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(o * ohw).enumerate().for_each(|(b, yb)| {
         reusing(&SCRATCH, |(xt, yt)| {
             to_channels_last(&x[b * s.c * hw..][..s.c * hw], hw, o, og, xt);
+            yt.clear();
             yt.resize(ohw * o, 0.0);
-            for (p, acc) in yt.chunks_exact_mut(o).enumerate() {
-                acc.fill(0.0);
-                for &(t, ip) in taps.of(p) {
-                    let (w, v) = (&kt[t * o..][..o], &xt[ip * o..][..o]);
-                    for ((a, w), v) in acc.iter_mut().zip(w).zip(v) {
-                        *a += w * v;
-                    }
-                }
-            }
+            sweep::<FORWARD>(&taps, o, &kt, xt, yt);
             from_channels_last(yt, ohw, o, 1, yb);
         })
     });
@@ -158,14 +201,7 @@ pub fn input_grad(s: &ConvShape, dy: &[f32], k: &[f32], dx: &mut [f32]) {
                 to_channels_last(&dy[b * o * ohw..][..o * ohw], ohw, o, 1, dyt);
                 dxt.clear();
                 dxt.resize(hw * o, 0.0);
-                for (p, g) in dyt.chunks_exact(o).enumerate() {
-                    for &(t, ip) in taps.of(p) {
-                        let (w, d) = (&kt[t * o..][..o], &mut dxt[ip * o..][..o]);
-                        for ((d, w), g) in d.iter_mut().zip(w).zip(g) {
-                            *d += w * g;
-                        }
-                    }
-                }
+                sweep::<INPUT_GRAD>(&taps, o, &kt, dyt, dxt);
                 from_channels_last(dxt, hw, o, og, dxb);
             })
         });
@@ -189,14 +225,7 @@ pub fn weight_grad(s: &ConvShape, x: &[f32], dy: &[f32], dk: &mut [f32]) {
                     to_channels_last(&x[b * s.c * hw..][..s.c * hw], hw, o, og, xt);
                     to_channels_last(&dy[b * o * ohw..][..o * ohw], ohw, o, 1, dyt);
                     image.fill(0.0);
-                    for (p, g) in dyt.chunks_exact(o).enumerate() {
-                        for &(t, ip) in taps.of(p) {
-                            let (d, v) = (&mut image[t * o..][..o], &xt[ip * o..][..o]);
-                            for ((d, v), g) in d.iter_mut().zip(v).zip(g) {
-                                *d += v * g;
-                            }
-                        }
-                    }
+                    sweep::<WEIGHT_GRAD>(&taps, o, xt, dyt, &mut image);
                     for (a, v) in acc.iter_mut().zip(&image) {
                         *a += f64::from(*v);
                     }
