@@ -59,6 +59,12 @@ const GEMM_PARALLEL_MIN_POOLED: usize = 1 << 18;
 /// microsecond), so products down to about 5 µs of work gain.
 const GEMM_TEAM_MIN: usize = 1 << 17;
 
+/// Whether a product is too small for [`gemm_scaled`] to split over threads (so a batch
+/// of such products is better split by entries).
+pub(crate) fn gemm_entry_small(m: usize, n: usize, k: usize) -> bool {
+    m * n * k < GEMM_TEAM_MIN
+}
+
 /// A matrix operand: base pointer, row stride and column stride (in elements).
 #[derive(Clone, Copy)]
 pub struct Mat {
@@ -1340,85 +1346,6 @@ pub fn argmax(x: &[f32], shape: &[usize], axis: usize, out: &mut [f32]) {
             }
         }
         *y = best.0 as f32;
-    }
-}
-
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
-
-/// Fills `out` (shape `oshape`) with `x` read through `src_strides` per output dim (a
-/// general strided copy: transposes and broadcasts).
-pub fn strided_copy(x: &[f32], src_strides: &[usize], oshape: &[usize], out: &mut [f32]) {
-    let inner = *oshape.last().unwrap_or(&1);
-    let inner_stride = *src_strides.last().unwrap_or(&0);
-    let row = |(r, dst): (usize, &mut [f32])| {
-        let mut rem = r;
-        let mut off = 0;
-        for d in (0..oshape.len().saturating_sub(1)).rev() {
-            off += (rem % oshape[d]) * src_strides[d];
-            rem /= oshape[d];
-        }
-        for (j, v) in dst.iter_mut().enumerate() {
-            *v = x[off + j * inner_stride];
-        }
-    };
-    if out.len() >= PARALLEL_MIN {
-        out.par_chunks_mut(inner.max(1)).enumerate().for_each(row);
-    } else {
-        out.chunks_mut(inner.max(1)).enumerate().for_each(row);
-    }
-}
-
-/// `transpose(x, perm)`.
-pub fn transpose(x: &[f32], xshape: &[usize], perm: &[usize], out: &mut [f32]) {
-    let xs = strides(xshape);
-    let oshape: Vec<usize> = perm.iter().map(|p| xshape[*p]).collect();
-    let src: Vec<usize> = perm.iter().map(|p| xs[*p]).collect();
-    strided_copy(x, &src, &oshape, out);
-}
-
-/// `broadcast(x)` to `oshape` (x's dims right-aligned; 1-sized dims stretch).
-pub fn broadcast(x: &[f32], xshape: &[usize], oshape: &[usize], out: &mut [f32]) {
-    let off = oshape.len() - xshape.len();
-    let xs = strides(xshape);
-    let src: Vec<usize> = (0..oshape.len())
-        .map(|d| {
-            if d < off || xshape[d - off] == 1 {
-                0
-            } else {
-                xs[d - off]
-            }
-        })
-        .collect();
-    strided_copy(x, &src, oshape, out);
-}
-
-/// Copies between tensors that differ along one axis: `x` with `xn` entries on that axis
-/// is placed at `at` inside `out` with `on` entries (pad, concat), or the reverse (slice,
-/// `take`).
-pub fn along_axis(
-    x: &[f32],
-    outer: usize,
-    inner: usize,
-    xn: usize,
-    on: usize,
-    at: usize,
-    take: bool,
-    out: &mut [f32],
-) {
-    for o in 0..outer {
-        if take {
-            out[o * on * inner..][..on * inner]
-                .copy_from_slice(&x[(o * xn + at) * inner..][..on * inner]);
-        } else {
-            out[(o * on + at) * inner..][..xn * inner]
-                .copy_from_slice(&x[o * xn * inner..][..xn * inner]);
-        }
     }
 }
 

@@ -12,6 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod batched;
+pub mod copy;
 pub mod depthwise;
 pub mod fuse;
 pub mod kernels;
@@ -559,15 +560,50 @@ unsafe fn execute(c: &Compiled, k: &Kernel, ptrs: &[*mut f32]) -> Result<(), Str
                     }
                 }
             };
-            for bi in 0..batch {
+            // Addresses, so the entries' closure is Sync; each entry writes its own block.
+            let (pa, pb, po) = (
+                ptrs[a.index()] as usize,
+                ptrs[b.index()] as usize,
+                ptrs[out.index()] as usize,
+            );
+            let acc = update.is_some();
+            let entry = |bi: usize, threads: bool| {
                 // SAFETY: each batch entry lies inside its operand's region.
                 unsafe {
-                    let pa = ptrs[a.index()].add(bi * m * k);
-                    let pb = ptrs[b.index()].add(bi * k * n);
-                    let po = ptrs[out.index()].add(bi * m * n);
-                    let acc = update.is_some();
-                    kernels::gemm_scaled(m, n, k, po, n as isize, acc, scale, am(pa), bm(pb), true);
+                    let pa = (pa as *const f32).add(bi * m * k);
+                    let pb = (pb as *const f32).add(bi * k * n);
+                    let po = (po as *mut f32).add(bi * m * n);
+                    kernels::gemm_scaled(
+                        m,
+                        n,
+                        k,
+                        po,
+                        n as isize,
+                        acc,
+                        scale,
+                        am(pa),
+                        bm(pb),
+                        threads,
+                    );
                 }
+            };
+            // Entries too small to be split themselves (attention's per-head products,
+            // 17×64 by 64×17 in ViT-Ti at 64×64) are shared out instead: a block of
+            // entries per team member. An entry's bits do not depend on who computes it.
+            // Large steps run on rayon's pool, small ones on the team (see `run`).
+            if batch > 1 && kernels::gemm_entry_small(m, n, k) {
+                let chunk = batch.div_ceil(team::width());
+                let part = |i: usize| {
+                    (i * chunk..((i + 1) * chunk).min(batch)).for_each(|bi| entry(bi, false))
+                };
+                if team::in_step() {
+                    team::run_in_step(batch.div_ceil(chunk), &part);
+                } else {
+                    use rayon::prelude::*;
+                    (0..batch.div_ceil(chunk)).into_par_iter().for_each(part);
+                }
+            } else {
+                (0..batch).for_each(|bi| entry(bi, true));
             }
         }
         Kernel::Reduced { nodes, func, args } => {
@@ -652,6 +688,7 @@ fn native<'a>(
     sh: &dyn Fn(usize) -> &'a Vec<usize>,
     out: &mut [f32],
 ) -> Result<(), String> {
+    use copy::*;
     use kernels::*;
     match &n.op {
         Op::Const(c) => out.fill(*c as f32),

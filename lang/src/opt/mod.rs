@@ -3,7 +3,8 @@
 //!
 //! - [`simplify`]: constant folding and algebraic identities (`x·1 = x`, `x + 0 = x`,
 //!   `--x = x`, a broadcast or reshape to the same shape is `x`, chains of reshapes,
-//!   broadcasts and transposes collapse, `(Aᵀ B)ᵀ = Bᵀ A`);
+//!   broadcasts and transposes collapse, `(Aᵀ B)ᵀ = Bᵀ A`, two zero-padded pieces
+//!   side by side summed are one padded concatenation);
 //! - [`cse`]: common subexpression elimination (same op, same arguments);
 //! - [`dce`]: dead code elimination (only what an output needs), renumbering in order.
 //!
@@ -96,6 +97,24 @@ fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
                 (Binary::Div, _, Some(o)) if o == 1.0 && same_shape(out, x) => return x,
                 _ => {}
             }
+            if *b == Binary::Add
+                && let Some(v) = adjacent_pads(out, x, y, n)
+            {
+                return v;
+            }
+            // (w + pad(a)) + pad(b) = w + (pad(a) + pad(b)), exactly: where the pads are
+            // side by side, every element adds at most one of them.
+            if *b == Binary::Add
+                && let Op::Binary(Binary::Add) = out.node(x).op
+                && out.node(x).shape == n.shape
+            {
+                let (u, w) = (out.node(x).args[0], out.node(x).args[1]);
+                for (pad, rest) in [(u, w), (w, u)] {
+                    if let Some(v) = adjacent_pads(out, pad, y, n) {
+                        return push(out, Op::Binary(Binary::Add), vec![rest, v]);
+                    }
+                }
+            }
             // a - (-b) = a + b; a + (-b) = a - b
             if let Op::Unary(Unary::Neg) = out.node(y).op {
                 let inner = out.node(y).args[0];
@@ -159,9 +178,68 @@ fn rewrite(out: &mut Graph, n: &Node, args: Vec<ValueId>) -> ValueId {
                 _ => push(out, n.op.clone(), args),
             }
         }
+        // A pad by nothing (left by `adjacent_pads` once the pieces cover the axis).
+        Op::Pad { .. } if same_shape(out, args[0]) => args[0],
         Op::Select if args[1] == args[2] => args[1],
         _ => push(out, n.op.clone(), args),
     }
+}
+
+/// `pad(a) + pad(b)` where the two pads place `a` and `b` side by side along one axis is
+/// `pad(concat(a, b))`: the backward pass of slices that split an axis (attention's
+/// `qkv[0]`, `qkv[1]`, `qkv[2]`) sums one zero-padded gradient per slice, and after two
+/// rewrites that is one concatenation, without writing and adding the zeros.
+fn adjacent_pads(out: &mut Graph, x: ValueId, y: ValueId, n: &Node) -> Option<ValueId> {
+    let pad = |v: ValueId| match out.node(v).op {
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => Some((axis, before, after, out.node(v).args[0])),
+        _ => None,
+    };
+    let (p, q) = (pad(x)?, pad(y)?);
+    let axis = p.0;
+    if q.0 != axis || out.node(x).shape != n.shape || out.node(y).shape != n.shape {
+        return None;
+    }
+    let len = |v: ValueId| out.node(v).shape[axis];
+    // The first piece ends where the second begins.
+    let (first, second) = if p.1 + len(p.3) == q.1 {
+        (p, q)
+    } else if q.1 + len(q.3) == p.1 {
+        (q, p)
+    } else {
+        return None;
+    };
+    let (before, after, l1, l2) = (first.1, second.2, len(first.3), len(second.3));
+    let (first, second) = (first.3, second.3);
+    if out.node(first).dtype != n.dtype || out.node(second).dtype != n.dtype {
+        return None;
+    }
+    let mut shape = n.shape.clone();
+    shape[axis] = l1 + l2;
+    let cat = out.push_at(
+        Op::Concat { axis },
+        vec![first, second],
+        n.dtype,
+        shape,
+        n.span,
+    );
+    if before == 0 && after == 0 {
+        return Some(cat);
+    }
+    Some(out.push_at(
+        Op::Pad {
+            axis,
+            before,
+            after,
+        },
+        vec![cat],
+        n.dtype,
+        n.shape.clone(),
+        n.span,
+    ))
 }
 
 fn transpose2(out: &mut Graph, v: ValueId) -> ValueId {
@@ -264,4 +342,124 @@ pub fn dce(g: &Graph) -> Graph {
         .filter_map(|(name, v)| map[v.index()].map(|m| (name.clone(), m)))
         .collect();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::ty::DType;
+    use crate::interp::{Precision, Tensor};
+    use crate::ir::InputKind;
+
+    /// A [3, 2, 4] input split in three along axis 0, the pieces scaled and put back
+    /// with pads in the order (2, 0, 1), as a backward pass would sum them.
+    fn split_and_pad() -> Graph {
+        let mut g = Graph::default();
+        let f = DType::F32;
+        let x = g.push(
+            Op::Input {
+                name: "x".into(),
+                kind: InputKind::Data,
+            },
+            vec![],
+            f,
+            vec![3, 2, 4],
+        );
+        let two = g.push(Op::Const(2.0), vec![], f, vec![]);
+        let two = g.push(Op::Broadcast, vec![two], f, vec![1, 2, 4]);
+        let mut padded = Vec::new();
+        for i in [2, 0, 1] {
+            let s = g.push(
+                Op::Slice {
+                    axis: 0,
+                    start: i,
+                    end: i + 1,
+                },
+                vec![x],
+                f,
+                vec![1, 2, 4],
+            );
+            let s = g.push(Op::Binary(Binary::Mul), vec![s, two], f, vec![1, 2, 4]);
+            padded.push(g.push(
+                Op::Pad {
+                    axis: 0,
+                    before: i,
+                    after: 2 - i,
+                },
+                vec![s],
+                f,
+                vec![3, 2, 4],
+            ));
+        }
+        let sum = g.push(
+            Op::Binary(Binary::Add),
+            vec![padded[0], padded[1]],
+            f,
+            vec![3, 2, 4],
+        );
+        let sum = g.push(
+            Op::Binary(Binary::Add),
+            vec![sum, padded[2]],
+            f,
+            vec![3, 2, 4],
+        );
+        g.outputs.push(("y".into(), sum));
+        g
+    }
+
+    /// The graph's output before and after [`optimize`], on the interpreter in f64.
+    fn outputs(g: &Graph, o: &Graph) -> (Vec<f64>, Vec<f64>) {
+        let x = Tensor {
+            dtype: DType::F32,
+            shape: vec![3, 2, 4],
+            data: (0..24).map(|i| i as f64 - 7.5).collect(),
+        };
+        let input = |_: &str, _: InputKind| Some(x.clone());
+        let y = |g: &Graph| {
+            let vals = crate::interp::run(g, &input, Precision::F64).expect("runs");
+            vals[g.outputs[0].1.index()].data.clone()
+        };
+        (y(g), y(o))
+    }
+
+    #[test]
+    fn padded_pieces_side_by_side_become_one_concatenation() {
+        let g = split_and_pad();
+        let o = optimize(&g);
+        crate::ir::verify(&o).expect("the optimized graph verifies");
+        let count = |op: &str| o.nodes.iter().filter(|n| n.op.name() == op).count();
+        // Pieces 2 and 0 are not neighbours; piece 1 meets one of them, then the other.
+        assert_eq!(
+            (count("pad"), count("concat"), count("add")),
+            (0, 2, 0),
+            "{o:?}"
+        );
+        let (before, after) = outputs(&g, &o);
+        assert_eq!(before, after);
+        assert_eq!(
+            after,
+            (0..24).map(|i| 2.0 * (i as f64 - 7.5)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn overlapping_pads_are_added() {
+        let mut g = split_and_pad();
+        // Move piece 2 to position 1, over piece 1: only it and piece 0 are neighbours.
+        if let Op::Pad { before, after, .. } = &mut g.nodes[5].op {
+            (*before, *after) = (1, 1);
+        } else {
+            panic!("node 5 is the first pad: {:?}", g.nodes[5].op);
+        }
+        let o = optimize(&g);
+        crate::ir::verify(&o).expect("the optimized graph verifies");
+        let count = |op: &str| o.nodes.iter().filter(|n| n.op.name() == op).count();
+        assert_eq!(
+            (count("pad"), count("concat"), count("add")),
+            (2, 1, 1),
+            "{o:?}"
+        );
+        let (before, after) = outputs(&g, &o);
+        assert_eq!(before, after);
+    }
 }
