@@ -61,8 +61,10 @@ pub fn export<B: Backend + 'static>(
     let p = &checked.program;
     // The checkpoint is read as `load` reads it: every tensor of the net, with its shape,
     // nothing else (its errors name the file and the tensor).
-    let mut model = Model::<B>::init(p, b, net, 0)?;
-    model.load(b, params)?;
+    let model = Model::<B>::from_file(p, b, net, params)?;
+    // Exported for the input the checkpoint was made for, unless told otherwise.
+    let made_for = model.input.clone();
+    let input = input.or(Some(made_for.as_slice()));
     let tensors = model.tensors(b)?;
     let lower = |batch: usize| -> Result<Graph, String> {
         let l = lower_net_at(p, 0, net, batch, Mode::Eval, None, input).map_err(|d| d.message)?;

@@ -25,8 +25,8 @@ pub fn predict<B: Backend + 'static>(
             "no images: name PNG or JPEG files after the options".into(),
         ));
     }
-    let mut m = Model::<B>::init(&checked.program, b, net, 0).map_err(crate::Failure::Message)?;
-    m.load(b, params).map_err(crate::Failure::Message)?;
+    let mut m =
+        Model::<B>::from_file(&checked.program, b, net, params).map_err(crate::Failure::Message)?;
     let shape: [usize; 3] = m.input.as_slice().try_into().map_err(|_| {
         crate::Failure::Message(format!(
             "`{net}` takes inputs of shape {:?}: `nabla predict` reads images, [channels, height, width]",

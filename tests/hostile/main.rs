@@ -30,6 +30,7 @@ mod memory;
 mod recipes;
 mod shapes;
 mod signals;
+mod transforms;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -4,6 +4,9 @@
 
 use nabla_lang::backend::memory;
 use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::transform::{Transform, View};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -17,9 +20,12 @@ pub struct Split {
     /// N·C·H·W pixels as bytes: `b` stands for `b / 255` in [0, 1]. Every format we read
     /// stores 8-bit pixels, and a quarter of the bytes is a quarter of the memory and of
     /// the traffic when a batch is gathered from rows in random order.
-    pub images: Vec<u8>,
+    /// Shared: a transformed split ([`Split::transformed`]) reads the same bytes.
+    pub images: Arc<Vec<u8>>,
     pub labels: Vec<i32>,
     pub classes: usize,
+    /// How stored examples become the net's input (none: as they are stored).
+    pub view: Option<Arc<View>>,
 }
 
 impl Split {
@@ -29,8 +35,31 @@ impl Split {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+    /// Bytes per stored example.
     pub fn example_len(&self) -> usize {
         self.shape.iter().product()
+    }
+    /// The shape of an example as the net sees it: after the transforms.
+    pub fn input(&self) -> [usize; 3] {
+        self.view.as_ref().map_or(self.shape, |v| v.to)
+    }
+    /// Values per example as the net sees it.
+    pub fn input_len(&self) -> usize {
+        self.input().iter().product()
+    }
+    /// The same examples seen through `steps` (after any this split already has).
+    pub fn transformed(&self, steps: &[Transform]) -> Result<Split, String> {
+        let mut all = self
+            .view
+            .as_ref()
+            .map(|v| v.steps.clone())
+            .unwrap_or_default();
+        all.extend_from_slice(steps);
+        let view = View::new(self.shape, &all).map_err(|e| format!("{}: {e}", self.name))?;
+        Ok(Split {
+            view: view.map(Arc::new),
+            ..self.clone()
+        })
     }
 }
 
@@ -186,9 +215,10 @@ pub fn idx_split(
     Ok(Split {
         name: name.to_string(),
         shape: [1, dims[1], dims[2]],
-        images,
+        images: Arc::new(images),
         labels,
         classes,
+        view: None,
     })
 }
 
@@ -268,9 +298,10 @@ pub fn cifar10(dir: &Path) -> Result<(Split, Split), String> {
         Ok(Split {
             name: name.into(),
             shape: [3, 32, 32],
-            images,
+            images: Arc::new(images),
             labels,
             classes: 10,
+            view: None,
         })
     };
     let train: Vec<String> = (1..=5).map(|i| format!("data_batch_{i}.bin")).collect();
@@ -320,8 +351,10 @@ pub fn image_folder(
             let Ok(entries) = std::fs::read_dir(dir.join(class)) else {
                 continue;
             };
+            // Hidden files (`.DS_Store`, editors' swap files) are not images.
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .map(|e| e.path())
                 .filter(|p| p.is_file())
                 .collect();
@@ -331,6 +364,15 @@ pub fn image_folder(
         out
     };
     let (train_files, val_files) = (list(&classes_dir), list(&val));
+    // A class the training split has no image of could never be learned (and would
+    // shift nothing visibly: its label would just never occur).
+    if let Some(empty) = (0..classes.len()).find(|c| !train_files.iter().any(|f| f.1 == *c)) {
+        return Err(format!(
+            "{}: the class folder `{}` has no images (PNG or JPEG): add its images or remove it",
+            classes_dir.join(&classes[empty]).display(),
+            classes[empty]
+        ));
+    }
     let per_image = size.checked_mul(size).and_then(|a| a.checked_mul(3));
     let total = per_image.and_then(|p| p.checked_mul(train_files.len() + val_files.len()));
     memory::check(
@@ -372,9 +414,10 @@ pub fn image_folder(
         Ok(Split {
             name: name.into(),
             shape: [3, size, size],
-            images,
+            images: Arc::new(images),
             labels,
             classes: classes.len(),
+            view: None,
         })
     };
     Ok((load(train_files, "train")?, load(val_files, "val")?))
@@ -527,9 +570,10 @@ pub fn image_split(paths: &[PathBuf], shape: [usize; 3]) -> Result<Split, String
     Ok(Split {
         name: "the images".into(),
         shape,
-        images,
+        images: Arc::new(images),
         labels: vec![0; paths.len()],
         classes: 1,
+        view: None,
     })
 }
 
@@ -652,6 +696,47 @@ mod tests {
         let e = image_folder(&d, 4, None).expect_err("gif");
         assert!(
             e.contains("g.gif: image folders hold PNG and JPEG images"),
+            "{e}"
+        );
+        std::fs::remove_file(d.join("val/dog/g.gif")).expect("rm");
+        // Hidden files are skipped; a class without images is an error naming it.
+        std::fs::write(d.join("train/cat/.DS_Store"), b"\0\0").expect("write");
+        image_folder(&d, 4, None).expect("hidden files are not images");
+        std::fs::create_dir_all(d.join("train/emu")).expect("dir");
+        std::fs::write(d.join("train/emu/.keep"), b"").expect("write");
+        let e = image_folder(&d, 4, None).expect_err("empty class");
+        assert!(
+            e.contains("train/emu: the class folder `emu` has no images"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn transformed_splits_keep_their_bytes_and_report_the_net_shape() {
+        let split = Split {
+            name: "MNIST train".into(),
+            shape: [1, 28, 28],
+            images: Arc::new(vec![7; 2 * 784]),
+            labels: vec![1, 2],
+            classes: 10,
+            view: None,
+        };
+        let t = split
+            .transformed(&[Transform::Rgb, Transform::Resize(64)])
+            .expect("valid");
+        assert_eq!(
+            (t.input(), t.input_len(), t.example_len()),
+            ([3, 64, 64], 12288, 784)
+        );
+        assert!(Arc::ptr_eq(&t.images, &split.images));
+        // Steps add to the ones a split has.
+        let c = t.transformed(&[Transform::CenterCrop(56)]).expect("valid");
+        assert_eq!(c.input(), [3, 56, 56]);
+        let e = split
+            .transformed(&[Transform::Resize(0)])
+            .expect_err("size 0");
+        assert!(
+            e.starts_with("MNIST train: resize(0): the size must be at least 1"),
             "{e}"
         );
     }

@@ -10,11 +10,13 @@ pub mod files;
 pub mod model;
 pub mod recipe;
 pub mod tensors;
+pub mod transform;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -48,6 +50,8 @@ enum Native {
     Cifar10,
     ImageFolder,
     SplitSize,
+    TransformSplit,
+    InitFor,
     Init,
     Prepare,
     CheckRecipe,
@@ -93,6 +97,8 @@ impl Native {
             "cifar10" => Cifar10,
             "image_folder" => ImageFolder,
             "split_size" => SplitSize,
+            "transform_split" => TransformSplit,
+            "init_for" => InitFor,
             "init" => Init,
             "prepare" => Prepare,
             "check_recipe" => CheckRecipe,
@@ -439,6 +445,34 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 })
             }
             SplitSize => Ok(Self::split(heap, a[0])?.len() as Word),
+            TransformSplit => {
+                let field = |heap: &Heap, record: &str, h: Word, name: &str| {
+                    self.field(heap, record, h, name)
+                };
+                let steps = recipe::transforms(heap, &field, a[1])?;
+                let split = Self::split(heap, a[0])?.transformed(&steps)?;
+                Ok(heap.alloc(Object::Native(Box::new(Rc::new(split)))))
+            }
+            InitFor => {
+                let net = heap.net(a[0])?.to_string();
+                let split = Self::split(heap, a[1])?;
+                let (p, backend) = (self.p, self.backend);
+                let mut m = Model::<B>::init(p, backend, &net, a[2])?;
+                // Another size than the net declares, same channels: made for the data's
+                // (parameters may follow it). Other channels, or a size the net cannot
+                // take, keep the declared shape, and the first step says why, with the
+                // transforms that would fit.
+                let (declared, have) = (&m.input, split.input());
+                if declared.iter().product::<usize>() != split.input_len()
+                    && declared.len() == 3
+                    && declared[0] == have[0]
+                    && let Ok(at) =
+                        Model::<B>::init_at(p, backend, &net, a[2], Some(&split.input()))
+                {
+                    m = at;
+                }
+                Ok(heap.alloc(Object::Native(Box::new(m))))
+            }
             Init => {
                 let net = heap.net(a[0])?.to_string();
                 let m = Model::<B>::init(self.p, self.backend, &net, a[1])?;
@@ -626,8 +660,7 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
             Load => {
                 let net = heap.net(a[0])?.to_string();
                 let path = PathBuf::from(heap.str(a[1])?);
-                let mut m = Model::<B>::init(self.p, self.backend, &net, 0)?;
-                m.load(self.backend, &path)?;
+                let m = Model::<B>::from_file(self.p, self.backend, &net, &path)?;
                 Ok(heap.alloc(Object::Native(Box::new(m))))
             }
             Grad | ValueAndGrad => {
@@ -675,10 +708,13 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 let per = split.example_len();
                 let part = Split {
                     name: format!("{} {}..{}", split.name, idx[0], idx[0] + idx.len()),
-                    images: split.images[idx[0] * per..(idx[0] + idx.len()) * per].to_vec(),
+                    images: Arc::new(
+                        split.images[idx[0] * per..(idx[0] + idx.len()) * per].to_vec(),
+                    ),
                     labels: split.labels[idx[0]..idx[0] + idx.len()].to_vec(),
                     shape: split.shape,
                     classes: split.classes,
+                    view: split.view.clone(),
                 };
                 let (p, backend) = (self.p, self.backend);
                 let out = Self::model(heap, a[0])?.predict(p, backend, &part, 500)?;

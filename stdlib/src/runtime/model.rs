@@ -133,6 +133,31 @@ struct Row {
     flip: bool,
 }
 
+/// The transforms that make stored examples of shape `from` examples of `to`: to_rgb()
+/// for gray to RGB, resize(n) for another square size, resize(n) then center_crop(n)
+/// for a rectangle to a square. `None` when none does (RGB to gray, a target that is
+/// not a square image, an empty one).
+fn fix(from: [usize; 3], to: &[usize]) -> Option<String> {
+    let [c, h, w] = from;
+    let &[tc, th, tw] = to else { return None };
+    let mut steps = Vec::new();
+    match (c, tc) {
+        (1, 3) => steps.push("to_rgb()".to_string()),
+        (a, b) if a == b => {}
+        _ => return None,
+    }
+    if (h, w) != (th, tw) {
+        if th != tw || th == 0 {
+            return None;
+        }
+        steps.push(format!("resize({th})"));
+        if h != w {
+            steps.push(format!("center_crop({th})"));
+        }
+    }
+    Some(steps.join(", "))
+}
+
 /// Writes the images of `rows` of `split` into `out`, one after another, augmented and
 /// normalized by the per-channel `(mean, std)` (none given: as they are). `out` holds
 /// exactly those images; rows were checked to lie in the split when gathered.
@@ -142,9 +167,6 @@ fn fill_images(split: &Split, rows: &[Row], (mean, std): (&[f32], &[f32]), out: 
     if per == 0 {
         return;
     }
-    // Each channel's normalization of a byte b, `(b / 255 − mean) / std`, as one multiply
-    // and add: `b · scale + shift`. A loop the compiler vectorizes, where a table lookup
-    // per pixel made Fashion-MNIST's linear epoch slower than copying f32 pixels.
     let affine = |ch: usize| {
         let (m, s) = (
             mean.get(ch).copied().unwrap_or(0.0),
@@ -152,6 +174,19 @@ fn fill_images(split: &Split, rows: &[Row], (mean, std): (&[f32], &[f32]), out: 
         );
         (1.0 / (255.0 * s), -m / s)
     };
+    if let Some(view) = &split.view {
+        // Transformed: each output pixel a weighted sum of stored ones (see `transform`).
+        for (row, dst) in rows.iter().zip(out.chunks_exact_mut(split.input_len())) {
+            if let Some(img) = split.images.get(row.start..row.start + per) {
+                view.write(img, (row.dy, row.dx, row.flip), &affine, dst);
+            }
+        }
+        return;
+    }
+    // Each channel's normalization of a byte b, `(b / 255 − mean) / std`, is one multiply
+    // and add, `b · scale + shift` (`affine`): a loop the compiler vectorizes, where a
+    // table lookup per pixel made Fashion-MNIST's linear epoch slower than copying f32
+    // pixels.
     for (row, dst) in rows.iter().zip(out.chunks_exact_mut(per)) {
         let Some(img) = split.images.get(row.start..row.start + per) else {
             continue;
@@ -257,7 +292,20 @@ fn err(e: impl std::fmt::Display) -> String {
 impl<B: Backend> Model<B> {
     /// A fresh model of net `net` (of the root module), initialized with `seed`.
     pub fn init(p: &Program, backend: &B, net: &str, seed: u64) -> Result<Model<B>, String> {
-        let l = lower_net_at(p, 0, net, 1, Mode::Eval, None, None).map_err(|d| d.message)?;
+        Self::init_at(p, backend, net, seed, None)
+    }
+
+    /// A fresh model of net `net` for inputs of shape `input` (`None`: the shape the net
+    /// declares). Parameters whose shape follows the input (a ViT's position embedding,
+    /// one row per patch) are sized for it; the others are the same at every size.
+    pub fn init_at(
+        p: &Program,
+        backend: &B,
+        net: &str,
+        seed: u64,
+        input: Option<&[usize]>,
+    ) -> Result<Model<B>, String> {
+        let l = lower_net_at(p, 0, net, 1, Mode::Eval, None, input).map_err(|d| d.message)?;
         let g = &l.graph;
         let input = g
             .inputs()
@@ -369,11 +417,13 @@ impl<B: Backend> Model<B> {
     /// [`Model::run`]).
     fn gather(&mut self, split: &Split, idx: &[usize], train: bool) -> Result<(), String> {
         let per = split.example_len();
-        if self.input.iter().product::<usize>() != per {
-            return Err(format!(
-                "{} has examples of shape {:?}, but net {} takes {:?}",
-                split.name, split.shape, self.net, self.input
-            ));
+        let have = split.input();
+        // Another size of the same channels is the net's business: its steps are
+        // compiled for the split's shape, and a net that cannot take it says so then
+        // (`unfit`). Other channels are refused here.
+        let same_numel = self.input.iter().product::<usize>() == split.input_len();
+        if !same_numel && (self.input.len() != 3 || self.input[0] != have[0]) {
+            return Err(self.unfit(split, None));
         }
         self.rows.clear();
         self.y.clear();
@@ -414,9 +464,52 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
+    /// Why the net cannot take `split`'s examples (`why`: the compiler's reason, when it
+    /// tried), naming both shapes and the transforms that make the examples the shape
+    /// the model was made for. A split that fits as it is gets `why` back unchanged.
+    pub(super) fn unfit(&self, split: &Split, why: Option<String>) -> String {
+        let have = split.input();
+        let fits = self.input.iter().product::<usize>() == split.input_len();
+        match why {
+            Some(why) if fits => return why,
+            _ => {}
+        }
+        let dims = |s: &[usize]| {
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("×")
+        };
+        let seen = match &split.view {
+            Some(v) => {
+                let steps: Vec<String> = v.steps.iter().map(|t| t.to_string()).collect();
+                format!(" (after {})", steps.join(", "))
+            }
+            None => String::new(),
+        };
+        let mut msg = format!(
+            "{} has examples of {}{seen}, but net `{}` takes {}",
+            split.name,
+            dims(&have),
+            self.net,
+            dims(&self.input)
+        );
+        if let Some(why) = why {
+            msg.push_str(&format!(", and cannot take them: {why}"));
+        }
+        msg.push_str(&match fix(split.shape, &self.input) {
+            Some(steps) => format!(
+                "; add `transform(data, [{steps}])` to make them {}",
+                dims(&self.input)
+            ),
+            None => "; no transform makes them that shape".into(),
+        });
+        msg
+    }
+
     /// The gathered batch's images in one vector (what the step's input buffer holds).
     fn batch_images(&self, split: &Split) -> Vec<f32> {
-        let mut x = vec![0.0; self.rows.len() * split.example_len()];
+        let mut x = vec![0.0; self.rows.len() * split.input_len()];
         fill_images(split, &self.rows, (&self.mean, &self.std), &mut x);
         x
     }
@@ -438,12 +531,23 @@ impl<B: Backend> Model<B> {
                         format!("the step needs `{n}`, which the optimizer lacks")
                     })?)
                 }
-                InRole::Param | InRole::State | InRole::Slot => Feed::Tensor(
-                    self.tensors
+                InRole::Param | InRole::State | InRole::Slot => {
+                    let k = self
+                        .tensors
                         .iter()
                         .position(|t| t.name == *n)
-                        .ok_or_else(|| format!("the step needs `{n}`, which the model lacks"))?,
-                ),
+                        .ok_or_else(|| format!("the step needs `{n}`, which the model lacks"))?;
+                    // A parameter sized by the input (a ViT's position embedding) fits
+                    // only the input size the model was made for.
+                    let (want, have) = (&g.node(v).shape, &self.tensors[k].shape);
+                    if want != have {
+                        return Err(format!(
+                            "`{n}` is {have:?} in this model, made for inputs of {:?}, but {want:?} for the inputs given: make the model for the data's shape (`init_for(spec, data.train, seed)`, as `train` does)",
+                            self.input
+                        ));
+                    }
+                    Feed::Tensor(k)
+                }
             };
             inputs.push((feed, g.node(v).shape.clone()));
         }
@@ -488,7 +592,7 @@ impl<B: Backend> Model<B> {
         };
         let exe = exes.get_mut(&rows.len()).ok_or("no compiled step")?;
         let (rows, stats) = (&rows[..], (&mean[..], &std[..]));
-        let per = split.example_len();
+        let per = split.input_len();
         let images = |r: std::ops::Range<usize>, out: &mut [f32]| {
             let batch = rows.get(r).unwrap_or(&[]);
             if out.len() == batch.len() * per {
@@ -586,9 +690,9 @@ impl<B: Backend> Model<B> {
         }
         if !self.grad.contains_key(&b) {
             let eps = [("eps", smoothing)];
-            let step = grad_step_with(p, &self.net, b, loss(&eps), Some(&split.shape), dropout)
+            let step = grad_step_with(p, &self.net, b, loss(&eps), Some(&split.input()), dropout)
                 .and_then(|s| s.with_products(self.products()))
-                .map_err(|d| d.message)?;
+                .map_err(|d| self.unfit(split, Some(d.message)))?;
             let exe = self
                 .prepare_exe(backend, &step, &[])
                 .map_err(|e| format!("the gradient step for batch {b}: {e}"))?;
@@ -705,9 +809,9 @@ impl<B: Backend> Model<B> {
             let idx: Vec<usize> = (start..start + b).collect();
             self.gather(split, &idx, false)?;
             if !self.eval.contains_key(&b) {
-                let step = eval_step(p, &self.net, b, LOSS, Some(&split.shape))
+                let step = eval_step(p, &self.net, b, LOSS, Some(&split.input()))
                     .and_then(|s| s.with_products(self.products()))
-                    .map_err(|d| d.message)?;
+                    .map_err(|d| self.unfit(split, Some(d.message)))?;
                 self.classes = self.classes.or(label_classes(&step.graph));
                 let exe = self
                     .prepare_exe(backend, &step, &[])
@@ -882,10 +986,27 @@ mod tests {
         Split {
             name: "test".into(),
             shape: [2, 3, 4],
-            images: (0..48u8).map(|i| i * 5 + 3).collect(),
+            images: std::sync::Arc::new((0..48u8).map(|i| i * 5 + 3).collect()),
             labels: vec![0, 1],
             classes: 2,
+            view: None,
         }
+    }
+
+    #[test]
+    fn fix_names_the_transforms_that_make_examples_fit() {
+        assert_eq!(
+            fix([1, 28, 28], &[3, 64, 64]).as_deref(),
+            Some("to_rgb(), resize(64)")
+        );
+        assert_eq!(
+            fix([3, 40, 30], &[3, 32, 32]).as_deref(),
+            Some("resize(32), center_crop(32)")
+        );
+        assert_eq!(fix([3, 32, 32], &[3, 32, 32]).as_deref(), Some(""));
+        assert_eq!(fix([3, 32, 32], &[1, 32, 32]), None);
+        assert_eq!(fix([1, 28, 28], &[784]), None);
+        assert_eq!(fix([1, 28, 28], &[1, 20, 30]), None);
     }
 
     /// What `fill_images` should write for one row, in f64: the pixel the row's shift

@@ -19,6 +19,7 @@ use super::data::Split;
 use nabla_lang::step::Optimizer;
 
 use super::model::{self, Augment, Recipe};
+use super::transform::Transform;
 
 /// A recipe as read from the records.
 pub struct Config {
@@ -29,6 +30,30 @@ pub struct Config {
     pub checkpoint: String,
     /// The largest crop padding among the augmentations (0: none).
     pub crop: usize,
+}
+
+/// Reads a list of `Transform` records (`std.data`'s `to_rgb()`, `resize(n)`,
+/// `center_crop(n)`); an error names the entry and its field.
+pub fn transforms(heap: &Heap, field: &Field, list: Word) -> Result<Vec<Transform>, String> {
+    let mut out = Vec::new();
+    for (i, t) in heap.list(list)?.iter().enumerate() {
+        let g = |name: &str| field(heap, "Transform", *t, name);
+        let at = format!("transform {i}");
+        let kind = kind_of(
+            &format!("{at}'s kind"),
+            heap.str(g("kind")?)?,
+            &["to_rgb", "resize", "center_crop"],
+        )?;
+        let size = || -> Result<usize, String> {
+            Ok(at_least(&format!("{at}'s size ({kind})"), g("size")?, 1, "pixels")? as usize)
+        };
+        out.push(match kind {
+            "to_rgb" => Transform::Rgb,
+            "resize" => Transform::Resize(size()?),
+            _ => Transform::CenterCrop(size()?),
+        });
+    }
+    Ok(out)
 }
 
 /// Reads a field of a record: (record type, handle, field) to its word.
@@ -345,7 +370,18 @@ pub fn check_data(c: &Config, train: &Split, test: &Split) -> Result<(), String>
             ));
         }
     }
-    let [c_in, h, w] = train.shape;
+    // The shape the net sees, after the splits' transforms.
+    let [c_in, h, w] = train.input();
+    if test.input() != train.input() {
+        let dims = |s: [usize; 3]| format!("{}×{}×{}", s[0], s[1], s[2]);
+        return Err(format!(
+            "{} has examples of {} but {} of {}: transform both splits alike (`transform(data, [...])` does)",
+            train.name,
+            dims(train.input()),
+            test.name,
+            dims(test.input())
+        ));
+    }
     if !c.mean.is_empty() && c.mean.len() != c_in {
         return Err(format!(
             "TrainConfig.normalize_mean and normalize_std have {} values, but {} has {c_in} channels",

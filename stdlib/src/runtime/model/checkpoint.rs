@@ -8,6 +8,8 @@ use std::path::Path;
 use nabla_lang::backend::Backend;
 
 use super::super::tensors::{Named, Tensors};
+use nabla_lang::check::Program;
+
 use super::{Model, Role, Tensor, err};
 
 impl<B: Backend> Model<B> {
@@ -44,6 +46,9 @@ impl<B: Backend> Model<B> {
         }
         let mut meta = std::collections::BTreeMap::new();
         meta.insert("net".to_string(), self.net.clone());
+        // The input shape it was made for: parameters may depend on it (`input_of`).
+        let dims: Vec<String> = self.input.iter().map(|d| d.to_string()).collect();
+        meta.insert("input".to_string(), dims.join(","));
         if training {
             meta.insert("format".to_string(), "nabla-checkpoint-1".to_string());
             meta.insert("epoch".to_string(), self.epoch.to_string());
@@ -63,6 +68,16 @@ impl<B: Backend> Model<B> {
             meta.insert("normalize_std".to_string(), list(&self.std));
         }
         Tensors { items }.save(path, meta)
+    }
+
+    /// A model of net `net` holding the checkpoint or saved model at `path`: made for
+    /// the input shape the file records (the net's declared one if it records none),
+    /// then [`Model::load`]ed.
+    pub fn from_file(p: &Program, backend: &B, net: &str, path: &Path) -> Result<Self, String> {
+        let input = input_of(path)?;
+        let mut m = Self::init_at(p, backend, net, 0, input.as_deref())?;
+        m.load(backend, path)?;
+        Ok(m)
     }
 
     /// Reads a checkpoint or a model written by [`Model::checkpoint`] or [`Model::save`]
@@ -205,6 +220,43 @@ impl<B: Backend> Model<B> {
 
 /// A tensor of a checkpoint as f32 (F32, F64, F16 and BF16 are read). A state tensor may
 /// also be an integer: PyTorch keeps batchnorm's `num_batches_tracked` as an int64.
+/// The input shape a checkpoint or saved model was made for (its `input` metadata), if
+/// it records one: a model to load it into is made for that shape. Reads the file's
+/// header only.
+pub fn input_of(path: &Path) -> Result<Option<Vec<usize>>, String> {
+    use std::io::Read;
+    let shown = path.display();
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read checkpoint {shown}: {e}"))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| format!("{shown} is not a valid safetensors file (too short)"))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(format!(
+            "{shown} is not a valid safetensors file (a header of {len} bytes)"
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| format!("{shown} is not a valid safetensors file (truncated header)"))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| format!("{shown} is not a valid safetensors file (its header: {e})"))?;
+    let Some(input) = json
+        .get("__metadata__")
+        .and_then(|m| m.get("input"))
+        .and_then(|v| v.as_str())
+    else {
+        return Ok(None);
+    };
+    if input.is_empty() {
+        return Ok(None);
+    }
+    let dims: Result<Vec<usize>, _> = input.split(',').map(|d| d.trim().parse()).collect();
+    dims.map(Some)
+        .map_err(|_| format!("{shown}: its input shape `{input}` is not a list of sizes"))
+}
+
 fn floats_of(
     shown: &dyn std::fmt::Display,
     name: &str,

@@ -48,9 +48,9 @@ impl<B: Backend> Model<B> {
             let idx: Vec<usize> = (start..start + b).collect();
             self.gather(split, &idx, false)?;
             if !self.predict.contains_key(&b) {
-                let step = predict_step(p, &self.net, b, Some(&split.shape))
+                let step = predict_step(p, &self.net, b, Some(&split.input()))
                     .and_then(|s| s.with_products(self.products()))
-                    .map_err(|d| d.message)?;
+                    .map_err(|d| self.unfit(split, Some(d.message)))?;
                 let exe = self
                     .prepare_exe(backend, &step, &[])
                     .map_err(|e| format!("the prediction step for batch {b}: {e}"))?;

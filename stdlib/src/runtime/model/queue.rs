@@ -173,9 +173,16 @@ impl<B: Backend> Model<B> {
         let b = idx.len();
         if !self.train.contains_key(&b) {
             let eps = [("eps", smoothing)];
-            let step = train_step_with(p, &self.net, b, loss(&eps), &optimizer, Some(&split.shape))
-                .and_then(|s| s.with_products(self.products()))
-                .map_err(|d| d.message)?;
+            let step = train_step_with(
+                p,
+                &self.net,
+                b,
+                loss(&eps),
+                &optimizer,
+                Some(&split.input()),
+            )
+            .and_then(|s| s.with_products(self.products()))
+            .map_err(|d| self.unfit(split, Some(d.message)))?;
             for slot in &step.slots {
                 if !self.tensors.iter().any(|t| t.name == *slot) {
                     let shape = step
@@ -349,7 +356,7 @@ impl<B: Backend> Model<B> {
             last.idx.len(),
             loss(&eps),
             &optimizer,
-            Some(&split.shape),
+            Some(&split.input()),
         )
         .and_then(|s| s.with_products(self.products()))
         .ok()?;
