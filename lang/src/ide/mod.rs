@@ -36,25 +36,27 @@ pub fn signature(p: &Program, id: ItemId) -> String {
         .text(item.span.file)
         .get(item.span.start..item.span.end)
         .unwrap_or("");
+    // Comment lines (the item's docs) are skipped before looking for the `{`: a doc may
+    // show a record literal.
     let mut depth = 0i32;
-    let mut end = text.len();
-    for (i, ch) in text.char_indices() {
-        match ch {
-            '(' | '[' => depth += 1,
-            ')' | ']' => depth -= 1,
-            '{' if depth == 0 => {
-                end = i;
-                break;
-            }
-            _ => {}
+    let mut lines: Vec<&str> = Vec::new();
+    'lines: for line in text.lines().map(str::trim) {
+        if line.starts_with("//") {
+            continue;
         }
+        for (i, ch) in line.char_indices() {
+            match ch {
+                '(' | '[' => depth += 1,
+                ')' | ']' => depth -= 1,
+                '{' if depth == 0 => {
+                    lines.push(line.get(..i).unwrap_or(line).trim_end());
+                    break 'lines;
+                }
+                _ => {}
+            }
+        }
+        lines.push(line);
     }
-    let head = text.get(..end).unwrap_or(text);
-    let lines: Vec<&str> = head
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with("///") && !l.starts_with("//"))
-        .collect();
     lines.join(" ").trim().to_string()
 }
 
