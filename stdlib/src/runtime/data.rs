@@ -47,6 +47,22 @@ impl Split {
     pub fn input_len(&self) -> usize {
         self.input().iter().product()
     }
+    /// Its first `n` examples (all of them when it has fewer), named so.
+    pub fn first(&self, n: usize) -> Split {
+        let n = n.min(self.len());
+        let per = self.example_len();
+        Split {
+            name: if n == self.len() {
+                self.name.clone()
+            } else {
+                format!("{} (first {n})", self.name)
+            },
+            images: Arc::new(self.images.get(..n * per).unwrap_or(&[]).to_vec()),
+            labels: self.labels[..n].to_vec(),
+            ..self.clone()
+        }
+    }
+
     /// The same examples seen through `steps` (after any this split already has).
     pub fn transformed(&self, steps: &[Transform]) -> Result<Split, String> {
         let mut all = self

@@ -51,6 +51,7 @@ enum Native {
     ImageFolder,
     SplitSize,
     TransformSplit,
+    TakeSplit,
     InitFor,
     Init,
     Prepare,
@@ -98,6 +99,7 @@ impl Native {
             "image_folder" => ImageFolder,
             "split_size" => SplitSize,
             "transform_split" => TransformSplit,
+            "take_split" => TakeSplit,
             "init_for" => InitFor,
             "init" => Init,
             "prepare" => Prepare,
@@ -451,6 +453,13 @@ impl<B: Backend + 'static> Builtins for Runtime<'_, B> {
                 };
                 let steps = recipe::transforms(heap, &field, a[1])?;
                 let split = Self::split(heap, a[0])?.transformed(&steps)?;
+                Ok(heap.alloc(Object::Native(Box::new(Rc::new(split)))))
+            }
+            TakeSplit => {
+                let n = usize::try_from(a[1] as i64).map_err(|_| {
+                    format!("a split's first n examples need n ≥ 0, not {}", a[1] as i64)
+                })?;
+                let split = Self::split(heap, a[0])?.first(n);
                 Ok(heap.alloc(Object::Native(Box::new(Rc::new(split)))))
             }
             InitFor => {
