@@ -748,6 +748,11 @@ mod tests {
         // Steps add to the ones a split has.
         let c = t.transformed(&[Transform::CenterCrop(56)]).expect("valid");
         assert_eq!(c.input(), [3, 56, 56]);
+        // The first examples keep the view; more than there are is all of them.
+        let f = t.first(1);
+        assert_eq!((f.len(), f.images.len(), f.input()), (1, 784, [3, 64, 64]));
+        assert_eq!(f.name, "MNIST train (first 1)");
+        assert_eq!(t.first(5).len(), 2);
         let e = split
             .transformed(&[Transform::Resize(0)])
             .expect_err("size 0");
