@@ -119,9 +119,11 @@ def floats(v):
 
 # ---------------------------------------------------------------- nabla
 
-def nabla_program(name, train, epochs, init="init.safetensors"):
+def nabla_program(name, train, epochs, init="init.safetensors", seed=0):
     head, net, _ = example(name)
     fields = recipe(name, epochs)
+    if seed:
+        fields["seed"] = str(seed)
     cfg = ",\n  ".join(f"{k}: {v}" for k, v in fields.items())
     if SIZE.get(name):
         data = (f"subset(transform(fashion_mnist(), [to_rgb(), resize({SIZE[name]})]), "
@@ -134,8 +136,8 @@ def nabla_program(name, train, epochs, init="init.safetensors"):
             "fit(model, data, cfg)\n")
 
 
-def run_nabla(binary, name, train, epochs, data_dir, init):
-    prog = nabla_program(name, train, epochs, init)
+def run_nabla(binary, name, train, epochs, data_dir, init, seed=0):
+    prog = nabla_program(name, train, epochs, init, seed)
     with tempfile.NamedTemporaryFile("w", suffix=".net", delete=False, dir=tempfile.gettempdir()) as f:
         f.write(prog)
         path = f.name
@@ -329,10 +331,12 @@ def main():
     p.add_argument("--epochs", type=int, default=4,
                    help="epochs for the Fashion-MNIST nets (the MNIST nets keep their examples' 12)")
     p.add_argument("--torch", action="store_true", help="also train the PyTorch twins")
+    p.add_argument("--seed", type=int, default=0,
+                   help="TrainConfig.seed (initial weights, shuffle, augmentation) and PyTorch's")
     p.add_argument("--print-program", metavar="NET", help="print the nabla program for NET and exit")
     a = p.parse_args()
     if a.print_program:
-        print(nabla_program(a.print_program, a.train, a.epochs))
+        print(nabla_program(a.print_program, a.train, a.epochs, seed=a.seed))
         return
     if any(SIZE.get(n) for n in a.nets) and not a.data:
         raise SystemExit("Fashion-MNIST is needed: pass --data DIR (a directory holding fashion-mnist/)")
@@ -341,9 +345,9 @@ def main():
         epochs = a.epochs if SIZE.get(name) else int(example(name)[2]["epochs"])
         train = a.cifar_train if name == "cifar_bn" else a.train
         init = os.path.join(tempfile.gettempdir(), f"zoo-{os.getpid()}-{name}-init.safetensors")
-        r = run_nabla(a.nabla, name, train, epochs, a.data, init)
+        r = run_nabla(a.nabla, name, train, epochs, a.data, init, a.seed)
         print(f"nabla {name}: {r}", flush=True)
-        t = run_torch(name, train, epochs, a.data, init) if a.torch else None
+        t = run_torch(name, train, epochs, a.data, init, a.seed) if a.torch else None
         os.unlink(init)
         if t:
             print(f"torch {name}: {t}", flush=True)
