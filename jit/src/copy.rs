@@ -279,18 +279,22 @@ mod tests {
             let m: usize = oshape.iter().product();
             let mut out = vec![f32::NAN; m];
             broadcast(&x, &xshape, &oshape, &mut out);
+            // By definition: output index i reads x at i's last xshape.len() coordinates,
+            // each taken modulo x's size there (0 on a stretched axis of size 1).
             let off = oshape.len() - xshape.len();
-            let xs = strides(&xshape);
-            let src: Vec<usize> = (0..oshape.len())
-                .map(|d| {
-                    if d < off || xshape[d - off] == 1 {
-                        0
-                    } else {
-                        xs[d - off]
+            let expect: Vec<f32> = (0..m)
+                .map(|mut r| {
+                    let mut coords = vec![0; oshape.len()];
+                    for d in (0..oshape.len()).rev() {
+                        coords[d] = r % oshape[d];
+                        r /= oshape[d];
                     }
+                    let flat = (0..xshape.len())
+                        .fold(0, |acc, d| acc * xshape[d] + coords[d + off] % xshape[d]);
+                    x[flat]
                 })
                 .collect();
-            assert_eq!(out, naive(&x, &src, &oshape), "{xshape:?} to {oshape:?}");
+            assert_eq!(out, expect, "{xshape:?} to {oshape:?}");
         }
     }
 }
