@@ -56,8 +56,14 @@ def anchor_runs(workload, opt, batch, shape, only, args):
     cmd = [sys.executable, "bench/anchors.py", workload, "--optimizer", opt, "--batch", str(batch), "--steps", str(args.steps), "--only", only]
     if shape:
         cmd += ["--input", shape]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    return json_lines(out)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    runs = json_lines(p.stdout)
+    if not runs:
+        # An anchor that could not run (a framework missing from the venv) is said, not
+        # silently left out of the table.
+        why = (p.stderr.strip().splitlines() or p.stdout.strip().splitlines() or ["no output"])[-1]
+        print(f"    {only}: no result ({why})", flush=True)
+    return runs
 
 
 def spread(xs):

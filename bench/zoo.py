@@ -7,8 +7,10 @@ Data: the three MNIST nets train on the bundled MNIST subset (as their examples 
 `cifar_bn` on Fashion-MNIST as 3×32×32 and the five large nets on Fashion-MNIST as
 3×64×64 (gray to RGB, then resized: `transform(fashion_mnist(), [to_rgb(), resize(n)])`).
 Fashion-MNIST comes from --data (a directory holding fashion-mnist/ with its four IDX
-files). A fixed budget: the first --train training examples (all 60,000 for cifar_bn),
---epochs epochs, the whole 10,000-image test split at the end.
+files). A fixed budget: the first --train training examples (5,000; --cifar-train, 30,000,
+for cifar_bn), --epochs epochs (4), the whole 10,000-image test split at the end. On the
+2-core development machine the nine take about 30 minutes in nabla and 63 with their
+PyTorch twins (docs/performance.md).
 
 The recipe is read from each example's `TrainConfig`: optimizer, schedule, label
 smoothing, augmentation, normalization and batch as declared; the epochs become the
@@ -324,10 +326,10 @@ def main():
     p.add_argument("--data", default=os.environ.get("NABLA_DATA"),
                    help="a directory holding fashion-mnist/ (default: $NABLA_DATA)")
     p.add_argument("--nabla", default=os.path.join(ROOT, "target", "release", "nabla"))
-    p.add_argument("--train", type=int, default=10000,
-                   help="Fashion-MNIST training examples for the large nets (default 10000)")
-    p.add_argument("--cifar-train", type=int, default=60000,
-                   help="Fashion-MNIST training examples for cifar_bn (default: all 60000)")
+    p.add_argument("--train", type=int, default=5000,
+                   help="Fashion-MNIST training examples for the large nets (default 5000)")
+    p.add_argument("--cifar-train", type=int, default=30000,
+                   help="Fashion-MNIST training examples for cifar_bn (default 30000)")
     p.add_argument("--epochs", type=int, default=4,
                    help="epochs for the Fashion-MNIST nets (the MNIST nets keep their examples' 12)")
     p.add_argument("--torch", action="store_true", help="also train the PyTorch twins")
