@@ -56,6 +56,8 @@ def nabla_program(name, train, test, epochs, init, lr_scale):
     cfg = ",\n  ".join(f"{k}: {v}" for k, v in fields.items())
     data = (f"subset(transform(fashion_mnist(), [to_rgb(), resize({zoo.SIZE[name]})]), "
             f"{train}, {test})") if zoo.SIZE.get(name) else f"subset(mnist(), {train}, {test})"
+    if "import std.data.*" not in head:
+        head += "\nimport std.data.*"
     return f"""{head}
 let data = {data}
 let cfg = TrainConfig {{
