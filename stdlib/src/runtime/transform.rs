@@ -208,32 +208,58 @@ impl View {
         let [_, sh, sw] = self.from;
         let [_, h, w] = self.to;
         let mut acc = vec![0.0f32; w];
-        for (c, &sc) in self.channels.iter().enumerate() {
-            let (scale, shift) = affine(c);
-            let plane = &img[sc * sh * sw..(sc + 1) * sh * sw];
-            for y in 0..h {
-                acc.fill(0.0);
-                let sy = y as i64 + dy;
-                if (0..h as i64).contains(&sy) {
-                    for &(ry, wy) in &self.rows[sy as usize] {
-                        let src = &plane[ry as usize * sw..(ry as usize + 1) * sw];
-                        for (x, a) in acc.iter_mut().enumerate() {
-                            let sx = if flip { w - 1 - x } else { x } as i64 + dx;
-                            if !(0..w as i64).contains(&sx) {
-                                continue;
-                            }
-                            let v: f32 = self.cols[sx as usize]
-                                .iter()
-                                .map(|&(rx, wx)| wx * f32::from(src[rx as usize]))
-                                .sum();
-                            *a += wy * v;
-                        }
-                    }
+        // Rows outermost, so that a source channel read by several output channels (gray
+        // to RGB) is resampled once per row and written to each through its own affine.
+        let affines: Vec<(f32, f32)> = (0..self.channels.len()).map(affine).collect();
+        for y in 0..h {
+            let mut resampled = None;
+            for (c, &sc) in self.channels.iter().enumerate() {
+                if resampled != Some(sc) {
+                    self.resample_row(
+                        &img[sc * sh * sw..(sc + 1) * sh * sw],
+                        y,
+                        (dy, dx, flip),
+                        &mut acc,
+                    );
+                    resampled = Some(sc);
                 }
+                let (scale, shift) = affines[c];
                 let out = &mut dst[(c * h + y) * w..(c * h + y + 1) * w];
                 for (o, a) in out.iter_mut().zip(&acc) {
                     *o = a * scale + shift;
                 }
+            }
+        }
+    }
+
+    /// Output row `y` of one source `plane` (in byte units), shifted and mirrored as in
+    /// [`View::write`], into `acc`.
+    fn resample_row(
+        &self,
+        plane: &[u8],
+        y: usize,
+        (dy, dx, flip): (i64, i64, bool),
+        acc: &mut [f32],
+    ) {
+        let [_, _, sw] = self.from;
+        let w = acc.len();
+        acc.fill(0.0);
+        let sy = y as i64 + dy;
+        if !(0..self.rows.len() as i64).contains(&sy) {
+            return;
+        }
+        for &(ry, wy) in &self.rows[sy as usize] {
+            let src = &plane[ry as usize * sw..(ry as usize + 1) * sw];
+            for (x, a) in acc.iter_mut().enumerate() {
+                let sx = if flip { w - 1 - x } else { x } as i64 + dx;
+                if !(0..w as i64).contains(&sx) {
+                    continue;
+                }
+                let v: f32 = self.cols[sx as usize]
+                    .iter()
+                    .map(|&(rx, wx)| wx * f32::from(src[rx as usize]))
+                    .sum();
+                *a += wy * v;
             }
         }
     }
@@ -341,6 +367,19 @@ mod tests {
             assert_eq!(moved[x], 0.5);
             let want = 2.0 * resized(0, 2 - x) + 0.5;
             assert!((f64::from(moved[3 + x]) - want).abs() < 1e-3);
+        }
+        // Each RGB channel made from the one gray channel gets its own normalization.
+        let mut per = vec![f32::NAN; 27];
+        v.write(&img, (0, 1, false), &|c| (1.0 + c as f32, c as f32), &mut per);
+        for c in 0..3 {
+            for y in 0..3 {
+                for x in 0..3 {
+                    let v = if x == 2 { 0.0 } else { resized(y, x + 1) };
+                    let want = (1.0 + c as f64) * v + c as f64;
+                    let got = f64::from(per[(c * 3 + y) * 3 + x]);
+                    assert!((got - want).abs() < 1e-2, "channel {c} ({y}, {x}): {got} vs {want}");
+                }
+            }
         }
     }
 
