@@ -1,6 +1,7 @@
 //! The CPU's emitter of fused loops: a [`Program`] of the shared schedule (leaves read
 //! at the loop index, a scalar, or a broadcast `(i / inner) % len`; expressions over
-//! them; the expressions stored to outputs), emitted with Cranelift. It compiles to `fn(ptrs: *const *mut f32, start: usize, end: usize)` looping
+//! them; the expressions stored to outputs), emitted with Cranelift. A broadcast whose
+//! pattern does not repeat every four elements is gathered lane by lane. It compiles to `fn(ptrs: *const *mut f32, start: usize, end: usize)` looping
 //! over `start..end`: four lanes at a time with `f32x4` (and `fma` where the host has it:
 //! a multiply feeding only an add is fused), then a scalar tail. `exp`, `sigmoid` and
 //! `tanh` are emitted inline as polynomials (Cephes' single-precision ones, within 2 ulp),
@@ -196,7 +197,14 @@ fn emit(
     for s in &f.stores {
         uses[*s] += 1;
     }
-    let vector = f.vectorizes(&TARGET);
+    // A loop whose broadcasts do not repeat with the vector's period (softmax's row
+    // maxima over ViT-Ti's rows of 17) still runs four lanes at a time when it calls no
+    // scalar function: each such broadcast is then gathered lane by lane, and so is
+    // every other, since such a loop may start anywhere (see `reducible`), where a
+    // vector read of a broadcast would assume an aligned start.
+    let aligned = f.vectorizes(&TARGET);
+    let vector = !f.calls_scalar(&TARGET);
+    let gather = vector && !aligned;
     let vend = if vector {
         let len = b.ins().isub(end, start);
         let whole = b.ins().band_imm_s(len, !3i64);
@@ -222,7 +230,8 @@ fn emit(
     b.switch_to_block(vbody);
     let i = b.block_params(vbody)[0];
     if vector {
-        body(b, f, &bases, &scalars, i, types::F32X4, &uses, calls, pow);
+        let ty = if gather { Lanes::Gathered } else { Lanes::Vector };
+        body(b, f, &bases, &scalars, i, ty, &uses, calls, pow);
     }
     let next = b.ins().iadd_imm_s(i, 4);
     b.ins().jump(vhead, &[next.into()]);
@@ -234,7 +243,7 @@ fn emit(
 
     b.switch_to_block(sbody);
     let i = b.block_params(sbody)[0];
-    body(b, f, &bases, &scalars, i, types::F32, &uses, calls, pow);
+    body(b, f, &bases, &scalars, i, Lanes::One, &uses, calls, pow);
     let next = b.ins().iadd_imm_s(i, 1);
     b.ins().jump(shead, &[next.into()]);
 
@@ -242,7 +251,18 @@ fn emit(
     b.ins().return_(&[]);
 }
 
-/// One iteration at index `i` in type `ty` (`f32` or `f32x4`).
+/// How one iteration of a loop's body runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lanes {
+    /// One element, in `f32`.
+    One,
+    /// Four elements in `f32x4`, from an index that is a multiple of four.
+    Vector,
+    /// Four elements in `f32x4`, broadcasts read lane by lane (any start).
+    Gathered,
+}
+
+/// One iteration at index `i`: one element, or four (see [`Lanes`]).
 #[allow(clippy::too_many_arguments)]
 fn body(
     b: &mut FunctionBuilder,
@@ -250,14 +270,14 @@ fn body(
     bases: &[Value],
     scalars: &[Option<Value>],
     i: Value,
-    ty: Type,
+    lanes: Lanes,
     uses: &[usize],
     calls: &[(Unary, cranelift_codegen::ir::FuncRef)],
     pow: cranelift_codegen::ir::FuncRef,
 ) {
     let mem = MemFlagsData::trusted();
-    let lanes = ty.lane_count();
-    let vector = lanes > 1;
+    let vector = lanes != Lanes::One;
+    let ty = if vector { types::F32X4 } else { types::F32 };
     let splat = |b: &mut FunctionBuilder, s: Value| if vector { b.ins().splat(ty, s) } else { s };
     let konst = |b: &mut FunctionBuilder, c: f32| {
         let s = b.ins().f32const(c);
@@ -295,22 +315,46 @@ fn body(
                     b.ins().load(ty, mem, a, 0)
                 }
                 Access::Bcast { inner, len } => {
-                    let q = if inner == 1 {
-                        i
-                    } else {
-                        b.ins().udiv_imm_u(i, inner as i64)
+                    // The address of element ((i + lane) / inner) % len.
+                    let at = |b: &mut FunctionBuilder, lane: i64| {
+                        let il = if lane == 0 {
+                            i
+                        } else {
+                            b.ins().iadd_imm_s(i, lane)
+                        };
+                        let q = if inner == 1 {
+                            il
+                        } else {
+                            b.ins().udiv_imm_u(il, inner as i64)
+                        };
+                        let idx = if len == 1 {
+                            b.ins().iconst(types::I64, 0)
+                        } else {
+                            b.ins().urem_imm_u(q, len as i64)
+                        };
+                        addr(b, bases[l], idx)
                     };
-                    let idx = if len == 1 {
-                        b.ins().iconst(types::I64, 0)
-                    } else {
-                        b.ins().urem_imm_u(q, len as i64)
-                    };
-                    let a = addr(b, bases[l], idx);
-                    if vector && inner % 4 == 0 {
-                        let s = b.ins().load(types::F32, mem, a, 0);
-                        b.ins().splat(ty, s)
-                    } else {
-                        b.ins().load(ty, mem, a, 0)
+                    match lanes {
+                        Lanes::Gathered => {
+                            let a = at(b, 0);
+                            let s = b.ins().load(types::F32, mem, a, 0);
+                            let mut v = b.ins().splat(ty, s);
+                            for lane in 1..4u8 {
+                                let a = at(b, i64::from(lane));
+                                let s = b.ins().load(types::F32, mem, a, 0);
+                                v = b.ins().insertlane(v, s, lane);
+                            }
+                            v
+                        }
+                        Lanes::Vector if inner % 4 == 0 => {
+                            let a = at(b, 0);
+                            let s = b.ins().load(types::F32, mem, a, 0);
+                            b.ins().splat(ty, s)
+                        }
+                        _ => {
+                            let a = at(b, 0);
+                            b.ins().load(ty, mem, a, 0)
+                        }
                     }
                 }
             },
@@ -749,6 +793,65 @@ mod tests {
         ]);
         xs.extend([0.3, -0.7, 5.0]);
         xs
+    }
+
+    /// Broadcasts whose pattern does not repeat with the vector's period are gathered
+    /// lane by lane: `exp(x − m[(i / inner) % len])` for periods of 1, 2, 3, 5 and 17
+    /// (and 4, read as whole vectors), over odd ranges from odd starts, equals the same
+    /// loop with the broadcast values laid out linearly, bit for bit.
+    #[test]
+    fn broadcasts_off_the_vector_period_are_gathered() {
+        for (inner, len) in [(17, 5), (1, 7), (2, 3), (3, 1), (5, 9), (4, 6)] {
+            let f = Program {
+                leaves: vec![Access::Linear, Access::Bcast { inner, len }],
+                exprs: vec![
+                    Expr::Leaf(0),
+                    Expr::Leaf(1),
+                    Expr::Binary(Binary::Sub, 0, 1),
+                    Expr::Unary(Unary::Exp, 2),
+                ],
+                stores: vec![3],
+            };
+            let mut jit = Jit::new().expect("a JIT for this machine");
+            jit.add(&f).expect("the loop compiles");
+            let run = jit.finish().expect("the loop links")[0];
+            let n = 1013;
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 * 0.07 - 3.0).collect();
+            let m: Vec<f32> = (0..len).map(|j| j as f32 * 0.31 - 0.5).collect();
+            let scalar = Program {
+                leaves: vec![Access::Linear, Access::Linear],
+                ..f.clone()
+            };
+            let mut jit1 = Jit::new().expect("a JIT for this machine");
+            jit1.add(&scalar).expect("the loop compiles");
+            let one = jit1.finish().expect("the loop links")[0];
+            // A loop reading whole vectors of its broadcasts starts at a multiple of four.
+            let starts: &[usize] = if f.vectorizes(&TARGET) { &[0, 4] } else { &[0, 1, 3, 6] };
+            for &start in starts {
+                let mut out = vec![f32::NAN; n];
+                let ptrs = [x.as_ptr() as *mut f32, m.as_ptr() as *mut f32, out.as_mut_ptr()];
+                // SAFETY: x and out hold n elements; every broadcast index is below len.
+                unsafe { run(ptrs.as_ptr(), start, n) };
+                for k in start..n {
+                    // The same expression with the broadcast value at k made linear.
+                    let (xk, mk) = ([x[k]; 4], [m[(k / inner) % len]; 4]);
+                    let mut want = [0.0f32; 4];
+                    let p = [
+                        xk.as_ptr() as *mut f32,
+                        mk.as_ptr() as *mut f32,
+                        want.as_mut_ptr(),
+                    ];
+                    // SAFETY: four elements each.
+                    unsafe { one(p.as_ptr(), 0, 4) };
+                    assert_eq!(
+                        out[k].to_bits(),
+                        want[0].to_bits(),
+                        "inner {inner} len {len} start {start} at {k}"
+                    );
+                }
+                assert!(out[..start].iter().all(|v| v.is_nan()), "written before start");
+            }
+        }
     }
 
     /// The target the scheduler plans with says which functions run lane by lane: the

@@ -73,12 +73,16 @@ impl Program {
     /// Whether the loop runs `target.lanes` elements at a time: no function it uses runs
     /// lane by lane and every leaf's pattern repeats with the vector's period.
     pub fn vectorizes(&self, target: &Target) -> bool {
-        let scalar = self.exprs.iter().any(|e| match e {
+        !self.calls_scalar(target) && self.leaves.iter().all(|a| a.vectorizes(target.lanes))
+    }
+
+    /// Whether the loop uses a function the target evaluates one lane at a time.
+    pub fn calls_scalar(&self, target: &Target) -> bool {
+        self.exprs.iter().any(|e| match e {
             Expr::Unary(u, _) => target.scalar_unary.contains(u),
             Expr::Binary(b, _, _) => target.scalar_binary.contains(b),
             _ => false,
-        });
-        !scalar && self.leaves.iter().all(|a| a.vectorizes(target.lanes))
+        })
     }
 }
 

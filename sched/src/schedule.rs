@@ -6,7 +6,7 @@ use nabla_lang::ir::{Binary, Graph, Op, ValueId};
 
 use crate::PlanError;
 use crate::alloc::allocate;
-use crate::plan::{Kernel, Plan, Scale, Update};
+use crate::plan::{Kernel, Plan, Scale, Update, reads, writes};
 use crate::program::{self, Access, Expr, Facts, Group, Program, broadcast_access};
 use crate::target::Target;
 
@@ -122,6 +122,28 @@ fn fusible(g: &Graph, v: ValueId) -> bool {
     }
 }
 
+/// The group that computes and stores `v` for the others, when `v` is read by loops of
+/// several groups (`targets`) and is not recomputed in each: the group that runs first
+/// (the one whose last member comes first; a reader placed before it is moved after it,
+/// see `in_dependency_order`), unless a reduction runs that group's loop (which then
+/// stores only what it reduces). GELU's `erf`, read by the forward loop and the backward
+/// one, is so computed in the forward loop: in a loop of its own, its operands were read
+/// twice and the value read back once more.
+fn stored_by_first(
+    g: &Graph,
+    users: &[Vec<ValueId>],
+    targets: &[usize],
+    groups: &[Vec<ValueId>],
+) -> Option<usize> {
+    // Groups are founded by their last member (the grouping walks backwards).
+    let last = |gid: usize| groups[gid].first().copied();
+    let first = *targets.iter().min_by_key(|gid| last(**gid))?;
+    let end = last(first)?;
+    let reduced = matches!(users[end.index()].as_slice(),
+        [u] if matches!(g.node(*u).op, Op::Reduce { .. }));
+    (targets.len() > 1 && !reduced).then_some(first)
+}
+
 /// Builds the schedule of `g` for `t` (see the crate doc).
 pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
     let count = g.nodes.len();
@@ -165,6 +187,8 @@ pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
     let mut group: Vec<Vec<usize>> = vec![Vec::new(); count];
     let mut inlined = vec![false; count];
     let mut groups: Vec<Vec<ValueId>> = Vec::new();
+    // Members a group stores for other groups to read (see `stored_by_first`), by group.
+    let mut shares: Vec<Vec<ValueId>> = Vec::new();
     for i in (0..count).rev() {
         let v = ValueId(i as u32);
         if root[i] != v || !fusible(g, v) {
@@ -197,14 +221,22 @@ pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
         targets.dedup();
         let join =
             all_in_loops && (targets.len() == 1 || (!is_output[i] && recomputable(g, v, &root, t)));
+        let first = (all_in_loops && !join)
+            .then(|| stored_by_first(g, &users, &targets, &groups))
+            .flatten();
         if join {
             for gid in &targets {
                 groups[*gid].push(v);
             }
             group[i] = targets;
+        } else if let Some(gid) = first {
+            groups[gid].push(v);
+            shares[gid].push(v);
+            group[i] = vec![gid];
         } else {
             group[i] = vec![groups.len()];
             groups.push(vec![v]);
+            shares.push(Vec::new());
         }
     }
     let facts = Facts {
@@ -228,11 +260,11 @@ pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
     // split loops keyed by their last member (a shared one may end parts of several).
     let mut claimed = Vec::new();
     let mut split_at: Vec<Vec<Kernel>> = vec![Vec::new(); count];
-    for members in &groups {
+    for (members, shared_out) in groups.iter().zip(&shares) {
         let Some(&last) = members.last() else {
             continue;
         };
-        let (f, args) = build(members, &[])?;
+        let (f, args) = build(members, shared_out)?;
         let n = g.node(last).numel();
         if let Some((product, update)) = product_update(&f, &args).filter(|(pv, _)| {
             matches!(g.node(*pv).op, Op::MatMul)
@@ -409,8 +441,70 @@ pub fn plan(g: &Graph, t: &Target) -> Result<Plan, PlanError> {
         in_place: vec![false; g.outputs.len()],
         shapes: g.nodes.iter().map(|n| n.shape.clone()).collect(),
     };
+    in_dependency_order(&mut p)?;
     allocate(g, &mut p, t)?;
     Ok(p)
+}
+
+/// Moves kernels, where needed, after the kernels that write what they read: kernels
+/// are placed at their last node, and a loop reading a value another loop stores
+/// besides its last member (see `stored_by_first`) may be placed before that loop, or
+/// have a part that is (a loop split by `within_bindings`). A stable topological
+/// order: every other kernel keeps its place.
+fn in_dependency_order(p: &mut Plan) -> Result<(), PlanError> {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    let count = p.kernels.len();
+    let mut writer: HashMap<ValueId, usize> = HashMap::new();
+    for (k, kernel) in p.kernels.iter().enumerate() {
+        for v in writes(p, kernel) {
+            writer.insert(v, k);
+        }
+    }
+    let mut waits = vec![0usize; count];
+    let mut then: Vec<Vec<usize>> = vec![Vec::new(); count];
+    let mut late = false;
+    for (k, kernel) in p.kernels.iter().enumerate() {
+        let mut before: Vec<usize> = reads(p, kernel)
+            .iter()
+            .filter_map(|(v, _)| writer.get(v).copied())
+            .filter(|w| *w != k)
+            .collect();
+        before.sort_unstable();
+        before.dedup();
+        late |= before.iter().any(|w| *w > k);
+        waits[k] = before.len();
+        for w in before {
+            then[w].push(k);
+        }
+    }
+    if !late {
+        return Ok(()); // already in order (the usual case)
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..count).filter(|k| waits[*k] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(count);
+    while let Some(Reverse(k)) = ready.pop() {
+        order.push(k);
+        for &u in &then[k] {
+            waits[u] -= 1;
+            if waits[u] == 0 {
+                ready.push(Reverse(u));
+            }
+        }
+    }
+    if order.len() != count {
+        debug_assert!(false, "kernels that read each other's values");
+        return Err(PlanError::Internal(
+            "the kernels' reads and writes form a cycle".into(),
+        ));
+    }
+    let mut kernels: Vec<Option<Kernel>> = std::mem::take(&mut p.kernels)
+        .into_iter()
+        .map(Some)
+        .collect();
+    p.kernels = order.iter().filter_map(|k| kernels[*k].take()).collect();
+    Ok(())
 }
 
 /// A built loop: its program and its kernel arguments (leaves, then stores).

@@ -125,7 +125,8 @@ fn an_elementwise_chain_is_one_loop_storing_only_its_result() {
 #[test]
 fn a_costly_value_used_by_two_loops_is_stored_and_a_cheap_one_recomputed() {
     // u = x·2 is cheap and reads one stream: recomputed by both users' loops, which are
-    // separate because each ends in an output. e = exp(x) is costly: stored once.
+    // separate because each ends in an output. e = exp(x) is costly: stored once, by
+    // the first of the two loops, which computes it and `a`; the second reads it.
     let mut g = Graph::default();
     let x = input(&mut g, "x", &[64]);
     let two = g.push(Op::Const(2.0), vec![], DType::F32, vec![]);
@@ -138,10 +139,50 @@ fn a_costly_value_used_by_two_loops_is_stored_and_a_cheap_one_recomputed() {
     g.outputs.push(("b".into(), b));
     let t = target();
     let p = plan(&g, &t).expect("plans");
-    assert_eq!(fused(&p), 3, "{:#?}", p.kernels);
+    assert_eq!(fused(&p), 2, "{:#?}", p.kernels);
     assert!(p.loc[u.index()].is_none(), "u is recomputed, never stored");
     assert!(matches!(p.loc[e.index()], Some(Loc::Arena(_))));
+    let loops: Vec<&Vec<ValueId>> = p
+        .kernels
+        .iter()
+        .filter_map(|k| match k {
+            Kernel::Fused { args, .. } => Some(args),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(loops[0].as_slice(), [x, e, a].as_slice(), "x read; e and a stored");
+    assert!(loops[1].contains(&e) && loops[1].last() == Some(&b), "{:?}", loops[1]);
     verify(&g, &p, &t).expect("verifies");
+}
+
+#[test]
+fn a_loop_reading_a_value_stored_by_a_later_placed_loop_runs_after_it() {
+    // e = exp(x) is read by p (of the loop ending in q) and by a. The loop ending in a
+    // (placed at a) is placed first and stores e too; on a target binding at most three
+    // buffers the loop of q splits, and its first part (placed at p, before a) reads e:
+    // it is moved after a's loop.
+    let mut g = Graph::default();
+    let x = input(&mut g, "x", &[64]);
+    let y = input(&mut g, "y", &[64]);
+    let e = un(&mut g, Unary::Exp, x);
+    let p = bin(&mut g, Binary::Mul, e, x);
+    let a = bin(&mut g, Binary::Add, e, x);
+    let r = bin(&mut g, Binary::Mul, y, y);
+    let s = bin(&mut g, Binary::Sub, r, y);
+    let q = bin(&mut g, Binary::Add, p, s);
+    g.outputs.push(("a".into(), a));
+    g.outputs.push(("q".into(), q));
+    for max_bindings in [usize::MAX, 3] {
+        let t = Target {
+            max_bindings,
+            ..target()
+        };
+        let plan = plan(&g, &t).expect("plans");
+        let writes_e = |k: &Kernel| matches!(k, Kernel::Fused { args, .. } if args.ends_with(&[e, a]));
+        let first = plan.kernels.iter().position(writes_e);
+        assert_eq!(first, Some(0), "{:#?}", plan.kernels);
+        verify(&g, &plan, &t).expect("verifies");
+    }
 }
 
 #[test]

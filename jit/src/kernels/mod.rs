@@ -62,8 +62,8 @@ mod tests {
     use super::*;
     use nabla_lang::ir::{Reduce, Window};
 
-    /// Convolution weight gradients (im2col and Winograd) and reductions over the batch
-    /// give the same bits on pools of 1 to 4 threads: their partial sums follow the
+    /// Convolution weight gradients (im2col and Winograd), reductions over the batch and
+    /// sums over rows (bias gradients) give the same bits on pools of 1 to 4 threads: their partial sums follow the
     /// machine's width, not the thread count.
     #[test]
     fn partial_sums_do_not_depend_on_the_thread_count() {
@@ -104,7 +104,16 @@ mod tests {
                 reduce(&x, &[b, c, hw * hw], &[0, 2], Reduce::Sum, &mut out);
                 bits(&out)
             };
-            for f in [&grad as &(dyn Fn() -> Vec<u32> + Sync), &im2col, &sums] {
+            // A bias gradient's sum over rows, one block of outputs and several.
+            let rows = || {
+                let mut out = vec![0.0; hw * hw];
+                reduce(&dy, &[b, o, hw * hw], &[0, 1], Reduce::Sum, &mut out);
+                let mut blocks = vec![0.0; o * hw * hw];
+                reduce(&dy, &[b, o, hw * hw], &[0], Reduce::Sum, &mut blocks);
+                out.extend(blocks);
+                bits(&out)
+            };
+            for f in [&grad as &(dyn Fn() -> Vec<u32> + Sync), &im2col, &sums, &rows] {
                 let one = run_on(1, f);
                 for t in 2..=4 {
                     assert_eq!(run_on(t, f), one, "{b}×{c}×{hw}² on {t} threads");

@@ -251,8 +251,12 @@ pub fn reduce_from(
 }
 
 /// [`reduce_from`] when the innermost dim is kept (a bias gradient: `[B, N] -> [N]`):
-/// whole rows of `inner` outputs are accumulated at once, in f64 for sums, instead of
-/// one strided walk per output.
+/// whole rows of `inner` outputs are accumulated at once, in f64, instead of one strided
+/// walk per output. A large reduction's rows are cut into as many parts as the machine
+/// is wide ([`crate::team::width`], so the order of sums never depends on the threads),
+/// each summed on its own thread, and the parts added in order. (Cutting the columns
+/// instead left ViT-Ti's `[32, 17, 192] -> [192]` sums on one thread and its 768 columns
+/// on two threads in three chunks.)
 fn reduce_rows(
     x: &[f32],
     dims: &[(usize, bool)],
@@ -262,7 +266,6 @@ fn reduce_rows(
     op: Reduce,
     out: &mut [f32],
 ) {
-    const COLS: usize = 256;
     // The offset in x of output block `ob` (its kept dims other than the innermost).
     let kept: Vec<usize> = (0..dims.len() - 1).filter(|d| !dims[*d].1).collect();
     let base = |mut ob: usize| {
@@ -273,44 +276,59 @@ fn reduce_rows(
         }
         off
     };
-    let columns = |b: usize, c0: usize, y: &mut [f32]| match op {
-        Reduce::Sum => {
-            let mut acc = vec![0.0f64; y.len()];
-            for r in roff {
-                for (a, v) in acc.iter_mut().zip(&x[b + r + c0..][..y.len()]) {
-                    *a += f64::from(*v);
-                }
+    let init = match op {
+        Reduce::Sum => 0.0,
+        Reduce::Max => f64::NEG_INFINITY,
+    };
+    // The reduction of rows `rows` of the block at `b`, one value per column.
+    let partial = |b: usize, rows: &[usize]| {
+        let mut acc = vec![init; inner];
+        for r in rows {
+            let xs = &x[b + r..][..inner];
+            match op {
+                Reduce::Sum => acc.iter_mut().zip(xs).for_each(|(a, v)| *a += f64::from(*v)),
+                Reduce::Max => acc
+                    .iter_mut()
+                    .zip(xs)
+                    .for_each(|(a, v)| *a = a.max(f64::from(*v))),
             }
-            y.iter_mut().zip(acc).for_each(|(y, a)| *y = a as f32);
         }
-        Reduce::Max => {
-            y.fill(f32::NEG_INFINITY);
-            for r in roff {
-                for (m, v) in y.iter_mut().zip(&x[b + r + c0..]) {
-                    *m = m.max(*v);
-                }
-            }
+        acc
+    };
+    let finish = |parts: &[Vec<f64>], y: &mut [f32]| {
+        for (j, y) in y.iter_mut().enumerate() {
+            let v = parts.iter().fold(init, |s, p| match op {
+                Reduce::Sum => s + p[j],
+                Reduce::Max => s.max(p[j]),
+            });
+            *y = v as f32;
         }
     };
     let big = x.len() >= PARALLEL_MIN;
+    let parts = if big {
+        crate::team::width().clamp(1, roff.len().max(1))
+    } else {
+        1
+    };
+    let per = roff.len().div_ceil(parts).max(1);
     let blocks = out.len() / inner.max(1);
     if big && blocks >= 2 * rayon::current_num_threads() {
-        out.par_chunks_mut(inner)
-            .enumerate()
-            .for_each(|(ob, block)| columns(base(ob), 0, block));
+        out.par_chunks_mut(inner).enumerate().for_each(|(ob, y)| {
+            let b = base(ob);
+            let ps: Vec<Vec<f64>> = roff.chunks(per).map(|rows| partial(b, rows)).collect();
+            finish(&ps, y);
+        });
         return;
     }
-    out.chunks_mut(inner).enumerate().for_each(|(ob, block)| {
+    for (ob, y) in out.chunks_mut(inner).enumerate() {
         let b = base(ob);
-        if big {
-            block
-                .par_chunks_mut(COLS)
-                .enumerate()
-                .for_each(|(k, y)| columns(b, k * COLS, y));
+        let ps: Vec<Vec<f64>> = if parts > 1 {
+            roff.par_chunks(per).map(|rows| partial(b, rows)).collect()
         } else {
-            columns(b, 0, block);
-        }
-    });
+            roff.chunks(per).map(|rows| partial(b, rows)).collect()
+        };
+        finish(&ps, y);
+    }
 }
 
 /// The sum of a contiguous run in sixteen f64 lanes: as accurate as a sequential f64 sum
@@ -376,12 +394,16 @@ mod tests {
     /// threads: by output, and by the outermost dim when it is reduced too.
     #[test]
     fn large_reductions_match_their_definition() {
-        let cases: [(&[usize], &[usize]); 5] = [
+        let cases: [(&[usize], &[usize]); 8] = [
             (&[6, 3, 7, 300], &[0, 2, 3]),
             (&[4, 3, 5, 6, 100], &[0, 2, 4]),
             (&[4, 3, 5, 6, 100], &[0, 1, 3]),
             (&[2, 40000], &[1]),
             (&[9, 8, 1000], &[0]),
+            // Bias gradients: rows cut into parts, one block of outputs and many.
+            (&[32, 17, 193], &[0, 1]),
+            (&[3, 7, 2, 41, 67], &[0, 2, 3]),
+            (&[1, 40001], &[0]),
         ];
         for (shape, axes) in cases {
             let n: usize = shape.iter().product();
