@@ -18,7 +18,8 @@
 //!    last member and any member that is a graph output; constants are immediates. A
 //!    cheap node whose users are loops of several groups, and which reads at most one
 //!    full-size tensor, is recomputed in each of them instead of stored (batchnorm's
-//!    `x − μ` and `x̂`).
+//!    `x − μ` and `x̂`). A costly one (GELU's `erf`) joins the group that runs first,
+//!    which stores it besides its last member; the others read it.
 //! 4. **Reductions fused on read**: a loop whose only use is one sum or max over long
 //!    enough contiguous runs is not stored: the reduction runs the loop run by run
 //!    ([`Kernel::Reduced`]). Such loops feeding reductions of one op over the same axes
@@ -28,7 +29,10 @@
 //!    nothing else and `s` a scalar (SGD's `w − lr·g`), is no loop at all: the product
 //!    accumulates `−s·a·b` into `base`'s values ([`Update`]), in place when the plan
 //!    allows.
-//! 6. **Kernels** run in the order of their last node, which is topological.
+//! 6. **Kernels** run in the order of their last node, which is topological, except
+//!    that a loop reading a value stored by a loop placed after it (a value of step 3,
+//!    or a split of a loop too wide for the target's bindings) moves after that loop: a
+//!    stable topological order of the kernels' reads and writes.
 //! 7. **Memory** ([`alloc`]): every materialized value gets a byte region of one arena by
 //!    liveness; state outputs are written into their inputs' buffers when safe.
 //!

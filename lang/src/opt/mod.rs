@@ -4,7 +4,8 @@
 //! - [`simplify`]: constant folding and algebraic identities (`x·1 = x`, `x + 0 = x`,
 //!   `--x = x`, a broadcast or reshape to the same shape is `x`, chains of reshapes,
 //!   broadcasts and transposes collapse, `(Aᵀ B)ᵀ = Bᵀ A`, two zero-padded pieces
-//!   side by side summed are one padded concatenation);
+//!   side by side summed are one padded concatenation, constant factors of a product
+//!   gathered: `(a·c₁)·b·c₂ = (a·b)·c₁c₂`);
 //! - [`cse`]: common subexpression elimination (same op, same arguments);
 //! - [`dce`]: dead code elimination (only what an output needs), renumbering in order.
 //!
@@ -514,5 +515,55 @@ mod tests {
         );
         let (before, after) = outputs(&g, &o);
         assert_eq!(before, after);
+    }
+
+    /// `((x·0.5)·x·1.25)·(x·−3)`: the three constants become one factor, −1.875, applied
+    /// once, and the value on the interpreter is the original's to the last bits of f64.
+    #[test]
+    fn constant_factors_of_a_product_are_gathered() {
+        let mut g = Graph::default();
+        let f = DType::F32;
+        let shape = vec![3, 2, 4];
+        let x = g.push(
+            Op::Input {
+                name: "x".into(),
+                kind: InputKind::Data,
+            },
+            vec![],
+            f,
+            shape.clone(),
+        );
+        let mut konst = |g: &mut Graph, c: f64| {
+            let k = g.push(Op::Const(c), vec![], f, vec![]);
+            g.push(Op::Broadcast, vec![k], f, shape.clone())
+        };
+        let (half, five_quarters, minus_three) =
+            (konst(&mut g, 0.5), konst(&mut g, 1.25), konst(&mut g, -3.0));
+        let mul = |g: &mut Graph, a: ValueId, b: ValueId| {
+            g.push(Op::Binary(Binary::Mul), vec![a, b], f, vec![3, 2, 4])
+        };
+        let a = mul(&mut g, x, half);
+        let b = mul(&mut g, a, x);
+        let c = mul(&mut g, five_quarters, b);
+        let d = mul(&mut g, x, minus_three);
+        let y = mul(&mut g, c, d);
+        g.outputs.push(("y".into(), y));
+        let o = optimize(&g);
+        crate::ir::verify(&o).expect("the optimized graph verifies");
+        let consts: Vec<f64> = o
+            .nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                Op::Const(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(consts, vec![-1.875], "{o:?}");
+        let muls = o.nodes.iter().filter(|n| n.op == Op::Binary(Binary::Mul)).count();
+        assert_eq!(muls, 3, "x·x·x and one constant: {o:?}");
+        let (before, after) = outputs(&g, &o);
+        for (b, a) in before.iter().zip(&after) {
+            assert!((a - b).abs() <= 1e-12 * b.abs(), "{b} vs {a}");
+        }
     }
 }
