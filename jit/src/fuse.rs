@@ -230,7 +230,11 @@ fn emit(
     b.switch_to_block(vbody);
     let i = b.block_params(vbody)[0];
     if vector {
-        let ty = if gather { Lanes::Gathered } else { Lanes::Vector };
+        let ty = if gather {
+            Lanes::Gathered
+        } else {
+            Lanes::Vector
+        };
         body(b, f, &bases, &scalars, i, ty, &uses, calls, pow);
     }
     let next = b.ins().iadd_imm_s(i, 4);
@@ -816,7 +820,9 @@ mod tests {
             jit.add(&f).expect("the loop compiles");
             let run = jit.finish().expect("the loop links")[0];
             let n = 1013;
-            let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 * 0.07 - 3.0).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37) % 101) as f32 * 0.07 - 3.0)
+                .collect();
             let m: Vec<f32> = (0..len).map(|j| j as f32 * 0.31 - 0.5).collect();
             let scalar = Program {
                 leaves: vec![Access::Linear, Access::Linear],
@@ -826,10 +832,18 @@ mod tests {
             jit1.add(&scalar).expect("the loop compiles");
             let one = jit1.finish().expect("the loop links")[0];
             // A loop reading whole vectors of its broadcasts starts at a multiple of four.
-            let starts: &[usize] = if f.vectorizes(&TARGET) { &[0, 4] } else { &[0, 1, 3, 6] };
+            let starts: &[usize] = if f.vectorizes(&TARGET) {
+                &[0, 4]
+            } else {
+                &[0, 1, 3, 6]
+            };
             for &start in starts {
                 let mut out = vec![f32::NAN; n];
-                let ptrs = [x.as_ptr() as *mut f32, m.as_ptr() as *mut f32, out.as_mut_ptr()];
+                let ptrs = [
+                    x.as_ptr() as *mut f32,
+                    m.as_ptr() as *mut f32,
+                    out.as_mut_ptr(),
+                ];
                 // SAFETY: x and out hold n elements; every broadcast index is below len.
                 unsafe { run(ptrs.as_ptr(), start, n) };
                 for k in start..n {
@@ -849,7 +863,10 @@ mod tests {
                         "inner {inner} len {len} start {start} at {k}"
                     );
                 }
-                assert!(out[..start].iter().all(|v| v.is_nan()), "written before start");
+                assert!(
+                    out[..start].iter().all(|v| v.is_nan()),
+                    "written before start"
+                );
             }
         }
     }

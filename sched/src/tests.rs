@@ -150,8 +150,16 @@ fn a_costly_value_used_by_two_loops_is_stored_and_a_cheap_one_recomputed() {
             _ => None,
         })
         .collect();
-    assert_eq!(loops[0].as_slice(), [x, e, a].as_slice(), "x read; e and a stored");
-    assert!(loops[1].contains(&e) && loops[1].last() == Some(&b), "{:?}", loops[1]);
+    assert_eq!(
+        loops[0].as_slice(),
+        [x, e, a].as_slice(),
+        "x read; e and a stored"
+    );
+    assert!(
+        loops[1].contains(&e) && loops[1].last() == Some(&b),
+        "{:?}",
+        loops[1]
+    );
     verify(&g, &p, &t).expect("verifies");
 }
 
@@ -178,7 +186,8 @@ fn a_loop_reading_a_value_stored_by_a_later_placed_loop_runs_after_it() {
             ..target()
         };
         let plan = plan(&g, &t).expect("plans");
-        let writes_e = |k: &Kernel| matches!(k, Kernel::Fused { args, .. } if args.ends_with(&[e, a]));
+        let writes_e =
+            |k: &Kernel| matches!(k, Kernel::Fused { args, .. } if args.ends_with(&[e, a]));
         let first = plan.kernels.iter().position(writes_e);
         assert_eq!(first, Some(0), "{:#?}", plan.kernels);
         verify(&g, &plan, &t).expect("verifies");

@@ -531,7 +531,6 @@ pub(crate) fn add_transposed(src: &[f32], rows: usize, cols: usize, dst: &mut [f
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,7 +230,6 @@ unsafe fn gemm_blocks(
     });
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

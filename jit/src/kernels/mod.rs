@@ -113,7 +113,12 @@ mod tests {
                 out.extend(blocks);
                 bits(&out)
             };
-            for f in [&grad as &(dyn Fn() -> Vec<u32> + Sync), &im2col, &sums, &rows] {
+            for f in [
+                &grad as &(dyn Fn() -> Vec<u32> + Sync),
+                &im2col,
+                &sums,
+                &rows,
+            ] {
                 let one = run_on(1, f);
                 for t in 2..=4 {
                     assert_eq!(run_on(t, f), one, "{b}×{c}×{hw}² on {t} threads");

@@ -286,7 +286,10 @@ fn reduce_rows(
         for r in rows {
             let xs = &x[b + r..][..inner];
             match op {
-                Reduce::Sum => acc.iter_mut().zip(xs).for_each(|(a, v)| *a += f64::from(*v)),
+                Reduce::Sum => acc
+                    .iter_mut()
+                    .zip(xs)
+                    .for_each(|(a, v)| *a += f64::from(*v)),
                 Reduce::Max => acc
                     .iter_mut()
                     .zip(xs)
@@ -384,7 +387,6 @@ pub fn one_hot(idx: &[f32], classes: usize, out: &mut [f32]) {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

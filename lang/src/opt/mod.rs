@@ -215,7 +215,13 @@ fn gather_constants(out: &mut Graph, x: ValueId, y: ValueId, n: &Node) -> Option
         }
     };
     let mul = |out: &mut Graph, a: ValueId, b: ValueId| {
-        out.push_at(Op::Binary(Binary::Mul), vec![a, b], n.dtype, n.shape.clone(), n.span)
+        out.push_at(
+            Op::Binary(Binary::Mul),
+            vec![a, b],
+            n.dtype,
+            n.shape.clone(),
+            n.span,
+        )
     };
     match (constant(out, x), constant(out, y)) {
         // (a·c₁)·c₂, either way round.
@@ -559,7 +565,11 @@ mod tests {
             })
             .collect();
         assert_eq!(consts, vec![-1.875], "{o:?}");
-        let muls = o.nodes.iter().filter(|n| n.op == Op::Binary(Binary::Mul)).count();
+        let muls = o
+            .nodes
+            .iter()
+            .filter(|n| n.op == Op::Binary(Binary::Mul))
+            .count();
         assert_eq!(muls, 3, "x·x·x and one constant: {o:?}");
         let (before, after) = outputs(&g, &o);
         for (b, a) in before.iter().zip(&after) {

@@ -370,14 +370,22 @@ mod tests {
         }
         // Each RGB channel made from the one gray channel gets its own normalization.
         let mut per = vec![f32::NAN; 27];
-        v.write(&img, (0, 1, false), &|c| (1.0 + c as f32, c as f32), &mut per);
+        v.write(
+            &img,
+            (0, 1, false),
+            &|c| (1.0 + c as f32, c as f32),
+            &mut per,
+        );
         for c in 0..3 {
             for y in 0..3 {
                 for x in 0..3 {
                     let v = if x == 2 { 0.0 } else { resized(y, x + 1) };
                     let want = (1.0 + c as f64) * v + c as f64;
                     let got = f64::from(per[(c * 3 + y) * 3 + x]);
-                    assert!((got - want).abs() < 1e-2, "channel {c} ({y}, {x}): {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-2,
+                        "channel {c} ({y}, {x}): {got} vs {want}"
+                    );
                 }
             }
         }
